@@ -1,0 +1,116 @@
+"""Tiny real videos made at test time with PyAV (H.264 unless asked otherwise).
+
+Every generator yields uint8 RGB frames [H, W, 3]; ``write_video`` encodes them. Patterns are
+chosen so tests can assert values: a static colour has no motion, a moving square has local
+motion, a pan over a still image has camera motion only, and scenes built from different
+patterns have cuts at known frames.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 24,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    container_format: str | None = None,
+    pts_s: Iterable[float] | None = None,
+    rotation: int | None = None,
+    audio: bool = False,
+) -> Path:
+    """Encode frames to ``path``. ``pts_s`` gives explicit timestamps (variable frame rate);
+    ``rotation`` stores a display-matrix rotation (degrees) in the container."""
+    path = Path(path)
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w", format=container_format) as out:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation is not None:
+            stream.metadata["rotate"] = str(rotation)
+        astream = out.add_stream("aac", rate=16000) if audio else None
+        if pts_s is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
+            pts_list = [int(round(t * 1000)) for t in pts_s]
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            if pts_s is not None:
+                vf.pts = pts_list[i]
+                vf.time_base = Fraction(1, 1000)
+            for pkt in stream.encode(vf):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+        if astream is not None:
+            n = int(16000 * len(frames) / fps)
+            samples = (0.1 * np.sin(np.arange(n) / 10)).astype(np.float32)[None]
+            af = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            af.sample_rate = 16000
+            for pkt in astream.encode(af):
+                out.mux(pkt)
+            for pkt in astream.encode():
+                out.mux(pkt)
+    return path
+
+
+def static_color(n: int, h: int = 64, w: int = 96, color=(40, 120, 200)) -> Iterator[np.ndarray]:
+    for _ in range(n):
+        yield np.full((h, w, 3), color, np.uint8)
+
+
+def moving_square(n: int, h: int = 64, w: int = 96, size: int = 16, speed: int = 2,
+                  bg=(20, 20, 20), fg=(240, 200, 40)) -> Iterator[np.ndarray]:
+    """A square crossing a still background: local motion only."""
+    for i in range(n):
+        f = np.full((h, w, 3), bg, np.uint8)
+        x = (i * speed) % max(1, w - size)
+        y = (h - size) // 2
+        f[y:y + size, x:x + size] = fg
+        yield f
+
+
+def textured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A still, richly textured image (smoothed noise + bars) that flow and scene detectors can track."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+    img = np.kron(base, np.ones((4, 4, 1), np.uint8))[:h, :w]
+    return img
+
+
+def pan(n: int, h: int = 64, w: int = 96, speed: int = 2, seed: int = 0) -> Iterator[np.ndarray]:
+    """A camera panning right over a still textured scene: camera motion, no local motion."""
+    big = textured_image(h, w + n * speed + 1, seed)
+    for i in range(n):
+        yield big[:, i * speed:i * speed + w].copy()
+
+
+def scenes(lengths: list[int], h: int = 64, w: int = 96, seed: int = 0) -> Iterator[np.ndarray]:
+    """Concatenated shots of different content; cuts at cumulative sums of ``lengths`` (frames).
+    Each shot is a differently seeded texture with a small moving square, so shots differ sharply
+    and each has some motion."""
+    for s, n in enumerate(lengths):
+        img = textured_image(h, w, seed + 17 * s)
+        for i in range(n):
+            f = img.copy()
+            x = (i * 2) % (w - 12)
+            f[10:22, x:x + 12] = 255
+            yield f
+
+
+def noise(n: int, h: int = 64, w: int = 96, seed: int = 0) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
