@@ -114,7 +114,8 @@ class ClipRecord:
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
-        row["errors_json"] = json.dumps(row.pop("errors"), sort_keys=True) if self.errors else None
+        errors = row.pop("errors")
+        row["errors_json"] = json.dumps(errors, sort_keys=True) if errors else None
         row["operators_json"] = json.dumps(row.pop("operators"), sort_keys=True)
         row["duration_s"] = self.duration_s
         row["clip_scores"] = list(self.clip_scores.items()) if self.clip_scores else None

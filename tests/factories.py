@@ -114,3 +114,48 @@ def noise(n: int, h: int = 64, w: int = 96, seed: int = 0) -> Iterator[np.ndarra
     rng = np.random.default_rng(seed)
     for _ in range(n):
         yield rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def smooth_texture(h: int, w: int, seed: int = 0, cell: int = 16) -> np.ndarray:
+    """A still image with only low spatial frequencies (coarse noise, box-blurred over ``cell`` px),
+    closer to natural footage than ``textured_image``: a pan over it changes few pixel values a
+    lot, so histogram/HSV scene detectors should not see it as a cut."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (h // cell + 2, w // cell + 2, 3)).astype(np.float32)
+    img = np.kron(coarse, np.ones((cell, cell, 1), np.float32))
+    for axis in (0, 1):  # box blur of width ``cell`` along each axis (cumulative-sum trick)
+        c = np.cumsum(img, axis=axis)
+        c = np.concatenate([np.zeros_like(c.take([0], axis=axis)), c], axis=axis)
+        n = img.shape[axis] - cell + 1
+        img = (c.take(range(cell, cell + n), axis=axis) - c.take(range(0, n), axis=axis)) / cell
+    return np.clip(img[:h, :w], 0, 255).astype(np.uint8)
+
+
+def smooth_pan(n: int, h: int = 64, w: int = 96, speed: int = 2, seed: int = 0) -> Iterator[np.ndarray]:
+    """A camera panning right over a still, smooth scene (``smooth_texture``): camera motion only."""
+    big = smooth_texture(h, w + n * speed + 1, seed)
+    for i in range(n):
+        yield big[:, i * speed:i * speed + w].copy()
+
+
+def square_transitions(n: int, size: int = 32, square: int = 8, max_shift: int = 4,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transitions (o_t, o_t+k, action) for latent-action tests: a bright square on a random
+    smooth background, moved by a known integer action (dx, dy) in [-max_shift, max_shift] pixels.
+    Returns float32 obs [n, 3, size, size] and next_obs in [0, 1], and actions [n, 2] float32
+    (dx, dy) divided by max_shift (so in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    obs = np.empty((n, 3, size, size), np.float32)
+    nxt = np.empty_like(obs)
+    act = rng.integers(-max_shift, max_shift + 1, (n, 2))
+    for i in range(n):
+        coarse = rng.uniform(0.0, 0.5, (3, size // 8 + 1, size // 8 + 1)).astype(np.float32)
+        bg = np.kron(coarse, np.ones((1, 8, 8), np.float32))[:, :size, :size]
+        color = rng.uniform(0.7, 1.0, 3).astype(np.float32)[:, None, None]
+        lo, hi = max_shift, size - square - max_shift
+        x, y = rng.integers(lo, hi + 1, 2)
+        dx, dy = act[i]
+        obs[i], nxt[i] = bg, bg
+        obs[i][:, y:y + square, x:x + square] = color
+        nxt[i][:, y + dy:y + dy + square, x + dx:x + dx + square] = color
+    return obs, nxt, (act / max_shift).astype(np.float32)

@@ -1,0 +1,325 @@
+"""Streaming, low-resolution decode of one video into ``Frames`` chunks.
+
+Memory is bounded by ``chunk_frames`` x output frame size (plus FFmpeg's few reference frames),
+never by the video's length: frames are scaled down by swscale as they leave the decoder
+(``VideoFrame.to_ndarray(width=, height=)``), written into a preallocated chunk buffer, and the
+chunk is yielded when full.
+
+Timestamps: ``Frames.pts_s`` are the stream's presentation times in seconds, counted from the
+stream's ``start_time`` (so the first frame of most files is at 0.0); ``start_s``/``end_s`` use the
+same clock. Frame rate sub-sampling selects frames by these timestamps, never by index or nominal
+fps, so variable-frame-rate video keeps its true (non-uniform) times.
+
+Backend: PyAV. decord (``backend="decord"``) was measured and is not used by ``"auto"``; see
+``bench/decode.py`` and ``_decode_decord`` for why it is kept only as an explicit option.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import av
+import numpy as np
+
+from .base import Frames, Operator
+from .probe import open_binary
+
+BACKENDS = ("auto", "pyav", "decord")
+# Packets demuxed past the start point when counting frame indices before a seek: covers the
+# decoder's reordering delay (B-frames), which is a few frames, with a wide margin.
+_REORDER_MARGIN_S = 2.0
+
+
+class DecodeError(RuntimeError):
+    """A video could not be decoded (not found, no video stream, corrupt data mid-way). Carries
+    how many frames were produced before the failure, so the caller can record it as data."""
+
+    def __init__(self, uri: str, detail: str, frames_done: int = 0):
+        super().__init__(f"{uri}: {detail} (after {frames_done} frames)")
+        self.uri, self.detail, self.frames_done = uri, detail, frames_done
+
+
+def output_size(width: int, height: int, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """Output (width, height) for an upright source of ``width`` x ``height`` pixels.
+
+    ``None``: unchanged. ``int``: the short side becomes ``size`` px, aspect kept, both sides
+    rounded to even numbers (codecs and pooling layers like even sizes). ``(w, h)``: exactly that.
+    """
+    if size is None:
+        return width, height
+    if isinstance(size, (tuple, list)):
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"size (w, h) must be positive, got {size}")
+        return w, h
+    s = int(size)
+    if s <= 0:
+        raise ValueError(f"size (short side px) must be positive, got {size}")
+    s = max(2, 2 * round(s / 2))
+    if width <= height:
+        return s, max(2, 2 * round(s * height / width / 2))
+    return max(2, 2 * round(s * width / height / 2)), s
+
+
+class _NearestTick:
+    """Streaming frame-rate sub-sampler. Ticks at ``t0 + k / fps`` (``t0`` = first frame's time);
+    each tick takes the frame whose pts is nearest to it (ties go to the later frame); a frame
+    nearest to several ticks is emitted once (no duplicates: gaps in VFR video stay gaps); ticks
+    after the last frame are dropped. Needs one frame of look-ahead, held in ``prev``."""
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps
+        self.t0: float | None = None
+        self.k = 0
+        self.prev = None
+        self.prev_t = 0.0
+        self.prev_done = False
+
+    def push(self, item, t: float) -> list:
+        if self.t0 is None:
+            self.t0, self.k = t, 1
+            self.prev, self.prev_t, self.prev_done = item, t, True
+            return [item]
+        out = []
+        cur_done = False
+        while (tick := self.t0 + self.k * self.period) <= t + 1e-9:
+            if tick - self.prev_t < t - tick:
+                if not self.prev_done:
+                    out.append(self.prev)
+                    self.prev_done = True
+            elif not cur_done:
+                out.append(item)
+                cur_done = True
+            self.k += 1
+        self.prev, self.prev_t, self.prev_done = item, t, cur_done
+        return out
+
+
+class _Chunker:
+    """Preallocated [chunk, H, W, 3] buffer; ``add`` returns a full ``Frames`` or ``None``."""
+
+    def __init__(self, chunk_frames: int):
+        self.n = chunk_frames
+        self.buf: np.ndarray | None = None
+        self.pts = np.zeros(chunk_frames, np.float64)
+        self.idx = np.zeros(chunk_frames, np.int64)
+        self.i = 0
+
+    def add(self, img: np.ndarray, t: float, index: int) -> Frames | None:
+        if self.buf is None:
+            self.buf = np.empty((self.n, *img.shape), np.uint8)
+        self.buf[self.i], self.pts[self.i], self.idx[self.i] = img, t, index
+        self.i += 1
+        return self.flush() if self.i == self.n else None
+
+    def flush(self) -> Frames | None:
+        if self.i == 0:
+            return None
+        # Copy out so the consumer may keep the chunk while the buffer is reused.
+        out = Frames(self.buf[: self.i].copy(), self.pts[: self.i].copy(), self.idx[: self.i].copy())
+        self.i = 0
+        return out
+
+
+def decode(
+    path: str | os.PathLike,
+    *,
+    fps: float | None = None,
+    size: int | tuple[int, int] | None = None,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    chunk_frames: int = 256,
+    backend: str = "auto",
+    interpolation: str = "BILINEAR",
+) -> Iterator[Frames]:
+    """Decode ``path`` (local path or fsspec URL) into chunks of at most ``chunk_frames`` frames.
+
+    ``fps``: output frames per second, chosen by timestamp (see ``_NearestTick``); ``None`` keeps
+    every frame; a rate above the source's keeps every frame once. ``size``: see ``output_size``
+    (applied to the upright picture). ``start_s``/``end_s``: keep frames with
+    ``start_s <= pts_s < end_s`` (seconds, stream clock). Frames are upright: the display-matrix
+    rotation is applied. ``Frames.indices`` are 0-based source frame numbers in presentation
+    order, also after a seek.
+
+    Raises ``ValueError`` for bad arguments and ``DecodeError`` when the file cannot be decoded
+    (the generator has then yielded every chunk completed before the failure).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if end_s is not None and end_s <= start_s:
+        raise ValueError(f"end_s ({end_s}) must be > start_s ({start_s})")
+    output_size(2, 2, size)  # validate now: a bad size is a config error, not a DecodeError
+    if backend == "decord":
+        yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s,
+                                  chunk_frames=chunk_frames)
+        return
+    yield from _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation)
+
+
+def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation) -> Iterator[Frames]:
+    uri = os.fspath(path)
+    done = 0
+    try:
+        with open_binary(uri) as (target, _size), av.open(target, "r") as container:
+            if not container.streams.video:
+                raise DecodeError(uri, "no video stream")
+            v = container.streams.video[0]
+            v.thread_type = "AUTO"  # frame + slice threads: the decode, not the scale, dominates
+            tb = v.time_base
+            t_origin = v.start_time or 0
+            rate = v.guessed_rate or v.average_rate or 25
+            index_of = _seek(container, v, start_s) if start_s > 0 else None
+
+            selector = _NearestTick(fps) if fps else None
+            chunker = _Chunker(chunk_frames)
+            geometry = None  # (pre-rotation w, h, quarter turns), fixed by the first frame
+            index: int | None = None
+            last_t = None
+            for frame in container.decode(v):
+                if frame.pts is not None:
+                    t = float((frame.pts - t_origin) * tb)
+                else:  # no timestamp: continue the previous one at the nominal rate
+                    t = (last_t + 1 / float(rate)) if last_t is not None else 0.0
+                if index is None:
+                    index = index_of(t) if index_of else 0
+                else:
+                    index += 1
+                last_t = t
+                if t < start_s - 1e-6:
+                    continue
+                if end_s is not None and t >= end_s - 1e-6:
+                    break
+                picks = selector.push((frame, t, index), t) if selector else [(frame, t, index)]
+                for fr, ft, fi in picks:
+                    if geometry is None:
+                        geometry = _geometry(fr, size)
+                    full = chunker.add(_to_rgb(fr, geometry, interpolation), ft, fi)
+                    if full is not None:
+                        done += len(full)
+                        yield full
+            tail = chunker.flush()
+            if tail is not None:
+                yield tail
+    except DecodeError:
+        raise
+    except (av.FFmpegError, OSError, EOFError, ValueError) as e:
+        raise DecodeError(uri, f"{type(e).__name__}: {e}", done) from e
+
+
+def _geometry(frame, size) -> tuple[int, int, int]:
+    """(width, height) to scale the *stored* picture to, and the quarter turns (counter-clockwise)
+    that make it upright, so that after turning it has the requested upright size."""
+    quarter = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
+    w, h = frame.width, frame.height
+    if quarter % 2:
+        w, h = h, w  # upright dims
+    ow, oh = output_size(w, h, size)
+    return (oh, ow, quarter) if quarter % 2 else (ow, oh, quarter)
+
+
+def _to_rgb(frame, geometry, interpolation) -> np.ndarray:
+    w, h, quarter = geometry
+    if (w, h) == (frame.width, frame.height):
+        img = frame.to_ndarray(format="rgb24")
+    else:
+        img = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=interpolation)
+    # Display matrix rotation is counter-clockwise (FFmpeg's av_display_rotation_get); np.rot90
+    # with k>0 turns an [H, W] image counter-clockwise as displayed.
+    return np.rot90(img, quarter) if quarter else img
+
+
+def _seek(container, v, start_s: float):
+    """Seek to the keyframe at or before ``start_s``; return a function mapping the first decoded
+    frame's time to its source index. The index is the number of frames with an earlier pts,
+    counted by demuxing (no decode) packets from the start up to ``start_s`` plus a reorder
+    margin: cheap next to decoding, and exact also for VFR video."""
+    tb = v.time_base
+    origin = v.start_time or 0
+    limit = origin + (start_s + _REORDER_MARGIN_S) / tb
+    pts: list[int] = []
+    for pkt in container.demux(v):
+        if pkt.pts is not None and pkt.size:
+            pts.append(pkt.pts)
+        if pkt.dts is not None and pkt.dts > limit:
+            break
+    pts.sort()
+    container.seek(origin + int(start_s / tb), stream=v, backward=True)
+
+    def index_of(t: float) -> int:
+        return bisect.bisect_left(pts, origin + round(t / tb))
+
+    return index_of
+
+
+def _decode_decord(path, *, fps, size, start_s, end_s, chunk_frames) -> Iterator[Frames]:
+    """decord reader, for comparison only (``bench/decode.py``). Reads ``chunk_frames`` indices at
+    a time with ``get_batch``; timestamps from ``get_frame_timestamp``. Ignores rotation, and
+    decord's CPU reader is known to grow memory on long/4K videos (dmlc/decord #208, #197, #157),
+    so ``auto`` never picks it."""
+    import decord
+
+    uri = os.fspath(path)
+    try:
+        probe_vr = decord.VideoReader(uri, num_threads=0)
+        h0, w0 = probe_vr[0].shape[:2] if len(probe_vr) else (0, 0)
+        del probe_vr
+        ow, oh = output_size(w0, h0, size)
+        vr = decord.VideoReader(uri, width=ow, height=oh, num_threads=0)
+        n = len(vr)
+        ts = vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+    except Exception as e:  # decord raises its own DECORDError
+        raise DecodeError(uri, f"decord: {e}") from e
+    keep = np.nonzero((ts >= start_s - 1e-6) & ((ts < end_s - 1e-6) if end_s is not None else True))[0]
+    if fps:
+        sel = _NearestTick(fps)
+        keep = np.array([i for k in keep for i in sel.push(int(k), float(ts[k]))], np.int64)
+    for a in range(0, len(keep), chunk_frames):
+        idx = keep[a:a + chunk_frames]
+        batch = vr.get_batch(list(idx)).asnumpy()
+        yield Frames(np.ascontiguousarray(batch, dtype=np.uint8), ts[idx], idx.astype(np.int64))
+
+
+def decode_all(path: str | os.PathLike, **kwargs) -> Frames:
+    """All frames of ``decode(path, **kwargs)`` in one ``Frames`` (for short clips only: memory
+    grows with length)."""
+    return Frames.concat(list(decode(path, **kwargs)))
+
+
+@dataclass
+class Decode(Operator):
+    """Operator: stream a video as low-res ``Frames`` chunks; fields as in ``decode``
+    (``fps`` frames/s, ``size`` short side px or (w, h), ``start_s``/``end_s`` seconds)."""
+
+    name: ClassVar[str] = "decode"
+    version: ClassVar[str] = "1"
+
+    fps: float | None = None
+    size: int | tuple[int, int] | None = None
+    start_s: float = 0.0
+    end_s: float | None = None
+    chunk_frames: int = 256
+    backend: str = "auto"
+    interpolation: str = "BILINEAR"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Decode.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"Decode.fps must be > 0 frames/s, got {self.fps}")
+        if self.chunk_frames < 1:
+            raise ValueError(f"Decode.chunk_frames must be >= 1, got {self.chunk_frames}")
+        if isinstance(self.size, list):
+            self.size = tuple(self.size)
+
+    def __call__(self, path: str | os.PathLike) -> Iterator[Frames]:
+        return decode(path, **self.params())
+
+    def all(self, path: str | os.PathLike) -> Frames:
+        return decode_all(path, **self.params())

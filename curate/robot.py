@@ -1,0 +1,312 @@
+"""Robot episodes with actions: read them, check their timestamps, align actions to clip frames.
+
+Two sources:
+- a LeRobot v3.0 dataset (``load_lerobot``): ``meta/info.json``, ``meta/tasks.parquet``,
+  ``meta/episodes/*/*.parquet``, ``data/*/*.parquet`` and one mp4 per camera per file, with
+  several episodes one after another in a file (each episode's span is
+  ``[from_s, to_s)`` seconds inside its file);
+- a plain ``episode.mp4`` beside ``episode.npz`` (``load_npz_episode``) with arrays ``actions``
+  [N, A] and optionally ``timestamps`` [N] (seconds), ``proprio`` [N, P], ``language`` (str).
+
+Times: ``RobotEpisode.timestamps`` are seconds from the episode's start (LeRobot's ``timestamp``
+column); ``RobotEpisode.video_times_s`` = ``from_s + timestamps`` are the same instants on the
+video file's clock, which is the clock of the pts that decoding the file yields. ``align_to_frames``
+takes frame pts on the file's clock.
+
+Timestamp problems (non-monotonic, jitter over half a frame, row count different from the
+video's frame count) are listed in ``timestamp_issues``, never repaired by resampling. Nothing
+here imports ray or a simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+
+@dataclass
+class RobotEpisode:
+    """One episode seen by one camera.
+
+    ``uri``: the video file; ``from_s``/``to_s``: the episode's span inside it (seconds, end
+    exclusive; ``to_s`` is None when unknown). ``timestamps``: float64 [N] seconds from the
+    episode's start, one per row. ``actions``: float32 [N, A] or None (action-free data);
+    ``proprio``: float32 [N, P] or None. ``success``: None when unknown.
+    """
+
+    uri: str
+    camera: str
+    episode_index: int
+    fps: float
+    timestamps: np.ndarray
+    actions: np.ndarray | None
+    proprio: np.ndarray | None
+    language: str
+    success: bool | None
+    from_s: float = 0.0
+    to_s: float | None = None
+    timestamp_issues: list[str] = field(default_factory=list)
+
+    @property
+    def video_times_s(self) -> np.ndarray:
+        """Row times on the video file's clock (seconds)."""
+        return self.from_s + self.timestamps
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+
+def check_timestamps(timestamps: np.ndarray, fps: float, n_video_frames: int | None = None) -> list[str]:
+    """Problems with one episode's row timestamps (seconds), as short strings.
+
+    - ``non-monotonic``: a timestamp not later than the one before;
+    - ``jitter``: a step differing from ``1/fps`` by more than half a frame;
+    - ``frame count``: ``n_video_frames`` (when given) differs from the number of rows.
+    """
+    issues = []
+    ts = np.asarray(timestamps, np.float64)
+    if len(ts) == 0:
+        return ["no rows"]
+    if not np.all(np.isfinite(ts)):
+        issues.append(f"non-finite timestamps: {int((~np.isfinite(ts)).sum())} rows")
+    d = np.diff(ts)
+    bad = np.flatnonzero(d <= 0)
+    if len(bad):
+        issues.append(f"non-monotonic: {len(bad)} steps <= 0 (first at row {int(bad[0]) + 1}, "
+                      f"{ts[bad[0]]:.4f}s -> {ts[bad[0] + 1]:.4f}s)")
+    if fps and len(d):
+        period = 1.0 / fps
+        err = np.abs(d - period)
+        jit = np.flatnonzero(err > period / 2)
+        if len(jit):
+            issues.append(f"jitter: {len(jit)} steps off 1/fps by more than half a frame "
+                          f"(max {float(err.max()) * 1000:.1f} ms, first at row {int(jit[0]) + 1})")
+    if n_video_frames is not None and n_video_frames != len(ts):
+        issues.append(f"frame count: video has {n_video_frames} frames, episode has {len(ts)} rows")
+    return issues
+
+
+def video_frame_times(path: str | Path, from_s: float = 0.0, to_s: float | None = None) -> np.ndarray:
+    """Pts (seconds, sorted) of the video frames in ``[from_s, to_s)``, read from packets without
+    decoding."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        tb = s.time_base
+        pts = [float(p.pts * tb) for p in c.demux(s) if p.pts is not None and p.size > 0]
+    pts = np.sort(np.asarray(pts, np.float64))
+    eps = 1e-6
+    m = pts >= from_s - eps
+    if to_s is not None:
+        m &= pts < to_s - eps
+    return pts[m]
+
+
+def _column(table, name: str, dtype) -> np.ndarray:
+    """A parquet column as a numpy array; list columns become [N, D]."""
+    import pyarrow as pa
+
+    col = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(col), col.type.list_size)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return np.stack([np.asarray(v, dtype) for v in col.to_pylist()]) if len(col) else np.zeros((0, 0), dtype)
+    return col.to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _read_tasks(root: Path) -> dict[int, str]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(root / "meta" / "tasks.parquet")
+    names = t.column_names
+    # LeRobot writes a pandas frame whose index is the task text ("task" when named, else
+    # "__index_level_0__"); some converters write a plain "task" column.
+    text_col = next((c for c in ("task", "__index_level_0__") if c in names), None)
+    if text_col is None or "task_index" not in names:
+        return {}
+    return dict(zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist()))
+
+
+def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video: bool = True,
+                 state_key: str = "observation.state", action_key: str = "action") -> list[RobotEpisode]:
+    """Every (episode, camera) of a LeRobot v3.0 dataset at ``root``.
+
+    ``cameras``: camera names (``corner`` for ``observation.images.corner``), default all video
+    features. ``check_video``: count each episode's frames in its mp4 (packet pts, no decoding)
+    and report a mismatch with the row count. Missing action/state columns give ``None``
+    (action-free datasets). Raises ``ValueError`` for a dataset that is not v3.0.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    version = str(info.get("codebase_version", ""))
+    if not version.startswith("v3"):
+        raise ValueError(f"{root}: codebase_version {version!r} is not v3.x (convert v2.x datasets with LeRobot first)")
+    fps = float(info["fps"])
+    feats = info["features"]
+    video_keys = [k for k, f in feats.items() if f.get("dtype") == "video"]
+    if cameras is not None:
+        wanted = {f"observation.images.{c}" if not c.startswith("observation.") else c for c in cameras}
+        unknown = wanted - set(video_keys)
+        if unknown:
+            raise ValueError(f"cameras {sorted(unknown)} not in dataset; valid: {video_keys}")
+        video_keys = [k for k in video_keys if k in wanted]
+    tasks = _read_tasks(root)
+
+    ep_files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    episodes = pa.concat_tables([pq.read_table(p) for p in ep_files]).to_pylist() if ep_files else []
+    data_cache: dict[tuple[int, int], object] = {}
+    frame_cache: dict[Path, np.ndarray] = {}
+    out: list[RobotEpisode] = []
+    for ep in sorted(episodes, key=lambda r: r["episode_index"]):
+        cf = (int(ep["data/chunk_index"]), int(ep["data/file_index"]))
+        if cf not in data_cache:
+            data_cache[cf] = pq.read_table(root / info["data_path"].format(chunk_index=cf[0], file_index=cf[1]))
+        table = data_cache[cf]
+        idx = table.column("index").to_numpy()
+        lo, hi = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
+        rows = table.filter(pa.array((idx >= lo) & (idx < hi)))
+        order = np.argsort(rows.column("frame_index").to_numpy(), kind="stable")
+        rows = rows.take(pa.array(order))
+        ts = _column(rows, "timestamp", np.float64)
+        actions = _column(rows, action_key, np.float32) if action_key in rows.column_names else None
+        proprio = _column(rows, state_key, np.float32) if state_key in rows.column_names else None
+        ep_tasks = ep.get("tasks") or []
+        if not ep_tasks and "task_index" in rows.column_names and len(rows):
+            ep_tasks = [tasks.get(int(rows.column("task_index")[0].as_py()), "")]
+        language = "; ".join(str(t) for t in ep_tasks)
+        success = ep.get("success")
+        base_issues = []
+        if len(rows) != int(ep["length"]):
+            base_issues.append(f"row count: episode length {ep['length']}, data has {len(rows)} rows")
+        for key in video_keys:
+            vpath = root / info["video_path"].format(
+                video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]),
+                file_index=int(ep[f"videos/{key}/file_index"]))
+            from_s = float(ep.get(f"videos/{key}/from_timestamp") or 0.0)
+            to_s = ep.get(f"videos/{key}/to_timestamp")
+            to_s = None if to_s is None else float(to_s)
+            n_video = None
+            issues = list(base_issues)
+            if check_video:
+                if not vpath.exists():
+                    issues.append(f"missing video: {vpath.name}")
+                else:
+                    if vpath not in frame_cache:
+                        frame_cache[vpath] = video_frame_times(vpath)
+                    pts = frame_cache[vpath]
+                    eps = 1e-6
+                    n_video = int(((pts >= from_s - eps) & (pts < (np.inf if to_s is None else to_s) - eps)).sum())
+            issues += check_timestamps(ts, fps, n_video)
+            out.append(RobotEpisode(
+                uri=str(vpath), camera=key.removeprefix("observation.images."), episode_index=int(ep["episode_index"]),
+                fps=fps, timestamps=ts, actions=actions, proprio=proprio, language=language,
+                success=None if success is None else bool(success), from_s=from_s, to_s=to_s,
+                timestamp_issues=issues))
+    return out
+
+
+def load_npz_episode(mp4_path: str | Path, npz_path: str | Path | None = None) -> RobotEpisode:
+    """An ``episode.mp4`` with its ``episode.npz`` (default: same name, ``.npz``).
+
+    npz arrays: ``actions`` [N, A] (required), ``timestamps`` [N] seconds (default: the video's
+    frame pts when the counts match, else ``i / fps``), ``proprio`` [N, P], ``language`` (str),
+    ``success`` (bool). Timestamps on another clock (e.g. wall-clock time) are shifted so the
+    first row falls on the video's first frame, and the shift is reported.
+    """
+    mp4_path = Path(mp4_path)
+    npz_path = Path(npz_path) if npz_path is not None else mp4_path.with_suffix(".npz")
+    pts = video_frame_times(mp4_path)
+    import av
+
+    with av.open(str(mp4_path)) as c:
+        rate = c.streams.video[0].average_rate or c.streams.video[0].guessed_rate
+    fps = float(rate) if rate else (1.0 / float(np.median(np.diff(pts))) if len(pts) > 1 else 0.0)
+    issues: list[str] = []
+    with np.load(npz_path, allow_pickle=False) as z:
+        actions = np.asarray(z["actions"], np.float32)
+        if actions.ndim == 1:
+            actions = actions[:, None]
+        n = len(actions)
+        proprio = np.asarray(z["proprio"], np.float32) if "proprio" in z.files else None
+        language = str(z["language"]) if "language" in z.files else ""
+        success = bool(z["success"]) if "success" in z.files else None
+        if "timestamps" in z.files:
+            ts = np.asarray(z["timestamps"], np.float64)
+            if len(ts) != n:
+                issues.append(f"timestamps has {len(ts)} rows, actions has {n}")
+                ts = ts[:n] if len(ts) > n else np.concatenate([ts, np.full(n - len(ts), np.nan)])
+            start = float(pts[0]) if len(pts) else 0.0
+            if len(ts) and fps and abs(ts[0] - start) > 0.5 / fps:
+                issues.append(f"clock offset: timestamps start at {ts[0]:.4f}s, video at {start:.4f}s; shifted")
+                ts = ts - ts[0] + start
+        elif len(pts) == n:
+            ts = pts.copy()
+        else:
+            ts = (pts[0] if len(pts) else 0.0) + np.arange(n) / fps
+    if proprio is not None and len(proprio) != n:
+        issues.append(f"proprio has {len(proprio)} rows, actions has {n}")
+    issues += check_timestamps(ts, fps, len(pts))
+    return RobotEpisode(uri=str(mp4_path), camera="", episode_index=0, fps=fps, timestamps=ts, actions=actions,
+                        proprio=proprio, language=language, success=success, from_s=0.0, to_s=None,
+                        timestamp_issues=issues)
+
+
+class Alignment(NamedTuple):
+    """Rows of an episode matched to clip frames.
+
+    ``actions``: float32 [T, A] (NaN rows where no row lay within tolerance; None for
+    action-free episodes); ``proprio``: the same for proprio (or None); ``max_error_s``: the
+    largest |frame pts - row time| over matched frames (seconds); ``missed``: int64 indices of
+    frames without a row within tolerance.
+    """
+
+    actions: np.ndarray | None
+    proprio: np.ndarray | None
+    max_error_s: float
+    missed: np.ndarray
+
+
+def align_to_frames(episode: RobotEpisode, frame_pts_s: np.ndarray, tolerance_s: float | None = None) -> Alignment:
+    """For each clip frame (its pts on the video file's clock, seconds), the episode row whose
+    time (``episode.video_times_s``) is nearest, if within ``tolerance_s`` (default: half a frame
+    period). Rows are never interpolated: a frame gets a recorded action or NaN.
+    """
+    frame_pts_s = np.asarray(frame_pts_s, np.float64)
+    times = episode.video_times_s
+    if tolerance_s is None:
+        tolerance_s = 0.5 / episode.fps if episode.fps else 0.0
+    if len(times) == 0:
+        nearest = np.zeros(len(frame_pts_s), np.int64)
+        err = np.full(len(frame_pts_s), np.inf)
+    else:
+        # Nearest by sorted search; works with non-monotonic rows too (sorted order, stable).
+        order = np.argsort(times, kind="stable")
+        st = times[order]
+        pos = np.clip(np.searchsorted(st, frame_pts_s), 1, max(len(st) - 1, 1))
+        left = np.clip(pos - 1, 0, len(st) - 1)
+        right = np.clip(pos, 0, len(st) - 1)
+        pick_right = np.abs(st[right] - frame_pts_s) < np.abs(st[left] - frame_pts_s)
+        sorted_idx = np.where(pick_right, right, left)
+        nearest = order[sorted_idx]
+        err = np.abs(st[sorted_idx] - frame_pts_s)
+    ok = err <= tolerance_s + 1e-9
+    missed = np.flatnonzero(~ok).astype(np.int64)
+
+    def take(arr: np.ndarray | None) -> np.ndarray | None:
+        if arr is None:
+            return None
+        res = np.full((len(frame_pts_s),) + arr.shape[1:], np.nan, np.float32)
+        if len(arr):
+            res[ok] = arr[nearest[ok]]
+        return res
+
+    max_err = float(err[ok].max()) if ok.any() else float("nan")
+    return Alignment(take(episode.actions), take(episode.proprio), max_err, missed)

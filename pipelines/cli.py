@@ -1,0 +1,225 @@
+"""The ``defi`` command line. Every subcommand has ``--help``; user errors (bad flag, bad SQL,
+missing root) print one line naming the problem and exit with code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too; keep it short)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+# ---------------------------------------------------------------------------------------------
+# query / info / index
+# ---------------------------------------------------------------------------------------------
+def _open(root: str):
+    from defi.schemas.corpus import Corpus
+
+    return Corpus.open(root)
+
+
+def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
+    """Plain-text table of an Arrow table (first ``max_rows`` rows)."""
+    cols = table.column_names
+    rows = table.slice(0, max_rows).to_pylist()
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            s = f"{v:.6g}"
+        elif v is None:
+            s = "NULL"
+        else:
+            s = str(v)
+        return s if len(s) <= max_width else s[: max_width - 1] + "…"
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    more = table.num_rows - len(rows)
+    lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}" + (f", {more} not shown)" if more > 0 else ")"))
+    return "\n".join(lines)
+
+
+def write_result(table, fmt: str, out: str | None) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if fmt == "table":
+        print(format_table(table))
+        return
+    if fmt == "parquet":
+        if not out:
+            raise UsageError("--format parquet needs --out FILE")
+        pq.write_table(table, out)
+        return
+    if fmt == "csv":
+        # quote the header only where a name needs it (pyarrow's "needed" quotes every name)
+        plain = all(not any(ch in c for ch in ',"\n') for c in table.column_names)
+        opts = pcsv.WriteOptions(quoting_style="needed", quoting_header="none" if plain else "all_valid")
+        if out:
+            pcsv.write_csv(table, out, opts)
+        else:
+            import io
+
+            buf = io.BytesIO()
+            pcsv.write_csv(table, buf, opts)
+            sys.stdout.write(buf.getvalue().decode())
+        return
+    if fmt == "json":
+        text = "\n".join(json.dumps(r, default=str) for r in table.to_pylist())
+        if out:
+            with open(out, "w") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+        return
+    raise UsageError(f"unknown format {fmt!r}; valid: table, csv, json, parquet")
+
+
+def cmd_query(args) -> int:
+    corpus = _open(args.root)
+    table = corpus.query(args.sql, threads=args.threads)
+    write_result(table, args.format, args.out)
+    if args.out:
+        print(f"wrote {table.num_rows} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def corpus_summary(corpus) -> dict:
+    """The numbers ``defi info`` prints: videos, hours in/out, clips by reason, shards, labels."""
+    q = corpus.query
+    src = q(
+        "SELECT count(*) AS n, count(*) FILTER (WHERE error IS NULL) AS ok, "
+        "coalesce(sum(duration_s) FILTER (WHERE error IS NULL), 0) / 3600 AS hours FROM sources"
+    ).to_pylist()[0]
+    errors = {r["error"]: r["n"] for r in q("SELECT error, count(*) AS n FROM sources WHERE error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").to_pylist()}
+    clips = q(
+        "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE NOT kept) AS rejected, "
+        "coalesce(sum(duration_s) FILTER (WHERE kept), 0) / 3600 AS hours_kept FROM clips"
+    ).to_pylist()[0]
+    reasons = {r["reject_reason"]: r["n"] for r in q("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC").to_pylist()}
+    shards = q("SELECT count(*) AS n, coalesce(sum(size_bytes), 0)::BIGINT AS bytes FROM shards").to_pylist()[0]
+    labels = {r["labeler"]: r["n"] for r in q("SELECT labeler, count(*) AS n FROM latent_actions GROUP BY 1 ORDER BY 1").to_pylist()}
+    return {
+        "root": corpus.root,
+        "format_version": corpus.info.get("format_version"),
+        "videos": src["n"],
+        "videos_ok": src["ok"],
+        "video_errors": errors,
+        "hours_in": src["hours"],
+        "clips_kept": clips["kept"],
+        "clips_rejected": clips["rejected"],
+        "reject_reasons": reasons,
+        "hours_out": clips["hours_kept"],
+        "shards": shards["n"],
+        "shard_bytes": shards["bytes"],
+        "labels": labels,
+    }
+
+
+def cmd_info(args) -> int:
+    s = corpus_summary(_open(args.root))
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"corpus   {s['root']}  (format {s['format_version']})")
+    print(f"videos   {s['videos']} ({s['videos_ok']} readable), {s['hours_in']:.3f} h in")
+    for k, v in s["video_errors"].items():
+        print(f"  error  {k}: {v}")
+    print(f"clips    {s['clips_kept']} kept, {s['clips_rejected']} rejected, {s['hours_out']:.3f} h out")
+    for k, v in s["reject_reasons"].items():
+        print(f"  reject {k}: {v}")
+    print(f"shards   {s['shards']} ({s['shard_bytes'] / 1e6:.1f} MB)")
+    for k, v in s["labels"].items():
+        print(f"labels   {k}: {v} clips")
+    return 0
+
+
+def cmd_index(args) -> int:
+    path = _open(args.root).build_index()
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from defi.pipelines import demo
+
+    return demo.run(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser: one place that maps subcommands to functions
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="defi", description="Curate video into a latent-action-labeled corpus, query it, train on it.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("query", help="run read-only SQL over a corpus index",
+                       description="Run read-only SQL over the views sources, clips, shards, latent_actions "
+                       "(and labels_<labeler> per labeler). Only SELECT/EXPLAIN are accepted.")
+    q.add_argument("sql", help='SQL, e.g. "SELECT reject_reason, count(*) FROM clips GROUP BY 1"')
+    q.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    q.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
+    q.add_argument("--out", help="write the result to this file instead of stdout")
+    q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+    q.set_defaults(func=cmd_query)
+
+    i = sub.add_parser("info", help="summarise a corpus", description="Videos, hours in and out, clips kept and rejected by reason, shards, labels.")
+    i.add_argument("root")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.set_defaults(func=cmd_info)
+
+    x = sub.add_parser("index", help="rebuild ROOT/index.duckdb", description="Write index.duckdb with the corpus views, for DuckDB's own clients (local roots).")
+    x.add_argument("root")
+    x.set_defaults(func=cmd_index)
+
+    d = sub.add_parser("demo", help="run the main job on an embedded default", description="Curate the embedded default inputs into a corpus and summarise it.")
+    d.add_argument("--root", default="demo_corpus", help="where to write the demo corpus")
+    d.set_defaults(func=cmd_demo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+# Extra subcommands register here explicitly, one line each (no registration by import side effect).
+def _extra_commands() -> list[Callable]:
+    out: list[Callable] = []
+    return out
+
+
+_EXTRA_COMMANDS = _extra_commands()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from defi.schemas.corpus import CorpusError
+    from defi.schemas.tables import SchemaError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:
+        sys.stderr.write(f"defi {args.command}: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""The corpus on storage, and the handle every stage and tool uses to read and write it.
+
+```
+ROOT/
+  corpus.json                      format version, creation time, defi version
+  sources/part-*.parquet           one row per input video
+  clips/part-*.parquet             one row per candidate clip, kept or rejected
+  shards/shard-NNNNNN.tar          WebDataset samples (see samples.py)
+  labels/<labeler>/part-*.parquet  one row per labeled clip
+  runs/<run_id>.json               one record per run
+  index.duckdb                     (local roots) views over the parquet, for DuckDB's own clients
+```
+
+Atomicity: a part becomes visible only complete. Locally it is written to a hidden temp name
+(``.tmp-*``, never matched by readers) and renamed with ``os.replace``; on object stores a single
+PUT is atomic, so the object is written under its final name in one upload. Part names are chosen
+by the writer per unit of work, so re-committing the same unit overwrites rather than duplicates.
+
+Queries: local roots are read by DuckDB from the parquet paths directly; remote roots through a
+pyarrow dataset over the fsspec filesystem registered in DuckDB. DuckDB is never handed an fsspec
+filesystem (it has returned wrong sums that way).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .tables import FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, validate_table
+
+CORPUS_FILE = "corpus.json"
+INDEX_FILE = "index.duckdb"
+LABELS_DIR = "labels"
+RUNS_DIR = "runs"
+SHARDS_DIR = "shards"
+PART_GLOB = "part-*.parquet"
+
+# Statement types `query` accepts: reading only. COPY ... TO, CREATE, ATTACH, SET ... are refused.
+_READ_ONLY = {"SELECT", "EXPLAIN"}
+_PART_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
+
+
+class CorpusError(Exception):
+    """A corpus problem a user can fix (missing root, newer format, bad SQL); one-line message."""
+
+
+def defi_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("defi")
+    except Exception:  # running from a checkout without install metadata
+        return "unknown"
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Corpus:
+    """Handle on a corpus root (a local folder or any fsspec URL)."""
+
+    root: str
+    fs: fsspec.AbstractFileSystem
+    path_root: str  # root as the filesystem names it (no protocol)
+    info: dict[str, Any]
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str, exist_ok: bool = True, storage_options: dict | None = None) -> "Corpus":
+        """Create a corpus at ``root`` (or open it if it exists and ``exist_ok``)."""
+        fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
+        meta = f"{path.rstrip('/')}/{CORPUS_FILE}"
+        if fs.exists(meta):
+            if not exist_ok:
+                raise CorpusError(f"corpus already exists at {root}")
+            return cls.open(root, storage_options)
+        fs.makedirs(path, exist_ok=True)
+        info = {"format_version": FORMAT_VERSION, "created_at": _utcnow(), "defi_version": defi_version()}
+        _atomic_write_bytes(fs, meta, json.dumps(info, indent=2).encode())
+        return cls(str(root), fs, path.rstrip("/"), info)
+
+    @classmethod
+    def open(cls, root: str, storage_options: dict | None = None) -> "Corpus":
+        """Open an existing corpus; refuses a missing root and a newer major format."""
+        fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
+        path = path.rstrip("/")
+        meta = f"{path}/{CORPUS_FILE}"
+        if not fs.exists(path):
+            raise CorpusError(f"corpus root {root} does not exist")
+        if not fs.exists(meta):
+            raise CorpusError(f"{root} is not a defi corpus (no {CORPUS_FILE}); create one with `defi curate`")
+        try:
+            info = json.loads(fs.cat_file(meta))
+            version = str(info["format_version"])
+            major = int(version.split(".")[0])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorpusError(f"{meta} is unreadable: {e}") from None
+        if major > FORMAT_MAJOR:
+            raise CorpusError(
+                f"corpus {root} has format {version}, newer than this defi supports ({FORMAT_VERSION}); "
+                "upgrade defi to read it"
+            )
+        return cls(str(root), fs, path, info)
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("file", "local")
+
+    def path(self, *parts: str) -> str:
+        """A path inside the root, as the filesystem names it."""
+        return "/".join([self.path_root, *parts])
+
+    def url(self, *parts: str) -> str:
+        """A URL inside the root that fsspec (and webdataset's pipe/fsspec openers) can open."""
+        p = self.path(*parts)
+        return p if self.is_local else self.fs.unstrip_protocol(p)
+
+    def shard_url(self, name: str) -> str:
+        return self.url(SHARDS_DIR, name)
+
+    def table_dir(self, table: str) -> str:
+        if table in ("sources", "clips", "shards"):
+            return self.path(table)
+        if table.startswith(LABELS_DIR + "/"):
+            return self.path(table)
+        raise CorpusError(f"unknown table {table!r}; valid: sources, clips, shards, labels/<labeler>")
+
+    # -- writing -------------------------------------------------------------------------------
+    def write_part(self, table: str, data: pa.Table, part: str | None = None) -> str:
+        """Atomically write one parquet part of ``table`` ("sources", "clips", "shards" or
+        "labels/<labeler>"); ``part`` names it (same name = replace, for idempotent commits)."""
+        schema = LATENT_ACTIONS if table.startswith(LABELS_DIR + "/") else TABLES[table]
+        validate_table(data, schema, table)
+        data = data.select(schema.names).cast(schema)
+        part = part or uuid.uuid4().hex
+        if not _PART_NAME.match(part):
+            raise ValueError(f"part name {part!r} has characters outside [A-Za-z0-9_.=-]")
+        d = self.table_dir(table)
+        self.fs.makedirs(d, exist_ok=True)
+        final = f"{d}/part-{part}.parquet"
+        if self.is_local:
+            tmp = f"{d}/.tmp-{part}-{uuid.uuid4().hex}.parquet"
+            with open(tmp, "wb") as f:
+                pq.write_table(data, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        else:
+            with self.fs.open(final, "wb") as f:  # one PUT on close: atomic on object stores
+                pq.write_table(data, f, compression="zstd")
+        return final
+
+    def parts(self, table: str) -> list[str]:
+        """Committed parts of a table, sorted (temp files are never listed)."""
+        d = self.table_dir(table)
+        if not self.fs.exists(d):
+            return []
+        return sorted(p for p in self.fs.glob(f"{d}/{PART_GLOB}"))
+
+    def labelers(self) -> list[str]:
+        d = self.path(LABELS_DIR)
+        if not self.fs.exists(d):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(d, detail=False) if self.fs.isdir(p))
+
+    def read_table(self, table: str) -> pa.Table:
+        """All committed parts of a table as one Arrow table (empty, with schema, if none)."""
+        schema = LATENT_ACTIONS if table.startswith(LABELS_DIR + "/") else TABLES[table]
+        parts = self.parts(table)
+        if not parts:
+            return schema.empty_table()
+        return pa.concat_tables([pq.read_table(p, filesystem=self.fs, schema=schema) for p in parts])
+
+    def write_json(self, rel_path: str, obj: Any) -> str:
+        p = self.path(rel_path)
+        self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        _atomic_write_bytes(self.fs, p, json.dumps(obj, indent=2, default=str).encode())
+        return p
+
+    def read_json(self, rel_path: str) -> Any:
+        return json.loads(self.fs.cat_file(self.path(rel_path)))
+
+    # -- querying ------------------------------------------------------------------------------
+    def views(self) -> dict[str, list[str]]:
+        """View name -> parquet parts behind it. ``latent_actions`` unions every labeler's parts;
+        each labeler also gets its own view ``labels_<name>`` (non-alphanumerics -> ``_``)."""
+        out = {t: self.parts(t) for t in ("sources", "clips", "shards")}
+        out["latent_actions"] = []
+        for name in self.labelers():
+            ps = self.parts(f"{LABELS_DIR}/{name}")
+            out["latent_actions"] += ps
+            out[label_view_name(name)] = ps
+        return out
+
+    def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the corpus views defined."""
+        con = duckdb.connect()
+        if threads:
+            con.execute(f"SET threads={int(threads)}")
+        for view, parts in self.views().items():
+            schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
+            _define_view(con, view, parts, schema, self)
+        return con
+
+    def query(self, sql: str, threads: int | None = None) -> pa.Table:
+        """Run read-only SQL over the views; returns an Arrow table. Raises ``CorpusError``."""
+        con = self.connect(threads)
+        try:
+            check_read_only(con, sql)
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as e:
+            raise CorpusError(f"SQL error: {_first_line(str(e))}") from None
+        finally:
+            con.close()
+
+    def build_index(self) -> str:
+        """Write ``index.duckdb`` (local roots only) with the views, so DuckDB's own clients can
+        open the index directly. Views name absolute parquet globs: re-run after moving the root."""
+        if not self.is_local:
+            raise CorpusError("index.duckdb is built for local roots only; query remote roots with `defi query`")
+        final = self.path(INDEX_FILE)
+        tmp = self.path(f".tmp-index-{uuid.uuid4().hex}.duckdb")
+        con = duckdb.connect(tmp)
+        try:
+            for view, parts in self.views().items():
+                schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
+                if parts:
+                    files = ", ".join(_sql_str(os.path.abspath(p)) for p in parts)
+                    con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
+                else:
+                    cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+                    con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
+        finally:
+            con.close()
+        os.replace(tmp, final)
+        return final
+
+
+def label_view_name(labeler: str) -> str:
+    return "labels_" + re.sub(r"[^A-Za-z0-9_]", "_", labeler)
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but SELECT/EXPLAIN statements (DELETE, DROP, COPY ... TO, CREATE, ATTACH...)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise CorpusError(f"SQL error: {_first_line(str(e))}") from None
+    if not statements:
+        raise CorpusError("SQL error: empty query")
+    for st in statements:
+        kind = st.type.name
+        if kind not in _READ_ONLY:
+            raise CorpusError(f"only read-only queries are allowed; refused a {kind} statement")
+
+
+def _define_view(con, view: str, parts: list[str], schema: pa.Schema, corpus: Corpus) -> None:
+    if not parts:
+        con.register(f"__empty_{view}", schema.empty_table())
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM __empty_{view}")
+    elif corpus.is_local:
+        files = ", ".join(_sql_str(p) for p in parts)
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
+    else:
+        import pyarrow.dataset as ds
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        dataset = ds.dataset(parts, schema=schema, format="parquet", filesystem=PyFileSystem(FSSpecHandler(corpus.fs)))
+        con.register(view, dataset)
+
+
+def _duck_type(t: pa.DataType) -> str:
+    """DuckDB type name for the empty views of ``index.duckdb``."""
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_float32(t):
+        return "FLOAT"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    if pa.types.is_map(t):
+        return f"MAP({_duck_type(t.key_type)}, {_duck_type(t.item_type)})"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _first_line(msg: str) -> str:
+    return " ".join(msg.strip().splitlines()[:1]) if msg.strip() else "unknown error"
+
+
+def _atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)

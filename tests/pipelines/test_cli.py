@@ -1,0 +1,75 @@
+"""The CLI as users run it: a real subprocess, real corpus files."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from defi.schemas.corpus import Corpus
+from defi.schemas.records import ClipRecord, SourceRecord, clips_table, sources_table
+
+
+def defi(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", *args], capture_output=True, text=True)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    c = Corpus.create(str(tmp_path / "c"))
+    c.write_part("sources", sources_table([
+        SourceRecord(source_id="a" * 32, uri="/a.mp4", duration_s=7200.0),
+        SourceRecord(source_id="b" * 32, uri="/b.mp4", error="truncated"),
+    ]), part="x")
+    c.write_part("clips", clips_table([
+        ClipRecord(key=f"k{i}", source_id="a" * 32, start_frame=0, end_frame=10, start_s=0, end_s=1800.0,
+                   kept=i < 2, reject_reason=None if i < 2 else "low_motion", motion_mean=float(i))
+        for i in range(3)
+    ]), part="x")
+    return c
+
+
+def test_query_prints_a_table_and_writes_files(corpus, tmp_path):
+    out = defi("query", "SELECT key, motion_mean FROM clips WHERE kept ORDER BY key", "--root", corpus.root).stdout
+    assert "k0" in out and "k1" in out and "k2" not in out and "(2 rows)" in out
+    defi("query", "SELECT key FROM clips ORDER BY key", "--root", corpus.root, "--format", "parquet", "--out", str(tmp_path / "r.parquet"))
+    assert pq.read_table(tmp_path / "r.parquet").column("key").to_pylist() == ["k0", "k1", "k2"]
+    rows = [json.loads(l) for l in defi("query", "SELECT key FROM clips ORDER BY key", "--root", corpus.root, "--format", "json").stdout.splitlines()]
+    assert rows == [{"key": "k0"}, {"key": "k1"}, {"key": "k2"}]
+    csv = defi("query", "SELECT count(*) AS n FROM clips", "--root", corpus.root, "--format", "csv").stdout
+    assert csv.split() == ["n", "3"]
+
+
+@pytest.mark.parametrize("sql", ["DELETE FROM clips", "DROP VIEW clips", "COPY (SELECT 1) TO 'x.csv'"])
+def test_query_refuses_writes_with_exit_2(corpus, sql):
+    p = defi("query", sql, "--root", corpus.root, check=False)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "read-only" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_sql_missing_root_bad_flag_exit_2(corpus, tmp_path):
+    p = defi("query", "SELECT nope FROM clips", "--root", corpus.root, check=False)
+    assert p.returncode == 2 and "nope" in p.stderr and p.stderr.count("\n") == 1
+    p = defi("query", "SELECT 1", "--root", str(tmp_path / "missing"), check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = defi("query", "SELECT 1", "--root", corpus.root, "--format", "xml", check=False)
+    assert p.returncode == 2 and "xml" in p.stderr
+
+
+def test_info_summarises(corpus):
+    s = json.loads(defi("info", corpus.root, "--json").stdout)
+    assert s["videos"] == 2 and s["videos_ok"] == 1 and s["video_errors"] == {"truncated": 1}
+    assert s["hours_in"] == pytest.approx(2.0) and s["hours_out"] == pytest.approx(1.0)
+    assert s["clips_kept"] == 2 and s["reject_reasons"] == {"low_motion": 1}
+    text = defi("info", corpus.root).stdout
+    assert "reject low_motion: 1" in text
+
+
+def test_index_and_help(corpus):
+    assert "index.duckdb" in defi("index", corpus.root).stdout
+    for cmd in ["query", "info", "index", "demo"]:
+        assert "usage:" in defi(cmd, "--help").stdout

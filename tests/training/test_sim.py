@@ -1,0 +1,176 @@
+"""Meta-World generation: real MuJoCo rollouts rendered headless, written as LeRobot v3.0, read back."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("metaworld")
+
+from defi.curate.robot import align_to_frames, load_lerobot  # noqa: E402
+from defi.training.sim import MetaWorldEnv, generate  # noqa: E402
+from defi.training.sim.metaworld_env import episode_seed  # noqa: E402
+
+KW = dict(size=64, fps=20, max_steps=80, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mw") / "ds"
+    summary = generate(["reach-v3"], 2, out, workers=1, **KW)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = MetaWorldEnv("reach-v3", size=64)
+    yield e
+    e.close()
+
+
+def decode(path):
+    with av.open(str(path)) as c:
+        return [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+
+
+def red_rows(img):
+    """Row of every pixel of the (red) Sawyer arm."""
+    im = img.astype(int)
+    return np.nonzero((im[..., 0] > 100) & (im[..., 1] < 60) & (im[..., 2] < 60))[0]
+
+
+def test_layout_is_lerobot_v3(dataset):
+    root, summary = dataset
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 20
+    assert info["total_episodes"] == 2 and info["total_frames"] == summary["frames"]
+    f = info["features"]
+    assert f["observation.images.corner"]["dtype"] == "video" and f["observation.images.corner"]["shape"] == [64, 64, 3]
+    assert f["action"]["shape"] == [4] and f["observation.state"]["shape"] == [4]
+    for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        assert k in f
+    assert info["video_path"].format(video_key="observation.images.corner", chunk_index=0, file_index=0) == \
+        "videos/observation.images.corner/chunk-000/file-000.mp4"
+    assert (root / "videos/observation.images.corner/chunk-000/file-000.mp4").exists()
+    tasks = pq.read_table(root / "meta/tasks.parquet").to_pydict()
+    assert tasks == {"task_index": [0], "task": ["reach the red goal"]}
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["episode_index"] for e in eps] == [0, 1]
+    assert eps[0]["dataset_from_index"] == 0 and eps[1]["dataset_from_index"] == eps[0]["dataset_to_index"]
+    assert eps[0]["videos/observation.images.corner/from_timestamp"] == 0.0
+    assert eps[1]["videos/observation.images.corner/from_timestamp"] == pytest.approx(eps[0]["length"] / 20)
+
+
+def test_rows_frames_and_actions_line_up(dataset):
+    root, _ = dataset
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    frames = decode(root / "videos/observation.images.corner/chunk-000/file-000.mp4")
+    pts = np.array([t for t, _ in frames])
+    assert len(frames) == data.num_rows == sum(e["length"] for e in eps)
+    assert np.array_equal(data.column("index").to_numpy(), np.arange(data.num_rows))
+    for e in eps:
+        rows = data.filter(pa.array(data.column("episode_index").to_numpy() == e["episode_index"]))
+        n = rows.num_rows
+        assert n == e["length"] == e["dataset_to_index"] - e["dataset_from_index"]
+        ts = rows.column("timestamp").to_numpy()
+        assert np.all(np.diff(ts) > 0) and np.allclose(ts, np.arange(n) / 20, atol=1e-6)
+        lo, hi = e["videos/observation.images.corner/from_timestamp"], e["videos/observation.images.corner/to_timestamp"]
+        assert ((pts >= lo - 1e-6) & (pts < hi - 1e-6)).sum() == n  # one video frame per row
+        act = np.stack(rows.column("action").to_numpy(zero_copy_only=False))
+        assert act.shape == (n, 4) and np.abs(act).max() <= 1.0 and np.abs(act[:, :3]).max() > 0.1
+
+
+def test_scripted_expert_succeeds(dataset):
+    root, summary = dataset
+    assert summary["episodes_succeeded"] == 2 and summary["success_rate"] == 1.0
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert all(e["success"] for e in eps)
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    for e in eps:
+        ok = data.column("next.success").to_numpy(zero_copy_only=False)[e["dataset_from_index"]:e["dataset_to_index"]]
+        # episode stops 10 steps after the first success, which is after step 0
+        assert not ok[0] and ok[-1] and e["length"] < 80
+
+
+def test_frames_are_upright(env, dataset):
+    import mujoco
+
+    obs = env.reset(0)
+    raw = mujoco.Renderer(env.env.model, 64, 64)
+    raw.update_scene(env.env.data, camera="corner")
+    assert np.array_equal(obs["image"], np.rot90(raw.render(), 2))
+    raw.close()
+    # Semantics: raising the hand moves the arm up in the image (rows get smaller).
+    env.reset(0)
+    for _ in range(20):
+        up, *_ = env.step(np.array([0, 0, 1, 0]))
+    env.reset(0)
+    for _ in range(20):
+        down, *_ = env.step(np.array([0, 0, -1, 0]))
+    assert up["proprio"][2] > down["proprio"][2] + 0.2
+    assert red_rows(up["image"]).mean() < red_rows(down["image"]).mean() - 2
+    assert red_rows(up["image"]).min() < red_rows(down["image"]).min()
+    # The video holds what the env rendered: episode 0's first frame is the env's reset frame.
+    root, _ = dataset
+    first = decode(root / "videos/observation.images.corner/chunk-000/file-000.mp4")[0][1]
+    ref = env.reset(int(episode_seed(3, "reach-v3", 0).spawn(3)[0].generate_state(1)[0]))["image"]
+    assert np.abs(first.astype(int) - ref).mean() < 4
+    assert np.abs(first.astype(int) - np.flipud(ref)).mean() > 3 * np.abs(first.astype(int) - ref).mean()
+
+
+def test_env_obs_and_step(env):
+    obs = env.reset(1)
+    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
+    assert obs["proprio"].dtype == np.float32 and np.allclose(obs["proprio"], obs["state"][:4])
+    o2, reward, success, done = env.step(np.array([5.0, 0, 0, 0]))  # clipped to 1
+    assert isinstance(reward, float) and not success and not done
+    assert 0.005 < o2["proprio"][0] - obs["proprio"][0] < 0.02  # 1 action unit = 1 cm target move
+    # reset(seed) reseeds: same seed, same goal; other seed, other goal
+    g1 = env.reset(7)["state"][-3:]
+    g2 = env.reset(8)["state"][-3:]
+    assert np.array_equal(g1, env.reset(7)["state"][-3:]) and not np.allclose(g1, g2)
+    with pytest.raises(ValueError, match="valid"):
+        MetaWorldEnv("no-such-task-v3")
+
+
+def test_load_lerobot_and_align(dataset):
+    root, _ = dataset
+    eps = load_lerobot(root)
+    assert [e.episode_index for e in eps] == [0, 1]
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    all_actions = np.stack(data.column("action").to_numpy(zero_copy_only=False)).astype(np.float32)
+    frames = decode(eps[1].uri)
+    pts = np.array([t for t, _ in frames])
+    for e in eps:
+        assert e.timestamp_issues == [] and e.success and e.language == "reach the red goal"
+        assert e.actions.shape == (len(e), 4) and e.proprio.shape == (len(e), 4)
+    e = eps[1]
+    in_ep = pts[(pts >= e.from_s - 1e-6) & (pts < e.to_s - 1e-6)]
+    clip = in_ep[10:30]  # a clip: frames 10..29 of episode 1, on the file's clock
+    al = align_to_frames(e, clip)
+    lo = len(eps[0])
+    assert np.array_equal(al.actions, all_actions[lo + 10: lo + 30])
+    assert al.max_error_s < 1e-4 and len(al.missed) == 0
+
+
+def test_action_free_and_deterministic_across_workers(dataset, tmp_path):
+    root, _ = dataset
+    # Same seed, 2 spawn workers, action-free: same frames, no action/state columns.
+    out = tmp_path / "af"
+    s = generate(["reach-v3"], 2, out, workers=2, action_free=True, **KW)
+    assert s["episodes_written"] == 2
+    info = json.loads((out / "meta/info.json").read_text())
+    assert "action" not in info["features"] and "observation.state" not in info["features"]
+    cols = pq.read_table(out / "data/chunk-000/file-000.parquet").column_names
+    assert "action" not in cols and "observation.state" not in cols
+    eps = load_lerobot(out)
+    assert all(e.actions is None and e.proprio is None for e in eps)
+    a = decode(root / "videos/observation.images.corner/chunk-000/file-000.mp4")
+    b = decode(out / "videos/observation.images.corner/chunk-000/file-000.mp4")
+    assert len(a) == len(b) and all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))

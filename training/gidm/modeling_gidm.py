@@ -1,0 +1,357 @@
+"""GIDM: a latent inverse-dynamics model (latent action model), readable in one sitting.
+
+    encoder:  [action queries | tokens(o_t) | tokens(o_t+k) | lang]  -> transformer -> queries
+              -> bottleneck (continuous / VQ / FSQ) -> z [B, Q, W]
+    decoder:  [z | tokens(o_t) | lang] -> transformer -> per-patch residual -> tokens(o_t+k)
+
+Tokens are pixel patches (input_space="pixels") or the patch features of a frozen image encoder
+(input_space="features", as UniVLA's stage-1 model does with DINOv2). The decoder sees o_t but not
+o_t+k, so whatever it needs to predict the change must pass through the small latent z: that is
+the latent action. The shape follows UniVLA's latent action model (learned action queries in a
+spatio-temporal transformer, VQ with commitment 0.25 and dead-code restart); the code is ours.
+
+``forward`` returns a dict of losses and diagnostics (all scalars are 0-dim tensors):
+loss, recon_loss, bottleneck_loss, [kl | vq_codebook, vq_commit], code_usage, perplexity,
+dead_code_restarts, latent_norm and delta_recon. delta_recon = recon loss with z shuffled across
+the batch minus recon loss with the true z: about 0 means the latent carries nothing the decoder
+uses (collapse); large while the probe of true actions stays poor means it copies appearance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .configuration_gidm import GIDMConfig
+
+# open_clip ViTs are trained on these (open_clip.constants.OPENAI_DATASET_MEAN/STD); DINOv2 on
+# ImageNet statistics.
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TIMM_DINOV2 = {"dinov2_vitb14": "vit_base_patch14_dinov2",
+               "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen feature extractor (input_space="features")
+# ----------------------------------------------------------------------------------------------
+class FrozenFeatureExtractor(nn.Module):
+    """Images [B, C, H, W] in [0, 1] -> patch tokens [B, N, F], never trained.
+
+    kind: "open_clip" (an open_clip VisionTransformer), "timm" (a timm ViT; prefix tokens such as
+    CLS and registers are dropped) or "external" (any module mapping [0, 1] images to [B, N, F];
+    no normalisation is applied for it)."""
+
+    def __init__(self, backbone: nn.Module, kind: str, mean=None, std=None):
+        super().__init__()
+        assert kind in ("open_clip", "timm", "external"), kind
+        self.backbone, self.kind = backbone, kind
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.normalize = mean is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: dropout / norm statistics stay in inference mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images - self.mean) / self.std if self.normalize else images
+        if self.kind == "open_clip":
+            _, tokens = self.backbone(x)  # output_tokens=True -> (pooled, patch tokens)
+        elif self.kind == "timm":
+            tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
+        else:
+            tokens = self.backbone(x)
+        return tokens.float()
+
+
+def build_feature_extractor(config: GIDMConfig, load_weights: bool = True) -> FrozenFeatureExtractor:
+    """The frozen encoder named by ``config.feature_encoder``.
+
+    load_weights=False builds the architecture only (``load_checkpoint`` then fills it from the
+    checkpoint, which stores the frozen weights too, so labels never depend on a file elsewhere)."""
+    kind, _, name = config.feature_encoder.partition(":")
+    if kind == "external":
+        raise ValueError("feature_encoder='external': pass the module, GIDM(config, feature_extractor=...)")
+    if kind == "open_clip":
+        import open_clip
+
+        pretrained = config.feature_weights if load_weights else None
+        model = open_clip.create_model(name, pretrained=pretrained)
+        visual = model.visual
+        visual.output_tokens = True
+        return FrozenFeatureExtractor(visual, "open_clip", OPENAI_MEAN, OPENAI_STD)
+    # DINOv2 through timm, weights from local disk only.
+    import timm
+
+    backbone = timm.create_model(TIMM_DINOV2[kind], pretrained=False, img_size=config.image_size,
+                                 num_classes=0)
+    if load_weights:
+        path = Path(config.feature_weights) if config.feature_weights else None
+        if path is None or not path.is_file():
+            raise NotImplementedError(
+                f"feature_encoder={config.feature_encoder!r} needs DINOv2 weights on local disk: set "
+                f"feature_weights to a timm '{TIMM_DINOV2[kind]}' state dict (.safetensors); got "
+                f"{config.feature_weights!r}. Downloading from a hub is not supported here.")
+        from safetensors.torch import load_file
+
+        backbone.load_state_dict(load_file(str(path)))
+    return FrozenFeatureExtractor(backbone, "timm", IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bottlenecks: h [B, Q, model_dim] -> z [B, Q, W], code ids [B, Q] (or None), losses
+# ----------------------------------------------------------------------------------------------
+class ContinuousBottleneck(nn.Module):
+    """beta-VAE latent: z ~ N(mu, sigma) while training, z = mu otherwise; KL per element."""
+
+    def __init__(self, in_dim: int, latent_dim: int, kl_beta: float):
+        super().__init__()
+        self.proj, self.kl_beta = nn.Linear(in_dim, 2 * latent_dim), kl_beta
+
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor | None, dict]:
+        mu, logvar = self.proj(h).chunk(2, dim=-1)
+        logvar = logvar.clamp(-10.0, 10.0)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        return z, None, {"kl": kl, "bottleneck_loss": self.kl_beta * kl}
+
+
+class VQBottleneck(nn.Module):
+    """Vector quantiser (VQ-VAE): nearest code, straight-through gradient, codebook loss +
+    beta x commitment loss. A code used fewer than ``dead_threshold`` times over the last
+    ``restart_interval`` training steps is reset to a random encoder output of the current batch
+    (UniVLA restarts dead codes the same way), so the codebook does not collapse to a few codes."""
+
+    def __init__(self, in_dim: int, num_codes: int, code_dim: int, beta: float,
+                 dead_threshold: float, restart_interval: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, code_dim)
+        self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / math.sqrt(code_dim))
+        self.beta, self.dead_threshold, self.restart_interval = beta, dead_threshold, restart_interval
+        # Saved with the model so a resumed run restarts the same codes at the same steps.
+        self.register_buffer("usage", torch.zeros(num_codes))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z_flat: Tensor) -> int:
+        """Runs before the codebook is used in this step's graph (in-place edits after use would
+        break autograd). Returns the number of codes restarted."""
+        dead = self.usage < self.dead_threshold
+        n = int(dead.sum())
+        if n:
+            pick = torch.randint(0, z_flat.shape[0], (n,), device=z_flat.device)
+            self.codebook.data[dead] = z_flat[pick].to(self.codebook.dtype)
+        self.usage.zero_()
+        return n
+
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:
+        z = self.proj(h)
+        z_flat = z.reshape(-1, z.shape[-1])
+        restarts = 0
+        if self.training:
+            if self.restart_interval and int(self.steps) > 0 and int(self.steps) % self.restart_interval == 0:
+                restarts = self._restart_dead_codes(z_flat.detach())
+            self.steps += 1
+        with torch.no_grad():
+            dist = torch.cdist(z_flat.float(), self.codebook.float())
+            ids = dist.argmin(dim=-1)
+        q = self.codebook[ids].view_as(z)
+        codebook_loss = F.mse_loss(q, z.detach())
+        commit_loss = F.mse_loss(z, q.detach())
+        if self.training:
+            self.usage += torch.bincount(ids, minlength=self.codebook.shape[0]).to(self.usage.dtype)
+        z_q = z + (q - z).detach()  # straight-through estimator
+        return z_q, ids.view(z.shape[:-1]), {
+            "vq_codebook": codebook_loss, "vq_commit": commit_loss,
+            "bottleneck_loss": codebook_loss + self.beta * commit_loss,
+            "dead_code_restarts": torch.tensor(float(restarts)),
+        }
+
+
+class FSQBottleneck(nn.Module):
+    """Finite scalar quantisation (Mentzer et al. 2023): bound each dim to its number of levels,
+    round with a straight-through gradient; no codebook, no auxiliary loss."""
+
+    def __init__(self, in_dim: int, levels: tuple[int, ...]):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, len(levels))
+        lv = torch.tensor(levels, dtype=torch.float32)
+        self.register_buffer("levels", lv, persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:
+        z = self.proj(h)
+        half = (self.levels - 1) * (1 + 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)  # even levels: grid is off-centre
+        shift = torch.atanh(offset / half)
+        bounded = torch.tanh(z + shift) * half - offset
+        rounded = bounded + (bounded.round() - bounded).detach()
+        width = torch.div(self.levels, 2, rounding_mode="floor")
+        digits = (rounded.detach() + width).round().long()  # in [0, L-1]
+        ids = (digits * self.basis).sum(dim=-1)
+        return rounded / width, ids, {"bottleneck_loss": z.new_zeros(())}
+
+
+def build_bottleneck(c: GIDMConfig) -> nn.Module:
+    if c.bottleneck == "continuous":
+        return ContinuousBottleneck(c.model_dim, c.latent_dim, c.kl_beta)
+    if c.bottleneck == "vq":
+        return VQBottleneck(c.model_dim, c.codebook_size, c.latent_dim, c.commitment_beta,
+                            c.dead_code_threshold, c.restart_interval)
+    return FSQBottleneck(c.model_dim, c.fsq_levels)
+
+
+def transformer(c: GIDMConfig, depth: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(c.model_dim, c.num_heads, int(c.model_dim * c.mlp_ratio),
+                                       c.dropout, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    return nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(c.model_dim),
+                                 enable_nested_tensor=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+class GIDM(nn.Module):
+    def __init__(self, config: GIDMConfig, feature_extractor: nn.Module | None = None,
+                 load_feature_weights: bool = True):
+        """feature_extractor: for input_space="features", a module mapping [0, 1] images
+        [B, C, H, W] to patch tokens [B, N, feature_dim] (wrapped as frozen); by default built
+        from ``config.feature_encoder``."""
+        super().__init__()
+        c = self.config = config
+        d, q = c.model_dim, c.num_action_tokens
+        if c.input_space == "pixels":
+            self.features = None
+            token_dim = c.in_channels * c.patch_size**2
+        else:
+            if feature_extractor is None:
+                self.features = build_feature_extractor(c, load_weights=load_feature_weights)
+            elif isinstance(feature_extractor, FrozenFeatureExtractor):
+                self.features = feature_extractor
+            else:
+                self.features = FrozenFeatureExtractor(feature_extractor, "external")
+            token_dim = c.feature_dim
+        self.token_dim = token_dim
+        self.enc_in = nn.Linear(token_dim, d)
+        self.dec_in = nn.Linear(token_dim, d)
+        self.pos = nn.Parameter(torch.randn(1, c.num_patches, d) * 0.02)
+        self.frame = nn.Parameter(torch.randn(2, 1, d) * 0.02)  # marks o_t vs o_t+k tokens
+        self.queries = nn.Parameter(torch.randn(1, q, d) * 0.02)  # learned action queries
+        self.lang_enc = nn.Linear(c.lang_dim, d) if c.lang_dim else None
+        self.lang_dec = nn.Linear(c.lang_dim, d) if c.lang_dim else None
+        self.encoder = transformer(c, c.enc_depth)
+        self.bottleneck = build_bottleneck(c)
+        self.latent_up = nn.Linear(c.code_width, d)
+        self.latent_pos = nn.Parameter(torch.randn(1, q, d) * 0.02)
+        self.decoder = transformer(c, c.dec_depth)
+        self.head = nn.Linear(d, token_dim)
+
+    # --- tokens --------------------------------------------------------------------------------
+    def tokens(self, frames: Tensor) -> Tensor:
+        """Frames [B, C, H, W] in [0, 1] -> tokens [B, N, token_dim] (pixel patches in raster
+        order, or frozen patch features)."""
+        c = self.config
+        B, C, H, W = frames.shape
+        assert (C, H, W) == (c.in_channels, c.image_size, c.image_size), (
+            f"expected frames [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(frames.shape)}")
+        if self.features is None:
+            g, p = c.grid, c.patch_size
+            return frames.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)
+        tok = self.features(frames)
+        assert tok.shape[1:] == (c.num_patches, c.feature_dim), (
+            f"feature extractor gave {tuple(tok.shape[1:])}, config expects "
+            f"({c.num_patches}, {c.feature_dim}) = ((image_size/patch_size)^2, feature_dim)")
+        return tok
+
+    def untokens(self, tokens: Tensor) -> Tensor:
+        """Inverse of ``tokens`` for pixels: [B, N, C*p*p] -> [B, C, H, W]."""
+        c = self.config
+        g, p = c.grid, c.patch_size
+        B = tokens.shape[0]
+        return tokens.reshape(B, g, g, c.in_channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(
+            B, c.in_channels, c.image_size, c.image_size)
+
+    # --- encoder / decoder ---------------------------------------------------------------------
+    def _lang(self, proj: nn.Module | None, lang_emb: Tensor | None, B: int) -> list[Tensor]:
+        if proj is None:
+            return []
+        assert lang_emb is not None, f"config.lang_dim={self.config.lang_dim}: pass lang_emb [B, lang_dim]"
+        return [proj(lang_emb.float()).view(B, 1, -1)]
+
+    def _encode(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, sample: bool):
+        B, q = tok_t.shape[0], self.config.num_action_tokens
+        x = torch.cat([self.queries.expand(B, -1, -1),
+                       self.enc_in(tok_t) + self.pos + self.frame[0],
+                       self.enc_in(tok_k) + self.pos + self.frame[1],
+                       *self._lang(self.lang_enc, lang_emb, B)], dim=1)
+        h = self.encoder(x)[:, :q]
+        return self.bottleneck(h, sample)
+
+    def _decode(self, tok_t: Tensor, z: Tensor, lang_emb: Tensor | None) -> Tensor:
+        B, q = tok_t.shape[0], self.config.num_action_tokens
+        x = torch.cat([self.latent_up(z) + self.latent_pos,
+                       self.dec_in(tok_t) + self.pos,
+                       *self._lang(self.lang_dec, lang_emb, B)], dim=1)
+        y = self.decoder(x)[:, q:q + tok_t.shape[1]]
+        return tok_t + self.head(y)  # predict the change; "nothing moved" is free
+
+    # --- public API ----------------------------------------------------------------------------
+    def forward(self, obs: Tensor, next_obs: Tensor, lang_emb: Tensor | None = None,
+                diagnostics: bool = True) -> dict[str, Tensor]:
+        """obs, next_obs: frames o_t and o_t+k [B, C, H, W] float in [0, 1]; lang_emb [B, lang_dim].
+        Returns losses and diagnostics (0-dim tensors; only ``loss`` carries gradient) plus
+        ``z`` [B, Q, W] and ``codes`` [B, Q] (VQ/FSQ)."""
+        tok_t, tok_k = self.tokens(obs), self.tokens(next_obs)
+        z, codes, extra = self._encode(tok_t, tok_k, lang_emb, sample=self.training)
+        pred = self._decode(tok_t, z, lang_emb)
+        recon = F.mse_loss(pred.float(), tok_k.float())
+        out = {"loss": recon + extra.pop("bottleneck_loss"), "recon_loss": recon, **extra}
+        out = {k: v if k == "loss" else v.detach() for k, v in out.items()}
+        out["bottleneck_loss"] = (out["loss"] - recon).detach()
+        if diagnostics:
+            with torch.no_grad():
+                out["latent_norm"] = z.detach().float().norm(dim=-1).mean()
+                # The guard against a latent that carries nothing: decode with another sample's z.
+                shuffled = self._decode(tok_t, z.detach().roll(1, dims=0), lang_emb)
+                out["delta_recon"] = F.mse_loss(shuffled.float(), tok_k.float()) - recon.detach()
+                if codes is not None:
+                    out.update(code_stats(codes, self.config.num_codes))
+        out["z"], out["codes"] = z.detach(), codes
+        return out
+
+    @torch.no_grad()
+    def encode(self, obs: Tensor, next_obs: Tensor, lang_emb: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Latent action of each transition, deterministic (continuous: the mean; VQ/FSQ: the
+        code vectors) for labeling: ``z`` [B, Q, W] float and ``codes`` [B, Q] int64 (None for
+        the continuous bottleneck). Does not update VQ usage statistics."""
+        was = self.training
+        self.eval()
+        try:
+            z, codes, _ = self._encode(self.tokens(obs), self.tokens(next_obs), lang_emb, sample=False)
+        finally:
+            self.train(was)
+        return {"z": z.float(), "codes": codes}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def code_stats(codes: Tensor, num_codes: int) -> dict[str, Tensor]:
+    """code_usage: fraction of the codebook used in this batch; perplexity: exp(entropy) of the
+    batch's code histogram (1 = one code for everything, num_codes = uniform)."""
+    counts = torch.bincount(codes.reshape(-1), minlength=num_codes).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"code_usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}

@@ -1,0 +1,10 @@
+"""Simulators that make labeled robot episodes (Meta-World) and write them as LeRobot v3.0 datasets.
+
+Importing this package is cheap: mujoco and metaworld load when an env is made or ``generate`` runs.
+"""
+
+from .lerobot_io import EpisodeBuffer, LeRobotV3Writer
+from .metaworld_env import TASK_INSTRUCTIONS, GenerateConfig, MetaWorldEnv, generate, instruction_for
+
+__all__ = ["EpisodeBuffer", "LeRobotV3Writer", "MetaWorldEnv", "GenerateConfig", "generate",
+           "instruction_for", "TASK_INSTRUCTIONS"]
