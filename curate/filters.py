@@ -78,17 +78,19 @@ class _FlowCache:
     between two scorers would be served stale flow; operators never mutate their input."""
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None = None
+        # (key, value) in one attribute: a single reference swap, so a concurrent reader never
+        # pairs one clip's key with another clip's flow.
+        self._entry: tuple[tuple, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] | None = None
 
     def get(self, frames: Frames, short_side: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """``(a, b, flows)``: gray frame pairs (analysis size) and the flow from each ``a`` to ``b``."""
         key = (frames.frames, short_side, max_pairs)
-        if self._key is not None and self._key[0] is key[0] and self._key[1:] == key[1:]:
-            return self._value  # type: ignore[return-value]
+        entry = self._entry
+        if entry is not None and entry[0][0] is key[0] and entry[0][1:] == key[1:]:
+            return entry[1]
         a, b = sampled_pairs(frames, short_side, max_pairs)
         value = (a, b, [farneback(x, y) for x, y in zip(a, b)])
-        self._key, self._value = key, value
+        self._entry = (key, value)
         return value
 
 

@@ -159,3 +159,58 @@ def square_transitions(n: int, size: int = 32, square: int = 8, max_shift: int =
         obs[i][:, y:y + square, x:x + square] = color
         nxt[i][:, y + dy:y + dy + square, x + dx:x + dx + square] = color
     return obs, nxt, (act / max_shift).astype(np.float32)
+
+
+# --- probe/decode fixtures (added for tests/curate/test_probe.py, test_decode.py) -------------
+
+
+def write_rotated_video(path: str | Path, frames: Iterable[np.ndarray], rotation: int,
+                        fps: float = 24) -> Path:
+    """Encode frames (as stored, not rotated) with a display-matrix rotation of ``rotation``
+    degrees counter-clockwise (PyAV >= 18 ``set_display_rotation``; the legacy ``metadata["rotate"]``
+    tag used by ``write_video`` is no longer written by FFmpeg). A player shows each frame turned
+    counter-clockwise by ``rotation``, i.e. ``np.rot90(frame, rotation // 90)``."""
+    path = Path(path)
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+        stream.set_display_rotation(rotation)
+        for f in frames:
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return path
+
+
+def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """An AAC file with no video stream (container from the suffix, e.g. ``.m4a`` or ``.mp4``)."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        a = out.add_stream("aac", rate=rate)
+        n = int(rate * seconds)
+        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(n) / 10)).astype(np.float32)[None],
+                                           format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for pkt in a.encode(frame):
+            out.mux(pkt)
+        for pkt in a.encode():
+            out.mux(pkt)
+    return path
+
+
+def write_image(path: str | Path, img: np.ndarray) -> Path:
+    """A still image (format from the suffix: ``.png``, ``.jpg``)."""
+    path = Path(path)
+    av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").save(str(path))
+    return path
+
+
+def truncate_copy(src: str | Path, dst: str | Path, keep: float) -> Path:
+    """Copy the first ``keep`` fraction (0..1) of ``src``'s bytes to ``dst``: a download cut short."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * keep)])
+    return Path(dst)
