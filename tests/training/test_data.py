@@ -5,10 +5,11 @@ A pair's grey levels tell which frames it came from."""
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 
+import fsspec
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import webdataset as wds
@@ -272,8 +273,6 @@ def test_bad_samples_are_counted_not_raised(corpus, tmp_path):
     assert reader.stats["error:missing_json"] == 1
     with pytest.raises(DecodeError):
         decode_frames(b"not an mp4 at all" * 10, [0])
-    import pyarrow as pa
-
     sel = pa.table({"key": ["broken-video", good.key], "shard": ["bad.tar"] * 2, "weight": [1.0, 1.0]})
     ds = ClipDataset(sel, {"bad.tar": str(path)}, size=OUT, gap_frames=1, shuffle=False)
     items = list(ds)
@@ -322,3 +321,52 @@ def test_bad_config_names_every_problem(corpus):
         ClipDataset(sel, corpus.shard_url, gap_frames=2, gap_s=0.5, window=1, rank=3, world_size=2)
     msg = str(err.value)
     assert "not both" in msg and "window must be >= 2" in msg and "rank must be in [0, world_size=2)" in msg
+
+
+class CountingFile(io.FileIO):
+    """A real file that counts the bytes read from it."""
+
+    bytes_read = 0
+
+    def read(self, n=-1):
+        data = super().read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        self.bytes_read += n or 0
+        return n
+
+
+def test_unselected_sample_bytes_are_not_read(corpus, tmp_path):
+    small = next(iter(ShardReader(corpus.shard_url("shard-000001.tar"), keys={KEYS["e"]})))
+    path = tmp_path / "big.tar"
+    w = wds.TarWriter(str(path))
+    # a 4 MB sample nobody selects, then the small one
+    w.write({"__key__": "big", "mp4": np.random.default_rng(0).bytes(4 << 20), "json": small.meta.to_json()})
+    w.write({"__key__": small.key, "mp4": small.mp4, "json": small.meta.to_json()})
+    w.close()
+    with CountingFile(str(path)) as f:
+        got = list(ShardReader([], keys={small.key}).read_fileobj(f, str(path)))
+        assert [s.key for s in got] == [small.key] and got[0].mp4 == small.mp4
+        assert f.bytes_read < 256 << 10, f.bytes_read  # headers and the small sample only
+
+
+def test_reads_fsspec_urls_and_counts_missing_shards(corpus):
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/defi-test/shard-000000.tar", corpus.fs.cat_file(corpus.path("shards", "shard-000000.tar")))
+    reader = ShardReader(["memory://defi-test/shard-000000.tar", "memory://defi-test/missing.tar"])
+    assert [s.key for s in reader] == [KEYS[n] for n in "abc"]
+    assert reader.stats["error:bad_shard"] == 1 and reader.stats["samples"] == 3
+    mem.rm("/defi-test", recursive=True)
+
+
+def test_items_per_consumer_equalises_rank_lengths(corpus):
+    # 2 ranks over 2 shards of unequal size (3 clips vs 2): without a cap lengths differ
+    lengths = {r: len(v) for r, v in split_items(corpus, 2, 0).items()}
+    assert lengths[0] != lengths[1]
+    capped = split_items(corpus, 2, 0, items_per_consumer=60)
+    assert {r: len(v) for r, v in capped.items()} == {0: 60, 1: 60}
+    # the smaller share was re-read to fill its quota; the ranks still read disjoint clips
+    assert not {k for k, _ in capped[0]} & {k for k, _ in capped[1]}
