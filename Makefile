@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test
-STAMP  := $(VENV)/.installed-$(EXTRAS)
+EXTRAS ?= test,sim
+STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
@@ -18,8 +18,19 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	@$(MAKE) --no-print-directory sysdeps
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
+
+# System libraries for headless MuJoCo rendering (EGL, OSMesa fallback), installed when missing.
+SYSLIBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
+sysdeps:
+	@missing=$$(for p in $(SYSLIBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system libraries for rendering: $$missing (install them; sim tests will skip)"; fi; \
+	fi
 
 install: $(STAMP)
 

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("metaworld")
+from defi.curate.robot import align_to_frames, load_lerobot
+from defi.training.sim import MetaWorldEnv, generate  # sets MUJOCO_GL before mujoco loads
+from defi.training.sim.metaworld_env import episode_seed
 
-from defi.curate.robot import align_to_frames, load_lerobot  # noqa: E402
-from defi.training.sim import MetaWorldEnv, generate  # noqa: E402
-from defi.training.sim.metaworld_env import episode_seed  # noqa: E402
+pytest.importorskip("metaworld")
 
 KW = dict(size=64, fps=20, max_steps=80, seed=3, progress=False)
 
@@ -120,17 +120,20 @@ def test_frames_are_upright(env, dataset):
     root, _ = dataset
     first = decode(root / "videos/observation.images.corner/chunk-000/file-000.mp4")[0][1]
     ref = env.reset(int(episode_seed(3, "reach-v3", 0).spawn(3)[0].generate_state(1)[0]))["image"]
-    assert np.abs(first.astype(int) - ref).mean() < 4
-    assert np.abs(first.astype(int) - np.flipud(ref)).mean() > 3 * np.abs(first.astype(int) - ref).mean()
+    err = np.abs(first.astype(int) - ref).mean()  # H.264 yuv420p at 64 px: a few levels
+    assert err < 8 and np.abs(first.astype(int) - np.rot90(ref, 2)).mean() > 2 * err
 
 
 def test_env_obs_and_step(env):
     obs = env.reset(1)
     assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
     assert obs["proprio"].dtype == np.float32 and np.allclose(obs["proprio"], obs["state"][:4])
-    o2, reward, success, done = env.step(np.array([5.0, 0, 0, 0]))  # clipped to 1
+    for _ in range(10):
+        o2, reward, success, done = env.step(np.array([5.0, 0, 0, 0]))  # clipped to 1
     assert isinstance(reward, float) and not success and not done
-    assert 0.005 < o2["proprio"][0] - obs["proprio"][0] < 0.02  # 1 action unit = 1 cm target move
+    # +x actions (1 unit = 1 cm of mocap target per step, clipped) move the hand along +x only
+    d = o2["proprio"][:3] - obs["proprio"][:3]
+    assert 0.03 < d[0] < 0.1 and np.abs(d[1:]).max() < 0.02
     # reset(seed) reseeds: same seed, same goal; other seed, other goal
     g1 = env.reset(7)["state"][-3:]
     g2 = env.reset(8)["state"][-3:]
@@ -159,18 +162,32 @@ def test_load_lerobot_and_align(dataset):
     assert al.max_error_s < 1e-4 and len(al.missed) == 0
 
 
-def test_action_free_and_deterministic_across_workers(dataset, tmp_path):
+def _frames_equal(a_root, b_root):
+    a = decode(a_root / "videos/observation.images.corner/chunk-000/file-000.mp4")
+    b = decode(b_root / "videos/observation.images.corner/chunk-000/file-000.mp4")
+    return len(a) == len(b) and all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_action_free_has_videos_without_actions(dataset, tmp_path):
     root, _ = dataset
-    # Same seed, 2 spawn workers, action-free: same frames, no action/state columns.
     out = tmp_path / "af"
-    s = generate(["reach-v3"], 2, out, workers=2, action_free=True, **KW)
+    s = generate(["reach-v3"], 2, out, workers=1, action_free=True, **KW)
     assert s["episodes_written"] == 2
     info = json.loads((out / "meta/info.json").read_text())
     assert "action" not in info["features"] and "observation.state" not in info["features"]
     cols = pq.read_table(out / "data/chunk-000/file-000.parquet").column_names
     assert "action" not in cols and "observation.state" not in cols
     eps = load_lerobot(out)
-    assert all(e.actions is None and e.proprio is None for e in eps)
-    a = decode(root / "videos/observation.images.corner/chunk-000/file-000.mp4")
-    b = decode(out / "videos/observation.images.corner/chunk-000/file-000.mp4")
-    assert len(a) == len(b) and all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert len(eps) == 2 and all(e.actions is None and e.proprio is None for e in eps)
+    assert _frames_equal(root, out)  # same seed: the same videos as the action-labeled run
+
+
+@pytest.mark.slow
+def test_deterministic_across_spawn_workers(dataset, tmp_path):
+    root, _ = dataset
+    out = tmp_path / "w2"
+    generate(["reach-v3"], 2, out, workers=2, **KW)
+    a = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    b = pq.read_table(out / "data/chunk-000/file-000.parquet")
+    assert a.equals(b)
+    assert _frames_equal(root, out)

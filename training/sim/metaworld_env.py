@@ -81,6 +81,11 @@ def _select_gl_backend() -> str:
     return backend
 
 
+# MuJoCo reads MUJOCO_GL once, when it is first imported (by us, by metaworld or by a test), so
+# the headless backend is chosen as soon as this module loads. Only sets a variable left unset.
+_select_gl_backend()
+
+
 def _import_sim():
     _select_gl_backend()
     with warnings.catch_warnings():
