@@ -6,11 +6,15 @@ Makes a ``--seconds`` long H.264 file (a pan over a blocky texture) in a temp di
 then times, each in a fresh subprocess so its peak RSS is its own:
 
 - ``defi.decode short=128``: ``defi.curate.decode.decode(path, size=128)``, every frame, RGB.
+- ``pyav_naive``: PyAV with a per-frame ``to_ndarray(width=, height=)`` (a swscale context built
+  per frame), the usual way, to show what the reused reformatter in ``decode`` buys.
 - ``decord short=128``: decord's VideoReader at the same size, read in 256-frame batches.
 - peer: ``ffmpeg -i F -f null -`` when the binary is on PATH; otherwise it is reported missing and
   a PyAV full-resolution decode (frames decoded, not converted: what ``-f null`` does) stands in.
 
-Prints frames/s, the ratio of ours to the peer, and peak RSS (MiB) of each. Not a test.
+Prints wall frames/s, CPU ms per frame (all threads; steadier than wall time on a shared machine),
+ratios, and peak RSS (MiB) of each; then decodes a ``--long-factor`` times longer file with defi
+and decord to compare peak RSS against length. Not a test.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import time
 from pathlib import Path
 
 
-
 def make_video(path: Path, seconds: float, w: int, h: int, fps: int) -> Path:
-    """Stream-encode a pan over a blocky texture (16 px blocks) plus grain with x264 ultrafast, CRF 23. Frames are generated one at a time."""
+    """Stream-encode a pan over a blocky texture (16 px blocks) plus grain, x264 ultrafast CRF 23,
+    one frame at a time (memory stays flat)."""
     from fractions import Fraction
 
     import av
@@ -42,13 +46,14 @@ def make_video(path: Path, seconds: float, w: int, h: int, fps: int) -> Path:
     big = np.kron(blocks, np.ones((16, 16, 1), np.uint8))[:h]
     # Sensor-like grain (a few fixed noise fields, cycled) so the bitrate is that of camera video
     # (a few Mbit/s at 720p), not that of a synthetic pan, which decodes unrealistically fast.
-    grain = rng.integers(-6, 7, (7, h, w, 3), dtype=np.int16)
+    grain = rng.integers(-10, 11, (7, h, w, 3), dtype=np.int16)
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.options = {"preset": "ultrafast", "crf": "23"}
         for i in range(n):
-            img = np.clip(big[:, i * speed:i * speed + w] + grain[i % len(grain)], 0, 255).astype(np.uint8)
+            img = big[:, i * speed:i * speed + w] + grain[i % len(grain)]
+            img = np.clip(img, 0, 255).astype(np.uint8)
             for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(pkt)
         for pkt in s.encode():
@@ -56,10 +61,18 @@ def make_video(path: Path, seconds: float, w: int, h: int, fps: int) -> Path:
     return path
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime  # all threads of this process
+
+
 def run_one(name: str, path: str) -> dict:
+    import av
+
     from defi.curate.decode import decode  # imported before the clock starts (pulls pyarrow)
 
-    t = time.perf_counter()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    t, c0 = time.perf_counter(), _cpu_s()
     n = 0
     if name == "defi":
         for chunk in decode(path, size=128, chunk_frames=256):
@@ -67,9 +80,14 @@ def run_one(name: str, path: str) -> dict:
     elif name == "decord":
         for chunk in decode(path, size=128, chunk_frames=256, backend="decord"):
             n += len(chunk)
+    elif name == "pyav_naive":  # what most code does: a new swscale context per frame
+        with av.open(path) as c:
+            v = c.streams.video[0]
+            v.thread_type = "AUTO"
+            for f in c.decode(v):
+                f.to_ndarray(format="rgb24", width=228, height=128)
+                n += 1
     elif name == "pyav_fullres":
-        import av
-
         with av.open(path) as c:
             v = c.streams.video[0]
             v.thread_type = "AUTO"
@@ -77,9 +95,11 @@ def run_one(name: str, path: str) -> dict:
                 n += 1
     else:
         raise ValueError(name)
-    dt = time.perf_counter() - t
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"name": name, "frames": n, "seconds": dt, "fps": n / dt, "peak_rss_mib": rss_mib}
+    dt, cpu = time.perf_counter() - t, _cpu_s() - c0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"name": name, "frames": n, "seconds": dt, "fps": n / dt,
+            "cpu_ms_per_frame": 1000 * cpu / max(n, 1), "peak_rss_mib": rss,
+            "rss_growth_mib": rss - base_rss}
 
 
 def run_sub(name: str, path: str) -> dict:
@@ -89,11 +109,31 @@ def run_sub(name: str, path: str) -> dict:
 
 
 def run_ffmpeg(path: str, frames: int) -> dict:
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "null", "-"], check=True)
     dt = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"name": "ffmpeg -f null", "frames": frames, "seconds": dt, "fps": frames / dt, "peak_rss_mib": rss}
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return {"name": "ffmpeg -f null", "frames": frames, "seconds": dt, "fps": frames / dt,
+            "cpu_ms_per_frame": 1000 * cpu / frames, "peak_rss_mib": r1.ru_maxrss / 1024,
+            "rss_growth_mib": float("nan")}
+
+
+def make_sub(path: str, seconds: float, args) -> str:
+    # Encoded in a subprocess: ru_maxrss survives fork+exec, so the parent stays small and each
+    # measured child reports its own peak.
+    subprocess.run([sys.executable, __file__, "--make", path, str(seconds), str(args.width),
+                    str(args.height), str(args.fps)], check=True)
+    return path
+
+
+def table(rows: list[dict]) -> None:
+    print(f"{'path':<16}{'frames':>7}{'wall s':>8}{'frames/s':>10}{'cpu ms/frame':>14}"
+          f"{'peak RSS MiB':>14}{'RSS growth':>12}")
+    for r in rows:
+        print(f"{r['name']:<16}{r['frames']:>7}{r['seconds']:>8.2f}{r['fps']:>10.1f}"
+              f"{r['cpu_ms_per_frame']:>14.2f}{r['peak_rss_mib']:>14.0f}{r['rss_growth_mib']:>12.0f}")
 
 
 def main() -> None:
@@ -102,6 +142,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--long-factor", type=float, default=3.0,
+                    help="also decode a file this many times longer with defi and decord "
+                         "(RSS vs length); 0: skip")
     ap.add_argument("--one", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--make", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,15 +157,12 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "bench.mp4")
-        # Encoded in a subprocess: ru_maxrss survives fork+exec, so the parent stays small and each
-        # measured child reports its own peak.
-        subprocess.run([sys.executable, __file__, "--make", path, str(args.seconds), str(args.width),
-                        str(args.height), str(args.fps)], check=True)
+        path = make_sub(str(Path(tmp) / "bench.mp4"), args.seconds, args)
         n_expected = int(args.seconds * args.fps)
         print(f"file: {args.seconds:g} s {args.width}x{args.height} {args.fps} fps H.264, "
-              f"{os.path.getsize(path) / 2**20:.1f} MiB, {n_expected} frames; cpus={os.cpu_count()}")
-        rows = [run_sub("defi", path)]
+              f"{os.path.getsize(path) / 2**20:.1f} MiB, {n_expected} frames; cpus={os.cpu_count()}, "
+              f"load avg {os.getloadavg()[0]:.1f}")
+        rows = [run_sub("defi", path), run_sub("pyav_naive", path)]
         try:
             rows.append(run_sub("decord", path))
         except subprocess.CalledProcessError as e:
@@ -130,18 +170,27 @@ def main() -> None:
         if shutil.which("ffmpeg"):
             peer = run_ffmpeg(path, n_expected)
         else:
-            print("ffmpeg binary: missing from PATH; PyAV full-res decode stands in as the peer")
+            print("ffmpeg binary: missing from PATH; PyAV full-res decode (no RGB conversion, like "
+                  "-f null) stands in as the peer")
             peer = run_sub("pyav_fullres", path)
         rows.append(peer)
-        print(f"{'path':<22}{'frames':>8}{'seconds':>10}{'frames/s':>10}{'peak RSS MiB':>14}")
-        for r in rows:
-            print(f"{r['name']:<22}{r['frames']:>8}{r['seconds']:>10.2f}{r['fps']:>10.1f}{r['peak_rss_mib']:>14.0f}")
+        table(rows)
         ours = rows[0]
-        print(f"ratio defi/{peer['name']}: {ours['fps'] / peer['fps']:.2f}x")
-        for r in rows[1:-1]:
-            print(f"ratio defi/{r['name']}: {ours['fps'] / r['fps']:.2f}x")
-        assert ours["frames"] == peer["frames"], f"frame counts differ: {ours['frames']} vs {peer['frames']}"
+        for r in rows[1:]:
+            print(f"defi vs {r['name']}: frames/s ratio {ours['fps'] / r['fps']:.2f}, "
+                  f"CPU per frame ratio {ours['cpu_ms_per_frame'] / r['cpu_ms_per_frame']:.2f}")
+        assert ours["frames"] == peer["frames"], f"frame counts: {ours['frames']} vs {peer['frames']}"
 
+        if args.long_factor > 0:
+            long_s = args.seconds * args.long_factor
+            lpath = make_sub(str(Path(tmp) / "long.mp4"), long_s, args)
+            print(f"\nRSS vs length: {args.seconds:g} s above, {long_s:g} s here (same content)")
+            long_rows = [run_sub("defi", lpath)]
+            try:
+                long_rows.append(run_sub("decord", lpath))
+            except subprocess.CalledProcessError as e:
+                print(f"decord failed: {e.stderr.strip().splitlines()[-1:]}")
+            table(long_rows)
 
 if __name__ == "__main__":
     main()

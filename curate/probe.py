@@ -317,7 +317,8 @@ def _probe_open(rec, target, size, min_frames, vfr_packets, vfr_tolerance, check
             else:
                 _fail(rec, "undecodable", decode_err or "no frame decoded")
             return
-        rec.rotation = int(round(first.rotation))
+        # Normalised to (-180, 180]: FFmpeg reads a half turn back as -180 or 180.
+        rec.rotation = -((int(round(-first.rotation)) + 180) % 360 - 180)
         w, h = first.width, first.height
         if rec.rotation % 180 != 0:
             w, h = h, w
@@ -352,7 +353,8 @@ def _probe_open(rec, target, size, min_frames, vfr_packets, vfr_tolerance, check
             slack = max(0.5, 3 * frame_s)
             if last is None or last < rec.duration_s - slack:
                 got = "no packet" if last is None else f"last packet ends at {last:.3f}s"
-                _fail(rec, "truncated", f"header says {rec.duration_s:.3f}s, {got}" + (f"; {err}" if err else ""))
+                detail = f"header says {rec.duration_s:.3f}s, {got}" + (f"; {err}" if err else "")
+                _fail(rec, "truncated", detail)
                 return
 
 

@@ -38,8 +38,10 @@ def write_video(
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "18"}
+        else:  # high quality, so codec artifacts at keyframes do not look like cuts
+            stream.bit_rate = 4_000_000
         if rotation is not None:
-            stream.metadata["rotate"] = str(rotation)
+            stream.set_display_rotation(rotation)  # FFmpeg no longer writes the "rotate" tag
         astream = out.add_stream("aac", rate=16000) if audio else None
         if pts_s is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
