@@ -154,6 +154,35 @@ def cmd_index(args) -> int:
     return 0
 
 
+def cmd_curate(args) -> int:
+    from defi.pipelines.config import ConfigError, resolve, to_dict
+    from defi.pipelines.curate import run_curate, summary_text
+    from defi.pipelines.sources import SourceError
+    from defi.pipelines.video import CurateConfig
+
+    try:
+        cfg = resolve(CurateConfig, args.config, args)
+        if args.address:
+            cfg.ray.address = args.address
+        if args.num_cpus:
+            cfg.ray.num_cpus = args.num_cpus
+        if args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
+        if not args.sources:
+            raise UsageError("no SOURCES given")
+        if not args.root:
+            raise UsageError("--root is required")
+        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit)
+    except (ConfigError, SourceError) as e:
+        raise UsageError(str(e)) from None
+    print(summary_text(rec))
+    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from defi.pipelines import demo
 
@@ -186,6 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("index", help="rebuild ROOT/index.duckdb", description="Write index.duckdb with the corpus views, for DuckDB's own clients (local roots).")
     x.add_argument("root")
     x.set_defaults(func=cmd_index)
+
+    c = sub.add_parser("curate", help="turn videos into indexed WebDataset shards",
+                       description="Probe, split into shots and clips, score, filter, encode and shard videos into a "
+                       "corpus. SOURCES are files, folders, globs, fsspec URLs, manifests (.csv/.jsonl/.parquet with a "
+                       "'uri' column), LeRobot v3 dataset folders or episode.mp4+episode.npz pairs. Re-running skips "
+                       "videos already committed; a killed run resumes where it stopped.",
+                       )
+    c.add_argument("sources", nargs="*", metavar="SOURCES")
+    c.add_argument("--root", help="corpus root (local folder or fsspec URL)")
+    c.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
+    c.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    c.add_argument("--address", help="join this Ray cluster (same as --ray.address)")
+    c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
+    c.add_argument("--limit", type=int, help="process at most this many pending videos")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from defi.pipelines.config import add_flags
+    from defi.pipelines.video import CurateConfig
+
+    add_flags(c, CurateConfig)
+    c.set_defaults(func=cmd_curate)
 
     d = sub.add_parser("demo", help="run the main job on an embedded default", description="Curate the embedded default inputs into a corpus and summarise it.")
     d.add_argument("--root", default="demo_corpus", help="where to write the demo corpus")

@@ -141,21 +141,27 @@ def smooth_pan(n: int, h: int = 64, w: int = 96, speed: int = 2, seed: int = 0) 
 
 
 def square_transitions(n: int, size: int = 32, square: int = 8, max_shift: int = 4,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       seed: int = 0, texture: bool = True,
+                       centered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transitions (o_t, o_t+k, action) for latent-action tests: a bright square on a random
     smooth background, moved by a known integer action (dx, dy) in [-max_shift, max_shift] pixels.
     Returns float32 obs [n, 3, size, size] and next_obs in [0, 1], and actions [n, 2] float32
-    (dx, dy) divided by max_shift (so in [-1, 1])."""
+    (dx, dy) divided by max_shift (so in [-1, 1]). texture=False: a flat random background colour; centered=True: the square always starts in
+    the centre (then o_t+k alone fixes the action; otherwise only the pair does)."""
     rng = np.random.default_rng(seed)
     obs = np.empty((n, 3, size, size), np.float32)
     nxt = np.empty_like(obs)
     act = rng.integers(-max_shift, max_shift + 1, (n, 2))
     for i in range(n):
         coarse = rng.uniform(0.0, 0.5, (3, size // 8 + 1, size // 8 + 1)).astype(np.float32)
+        if not texture:
+            coarse[:] = coarse[:, :1, :1]
         bg = np.kron(coarse, np.ones((1, 8, 8), np.float32))[:, :size, :size]
         color = rng.uniform(0.7, 1.0, 3).astype(np.float32)[:, None, None]
         lo, hi = max_shift, size - square - max_shift
         x, y = rng.integers(lo, hi + 1, 2)
+        if centered:
+            x = y = (size - square) // 2
         dx, dy = act[i]
         obs[i], nxt[i] = bg, bg
         obs[i][:, y:y + square, x:x + square] = color

@@ -1,0 +1,201 @@
+"""Nested dataclass configs: load from YAML/TOML, override by flags, validate, print, save.
+
+One mechanism for every run config: a config is a dataclass whose fields are scalars, lists or
+nested dataclasses (operators are dataclasses whose fields are their parameters, so a run config
+composes the operators themselves). ``add_flags`` generates one ``--section.field`` flag per leaf,
+so ``--help`` documents every parameter with its default and no override can be silently dropped:
+an unknown key in a file or a bad value names the key and lists the valid ones, all at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """Bad config entries; the message lists every one."""
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a file or flag value to the field's type; raise ConfigError naming the key."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be null")
+    origin = get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+        if origin in (list, tuple):
+            (inner, *_) = get_args(base) or (str,)
+            if isinstance(value, str):
+                value = [v for v in (s.strip() for s in value.split(",")) if v]
+            return [_coerce(v, inner, key) for v in value]
+        if origin is dict or base is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            return dict(value)
+        if get_origin(base) is typing.Literal:
+            if value not in get_args(base):
+                raise ValueError(f"{value!r} is not one of {list(get_args(base))}")
+            return value
+    except (TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build ``cls`` from a (partial) dict; every unknown key or bad value is reported at once."""
+    errors: list[str] = []
+    cfg = _build(cls, data, prefix, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return cfg
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for k, v in (data or {}).items():
+        key = f"{prefix}{k}"
+        if k not in types_:
+            errors.append(f"unknown key {key!r} (valid: {', '.join(sorted(types_))})")
+            continue
+        tp = types_[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                errors.append(f"{key}: expected a section, got {v!r}")
+                continue
+            kwargs[k] = _build(tp, v, key + ".", errors)
+        else:
+            try:
+                kwargs[k] = _coerce(v, tp, key)
+            except ConfigError as e:
+                errors.append(str(e))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # __post_init__ validation
+        errors.append(f"{prefix.rstrip('.') or cls.__name__}: {e}")
+        return cls()
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file into a dict."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: {str(e).splitlines()[0]}") from None
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    if p.suffix == ".json":
+        return json.loads(text)
+    raise ConfigError(f"config file {p}: unknown extension (use .yaml, .toml or .json)")
+
+
+def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """(dotted key, type, default, help) for every leaf field of a nested config class."""
+    out = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = _field_types(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += leaves(tp, key + ".")
+        else:
+            out.append((key, tp, getattr(default, f.name), f.metadata.get("help", "")))
+    return out
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "config") -> None:
+    """One ``--a.b`` flag per leaf of ``cls``; values stay strings until ``apply_flags``."""
+    g = parser.add_argument_group(group_title, "every field of the run config; flags override the --config file")
+    for key, tp, default, help_ in leaves(cls):
+        base, _ = _unwrap_optional(tp)
+        meta = "LIST" if get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        g.add_argument(f"--{key}", dest=f"cfg__{key}", default=_MISSING, metavar=meta,
+                       help=f"{help_ + ' ' if help_ else ''}(default: {shown})")
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The nested dict of flags the user actually gave."""
+    out: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if not name.startswith("cfg__") or value is _MISSING:
+            continue
+        parts = name[len("cfg__"):].split(".")
+        d = out
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(cls: type, config_file: str | None, args: argparse.Namespace | None) -> Any:
+    """Defaults <- config file <- flags, validated."""
+    data = load_file(config_file) if config_file else {}
+    if args is not None:
+        data = merge(data, flag_overrides(args))
+    return from_dict(cls, data)

@@ -1,0 +1,269 @@
+"""`defi curate`: sources -> probe/decode/shots/windows/scores/encode (Ray Data, per video) ->
+CLIP (Ray actor pool, optional) -> per-video dedup + shard packing + atomic commit (driver).
+
+Units of work: the pending videos, in sorted order, are grouped ``shards.videos_per_unit`` at a
+time. A unit commits in this order: shard tars (each atomic), then its ``clips`` and ``shards``
+parts, then its ``sources`` part, which is the commit marker. At start, parts of a unit with no
+``sources`` part and shards with no ``shards`` row are leftovers of a killed run and are removed;
+videos with a committed ``sources`` row are skipped. Clip keys are deterministic and dedup looks
+within one video only, so a killed and resumed run keeps exactly the clips an uninterrupted one
+would.
+
+This module and ``ray_adapter.py`` are the only ones that import ray.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from defi.schemas.corpus import Corpus
+from defi.schemas.records import clips_table, sources_table
+from defi.schemas.tables import SHARDS, table_from_rows
+
+from .config import to_dict
+from .shards import Sample, remove_orphans, write_shard
+from .sources import SourceSpec, list_sources
+from .video import ClipItem, CurateConfig, VideoDone, dedup_video
+
+
+@dataclass
+class RunStats:
+    counts: Counter = field(default_factory=Counter)
+    source_errors: Counter = field(default_factory=Counter)
+    reject_reasons: Counter = field(default_factory=Counter)
+    timings: Counter = field(default_factory=Counter)
+    nodes: Counter = field(default_factory=Counter)
+    hours_in: float = 0.0
+    hours_out: float = 0.0
+
+
+def unit_id(specs: list[SourceSpec]) -> str:
+    h = hashlib.sha1(json.dumps([list(map(str, s.sort_key)) for s in specs]).encode()).hexdigest()
+    return f"u{h[:16]}"
+
+
+def done_specs(corpus: Corpus) -> set[tuple]:
+    """Sort keys of sources already committed (uri, episode, camera)."""
+    t = corpus.read_table("sources")
+    out = set()
+    for uri, meta in zip(t.column("uri").to_pylist(), t.column("meta_json").to_pylist()):
+        robot = (json.loads(meta).get("robot") if meta else None) or {}
+        out.add((uri, robot.get("episode_index", -1), robot.get("camera", "")))
+    return out
+
+
+def clean_uncommitted(corpus: Corpus) -> dict[str, int]:
+    """Remove parts of units without a ``sources`` part (the commit marker), then orphan shards."""
+    committed = {os.path.basename(p) for p in corpus.parts("sources")}
+    removed = 0
+    for table in ("clips", "shards"):
+        for p in corpus.parts(table):
+            if os.path.basename(p) not in committed:
+                corpus.fs.rm(p)
+                removed += 1
+    shards = remove_orphans(corpus)
+    return {"parts": removed, "shards": len(shards)}
+
+
+def _next_shard_index(corpus: Corpus) -> int:
+    names = corpus.read_table("shards").column("shard").to_pylist()
+    nums = [int(n[len("shard-"):-len(".tar")]) for n in names if n.startswith("shard-") and n.endswith(".tar")]
+    return max(nums, default=-1) + 1
+
+
+class Committer:
+    """Buffers each unit's videos as they arrive and commits a unit once all its videos are in."""
+
+    def __init__(self, corpus: Corpus, cfg: CurateConfig, units: dict[str, list[tuple]], run_id: str, stats: RunStats):
+        self.corpus, self.cfg, self.run_id, self.stats = corpus, cfg, run_id, stats
+        self.expect = {u: set(keys) for u, keys in units.items()}
+        self.unit_of = {k: u for u, keys in units.items() for k in keys}
+        self.clips: dict[tuple, list[ClipItem]] = defaultdict(list)
+        self.done: dict[str, list[VideoDone]] = defaultdict(list)
+        self.next_shard = _next_shard_index(corpus)
+        self.seen_sources: set[str] = set(corpus.read_table("sources").column("source_id").to_pylist())
+
+    def add_clip(self, spec_key: tuple, item: ClipItem) -> None:
+        self.clips[spec_key].append(item)
+
+    def add_done(self, d: VideoDone) -> bool:
+        """Returns True when this completed (and committed) a unit."""
+        u = self.unit_of[d.spec_key]
+        self.done[u].append(d)
+        if len(self.done[u]) == len(self.expect[u]):
+            self.commit(u)
+            return True
+        return False
+
+    def commit(self, unit: str) -> None:
+        cfg, st = self.cfg, self.stats
+        sources, items = [], []
+        for d in sorted(self.done.pop(unit), key=lambda d: d.spec_key):
+            vid_items = sorted(self.clips.pop(d.spec_key, []), key=lambda it: it.record.key)
+            src = d.source
+            if src.error is None and src.source_id in self.seen_sources:
+                # the same content under another name: one copy in the corpus
+                src.error, src.error_detail, vid_items = "duplicate_source", "same content hash as a committed source", []
+            self.seen_sources.add(src.source_id)
+            if cfg.use_dedup:
+                dedup_video(vid_items, cfg.dedup)
+            sources.append(src)
+            items += vid_items
+            st.counts["videos"] += 1
+            if src.error:
+                st.source_errors[src.error] += 1
+            else:
+                st.hours_in += (src.duration_s or 0) / 3600
+            for k, v in d.timings.items():
+                st.timings[k] += v
+            if d.node:
+                st.nodes[d.node] += 1
+        # pack kept samples into shards of about target size, in key order
+        target = cfg.shards.target_mb * 1e6
+        shard_rows, batch, size = [], [], 0
+        kept = [it for it in items if it.record.kept and it.members]
+
+        def flush() -> None:
+            nonlocal batch, size
+            if not batch:
+                return
+            name = f"shard-{self.next_shard:06d}.tar"
+            self.next_shard += 1
+            info = write_shard(self.corpus, name, [Sample(it.record.key, it.members) for it in batch])
+            for it in batch:
+                it.record.shard = name
+            shard_rows.append({"shard": name, "num_samples": info.num_samples, "size_bytes": info.size_bytes,
+                               "sha256": info.sha256, "run_id": self.run_id,
+                               "created_at": dt.datetime.now(dt.timezone.utc)})
+            batch, size = [], 0
+
+        for it in kept:
+            s = sum(len(v) for v in it.members.values())
+            if batch and size + s > target:
+                flush()
+            batch.append(it)
+            size += s
+        flush()
+        for it in items:
+            r = it.record
+            st.counts["clips"] += 1
+            if r.kept:
+                st.counts["kept"] += 1
+                st.hours_out += r.duration_s / 3600
+            else:
+                st.reject_reasons[r.reject_reason] += 1
+        st.counts["shards"] += len(shard_rows)
+        # commit: clips and shards rows, then the sources part (the marker)
+        if items:
+            self.corpus.write_part("clips", clips_table([it.record for it in items]), part=unit)
+        if shard_rows:
+            self.corpus.write_part("shards", table_from_rows(shard_rows, SHARDS, "shards"), part=unit)
+        self.corpus.write_part("sources", sources_table(sources), part=unit)
+        st.counts["units"] += 1
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("defi", "ray", "av", "pyarrow", "duckdb", "torch", "open-clip-torch", "scenedetect-headless", "webdataset"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+    """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved)."""
+    from .ray_adapter import curate_stream, ray_session
+
+    t_start = time.time()
+    corpus = Corpus.create(root)
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    cleaned = clean_uncommitted(corpus)
+    specs = list_sources(inputs, kind=cfg.kind, dataset=cfg.dataset)
+    done = done_specs(corpus)
+    pending = [s for s in specs if s.sort_key not in done]
+    if limit is not None:
+        pending = pending[:limit]
+    stats = RunStats()
+    stats.counts["listed"] = len(specs)
+    stats.counts["skipped_done"] = len(specs) - len([s for s in specs if s.sort_key not in done])
+    record: dict[str, Any] = {
+        "run_id": run_id, "command": "curate", "status": "running", "inputs": inputs, "root": root,
+        "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
+        "config": to_dict(cfg), "versions": _versions(), "argv": sys.argv, "cleaned": cleaned,
+    }
+    corpus.write_json(f"runs/{run_id}.json", record)
+    n = cfg.shards.videos_per_unit
+    units = {}
+    for i in range(0, len(pending), n):
+        group = pending[i:i + n]
+        units[unit_id(group)] = [s.sort_key for s in group]
+    committer = Committer(corpus, cfg, units, run_id, stats)
+    status = "failed"
+    try:
+        if pending:
+            bar = _bar(len(pending), progress)
+            with ray_session(cfg.ray, scratch=None) as info:
+                record["ray"] = info
+                for item in curate_stream(pending, cfg, run_id):
+                    if isinstance(item, VideoDone):
+                        committer.add_done(item)
+                        bar.update(1)
+                        bar.set_postfix(clips=stats.counts["clips"], kept=stats.counts["kept"], hours=f"{stats.hours_in:.2f}")
+                    else:
+                        spec_key, clip = item
+                        committer.add_clip(spec_key, clip)
+            bar.close()
+        status = "done"
+    finally:
+        record.update({
+            "status": status,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "wall_s": time.time() - t_start,
+            "counts": dict(stats.counts), "source_errors": dict(stats.source_errors),
+            "reject_reasons": dict(stats.reject_reasons), "timings_s": {k: round(v, 3) for k, v in stats.timings.items()},
+            "nodes": dict(stats.nodes), "hours_in": stats.hours_in, "hours_out": stats.hours_out,
+        })
+        corpus.write_json(f"runs/{run_id}.json", record)
+    return record
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def summary_text(rec: dict[str, Any]) -> str:
+    c = rec["counts"]
+    lines = [
+        f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s",
+        f"  videos   {c.get('listed', 0)} listed, {c.get('skipped_done', 0)} already done, {c.get('videos', 0)} processed, "
+        f"{sum(rec['source_errors'].values())} unreadable",
+    ]
+    for k, v in sorted(rec["source_errors"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"    error   {k:<24} {v}")
+    lines.append(f"  clips    {c.get('clips', 0)} candidates, {c.get('kept', 0)} kept, "
+                 f"{c.get('clips', 0) - c.get('kept', 0)} rejected")
+    for k, v in sorted(rec["reject_reasons"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"    reject  {k:<24} {v}")
+    lines.append(f"  hours    {rec['hours_in']:.4f} in, {rec['hours_out']:.4f} kept")
+    lines.append(f"  shards   {c.get('shards', 0)} written in {c.get('units', 0)} commits")
+    if rec.get("timings_s"):
+        lines.append("  time     " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(rec["timings_s"].items())))
+    if rec.get("nodes"):
+        lines.append(f"  nodes    {len(rec['nodes'])}: " + ", ".join(f"{k[:12]}={v}" for k, v in rec["nodes"].items()))
+    return "\n".join(lines)

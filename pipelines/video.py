@@ -1,0 +1,392 @@
+"""One source video through the curate operators, with no Ray: probe -> decode once -> shots ->
+windows -> scores/filters -> encode kept clips (+ robot actions). The Ray adapter
+(``curate_ray.py``) runs this per video; tests call it directly.
+
+Memory is bounded by ``AnalysisConfig.segment_s``, not by video length: the video is decoded once,
+streaming, at the *output* size, and processed in segments of ``segment_s`` seconds. Each segment's
+frames are held once (plus an analysis-size copy), cut into shots, windowed, scored and encoded,
+then dropped. A shot longer than a segment is split at the segment boundary (windows split long
+shots anyway; the boundary is recorded as a forced cut).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from defi.curate.base import Frames
+from defi.curate.clip_score import ClipScorer, sample_keyframes
+from defi.curate.decode import DecodeError, decode
+from defi.curate.dedup import Dedup, clip_phashes
+from defi.curate.encode import ClipEncoder, encode_frames, select_ticks
+from defi.curate.filters import BlackFrames, Blur, CameraMotion, Duration, Motion, Resolution
+from defi.curate.probe import Probe
+from defi.curate.shots import Shots
+from defi.curate.windows import Windows
+from defi.schemas.keys import clip_key, params_hash
+from defi.schemas.records import ClipRecord, SourceRecord
+from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
+from defi.schemas.tables import FORMAT_VERSION
+
+from .sources import SourceSpec
+
+
+@dataclass
+class AnalysisConfig:
+    """How the video is decoded once for every analysis step."""
+
+    segment_s: float = field(default=30.0, metadata={"help": "seconds of video held in memory at once"})
+    short_side: int = field(default=128, metadata={"help": "analysis frames' short side (shots, scores), px"})
+    chunk_frames: int = field(default=64, metadata={"help": "frames per decode chunk"})
+
+    def __post_init__(self) -> None:
+        if self.segment_s <= 0:
+            raise ValueError(f"segment_s must be > 0 seconds, got {self.segment_s}")
+        if self.short_side < 16:
+            raise ValueError(f"short_side must be >= 16 px, got {self.short_side}")
+
+
+@dataclass
+class ShardConfig:
+    target_mb: float = field(default=256.0, metadata={"help": "close a shard at about this size (MB)"})
+    videos_per_unit: int = field(default=8, metadata={"help": "videos committed together (shards + rows)"})
+
+    def __post_init__(self) -> None:
+        if self.target_mb <= 0:
+            raise ValueError(f"target_mb must be > 0, got {self.target_mb}")
+        if self.videos_per_unit < 1:
+            raise ValueError(f"videos_per_unit must be >= 1, got {self.videos_per_unit}")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: start a local Ray)"})
+    num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
+    temp_dir: str | None = field(default=None, metadata={"help": "Ray temp dir (default: a fresh dir under /tmp)"})
+    clip_actors: int = field(default=1, metadata={"help": "CLIP scoring actors (each takes a GPU when present)"})
+
+
+def _clip_default() -> ClipScorer:
+    return ClipScorer()
+
+
+@dataclass
+class CurateConfig:
+    """The whole `defi curate` run: one section per operator (its fields are its parameters)."""
+
+    kind: str | None = field(default=None, metadata={"help": "human | robot | web, for sources without one"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset name for sources without one"})
+    use_clip: bool = field(default=False, metadata={"help": "score clips with CLIP (model from clip.*)"})
+    use_dedup: bool = field(default=True, metadata={"help": "drop near-duplicate clips within a video"})
+    probe: Probe = field(default_factory=Probe)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    shots: Shots = field(default_factory=Shots)
+    windows: Windows = field(default_factory=Windows)
+    duration: Duration = field(default_factory=Duration)
+    resolution: Resolution = field(default_factory=Resolution)
+    black: BlackFrames = field(default_factory=BlackFrames)
+    blur: Blur = field(default_factory=Blur)
+    motion: Motion = field(default_factory=Motion)
+    camera: CameraMotion = field(default_factory=CameraMotion)
+    clip: ClipScorer = field(default_factory=_clip_default)
+    dedup: Dedup = field(default_factory=Dedup)
+    encode: ClipEncoder = field(default_factory=ClipEncoder)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def scorers(self) -> list:
+        """Frame scorers in the order they run; the first to reject names the reason."""
+        return [self.black, self.blur, self.motion, self.camera]
+
+    def key_params(self) -> dict[str, Any]:
+        """Parameters that shape a clip's span and bytes, hence its key (not filter thresholds:
+        changing a threshold changes which clips are kept, not what a clip is)."""
+        return {"shots": self.shots.params(), "windows": self.windows.params(),
+                "encode": self.encode.params(), "segment_s": self.analysis.segment_s}
+
+
+@dataclass
+class ClipItem:
+    """A clip on its way to a shard: its row, its sample members, and CLIP keyframes if needed."""
+
+    record: ClipRecord
+    members: dict[str, bytes] = field(default_factory=dict)
+    keyframes: np.ndarray | None = None  # uint8 [K, H, W, 3] for the CLIP stage, then dropped
+
+
+@dataclass
+class VideoDone:
+    """The last item a video yields: its ``sources`` row and what its processing cost."""
+
+    source: SourceRecord
+    num_clips: int
+    timings: dict[str, float]
+    node: str | None = None
+    spec_key: tuple = ()
+
+
+def source_id_for(spec: SourceSpec, file_hash: str) -> str:
+    """A robot episode shares its file with others (LeRobot v3 concatenates episodes): its id
+    mixes the file's content hash with the episode and camera, so each episode is one source."""
+    if not spec.robot or spec.robot.get("format") != "lerobot":
+        return file_hash
+    tag = f"{file_hash}:{spec.robot['episode_index']}:{spec.robot['camera']}"
+    return hashlib.blake2b(tag.encode(), digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _lerobot_episodes(root: str) -> dict[tuple[int, str], Any]:
+    from defi.curate.robot import load_lerobot
+
+    return {(ep.episode_index, ep.camera): ep for ep in load_lerobot(root)}
+
+
+def load_episode(spec: SourceSpec):
+    """The robot episode behind a spec (actions, proprio, timestamps), or None."""
+    if not spec.robot:
+        return None
+    if spec.robot["format"] == "lerobot":
+        return _lerobot_episodes(spec.robot["root"])[(spec.robot["episode_index"], spec.robot["camera"])]
+    from defi.curate.robot import load_npz_episode
+
+    return load_npz_episode(spec.uri, spec.robot["npz"])
+
+
+def _resize_short(frames: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    if min(h, w) <= short_side:
+        return frames
+    s = short_side / min(h, w)
+    size = (max(2, round(w * s)), max(2, round(h * s)))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = None) -> Iterator[ClipItem | VideoDone]:
+    """Yield every candidate clip of one source (kept and rejected), then a ``VideoDone``.
+    Never raises for a bad video: a failure becomes the source's ``error`` (and rejected clips)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rec = cfg.probe(spec.uri, kind=spec.kind, dataset=spec.dataset, run_id=run_id)
+    timings["probe"] = time.perf_counter() - t0
+    rec.license, rec.language = spec.license, spec.language
+    if spec.meta or spec.robot:
+        rec.meta_json = json.dumps({**spec.meta, **({"robot": spec.robot} if spec.robot else {})}, sort_keys=True, default=str)
+    if rec.source_id:
+        rec.source_id = source_id_for(spec, rec.source_id)
+    else:  # not_found etc.: no content to hash; the uri names the row
+        rec.source_id = hashlib.blake2b(repr(spec.sort_key).encode(), digest_size=16).hexdigest()
+    n = 0
+    if rec.error is None:
+        try:
+            episode = load_episode(spec)
+        except Exception as e:  # a broken episode file: the source says why, the run goes on
+            rec.error, rec.error_detail, episode = "robot_episode_unreadable", f"{type(e).__name__}: {e}"[:500], None
+        if rec.error is None:
+            if episode is not None and spec.robot.get("format") == "lerobot":
+                rec.duration_s = (episode.to_s or rec.duration_s) - episode.from_s
+            if episode is not None and episode.timestamp_issues:
+                rec.error_detail = "timestamp issues: " + "; ".join(episode.timestamp_issues)[:480]
+            try:
+                for item in _clips_of(spec, rec, episode, cfg, run_id, timings):
+                    n += 1
+                    yield item
+            except DecodeError as e:
+                rec.error, rec.error_detail = "decode_failed", str(e)[:500]
+    timings["total"] = time.perf_counter() - t0
+    yield VideoDone(rec, n, timings, spec_key=spec.sort_key)
+
+
+def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:
+    """Decode once at the output size; yield (segment frames, segment end in seconds, end frame)."""
+    start_s = float(spec.robot.get("from_s", 0.0)) if spec.robot else 0.0
+    end_s = spec.robot.get("to_s") if spec.robot else None
+    seg_len = cfg.analysis.segment_s
+    size = cfg.encode.short_side
+    if size is not None and not cfg.encode.upscale and rec.width and rec.height and min(rec.width, rec.height) < size:
+        size = None  # never upscale: decode at the source size
+    buf: list[Frames] = []
+    boundary = start_s + seg_len
+    for chunk in decode(spec.uri, size=size, start_s=start_s, end_s=end_s, chunk_frames=cfg.analysis.chunk_frames):
+        while len(chunk) and chunk.pts_s[-1] >= boundary - 1e-6:
+            head = chunk.slice_time(-np.inf, boundary)
+            chunk = chunk.slice_time(boundary, np.inf)
+            if len(head):
+                buf.append(head)
+            seg = Frames.concat(buf)
+            buf = []
+            if len(seg):
+                nxt = chunk.indices[0] if len(chunk) else None
+                yield seg, boundary, nxt
+            boundary += seg_len
+        if len(chunk):
+            buf.append(chunk)
+    seg = Frames.concat(buf)
+    if len(seg):
+        yield seg, None, None
+
+
+def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timings) -> Iterator[ClipItem]:
+    key_params = cfg.key_params()
+    lineage = [op.lineage() for op in (cfg.probe, cfg.shots, cfg.windows, cfg.duration, cfg.resolution, *cfg.scorers(), cfg.encode)]
+    if cfg.use_clip:
+        lineage.append(cfg.clip.lineage())
+    if cfg.use_dedup:
+        lineage.append(cfg.dedup.lineage())
+
+    def tick(name: str, t: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+
+    res_scores, res_reason = cfg.resolution(rec)
+    t = time.perf_counter()
+    for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg, episode):
+        tick("decode", t)
+        t = time.perf_counter()
+        analysis = Frames(_resize_short(seg.frames, cfg.analysis.short_side), seg.pts_s, seg.indices)
+        end_s = seg_end_s if seg_end_s is not None else _video_end_s(rec, spec, seg)
+        end_frame = int(seg_end_frame) if seg_end_frame is not None else int(seg.indices[-1]) + 1
+        shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s)
+        # windows want pts indexed by source frame: this segment's frames, offset to its first index
+        pts = np.full(end_frame, np.nan)
+        pts[seg.indices] = seg.pts_s
+        clips = cfg.windows(shots, pts_s=_fill_nan(pts))
+        tick("shots", t)
+        for c in clips:
+            t = time.perf_counter()
+            key = clip_key(rec.source_id, c.start_frame, c.end_frame, key_params)
+            r = ClipRecord(key=key, source_id=rec.source_id, start_frame=c.start_frame, end_frame=c.end_frame,
+                           start_s=c.start_s, end_s=c.end_s, uri=spec.uri, kind=rec.kind, dataset=rec.dataset,
+                           shot_index=c.shot_index, clip_index=c.clip_index, width=rec.width, height=rec.height,
+                           language=rec.language, operators=lineage, run_id=run_id)
+            if c.reject_reason:
+                r.reject(c.reject_reason)
+            if res_reason:
+                r.reject(res_reason)
+            sc, reason = cfg.duration(r)
+            if reason:
+                r.reject(reason)
+            frames = analysis.slice_frames(c.start_frame, c.end_frame)
+            for op in cfg.scorers():
+                try:
+                    scores, reason = op(frames)
+                except Exception as e:  # an operator bug on odd frames: recorded, not raised
+                    r.errors[op.name] = f"{type(e).__name__}: {e}"[:300]
+                    continue
+                r.set_scores({k: v for k, v in scores.items() if k not in ("duration_s", "short_side")})
+                if reason:
+                    r.reject(reason)
+            if len(frames):
+                r.phash = ",".join(clip_phashes(frames))
+            tick("score", t)
+            item = ClipItem(r)
+            if r.kept:
+                out = seg.slice_frames(c.start_frame, c.end_frame)
+                if cfg.use_clip and len(out):
+                    item.keyframes = out.frames[sample_keyframes(len(out), cfg.clip.num_frames)]
+                t = time.perf_counter()
+                _encode(item, out, spec, rec, episode, cfg)
+                tick("encode", t)
+            yield item
+        t = time.perf_counter()
+
+
+def _video_end_s(rec: SourceRecord, spec, seg: Frames) -> float | None:
+    if spec.robot and spec.robot.get("to_s") is not None:
+        return float(spec.robot["to_s"])
+    return None  # the detector estimates it from the last frame
+
+
+def _fill_nan(pts: np.ndarray) -> np.ndarray:
+    """Frames before the segment have no pts here; windows only read indices inside its shots."""
+    if np.isnan(pts).any():
+        first = np.flatnonzero(~np.isnan(pts))
+        if len(first):
+            pts[: first[0]] = pts[first[0]]
+    return pts
+
+
+def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: CurateConfig) -> None:
+    """Resample the clip to the target fps by timestamp, encode it, attach actions and metadata."""
+    r = item.record
+    enc = cfg.encode
+    picked = list(select_ticks(((float(t), i) for i, t in enumerate(out.pts_s)), r.start_s, r.end_s, enc.fps,
+                               max_frames=enc.max_frames))
+    if not picked:
+        r.errors["encode"] = "no frames in the clip's time range"
+        r.reject("encode_failed")
+        return
+    idx = np.array([i for _, i in picked])
+    sel = Frames(out.frames[idx], out.pts_s[idx], out.indices[idx])
+    buf = io.BytesIO()
+    result = encode_frames(sel, enc.fps, buf, short_side=enc.short_side, crf=enc.crf, preset=enc.preset, upscale=enc.upscale)
+    ClipEncoder.update_record(r, result)
+    if not r.kept:
+        return
+    item.members[EXT_VIDEO] = buf.getvalue()
+    action_dim = None
+    if episode is not None:
+        from defi.curate.robot import align_to_frames
+
+        al = align_to_frames(episode, sel.pts_s)
+        if al.actions is not None:
+            if len(al.missed):
+                r.errors["actions"] = f"{len(al.missed)} of {len(sel)} frames have no action within half a frame"
+            item.members[EXT_ACTIONS] = _npy(al.actions.astype(np.float32))
+            action_dim = int(al.actions.shape[1])
+            r.has_actions = True
+        if al.proprio is not None:
+            item.members[EXT_PROPRIO] = _npy(al.proprio.astype(np.float32))
+    if r.has_actions is None:
+        r.has_actions = False
+    if r.language:
+        item.members[EXT_LANG] = r.language.encode()
+    meta = SampleMeta(key=r.key, source_id=r.source_id, uri=r.uri or "", start_frame=r.start_frame, end_frame=r.end_frame,
+                      start_s=r.start_s, end_s=r.end_s, fps=float(r.out_fps), width=int(r.out_width), height=int(r.out_height),
+                      num_frames=int(r.out_frames), kind=r.kind, dataset=r.dataset, language=r.language,
+                      action_dim=action_dim, format_version=FORMAT_VERSION,
+                      extra={"frame_pts_s": [round(float(x), 6) for x in sel.pts_s]})
+    item.members[EXT_META] = meta.to_json()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    b = io.BytesIO()
+    np.save(b, a, allow_pickle=False)
+    return b.getvalue()
+
+
+def score_clip_batch(items: list[ClipItem], scorer: ClipScorer) -> None:
+    """CLIP-score the items that carry keyframes, in one batch; reject below ``min_score``."""
+    todo = [it for it in items if it.keyframes is not None and len(it.keyframes)]
+    if not todo:
+        return
+    frames = [Frames(it.keyframes, np.zeros(len(it.keyframes)), np.zeros(len(it.keyframes), np.int64)) for it in todo]
+    for it, scores in zip(todo, scorer.score_batch(frames)):
+        scorer.update_record(it.record, scores)
+        reason = scorer.reject_reason(scores)
+        if reason:
+            it.record.reject(reason)
+            it.members = {}
+        it.keyframes = None
+
+
+def dedup_video(items: list[ClipItem], dedup: Dedup) -> None:
+    """Near-duplicates among one video's kept clips: the keeper stays, the others are rejected
+    ``duplicate`` (scope is one video so results do not depend on how videos are batched)."""
+    kept = [it for it in items if it.record.kept]
+    if len(kept) < 2:
+        for it in kept:
+            it.record.dup_group = it.record.key
+        return
+    results = dedup(dedup.items_from_records([it.record for it in kept]))
+    for it, res in zip(kept, results):
+        it.record.dup_group = res.dup_group
+        if not res.kept:
+            it.record.reject("duplicate")
+            it.members = {}
