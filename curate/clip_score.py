@@ -19,6 +19,7 @@ or ``None`` (random weights, seeded by ``seed``).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -63,6 +64,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@functools.lru_cache(maxsize=4)
+def _simple_tokenizer(context_length: int):
+    """open_clip's BPE tokenizer; its vocabulary ships inside the package (no hub). Parsing it takes
+    ~0.3 s, and the tokenizer is stateless, so instances are shared."""
+    import open_clip
+
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
 def load_clip_model(model: str, pretrained: str | None, device: str = "cpu", seed: int = 0):
     """Build an open_clip model and its tokenizer; returns ``(model, tokenizer)`` in eval mode.
 
@@ -82,7 +92,7 @@ def load_clip_model(model: str, pretrained: str | None, device: str = "cpu", see
             net = open_clip.model.CLIP(**cfg)
             if pretrained is not None:
                 open_clip.load_checkpoint(net, pretrained)
-            tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+            tokenizer = _simple_tokenizer(cfg["text_cfg"]["context_length"])
         else:
             if model.replace("/", "-") not in open_clip.list_models() and ":" not in model:
                 raise ValueError(
@@ -164,19 +174,35 @@ class ClipScorer(Scorer):
             self._text_emb = self._net.encode_text(tokens, normalize=True).float()
 
     def _preprocess(self, images: np.ndarray):
-        """uint8 [N,H,W,3] -> normalised float [N,3,S,S]: resize the short side to S (bicubic,
-        antialiased), centre crop, as open_clip's eval transform does, but batched in torch."""
+        """uint8 [N,H,W,3] -> normalised float [N,3,S,S]: short side resized to S (bicubic), centre
+        crop, as open_clip's eval transform does. On CPU through PIL, which is exactly what that
+        transform runs (and ~2x faster than torch's antialiased resize on CPU); on a GPU batched in
+        torch (antialiased bicubic), which keeps the GPU fed. The two differ by a few 1e-3."""
         import torch
-        import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self._device).permute(0, 3, 1, 2).float() / 255.0
         th, tw = self._size
-        h, w = x.shape[-2:]
-        scale = max(th / h, tw / w)
-        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-        top, left = (nh - th) // 2, (nw - tw) // 2
-        x = x[:, :, top:top + th, left:left + tw]
+        h, w = images.shape[1:3]
+        # torchvision Resize(int): the short side becomes S, the long side is truncated
+        if h <= w:
+            nh, nw = th, int(th * w / h)
+        else:
+            nh, nw = int(tw * h / w), tw
+        nh, nw = max(nh, th), max(nw, tw)
+        top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+        if self._device == "cpu":
+            from PIL import Image
+
+            arr = np.stack([
+                np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((nw, nh), Image.BICUBIC))
+                for im in images
+            ])[:, top:top + th, left:left + tw]
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        else:
+            import torch.nn.functional as F
+
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self._device).permute(0, 3, 1, 2).float() / 255.0
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+            x = x[:, :, top:top + th, left:left + tw]
         return (x - self._mean) / self._std
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
