@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Extra subcommands register here explicitly, one line each (no registration by import side effect).
 def _extra_commands() -> list[Callable]:
-    out: list[Callable] = []
-    return out
+    from defi.training.sim.cli import add_sim_parser
+
+    return [add_sim_parser]
 
 
 _EXTRA_COMMANDS = _extra_commands()

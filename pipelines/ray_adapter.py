@@ -45,6 +45,10 @@ def ray_session(rcfg, scratch: str | None = None):
                 kwargs["num_cpus"] = rcfg.num_cpus
         ray.init(**kwargs)
         started = True
+    import logging
+
+    for name in ("ray.data", "ray"):  # our own progress bar and summary say what matters
+        logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
