@@ -1,6 +1,6 @@
 """GIDM: a latent inverse-dynamics model (latent action model), readable in one sitting.
 
-    encoder:  [action queries | tokens(o_t) | tokens(o_t+k) | lang]  -> transformer -> queries
+    encoder:  [action queries | per patch (o_t, o_t+k - o_t) | lang] -> transformer -> queries
               -> bottleneck (continuous / VQ / FSQ) -> z [B, Q, W]
     decoder:  [z | tokens(o_t) | lang] -> transformer -> per-patch residual -> tokens(o_t+k)
 
@@ -117,6 +117,10 @@ class ContinuousBottleneck(nn.Module):
     def __init__(self, in_dim: int, latent_dim: int, kl_beta: float):
         super().__init__()
         self.proj, self.kl_beta = nn.Linear(in_dim, 2 * latent_dim), kl_beta
+        # Start with small noise (sigma ~ 0.1): with sigma = 1 the tiny initial mean is drowned,
+        # the decoder learns to ignore z and the posterior collapses (seen on moving squares).
+        with torch.no_grad():
+            self.proj.bias[latent_dim:].fill_(-4.0)
 
     def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor | None, dict]:
         mu, logvar = self.proj(h).chunk(2, dim=-1)
@@ -244,10 +248,13 @@ class GIDM(nn.Module):
                 self.features = FrozenFeatureExtractor(feature_extractor, "external")
             token_dim = c.feature_dim
         self.token_dim = token_dim
-        self.enc_in = nn.Linear(token_dim, d)
+        # Early fusion: one encoder token per patch holds [o_t, o_t+k - o_t] at that location, so
+        # local motion is visible to the first layer. (UniVLA keeps two tokens per patch in a
+        # spatio-temporal transformer; with frame tokens apart our tiny model did not learn to
+        # match them within hundreds of steps on moving squares.)
+        self.enc_in = nn.Linear(2 * token_dim, d)
         self.dec_in = nn.Linear(token_dim, d)
         self.pos = nn.Parameter(torch.randn(1, c.num_patches, d) * 0.02)
-        self.frame = nn.Parameter(torch.randn(2, 1, d) * 0.02)  # marks o_t vs o_t+k tokens
         self.queries = nn.Parameter(torch.randn(1, q, d) * 0.02)  # learned action queries
         self.lang_enc = nn.Linear(c.lang_dim, d) if c.lang_dim else None
         self.lang_dec = nn.Linear(c.lang_dim, d) if c.lang_dim else None
@@ -257,6 +264,10 @@ class GIDM(nn.Module):
         self.latent_pos = nn.Parameter(torch.randn(1, q, d) * 0.02)
         self.decoder = transformer(c, c.dec_depth)
         self.head = nn.Linear(d, token_dim)
+        # Zero head: the untrained decoder predicts "nothing changes" (o_t+k = o_t) instead of
+        # noise, so early steps are spent on the change, not on undoing a random output.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     # --- tokens --------------------------------------------------------------------------------
     def tokens(self, frames: Tensor) -> Tensor:
@@ -293,16 +304,18 @@ class GIDM(nn.Module):
     def _encode(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, sample: bool):
         B, q = tok_t.shape[0], self.config.num_action_tokens
         x = torch.cat([self.queries.expand(B, -1, -1),
-                       self.enc_in(tok_t) + self.pos + self.frame[0],
-                       self.enc_in(tok_k) + self.pos + self.frame[1],
+                       self.enc_in(torch.cat([tok_t, tok_k - tok_t], dim=-1)) + self.pos,
                        *self._lang(self.lang_enc, lang_emb, B)], dim=1)
         h = self.encoder(x)[:, :q]
         return self.bottleneck(h, sample)
 
     def _decode(self, tok_t: Tensor, z: Tensor, lang_emb: Tensor | None) -> Tensor:
         B, q = tok_t.shape[0], self.config.num_action_tokens
-        x = torch.cat([self.latent_up(z) + self.latent_pos,
-                       self.dec_in(tok_t) + self.pos,
+        lat = self.latent_up(z)
+        # z enters twice: as tokens (UniVLA) and added to every patch token, which lets a small
+        # decoder use it from the first steps instead of learning to attend to it first.
+        x = torch.cat([lat + self.latent_pos,
+                       self.dec_in(tok_t) + self.pos + lat.mean(dim=1, keepdim=True),
                        *self._lang(self.lang_dec, lang_emb, B)], dim=1)
         y = self.decoder(x)[:, q:q + tok_t.shape[1]]
         return tok_t + self.head(y)  # predict the change; "nothing moved" is free

@@ -1,0 +1,107 @@
+"""End-to-end `defi curate` throughput on generated inputs, beside a full-resolution decode of
+the same files, in one run; plus peak RSS.
+
+Goal (pipeline issue): pipeline input frames/s >= 0.5 x ffmpeg's full-resolution decode rate on
+2 cores, with shots + motion + encode on. Uses the `ffmpeg` binary when on PATH (`make bench`
+installs it), else PyAV's full-resolution decode as the stand-in peer (said in the output).
+
+Run: .venv/bin/python bench/curate.py [--videos 4] [--seconds 20] [--height 720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+
+import numpy as np
+
+
+def make_video(path: str, seconds: float, h: int, fps: int, seed: int) -> int:
+    import av
+
+    w = h * 16 // 9 // 2 * 2
+    rng = np.random.default_rng(seed)
+    n = int(seconds * fps)
+    shots = np.cumsum(rng.integers(3 * fps, 8 * fps, size=64))
+    with av.open(path, "w") as out:
+        s = out.add_stream("libx264", rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "23"}
+        base = None
+        for i in range(n):
+            if base is None or i in shots:
+                small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+                base = np.kron(small, np.ones((16, 16, 1), np.uint8))[:h, :w]
+            f = base.copy()
+            x = (i * 6) % (w - 80)
+            f[h // 3:h // 3 + 80, x:x + 80] = (250, 220, 40)
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return n
+
+
+def peer_decode(paths: list[str]) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    if shutil.which("ffmpeg"):
+        for p in paths:
+            subprocess.run(["ffmpeg", "-v", "error", "-threads", "2", "-i", p, "-f", "null", "-"], check=True)
+        return "ffmpeg -f null (full res)", time.perf_counter() - t0
+    import av
+
+    for p in paths:
+        with av.open(p) as c:
+            c.streams.video[0].thread_type = "AUTO"
+            for _ in c.decode(video=0):
+                pass
+    return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--fps", type=int, default=30)
+    args = ap.parse_args()
+    from defi.pipelines.config import from_dict
+    from defi.pipelines.curate import run_curate
+    from defi.pipelines.video import CurateConfig
+
+    with tempfile.TemporaryDirectory() as d:
+        paths, frames = [], 0
+        for i in range(args.videos):
+            p = os.path.join(d, f"v{i}.mp4")
+            frames += make_video(p, args.seconds, args.height, args.fps, i)
+            paths.append(p)
+        peer, peer_s = peer_decode(paths)
+        cfg = from_dict(CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1},
+                                       "ray": {"num_cpus": os.cpu_count()}})
+        t0 = time.perf_counter()
+        rec = run_curate([d], os.path.join(d, "corpus"), cfg, progress=False)
+        ours_s = time.perf_counter() - t0
+        stages = rec["timings_s"]
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames")
+        print(f"{'path':<48} {'wall s':>8} {'frames/s':>10}")
+        print(f"{peer:<48} {peer_s:>8.2f} {frames / peer_s:>10.0f}")
+        print(f"{'defi curate (shots+motion+camera+encode, Ray)':<48} {ours_s:>8.2f} {frames / ours_s:>10.0f}")
+        proc = sum(stages.get(k, 0) for k in ("total",))
+        print(f"{'  of which per-video work (sum over workers)':<48} {proc:>8.2f}")
+        print(f"ratio defi / peer: {peer_s / ours_s:.2f}  (goal >= 0.5; includes Ray start-up of a few seconds)")
+        print(f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; "
+              f"stage seconds: {stages}")
+        print(f"peak RSS of a worker process: {rss:.0f} MiB; driver: "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
