@@ -200,6 +200,8 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
                     yield item
             except DecodeError as e:
                 rec.error, rec.error_detail = "decode_failed", str(e)[:500]
+            except Exception as e:  # an odd file tripping an operator: the source says why, the run goes on
+                rec.error, rec.error_detail = "processing_failed", f"{type(e).__name__}: {e}"[:500]
     timings["total"] = time.perf_counter() - t0
     yield VideoDone(rec, n, timings, spec_key=spec.sort_key)
 
