@@ -216,8 +216,10 @@ def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool =
     try:
         if pending:
             bar = _bar(len(pending), progress)
+            t_ray = time.time()
             with ray_session(cfg.ray, scratch=None) as info:
                 record["ray"] = info
+                stats.timings["ray_start"] += time.time() - t_ray
                 for item in curate_stream(pending, cfg, run_id):
                     if isinstance(item, VideoDone):
                         committer.add_done(item)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import tempfile
 from typing import Any, Iterator
 
@@ -37,6 +38,13 @@ def ray_session(rcfg, scratch: str | None = None):
                                   "configure_logging": True}
         if rcfg.address:
             kwargs["address"] = rcfg.address
+            # workers of a cluster run with their node's environment, not the driver's: without
+            # this, `AWS_ENDPOINT_URL=... defi curate s3://... --address` lists on the driver's
+            # endpoint and reads on AWS's. Credentials are not forwarded (the runtime env is kept
+            # in the GCS and shown by the dashboard): nodes bring their own.
+            env_vars = storage_env()
+            if env_vars:
+                kwargs["runtime_env"] = {"env_vars": env_vars}
         else:
             # unix socket paths must stay short (~107 bytes): a fresh short dir under /tmp
             tmp = rcfg.temp_dir or tempfile.mkdtemp(prefix="defi-ray-", dir=scratch or "/tmp")
@@ -59,6 +67,20 @@ def ray_session(rcfg, scratch: str | None = None):
     finally:
         if started:
             ray.shutdown()
+
+
+# storage settings (not secrets) that the driver's fsspec/botocore read from the environment
+_STORAGE_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "FSSPEC_")
+_STORAGE_ENV_NAMES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+_SECRET = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.I)  # e.g. FSSPEC_S3_SECRET stays home
+
+
+def storage_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's object-store settings that cluster workers need to see the same storage:
+    endpoint URLs (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``), region and ``FSSPEC_*``."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items())
+            if (k.startswith(_STORAGE_ENV_PREFIXES) or k in _STORAGE_ENV_NAMES) and not _SECRET.search(k)}
 
 
 def _process_row(row: dict[str, Any], cfg: CurateConfig, run_id: str) -> Iterator[dict[str, Any]]:
@@ -101,6 +123,11 @@ def curate_stream(specs: list[SourceSpec], cfg: CurateConfig, run_id: str) -> It
         ds = ds.map_batches(_ClipActor, fn_constructor_args=(cfg,), batch_size=32,
                             compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.clip_actors)), num_gpus=gpus,
                             batch_format="numpy")
+    import logging
+
+    # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     for row in ds.iter_rows():
         obj = pickle.loads(row["item"])
         yield obj

@@ -1,0 +1,546 @@
+"""`defi label latent-actions` (GIDM pseudo-labels for every selected clip) and `defi select`
+(a selection manifest balanced by a label, e.g. the dominant latent-action code).
+
+Labeling
+    The selected kept clips (SQL or a manifest; default: every kept clip with a shard), minus the
+    clips this labeler has already labeled, sorted by (shard, key), are cut into units of
+    ``clips_per_unit`` clips. Ray Data reads and decodes the clips of each (unit, shard) in CPU
+    tasks (frames resized to the model's input size), an actor pool labels them
+    ``clips_per_batch`` clips at a time (one model per actor, a GPU each when the cluster has
+    GPUs), and the driver writes ``labels/<labeler>/part-<unit>.parquet`` atomically once every
+    clip of a unit is in. A killed run loses at most its unfinished units; a re-run skips every
+    labeled key (the labeler's table is read first), so nothing is labeled or written twice.
+
+Failures are rows: a clip that cannot be decoded, is missing from its shard, or fails in the
+model gets a row with only ``key``, ``labeler`` and ``run_id`` (``num_steps`` and every statistic
+null), and is counted by reason in the run record (``errors``, with a few ``error_examples``).
+Such a clip counts as labeled: a re-run does not retry it (decoding is deterministic); delete the
+part, or label under a new name, to retry. Find them with
+``SELECT key FROM latent_actions WHERE num_steps IS NULL``. A clip too short for one window
+(frames <= gap) is not a failure: its row has ``num_steps = 0``.
+
+Run records go to ``runs/<run_id>.json`` like curate's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import pickle
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from defi.schemas.corpus import Corpus, label_view_name
+from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
+
+from .config import to_dict
+from .video import RayConfig
+
+DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
+ENGINES = ("ray", "local")
+_EXAMPLES = 20  # error examples kept in a run record
+
+# ----------------------------------------------------------------------------------------------
+# Queries researchers run ({labels}: a labeler's view, e.g. labels_gidm_0123abcd4567, or the
+# union view latent_actions filtered by labeler). Each is exercised by tests/pipelines/test_label.py.
+# ----------------------------------------------------------------------------------------------
+QUERIES: dict[str, str] = {
+    # clips with the largest latent actions (mean per-step latent norm), with their motion
+    "by_magnitude": (
+        "SELECT l.key, l.norm_mean, l.norm_p90, c.motion_mean, c.duration_s, c.uri\n"
+        "FROM {labels} l JOIN clips c USING (key)\n"
+        "WHERE c.kept AND l.num_steps > 0\n"
+        "ORDER BY l.norm_mean DESC LIMIT 20"
+    ),
+    # how the clips spread over dominant codes (VQ/FSQ labelers)
+    "by_dominant_code": (
+        "SELECT l.dominant_code, count(*) AS clips, avg(l.norm_mean) AS norm_mean, avg(c.motion_mean) AS motion_mean\n"
+        "FROM {labels} l JOIN clips c USING (key)\n"
+        "WHERE c.kept AND l.dominant_code IS NOT NULL\n"
+        "GROUP BY 1 ORDER BY clips DESC"
+    ),
+    # clips whose latent actions vary most (many codes used) and still move
+    "by_code_entropy": (
+        "SELECT l.key, l.code_entropy, l.dominant_code, c.motion_mean\n"
+        "FROM {labels} l JOIN clips c USING (key)\n"
+        "WHERE c.kept AND l.code_entropy IS NOT NULL AND c.motion_mean > 0.5\n"
+        "ORDER BY l.code_entropy DESC LIMIT 20"
+    ),
+    # clips that failed to label
+    "failed": "SELECT key, labeler, run_id FROM {labels} WHERE num_steps IS NULL",
+}
+
+
+def nearest_clips_sql(key: str, labels: str = "latent_actions", limit: int = 10) -> str:
+    """SQL for the ``limit`` clips whose ``mean_vector`` is most cosine-similar to that of clip
+    ``key`` (the clip itself first, similarity 1). ``labels``: a labeler's view (with the union
+    view ``latent_actions``, restrict it to one labeler first: vectors of different models do not
+    compare).
+
+    DuckDB's ``array_cosine_similarity`` needs fixed-size arrays (``mean_vector::FLOAT[D]`` on
+    both sides, D the latent width); ``list_cosine_similarity`` takes the variable-length
+    ``FLOAT[]`` lists as stored, so no D is needed. Zero vectors give NaN, sorted last."""
+    k = key.replace("'", "''")
+    return (
+        "SELECT l.key, list_cosine_similarity(l.mean_vector, q.mean_vector) AS cosine, l.norm_mean, c.uri\n"
+        f"FROM {labels} l JOIN clips c USING (key), (SELECT mean_vector FROM {labels} WHERE key = '{k}' LIMIT 1) q\n"
+        "WHERE l.mean_vector IS NOT NULL\n"
+        f"ORDER BY isnan(cosine), cosine DESC LIMIT {int(limit)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LabelConfig:
+    gap_frames: int | None = field(default=None, metadata={"help": "gap k in frames (default: the checkpoint's, else 1)"})
+    gap_s: float | None = field(default=None, metadata={"help": "gap in seconds, k = max(1, round(gap_s * fps)) per clip"})
+    window_stride: int = field(default=1, metadata={"help": "frames between consecutive windows"})
+    batch_size: int = field(default=64, metadata={"help": "frames / transitions per model batch"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    clips_per_batch: int = field(default=16, metadata={"help": "clips per actor call"})
+    clips_per_unit: int = field(default=256, metadata={"help": "clips committed together in one parquet part"})
+    actors: int = field(default=1, metadata={"help": "labeling actors (each takes a GPU when present)"})
+    engine: str = field(default="ray", metadata={"help": "ray | local (in-process, no Ray)"})
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("clips_per_batch", "clips_per_unit", "actors"):
+            if int(getattr(self, name)) < 1:
+                errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
+        if self.engine not in ENGINES:
+            errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
+        if errors:
+            raise ValueError("invalid LabelConfig:\n  " + "\n  ".join(errors))
+
+    def labeler(self, ckpt: str, device: str | None = None):
+        from defi.labelers.latent_actions import LatentActionLabeler
+
+        return LatentActionLabeler(ckpt, gap_frames=self.gap_frames, gap_s=self.gap_s, batch_size=self.batch_size,
+                                   device=device or self.device, window_stride=self.window_stride)
+
+
+# ----------------------------------------------------------------------------------------------
+# the stages (plain functions; Ray Data or the local engine calls them)
+# ----------------------------------------------------------------------------------------------
+def _error_row(key: str, labeler: str, run_id: str, reason: str, detail: str) -> dict[str, Any]:
+    return {"kind": "error", "key": key, "reason": reason, "detail": detail[:300],
+            "row": {"key": key, "labeler": labeler, "run_id": run_id}}
+
+
+def read_clips(task: dict[str, Any], labeler: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
+    """Read and decode the clips ``task["keys"]`` of the shard ``task["url"]``: one item per key,
+    ``{"kind": "clip", key, unit, frames uint8 [T, size, size, 3], fps}`` or an error item."""
+    from defi.training.data import DecodeError, ShardReader, decode_frames
+
+    want = set(task["keys"])
+    reader = ShardReader(task["url"], keys=want)
+    for sample in reader:
+        if sample.key not in want:  # a key twice in a shard: label it once
+            continue
+        want.discard(sample.key)
+        try:
+            frames = decode_frames(sample.mp4, None, size=(size, size))
+            yield {"kind": "clip", "unit": task["unit"], "key": sample.key, "frames": frames, "fps": float(sample.meta.fps)}
+        except DecodeError as e:
+            yield {"unit": task["unit"], **_error_row(sample.key, labeler, run_id, "decode", str(e))}
+    problems = ", ".join(f"{k}={v}" for k, v in sorted(reader.stats.items()) if k.startswith("error:"))
+    for key in sorted(want):
+        yield {"unit": task["unit"], **_error_row(key, labeler, run_id, "missing_sample",
+                                                  f"not readable in {task['url']} ({problems or 'absent'})")}
+
+
+def label_items(labeler, items: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """Label the clip items of a batch (error items pass through). When the batch fails in the
+    model, each clip is retried alone so one bad clip cannot sink its neighbours."""
+    clips = [it for it in items if it["kind"] == "clip"]
+    rows: dict[str, dict] = {}
+    try:
+        for it, row in zip(clips, labeler.label_clips([(it["key"], it["frames"], it["fps"]) for it in clips], run_id)):
+            rows[it["key"]] = row
+    except Exception:  # noqa: BLE001 - isolate the failing clip below, record it as data
+        for it in clips:
+            try:
+                rows[it["key"]] = labeler.label_clip(it["frames"], it["fps"], key=it["key"], run_id=run_id)
+            except Exception as e:  # noqa: BLE001
+                rows[it["key"]] = _error_row(it["key"], labeler.name, run_id, "label_failed", f"{type(e).__name__}: {e}")
+    out = []
+    for it in items:
+        if it["kind"] != "clip":
+            out.append(it)
+            continue
+        r = rows[it["key"]]
+        if r.get("kind") == "error":
+            out.append({"unit": it["unit"], **r})
+        else:
+            out.append({"kind": "row", "unit": it["unit"], "key": it["key"], "row": r})
+    return out
+
+
+class _LabelActor:
+    """One model per actor; labels batches of pickled clip items."""
+
+    def __init__(self, cfg: LabelConfig, ckpt: str, run_id: str):
+        self.labeler, self.run_id = cfg.labeler(ckpt), run_id
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        items = [pickle.loads(b) for b in batch["item"]]
+        out = label_items(self.labeler, items, self.run_id)
+        return {"item": [pickle.dumps(o) for o in out]}
+
+
+def _read_row(row: dict[str, Any], labeler: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
+    for item in read_clips(pickle.loads(row["task"]), labeler, run_id, size):
+        yield {"item": pickle.dumps(item)}
+
+
+def _ray_stream(tasks, cfg: LabelConfig, ckpt: str, name: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
+    import ray
+
+    ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=max(1, len(tasks)))
+    ds = ds.flat_map(_read_row, fn_args=(name, run_id, size), num_cpus=1)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    ds = ds.map_batches(_LabelActor, fn_constructor_args=(cfg, ckpt, run_id), batch_size=cfg.clips_per_batch,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus, batch_format="numpy")
+    for row in ds.iter_rows():
+        yield pickle.loads(row["item"])
+
+
+def _local_stream(tasks, cfg: LabelConfig, labeler, run_id: str) -> Iterator[dict[str, Any]]:
+    batch: list[dict] = []
+    for task in tasks:
+        for item in read_clips(task, labeler.name, run_id, labeler.size):
+            batch.append(item)
+            if len(batch) >= cfg.clips_per_batch:
+                yield from label_items(labeler, batch, run_id)
+                batch = []
+    if batch:
+        yield from label_items(labeler, batch, run_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+# ----------------------------------------------------------------------------------------------
+def labeled_keys(corpus: Corpus, labeler: str) -> set[str]:
+    """Keys this labeler already has rows for (failed rows included)."""
+    return set(corpus.read_table(f"labels/{labeler}").column("key").to_pylist())
+
+
+def plan_units(resolved, labeler: str, clips_per_unit: int, shard_url) -> tuple[list[dict], dict[str, set[str]]]:
+    """Cut resolved (key, shard) rows, sorted by (shard, key), into units of ``clips_per_unit``
+    clips; a unit's name hashes the labeler and its keys, so re-committing it replaces its part.
+    Returns read tasks (one per unit x shard) and the keys of each unit."""
+    rows = list(zip(resolved.column("key").to_pylist(), resolved.column("shard").to_pylist()))
+    tasks, units = [], {}
+    for i in range(0, len(rows), clips_per_unit):
+        group = rows[i:i + clips_per_unit]
+        unit = "u" + hashlib.sha1(json.dumps([labeler, [k for k, _ in group]]).encode()).hexdigest()[:16]
+        units[unit] = {k for k, _ in group}
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for k, s in group:
+            by_shard[s].append(k)
+        tasks += [{"unit": unit, "url": shard_url(s), "shard": s, "keys": ks} for s, ks in by_shard.items()]
+    return tasks, units
+
+
+def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig | None = None,
+              progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+    """Label the selected kept clips of the corpus at ``root`` with the GIDM checkpoint ``ckpt``
+    (a checkpoint folder or a training run folder); returns the run record (also saved).
+
+    ``select``: SQL returning ``key`` or a manifest path (default: every kept clip). ``limit``:
+    label at most this many pending clips. Raises ``SelectionError`` for a bad selection and
+    ``CheckpointError``/``ValueError`` for a bad checkpoint or option."""
+    from defi.schemas.selection import resolve_selection
+
+    cfg = cfg or LabelConfig()
+    t_start = time.time()
+    corpus = Corpus.open(root)
+    # the driver's copy names the labels and sizes the decode; it never labels on the ray engine
+    labeler = cfg.labeler(ckpt, device="cpu" if cfg.engine == "ray" else None)
+    name = labeler.name
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    resolved = resolve_selection(corpus, select or DEFAULT_SELECT)
+    done = labeled_keys(corpus, name)
+    keep = [k not in done for k in resolved.column("key").to_pylist()]
+    import pyarrow as pa
+
+    pending = resolved.filter(pa.array(keep, type=pa.bool_()))
+    if limit is not None:
+        pending = pending.slice(0, limit)
+    tasks, units = plan_units(pending, name, cfg.clips_per_unit, corpus.shard_url)
+    counts: Counter = Counter(selected=len(resolved), skipped_done=len(resolved) - sum(keep), pending=len(pending))
+    errors: Counter = Counter()
+    examples: dict[str, str] = {}
+    record: dict[str, Any] = {
+        "run_id": run_id, "command": "label latent-actions", "status": "running", "root": root, "select": select,
+        "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
+        "labeler": labeler.params(), "config": to_dict(cfg), "argv": sys.argv,
+    }
+    from .curate import _versions
+
+    record["versions"] = _versions()
+    corpus.write_json(f"runs/{run_id}.json", record)
+    buffers: dict[str, list[dict]] = defaultdict(list)
+    status, t_label = "failed", 0.0
+    try:
+        if tasks:
+            bar = _bar(len(pending), progress)
+            t0 = time.time()
+            if cfg.engine == "ray":
+                from .ray_adapter import ray_session
+
+                with ray_session(cfg.ray) as info:
+                    record["ray"] = info
+                    for item in _ray_stream(tasks, cfg, str(labeler.ckpt_path), name, run_id, labeler.size):
+                        _collect(item, buffers, units, corpus, name, counts, errors, examples, bar)
+            else:
+                for item in _local_stream(tasks, cfg, labeler, run_id):
+                    _collect(item, buffers, units, corpus, name, counts, errors, examples, bar)
+            t_label = time.time() - t0
+            bar.close()
+        if units:
+            raise RuntimeError(f"{len(units)} units never completed (a reader lost clips); re-run to finish them")
+        status = "done"
+    finally:
+        wall = time.time() - t_start
+        record.update({
+            "status": status, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "wall_s": wall,
+            "label_s": t_label, "counts": dict(counts), "errors": dict(errors), "error_examples": examples,
+            "clips_per_s": counts["labeled"] / t_label if t_label > 0 else None,
+        })
+        corpus.write_json(f"runs/{run_id}.json", record)
+    return record
+
+
+def _collect(item, buffers, units, corpus: Corpus, name: str, counts: Counter, errors: Counter, examples, bar) -> None:
+    unit = item["unit"]
+    buffers[unit].append(item["row"])
+    if item["kind"] == "error":
+        errors[item["reason"]] += 1
+        counts["errors"] += 1
+        if len(examples) < _EXAMPLES:
+            examples[item["key"]] = f"{item['reason']}: {item['detail']}"
+    else:
+        counts["labeled"] += 1
+        counts["steps"] += int(item["row"]["num_steps"])
+    bar.update(1)
+    rows = buffers[unit]
+    if len(rows) == len(units[unit]):
+        rows.sort(key=lambda r: r["key"])
+        corpus.write_part(f"labels/{name}", table_from_rows(rows, LATENT_ACTIONS, f"labels/{name}"), part=unit)
+        counts["units"] += 1
+        del buffers[unit], units[unit]
+        bar.set_postfix(units=counts["units"], errors=counts["errors"])
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def summary_text(rec: dict[str, Any]) -> str:
+    c, lab = rec["counts"], rec["labeler"]
+    rate = f", {rec['clips_per_s']:.1f} clips/s" if rec.get("clips_per_s") else ""
+    lines = [
+        f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s{rate}",
+        f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {lab['gap']})",
+        f"  clips    {c.get('selected', 0)} selected, {c.get('skipped_done', 0)} already labeled, "
+        f"{c.get('labeled', 0)} labeled ({c.get('steps', 0)} steps), {c.get('errors', 0)} failed",
+    ]
+    for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"    error  {k:<20} {v}")
+    lines.append(f"  parts    {c.get('units', 0)} written to labels/{lab['name']}/ "
+                 f"(query it as {label_view_name(lab['name'])})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# defi select: a balanced selection manifest
+# ----------------------------------------------------------------------------------------------
+def balanced_weights(groups: Iterable[Any]) -> np.ndarray:
+    """Weight ``(N / G) / n_g`` for a clip in group g (N clips, G groups, n_g clips in g): every
+    group gets the same total weight N / G, and the weights sum to N (mean 1). A null group is a
+    group of its own."""
+    groups = list(groups)
+    counts = Counter(groups)
+    n, g = len(groups), len(counts)
+    return np.array([(n / g) / counts[x] for x in groups], dtype=np.float64)
+
+
+def pick_labeler(corpus: Corpus, labeler: str | None) -> str | None:
+    """The labeler to join: the one named, else the only one, else None when there is none."""
+    from .cli import UsageError
+
+    have = corpus.labelers()
+    if labeler is not None:
+        if labeler not in have:
+            raise UsageError(f"no labeler {labeler!r} in this corpus; have: {', '.join(have) or 'none'}")
+        return labeler
+    if len(have) > 1:
+        raise UsageError(f"the corpus has {len(have)} labelers, name one with --labeler: {', '.join(have)}")
+    return have[0] if have else None
+
+
+def select_sql(where: str, balance_by: str | None, labels_view: str | None) -> str:
+    """SQL returning (key, __group) over kept clips joined with a labeler's rows (when any).
+    ``where`` is a predicate over the columns of ``clips`` and the labeler's table (``run_id`` of
+    the labels is ``label_run_id``), or a full SELECT returning ``key``; ``balance_by`` a column
+    or SQL expression over the same columns."""
+    from defi.schemas.selection import is_sql
+
+    if labels_view:
+        base = (f"(SELECT c.*, l.* EXCLUDE (key, run_id), l.run_id AS label_run_id "
+                f"FROM clips c JOIN {labels_view} l ON c.key = l.key)")
+    else:
+        base = "clips"
+    group = f"({balance_by})" if balance_by else "NULL"
+    if is_sql(where):
+        return (f"SELECT DISTINCT s.key, {group} AS __group\n"
+                f"FROM (SELECT DISTINCT key FROM ({where})) s JOIN (SELECT * FROM {base} WHERE kept) x "
+                "ON s.key = x.key ORDER BY s.key")
+    return f"SELECT DISTINCT key, {group} AS __group FROM {base} x\nWHERE kept AND ({where or 'true'}) ORDER BY key"
+
+
+def run_select(root: str, where: str, out: str, balance_by: str | None = None, labeler: str | None = None) -> dict[str, Any]:
+    """Write a selection manifest of the clips matching ``where``, weighted by
+    ``balanced_weights`` of ``balance_by`` (all 1.0 without it). Returns a summary dict."""
+    from defi.schemas.selection import write_selection
+
+    from .cli import UsageError
+
+    corpus = Corpus.open(root)
+    name = pick_labeler(corpus, labeler)
+    sql = select_sql(where, balance_by, label_view_name(name) if name else None)
+    table = corpus.query(sql)
+    keys = table.column("key").to_pylist()
+    if not keys:
+        raise UsageError(f"the selection is empty; SQL:\n{sql}")
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"the selection has duplicated keys (a balance value that differs per row?); SQL:\n{sql}")
+    groups = table.column("__group").to_pylist()
+    weights = balanced_weights(groups) if balance_by else np.ones(len(keys))
+    stored = sql + (f"\n-- weights: balanced by {balance_by} (each group's total weight = N / groups)" if balance_by else "")
+    write_selection(out, keys, weights, sql=stored)
+    per_group = Counter(groups)
+    return {"out": out, "clips": len(keys), "labeler": name, "balance_by": balance_by, "sql": sql,
+            "groups": {str(g): {"clips": n, "weight_each": (len(keys) / len(per_group)) / n if balance_by else 1.0}
+                       for g, n in sorted(per_group.items(), key=lambda kv: -kv[1])}}
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def add_label_parser(subparsers) -> argparse.ArgumentParser:
+    """``defi label latent-actions ...``"""
+    label = subparsers.add_parser("label", help="attach labels to clips (latent actions from a GIDM)",
+                                  description="Attach labels to the clips of a corpus.")
+    sub = label.add_subparsers(dest="label_command", metavar="LABELER", parser_class=type(label))
+    sub.required = True
+    p = sub.add_parser(
+        "latent-actions", help="per-step latent actions of every selected clip from a GIDM checkpoint",
+        description="Label the selected kept clips with a GIDM checkpoint: per-step latent actions and clip "
+                    "statistics go to labels/gidm-<checkpoint hash>/ (view labels_gidm_<hash>, and the union view "
+                    "latent_actions). Re-running skips clips already labeled; a killed run resumes.")
+    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    p.add_argument("--ckpt", required=True, help="GIDM checkpoint folder, or a training run folder (latest checkpoint)")
+    p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
+    gap = p.add_mutually_exclusive_group()
+    gap.add_argument("--gap-s", type=float, help="gap between o_t and o_t+k in seconds (default: the checkpoint's, else 1 frame)")
+    gap.add_argument("--gap-frames", type=int, help="gap in frames")
+    p.add_argument("--window-stride", type=int, default=1, help="frames between window starts (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="frames / transitions per model batch (default 64)")
+    p.add_argument("--clips-per-unit", type=int, default=256, help="clips per committed parquet part (default 256)")
+    p.add_argument("--actors", type=int, default=1, help="labeling actors, a GPU each when present (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    p.add_argument("--limit", type=int, help="label at most this many pending clips")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_label_latent_actions)
+    return label
+
+
+def cmd_label_latent_actions(args) -> int:
+    from defi.schemas.selection import SelectionError
+    from defi.training.checkpoint import CheckpointError
+
+    from .cli import UsageError
+
+    try:
+        cfg = LabelConfig(gap_frames=args.gap_frames, gap_s=args.gap_s, window_stride=args.window_stride,
+                          batch_size=args.batch_size, device=args.device, clips_per_unit=args.clips_per_unit,
+                          actors=args.actors, engine="local" if args.local else "ray",
+                          ray=RayConfig(address=args.address, num_cpus=args.num_cpus))
+        rec = run_label(args.root, args.ckpt, args.select, cfg, progress=not args.no_progress, limit=args.limit)
+    except (SelectionError, CheckpointError, ValueError) as e:
+        raise UsageError(" ".join(str(e).split())) from None
+    print(summary_text(rec))
+    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    return 0
+
+
+def add_select_parser(subparsers) -> argparse.ArgumentParser:
+    """``defi select ...``"""
+    p = subparsers.add_parser(
+        "select", help="write a selection manifest (optionally balanced by a label)",
+        description="Write a selection manifest (key, weight) of the kept clips matching --where, for training "
+                    "(--select FILE). With --balance-by, each clip's weight is (N / G) / n_g, so each of the G groups "
+                    "gets the same total weight. The SQL used is stored in the manifest.")
+    p.add_argument("--root", required=True, help="corpus root")
+    p.add_argument("--where", default="true", help="SQL predicate over clips + the labeler's columns "
+                   "(e.g. \"norm_mean > 0.5 AND motion_mean > 1\"), or a full SELECT returning key")
+    p.add_argument("--balance-by", help="column or SQL expression to balance over, e.g. dominant_code")
+    p.add_argument("--labeler", help="labeler whose columns to join (default: the only one, if any)")
+    p.add_argument("--out", required=True, help="manifest path (.parquet)")
+    p.set_defaults(func=cmd_select)
+    return p
+
+
+def cmd_select(args) -> int:
+    from defi.schemas.selection import SelectionError
+
+    from .cli import UsageError
+
+    try:
+        s = run_select(args.root, args.where, args.out, args.balance_by, args.labeler)
+    except SelectionError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {s['clips']} clips to {s['out']}" + (f" (labeler {s['labeler']})" if s["labeler"] else ""))
+    if s["balance_by"]:
+        print(f"  balanced by {s['balance_by']}: {len(s['groups'])} groups")
+        for g, v in list(s["groups"].items())[:20]:
+            print(f"    {g:<12} {v['clips']:>6} clips  weight {v['weight_each']:.4g} each")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``label``/``select`` as a standalone entry point (the lead wires them into ``defi``)."""
+    from defi.schemas.corpus import CorpusError
+    from defi.schemas.tables import SchemaError
+
+    from .cli import EXIT_USAGE, UsageError, _Parser
+
+    parser = _Parser(prog="defi")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    add_label_parser(sub)
+    add_select_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:
+        sys.stderr.write(f"defi {args.command}: error: {e}\n")
+        return EXIT_USAGE

@@ -1,0 +1,399 @@
+"""``defi train gidm|gfdm|policy``: launch training on a selection of curated clips.
+
+``defi train gidm --root ROOT --select SQL|MANIFEST --out RUN_DIR`` builds the shard loader over
+the selection (``training.data.ClipDataset``), runs the GIDM recipe (``training.recipes.train_gidm``)
+and prints a summary. Re-running with the same RUN_DIR resumes from its latest checkpoint.
+
+Config: one ``GIDMRunConfig`` (model = ``GIDMConfig``, train = ``TrainConfig``, data =
+``DataConfig``), resolved as: the ``--model`` size's builder defaults <- ``--config`` file <-
+generated ``--model.*/--train.*/--data.*`` flags <- the shortcut flags (``--gap-s``,
+``--gap-frames``, ``--size``, ``--loader-workers``, ``--steps``). The resolved config is written to
+``RUN_DIR/run_config.json``; the data facts a labeler needs to read clips the way the model was
+trained (gap in seconds or frames, input size) are also stamped into every checkpoint's
+``state.json`` ``extra["data"]``.
+
+Units: ``gap_s`` is seconds (k = max(1, round(gap_s * fps)) frames per clip), ``gap_frames`` is
+encoded frames; ``size`` is the square input side in pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from defi.pipelines.cli import EXIT_USAGE, UsageError, _Parser
+from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+
+RUN_CONFIG_FILE = "run_config.json"
+MODEL_SIZES = ("tiny", "small", "univla")
+
+
+@dataclass
+class DataConfig:
+    """How frame pairs are drawn from the selected clips (see ``training.data.ClipDataset``)."""
+
+    gap_s: float | None = field(default=1.0, metadata={"help": "gap between o_t and o_t+k in seconds "
+                                                                "(k = max(1, round(gap_s * fps)) frames per clip)"})
+    gap_frames: int | None = field(default=None, metadata={"help": "gap in encoded frames; replaces gap_s"})
+    size: int | None = field(default=None, metadata={"help": "square input side, px (default: model.image_size)"})
+    pairs_per_clip: int | None = field(default=None, metadata={"help": "pairs drawn per clip per epoch (default: every t)"})
+    shuffle_buffer: int = field(default=256, metadata={"help": "items mixed in the shuffle buffer"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.gap_frames is not None:
+            if self.gap_frames < 1:
+                errors.append(f"gap_frames={self.gap_frames!r}: must be >= 1")
+            self.gap_s = None  # one gap only: frames win over the seconds default
+        elif self.gap_s is None or not self.gap_s > 0:
+            errors.append(f"gap_s={self.gap_s!r}: must be > 0 seconds (or give gap_frames)")
+        if self.size is not None and self.size < 8:
+            errors.append(f"size={self.size!r}: must be >= 8 px")
+        if self.pairs_per_clip is not None and self.pairs_per_clip < 1:
+            errors.append(f"pairs_per_clip={self.pairs_per_clip!r}: must be >= 1 (or null: every t)")
+        if self.shuffle_buffer < 0 or self.num_workers < 0:
+            errors.append("shuffle_buffer and num_workers must be >= 0")
+        if errors:
+            raise ValueError("invalid DataConfig: " + "; ".join(errors))
+
+
+def _gidm_default():
+    return GIDMConfig()  # replaced by the --model size's builder in resolve_run_config
+
+
+def _run_config_cls() -> type:
+    """``GIDMRunConfig``, built on first use so that building the ``defi`` parser does not import
+    torch (the model and recipe configs live next to torch code)."""
+    if "GIDMRunConfig" in globals():
+        return globals()["GIDMRunConfig"]
+    from defi.training.gidm import GIDMConfig
+    from defi.training.recipes.train_gidm import TrainConfig
+
+    # the string annotations below resolve against this module's globals (get_type_hints)
+    globals().update(GIDMConfig=GIDMConfig, TrainConfig=TrainConfig)
+
+    @dataclass
+    class GIDMRunConfig:
+        """A whole ``defi train gidm`` run: the model, the loop, the data."""
+
+        model: GIDMConfig = field(default_factory=_gidm_default)
+        train: TrainConfig = field(default_factory=TrainConfig)
+        data: DataConfig = field(default_factory=DataConfig)
+
+    globals()["GIDMRunConfig"] = GIDMRunConfig
+    return GIDMRunConfig
+
+
+class _LazyFlagsParser(_Parser):
+    """A subcommand parser whose generated flags are added when it is first used (parsing or
+    --help), so ``defi --help`` and the other subcommands stay fast."""
+
+    lazy = None  # callable(parser) adding the flags
+
+    def _materialise(self) -> None:
+        if self.lazy is not None:
+            add, self.lazy = self.lazy, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._materialise()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        self._materialise()
+        return super().format_help()
+
+
+# ---------------------------------------------------------------------------------------------
+# config resolution
+# ---------------------------------------------------------------------------------------------
+def resolve_run_config(args: argparse.Namespace):
+    """Builder defaults of ``--model`` <- ``--config`` file <- generated flags <- shortcut flags."""
+    from defi.training.gidm import gidm_config
+
+    cls = _run_config_cls()
+    try:
+        base_model = gidm_config(args.model).to_dict()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    data: dict[str, Any] = {"model": base_model}
+    if args.config:
+        data = merge(data, load_file(args.config))
+    data = merge(data, flag_overrides(args))
+    short: dict[str, Any] = {}
+    if args.gap_s is not None:
+        short["gap_s"] = args.gap_s
+        short["gap_frames"] = None
+    if args.gap_frames is not None:
+        short["gap_frames"] = args.gap_frames
+    if args.size is not None:
+        short["size"] = args.size
+    if args.loader_workers is not None:
+        short["num_workers"] = args.loader_workers
+    data = merge(data, {"data": short})
+    if args.steps is not None:
+        data = merge(data, {"train": {"steps": args.steps}})
+    data = merge(data, {"train": {"out_dir": args.out}})
+    if args.no_progress:
+        data = merge(data, {"train": {"progress": False}})
+    # --size sets the model's input side too, unless the model side was given explicitly
+    d = data.get("data") or {}
+    m = data.get("model") or {}
+    explicit_model_size = "image_size" in (flag_overrides(args).get("model") or {}) or \
+        (args.config and "image_size" in (load_file(args.config).get("model") or {}))
+    if d.get("size") is not None:
+        if explicit_model_size and int(m["image_size"]) != int(d["size"]):
+            raise UsageError(f"--size {d['size']} disagrees with model.image_size={m['image_size']}")
+        m["image_size"] = int(d["size"])
+    cfg = from_dict(cls, data)
+    if cfg.data.size is None:
+        cfg.data.size = cfg.model.image_size
+    return cfg
+
+
+def data_facts(cfg) -> dict[str, Any]:
+    """What a labeler needs to read clips the way the model saw them (stamped into checkpoints)."""
+    return {"gap_s": cfg.data.gap_s, "gap_frames": cfg.data.gap_frames, "size": cfg.data.size,
+            "image_size": cfg.model.image_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------
+def process_group(workers: int) -> tuple[int, int]:
+    """(rank, world_size) of this process. ``workers`` > 1 or a torchrun environment with
+    WORLD_SIZE > 1 is refused: the GIDM recipe does not all-reduce gradients (no DDP wrapper), so
+    several processes would train several different models, not one model on more data."""
+    env_world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if workers > 1 or env_world > 1:
+        import torch
+
+        where = "no GPU on this machine" if not torch.cuda.is_available() else \
+            f"{torch.cuda.device_count()} GPU(s) visible"
+        raise UsageError(f"multi-process training (--workers {max(workers, env_world)}) is not supported yet: "
+                         f"the GIDM recipe has no gradient synchronisation (DDP) ({where}); run with --workers 1")
+    return 0, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def build_dataset(root: str, select: str, cfg, rank: int = 0, world_size: int = 1):
+    """The ClipDataset over the selection (a SelectionError/CorpusError names a bad one)."""
+    from defi.schemas.corpus import Corpus
+    from defi.training.data import ClipDataset
+
+    corpus = Corpus.open(root)
+    d = cfg.data
+    return ClipDataset.from_corpus(
+        corpus, select, gap_s=d.gap_s, gap_frames=d.gap_frames, size=d.size, pairs_per_clip=d.pairs_per_clip,
+        shuffle=True, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, rank=rank, world_size=world_size)
+
+
+def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) -> Iterator[dict]:
+    """Endless batches of ``batch_size`` pairs, epoch after epoch.
+
+    A resumed run (``start_step`` > 0) does not replay the batches already trained on (that would
+    decode them all again); it starts a fresh epoch numbered after the step, so its draws differ
+    from epochs 0, 1, ... of the first call but are still deterministic given (seed, step)."""
+    from torch.utils.data import DataLoader
+
+    from defi.training.data import collate_items
+
+    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
+    for epoch in itertools.count(first_epoch):
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=collate_items, drop_last=True, persistent_workers=False)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise UsageError(f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
+                             f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
+                             "lower --train.batch_size or the gap")
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+def stamp_checkpoint(ckpt: Path, facts: dict[str, Any]) -> None:
+    """Add ``extra["data"] = facts`` to a checkpoint's state.json, atomically (temp + rename).
+    The recipe's ``train`` has no parameter for extra checkpoint facts yet, so they are added
+    after it writes each checkpoint."""
+    path = ckpt / "state.json"
+    if not path.is_file():
+        return
+    index = json.loads(path.read_text())
+    if (index.get("extra") or {}).get("data") == facts:
+        return
+    index.setdefault("extra", {})["data"] = facts
+    tmp = ckpt / f".state.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _check_resume(out: Path, cfg) -> None:
+    """A RUN_DIR holds one model trained on one kind of pair: refuse another model config or
+    another gap/size (the recipe compares the model config too, with a longer message)."""
+    saved_path = out / RUN_CONFIG_FILE
+    if not saved_path.is_file() or not any((out / "checkpoints").glob("step-*")):
+        return
+    saved = json.loads(saved_path.read_text())
+    now = to_dict(cfg)
+    diff = [f"model.{k}" for k in now["model"] if saved.get("model", {}).get(k) != now["model"][k]]
+    diff += [f"data.{k}" for k in ("gap_s", "gap_frames", "size") if saved.get("data", {}).get(k) != now["data"][k]]
+    if diff:
+        shown = ", ".join(f"{k} (saved {_get(saved, k)!r}, now {_get(now, k)!r})" for k in diff[:4])
+        raise UsageError(f"{out} already holds a run with a different config: {shown}; use a new --out")
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else None
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve the config, build the loader, train (or resume), stamp checkpoints; returns the
+    recipe's summary plus ``config`` and ``selected_clips``."""
+    from defi.schemas.selection import SelectionError
+    from defi.training.recipes.train_gidm import last_checkpoint, train
+
+    try:
+        cfg = resolve_run_config(args)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return {"config": cfg}
+    rank, world = process_group(args.workers)
+    out = Path(args.out)
+    _check_resume(out, cfg)
+    try:
+        dataset = build_dataset(args.root, args.select, cfg, rank, world)
+    except SelectionError as e:
+        raise UsageError(f"--select: {e}") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    facts = data_facts(cfg)
+    resolved = {**to_dict(cfg), "root": args.root, "select": args.select, "selected_clips": len(dataset.keys),
+                "rank": rank, "world_size": world}
+    (out / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
+    for ckpt in sorted(out.glob("checkpoints/step-*")):  # a killed run's checkpoints
+        stamp_checkpoint(ckpt, facts)
+
+    def make_batches(start_step: int):
+        return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
+
+    t0 = time.perf_counter()
+    try:
+        result = train(cfg.model, cfg.train, make_batches)
+    except ValueError as e:  # e.g. a RUN_DIR whose saved model config differs
+        raise UsageError(str(e).splitlines()[0]) from None
+    for ckpt in sorted(out.glob("checkpoints/step-*")):
+        stamp_checkpoint(ckpt, facts)
+    result.update(config=cfg, selected_clips=len(dataset.keys), wall_s=time.perf_counter() - t0,
+                  data_stats=dict(dataset.stats), last_checkpoint=str(last_checkpoint(out) or ""))
+    return result
+
+
+def summary_text(res: dict[str, Any]) -> str:
+    cfg = res["config"]
+    gap = f"{cfg.data.gap_s} s" if cfg.data.gap_s is not None else f"{cfg.data.gap_frames} frames"
+    lines = [f"gidm: {res['selected_clips']} clips selected, gap {gap}, {cfg.data.size} px, "
+             f"batch {cfg.train.batch_size}"]
+    if res["resumed_from"]:
+        lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
+    if res["steps_run"]:
+        lines.append(f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
+                     f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)")
+        lines.append(f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
+    else:
+        lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
+    lines.append(f"  checkpoint {res['last_checkpoint']}")
+    return "\n".join(lines)
+
+
+def cmd_train_gidm(args: argparse.Namespace) -> int:
+    res = run_train_gidm(args)
+    if not args.dry_run:
+        print(summary_text(res))
+    return 0
+
+
+def cmd_not_built(args: argparse.Namespace) -> int:
+    raise UsageError(f"train {args.train_command} is not built yet: see its issue")
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``train`` with ``gidm`` (and placeholders ``gfdm``, ``policy``) to ``defi``'s
+    subparsers."""
+    t = subparsers.add_parser("train", help="train a model on a selection of curated clips",
+                              description="Train GIDM / GFDM / policy models on curated shards.")
+    sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=_LazyFlagsParser)
+    sub.required = True
+    g = sub.add_parser(
+        "gidm", help="train a latent inverse-dynamics model (latent actions) on frame pairs",
+        description="Train a GIDM on frame pairs (o_t, o_t+k) from the clips a SQL query or manifest selects. "
+                    "Re-running with the same --out resumes from its latest checkpoint. Config: the --model "
+                    "size's defaults <- --config file <- --model.*/--train.*/--data.* flags <- shortcut flags.")
+    g.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    g.add_argument("--select", required=True,
+                   help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") '
+                        "or a selection manifest path")
+    g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
+    g.add_argument("--model", default="tiny", choices=MODEL_SIZES, help="model size (builder defaults; default tiny)")
+    g.add_argument("--config", help="YAML/TOML/JSON file with model/train/data sections")
+    gap = g.add_mutually_exclusive_group()
+    gap.add_argument("--gap-s", type=float, help="gap o_t -> o_t+k in seconds (same as --data.gap_s; default 1.0)")
+    gap.add_argument("--gap-frames", type=int, help="gap in encoded frames (same as --data.gap_frames)")
+    g.add_argument("--size", type=int, help="square input side in px; sets model.image_size too (default: the model's)")
+    g.add_argument("--steps", type=int, help="total optimizer steps (same as --train.steps)")
+    g.add_argument("--loader-workers", type=int, help="DataLoader worker processes (same as --data.num_workers)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="training processes; >1 is refused for now (the recipe has no gradient sync)")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (model.*, train.*, data.*)")
+    g.set_defaults(func=cmd_train_gidm)
+    for name in ("gfdm", "policy"):
+        p = sub.add_parser(name, help=f"train the {name} (not built yet)",
+                           description=f"Training the {name} is not built yet: see its issue.")
+        p.set_defaults(func=cmd_not_built)
+    return t
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``defi train ...`` standalone (argv starts with the model name, e.g. ["gidm", "--root", ...]);
+    user errors print one line and return 2."""
+    from defi.schemas.corpus import CorpusError
+    from defi.schemas.tables import SchemaError
+
+    p = _Parser(prog="defi")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    add_train_parser(sub)
+    args = p.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
+        sys.stderr.write(f"defi train {args.train_command}: error: {str(e).splitlines()[0] if str(e) else e}\n")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
