@@ -212,6 +212,11 @@ def _ray_stream(tasks, cfg: LabelConfig, ckpt: str, name: str, run_id: str, size
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     ds = ds.map_batches(_LabelActor, fn_constructor_args=(cfg, ckpt, run_id), batch_size=cfg.clips_per_batch,
                         compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus, batch_format="numpy")
+    import logging
+
+    # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar
+    for logger in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
     for row in ds.iter_rows():
         yield pickle.loads(row["item"])
 
@@ -292,7 +297,7 @@ def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig 
     record["versions"] = _versions()
     corpus.write_json(f"runs/{run_id}.json", record)
     buffers: dict[str, list[dict]] = defaultdict(list)
-    status, t_label = "failed", 0.0
+    status, t_label, t_ray = "failed", 0.0, 0.0
     try:
         if tasks:
             bar = _bar(len(pending), progress)
@@ -302,6 +307,8 @@ def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig 
 
                 with ray_session(cfg.ray) as info:
                     record["ray"] = info
+                    t_ray = time.time() - t0
+                    t0 = time.time()  # clips/s counts from here: Ray's start-up is reported apart
                     for item in _ray_stream(tasks, cfg, str(labeler.ckpt_path), name, run_id, labeler.size):
                         _collect(item, buffers, units, corpus, name, counts, errors, examples, bar)
             else:
@@ -316,7 +323,7 @@ def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig 
         wall = time.time() - t_start
         record.update({
             "status": status, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "wall_s": wall,
-            "label_s": t_label, "counts": dict(counts), "errors": dict(errors), "error_examples": examples,
+            "label_s": t_label, "ray_start_s": t_ray, "counts": dict(counts), "errors": dict(errors), "error_examples": examples,
             "clips_per_s": counts["labeled"] / t_label if t_label > 0 else None,
         })
         corpus.write_json(f"runs/{run_id}.json", record)
@@ -353,6 +360,8 @@ def _bar(total: int, enabled: bool):
 def summary_text(rec: dict[str, Any]) -> str:
     c, lab = rec["counts"], rec["labeler"]
     rate = f", {rec['clips_per_s']:.1f} clips/s" if rec.get("clips_per_s") else ""
+    if rec.get("ray_start_s"):
+        rate += f" after {rec['ray_start_s']:.1f} s of Ray start-up"
     lines = [
         f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s{rate}",
         f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {lab['gap']})",
@@ -461,6 +470,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     gap.add_argument("--gap-frames", type=int, help="gap in frames")
     p.add_argument("--window-stride", type=int, default=1, help="frames between window starts (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="frames / transitions per model batch (default 64)")
+    p.add_argument("--clips-per-batch", type=int, default=16, help="clips per actor call (default 16)")
     p.add_argument("--clips-per-unit", type=int, default=256, help="clips per committed parquet part (default 256)")
     p.add_argument("--actors", type=int, default=1, help="labeling actors, a GPU each when present (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -482,6 +492,7 @@ def cmd_label_latent_actions(args) -> int:
     try:
         cfg = LabelConfig(gap_frames=args.gap_frames, gap_s=args.gap_s, window_stride=args.window_stride,
                           batch_size=args.batch_size, device=args.device, clips_per_unit=args.clips_per_unit,
+                          clips_per_batch=args.clips_per_batch,
                           actors=args.actors, engine="local" if args.local else "ray",
                           ray=RayConfig(address=args.address, num_cpus=args.num_cpus))
         rec = run_label(args.root, args.ckpt, args.select, cfg, progress=not args.no_progress, limit=args.limit)
