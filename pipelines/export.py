@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="defi")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     add_export_parser(sub)
-    args = p.parse_args(["export", *(argv or [])])
+    args = p.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
     except (UsageError, CorpusError) as e:
