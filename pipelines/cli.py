@@ -249,9 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable]:
     from defi.pipelines.export import add_export_parser
     from defi.pipelines.label import add_label_parser, add_select_parser
+    from defi.pipelines.train import add_train_parser
     from defi.training.sim.cli import add_sim_parser
 
-    return [add_sim_parser, add_label_parser, add_select_parser, add_export_parser]
+    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser]
 
 
 _EXTRA_COMMANDS = _extra_commands()

@@ -1,0 +1,358 @@
+"""Does the GIDM's latent action carry the action? Linear probes on held-out Meta-World tasks.
+
+    .venv/bin/python bench/gidm_quality.py --quick            # ~3 min on a 2-core CPU
+    .venv/bin/python bench/gidm_quality.py                    # ~20 min on a 2-core CPU
+    .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
+
+1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise. Training
+   tasks are written *action-free* (video only); held-out tasks (other tasks) with actions and
+   proprioception.
+2. ``run_curate`` imports both datasets into one corpus (real shards + index).
+3. ``defi train gidm`` (``pipelines.train.main``) trains on the clips of the training tasks only,
+   selected by SQL on the clips' language.
+4. On the held-out tasks, every pair (o_t, o_t+k) of every clip is encoded; ridge probes (closed
+   form) are fitted on half of the episodes and scored (R^2, mean over x, y, z) on the other half,
+   for two targets: the commanded translation (sum of action dx, dy, dz over t..t+k-1) and the
+   end-effector displacement (proprio hand xyz at t+k minus at t). Features:
+     latent       the GIDM latent z (continuous mean or VQ/FSQ code vectors), Q x W dims
+     onehot       one-hot codes (VQ/FSQ only)
+     pca_diff     control: PCA of the pixel difference o_t+k - o_t, same number of dims
+     pca_obs      control: PCA of o_t alone (what the scene alone predicts), same dims
+     *_wide       the two controls with 64 dims (a stronger control than the latent's size)
+   plus ΔPSNR (decoder's o_t+k PSNR with the inferred latent minus with the latent of another
+   pair of the shuffled batch), and code usage / perplexity / NMI(codes; binned displacement).
+
+Results print as a table and are saved to WORK/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
+
+TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+               "button-press-topdown-v3", "window-open-v3", "plate-slide-v3"]
+EVAL_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3", "sweep-into-v3", "door-close-v3"]
+QUICK_TRAIN = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
+QUICK_EVAL = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def make_corpus(work: Path, a: argparse.Namespace) -> str:
+    from defi.pipelines.config import from_dict
+    from defi.pipelines.curate import run_curate, summary_text
+    from defi.pipelines.video import CurateConfig
+    from defi.training.sim import generate
+
+    sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed),
+            ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
+    for name, tasks, eps, action_free, seed in sets:
+        out = work / name
+        if (out / "meta" / "info.json").exists():
+            print(f"[data] {name}: reusing {out}")
+            continue
+        t = time.time()
+        s = generate(tasks, eps, out, size=a.size, fps=a.fps, seed=seed, action_noise=a.noise,
+                     max_steps=a.max_steps, action_free=action_free, workers=a.gen_workers, progress=False)
+        print(f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
+              f"(action_free={action_free}, success {s['success_rate']:.2f}) in {time.time() - t:.0f} s")
+    cfg = from_dict(CurateConfig, {
+        "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
+        "encode": {"fps": a.fps, "short_side": a.size}, "use_dedup": False, "ray": {"num_cpus": a.cpus}})
+    root = str(work / "corpus")
+    t = time.time()
+    rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
+    print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec))
+    return root
+
+
+def sql_for_tasks(tasks: list[str]) -> str:
+    from defi.training.sim import instruction_for
+
+    langs = ", ".join("'" + instruction_for(t).replace("'", "''") + "'" for t in tasks)
+    return f"SELECT key FROM clips WHERE kept AND language IN ({langs})"
+
+
+def eval_pairs(root: str, tasks: list[str], k: int, size: int, stride: int) -> dict[str, np.ndarray]:
+    """Every stride-th pair (t, t+k) of the held-out clips: frames, targets, episode ids."""
+    from defi.schemas.corpus import Corpus
+    from defi.schemas.selection import resolve_selection
+    from defi.training.data import ShardReader, decode_frames, to_chw_float
+
+    corpus = Corpus.open(root)
+    sel = resolve_selection(corpus, sql_for_tasks(tasks))
+    urls = [corpus.shard_url(s) for s in sorted(set(sel.column("shard").to_pylist()))]
+    obs, nxt, cmd, disp, episode, task = [], [], [], [], [], []
+    for sample in ShardReader(urls, keys=sel.column("key").to_pylist()):
+        n = int(sample.meta.num_frames)
+        if sample.actions is None or sample.proprio is None or n <= k:
+            continue
+        frames = to_chw_float(decode_frames(sample.mp4, None, (size, size)))
+        ts = np.arange(0, n - k, stride)
+        obs.append(frames[ts])
+        nxt.append(frames[ts + k])
+        cmd.append(np.stack([sample.actions[t:t + k, :3].sum(0) for t in ts]))
+        disp.append(sample.proprio[ts + k, :3] - sample.proprio[ts, :3])
+        episode += [sample.meta.source_id] * len(ts)  # one source per episode
+        task += [sample.lang or ""] * len(ts)
+    if not obs:
+        raise SystemExit("no held-out clips with actions and proprio: check the curate summary")
+    return {"obs": np.concatenate(obs), "next_obs": np.concatenate(nxt), "cmd": np.concatenate(cmd).astype(np.float64),
+            "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task)}
+
+
+# ---------------------------------------------------------------------------------------------
+# probes
+# ---------------------------------------------------------------------------------------------
+def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0) -> float:
+    """Closed-form ridge on standardised features (bias unpenalised); R^2 on the test split,
+    averaged uniformly over the target dims."""
+    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-8
+    xa, xb = (x_tr - mu) / sd, (x_te - mu) / sd
+    ym = y_tr.mean(0)
+    w = np.linalg.solve(xa.T @ xa + lam * np.eye(xa.shape[1]), xa.T @ (y_tr - ym))
+    pred = xb @ w + ym
+    ss_res = ((y_te - pred) ** 2).sum(0)
+    ss_tot = ((y_te - y_te.mean(0)) ** 2).sum(0)
+    return float(np.mean(1 - ss_res / ss_tot))
+
+
+def pca_fit(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    mu = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
+    return mu, vt[:dims]
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information (arithmetic mean of the entropies) of two labelings."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * np.log(p[nz] / (pa[:, None] * pb[None, :])[nz])).sum()
+    h = lambda q: -(q[q > 0] * np.log(q[q > 0])).sum()  # noqa: E731
+    denom = 0.5 * (h(pa) + h(pb))
+    return float(mi / denom) if denom > 0 else 0.0
+
+
+def encode_all(model, obs: np.ndarray, nxt: np.ndarray, device, batch: int = 256) -> dict[str, np.ndarray]:
+    import torch
+
+    zs, codes, recon, shuffled = [], [], [], []
+    rng = np.random.default_rng(0)
+    model.eval()
+    for i in range(0, len(obs), batch):
+        o = torch.from_numpy(obs[i:i + batch]).to(device)
+        n = torch.from_numpy(nxt[i:i + batch]).to(device)
+        enc = model.encode(o, n)
+        zs.append(enc["z"].flatten(1).cpu().numpy())
+        if enc["codes"] is not None:
+            codes.append(enc["codes"].cpu().numpy())
+        # ΔPSNR: forward decodes with z and with z rolled by one across the batch; the batch is
+        # randomly permuted so the neighbour is another clip's transition
+        perm = torch.from_numpy(rng.permutation(len(o))).to(device)
+        with torch.no_grad():
+            out = model(o[perm], n[perm])
+        r = float(out["recon_loss"])
+        recon.append((r, r + float(out["delta_recon"]), len(o)))
+    w = np.array([c for *_, c in recon], np.float64)
+    mse_true = float(np.average([r for r, _, _ in recon], weights=w))
+    mse_shuf = float(np.average([s for _, s, _ in recon], weights=w))
+    return {"z": np.concatenate(zs).astype(np.float64), "codes": np.concatenate(codes) if codes else None,
+            "mse_true": mse_true, "mse_shuffled": mse_shuf}
+
+
+def psnr(mse: float) -> float:
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 64) -> dict:
+    episodes = np.unique(pairs["episode"])
+    rng = np.random.default_rng(0)
+    test_eps = set(rng.permutation(episodes)[: len(episodes) // 2])
+    te = np.array([e in test_eps for e in pairs["episode"]])
+    tr = ~te
+    n = len(te)
+    diff = (pairs["next_obs"] - pairs["obs"]).reshape(n, -1).astype(np.float64)
+    obs = pairs["obs"].reshape(n, -1).astype(np.float64)
+    dims = enc["z"].shape[1]
+    feats = {"latent": enc["z"]}
+    if enc["codes"] is not None:
+        codes = enc["codes"].reshape(n, -1)
+        feats["onehot"] = np.concatenate([np.eye(num_codes)[codes[:, q]] for q in range(codes.shape[1])], axis=1)
+    for name, x in (("pca_diff", diff), ("pca_obs", obs)):
+        for suffix, d in (("", dims), ("_wide", wide)):
+            mu, comps = pca_fit(x[tr], min(d, int(tr.sum()) - 1))
+            feats[name + suffix] = (x - mu) @ comps.T
+    r2 = {}
+    for target in ("disp", "cmd"):
+        y = pairs[target]
+        r2[target] = {name: ridge_r2(x[tr], y[tr], x[te], y[te]) for name, x in feats.items()}
+    # ceiling of the commanded-action target: the true hand displacement as the feature
+    r2["cmd"]["true_disp"] = ridge_r2(pairs["disp"][tr], pairs["cmd"][tr], pairs["disp"][te], pairs["cmd"][te])
+    res = {"r2": r2, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
+           "episodes": len(episodes), "latent_dims": dims,
+           "psnr_true": psnr(enc["mse_true"]), "psnr_shuffled": psnr(enc["mse_shuffled"]),
+           "delta_psnr": psnr(enc["mse_true"]) - psnr(enc["mse_shuffled"]),
+           "psnr_copy": psnr(float(np.mean(diff ** 2)))}
+    if enc["codes"] is not None:
+        flat = enc["codes"].reshape(n, -1)
+        ids = np.unique(flat, axis=0, return_inverse=True)[1].reshape(-1)
+        counts = np.bincount(flat.reshape(-1), minlength=num_codes)
+        p = counts / counts.sum()
+        # displacement binned into terciles per axis -> 27 classes
+        d = pairs["disp"]
+        bins = np.stack([np.digitize(d[:, j], np.quantile(d[:, j], [1 / 3, 2 / 3])) for j in range(3)], 1)
+        res.update(code_usage=float((counts > 0).mean()),
+                   perplexity=float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
+                   nmi_codes_vs_binned_disp=nmi(ids, bins @ np.array([9, 3, 1])))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer tasks, episodes and steps (~3 min on CPU)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "defi_gidm_quality"),
+                   help="work folder: datasets, corpus, run, results.json (default: TMPDIR/defi_gidm_quality)")
+    p.add_argument("--train-tasks", help="comma-separated; default: 8 tasks (4 with --quick)")
+    p.add_argument("--eval-tasks", help="comma-separated held-out tasks; default: 5 (3 with --quick)")
+    p.add_argument("--episodes", type=int, help="episodes per training task (default 30, quick 6)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per held-out task (default 12, quick 6)")
+    p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian action noise (default 0.1)")
+    p.add_argument("--size", type=int, default=64, help="frame side in px (default 64)")
+    p.add_argument("--fps", type=int, default=20)
+    p.add_argument("--max-steps", type=int, default=120, help="actions per episode at most")
+    p.add_argument("--clip-s", type=float, default=3.0, help="clip length when curating, seconds")
+    p.add_argument("--gap-frames", type=int, default=4, help="k: pair gap in frames (default 4 = 0.2 s)")
+    p.add_argument("--steps", type=int, help="GIDM training steps (default 3000, quick 400)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--model", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"],
+                   help="override the model size's bottleneck")
+    p.add_argument("--latent-dim", type=int, help="override the latent width")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the training run")
+    p.add_argument("--stride", type=int, default=1, help="probe every stride-th pair of the held-out clips")
+    p.add_argument("--gen-workers", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh-run", action="store_true", help="delete WORK/run first (else training resumes)")
+    p.add_argument("--corpus", help="use this curated corpus (made by an earlier run) instead of generating one")
+    p.add_argument("--data-only", action="store_true", help="generate and curate, then stop")
+    a = p.parse_args(argv)
+    split = lambda s: [t.strip() for t in s.split(",") if t.strip()]  # noqa: E731
+    a.train_tasks = split(a.train_tasks) if a.train_tasks else (QUICK_TRAIN if a.quick else TRAIN_TASKS)
+    a.eval_tasks = split(a.eval_tasks) if a.eval_tasks else (QUICK_EVAL if a.quick else EVAL_TASKS)
+    a.episodes = a.episodes or (6 if a.quick else 30)
+    a.eval_episodes = a.eval_episodes or (6 if a.quick else 12)
+    a.steps = a.steps or (400 if a.quick else 3000)
+    overlap = set(a.train_tasks) & set(a.eval_tasks)
+    if overlap:
+        p.error(f"held-out tasks must differ from training tasks; both have {sorted(overlap)}")
+    return a
+
+
+def main(argv=None) -> dict:
+    import shutil
+
+    import torch
+
+    from defi.pipelines.train import main as train_main
+    from defi.training.checkpoint import load_checkpoint
+    from defi.training.recipes.train_gidm import last_checkpoint
+
+    a = parse(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root = a.corpus or make_corpus(work, a)
+    t_data = time.time() - t0
+    if a.data_only:
+        return {"corpus": root}
+
+    run = work / "run"
+    if a.fresh_run and run.exists():
+        shutil.rmtree(run)
+    args = ["gidm", "--root", root, "--select", sql_for_tasks(a.train_tasks), "--out", str(run),
+            "--model", a.model, "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.steps),
+            "--train.batch_size", str(a.batch_size), "--train.lr", str(a.lr), "--train.device", a.device,
+            "--train.log_every", "50", "--train.ckpt_every", str(max(a.steps // 4, 1)),
+            "--train.warmup_steps", str(min(100, a.steps // 10)), "--data.pairs_per_clip", "16",
+            "--data.shuffle_buffer", "512", "--no-progress",
+            "--loader-workers", str(a.loader_workers)]
+    if a.bottleneck:
+        args += ["--model.bottleneck", a.bottleneck]
+    if a.latent_dim:
+        args += ["--model.latent_dim", str(a.latent_dim)]
+    print("[train] defi train " + " ".join(f'"{x}"' if " " in x else x for x in args))
+    t = time.time()
+    rc = train_main(args)
+    if rc:
+        raise SystemExit(f"defi train gidm failed with exit code {rc}")
+    t_train = time.time() - t
+
+    t = time.time()
+    model, cfg, state = load_checkpoint(last_checkpoint(run))
+    device = torch.device("cuda" if a.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    pairs = eval_pairs(root, a.eval_tasks, a.gap_frames, a.size, a.stride)
+    enc = encode_all(model, pairs["obs"], pairs["next_obs"], device)
+    res = probe(pairs, enc, cfg.num_codes)
+    t_probe = time.time() - t
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    res.update(config={"train_tasks": a.train_tasks, "eval_tasks": a.eval_tasks, "episodes": a.episodes,
+                       "eval_episodes": a.eval_episodes, "noise": a.noise, "size": a.size, "gap_frames": a.gap_frames,
+                       "steps": state["step"], "model": cfg.to_dict()},
+               train_loss_first=metrics[0]["loss"], train_loss_last=metrics[-1]["loss"],
+               train_delta_recon_last=metrics[-1].get("delta_recon"),
+               seconds={"data": t_data, "train": t_train, "probe": t_probe, "total": time.time() - t0},
+               device=str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    (work / "results.json").write_text(json.dumps(res, indent=2))
+    print_report(res)
+    return res
+
+
+def print_report(res: dict) -> None:
+    c = res["config"]
+    print(f"\nGIDM quality: {c['model']['bottleneck']} latent {res['latent_dims']} dims, {c['steps']} steps, "
+          f"{c['size']} px, k={c['gap_frames']} frames, noise {c['noise']} on {res['device']}")
+    print(f"  trained on (action-free) {', '.join(c['train_tasks'])}")
+    print(f"  probed on held-out       {', '.join(c['eval_tasks'])}: {res['pairs']} pairs of {res['episodes']} "
+          f"episodes ({res['probe_train_pairs']} fit / {res['probe_test_pairs']} test, split by episode)")
+    names = list(res["r2"]["disp"])
+    print(f"  {'R^2 (x,y,z mean)':<26}" + "".join(f"{n:>12}" for n in names) + f"{'true_disp':>12}")
+    for target, label in (("disp", "end-effector displacement"), ("cmd", "commanded dx,dy,dz (sum)")):
+        row = res["r2"][target]
+        print(f"  {label:<26}" + "".join(f"{row[n]:>12.3f}" for n in names) +
+              (f"{row['true_disp']:>12.3f}" if "true_disp" in row else f"{'':>12}"))
+    print(f"  PSNR o_t+k: {res['psnr_true']:.2f} dB with its latent, {res['psnr_shuffled']:.2f} dB shuffled "
+          f"(ΔPSNR {res['delta_psnr']:+.2f} dB); copying o_t scores {res['psnr_copy']:.2f} dB")
+    if "code_usage" in res:
+        print(f"  codes: usage {res['code_usage']:.2f}, perplexity {res['perplexity']:.2f}, "
+              f"NMI(codes; binned displacement) {res['nmi_codes_vs_binned_disp']:.3f}")
+    print(f"  train loss {res['train_loss_first']:.5f} -> {res['train_loss_last']:.5f}, "
+          f"delta_recon {res['train_delta_recon_last']:.5f}")
+    s = res["seconds"]
+    print(f"  time: data {s['data']:.0f} s, train {s['train']:.0f} s, probe {s['probe']:.0f} s, total {s['total']:.0f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
