@@ -248,6 +248,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"],
                    help="override the model size's bottleneck")
     p.add_argument("--latent-dim", type=int, help="override the latent width")
+    p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any GIDMConfig field, passed as --model.FIELD VALUE (repeatable), e.g. changed_weight=10")
     p.add_argument("--device", default="auto")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the training run")
     p.add_argument("--stride", type=int, default=1, help="probe every stride-th pair of the held-out clips")
@@ -302,6 +304,9 @@ def main(argv=None) -> dict:
         args += ["--model.bottleneck", a.bottleneck]
     if a.latent_dim:
         args += ["--model.latent_dim", str(a.latent_dim)]
+    for kv in a.model_set:
+        field, _, value = kv.partition("=")
+        args += [f"--model.{field}", value]
     print("[train] defi train " + " ".join(f'"{x}"' if " " in x else x for x in args))
     t = time.time()
     rc = train_main(args)

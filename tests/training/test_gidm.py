@@ -214,3 +214,21 @@ def test_gidm_univla_builds_and_runs_one_training_step():
     opt.step()
     assert out["z"].shape == (1, 4, 128) and out["codes"].shape == (1, 4)
     assert torch.isfinite(out["loss"])
+
+
+def test_changed_weight_weights_the_error_where_the_scene_changed():
+    with pytest.raises(ValueError, match="changed_weight"):
+        gidm_tiny(changed_weight=-1.0)
+    obs, nxt, _ = square_transitions(8, size=32, seed=3)
+    obs, nxt = torch.as_tensor(obs), torch.as_tensor(nxt)
+    torch.manual_seed(0)
+    plain = GIDM(gidm_tiny(image_size=32))
+    torch.manual_seed(0)
+    weighted = GIDM(gidm_tiny(image_size=32, changed_weight=10.0))
+    plain.eval(), weighted.eval()
+    a, b = plain(obs, nxt), weighted(obs, nxt)
+    # same weights, same reconstruction; only the training loss differs
+    assert torch.allclose(a["recon_loss"], b["recon_loss"])
+    assert not torch.allclose(a["loss"], b["loss"])
+    b["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in weighted.parameters() if p.grad is not None)

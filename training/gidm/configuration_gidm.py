@@ -61,6 +61,10 @@ class GIDMConfig:
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     # continuous (beta-VAE): KL per latent element, weighted by kl_beta
     kl_beta: float = 1e-4
+    # >0: weight each token's reconstruction error by 1 + changed_weight * (its change |o_t+k - o_t|
+    # relative to the batch mean change). At 64 px a robot arm is a few patches; with a plain MSE
+    # the decoder can ignore the latent and predict "nothing moved" nearly as well.
+    changed_weight: float = 0.0
     # --- language conditioning -------------------------------------------------------------
     # >0: an instruction embedding [B, lang_dim] enters encoder and decoder as one token, so the
     # latent only needs to carry what language cannot explain.
@@ -96,6 +100,8 @@ class GIDMConfig:
             bad("commitment_beta", "must be >= 0")
         if self.kl_beta < 0:
             bad("kl_beta", "must be >= 0")
+        if self.changed_weight < 0:
+            bad("changed_weight", "must be >= 0")
         if self.dead_code_threshold < 0:
             bad("dead_code_threshold", "must be >= 0")
         if self.restart_interval < 0:

@@ -330,9 +330,14 @@ class GIDM(nn.Module):
         z, codes, extra = self._encode(tok_t, tok_k, lang_emb, sample=self.training)
         pred = self._decode(tok_t, z, lang_emb)
         recon = F.mse_loss(pred.float(), tok_k.float())
-        out = {"loss": recon + extra.pop("bottleneck_loss"), "recon_loss": recon, **extra}
+        loss = recon
+        if self.config.changed_weight > 0:
+            change = (tok_k - tok_t).float().abs().mean(dim=-1, keepdim=True)  # [B, N, 1]
+            w = 1 + self.config.changed_weight * change / change.mean().clamp_min(1e-8)
+            loss = ((pred.float() - tok_k.float()) ** 2 * w).mean() / w.mean()
+        out = {"loss": loss + extra.pop("bottleneck_loss"), "recon_loss": recon, **extra}
         out = {k: v if k == "loss" else v.detach() for k, v in out.items()}
-        out["bottleneck_loss"] = (out["loss"] - recon).detach()
+        out["bottleneck_loss"] = (out["loss"] - loss).detach()
         if diagnostics:
             with torch.no_grad():
                 out["latent_norm"] = z.detach().float().norm(dim=-1).mean()
