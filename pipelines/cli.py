@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_curate)
 
     d = sub.add_parser("demo", help="run the main job on an embedded default", description="Curate the embedded default inputs into a corpus and summarise it.")
-    d.add_argument("--root", default="demo_corpus", help="where to write the demo corpus")
+    d.add_argument("--root", default="demo/corpus", help="where to write the demo corpus (inputs go beside it)")
     d.set_defaults(func=cmd_demo)
 
     for register in _EXTRA_COMMANDS:

@@ -68,10 +68,9 @@ def make_inputs(folder: Path) -> list[str]:
     try:
         from defi.training.sim import generate
 
-        robot = folder.parent / "robot_reach"
+        robot = folder / "robot_reach"  # a LeRobot v3 folder inside the inputs: curate finds it
         if not robot.exists():
             generate(["reach-v3"], 2, robot, size=128, max_steps=80, seed=0, progress=False)
-        inputs.append(str(robot))
     except Exception as e:  # the [sim] extra or its GL libraries are missing: curate web video only
         print(f"(no robot episodes in the demo: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
     return inputs
