@@ -65,13 +65,39 @@ def peer_decode(paths: list[str]) -> tuple[str, float]:
     return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0
 
 
+def rss_of_one_video(path: str) -> tuple[float, float, int]:
+    """Peak RSS (MiB) of a fresh process that runs one video through the per-video pipeline
+    (no Ray: what one Ray worker does), its wall time, and the clips it made."""
+    code = (
+        "import resource, sys, time\n"
+        "from defi.pipelines.config import from_dict\n"
+        "from defi.pipelines.sources import SourceSpec\n"
+        "from defi.pipelines.video import CurateConfig, VideoDone, process_source\n"
+        "cfg = from_dict(CurateConfig, {'encode': {'fps': 10, 'short_side': 256}})\n"
+        "t = time.perf_counter(); n = sum(1 for it in process_source(SourceSpec(uri=sys.argv[1]), cfg) if not isinstance(it, VideoDone))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t, n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--rss-minutes", type=float, nargs="*", default=[1, 10],
+                    help="also measure one worker's peak RSS on videos of these lengths (360p); none to skip")
     args = ap.parse_args()
+    if args.rss_minutes:
+        with tempfile.TemporaryDirectory() as d:
+            print(f"{'video (360p30)':<20} {'peak RSS MiB':>12} {'wall s':>8} {'clips':>6}   (one worker, no Ray)")
+            for m in args.rss_minutes:
+                p = os.path.join(d, f"{m}min.mp4")
+                make_video(p, m * 60, 360, 30, 7)
+                rss, wall, n = rss_of_one_video(p)
+                print(f"{f'{m:g} min':<20} {rss:>12.0f} {wall:>8.1f} {n:>6}")
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate
     from defi.pipelines.video import CurateConfig
