@@ -264,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     try:
         return int(args.func(args) or 0)
     except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:

@@ -175,20 +175,30 @@ def data_facts(cfg) -> dict[str, Any]:
 # distributed
 # ---------------------------------------------------------------------------------------------
 def process_group(workers: int) -> tuple[int, int]:
-    """(rank, world_size) of this process. ``workers`` > 1 or a torchrun environment with
-    WORLD_SIZE > 1 is refused: the GIDM recipe does not all-reduce gradients (no DDP wrapper), so
-    several processes would train several different models, not one model on more data."""
-    from .cli import UsageError
+    """(rank, world_size) of this process: joins torchrun's process group when WORLD_SIZE > 1
+    (gloo on CPU, NCCL on GPU; see ``training.distributed``). ``--workers N`` outside torchrun is
+    handled by ``cmd_train_gidm``, which relaunches the command under torchrun."""
+    from defi.training.distributed import init_from_env
 
-    env_world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if workers > 1 or env_world > 1:
-        import torch
+    return init_from_env()
 
-        where = "no GPU on this machine" if not torch.cuda.is_available() else \
-            f"{torch.cuda.device_count()} GPU(s) visible"
-        raise UsageError(f"multi-process training (--workers {max(workers, env_world)}) is not supported yet: "
-                         f"the GIDM recipe has no gradient synchronisation (DDP) ({where}); run with --workers 1")
-    return 0, 1
+
+def torchrun_argv(workers: int, argv: list[str]) -> list[str]:
+    """The command that runs ``defi train`` with ``argv`` (``--workers`` removed) as ``workers``
+    processes on this machine under torchrun (a GPU each where there are GPUs)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+            "-m", "defi.pipelines.train", *rest]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,12 +313,14 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise UsageError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
+    main_rank = rank == 0
     facts = data_facts(cfg)
     resolved = {**to_dict(cfg), "root": args.root, "select": args.select, "selected_clips": len(dataset.keys),
                 "rank": rank, "world_size": world}
-    (out / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
-    for ckpt in sorted(out.glob("checkpoints/step-*")):  # a killed run's checkpoints
-        stamp_checkpoint(ckpt, facts)
+    if main_rank:
+        (out / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
+        for ckpt in sorted(out.glob("checkpoints/step-*")):  # a killed run's checkpoints
+            stamp_checkpoint(ckpt, facts)
 
     def make_batches(start_step: int):
         return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
@@ -328,9 +340,10 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if flushed:
             torch.set_flush_denormal(False)
-    for ckpt in sorted(out.glob("checkpoints/step-*")):
-        stamp_checkpoint(ckpt, facts)
-    result.update(config=cfg, selected_clips=len(dataset.keys), wall_s=time.perf_counter() - t0,
+    if main_rank:
+        for ckpt in sorted(out.glob("checkpoints/step-*")):
+            stamp_checkpoint(ckpt, facts)
+    result.update(rank=rank, world_size=world, config=cfg, selected_clips=len(dataset.keys), wall_s=time.perf_counter() - t0,
                   data_stats=dict(dataset.stats), last_checkpoint=str(last_checkpoint(out) or ""))
     return result
 
@@ -353,8 +366,16 @@ def summary_text(res: dict[str, Any]) -> str:
 
 
 def cmd_train_gidm(args: argparse.Namespace) -> int:
+    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1 and not args.dry_run:
+        import subprocess
+
+        full = getattr(args, "argv", None) or sys.argv[1:]
+        argv = full[full.index("gidm") + 1:]
+        cmd = torchrun_argv(args.workers, ["gidm", *argv])
+        print(f"launching {args.workers} processes: {' '.join(cmd[1:])}", file=sys.stderr)
+        return subprocess.run(cmd).returncode
     res = run_train_gidm(args)
-    if not args.dry_run:
+    if not args.dry_run and res.get("rank", 0) == 0:
         print(summary_text(res))
     return 0
 
@@ -391,7 +412,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="total optimizer steps (same as --train.steps)")
     g.add_argument("--loader-workers", type=int, help="DataLoader worker processes (same as --data.num_workers)")
     g.add_argument("--workers", type=int, default=1,
-                   help="training processes; >1 is refused for now (the recipe has no gradient sync)")
+                   help="training processes on this machine (data-parallel under torchrun: a GPU each when "
+                        "present, else gloo on CPU); under torchrun itself, WORLD_SIZE decides")
     g.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (model.*, train.*, data.*)")
@@ -420,7 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = _Parser(prog="defi")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     add_train_parser(sub)
-    args = p.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    argv = ["train", *(argv if argv is not None else sys.argv[1:])]
+    args = p.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:

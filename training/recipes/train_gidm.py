@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import math
 import random
 import time
@@ -32,6 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..distributed import barrier, broadcast_module, sync_gradients, world
 from ..gidm import GIDM, GIDMConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -99,13 +101,21 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
           batches: Iterable[dict] | Callable[[int], Iterable[dict]],
           feature_extractor: torch.nn.Module | None = None) -> dict[str, Any]:
     """Train (or resume training) a GIDM; returns a summary: steps run, start step, per-step
-    losses of this call, first/last loss, seconds per step, last checkpoint path."""
+    losses of this call, first/last loss, seconds per step, last checkpoint path.
+
+    Under torchrun (a process group initialised, see ``training.distributed``) every rank runs
+    this with its own data shard; gradients are averaged each step and rank 0 alone writes logs
+    and checkpoints."""
     # --- setup -------------------------------------------------------------------------------
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if train_cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if train_cfg.device == "auto" else train_cfg.device)
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
+    rank, world_size = world()
+    main = rank == 0
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     _seed_all(train_cfg.seed)
     model = GIDM(model_cfg, feature_extractor=feature_extractor).to(device)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=train_cfg.lr,
@@ -125,15 +135,18 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         start_step, resumed_from = state["step"], str(ckpt)
-    (out / "train_config.json").write_text(json.dumps(
-        {"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)}, indent=2))
-
-    # Logs hold exactly steps 1..start_step after a resume: drop what a killed run wrote later.
+    broadcast_module(model)  # identical replicas from the first step (no-op on one process)
     metrics_path = out / "metrics.jsonl"
-    kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= start_step] \
-        if metrics_path.exists() else []
-    metrics_path.write_text("".join(l + "\n" for l in kept))
-    writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+    writer = None
+    if main:
+        (out / "train_config.json").write_text(json.dumps(
+            {"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
+             "world_size": world_size}, indent=2))
+        # Logs hold exactly steps 1..start_step after a resume: drop what a killed run wrote later.
+        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= start_step] \
+            if metrics_path.exists() else []
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
 
     if callable(batches):
         stream = iter(batches(start_step))
@@ -146,8 +159,8 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start_step + 1, train_cfg.steps + 1), initial=start_step, total=train_cfg.steps,
-               disable=not train_cfg.progress, desc="gidm")
-    with metrics_path.open("a") as metrics:
+               disable=not (train_cfg.progress and main), desc="gidm")
+    with (metrics_path.open("a") if main else open(os.devnull, "w")) as metrics:
         for step in bar:  # ``step`` counts optimizer steps from 1
             try:
                 batch = next(stream)
@@ -161,16 +174,19 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 result = model(obs, next_obs, lang)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
+            sync_gradients(model.trainable_parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
             scheduler.step()
+            if world_size > 1 and model_cfg.bottleneck == "vq":
+                broadcast_module(model.bottleneck)  # dead-code restarts drew from rank-local batches
 
             loss = float(result["loss"].detach())
             losses.append(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}")
-            if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
+            if main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm),
                        "lr": scheduler.get_last_lr()[0]}
                 for k, v in row.items():
@@ -180,10 +196,14 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 metrics.flush()
                 bar.set_postfix(loss=f"{loss:.4g}", d_recon=f"{row.get('delta_recon', 0):.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                last_ckpt = save_checkpoint(out / "checkpoints" / f"step-{step:08d}", model, model_cfg,
-                                            optimizer, scheduler, step=step,
-                                            extra={"train": dataclasses.asdict(train_cfg)})
-    writer.close()
+                path = out / "checkpoints" / f"step-{step:08d}"
+                if main:
+                    save_checkpoint(path, model, model_cfg, optimizer, scheduler, step=step,
+                                    extra={"train": dataclasses.asdict(train_cfg), "world_size": world_size})
+                barrier()  # no rank runs ahead of a checkpoint it may need to resume from
+                last_ckpt = path
+    if writer is not None:
+        writer.close()
     seconds = time.perf_counter() - t0
     ran = len(losses)
     return {"start_step": start_step, "resumed_from": resumed_from, "steps_run": ran,
