@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from defi.training.sim import MetaWorldEnv  # chooses MUJOCO_GL before mujoco loads
 

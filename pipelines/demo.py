@@ -8,7 +8,6 @@ Everything is generated locally; nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from fractions import Fraction

@@ -31,7 +31,7 @@ from defi.curate.filters import BlackFrames, Blur, CameraMotion, Duration, Motio
 from defi.curate.probe import Probe
 from defi.curate.shots import Shots
 from defi.curate.windows import Windows
-from defi.schemas.keys import clip_key, params_hash
+from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord
 from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
 from defi.schemas.tables import FORMAT_VERSION

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 import webdataset as wds
-from factories import moving_square, noise, pan, scenes, static_color, truncate_copy, write_audio_only, write_video
+from factories import moving_square, pan, scenes, static_color, truncate_copy, write_audio_only, write_video
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import duckdb
 import numpy as np
@@ -143,7 +142,6 @@ def test_million_clip_rows_filter_group_by(tmp_path):
     reasons = np.array([None, "low_motion", "too_short", "blurry"], dtype=object)
     r_idx = rng.integers(0, 4, n)
     motion = rng.random(n).astype(np.float32) * 10
-    empty = [None] * 0
     from defi.schemas.tables import CLIPS
     cols = {}
     for f in CLIPS:
