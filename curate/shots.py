@@ -21,6 +21,8 @@ import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
+from defi.schemas.records import Span
+
 from .base import Frames, Operator
 
 DETECTORS = ("adaptive", "content")
@@ -32,7 +34,7 @@ _NOMINAL_FPS = 1000.0
 
 
 @dataclass(frozen=True)
-class Shot:
+class Shot(Span):
     """One shot, half-open: source frames ``[start_frame, end_frame)``, time ``[start_s, end_s)``.
 
     Frame numbers are source frame indices (``Frames.indices``), times are stream pts in seconds.
@@ -44,14 +46,6 @@ class Shot:
     end_frame: int
     start_s: float
     end_s: float
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    @property
-    def num_frames(self) -> int:
-        return self.end_frame - self.start_frame
 
 
 @dataclass

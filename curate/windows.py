@@ -27,13 +27,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from defi.schemas.records import Span
+
 from .base import Operator
 
 _EPS_S = 1e-6  # seconds; float noise tolerance, so an exact multiple of the stride counts as exact
 
 
 @dataclass(frozen=True)
-class Clip:
+class Clip(Span):
     """A candidate clip: source frames ``[start_frame, end_frame)``, time ``[start_s, end_s)``.
 
     ``clip_index`` counts clips within the whole video (rejected ones included), in time order.
@@ -47,14 +49,6 @@ class Clip:
     start_s: float
     end_s: float
     reject_reason: str | None = None
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    @property
-    def num_frames(self) -> int:
-        return self.end_frame - self.start_frame
 
 
 def window_spans(duration_s: float, clip_len_s: float, stride_s: float, min_clip_s: float,

@@ -10,6 +10,24 @@ from typing import Any
 from .tables import CLIPS, SOURCES, table_from_rows
 
 
+class Span:
+    """A half-open span of source frames ``[start_frame, end_frame)`` and its times in seconds
+    ``[start_s, end_s)``; shared by shots, clip windows and clip records."""
+
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+
 @dataclass
 class SourceRecord:
     """One input video, probed. ``error`` is a short reason when it could not be used."""
@@ -47,7 +65,7 @@ class SourceRecord:
 
 
 @dataclass
-class ClipRecord:
+class ClipRecord(Span):
     """One candidate clip, kept or rejected. Scores stay ``None`` when their operator did not run."""
 
     key: str
@@ -89,14 +107,6 @@ class ClipRecord:
     language: str | None = None
     operators: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    @property
-    def num_frames(self) -> int:
-        return self.end_frame - self.start_frame
 
     def reject(self, reason: str) -> None:
         """Mark rejected; the first reason wins, so the index names the filter that fired first."""
