@@ -12,15 +12,6 @@ from factories import square_transitions
 from defi.training.gidm import GIDM, GIDMConfig, gidm_config, gidm_tiny, gidm_univla
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: two intra-op threads contending with other work made steps 10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> GIDMConfig:
     return gidm_tiny(image_size=16, patch_size=4, **kw)
 

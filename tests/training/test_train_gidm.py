@@ -13,14 +13,6 @@ from defi.training.gidm import gidm_tiny
 from defi.training.recipes.train_gidm import TrainConfig, last_checkpoint, lr_factor, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MODEL = dict(image_size=16, patch_size=4)
 
 
