@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
+from defi.training.gidm.probe import encode_all, probe, probe_pairs
 
 TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
                "button-press-topdown-v3", "window-open-v3", "plate-slide-v3"]
@@ -86,141 +86,10 @@ def sql_for_tasks(tasks: list[str]) -> str:
 
 def eval_pairs(root: str, tasks: list[str], k: int, size: int, stride: int) -> dict[str, np.ndarray]:
     """Every stride-th pair (t, t+k) of the held-out clips: frames, targets, episode ids."""
-    from defi.schemas.corpus import Corpus
-    from defi.schemas.selection import resolve_selection
-    from defi.training.data import ShardReader, decode_frames, to_chw_float
-
-    corpus = Corpus.open(root)
-    sel = resolve_selection(corpus, sql_for_tasks(tasks))
-    urls = [corpus.shard_url(s) for s in sorted(set(sel.column("shard").to_pylist()))]
-    obs, nxt, cmd, disp, episode, task = [], [], [], [], [], []
-    for sample in ShardReader(urls, keys=sel.column("key").to_pylist()):
-        n = int(sample.meta.num_frames)
-        if sample.actions is None or sample.proprio is None or n <= k:
-            continue
-        frames = to_chw_float(decode_frames(sample.mp4, None, (size, size)))
-        ts = np.arange(0, n - k, stride)
-        obs.append(frames[ts])
-        nxt.append(frames[ts + k])
-        cmd.append(np.stack([sample.actions[t:t + k, :3].sum(0) for t in ts]))
-        disp.append(sample.proprio[ts + k, :3] - sample.proprio[ts, :3])
-        episode += [sample.meta.source_id] * len(ts)  # one source per episode
-        task += [sample.lang or ""] * len(ts)
-    if not obs:
-        raise SystemExit("no held-out clips with actions and proprio: check the curate summary")
-    return {"obs": np.concatenate(obs), "next_obs": np.concatenate(nxt), "cmd": np.concatenate(cmd).astype(np.float64),
-            "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task)}
-
-
-# ---------------------------------------------------------------------------------------------
-# probes
-# ---------------------------------------------------------------------------------------------
-def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0) -> float:
-    """Closed-form ridge on standardised features (bias unpenalised); R^2 on the test split,
-    averaged uniformly over the target dims."""
-    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-8
-    xa, xb = (x_tr - mu) / sd, (x_te - mu) / sd
-    ym = y_tr.mean(0)
-    w = np.linalg.solve(xa.T @ xa + lam * np.eye(xa.shape[1]), xa.T @ (y_tr - ym))
-    pred = xb @ w + ym
-    ss_res = ((y_te - pred) ** 2).sum(0)
-    ss_tot = ((y_te - y_te.mean(0)) ** 2).sum(0)
-    return float(np.mean(1 - ss_res / ss_tot))
-
-
-def pca_fit(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    mu = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
-    return mu, vt[:dims]
-
-
-def nmi(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised mutual information (arithmetic mean of the entropies) of two labelings."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1)
-    p = joint / joint.sum()
-    pa, pb = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = (p[nz] * np.log(p[nz] / (pa[:, None] * pb[None, :])[nz])).sum()
-    h = lambda q: -(q[q > 0] * np.log(q[q > 0])).sum()  # noqa: E731
-    denom = 0.5 * (h(pa) + h(pb))
-    return float(mi / denom) if denom > 0 else 0.0
-
-
-def encode_all(model, obs: np.ndarray, nxt: np.ndarray, device, batch: int = 256) -> dict[str, np.ndarray]:
-    import torch
-
-    zs, codes, recon, shuffled = [], [], [], []
-    rng = np.random.default_rng(0)
-    model.eval()
-    for i in range(0, len(obs), batch):
-        o = torch.from_numpy(obs[i:i + batch]).to(device)
-        n = torch.from_numpy(nxt[i:i + batch]).to(device)
-        enc = model.encode(o, n)
-        zs.append(enc["z"].flatten(1).cpu().numpy())
-        if enc["codes"] is not None:
-            codes.append(enc["codes"].cpu().numpy())
-        # ΔPSNR: forward decodes with z and with z rolled by one across the batch; the batch is
-        # randomly permuted so the neighbour is another clip's transition
-        perm = torch.from_numpy(rng.permutation(len(o))).to(device)
-        with torch.no_grad():
-            out = model(o[perm], n[perm])
-        r = float(out["recon_loss"])
-        recon.append((r, r + float(out["delta_recon"]), len(o)))
-    w = np.array([c for *_, c in recon], np.float64)
-    mse_true = float(np.average([r for r, _, _ in recon], weights=w))
-    mse_shuf = float(np.average([s for _, s, _ in recon], weights=w))
-    return {"z": np.concatenate(zs).astype(np.float64), "codes": np.concatenate(codes) if codes else None,
-            "mse_true": mse_true, "mse_shuffled": mse_shuf}
-
-
-def psnr(mse: float) -> float:
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 64) -> dict:
-    episodes = np.unique(pairs["episode"])
-    rng = np.random.default_rng(0)
-    test_eps = set(rng.permutation(episodes)[: len(episodes) // 2])
-    te = np.array([e in test_eps for e in pairs["episode"]])
-    tr = ~te
-    n = len(te)
-    diff = (pairs["next_obs"] - pairs["obs"]).reshape(n, -1).astype(np.float64)
-    obs = pairs["obs"].reshape(n, -1).astype(np.float64)
-    dims = enc["z"].shape[1]
-    feats = {"latent": enc["z"]}
-    if enc["codes"] is not None:
-        codes = enc["codes"].reshape(n, -1)
-        feats["onehot"] = np.concatenate([np.eye(num_codes)[codes[:, q]] for q in range(codes.shape[1])], axis=1)
-    for name, x in (("pca_diff", diff), ("pca_obs", obs)):
-        for suffix, d in (("", dims), ("_wide", wide)):
-            mu, comps = pca_fit(x[tr], min(d, int(tr.sum()) - 1))
-            feats[name + suffix] = (x - mu) @ comps.T
-    r2 = {}
-    for target in ("disp", "cmd"):
-        y = pairs[target]
-        r2[target] = {name: ridge_r2(x[tr], y[tr], x[te], y[te]) for name, x in feats.items()}
-    # ceiling of the commanded-action target: the true hand displacement as the feature
-    r2["cmd"]["true_disp"] = ridge_r2(pairs["disp"][tr], pairs["cmd"][tr], pairs["disp"][te], pairs["cmd"][te])
-    res = {"r2": r2, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
-           "episodes": len(episodes), "latent_dims": dims,
-           "psnr_true": psnr(enc["mse_true"]), "psnr_shuffled": psnr(enc["mse_shuffled"]),
-           "delta_psnr": psnr(enc["mse_true"]) - psnr(enc["mse_shuffled"]),
-           "psnr_copy": psnr(float(np.mean(diff ** 2)))}
-    if enc["codes"] is not None:
-        flat = enc["codes"].reshape(n, -1)
-        ids = np.unique(flat, axis=0, return_inverse=True)[1].reshape(-1)
-        counts = np.bincount(flat.reshape(-1), minlength=num_codes)
-        p = counts / counts.sum()
-        # displacement binned into terciles per axis -> 27 classes
-        d = pairs["disp"]
-        bins = np.stack([np.digitize(d[:, j], np.quantile(d[:, j], [1 / 3, 2 / 3])) for j in range(3)], 1)
-        res.update(code_usage=float((counts > 0).mean()),
-                   perplexity=float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
-                   nmi_codes_vs_binned_disp=nmi(ids, bins @ np.array([9, 3, 1])))
-    return res
+    try:
+        return probe_pairs(root, sql_for_tasks(tasks), k, size, stride)
+    except ValueError as e:
+        raise SystemExit(f"{e}: check the curate summary") from None
 
 
 # ---------------------------------------------------------------------------------------------

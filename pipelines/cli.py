@@ -236,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(c, CurateConfig)
     c.set_defaults(func=cmd_curate)
 
-    d = sub.add_parser("demo", help="run the main job on an embedded default", description="Curate the embedded default inputs into a corpus and summarise it.")
-    d.add_argument("--root", default="demo/corpus", help="where to write the demo corpus (inputs go beside it)")
+    d = sub.add_parser("demo", help="run the main job on an embedded default (curate, train, label, query, report)",
+                       description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
+                       "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
+                       "the latent against true robot actions and write OUT/report.html. Re-running resumes.")
+    from defi.pipelines.demo import add_demo_arguments
+
+    add_demo_arguments(d)
     d.set_defaults(func=cmd_demo)
 
     for register in _EXTRA_COMMANDS:
@@ -276,4 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main, not __main__'s copy, so UsageError raised by other modules
+    # (which import defi.pipelines.cli) is the class main() catches
+    from defi.pipelines.cli import main as _main
+
+    raise SystemExit(_main())

@@ -1,35 +1,116 @@
-"""``defi demo``: the main job on an embedded default.
+"""``defi demo``: the toolkit's main job on an embedded default, as an ordered list of named steps.
 
-Makes a small, fixed set of inputs (synthetic videos with known shots, a few bad files and, when
-the ``[sim]`` extra renders, two Meta-World episodes with actions), curates them into a corpus
-with `defi curate`'s pipeline, then prints the run summary, `defi info` and two example queries.
+    inputs      generate web-style videos (shot cuts, static and moving content, several codecs and
+                sizes), bad files, and Meta-World episodes: some written action-free (the stand-in
+                for web video), some with actions and proprioception (held-out tasks)
+    curate      `defi curate` of all of it into OUT/corpus
+    train_gidm  `defi train gidm` of a tiny GIDM on the action-free clips only
+    label       `defi label latent-actions` of every kept clip
+    queries     the latent-action queries from README
+    probe       linear probes of the true robot action from the GIDM latent, beside controls
+    report      OUT/report.html: plots, tables and galleries of everything above
+
+Each step writes ``OUT/steps/<name>.json`` when it finishes. Running the demo again skips the
+finished steps (each step is itself resumable: curate skips committed videos, training resumes from
+its last checkpoint, labeling labels only new clips) and re-runs everything after the first step
+that was not finished. A failing step is named and leaves the earlier steps' output in place.
+
+Later issues (GFDM pretraining, policy finetuning, evaluation) append their steps to ``STEPS``.
 Everything is generated locally; nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import time
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+# ---------------------------------------------------------------------------------------------
+# configuration: one dataclass, every field a `defi demo --FIELD` flag
+# ---------------------------------------------------------------------------------------------
+ACTION_FREE_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
+PROBE_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
 
-def _write(path: Path, frames, fps: int) -> None:
+
+@dataclass
+class DemoConfig:
+    robot: bool = field(default=True, metadata={"help": "generate Meta-World episodes (needs the [sim] extra and EGL/OSMesa)"})
+    action_free_tasks: str = field(default=",".join(ACTION_FREE_TASKS), metadata={"help": "Meta-World tasks written without actions (GIDM training data)"})
+    probe_tasks: str = field(default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"})
+    episodes: int = field(default=5, metadata={"help": "episodes per action-free task"})
+    probe_episodes: int = field(default=4, metadata={"help": "episodes per probe task"})
+    robot_size: int = field(default=96, metadata={"help": "rendered frame side, pixels"})
+    robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
+    fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
+    short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
+    gidm_steps: int = field(default=500, metadata={"help": "GIDM training steps"})
+    gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
+    gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
+    codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
+    num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    out: Path
+    cfg: DemoConfig
+    results: dict[str, Any] = field(default_factory=dict)  # name -> result of each finished step
+
+    @property
+    def root(self) -> str:
+        return str(self.out / "corpus")
+
+    @property
+    def inputs(self) -> Path:
+        return self.out / "inputs"
+
+    @property
+    def gidm_run(self) -> Path:
+        return self.out / "gidm"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    does: str  # one line: what the step does, printed when it starts
+    run: Callable[[Context], dict[str, Any]]  # returns a JSON-able result, saved in OUT/steps/<name>.json
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def _write(path: Path, frames, fps: int, codec: str = "libx264") -> None:
     import av
 
     frames = list(frames)
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=Fraction(fps))
+    tmp = path.with_name(path.name + ".part")
+    with av.open(str(tmp), "w", format={".mp4": "mp4", ".mkv": "matroska", ".webm": "webm"}[path.suffix]) as out:
+        s = out.add_stream(codec, rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "20"}
+        if codec == "libx264":
+            s.options = {"preset": "veryfast", "crf": "20"}
+        else:
+            s.bit_rate = 2_000_000
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(p)
         for p in s.encode():
             out.mux(p)
+    tmp.rename(path)  # a killed run never leaves a half-written input that looks finished
 
 
 def _texture(h: int, w: int, seed: int) -> np.ndarray:
@@ -55,59 +136,357 @@ def _pan(n, h, w, seed):
         yield big[:, 3 * i:3 * i + w].copy()
 
 
-def make_inputs(folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / "kitchen_3shots.mp4", _shots([72, 96, 60], 180, 320, 1), 24)
-    _write(folder / "workshop_2shots.mp4", _shots([120, 90], 240, 320, 2), 30)
-    _write(folder / "pan_over_still.mp4", _pan(96, 180, 320, 3), 24)
-    _write(folder / "static.mp4", (np.full((180, 320, 3), 90, np.uint8) for _ in range(72)), 24)
-    (folder / "empty.mp4").write_bytes(b"")
-    (folder / "not_a_video.mp4").write_text("hello\n" * 100)
-    inputs = [str(folder)]
+def _audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        a = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32)[None],
+                                           format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for p in list(a.encode(frame)) + list(a.encode()):
+            out.mux(p)
+
+
+WEB_VIDEOS: dict[str, Callable[[Path], None]] = {
+    "kitchen_3shots.mp4": lambda p: _write(p, _shots([72, 96, 60], 180, 320, 1), 24),
+    "workshop_2shots.mp4": lambda p: _write(p, _shots([120, 90], 240, 320, 2), 30),
+    "pan_over_still.mp4": lambda p: _write(p, _pan(96, 180, 320, 3), 24),
+    "street_mpeg4.mkv": lambda p: _write(p, _shots([60, 60], 144, 256, 4), 25, codec="mpeg4"),
+    "garden_vp9.webm": lambda p: _write(p, _shots([50, 70], 200, 200, 5), 20, codec="libvpx-vp9"),
+    "static.mp4": lambda p: _write(p, (np.full((180, 320, 3), 90, np.uint8) for _ in range(72)), 24),
+}
+
+
+def step_inputs(ctx: Context) -> dict[str, Any]:
+    web = ctx.inputs / "web"
+    web.mkdir(parents=True, exist_ok=True)
+    for name, make in WEB_VIDEOS.items():
+        if not (web / name).exists():
+            make(web / name)
+    # bad files: each must become a `sources` row with its reason, never a crashed run
+    (web / "empty.mp4").write_bytes(b"")
+    (web / "not_a_video.mp4").write_text("hello\n" * 100)
+    data = (web / "kitchen_3shots.mp4").read_bytes()
+    (web / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    if not (web / "audio_only.mp4").exists():
+        _audio_only(web / "audio_only.mp4")
+    res: dict[str, Any] = {"web_files": sorted(p.name for p in web.iterdir() if not p.name.endswith(".part")),
+                           "robot": None}
+    if ctx.cfg.robot:
+        res["robot"] = _robot_inputs(ctx)
+    return res
+
+
+def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
+    c = ctx.cfg
     try:
         from defi.training.sim import generate
+    except Exception as e:  # the [sim] extra is not installed
+        _say(f"  no robot episodes: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+    out: dict[str, Any] = {}
+    sets = [("robot_action_free", c.action_free_tasks, c.episodes, True, c.seed),
+            ("robot_with_actions", c.probe_tasks, c.probe_episodes, False, c.seed + 1)]
+    for name, tasks, episodes, action_free, seed in sets:
+        folder = ctx.inputs / name
+        if (folder / "meta" / "info.json").exists():
+            out[name] = json.loads((ctx.inputs / f"{name}.json").read_text())
+            continue
+        if folder.exists():  # a killed generation: start that dataset over
+            shutil.rmtree(folder)
+        _say(f"  rolling Meta-World experts: {tasks} x {episodes} episodes (action_free={action_free})")
+        s = generate(tasks, episodes, folder, size=c.robot_size, seed=seed, action_noise=0.1,
+                     max_steps=c.robot_steps, action_free=action_free, workers=min(2, c.num_cpus), progress=True)
+        out[name] = {k: s[k] for k in ("episodes_written", "frames", "success_rate") if k in s}
+        out[name]["tasks"] = tasks.split(",")
+        (ctx.inputs / f"{name}.json").write_text(json.dumps(out[name]))
+    return out
 
-        robot = folder / "robot_reach"  # a LeRobot v3 folder inside the inputs: curate finds it
-        if not robot.exists():
-            generate(["reach-v3"], 2, robot, size=128, max_steps=80, seed=0, progress=False)
-    except Exception as e:  # the [sim] extra or its GL libraries are missing: curate web video only
-        print(f"(no robot episodes in the demo: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
-    return inputs
 
-
-def run(args) -> int:
-    from defi.pipelines.cli import corpus_summary, format_table
+# -- curate ------------------------------------------------------------------------------------
+def step_curate(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.cli import corpus_summary
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.video import CurateConfig
     from defi.schemas.corpus import Corpus
 
-    root = Path(args.root)
-    if root.exists():
-        shutil.rmtree(root)
-    inputs = make_inputs(root.parent / (root.name + "_inputs"))
+    c = ctx.cfg
     cfg = from_dict(CurateConfig, {
-        "windows": {"clip_len_s": 2.0, "stride_s": 2.0, "min_clip_s": 1.0, "max_clip_s": 3.0},
-        "encode": {"fps": 10, "short_side": 128},
+        "windows": {"clip_len_s": 2.5, "stride_s": 2.5, "min_clip_s": 1.0, "max_clip_s": 3.0},
+        "encode": {"fps": c.fps, "short_side": c.short_side},
         "black": {"max_black_frac": 0.5},
         "motion": {"min_frame_diff": 0.1},
-        "camera": {"max_camera_motion": 1.0, "min_local_motion": 0.5},
+        "camera": {"max_camera_motion": 1.0},
+        "ray": {"num_cpus": c.num_cpus},
     })
-    print(f"curating {', '.join(inputs)} -> {root}", file=sys.stderr)
-    rec = run_curate(inputs, str(root), cfg)
+    inputs = [str(p) for p in sorted(ctx.inputs.iterdir()) if p.is_dir()]
+    _say(f"  defi curate {' '.join(inputs)} --root {ctx.root}")
+    rec = run_curate(inputs, ctx.root, cfg)
     print(summary_text(rec))
-    corpus = Corpus.open(str(root))
+    if rec["status"] != "done":
+        raise RuntimeError(f"curate ended with status {rec['status']}")
+    corpus = Corpus.open(ctx.root)
     corpus.build_index()
-    s = corpus_summary(corpus)
-    print(f"\ncorpus: {s['videos']} videos ({s['hours_in'] * 3600:.1f} s in), {s['clips_kept']} clips kept "
-          f"({s['hours_out'] * 3600:.1f} s), {s['shards']} shards")
-    q1 = ("SELECT reject_reason, count(*) AS clips, round(avg(motion_mean), 3) AS motion, "
-          "round(avg(camera_motion), 3) AS camera FROM clips GROUP BY 1 ORDER BY 2 DESC")
-    print(f"\n$ defi query \"{q1}\" --root {root}")
-    print(format_table(corpus.query(q1)))
-    q2 = ("SELECT regexp_extract(uri, '[^/]+$') AS file, count(*) AS clips, bool_or(has_actions) AS actions "
-          "FROM clips WHERE kept GROUP BY 1 ORDER BY 1")
-    print(f"\n$ defi query \"{q2}\" --root {root}")
-    print(format_table(corpus.query(q2)))
-    print(f"\nopen the index with DuckDB: duckdb {root / 'index.duckdb'}")
-    return 0 if rec["status"] == "done" else 1
+    return {"run_id": rec["run_id"], "summary": corpus_summary(corpus), "wall_s": rec["wall_s"]}
+
+
+# -- train -------------------------------------------------------------------------------------
+TRAIN_SELECT = "SELECT key FROM clips WHERE kept AND NOT has_actions"
+PROBE_SELECT = "SELECT key FROM clips WHERE kept AND has_actions"
+
+
+def step_train_gidm(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.train import main as train_main
+
+    c = ctx.cfg
+    args = ["gidm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gidm_run),
+            "--model", "tiny", "--model.bottleneck", "vq", "--model.codebook_size", str(c.codebook_size),
+            "--model.restart_interval", "50", "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
+            "--steps", str(c.gidm_steps), "--train.batch_size", "32", "--train.lr", "1e-3",
+            "--train.log_every", "25", "--train.ckpt_every", str(max(c.gidm_steps // 2, 1)),
+            "--train.warmup_steps", str(min(50, c.gidm_steps // 10)), "--data.pairs_per_clip", "8",
+            "--data.shuffle_buffer", "256", "--train.seed", str(c.seed)]
+    _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+    rc = train_main(args)
+    if rc:
+        raise RuntimeError(f"defi train gidm exited with {rc}")
+    metrics = [json.loads(line) for line in (ctx.gidm_run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, "steps": metrics[-1].get("step") if metrics else 0,
+            "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m]}
+
+
+# -- label -------------------------------------------------------------------------------------
+def step_label(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.label import LabelConfig, run_label
+    from defi.pipelines.label import summary_text as label_summary
+    from defi.pipelines.video import RayConfig
+
+    rec = run_label(ctx.root, str(ctx.gidm_run), cfg=LabelConfig(ray=RayConfig(num_cpus=ctx.cfg.num_cpus)))
+    print(label_summary(rec))
+    if rec["status"] != "done":
+        raise RuntimeError(f"labeling ended with status {rec['status']}")
+    from defi.schemas.corpus import Corpus
+
+    Corpus.open(ctx.root).build_index()
+    return {"labeler": rec["labeler"]["name"], "counts": dict(rec["counts"])}
+
+
+# -- queries -----------------------------------------------------------------------------------
+def demo_queries(view: str) -> list[tuple[str, str]]:
+    """The README's latent-action queries, on the labels view ``view``."""
+    return [
+        ("biggest latent actions",
+         f"SELECT l.key, round(l.norm_mean, 3) AS norm_mean, round(l.norm_p90, 3) AS norm_p90, "
+         f"round(c.motion_mean, 3) AS motion_mean, coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content "
+         f"FROM {view} l JOIN clips c USING (key) WHERE c.kept AND l.num_steps > 0 "
+         f"ORDER BY l.norm_mean DESC LIMIT 6"),
+        ("clips per dominant code",
+         f"SELECT l.dominant_code, count(*) AS clips, round(avg(l.norm_mean), 3) AS norm_mean, "
+         f"round(avg(c.motion_mean), 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
+         f"WHERE c.kept AND l.dominant_code IS NOT NULL GROUP BY 1 ORDER BY clips DESC"),
+        ("most varied latent actions among moving clips",
+         f"SELECT l.key, round(l.code_entropy, 3) AS code_entropy, l.dominant_code, "
+         f"round(c.motion_mean, 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
+         f"WHERE c.kept AND c.motion_mean > (SELECT median(motion_mean) FROM clips WHERE kept) "
+         f"ORDER BY l.code_entropy DESC LIMIT 6"),
+    ]
+
+
+def nearest_query(view: str, key: str) -> str:
+    return (f"SELECT l.key, round(list_cosine_similarity(l.mean_vector, q.mean_vector), 3) AS cosine, "
+            f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM {view} l JOIN clips c USING (key), "
+            f"(SELECT mean_vector FROM {view} WHERE key = '{key}') q WHERE l.mean_vector IS NOT NULL "
+            f"ORDER BY isnan(cosine), cosine DESC LIMIT 6")
+
+
+def step_queries(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.cli import format_table
+    from defi.schemas.corpus import Corpus
+
+    corpus = Corpus.open(ctx.root)
+    view = _view_name(ctx.results["label"]["labeler"])
+    queries = demo_queries(view)
+    first = corpus.query(queries[0][1]).to_pylist()
+    if first:
+        queries.append((f"nearest clips to {first[0]['key']} by latent cosine", nearest_query(view, first[0]["key"])))
+    out = []
+    for title, sql in queries:
+        table = corpus.query(sql)
+        print(f"\n-- {title}\n$ defi query \"{sql}\" --root {ctx.root}")
+        print(format_table(table))
+        out.append({"title": title, "sql": sql, "columns": table.column_names, "rows": table.to_pylist()})
+    return {"view": view, "queries": out}
+
+
+def _view_name(labeler: str) -> str:
+    from defi.schemas.corpus import label_view_name
+
+    return label_view_name(labeler)
+
+
+# -- probe -------------------------------------------------------------------------------------
+def step_probe(ctx: Context) -> dict[str, Any]:
+    import torch
+
+    from defi.training.checkpoint import load_checkpoint
+    from defi.training.gidm.probe import encode_all, probe, probe_pairs
+    from defi.training.recipes.train_gidm import last_checkpoint
+
+    c = ctx.cfg
+    try:
+        pairs = probe_pairs(ctx.root, PROBE_SELECT, c.gap_frames, c.gidm_size)
+    except ValueError as e:
+        _say(f"  no probe: {e}")
+        return {"skipped": str(e)}
+    model, mcfg, _ = load_checkpoint(last_checkpoint(ctx.gidm_run))
+    enc = encode_all(model, pairs["obs"], pairs["next_obs"], torch.device("cpu"))
+    res = probe(pairs, enc, mcfg.num_codes)
+    # a 2-D view of the latents: PCA of z, coloured by the direction of the true hand displacement
+    z = enc["z"] - enc["z"].mean(0)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    xy = z @ vt[:2].T if vt.shape[0] >= 2 else np.concatenate([z @ vt[:1].T, np.zeros((len(z), 1))], 1)
+    d = pairs["disp"]
+    pick = np.random.default_rng(0).permutation(len(z))[:800]
+    res["projection"] = {"x": xy[pick, 0].round(4).tolist(), "y": xy[pick, 1].round(4).tolist(),
+                         "angle": np.arctan2(d[pick, 1], d[pick, 0]).round(4).tolist(),
+                         "codes": enc["codes"].reshape(len(z), -1)[pick, 0].tolist() if enc["codes"] is not None else None}
+    res["tasks"] = sorted(set(pairs["task"].tolist()))
+    r = res["r2"]
+    _say(f"  R^2 of hand displacement: latent {r['disp']['latent']:.3f}, frame-diff PCA {r['disp']['pca_diff']:.3f}, "
+         f"o_t-only PCA {r['disp']['pca_obs']:.3f} ({res['pairs']} pairs, {res['episodes']} episodes)")
+    return res
+
+
+# -- report ------------------------------------------------------------------------------------
+def step_report(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.report import write_report
+
+    path = ctx.out / "report.html"
+    info = write_report(ctx, path)
+    _say(f"  open {path}")
+    return {"path": str(path), **info}
+
+
+STEPS: list[Step] = [
+    Step("inputs", "generate videos, bad files and Meta-World episodes", step_inputs),
+    Step("curate", "curate everything into a corpus (defi curate)", step_curate),
+    Step("train_gidm", "train a tiny GIDM on the action-free clips (defi train gidm)", step_train_gidm),
+    Step("label", "label every kept clip with latent actions (defi label latent-actions)", step_label),
+    Step("queries", "run the README's latent-action queries (defi query)", step_queries),
+    Step("probe", "probe the true robot actions from the latent, beside observation-only controls", step_probe),
+    Step("report", "write report.html", step_report),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------------------------
+class StepFailed(Exception):
+    def __init__(self, step: str, error: BaseException):
+        super().__init__(f"step '{step}' failed: {type(error).__name__}: {error}")
+        self.step = step
+
+
+def _state_path(out: Path, name: str) -> Path:
+    return out / "steps" / f"{name}.json"
+
+
+def run_steps(out: Path, cfg: DemoConfig, steps: list[Step] | None = None, start_at: str | None = None) -> Context:
+    """Run ``steps`` in order, skipping those finished earlier with the same config, up to the
+    first one that was not; ``start_at`` re-runs from that step on. Raises ``StepFailed``."""
+    steps = STEPS if steps is None else steps
+    names = [s.name for s in steps]
+    if start_at is not None and start_at not in names:
+        raise ValueError(f"unknown step {start_at!r}; steps: {', '.join(names)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "steps").mkdir(exist_ok=True)
+    ctx = Context(out=out, cfg=cfg)
+    cfg_json = asdict(cfg)
+    rerun = False
+    for i, step in enumerate(steps, 1):
+        state = _state_path(out, step.name)
+        rerun = rerun or step.name == start_at
+        if not rerun and state.exists():
+            saved = json.loads(state.read_text())
+            if saved.get("status") == "done" and saved.get("config") == cfg_json:
+                ctx.results[step.name] = saved["result"]
+                _say(f"[{i}/{len(steps)}] {step.name}: done earlier ({saved['seconds']:.0f} s), skipped")
+                continue
+        rerun = True  # every later step depends on this one
+        _say(f"[{i}/{len(steps)}] {step.name}: {step.does}")
+        state.unlink(missing_ok=True)
+        t = time.time()
+        try:
+            result = step.run(ctx)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            raise StepFailed(step.name, e) from e
+        seconds = time.time() - t
+        ctx.results[step.name] = result
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"status": "done", "seconds": seconds, "config": cfg_json, "result": result},
+                                  default=_json_default))
+        tmp.rename(state)
+        _say(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.0f} s")
+    return ctx
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def step_seconds(out: Path, steps: list[Step] | None = None) -> dict[str, float]:
+    """Seconds each finished step took, from OUT/steps/*.json."""
+    res = {}
+    for s in STEPS if steps is None else steps:
+        p = _state_path(out, s.name)
+        if p.exists():
+            res[s.name] = json.loads(p.read_text()).get("seconds", 0.0)
+    return res
+
+
+def add_demo_arguments(p) -> None:
+    from defi.pipelines.config import add_flags
+
+    p.add_argument("--out", default="demo", help="output folder: inputs/, corpus/, gidm/, steps/, report.html (default: demo)")
+    p.add_argument("--fresh", action="store_true", help="delete OUT first and start over")
+    p.add_argument("--from", dest="start_at", metavar="STEP", help=f"re-run from this step on ({', '.join(s.name for s in STEPS)})")
+    add_flags(p, DemoConfig)
+
+
+def run(args) -> int:
+    from defi.pipelines.cli import UsageError
+    from defi.pipelines.config import resolve
+
+    try:
+        cfg = resolve(DemoConfig, None, args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    t = time.time()
+    try:
+        ctx = run_steps(out, cfg, start_at=args.start_at)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except StepFailed as e:
+        _say(f"defi demo: {e}")
+        _say(f"  the earlier steps' output is in {out}; run the same command again to resume from '{e.step}'")
+        return 1
+    secs = step_seconds(out)
+    print(f"\ndemo done in {time.time() - t:.0f} s (steps: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items()) + ")")
+    rep = ctx.results.get("report", {})
+    if rep.get("path"):
+        print(f"report: {rep['path']}")
+    print(f"corpus: {ctx.root}  (defi query \"SELECT ...\" --root {ctx.root}; duckdb {ctx.root}/index.duckdb)")
+    return 0

@@ -1,0 +1,105 @@
+"""`defi demo`'s step runner: ordered named steps, resume, a failure named and earlier output kept.
+The whole demo end to end is `test_demo_end_to_end` (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from defi.pipelines.demo import STEPS, DemoConfig, Step, StepFailed, run_steps
+
+
+def _steps(log: list[str], fail_at: set[str]):
+    def make(name):
+        def run(ctx):
+            log.append(name)
+            if name in fail_at:
+                raise RuntimeError(f"{name} broke")
+            (ctx.out / f"{name}.txt").write_text(name)  # the step's output
+            prev = [s for s in ("a", "b", "c") if s < name]
+            return {"saw": sorted(k for k in ctx.results if k in prev)}
+        return Step(name, f"does {name}", run)
+    return [make(n) for n in ("a", "b", "c")]
+
+
+def test_steps_run_in_order_and_resume(tmp_path):
+    log: list[str] = []
+    cfg = DemoConfig(robot=False)
+    ctx = run_steps(tmp_path, cfg, _steps(log, set()))
+    assert log == ["a", "b", "c"]
+    assert ctx.results["c"] == {"saw": ["a", "b"]}  # later steps see earlier results
+    saved = json.loads((tmp_path / "steps" / "b.json").read_text())
+    assert saved["status"] == "done" and saved["result"] == {"saw": ["a"]} and saved["seconds"] >= 0
+
+    log.clear()
+    ctx = run_steps(tmp_path, cfg, _steps(log, set()))
+    assert log == []  # everything finished earlier: nothing re-runs
+    assert ctx.results["c"] == {"saw": ["a", "b"]}  # results come back from steps/*.json
+
+    log.clear()
+    run_steps(tmp_path, cfg, _steps(log, set()), start_at="b")
+    assert log == ["b", "c"]  # --from b re-runs b and everything after it
+
+    log.clear()
+    run_steps(tmp_path, DemoConfig(robot=False, gidm_steps=7), _steps(log, set()))
+    assert log == ["a", "b", "c"]  # another config: nothing of the old run is trusted
+
+
+def test_failure_names_the_step_and_keeps_earlier_output(tmp_path):
+    log: list[str] = []
+    cfg = DemoConfig(robot=False)
+    with pytest.raises(StepFailed, match="step 'b' failed: RuntimeError: b broke") as e:
+        run_steps(tmp_path, cfg, _steps(log, {"b"}))
+    assert e.value.step == "b"
+    assert log == ["a", "b"]
+    assert (tmp_path / "a.txt").exists() and (tmp_path / "steps" / "a.json").exists()
+    assert not (tmp_path / "steps" / "b.json").exists()
+
+    log.clear()
+    run_steps(tmp_path, cfg, _steps(log, set()))
+    assert log == ["b", "c"]  # resumes at the failed step
+
+
+def test_unknown_start_step(tmp_path):
+    with pytest.raises(ValueError, match="unknown step 'nope'"):
+        run_steps(tmp_path, DemoConfig(), _steps([], set()), start_at="nope")
+
+
+def test_steps_are_the_documented_order():
+    assert [s.name for s in STEPS] == ["inputs", "curate", "train_gidm", "label", "queries", "probe", "report"]
+
+
+def test_cli_bad_flag_and_bad_step(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--from", "nope"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "unknown step 'nope'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--gidm_steps", "many"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The real demo, smaller: every step runs, the report has every section, a re-run resumes."""
+    out = tmp_path / "demo"
+    args = [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(out), "--episodes", "2",
+            "--probe_episodes", "2", "--robot_steps", "60", "--gidm_steps", "60"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (out / "report.html").read_text()
+    for section in ("id=steps", "id=hours", "id=scores", "id=train", "id=latents", "id=queries"):
+        assert section in page
+    assert "http://" not in page and "https://" not in page
+    for name in ("inputs", "curate", "train_gidm", "label", "queries", "probe", "report"):
+        assert json.loads((out / "steps" / f"{name}.json").read_text())["status"] == "done"
+    curate = json.loads((out / "steps" / "curate.json").read_text())["result"]["summary"]
+    assert curate["clips_kept"] > 0 and set(curate["video_errors"]) >= {"empty_file", "unreadable_container", "truncated", "no_video_stream"}
+    r2 = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r2.returncode == 0 and r2.stderr.count("done earlier") == len(STEPS)
