@@ -26,6 +26,16 @@ PROBE_ROWS = [("latent", "GIDM latent (z)"), ("onehot", "GIDM code, one-hot"),
               ("true_disp", "ceiling: true hand displacement")]
 
 
+REPORT_CSS = """
+section { background: #fff; border: 1px solid #e2e2de; border-radius: 6px; padding: 4px 14px 12px; margin: 14px 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 8px; }
+table.data { border-collapse: collapse; margin: 6px 0; }
+table.data th, table.data td { border-bottom: 1px solid #eee; padding: 2px 10px 2px 0; text-align: left; }
+nav { margin: 6px 0 10px; }
+p.note { color: #666; }
+"""
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x))
 
@@ -61,7 +71,8 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
     rows = q("SELECT CASE WHEN kept THEN 'kept' ELSE 'rejected: ' || reject_reason END AS fate, "
              "sum(duration_s) AS s FROM clips GROUP BY 1 ORDER BY (fate = 'kept') DESC, s DESC").to_pylist()
     out = [(r["fate"], float(r["s"] or 0.0)) for r in rows]
-    out.append(("not in any clip", max(0.0, float(total) - sum(s for _, s in out))))
+    rest = float(total) - sum(s for _, s in out)
+    out.append(("not in any clip", round(rest, 3) if rest > 1e-3 else 0.0))
     return out
 
 
@@ -194,7 +205,8 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     intro = ("<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
              "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
              "action-free clips, and queried. Corpus: <code>" + _e(ctx.root) + "</code>.</p>")
-    page = render_page("defi demo report", intro + nav + "".join(sections))
+    page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav
+                       + "".join(sections))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.rename(path)
