@@ -6,6 +6,8 @@ Makes a ``--seconds`` long H.264 file (a pan over a blocky texture) in a temp di
 then times, each in a fresh subprocess so its peak RSS is its own:
 
 - ``defi.decode short=128``: ``defi.curate.decode.decode(path, size=128)``, every frame, RGB.
+- ``defi_deblock``: the same with ``skip_loop_filter="never"`` (the codec's deblocking filter kept;
+  ``"auto"`` skips it when scaling down by 2x or more: see ``curate.decode.decode``).
 - ``pyav_naive``: PyAV with a per-frame ``to_ndarray(width=, height=)`` (a swscale context built
   per frame), the usual way, to show what the reused reformatter in ``decode`` buys.
 - ``decord short=128``: decord's VideoReader at the same size, read in 256-frame batches.
@@ -76,6 +78,9 @@ def run_one(name: str, path: str) -> dict:
     n = 0
     if name == "defi":
         for chunk in decode(path, size=128, chunk_frames=256):
+            n += len(chunk)
+    elif name == "defi_deblock":  # the same, with the deblocking filter kept (skip_loop_filter="never")
+        for chunk in decode(path, size=128, chunk_frames=256, skip_loop_filter="never"):
             n += len(chunk)
     elif name == "decord":
         for chunk in decode(path, size=128, chunk_frames=256, backend="decord"):
@@ -162,7 +167,7 @@ def main() -> None:
         print(f"file: {args.seconds:g} s {args.width}x{args.height} {args.fps} fps H.264, "
               f"{os.path.getsize(path) / 2**20:.1f} MiB, {n_expected} frames; cpus={os.cpu_count()}, "
               f"load avg {os.getloadavg()[0]:.1f}")
-        rows = [run_sub("defi", path), run_sub("pyav_naive", path)]
+        rows = [run_sub("defi", path), run_sub("defi_deblock", path), run_sub("pyav_naive", path)]
         try:
             rows.append(run_sub("decord", path))
         except subprocess.CalledProcessError as e:

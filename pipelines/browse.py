@@ -85,6 +85,8 @@ nav.pages span.disabled { color: #bbb; }
   padding: 8px; }
 .card .head { margin: 6px 0 4px; }
 .card .key { font-family: ui-monospace, monospace; font-size: 11px; color: var(--muted); word-break: break-all; }
+.card .lang { font-style: italic; }
+.card .dataset { font-size: 11px; color: var(--muted); }
 .card .src { font-weight: 600; word-break: break-all; }
 .status { display: inline-block; padding: 0 6px; border-radius: 3px; color: #fff; font-size: 11px; }
 .status.kept { background: var(--kept); }
@@ -376,7 +378,10 @@ def card_html(r: dict[str, Any], preview: tuple[bytes | None, str] | None, extra
     parts.append(f'<div class="head"><div class="src" title="{_esc(uri)}">{_esc(name)}</div>'
                  f'<div><span class="range">{_esc(_time_range(r))}</span> '
                  f'<span class="status {status}">{_esc(status_text)}</span></div>'
-                 f'<div class="key">{_esc(key)}</div></div>')
+                 f'<div class="key">{_esc(key)}</div>'
+                 + (f'<div class="lang">{_esc(_truncate(r["language"], 120))}</div>' if r.get("language") else "")
+                 + (f'<div class="dataset">{_esc(r["dataset"])}</div>' if r.get("dataset") and r.get("kind") == "robot" else "")
+                 + '</div>')
     errors = r.get("errors_json")
     if errors:
         parts.append(f'<div class="errors" title="{_esc(errors)}">operator errors: {_esc(_truncate(errors, 120))}</div>')

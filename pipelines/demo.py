@@ -44,16 +44,17 @@ class DemoConfig:
     robot: bool = field(default=True, metadata={"help": "generate Meta-World episodes (needs the [sim] extra and EGL/OSMesa)"})
     action_free_tasks: str = field(default=",".join(ACTION_FREE_TASKS), metadata={"help": "Meta-World tasks written without actions (GIDM training data)"})
     probe_tasks: str = field(default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"})
-    episodes: int = field(default=5, metadata={"help": "episodes per action-free task"})
-    probe_episodes: int = field(default=4, metadata={"help": "episodes per probe task"})
+    episodes: int = field(default=8, metadata={"help": "episodes per action-free task"})
+    probe_episodes: int = field(default=6, metadata={"help": "episodes per probe task"})
     robot_size: int = field(default=96, metadata={"help": "rendered frame side, pixels"})
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
     fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
     short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
-    gidm_steps: int = field(default=500, metadata={"help": "GIDM training steps"})
+    gidm_steps: int = field(default=1200, metadata={"help": "GIDM training steps"})
     gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
     codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
+    changed_weight: float = field(default=10.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
 
@@ -243,7 +244,8 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
     c = ctx.cfg
     args = ["gidm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gidm_run),
             "--model", "tiny", "--model.bottleneck", "vq", "--model.codebook_size", str(c.codebook_size),
-            "--model.restart_interval", "50", "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
+            "--model.restart_interval", "50",
+            "--model.changed_weight", str(c.changed_weight), "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
             "--steps", str(c.gidm_steps), "--train.batch_size", "32", "--train.lr", "1e-3",
             "--train.log_every", "25", "--train.ckpt_every", str(max(c.gidm_steps // 2, 1)),
             "--train.warmup_steps", str(min(50, c.gidm_steps // 10)), "--data.pairs_per_clip", "8",

@@ -63,6 +63,24 @@ def _section(title: str, body: str, anchor: str) -> str:
     return f"<section id={anchor}><h2>{_e(title)}</h2>{body}</section>"
 
 
+def _spread(x: list[float], y: list[float]) -> tuple[list[float], list[float], str]:
+    """A VQ latent has a handful of distinct points, each hiding hundreds of transitions: jitter
+    them (deterministically, within 6% of the plot's range) so the colour mix of each code shows."""
+    import numpy as np
+
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    distinct = len({(round(a, 6), round(b, 6)) for a, b in zip(xa.tolist(), ya.tolist())})
+    if len(xa) == 0 or distinct > 50:
+        return x, y, ""
+    rng = np.random.default_rng(0)
+    span = max(float(np.ptp(xa)), float(np.ptp(ya)), 1e-6)
+    r = 0.06 * span * np.sqrt(rng.random(len(xa)))
+    a = rng.random(len(xa)) * 2 * np.pi
+    return ((xa + r * np.cos(a)).tolist(), (ya + r * np.sin(a)).tolist(),
+            f"{distinct} distinct latents (one per code) among {len(xa)} transitions: points are jittered "
+            f"around their code's position so that the colours inside each code show.")
+
+
 def hours_breakdown(corpus) -> list[tuple[str, float]]:
     """Seconds of input video by fate: kept, rejected by reason, and not in any clip (shot edges,
     remainders shorter than a clip); readable sources only."""
@@ -158,9 +176,10 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         probe = res.get("probe") or {}
         proj = probe.get("projection")
         if proj:
+            x, y, note = _spread(proj["x"], proj["y"])
             body += ("<h3>Latent actions of robot transitions, 2-D (PCA of z), coloured by the direction of the true "
-                     "hand motion in the x-y plane</h3>"
-                     + svg.scatter(proj["x"], proj["y"], hue=proj["angle"], title="GIDM latent, PCA 1-2",
+                     "hand motion in the x-y plane</h3>" + (f"<p class=note>{note}</p>" if note else "")
+                     + svg.scatter(x, y, hue=proj["angle"], title="GIDM latent, PCA 1-2",
                                    xlabel="PC 1", ylabel="PC 2", width=560, height=420))
         sections.append(_section("Latent actions", body, "latents"))
 

@@ -146,7 +146,7 @@ def test_errors(tmp_path):
 
 def test_decode_operator(videos):
     op = Decode(fps=5, size=32, chunk_frames=4)
-    assert op.lineage() == {"name": "decode", "version": "1", "params": op.params()}
+    assert op.lineage() == {"name": "decode", "version": "2", "params": op.params()}
     chunks = list(op(videos["square"]))
     assert [len(c) for c in chunks] == [4, 4, 2]
     assert len(op.all(videos["square"])) == 10
@@ -179,3 +179,45 @@ def test_fps_with_end_keeps_tick_before_end(tmp_path):
     np.testing.assert_array_equal(f.indices, [0, 4, 8, 12])
     g = decode_all(p, fps=1 / 0.36, end_s=1.5)  # ticks 0, .36, .72, 1.08, 1.44: 1.44 takes 1.3
     np.testing.assert_array_equal(g.indices, [0, 4, 7, 11, 13])
+
+
+def test_skip_loop_filter_rule():
+    from defi.curate.decode import _skips_loop_filter
+
+    assert _skips_loop_filter("auto", 1280, 720, 128)  # 228x128 is 1/32 of the pixels
+    assert _skips_loop_filter("auto", 720, 1280, 180)  # portrait, exactly 1/16 of the pixels
+    assert not _skips_loop_filter("auto", 1280, 720, 256)  # 455x256 is 1/8 of the pixels
+    assert not _skips_loop_filter("auto", 640, 360, None)  # full size: never under auto
+    assert _skips_loop_filter("always", 640, 360, None) and not _skips_loop_filter("never", 1280, 720, 64)
+    with pytest.raises(ValueError, match="skip_loop_filter"):
+        next(decode("x.mp4", skip_loop_filter="sometimes"))
+
+
+def test_skipping_the_loop_filter_stays_close_to_the_filtered_decode(tmp_path):
+    """A detailed, moving 384x256 H.264 video with deblocking on (x264 veryfast, CRF 30, a lot of
+    blocking): decoded at 96x64, skipping the filter changes pixels (so it was applied) but stays
+    above 35 dB PSNR of the filtered decode, with the same frames, timestamps and indices; at
+    192x128 (2x per side) "auto" keeps the filter."""
+    from fractions import Fraction
+
+    import av
+    from factories import pan
+
+    path = str(tmp_path / "pan.mp4")
+    with av.open(path, "w") as out:  # not factories.write_video: its ultrafast preset turns deblocking off
+        s = out.add_stream("libx264", rate=Fraction(24))
+        s.width, s.height, s.pix_fmt = 384, 256, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "30"}
+        for f in pan(48, h=256, w=384, speed=3):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    fast = decode_all(path, size=64)
+    ref = decode_all(path, size=64, skip_loop_filter="never")
+    assert fast.frames.shape == ref.frames.shape == (48, 64, 96, 3)
+    np.testing.assert_array_equal(fast.pts_s, ref.pts_s)
+    np.testing.assert_array_equal(fast.indices, ref.indices)
+    mse = ((fast.frames.astype(np.float64) - ref.frames.astype(np.float64)) ** 2).mean()
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 35
+    np.testing.assert_array_equal(decode_all(path, size=128).frames, decode_all(path, size=128, skip_loop_filter="never").frames)
