@@ -23,6 +23,8 @@ SCORES = [("motion_mean", "optical flow, px/frame"), ("frame_diff", "mean |frame
 PROBE_ROWS = [("latent", "GIDM latent (z)"), ("onehot", "GIDM code, one-hot"),
               ("pca_diff", "control: PCA of o_t+k - o_t, same dims"), ("pca_obs", "control: PCA of o_t alone, same dims"),
               ("pca_diff_wide", "control: PCA of o_t+k - o_t, 64 dims"), ("pca_obs_wide", "control: PCA of o_t alone, 64 dims"),
+              ("obs+latent", "o_t PCA + GIDM latent (what z adds to the scene)"),
+              ("obs+diff", "control: o_t PCA + frame-difference PCA"),
               ("true_disp", "ceiling: true hand displacement")]
 
 

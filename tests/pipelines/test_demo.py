@@ -1,5 +1,5 @@
-"""`defi demo`'s step runner: ordered named steps, resume, a failure named and earlier output kept.
-The whole demo end to end is `test_demo_end_to_end` (slow)."""
+"""`defi demo`'s step runner: ordered named steps, resume, a failure named and earlier output kept;
+and the whole demo end to end, at a smaller size."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
     assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    """The real demo, smaller: every step runs, the report has every section, a re-run resumes."""
+    """The real demo, smaller (~45 s): every step runs, the report has every section and its
+    previews, bad files have their reasons, a re-run resumes without redoing anything."""
     out = tmp_path / "demo"
     args = [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(out), "--episodes", "2",
             "--probe_episodes", "2", "--robot_steps", "60", "--gidm_steps", "60"]
@@ -94,8 +94,9 @@ def test_demo_end_to_end(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     page = (out / "report.html").read_text()
-    for section in ("id=steps", "id=hours", "id=scores", "id=train", "id=latents", "id=queries"):
+    for section in ("id=steps", "id=hours", "id=scores", "id=train", "id=latents", "id=probe", "id=queries"):
         assert section in page
+    assert page.count("data:video/mp4;base64,") >= 3  # query galleries carry their previews
     assert "http://" not in page and "https://" not in page
     for name in ("inputs", "curate", "train_gidm", "label", "queries", "probe", "report"):
         assert json.loads((out / "steps" / f"{name}.json").read_text())["status"] == "done"

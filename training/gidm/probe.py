@@ -9,7 +9,9 @@ end-effector displacement (proprio xyz at t+k minus at t). ``probe(pairs, enc, n
 closed-form ridge probes on half of the episodes (split by episode, so a probe never sees the test
 episode) and reports R^2 (mean over x, y, z) on the other half for the latent and for controls of
 the same size: ``pca_diff`` (PCA of o_t+k - o_t) and ``pca_obs`` (PCA of o_t alone: what the scene
-predicts without any transition); ``*_wide`` are the same controls with 64 dims.
+predicts without any transition); ``*_wide`` are the same controls with 64 dims; ``obs+latent``
+(``pca_obs`` and the latent side by side) against ``obs+diff`` (``pca_obs`` and ``pca_diff``) says
+what the latent adds to what the scene already predicts.
 """
 
 from __future__ import annotations
@@ -140,6 +142,11 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
         for suffix, d in (("", dims), ("_wide", wide)):
             mu, comps = pca_fit(x[tr], min(d, int(tr.sum()) - 1))
             feats[name + suffix] = (x - mu) @ comps.T
+    # what the latent adds to the scene: o_t's PCA with the latent beside it, vs. with the frame
+    # difference's PCA of the same size beside it (the experts act from state, so o_t alone
+    # already predicts much of the motion)
+    feats["obs+latent"] = np.concatenate([feats["pca_obs"], enc["z"]], axis=1)
+    feats["obs+diff"] = np.concatenate([feats["pca_obs"], feats["pca_diff"]], axis=1)
     r2 = {}
     for target in ("disp", "cmd"):
         y = pairs[target]
