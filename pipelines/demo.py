@@ -462,6 +462,7 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--out", default="demo", help="output folder: inputs/, corpus/, gidm/, steps/, report.html (default: demo)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first and start over")
     p.add_argument("--from", dest="start_at", metavar="STEP", help=f"re-run from this step on ({', '.join(s.name for s in STEPS)})")
+    p.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
     add_flags(p, DemoConfig)
 
 
@@ -470,7 +471,7 @@ def run(args) -> int:
     from defi.pipelines.config import resolve
 
     try:
-        cfg = resolve(DemoConfig, None, args)
+        cfg = resolve(DemoConfig, args.config, args)
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = Path(args.out)
