@@ -609,22 +609,10 @@ def cmd_browse(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``browse`` as a standalone entry point (the lead wires it into ``defi``)."""
-    from defi.schemas.corpus import CorpusError
-    from defi.schemas.tables import SchemaError
+    """``defi browse`` on its own (argv starts with ``browse``)."""
+    from .cli import run_standalone
 
-    from .cli import EXIT_USAGE, UsageError, _Parser
-
-    parser = _Parser(prog="defi")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    add_browse_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:
-        sys.stderr.write(f"defi {args.command}: error: {' '.join(str(e).split())}\n")
-        return EXIT_USAGE
+    return run_standalone([add_browse_parser], argv)
 
 
 if __name__ == "__main__":

@@ -264,21 +264,45 @@ def _extra_commands() -> list[Callable]:
 _EXTRA_COMMANDS = _extra_commands()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def one_line(e: BaseException) -> str:
+    """A multi-line message (config validation lists one bad field per line) as one line."""
+    parts = [p.strip() for p in str(e).splitlines() if p.strip()]
+    return " ".join(p if p.endswith(":") else p + ";" for p in parts).rstrip(";")
+
+
+def run_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run the chosen command. A user error prints one line,
+    ``defi COMMAND [SUBCOMMAND]: error: ...``, and returns 2; Ctrl-C returns 130."""
+    from defi.pipelines.config import ConfigError
     from defi.schemas.corpus import CorpusError
     from defi.schemas.tables import SchemaError
 
-    parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.argv = list(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:
-        sys.stderr.write(f"defi {args.command}: error: {e}\n")
+    except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
+        nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
+        name = f"{args.command} {nested}" if nested else args.command
+        sys.stderr.write(f"defi {name}: error: {one_line(e)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+
+
+def run_standalone(registrars: Sequence[Callable], argv: Sequence[str] | None, prefix: Sequence[str] = ()) -> int:
+    """A module's own ``main``: a ``defi`` parser with only the subcommands ``registrars`` add,
+    run on ``prefix + argv`` (argv defaults to ``sys.argv[1:]``)."""
+    p = _Parser(prog="defi")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    for register in registrars:
+        register(sub)
+    return run_args(p, [*prefix, *(sys.argv[1:] if argv is None else argv)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

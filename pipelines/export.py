@@ -249,18 +249,9 @@ def cmd_export_lerobot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``defi export ...`` on its own (argv starts with the format, e.g. ``lerobot``)."""
-    from defi.pipelines.cli import EXIT_USAGE, UsageError, _Parser
-    from defi.schemas.corpus import CorpusError
+    from defi.pipelines.cli import run_standalone
 
-    p = _Parser(prog="defi")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
-    add_export_parser(sub)
-    args = p.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, CorpusError) as e:
-        sys.stderr.write(f"defi export: error: {e}\n")
-        return EXIT_USAGE
+    return run_standalone([add_export_parser], argv, prefix=("export",))
 
 
 if __name__ == "__main__":

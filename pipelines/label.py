@@ -538,20 +538,7 @@ def cmd_select(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``label``/``select`` as a standalone entry point (the lead wires them into ``defi``)."""
-    from defi.schemas.corpus import CorpusError
-    from defi.schemas.tables import SchemaError
+    """``defi label``/``defi select`` on their own (argv starts with ``label`` or ``select``)."""
+    from .cli import run_standalone
 
-    from .cli import EXIT_USAGE, UsageError, _Parser
-
-    parser = _Parser(prog="defi")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    add_label_parser(sub)
-    add_select_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, CorpusError, SchemaError, FileNotFoundError) as e:
-        sys.stderr.write(f"defi {args.command}: error: {e}\n")
-        return EXIT_USAGE
+    return run_standalone([add_label_parser, add_select_parser], argv)

@@ -294,7 +294,7 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     from defi.schemas.selection import SelectionError
     from defi.training.recipes.train_gidm import last_checkpoint, train
 
-    from .cli import UsageError
+    from .cli import UsageError, one_line
 
     try:
         cfg = resolve_run_config(args)
@@ -425,31 +425,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return t
 
 
-def one_line(e: BaseException) -> str:
-    """A multi-line message (config validation lists one bad field per line) as one line."""
-    parts = [p.strip() for p in str(e).splitlines() if p.strip()]
-    return " ".join(p if p.endswith(":") else p + ";" for p in parts).rstrip(";")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``defi train ...`` standalone (argv starts with the model name, e.g. ["gidm", "--root", ...]);
     user errors print one line and return 2."""
-    from defi.schemas.corpus import CorpusError
-    from defi.schemas.tables import SchemaError
+    from .cli import run_standalone
 
-    from .cli import EXIT_USAGE, UsageError, _Parser
-
-    p = _Parser(prog="defi")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    add_train_parser(sub)
-    argv = ["train", *(argv if argv is not None else sys.argv[1:])]
-    args = p.parse_args(argv)
-    args.argv = argv
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
-        sys.stderr.write(f"defi train {args.train_command}: error: {one_line(e)}\n")
-        return EXIT_USAGE
+    return run_standalone([add_train_parser], argv, prefix=("train",))
 
 
 if __name__ == "__main__":
