@@ -222,3 +222,28 @@ def truncate_copy(src: str | Path, dst: str | Path, keep: float) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * keep)])
     return Path(dst)
+
+
+def shard_writers(corpus, count: int = 2) -> list:
+    """``count`` open WebDataset writers for ``ROOT/shards/shard-00000N.tar`` of a ``Corpus``."""
+    import webdataset as wds
+
+    corpus.fs.makedirs(corpus.path("shards"), exist_ok=True)
+    return [wds.TarWriter(corpus.path("shards", f"shard-{s:06d}.tar")) for s in range(count)]
+
+
+def write_clip_sample(writers: list, shard: int, key: str, mp4: bytes, n: int, fps: float, size: int, *,
+                      uri: str | None, members: dict | None = None, meta: dict | None = None, **record):
+    """One kept clip of ``n`` frames (source frames 0..n, 0..n/fps s) as a shard sample
+    (``mp4`` + its ``SampleMeta`` json + ``members`` such as ``actions.npy``) in
+    ``writers[shard]``; returns its ``ClipRecord`` with the same ``uri`` (``record``: extra columns,
+    e.g. scores)."""
+    from defi.schemas.records import ClipRecord
+    from defi.schemas.samples import SampleMeta
+
+    m = SampleMeta(key=key, source_id=key[:16], uri=uri, start_frame=0, end_frame=n, start_s=0.0, end_s=n / fps,
+                   fps=fps, width=size, height=size, num_frames=n, **(meta or {}))
+    writers[shard].write({"__key__": key, "mp4": mp4, "json": m.to_json(), **(members or {})})
+    return ClipRecord(key=key, source_id=key[:16], uri=uri, start_frame=0, end_frame=n, start_s=0.0, end_s=n / fps,
+                      shard=f"shard-{shard:06d}.tar", out_fps=fps, out_frames=n, out_width=size, out_height=size,
+                      **record)

@@ -16,7 +16,6 @@ from html.parser import HTMLParser
 import av
 import pytest
 import torch
-import webdataset as wds
 from defi.pipelines.browse import (
     clip_cards_html,
     cut_preview,
@@ -30,10 +29,9 @@ from defi.pipelines.label import LabelConfig, run_label
 from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord, clips_table, sources_table
-from defi.schemas.samples import SampleMeta
 from defi.training.checkpoint import save_checkpoint
 from defi.training.gidm import GIDM, gidm_tiny
-from factories import moving_square, write_video
+from factories import moving_square, shard_writers, write_clip_sample, write_video
 
 SIZE = 32
 FPS = 10.0
@@ -53,19 +51,13 @@ def corpus(tmp_path_factory):
     """(root, labeler name, {key: labels row}); built once, only read by the tests."""
     tmp = tmp_path_factory.mktemp("browse")
     c = Corpus.create(str(tmp / "corpus"))
-    c.fs.makedirs(c.path("shards"), exist_ok=True)
-    writers = [wds.TarWriter(c.path("shards", f"shard-{s:06d}.tar")) for s in range(2)]
+    writers = shard_writers(c)
     records = []
     for name, (shard, n, speed, motion) in KEPT.items():
-        key = KEYS[name]
         mp4 = write_video(tmp / f"{name}.mp4", moving_square(n, h=SIZE, w=SIZE, size=8, speed=speed), fps=FPS).read_bytes()
-        meta = SampleMeta(key=key, source_id=key[:16], uri=str(tmp / f"{name}.mp4"), start_frame=0, end_frame=n,
-                          start_s=0.0, end_s=n / FPS, fps=FPS, width=SIZE, height=SIZE, num_frames=n)
-        writers[shard].write({"__key__": key, "mp4": mp4, "json": meta.to_json()})
-        records.append(ClipRecord(key=key, source_id=key[:16], start_frame=0, end_frame=n, start_s=0.0, end_s=n / FPS,
-                                  uri=str(tmp / f"{name}.mp4"), motion_mean=motion, blur=100.0 + n,
-                                  extra_scores={"my_score": speed / 10}, shard=f"shard-{shard:06d}.tar",
-                                  out_fps=FPS, out_frames=n, out_width=SIZE, out_height=SIZE))
+        uri = str(tmp / f"{name}.mp4")
+        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, FPS, SIZE, uri=uri, motion_mean=motion,
+                                         blur=100.0 + n, extra_scores={"my_score": speed / 10}))
     for w in writers:
         w.close()
     src = write_video(tmp / "source video.mp4", moving_square(30, h=48, w=64, size=12, speed=2), fps=FPS)

@@ -11,7 +11,6 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
 from defi.pipelines.label import (QUERIES, LabelConfig, balanced_weights, main, nearest_clips_sql, run_label,
                                   run_select)
@@ -23,7 +22,7 @@ from defi.schemas.selection import read_selection, selection_sql
 from defi.training.checkpoint import save_checkpoint
 from defi.training.data import ClipDataset
 from defi.training.gidm import GIDM, gidm_tiny
-from factories import moving_square, write_video
+from factories import moving_square, shard_writers, write_clip_sample, write_video
 
 SIZE = 32
 FPS = 10.0
@@ -45,18 +44,12 @@ def base(tmp_path_factory):
     """(corpus root, {vq, cont} checkpoints), built once; tests work on copies of the root."""
     tmp = tmp_path_factory.mktemp("label")
     c = Corpus.create(str(tmp / "corpus"))
-    c.fs.makedirs(c.path("shards"), exist_ok=True)
-    writers = [wds.TarWriter(c.path("shards", f"shard-{s:06d}.tar")) for s in range(2)]
+    writers = shard_writers(c)
     records = []
     for name, (shard, n, speed, motion) in CLIPS.items():
-        key = KEYS[name]
         mp4 = write_video(tmp / f"{name}.mp4", moving_square(n, h=SIZE, w=SIZE, size=8, speed=speed), fps=FPS).read_bytes()
-        meta = SampleMeta(key=key, source_id=key[:16], uri=f"file://{name}.mp4", start_frame=0, end_frame=n, start_s=0.0,
-                          end_s=n / FPS, fps=FPS, width=SIZE, height=SIZE, num_frames=n)
-        writers[shard].write({"__key__": key, "mp4": mp4, "json": meta.to_json()})
-        records.append(ClipRecord(key=key, source_id=key[:16], start_frame=0, end_frame=n, start_s=0.0, end_s=n / FPS,
-                                  uri=f"file://{name}.mp4", motion_mean=motion, shard=f"shard-{shard:06d}.tar",
-                                  out_fps=FPS, out_frames=n, out_width=SIZE, out_height=SIZE))
+        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, FPS, SIZE, uri=f"file://{name}.mp4",
+                                         motion_mean=motion))
     meta = SampleMeta(key=BROKEN, source_id="b" * 16, uri="file://broken.mp4", start_frame=0, end_frame=9, start_s=0.0,
                       end_s=0.9, fps=FPS, width=SIZE, height=SIZE, num_frames=9)
     writers[1].write({"__key__": BROKEN, "mp4": b"\x00\x00\x00\x18ftypmp42 not really a video", "json": meta.to_json()})

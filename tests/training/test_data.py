@@ -27,7 +27,7 @@ from defi.training.data import (
     decode_frames,
     make_loader,
 )
-from factories import write_video
+from factories import shard_writers, write_clip_sample, write_video
 
 SIZE = 32  # encoded frames are SIZE x SIZE
 OUT = 16  # the loader resizes to OUT x OUT
@@ -67,24 +67,16 @@ def npy(a: np.ndarray) -> bytes:
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
     c = Corpus.create(str(tmp / "corpus"))
-    c.fs.makedirs(c.path("shards"), exist_ok=True)
-    writers = [wds.TarWriter(c.path("shards", f"shard-{s:06d}.tar")) for s in range(2)]
+    writers = shard_writers(c)
     records = []
     for name, (shard, fps, n, has_actions, lang) in CLIPS.items():
-        key = KEYS[name]
         mp4 = write_video(tmp / f"{name}.mp4", grey_clip(n), fps=fps).read_bytes()
-        meta = SampleMeta(key=key, source_id=key[:16], uri=f"file://{name}.mp4", start_frame=0, end_frame=n,
-                          start_s=0.0, end_s=n / fps, fps=fps, width=SIZE, height=SIZE, num_frames=n,
-                          action_dim=ACTION_DIM if has_actions else None)
-        sample = {"__key__": key, "mp4": mp4, "json": meta.to_json()}
-        if has_actions:
-            sample["actions.npy"] = npy(actions_for(name, n))
+        members = {"actions.npy": npy(actions_for(name, n))} if has_actions else {}
         if lang:
-            sample["lang.txt"] = lang
-        writers[shard].write(sample)
-        records.append(ClipRecord(key=key, source_id=key[:16], start_frame=0, end_frame=n, start_s=0.0,
-                                  end_s=n / fps, shard=f"shard-{shard:06d}.tar", out_fps=fps, out_frames=n,
-                                  out_width=SIZE, out_height=SIZE, has_actions=has_actions, language=lang))
+            members["lang.txt"] = lang
+        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, fps, SIZE, uri=f"file://{name}.mp4",
+                                         members=members, meta={"action_dim": ACTION_DIM if has_actions else None},
+                                         has_actions=has_actions, language=lang))
     for w in writers:
         w.close()
     rejected = ClipRecord(key=clip_key("f" * 16, 0, 8, {}), source_id="f" * 16, start_frame=0, end_frame=8,
