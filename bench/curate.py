@@ -5,7 +5,12 @@ Goal (pipeline issue): pipeline input frames/s >= 0.5 x ffmpeg's full-resolution
 2 cores, with shots + motion + encode on. Uses the `ffmpeg` binary when on PATH (`make bench`
 installs it), else PyAV's full-resolution decode as the stand-in peer (said in the output).
 
-Run: .venv/bin/python bench/curate.py [--videos 4] [--seconds 20] [--height 720]
+Prints three rates of one run beside the peer's: end to end (includes the run's fixed cost: Ray
+and Ray Data start-up, worker warm-up, the last commit, shutdown; several seconds on 2 cores),
+without ray.init, and over the processing window (the run record's ``processing_window_s``: first
+video begun to last video done, on the workers' clocks), which is the rate a corpus of hours sees.
+
+Run: .venv/bin/python bench/curate.py [--videos 12] [--seconds 20] [--height 720]
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def rss_of_one_video(path: str) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--fps", type=int, default=30)
@@ -102,6 +107,8 @@ def main() -> None:
     from defi.pipelines.curate import run_curate
     from defi.pipelines.video import CurateConfig
 
+    cfg = from_dict(CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1},
+                                   "ray": {"num_cpus": os.cpu_count()}})
     with tempfile.TemporaryDirectory() as d:
         paths, frames = [], 0
         for i in range(args.videos):
@@ -109,28 +116,32 @@ def main() -> None:
             frames += make_video(p, args.seconds, args.height, args.fps, i)
             paths.append(p)
         peer, peer_s = peer_decode(paths)
-        cfg = from_dict(CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1},
-                                       "ray": {"num_cpus": os.cpu_count()}})
+        peer_fps = frames / peer_s
         t0 = time.perf_counter()
         rec = run_curate([d], os.path.join(d, "corpus"), cfg, progress=False)
-        ours_s = time.perf_counter() - t0
-        stages = rec["timings_s"]
+        wall = time.perf_counter() - t0
+        st = rec["timings_s"]
+        no_init = wall - st.get("ray_start", 0.0)
+        window = rec["processing_window_s"]
+        assert rec["frames_in"] == frames, (rec["frames_in"], frames)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames")
-        print(f"{'path':<48} {'wall s':>8} {'frames/s':>10}")
-        print(f"{peer:<48} {peer_s:>8.2f} {frames / peer_s:>10.0f}")
-        print(f"{'defi curate (shots+motion+camera+encode, Ray)':<48} {ours_s:>8.2f} {frames / ours_s:>10.0f}")
-        proc = sum(stages.get(k, 0) for k in ("total",))
-        print(f"{'  of which per-video work (sum over workers)':<48} {proc:>8.2f}")
-        steady = ours_s - stages.get("ray_start", 0.0)
-        print(f"{'defi curate without Ray start-up':<48} {steady:>8.2f} {frames / steady:>10.0f}")
-        print(f"ratio defi / peer: {peer_s / ours_s:.2f} end to end, {peer_s / steady:.2f} without Ray start-up "
-              f"({stages.get('ray_start', 0):.1f} s)  (goal >= 0.5)")
-        print(f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; "
-              f"stage seconds: {stages}")
+        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames; "
+              f"{os.cpu_count()} cores")
+        print(f"{'path':<62} {'wall s':>7} {'frames/s':>9} {'x peer':>7}")
+        rows = [(peer, peer_s), ("defi curate, end to end (Ray start to shutdown)", wall),
+                ("defi curate, without ray.init", no_init),
+                ("defi curate, processing window (first video begun -> last done)", window)]
+        for label, t in rows:
+            print(f"{label:<62} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f}")
+        print(f"goal: >= 0.5 x peer. The window excludes the run's fixed costs (ray.init {st.get('ray_start', 0):.1f} s, "
+              f"then Ray Data's executor and workers starting, the last commit and shutdown: "
+              f"{wall - st.get('ray_start', 0) - window:.1f} s here), which a corpus of hours amortises.")
+        work = st.get("total", 0.0)
+        print(f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; per-video work "
+              f"{work:.1f} s summed over workers = {1000 * work / frames:.2f} ms/frame (decode {st.get('decode', 0):.1f}, "
+              f"shots {st.get('shots', 0):.1f}, score {st.get('score', 0):.1f}, encode {st.get('encode', 0):.1f})")
         print(f"peak RSS of a worker process: {rss:.0f} MiB; driver: "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,11 +18,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 
+LAYOUTS = ("rgb", "i420")
+
+
 @dataclass
 class Frames:
     """Decoded frames of one video span.
 
-    ``frames``: uint8 [T, H, W, 3] RGB, upright (rotation applied).
+    ``frames``: uint8, upright (rotation applied), in one of two layouts (``layout``):
+    ``"rgb"`` (what every operator takes): [T, H, W, 3] RGB.
+    ``"i420"`` (what the curate pipeline holds between decode and encode: half the bytes, and no
+    colour conversion for frames that are only re-encoded): [T, H * 3 // 2, W], each frame planar
+    YUV 4:2:0 as FFmpeg's ``yuv420p`` (H x W luma rows, then the H/2 x W/2 U and V planes, each
+    packed into H/4 rows of W), BT.601 limited range; H and W are even. ``to_rgb`` converts.
     ``pts_s``: float64 [T], presentation time of each frame in seconds, from the stream.
     ``indices``: int64 [T], index of each frame in the source's decode order (0-based), so a
     sub-sampled decode still names source frames.
@@ -31,34 +39,74 @@ class Frames:
     frames: np.ndarray
     pts_s: np.ndarray
     indices: np.ndarray
+    layout: str = "rgb"
 
     def __post_init__(self) -> None:
         n = len(self.frames)
-        assert self.frames.ndim == 4 and self.frames.shape[-1] == 3, f"frames must be [T,H,W,3], got {self.frames.shape}"
+        assert self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}"
+        if self.layout == "rgb":
+            assert self.frames.ndim == 4 and self.frames.shape[-1] == 3, f"frames must be [T,H,W,3], got {self.frames.shape}"
+        else:
+            assert (self.frames.ndim == 3 and self.frames.shape[1] % 3 == 0 and self.frames.shape[1] // 3 % 2 == 0
+                    and self.frames.shape[2] % 2 == 0), f"i420 frames must be [T,H*3/2,W] with H, W even, got {self.frames.shape}"
         assert self.frames.dtype == np.uint8, f"frames must be uint8, got {self.frames.dtype}"
         assert len(self.pts_s) == n and len(self.indices) == n, "frames, pts_s and indices must have equal length"
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the pictures."""
+        if self.layout == "rgb":
+            return int(self.frames.shape[2]), int(self.frames.shape[1])
+        return int(self.frames.shape[2]), int(self.frames.shape[1] // 3 * 2)
+
+    def _with(self, m) -> "Frames":
+        return Frames(self.frames[m], self.pts_s[m], self.indices[m], self.layout)
+
     def slice_time(self, start_s: float, end_s: float) -> "Frames":
         """Frames whose pts lies in [start_s, end_s)."""
-        m = (self.pts_s >= start_s - 1e-6) & (self.pts_s < end_s - 1e-6)
-        return Frames(self.frames[m], self.pts_s[m], self.indices[m])
+        return self._with((self.pts_s >= start_s - 1e-6) & (self.pts_s < end_s - 1e-6))
 
     def slice_frames(self, start_frame: int, end_frame: int) -> "Frames":
         """Frames whose source index lies in [start_frame, end_frame)."""
-        m = (self.indices >= start_frame) & (self.indices < end_frame)
-        return Frames(self.frames[m], self.pts_s[m], self.indices[m])
+        return self._with((self.indices >= start_frame) & (self.indices < end_frame))
+
+    def take(self, positions) -> "Frames":
+        """The frames at these positions (0-based, into this ``Frames``)."""
+        return self._with(np.asarray(positions, np.int64))
+
+    def to_rgb(self, short_side: int | None = None) -> "Frames":
+        """RGB frames (a no-op for RGB input without ``short_side``); ``short_side``: also scale
+        down (area-averaged, never up) so the short side is at most that many pixels."""
+        import cv2
+
+        w, h = self.size
+        scale = 1.0 if short_side is None else min(1.0, short_side / min(w, h))
+        out_size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        if self.layout == "rgb" and scale == 1.0:
+            return self
+        out = np.empty((len(self), out_size[1], out_size[0], 3), np.uint8)
+        for i, f in enumerate(self.frames):  # written in place (dst=): no per-frame copies
+            if scale == 1.0:
+                cv2.cvtColor(f, cv2.COLOR_YUV2RGB_I420, dst=out[i])
+            else:
+                rgb = cv2.cvtColor(f, cv2.COLOR_YUV2RGB_I420) if self.layout == "i420" else f
+                cv2.resize(rgb, out_size, dst=out[i], interpolation=cv2.INTER_AREA)
+        return Frames(out, self.pts_s, self.indices)
 
     @staticmethod
     def concat(parts: list["Frames"]) -> "Frames":
         if not parts:
             return Frames(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64))
+        layouts = {p.layout for p in parts}
+        assert len(layouts) == 1, f"cannot concatenate frames of layouts {sorted(layouts)}"
         return Frames(
             np.concatenate([p.frames for p in parts]),
             np.concatenate([p.pts_s for p in parts]),
             np.concatenate([p.indices for p in parts]),
+            parts[0].layout,
         )
 
 

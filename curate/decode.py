@@ -121,10 +121,10 @@ class _NearestTick:
 
 
 class _Chunker:
-    """Fills a [chunk, H, W, 3] buffer; ``add`` returns a full ``Frames`` or ``None``."""
+    """Fills a [chunk, *frame shape] buffer; ``add`` returns a full ``Frames`` or ``None``."""
 
-    def __init__(self, chunk_frames: int):
-        self.n = chunk_frames
+    def __init__(self, chunk_frames: int, layout: str = "rgb"):
+        self.n, self.layout = chunk_frames, layout
         self.buf: np.ndarray | None = None
         self.pts = np.zeros(chunk_frames, np.float64)
         self.idx = np.zeros(chunk_frames, np.int64)
@@ -142,7 +142,7 @@ class _Chunker:
         if self.i == 0:
             return None
         frames = self.buf if self.i == self.n else self.buf[: self.i].copy()  # short: free the rest
-        out = Frames(frames, self.pts[: self.i].copy(), self.idx[: self.i].copy())
+        out = Frames(frames, self.pts[: self.i].copy(), self.idx[: self.i].copy(), self.layout)
         self.buf, self.i = None, 0
         return out
 
@@ -158,6 +158,7 @@ def decode(
     backend: str = "auto",
     interpolation: str = "AREA",
     skip_loop_filter: str = "auto",
+    pix_fmt: str = "rgb24",
 ) -> Iterator[Frames]:
     """Decode ``path`` (local path or fsspec URL) into chunks of at most ``chunk_frames`` frames.
 
@@ -180,6 +181,12 @@ def decode(
     at 2x per side (128 px) 43 and 35 dB, which is why ``"auto"`` waits for 4x.
     ``"always"``/``"never"`` force it (``"always"`` for throughput where small drift is fine).
 
+    ``pix_fmt``: ``"rgb24"`` yields RGB ``Frames``; ``"yuv420p"`` yields ``layout="i420"`` frames
+    (PyAV backend only): the scaled picture stays in the decoder's colour space, which skips the
+    YUV->RGB conversion (measured: 720p -> 456x256 costs 0.26 ms/frame of CPU scaled to yuv420p
+    against 0.77 ms to rgb24) and halves the bytes held. Both sides are rounded down to even
+    numbers (4:2:0 needs them even), also for ``size=None``.
+
     A file cut short decodes up to where its data ends, without error (``probe`` reports it as
     ``truncated``).
 
@@ -199,12 +206,17 @@ def decode(
         yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s,
                                   chunk_frames=chunk_frames)
         return
+    if pix_fmt not in PIX_FMTS:
+        raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
+    if backend == "decord" and pix_fmt != "rgb24":
+        raise ValueError("backend='decord' decodes to rgb24 only")
     if skip_loop_filter not in SKIP_LOOP_FILTER:
         raise ValueError(f"skip_loop_filter must be one of {SKIP_LOOP_FILTER}, got {skip_loop_filter!r}")
-    yield from _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation, skip_loop_filter)
+    yield from _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation, skip_loop_filter, pix_fmt)
 
 
 SKIP_LOOP_FILTER = ("auto", "always", "never")
+PIX_FMTS = ("rgb24", "yuv420p")
 
 
 def _skips_loop_filter(mode: str, width: int, height: int, size) -> bool:
@@ -219,7 +231,7 @@ def _skips_loop_filter(mode: str, width: int, height: int, size) -> bool:
 
 
 def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation,
-                 skip_loop_filter: str = "auto") -> Iterator[Frames]:
+                 skip_loop_filter: str = "auto", pix_fmt: str = "rgb24") -> Iterator[Frames]:
     uri = os.fspath(path)
     done = 0
     try:
@@ -237,7 +249,7 @@ def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation,
             index_of = _seek(container, v, start_s) if start_s > 0 else None
 
             selector = _NearestTick(fps) if fps else None
-            chunker = _Chunker(chunk_frames)
+            chunker = _Chunker(chunk_frames, "i420" if pix_fmt == "yuv420p" else "rgb")
             reformatter = VideoReformatter()
             geometry = None  # (pre-rotation w, h, quarter turns), fixed by the first frame
             index: int | None = None
@@ -262,8 +274,8 @@ def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation,
                     stop = False
                 for fr, ft, fi in picks:
                     if geometry is None:
-                        geometry = _geometry(fr, size)
-                    full = chunker.add(_to_rgb(fr, geometry, interpolation, reformatter), ft, fi)
+                        geometry = _geometry(fr, size, even=pix_fmt == "yuv420p")
+                    full = chunker.add(_convert(fr, geometry, interpolation, reformatter, pix_fmt), ft, fi)
                     if full is not None:
                         done += len(full)
                         yield full
@@ -278,15 +290,38 @@ def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation,
         raise DecodeError(uri, f"{type(e).__name__}: {e}", done) from e
 
 
-def _geometry(frame, size) -> tuple[int, int, int]:
+def _geometry(frame, size, even: bool = False) -> tuple[int, int, int]:
     """(width, height) to scale the *stored* picture to, and the quarter turns (counter-clockwise)
-    that make it upright, so that after turning it has the requested upright size."""
+    that make it upright, so that after turning it has the requested upright size. ``even``: round
+    both sides down to even numbers (4:2:0 output)."""
     quarter = (int(round(frame.rotation / 90)) % 4) if frame.rotation else 0
     w, h = frame.width, frame.height
     if quarter % 2:
         w, h = h, w  # upright dims
     ow, oh = output_size(w, h, size)
+    if even:
+        ow, oh = max(2, ow // 2 * 2), max(2, oh // 2 * 2)
     return (oh, ow, quarter) if quarter % 2 else (ow, oh, quarter)
+
+
+def _convert(frame, geometry, interpolation, reformatter: VideoReformatter, pix_fmt: str) -> np.ndarray:
+    if pix_fmt == "rgb24":
+        return _to_rgb(frame, geometry, interpolation, reformatter)
+    w, h, quarter = geometry
+    img = reformatter.reformat(frame, width=w, height=h, format="yuv420p",
+                               interpolation=interpolation, threads=1).to_ndarray()
+    return rot90_i420(img, quarter) if quarter else img
+
+
+def rot90_i420(img: np.ndarray, k: int) -> np.ndarray:
+    """Turn one I420 frame [H*3/2, W] by ``k`` quarter turns counter-clockwise, plane by plane."""
+    h, w = img.shape[0] // 3 * 2, img.shape[1]
+    y = img[:h]
+    u = img[h:h + h // 4].reshape(h // 2, w // 2)
+    v = img[h + h // 4:].reshape(h // 2, w // 2)
+    y, u, v = (np.rot90(p, k) for p in (y, u, v))
+    oh, ow = y.shape
+    return np.concatenate([y, np.ascontiguousarray(u).reshape(oh // 4, ow), np.ascontiguousarray(v).reshape(oh // 4, ow)])
 
 
 def _to_rgb(frame, geometry, interpolation, reformatter: VideoReformatter) -> np.ndarray:
@@ -368,7 +403,7 @@ class Decode(Operator):
     (``fps`` frames/s, ``size`` short side px or (w, h), ``start_s``/``end_s`` seconds)."""
 
     name: ClassVar[str] = "decode"
-    version: ClassVar[str] = "2"  # 2: skip_loop_filter="auto"
+    version: ClassVar[str] = "3"  # 2: skip_loop_filter="auto"; 3: pix_fmt
 
     fps: float | None = None
     size: int | tuple[int, int] | None = None
@@ -378,6 +413,7 @@ class Decode(Operator):
     backend: str = "auto"
     interpolation: str = "AREA"
     skip_loop_filter: str = "auto"
+    pix_fmt: str = "rgb24"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -254,30 +254,36 @@ def encode_clip(src_path: str | Path, start_s: float, end_s: float, out: str | P
 def encode_frames(frames: Frames | np.ndarray, fps: float, out: str | Path | BinaryIO, *,
                   short_side: int | None = None, crf: int = 23, preset: str = "veryfast",
                   upscale: bool = False) -> EncodeResult:
-    """Encode already-decoded uint8 RGB frames [T, H, W, 3] (robot episodes, tests) as H.264 MP4
-    at ``fps``, every frame once, resized like ``encode_clip``. ``pts_s`` of the result are the
-    ``Frames.pts_s`` given, or ``i / fps`` for a bare array."""
+    """Encode already-decoded uint8 frames as H.264 MP4 at ``fps``, every frame once, resized like
+    ``encode_clip``: RGB [T, H, W, 3] (robot episodes, tests), or ``Frames`` in either layout
+    (``i420`` frames of the output size go to the encoder as they are, with no conversion).
+    ``pts_s`` of the result are the ``Frames.pts_s`` given, or ``i / fps`` for a bare array."""
     import av
 
     if not fps or fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    fmt = "rgb24"
     if isinstance(frames, Frames):
         arr, pts = frames.frames, [float(t) for t in frames.pts_s]
+        if frames.layout == "i420":
+            fmt = "yuv420p"
     else:
         arr = np.asarray(frames)
         pts = [i / fps for i in range(len(arr))]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+    if fmt == "rgb24" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
         raise ValueError(f"frames must be uint8 [T,H,W,3], got {arr.dtype} {arr.shape}")
     if len(arr) == 0:
         return EncodeResult(error="no_frames")
-    h, w = arr.shape[1:3]
+    w, h = frames.size if fmt == "yuv420p" else (arr.shape[2], arr.shape[1])
     ow, oh = even_size(w, h, short_side, upscale)
     writer = None
     try:
         writer = _Writer(out, fps, ow, oh, crf, preset)
         for img in arr:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            writer.write(vf.reformat(width=ow, height=oh, format="yuv420p", interpolation="AREA"))
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format=fmt)
+            if fmt != "yuv420p" or (w, h) != (ow, oh):
+                vf = vf.reformat(width=ow, height=oh, format="yuv420p", interpolation="AREA")
+            writer.write(vf)
         size = writer.close()
     except Exception as e:
         if writer is not None:

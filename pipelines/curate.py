@@ -45,6 +45,9 @@ class RunStats:
     nodes: Counter = field(default_factory=Counter)
     hours_in: float = 0.0
     hours_out: float = 0.0
+    first_started_at: float | None = None  # the processing window: first video begun, last video done
+    last_finished_at: float | None = None
+    frames_in: int = 0
 
 
 def unit_id(specs: list[SourceSpec]) -> str:
@@ -126,6 +129,10 @@ class Committer:
                 st.hours_in += (src.duration_s or 0) / 3600
             for k, v in d.timings.items():
                 st.timings[k] += v
+            if d.started_at:
+                st.first_started_at = min(st.first_started_at or d.started_at, d.started_at)
+                st.last_finished_at = max(st.last_finished_at or d.finished_at, d.finished_at)
+            st.frames_in += int(src.num_frames or 0) if src.error is None else 0
             if d.node:
                 st.nodes[d.node] += 1
         # pack kept samples into shards of about target size, in key order
@@ -238,6 +245,8 @@ def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool =
             "counts": dict(stats.counts), "source_errors": dict(stats.source_errors),
             "reject_reasons": dict(stats.reject_reasons), "timings_s": {k: round(v, 3) for k, v in stats.timings.items()},
             "nodes": dict(stats.nodes), "hours_in": stats.hours_in, "hours_out": stats.hours_out,
+            "frames_in": stats.frames_in, "processing_window_s": (
+                round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
         })
         corpus.write_json(f"runs/{run_id}.json", record)
     return record
@@ -266,6 +275,10 @@ def summary_text(rec: dict[str, Any]) -> str:
     lines.append(f"  shards   {c.get('shards', 0)} written in {c.get('units', 0)} commits")
     if rec.get("timings_s"):
         lines.append("  time     " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(rec["timings_s"].items())))
+    if rec.get("processing_window_s") and rec.get("frames_in"):
+        w = rec["processing_window_s"]
+        lines.append(f"  rate     {rec['frames_in']} input frames in {w:.1f} s from the first video begun to the last "
+                     f"done: {rec['frames_in'] / max(w, 1e-9):.0f} frames/s")
     if rec.get("nodes"):
         lines.append(f"  nodes    {len(rec['nodes'])}: " + ", ".join(f"{k[:12]}={v}" for k, v in rec["nodes"].items()))
     return "\n".join(lines)

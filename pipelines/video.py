@@ -1,11 +1,11 @@
 """One source video through the curate operators, with no Ray: probe -> decode once -> shots ->
 windows -> scores/filters -> encode kept clips (+ robot actions). The Ray adapter
-(``curate_ray.py``) runs this per video; tests call it directly.
+(``ray_adapter.py``) runs this per video; tests call it directly.
 
 Memory is bounded by ``AnalysisConfig.segment_s``, not by video length: the video is decoded once,
 streaming, at the *output* size, and processed in segments of ``segment_s`` seconds. Each segment's
-frames are held once (plus an analysis-size copy), cut into shots, windowed, scored and encoded,
-then dropped. A shot longer than a segment is split at the segment boundary (windows split long
+frames are held once (as yuv420p by default: half the bytes of RGB; plus an analysis-size RGB
+copy), cut into shots, windowed, scored and encoded, then dropped. A shot longer than a segment is split at the segment boundary (windows split long
 shots anyway; the boundary is recorded as a forced cut).
 """
 
@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import cv2
 import numpy as np
 
 from defi.curate.base import Frames
@@ -48,8 +47,13 @@ class AnalysisConfig:
     chunk_frames: int = field(default=64, metadata={"help": "frames per decode chunk"})
     skip_loop_filter: str = field(default="auto", metadata={
         "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"})
+    pix_fmt: str = field(default="yuv420p", metadata={
+        "help": "yuv420p | rgb24: how decoded frames are held until encode (yuv420p: half the memory, no colour "
+                "conversion for re-encoded frames; analysis frames are converted at the analysis size)"})
 
     def __post_init__(self) -> None:
+        if self.pix_fmt not in ("yuv420p", "rgb24"):
+            raise ValueError(f"pix_fmt must be yuv420p or rgb24, got {self.pix_fmt!r}")
         if self.skip_loop_filter not in ("auto", "always", "never"):
             raise ValueError(f"skip_loop_filter must be auto, always or never, got {self.skip_loop_filter!r}")
         if self.segment_s <= 0:
@@ -114,7 +118,8 @@ class CurateConfig:
         """Parameters that shape a clip's span and bytes, hence its key (not filter thresholds:
         changing a threshold changes which clips are kept, not what a clip is)."""
         return {"shots": self.shots.params(), "windows": self.windows.params(),
-                "encode": self.encode.params(), "segment_s": self.analysis.segment_s}
+                "encode": self.encode.params(), "segment_s": self.analysis.segment_s,
+                "pix_fmt": self.analysis.pix_fmt}
 
 
 @dataclass
@@ -135,6 +140,8 @@ class VideoDone:
     timings: dict[str, float]
     node: str | None = None
     spec_key: tuple = ()
+    started_at: float = 0.0  # wall clock (epoch seconds) of the worker when it began / finished
+    finished_at: float = 0.0
 
 
 def source_id_for(spec: SourceSpec, file_hash: str) -> str:
@@ -164,19 +171,11 @@ def load_episode(spec: SourceSpec):
     return load_npz_episode(spec.uri, spec.robot["npz"])
 
 
-def _resize_short(frames: np.ndarray, short_side: int) -> np.ndarray:
-    h, w = frames.shape[1:3]
-    if min(h, w) <= short_side:
-        return frames
-    s = short_side / min(h, w)
-    size = (max(2, round(w * s)), max(2, round(h * s)))
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
-
-
 def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = None) -> Iterator[ClipItem | VideoDone]:
     """Yield every candidate clip of one source (kept and rejected), then a ``VideoDone``.
     Never raises for a bad video: a failure becomes the source's ``error`` (and rejected clips)."""
     timings: dict[str, float] = {}
+    started_at = time.time()
     t0 = time.perf_counter()
     rec = cfg.probe(spec.uri, kind=spec.kind, dataset=spec.dataset, run_id=run_id)
     timings["probe"] = time.perf_counter() - t0
@@ -207,7 +206,7 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
             except Exception as e:  # an odd file tripping an operator: the source says why, the run goes on
                 rec.error, rec.error_detail = "processing_failed", f"{type(e).__name__}: {e}"[:500]
     timings["total"] = time.perf_counter() - t0
-    yield VideoDone(rec, n, timings, spec_key=spec.sort_key)
+    yield VideoDone(rec, n, timings, spec_key=spec.sort_key, started_at=started_at, finished_at=time.time())
 
 
 def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:
@@ -221,7 +220,7 @@ def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -
     buf: list[Frames] = []
     boundary = start_s + seg_len
     for chunk in decode(spec.uri, size=size, start_s=start_s, end_s=end_s, chunk_frames=cfg.analysis.chunk_frames,
-                        skip_loop_filter=cfg.analysis.skip_loop_filter):
+                        skip_loop_filter=cfg.analysis.skip_loop_filter, pix_fmt=cfg.analysis.pix_fmt):
         while len(chunk) and chunk.pts_s[-1] >= boundary - 1e-6:
             head = chunk.slice_time(-np.inf, boundary)
             chunk = chunk.slice_time(boundary, np.inf)
@@ -256,7 +255,7 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
     for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg, episode):
         tick("decode", t)
         t = time.perf_counter()
-        analysis = Frames(_resize_short(seg.frames, cfg.analysis.short_side), seg.pts_s, seg.indices)
+        analysis = seg.to_rgb(cfg.analysis.short_side)
         end_s = seg_end_s if seg_end_s is not None else _video_end_s(rec, spec, seg)
         end_frame = int(seg_end_frame) if seg_end_frame is not None else int(seg.indices[-1]) + 1
         shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s)
@@ -296,7 +295,7 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
             if r.kept:
                 out = seg.slice_frames(c.start_frame, c.end_frame)
                 if cfg.use_clip and len(out):
-                    item.keyframes = out.frames[sample_keyframes(len(out), cfg.clip.num_frames)]
+                    item.keyframes = out.take(sample_keyframes(len(out), cfg.clip.num_frames)).to_rgb().frames
                 t = time.perf_counter()
                 _encode(item, out, spec, rec, episode, cfg)
                 tick("encode", t)
@@ -330,7 +329,7 @@ def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: 
         r.reject("encode_failed")
         return
     idx = np.array([i for _, i in picked])
-    sel = Frames(out.frames[idx], out.pts_s[idx], out.indices[idx])
+    sel = out.take(idx)
     buf = io.BytesIO()
     result = encode_frames(sel, enc.fps, buf, short_side=enc.short_side, crf=enc.crf, preset=enc.preset, upscale=enc.upscale)
     ClipEncoder.update_record(r, result)

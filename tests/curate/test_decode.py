@@ -146,7 +146,7 @@ def test_errors(tmp_path):
 
 def test_decode_operator(videos):
     op = Decode(fps=5, size=32, chunk_frames=4)
-    assert op.lineage() == {"name": "decode", "version": "2", "params": op.params()}
+    assert op.lineage() == {"name": "decode", "version": "3", "params": op.params()}
     chunks = list(op(videos["square"]))
     assert [len(c) for c in chunks] == [4, 4, 2]
     assert len(op.all(videos["square"])) == 10
@@ -221,3 +221,39 @@ def test_skipping_the_loop_filter_stays_close_to_the_filtered_decode(tmp_path):
     mse = ((fast.frames.astype(np.float64) - ref.frames.astype(np.float64)) ** 2).mean()
     assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 35
     np.testing.assert_array_equal(decode_all(path, size=128).frames, decode_all(path, size=128, skip_loop_filter="never").frames)
+
+
+def test_yuv420p_matches_rgb_decode(videos):
+    rgb = decode_all(videos["square"], size=32)
+    yuv = decode_all(videos["square"], size=32, pix_fmt="yuv420p")
+    assert yuv.layout == "i420" and yuv.frames.shape == (60, 48, 48) and yuv.size == (48, 32)
+    np.testing.assert_array_equal(yuv.indices, rgb.indices)
+    conv = yuv.to_rgb()
+    assert conv.layout == "rgb" and conv.frames.shape == rgb.frames.shape
+    # same picture; colour differs only where 4:2:0 chroma is coarser than the RGB path's
+    assert np.abs(conv.frames.astype(int) - rgb.frames).mean() < 4
+    for i in (0, 10, 39):
+        assert _square_x(conv.frames[i]) == pytest.approx(_square_x(rgb.frames[i]), abs=1.0)
+    # to_rgb(short_side) scales down at the same time; never up
+    assert yuv.to_rgb(16).frames.shape == (60, 16, 24, 3)
+    assert yuv.to_rgb(64).frames.shape == (60, 32, 48, 3)
+    c = decode_all(videos["color"], pix_fmt="yuv420p").to_rgb()
+    assert np.abs(c.frames.reshape(-1, 3).mean(0) - COLOR).max() < 4
+
+
+@pytest.mark.parametrize("rotation", [90, 180])
+def test_yuv420p_rotation_upright(tmp_path, rotation):
+    src = np.stack(list(moving_square(6, h=64, w=96)))
+    p = write_rotated_video(tmp_path / "rot.mp4", src, rotation=rotation)
+    f = decode_all(p, pix_fmt="yuv420p").to_rgb()
+    expected = np.rot90(src, rotation // 90, axes=(1, 2))
+    assert f.frames.shape[1:3] == expected.shape[1:3]
+    assert np.abs(f.frames.astype(int) - expected).mean() < 4
+
+
+def test_yuv420p_odd_size_rounds_down_to_even(tmp_path):
+    p = write_video(tmp_path / "odd.mp4", static_color(5, h=36, w=50, color=COLOR), fps=10)
+    f = decode_all(p, size=(31, 17), pix_fmt="yuv420p")
+    assert f.size == (30, 16)
+    with pytest.raises(ValueError, match="pix_fmt"):
+        next(decode(p, pix_fmt="nv12"))

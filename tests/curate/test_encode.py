@@ -227,3 +227,18 @@ def test_display_rotation_is_applied(tmp_path):
     first = decode(buf.getvalue())[0][0]
     ys, xs = np.nonzero(first.mean(-1) > 128)
     assert ys.min() >= 86 and xs.max() <= 10
+
+
+def test_encode_frames_from_i420_frames(tmp_path):
+    """yuv420p frames (the curate pipeline's layout) go to the encoder as they are, or resized."""
+    rgb = np.stack([f for f in moving_square(12, h=64, w=96)])
+    i420 = np.stack([av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p").to_ndarray() for f in rgb])
+    fr = Frames(i420, np.arange(12) / 6, np.arange(12), layout="i420")
+    buf = io.BytesIO()
+    r = encode_frames(fr, 6, buf)
+    frames, info = decode(buf.getvalue())
+    assert r.ok and len(frames) == 12 and (info["width"], info["height"]) == (96, 64)
+    assert np.abs(np.stack(frames).astype(int) - rgb).mean() < 4
+    r = encode_frames(fr, 6, tmp_path / "small.mp4", short_side=32)
+    small, info = decode(str(tmp_path / "small.mp4"))
+    assert (r.width, r.height) == (48, 32) and (info["width"], info["height"]) == (48, 32) and len(small) == 12
