@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from defi.schemas.corpus import Corpus
 from defi.schemas.records import clips_table, sources_table
@@ -191,8 +191,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool = True, limit: int | None = None) -> dict[str, Any]:
-    """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved)."""
+def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool = True, limit: int | None = None,
+                on_video: Callable[[VideoDone], None] | None = None) -> dict[str, Any]:
+    """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved).
+    ``on_video``: called in the driver with each video's ``VideoDone`` as it arrives (its source
+    row, clip count, per-stage timings, node, and the worker's begin/finish wall-clock times)."""
     from .ray_adapter import curate_stream, ray_session
 
     t_start = time.time()
@@ -230,6 +233,8 @@ def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool =
                 for item in curate_stream(pending, cfg, run_id):
                     if isinstance(item, VideoDone):
                         committer.add_done(item)
+                        if on_video is not None:
+                            on_video(item)
                         bar.update(1)
                         bar.set_postfix(clips=stats.counts["clips"], kept=stats.counts["kept"], hours=f"{stats.hours_in:.2f}")
                     else:
