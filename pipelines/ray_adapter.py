@@ -67,6 +67,12 @@ def ray_session(rcfg, scratch: str | None = None):
     finally:
         if started:
             ray.shutdown()
+        if tmp is not None and not rcfg.temp_dir:
+            # our own fresh dir (sockets, logs of this one session): gone with the session, so
+            # runs do not leave a directory each under /tmp; a --ray.temp_dir given is kept
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # storage settings (not secrets) that the driver's fsspec/botocore read from the environment

@@ -141,6 +141,11 @@ def test_run_record(curated):
     assert saved["counts"]["kept"] + sum(saved["reject_reasons"].values()) == saved["counts"]["clips"]
     assert saved["hours_in"] > saved["hours_out"] > 0 and saved["nodes"]
     assert {"decode", "shots", "score", "encode", "probe"} <= set(saved["timings_s"])
+    # input frames of the readable videos, and the window the workers spent on them
+    assert saved["frames_in"] == sum(len(list(v["frames"]())) for v in VIDEOS.values())
+    assert 0 < saved["processing_window_s"] < saved["wall_s"]
+    # the local Ray's temp dir (made fresh for the run) is gone with it
+    assert saved["ray"]["temp_dir"] and not os.path.exists(saved["ray"]["temp_dir"])
 
 
 def _kill_and_resume(inputs, root, seed, tmp_path):
