@@ -170,8 +170,11 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
             next_obs = batch["next_obs"].to(device, non_blocking=True)
             lang = batch.get("lang_emb")
             lang = lang.to(device) if lang is not None else None
+            log_now = main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                result = model(obs, next_obs, lang)
+                # diagnostics (a second decoder pass with shuffled latents, code statistics) only
+                # on the steps that log them
+                result = model(obs, next_obs, lang, diagnostics=log_now)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             sync_gradients(model.trainable_parameters())
@@ -186,7 +189,7 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
             losses.append(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}")
-            if main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps):
+            if log_now:
                 row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm),
                        "lr": scheduler.get_last_lr()[0]}
                 for k, v in row.items():
