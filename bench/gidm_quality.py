@@ -212,11 +212,11 @@ def print_report(res: dict) -> None:
     print(f"  probed on held-out       {', '.join(c['eval_tasks'])}: {res['pairs']} pairs of {res['episodes']} "
           f"episodes ({res['probe_train_pairs']} fit / {res['probe_test_pairs']} test, split by episode)")
     names = list(res["r2"]["disp"])
-    print(f"  {'R^2 (x,y,z mean)':<26}" + "".join(f"{n:>12}" for n in names) + f"{'true_disp':>12}")
+    print(f"  {'R^2 (x,y,z mean)':<26}" + "".join(f"{n:>14}" for n in names) + f"{'true_disp':>14}")
     for target, label in (("disp", "end-effector displacement"), ("cmd", "commanded dx,dy,dz (sum)")):
         row = res["r2"][target]
-        print(f"  {label:<26}" + "".join(f"{row[n]:>12.3f}" for n in names) +
-              (f"{row['true_disp']:>12.3f}" if "true_disp" in row else f"{'':>12}"))
+        print(f"  {label:<26}" + "".join(f"{row[n]:>14.3f}" for n in names) +
+              (f"{row['true_disp']:>14.3f}" if 'true_disp' in row else f"{'':>14}"))
     print(f"  PSNR o_t+k: {res['psnr_true']:.2f} dB with its latent, {res['psnr_shuffled']:.2f} dB shuffled "
           f"(ΔPSNR {res['delta_psnr']:+.2f} dB); copying o_t scores {res['psnr_copy']:.2f} dB")
     if "code_usage" in res:

@@ -213,6 +213,7 @@ def build_dataset(root: str, select: str, cfg, rank: int = 0, world_size: int = 
     d = cfg.data
     return ClipDataset.from_corpus(
         corpus, select, gap_s=d.gap_s, gap_frames=d.gap_frames, size=d.size, pairs_per_clip=d.pairs_per_clip,
+        window=3 if cfg.model.additive_weight > 0 else 2,  # additivity needs o_t, o_t+k, o_t+2k
         shuffle=True, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, rank=rank, world_size=world_size)
 
 

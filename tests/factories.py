@@ -247,3 +247,24 @@ def write_clip_sample(writers: list, shard: int, key: str, mp4: bytes, n: int, f
     return ClipRecord(key=key, source_id=key[:16], uri=uri, start_frame=0, end_frame=n, start_s=0.0, end_s=n / fps,
                       shard=f"shard-{shard:06d}.tar", out_fps=fps, out_frames=n, out_width=size, out_height=size,
                       **record)
+
+
+def square_windows(n: int, size: int = 16, square: int = 4, max_shift: int = 2,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (o_0, o_1, o_2) of a bright square on a flat random background, moved by two known
+    integer actions in [-max_shift, max_shift] pixels from a random start position. Returns
+    float32 frames [n, 3, 3, size, size] in [0, 1] and actions [n, 2, 2] float32 ((dx, dy) of
+    each step, divided by max_shift)."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, 3, 3, size, size), np.float32)
+    act = rng.integers(-max_shift, max_shift + 1, (n, 2, 2))
+    for i in range(n):
+        bg = np.broadcast_to(rng.uniform(0.0, 0.5, (3, 1, 1)).astype(np.float32), (3, size, size))
+        color = rng.uniform(0.7, 1.0, 3).astype(np.float32)[:, None, None]
+        x, y = rng.integers(2 * max_shift, size - square - 2 * max_shift + 1, 2)
+        for j in range(3):
+            frames[i, j] = bg
+            frames[i, j][:, y:y + square, x:x + square] = color
+            if j < 2:
+                x, y = x + act[i, j, 0], y + act[i, j, 1]
+    return frames, (act / max_shift).astype(np.float32)

@@ -146,3 +146,14 @@ def test_two_processes_train_one_model(corpus, tmp_path):
     assert len({r["step"] for r in rows}) == len(rows) and rows[-1]["step"] == 12  # logged once per step
     model, _, state = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])
     assert state["step"] == 12 and state["extra"]["world_size"] == 2
+
+
+def test_additive_latents_train_on_windows(corpus, tmp_path, capsys):
+    """--model.additive_weight makes the command read windows (o_t, o_t+k, o_t+2k) from the
+    shards and log the additivity error."""
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "6", "--model.additive_weight", "0.01")) == 0
+    rows = _metrics(out)
+    assert len(rows) == 6 and all(r["additive_error"] > 0 for r in rows)
+    model, cfg, _ = load_checkpoint(out / "checkpoints" / "step-00000006")
+    assert cfg.additive_weight == 0.01

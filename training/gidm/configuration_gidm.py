@@ -65,6 +65,10 @@ class GIDMConfig:
     # relative to the batch mean change). At 64 px a robot arm is a few patches; with a plain MSE
     # the decoder can ignore the latent and predict "nothing moved" nearly as well.
     changed_weight: float = 0.0
+    # >0: train on windows (o_t, o_t+k, o_t+2k) and add additive_weight x the relative error of
+    # z(t -> t+2k) against z(t -> t+k) + z(t+k -> t+2k), so latent actions compose by addition as
+    # displacements do (continuous bottleneck only; the model then also learns the gap 2k).
+    additive_weight: float = 0.0
     # --- language conditioning -------------------------------------------------------------
     # >0: an instruction embedding [B, lang_dim] enters encoder and decoder as one token, so the
     # latent only needs to carry what language cannot explain.
@@ -102,6 +106,10 @@ class GIDMConfig:
             bad("kl_beta", "must be >= 0")
         if self.changed_weight < 0:
             bad("changed_weight", "must be >= 0")
+        if self.additive_weight < 0:
+            bad("additive_weight", "must be >= 0 (0 disables the additivity loss)")
+        elif self.additive_weight > 0 and self.bottleneck != "continuous":
+            bad("additive_weight", "needs bottleneck='continuous' (codes do not add)")
         if self.dead_code_threshold < 0:
             bad("dead_code_threshold", "must be >= 0")
         if self.restart_interval < 0:

@@ -15,6 +15,9 @@ loss, recon_loss, bottleneck_loss, [kl | vq_codebook, vq_commit], code_usage, pe
 dead_code_restarts, latent_norm and delta_recon. delta_recon = recon loss with z shuffled across
 the batch minus recon loss with the true z: about 0 means the latent carries nothing the decoder
 uses (collapse); large while the probe of true actions stays poor means it copies appearance.
+``forward_window`` (windows o_t, o_t+k, o_t+2k; ``additive_weight``) adds additive_error: how far
+z(t -> t+2k) is from z(t -> t+k) + z(t+k -> t+2k), relative to the latents' spread. Displacements
+add up over time; a latent that holds the new position instead of the move does not.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class ContinuousBottleneck(nn.Module):
         logvar = logvar.clamp(-10.0, 10.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        return z, None, {"kl": kl, "bottleneck_loss": self.kl_beta * kl}
+        return z, None, {"kl": kl, "bottleneck_loss": self.kl_beta * kl, "mean": mu}
 
 
 class VQBottleneck(nn.Module):
@@ -326,8 +329,37 @@ class GIDM(nn.Module):
         """obs, next_obs: frames o_t and o_t+k [B, C, H, W] float in [0, 1]; lang_emb [B, lang_dim].
         Returns losses and diagnostics (0-dim tensors; only ``loss`` carries gradient) plus
         ``z`` [B, Q, W] and ``codes`` [B, Q] (VQ/FSQ)."""
-        tok_t, tok_k = self.tokens(obs), self.tokens(next_obs)
+        return self._forward_tokens(self.tokens(obs), self.tokens(next_obs), lang_emb, diagnostics)
+
+    def forward_window(self, frames: Tensor, lang_emb: Tensor | None = None,
+                       diagnostics: bool = True) -> dict[str, Tensor]:
+        """frames [B, 3, C, H, W]: o_t, o_t+k, o_t+2k. Trains the three transitions t -> t+k,
+        t+k -> t+2k and t -> t+2k as one batch of 3B pairs (outputs as ``forward``, over all of
+        them) and adds ``additive_weight`` x ``additive_error``: |z02 - (z01 + z12)|^2 relative to
+        the latents' variance over the batch (scale-free: shrinking z does not lower it), on the
+        latent means."""
+        B = frames.shape[0]
+        assert frames.dim() == 5 and frames.shape[1] == 3, f"expected frames [B, 3, C, H, W], got {tuple(frames.shape)}"
+        tok = self.tokens(frames.flatten(0, 1)).unflatten(0, (B, 3))  # each frame tokenised once
+        src = torch.cat([tok[:, 0], tok[:, 1], tok[:, 0]])
+        dst = torch.cat([tok[:, 1], tok[:, 2], tok[:, 2]])
+        lang = lang_emb.repeat(3, 1) if lang_emb is not None else None
+        out = self._forward_tokens(src, dst, lang, diagnostics, keep_mean=True)
+        m01, m12, m02 = out.pop("mean").float().flatten(1).chunk(3)
+        err = (m02 - m01 - m12).pow(2).sum(-1).mean()
+        # relative to how much the latents vary over the batch (centred): a constant latent per
+        # gap (z = v for every t -> t+k, 2v for t -> t+2k) adds up exactly but carries nothing,
+        # so raw norms would let the model shrink the ratio with a constant offset
+        scale = sum((m - m.mean(0)).pow(2).sum(-1).mean() for m in (m01, m12, m02)) / 3
+        additive = err / scale.clamp_min(1e-8)
+        out["loss"] = out["loss"] + self.config.additive_weight * additive
+        out["additive_error"] = additive.detach()
+        return out
+
+    def _forward_tokens(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, diagnostics: bool,
+                        keep_mean: bool = False) -> dict[str, Tensor]:
         z, codes, extra = self._encode(tok_t, tok_k, lang_emb, sample=self.training)
+        mean = extra.pop("mean", None)
         pred = self._decode(tok_t, z, lang_emb)
         recon = F.mse_loss(pred.float(), tok_k.float())
         loss = recon
@@ -347,6 +379,8 @@ class GIDM(nn.Module):
                 if codes is not None:
                     out.update(code_stats(codes, self.config.num_codes))
         out["z"], out["codes"] = z.detach(), codes
+        if keep_mean:
+            out["mean"] = mean  # with gradient: forward_window's additivity loss
         return out
 
     @torch.no_grad()

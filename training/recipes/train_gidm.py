@@ -174,7 +174,12 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 # diagnostics (a second decoder pass with shuffled latents, code statistics) only
                 # on the steps that log them
-                result = model(obs, next_obs, lang, diagnostics=log_now)
+                if model_cfg.additive_weight > 0:  # windows o_t, o_t+k, o_t+2k (see forward_window)
+                    if "frames" not in batch:
+                        raise ValueError("model.additive_weight > 0 needs windows of 3 frames (ClipDataset(window=3))")
+                    result = model.forward_window(batch["frames"].to(device), lang, diagnostics=log_now)
+                else:
+                    result = model(obs, next_obs, lang, diagnostics=log_now)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             sync_gradients(model.trainable_parameters())
