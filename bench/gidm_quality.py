@@ -19,6 +19,8 @@
      pca_diff     control: PCA of the pixel difference o_t+k - o_t, same number of dims
      pca_obs      control: PCA of o_t alone (what the scene alone predicts), same dims
      *_wide       the two controls with 64 dims (a stronger control than the latent's size)
+     rff_*        with --nonlinear: the same ridge on random Fourier features of the latent and of
+                  the two same-size controls (is the information there at all, not only linearly)
    plus ΔPSNR (decoder's o_t+k PSNR with the inferred latent minus with the latent of another
    pair of the shuffled batch), and code usage / perplexity / NMI(codes; binned displacement).
 
@@ -128,6 +130,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fresh-run", action="store_true", help="delete WORK/run first (else training resumes)")
     p.add_argument("--corpus", help="use this curated corpus (made by an earlier run) instead of generating one")
     p.add_argument("--data-only", action="store_true", help="generate and curate, then stop")
+    p.add_argument("--nonlinear", action="store_true",
+                   help="also kernel probes (ridge on random Fourier features) of the latent and the two controls")
     a = p.parse_args(argv)
     split = lambda s: [t.strip() for t in s.split(",") if t.strip()]  # noqa: E731
     a.train_tasks = split(a.train_tasks) if a.train_tasks else (QUICK_TRAIN if a.quick else TRAIN_TASKS)
@@ -189,7 +193,7 @@ def main(argv=None) -> dict:
     model.to(device)
     pairs = eval_pairs(root, a.eval_tasks, a.gap_frames, a.size, a.stride)
     enc = encode_all(model, pairs["obs"], pairs["next_obs"], device)
-    res = probe(pairs, enc, cfg.num_codes)
+    res = probe(pairs, enc, cfg.num_codes, nonlinear=a.nonlinear)
     t_probe = time.time() - t
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     res.update(config={"train_tasks": a.train_tasks, "eval_tasks": a.eval_tasks, "episodes": a.episodes,

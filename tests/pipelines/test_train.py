@@ -102,6 +102,17 @@ def test_resume_with_other_gap_refused(corpus, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "data.gap_frames (saved 2, now 3)" in err, err
 
 
+def test_resume_a_run_saved_before_a_model_field_existed(corpus, tmp_path, capsys):
+    """A field added to the model config since a run was saved counts as its default."""
+    out = tmp_path / "run"
+    assert main(_args(corpus, out, "--steps", "2")) == 0
+    saved = json.loads((out / "run_config.json").read_text())
+    del saved["model"]["additive_weight"]
+    (out / "run_config.json").write_text(json.dumps(saved))
+    assert main(_args(corpus, out, "--steps", "3")) == 0
+    assert "steps    3..3 of 3" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("select, expect", [
     ("SELECT key FROM clips WHERE false", "selection is empty"),
     ("SELECT key FROM no_such_table", "no_such_table"),

@@ -50,3 +50,16 @@ def test_ridge_and_nmi_on_known_cases():
     a = np.repeat([0, 1, 2, 3], 25)
     assert nmi(a, a) == pytest.approx(1.0) and nmi(a, (a + 1) % 4) == pytest.approx(1.0)
     assert nmi(np.repeat([0, 1], 50), np.tile([0, 1], 50)) == pytest.approx(0.0, abs=1e-9)  # independent
+
+
+def test_nonlinear_probe_finds_what_a_linear_one_cannot():
+    """Targets that are products of the latent's coordinates (dx*dy, dy*dz, dx*dz of independent
+    zero-mean axes) have no linear readout; the random-feature probe finds them."""
+    pairs, rng = _pairs(n_episodes=12, per=60)
+    d = pairs["disp"]
+    pairs["disp"] = np.stack([d[:, 0] * d[:, 1], d[:, 1] * d[:, 2], d[:, 0] * d[:, 2]], 1)
+    res = probe(pairs, _enc(d + 0.01 * rng.normal(size=d.shape)), num_codes=0, nonlinear=True)
+    r2 = res["r2"]["disp"]
+    assert r2["latent"] < 0.1 and r2["rff_latent"] > 0.5, r2
+    assert r2["rff_obs"] < 0.1  # controls get the same treatment: the scene still says nothing
+    assert "rff_latent" not in probe(pairs, _enc(d), num_codes=0)["r2"]["disp"]

@@ -64,6 +64,15 @@ def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0) -> float:
     return float(np.mean(1 - ss_res / ss_tot))
 
 
+def random_features(x: np.ndarray, fit_rows: np.ndarray, num: int = 1024, seed: int = 0) -> np.ndarray:
+    """Random Fourier features of ``x`` [N, D] (standardised on ``fit_rows``): ridge on them is a
+    kernel (RBF-like) regression, i.e. a nonlinear probe with the same closed-form fit."""
+    rng = np.random.default_rng(seed)
+    mu, sd = x[fit_rows].mean(0), x[fit_rows].std(0) + 1e-8
+    w = rng.normal(size=(x.shape[1], num)) / math.sqrt(x.shape[1])
+    return np.cos(((x - mu) / sd) @ w + rng.uniform(0, 2 * math.pi, num))
+
+
 def pca_fit(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the top ``dims`` principal directions (rows) of ``x`` [N, D]."""
     mu = x.mean(0)
@@ -120,9 +129,12 @@ def psnr(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 64) -> dict:
+def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 64, nonlinear: bool = False) -> dict:
     """R^2 of ``disp`` and ``cmd`` from the latent and from the controls (see the module doc),
-    ΔPSNR, and for VQ/FSQ latents code usage, perplexity and NMI(codes; binned displacement)."""
+    ΔPSNR, and for VQ/FSQ latents code usage, perplexity and NMI(codes; binned displacement).
+    ``nonlinear``: also ``rff_latent``, ``rff_obs``, ``rff_diff``: the same ridge on 1024 random
+    Fourier features of the latent and of the two same-size controls (a kernel probe: is the
+    information there at all, not only linearly)."""
     episodes = np.unique(pairs["episode"])
     if len(episodes) < 2:
         raise ValueError(f"a probe needs at least 2 episodes to split by episode, got {len(episodes)}")
@@ -147,6 +159,9 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
     # already predicts much of the motion)
     feats["obs+latent"] = np.concatenate([feats["pca_obs"], enc["z"]], axis=1)
     feats["obs+diff"] = np.concatenate([feats["pca_obs"], feats["pca_diff"]], axis=1)
+    if nonlinear:
+        for name, src in (("rff_latent", "latent"), ("rff_obs", "pca_obs"), ("rff_diff", "pca_diff")):
+            feats[name] = random_features(feats[src], tr)
     r2 = {}
     for target in ("disp", "cmd"):
         y = pairs[target]
