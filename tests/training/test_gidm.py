@@ -257,7 +257,7 @@ def test_additive_latents_window_loss_and_training():
         return model.eval().forward_window(frames[:128])
 
     end_plain, end_additive = train(plain), train(additive)
-    # measured: ~1.5 without the term, ~0.1 with it
+    # measured (seed 0, 150 steps): 2.54 without the term, 0.38 with it
     assert end_additive["additive_error"] < 0.3 * end_plain["additive_error"], (
         end_additive["additive_error"], end_plain["additive_error"])
     assert end_additive["delta_recon"] > 0  # the latent still carries the move
