@@ -202,14 +202,14 @@ def decode(
     if end_s is not None and end_s <= start_s:
         raise ValueError(f"end_s ({end_s}) must be > start_s ({start_s})")
     output_size(2, 2, size)  # validate now: a bad size is a config error, not a DecodeError
-    if backend == "decord":
-        yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s,
-                                  chunk_frames=chunk_frames)
-        return
     if pix_fmt not in PIX_FMTS:
         raise ValueError(f"pix_fmt must be one of {PIX_FMTS}, got {pix_fmt!r}")
     if backend == "decord" and pix_fmt != "rgb24":
         raise ValueError("backend='decord' decodes to rgb24 only")
+    if backend == "decord":
+        yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s,
+                                  chunk_frames=chunk_frames)
+        return
     if skip_loop_filter not in SKIP_LOOP_FILTER:
         raise ValueError(f"skip_loop_filter must be one of {SKIP_LOOP_FILTER}, got {skip_loop_filter!r}")
     yield from _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation, skip_loop_filter, pix_fmt)
@@ -314,14 +314,16 @@ def _convert(frame, geometry, interpolation, reformatter: VideoReformatter, pix_
 
 
 def rot90_i420(img: np.ndarray, k: int) -> np.ndarray:
-    """Turn one I420 frame [H*3/2, W] by ``k`` quarter turns counter-clockwise, plane by plane."""
+    """Turn one I420 frame [H*3/2, W] by ``k`` quarter turns counter-clockwise, plane by plane.
+    The planes are split by element offsets, not rows: with H % 4 == 2 a chroma plane ends
+    mid-row of the packed array."""
     h, w = img.shape[0] // 3 * 2, img.shape[1]
-    y = img[:h]
-    u = img[h:h + h // 4].reshape(h // 2, w // 2)
-    v = img[h + h // 4:].reshape(h // 2, w // 2)
-    y, u, v = (np.rot90(p, k) for p in (y, u, v))
+    flat = np.ascontiguousarray(img).reshape(-1)
+    n, c = h * w, h * w // 4
+    planes = (flat[:n].reshape(h, w), flat[n:n + c].reshape(h // 2, w // 2), flat[n + c:].reshape(h // 2, w // 2))
+    y, u, v = (np.rot90(p, k) for p in planes)
     oh, ow = y.shape
-    return np.concatenate([y, np.ascontiguousarray(u).reshape(oh // 4, ow), np.ascontiguousarray(v).reshape(oh // 4, ow)])
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(oh * 3 // 2, ow)
 
 
 def _to_rgb(frame, geometry, interpolation, reformatter: VideoReformatter) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from factories import moving_square, static_color, write_audio_only, write_rotated_video, write_video
 
 from defi.curate.base import Frames
-from defi.curate.decode import Decode, DecodeError, decode, decode_all, output_size
+from defi.curate.decode import Decode, DecodeError, decode, decode_all, output_size, rot90_i420
 
 COLOR = (40, 120, 200)
 
@@ -257,3 +257,19 @@ def test_yuv420p_odd_size_rounds_down_to_even(tmp_path):
     assert f.size == (30, 16)
     with pytest.raises(ValueError, match="pix_fmt"):
         next(decode(p, pix_fmt="nv12"))
+
+
+@pytest.mark.parametrize("h, w", [(18, 12), (16, 10)])  # 18: a chroma plane ends mid-row
+def test_rot90_i420_matches_rotating_the_rgb(h, w):
+    import av
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    i420 = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    for k in (1, 2, 3):
+        turned = rot90_i420(i420, k)
+        assert turned.shape == ((w if k % 2 else h) * 3 // 2, h if k % 2 else w)
+        np.testing.assert_array_equal(cv2.cvtColor(turned, cv2.COLOR_YUV2RGB_I420),
+                                      np.rot90(cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), k))
+    with pytest.raises(ValueError, match="rgb24 only"):
+        next(decode("x.mp4", backend="decord", pix_fmt="yuv420p"))
