@@ -5,8 +5,9 @@ windows -> scores/filters -> encode kept clips (+ robot actions). The Ray adapte
 Memory is bounded by ``AnalysisConfig.segment_s``, not by video length: the video is decoded once,
 streaming, at the *output* size, and processed in segments of ``segment_s`` seconds. Each segment's
 frames are held once (as yuv420p by default: half the bytes of RGB; plus an analysis-size RGB
-copy), cut into shots, windowed, scored and encoded, then dropped. A shot longer than a segment is split at the segment boundary (windows split long
-shots anyway; the boundary is recorded as a forced cut).
+copy), cut into shots, windowed, scored and encoded, then dropped. A shot longer than a segment
+is split at the segment boundary (windows split long shots anyway; the boundary is recorded as a
+forced cut).
 """
 
 from __future__ import annotations
