@@ -29,8 +29,9 @@ class Frames:
     ``"rgb"`` (what every operator takes): [T, H, W, 3] RGB.
     ``"i420"`` (what the curate pipeline holds between decode and encode: half the bytes, and no
     colour conversion for frames that are only re-encoded): [T, H * 3 // 2, W], each frame planar
-    YUV 4:2:0 as FFmpeg's ``yuv420p`` (H x W luma rows, then the H/2 x W/2 U and V planes, each
-    packed into H/4 rows of W), BT.601 limited range; H and W are even. ``to_rgb`` converts.
+    YUV 4:2:0 as FFmpeg's ``yuv420p`` (the H x W luma plane, then the H/2 x W/2 U and V planes,
+    packed one after the other: with H % 4 == 2 a chroma plane ends mid-row), BT.601 limited
+    range; H and W are even. ``to_rgb`` converts.
     ``pts_s``: float64 [T], presentation time of each frame in seconds, from the stream.
     ``indices``: int64 [T], index of each frame in the source's decode order (0-based), so a
     sub-sampled decode still names source frames.
@@ -47,8 +48,9 @@ class Frames:
         if self.layout == "rgb":
             assert self.frames.ndim == 4 and self.frames.shape[-1] == 3, f"frames must be [T,H,W,3], got {self.frames.shape}"
         else:
-            assert (self.frames.ndim == 3 and self.frames.shape[1] % 3 == 0 and self.frames.shape[1] // 3 % 2 == 0
-                    and self.frames.shape[2] % 2 == 0), f"i420 frames must be [T,H*3/2,W] with H, W even, got {self.frames.shape}"
+            # H * 3 / 2 rows is a multiple of 3 exactly when H is even
+            assert (self.frames.ndim == 3 and self.frames.shape[1] % 3 == 0 and self.frames.shape[2] % 2 == 0), (
+                f"i420 frames must be [T,H*3/2,W] with H, W even, got {self.frames.shape}")
         assert self.frames.dtype == np.uint8, f"frames must be uint8, got {self.frames.dtype}"
         assert len(self.pts_s) == n and len(self.indices) == n, "frames, pts_s and indices must have equal length"
 

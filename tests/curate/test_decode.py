@@ -255,6 +255,10 @@ def test_yuv420p_odd_size_rounds_down_to_even(tmp_path):
     p = write_video(tmp_path / "odd.mp4", static_color(5, h=36, w=50, color=COLOR), fps=10)
     f = decode_all(p, size=(31, 17), pix_fmt="yuv420p")
     assert f.size == (30, 16)
+    # a height of 2 mod 4: the chroma planes end mid-row of the packed array
+    g = decode_all(p, size=(30, 18), pix_fmt="yuv420p")
+    assert g.size == (30, 18) and g.frames.shape == (5, 27, 30)
+    assert np.abs(g.to_rgb().frames.reshape(-1, 3).mean(0) - COLOR).max() < 4
     with pytest.raises(ValueError, match="pix_fmt"):
         next(decode(p, pix_fmt="nv12"))
 
