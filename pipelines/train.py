@@ -276,8 +276,8 @@ def _check_resume(out: Path, cfg) -> None:
     now = to_dict(cfg)
     # a field added since the run was saved counts as its default (the checkpoint loads that way)
     defaults = {f.name: f.default for f in dataclasses.fields(cfg.model) if f.default is not dataclasses.MISSING}
-    saved_model = {**defaults, **saved.get("model", {})}
-    diff = [f"model.{k}" for k in now["model"] if saved_model.get(k) != now["model"][k]]
+    saved = {**saved, "model": {**defaults, **saved.get("model", {})}}
+    diff = [f"model.{k}" for k in now["model"] if saved["model"].get(k) != now["model"][k]]
     diff += [f"data.{k}" for k in ("gap_s", "gap_frames", "size") if saved.get("data", {}).get(k) != now["data"][k]]
     if diff:
         shown = ", ".join(f"{k} (saved {_get(saved, k)!r}, now {_get(now, k)!r})" for k in diff[:4])

@@ -4,6 +4,8 @@ Data: ``batches`` is either an iterable of batches or a callable ``make_batches(
 returning one. A batch is a dict
     obs       float [B, C, H, W] in [0, 1]   o_t
     next_obs  float [B, C, H, W] in [0, 1]   o_t+k
+    frames    float [B, 3, C, H, W]          o_t, o_t+k, o_t+2k: what configs with additive_weight > 0
+                                             train on instead of obs/next_obs
     lang_emb  float [B, D]                   optional, for configs with lang_dim > 0
     actions   float [B, A]                   optional, true actions (probes only; not trained on)
 On resume at step s the callable is called with s and must yield the batches of steps s+1...;
@@ -166,8 +168,6 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 batch = next(stream)
             except StopIteration:
                 raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
-            obs = batch["obs"].to(device, non_blocking=True)
-            next_obs = batch["next_obs"].to(device, non_blocking=True)
             lang = batch.get("lang_emb")
             lang = lang.to(device) if lang is not None else None
             log_now = main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps)
@@ -177,9 +177,11 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 if model_cfg.additive_weight > 0:  # windows o_t, o_t+k, o_t+2k (see forward_window)
                     if "frames" not in batch:
                         raise ValueError("model.additive_weight > 0 needs windows of 3 frames (ClipDataset(window=3))")
-                    result = model.forward_window(batch["frames"].to(device), lang, diagnostics=log_now)
+                    result = model.forward_window(batch["frames"].to(device, non_blocking=True), lang,
+                                                  diagnostics=log_now)
                 else:
-                    result = model(obs, next_obs, lang, diagnostics=log_now)
+                    result = model(batch["obs"].to(device, non_blocking=True),
+                                   batch["next_obs"].to(device, non_blocking=True), lang, diagnostics=log_now)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             sync_gradients(model.trainable_parameters())
