@@ -132,6 +132,35 @@ def test_latent_recovers_the_true_action_linear_probe():
     assert (_r2(z0[:512], a[:512].numpy(), z0[512:], a[512:].numpy()) < 0.5).any()
 
 
+def test_keypoint_encoder_latent_is_linear_in_the_move_from_any_start():
+    """keypoints=K: the latent is a linear map of soft-argmax keypoints and their motion. On squares
+    from random start positions (where the transformer encoder's latent holds the new position and
+    a linear probe fails) it recovers (dx, dy) linearly. Measured (seed 0, 300 steps): keypoints
+    R^2 ~ (0.998, 0.996), transformer (0.30, 0.41)."""
+    with pytest.raises(ValueError, match="keypoints"):
+        GIDMConfig(input_space="features", feature_dim=8, keypoints=4)
+    with pytest.raises(ValueError, match="keypoints"):
+        tiny(keypoints=-1)
+    frames, act = square_windows(768, seed=1)
+    o, n, a = torch.from_numpy(frames[:, 0]), torch.from_numpy(frames[:, 1]), act[:, 0]
+
+    def probe_r2(cfg):
+        torch.manual_seed(0)
+        m = GIDM(cfg)
+        hist = fit(m, o[:640], n[:640], steps=300, lr=2e-3)
+        z = m.encode(o, n)["z"].flatten(1).numpy()
+        return m, hist, _r2(z[:640], a[:640], z[640:], a[640:])
+
+    m, hist, r2_kp = probe_r2(tiny(keypoints=8))
+    assert m.encoder is None and m.queries is None and m.enc_in is None  # no unused parameters (DDP)
+    assert all(p.grad is not None for p in m.trainable_parameters())
+    pts = m.keypoint_encoder.points(o[:4])
+    assert pts.shape == (4, 8, 2) and pts.abs().max() <= 1
+    assert hist[-1]["delta_recon"].item() > 0
+    _, _, r2_tf = probe_r2(tiny())
+    assert (r2_kp > 0.9).all() and (r2_tf < 0.6).all(), (r2_kp, r2_tf)
+
+
 # --- golden numbers --------------------------------------------------------------------------
 # Recorded with torch 2.14.1 on CPU (seed 0, VQ tiny config). A change here means the forward
 # pass, the init or the data generator changed: update on purpose, never to make a test pass.

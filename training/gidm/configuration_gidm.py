@@ -69,6 +69,12 @@ class GIDMConfig:
     # z(t -> t+2k) against z(t -> t+k) + z(t+k -> t+2k), so latent actions compose by addition as
     # displacements do (continuous bottleneck only; the model then also learns the gap 2k).
     additive_weight: float = 0.0
+    # >0: the encoder is this many spatial soft-argmax keypoints per frame (a small conv net, then
+    # the expected (x, y) of each of its heat maps; Finn et al. 2016's deep spatial autoencoder)
+    # instead of the transformer: the latent is a linear map of where the keypoints are in o_t and
+    # how far they moved by o_t+k, so it is linear in image-space motion, not a code of how the
+    # changed pixels look. Pixels only; the decoder is unchanged.
+    keypoints: int = 0
     # --- language conditioning -------------------------------------------------------------
     # >0: an instruction embedding [B, lang_dim] enters encoder and decoder as one token, so the
     # latent only needs to carry what language cannot explain.
@@ -116,6 +122,10 @@ class GIDMConfig:
             bad("restart_interval", "must be >= 0 (0 disables restarts)")
         if not self.fsq_levels or any(v < 2 for v in self.fsq_levels):
             bad("fsq_levels", "needs at least one level, each >= 2")
+        if self.keypoints < 0:
+            bad("keypoints", "must be >= 0 (0: transformer encoder)")
+        elif self.keypoints > 0 and self.input_space != "pixels":
+            bad("keypoints", "needs input_space='pixels' (keypoints come from a conv net over the frames)")
         if self.lang_dim < 0:
             bad("lang_dim", "must be >= 0 (0 disables language conditioning)")
         if self.input_space == "features":

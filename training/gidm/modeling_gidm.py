@@ -2,6 +2,8 @@
 
     encoder:  [action queries | per patch (o_t, o_t+k - o_t) | lang] -> transformer -> queries
               -> bottleneck (continuous / VQ / FSQ) -> z [B, Q, W]
+              (or, with config.keypoints = K: conv net -> K soft-argmax keypoints per frame ->
+              linear map of [keypoints(o_t), their motion to o_t+k] -> bottleneck)
     decoder:  [z | tokens(o_t) | lang] -> transformer -> per-patch residual -> tokens(o_t+k)
 
 Tokens are pixel patches (input_space="pixels") or the patch features of a frozen image encoder
@@ -219,6 +221,40 @@ def build_bottleneck(c: GIDMConfig) -> nn.Module:
     return FSQBottleneck(c.model_dim, c.fsq_levels)
 
 
+class KeypointEncoder(nn.Module):
+    """Transition encoder over spatial soft-argmax keypoints (``config.keypoints``).
+
+    A small conv net gives K heat maps per frame at half resolution; the softmax-weighted mean
+    (x, y) of each map is a keypoint in [-1, 1]. The transition (o_t, o_t+k) becomes
+    [keypoints(o_t), keypoints(o_t+k) - keypoints(o_t)] and one linear map turns that into the
+    action-token states the bottleneck reads, so the latent is linear in the keypoints' motion."""
+
+    def __init__(self, c: GIDMConfig):
+        super().__init__()
+        k, w = c.keypoints, 32
+        self.net = nn.Sequential(
+            nn.Conv2d(c.in_channels, w, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, k, 1))
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.out = nn.Linear(4 * k, c.num_action_tokens * c.model_dim)
+        self.q, self.d = c.num_action_tokens, c.model_dim
+
+    def points(self, images: Tensor) -> Tensor:
+        """[B, C, H, W] -> keypoints [B, K, 2] as (x, y) in [-1, 1]."""
+        maps = self.net(images)
+        B, K, h, w = maps.shape
+        p = torch.softmax(maps.flatten(2) / self.log_temperature.exp(), dim=-1).view(B, K, h, w)
+        xs = torch.linspace(-1, 1, w, device=maps.device, dtype=p.dtype)
+        ys = torch.linspace(-1, 1, h, device=maps.device, dtype=p.dtype)
+        return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
+
+    def forward(self, img_t: Tensor, img_k: Tensor) -> Tensor:
+        a, b = self.points(img_t), self.points(img_k)
+        return self.out(torch.cat([a.flatten(1), (b - a).flatten(1)], dim=1)).view(-1, self.q, self.d)
+
+
 def transformer(c: GIDMConfig, depth: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(c.model_dim, c.num_heads, int(c.model_dim * c.mlp_ratio),
                                        c.dropout, activation="gelu", batch_first=True,
@@ -255,13 +291,16 @@ class GIDM(nn.Module):
         # local motion is visible to the first layer. (UniVLA keeps two tokens per patch in a
         # spatio-temporal transformer; with frame tokens apart our tiny model did not learn to
         # match them within hundreds of steps on moving squares.)
-        self.enc_in = nn.Linear(2 * token_dim, d)
+        self.enc_in = None if c.keypoints else nn.Linear(2 * token_dim, d)
         self.dec_in = nn.Linear(token_dim, d)
         self.pos = nn.Parameter(torch.randn(1, c.num_patches, d) * 0.02)
-        self.queries = nn.Parameter(torch.randn(1, q, d) * 0.02)  # learned action queries
+        # learned action queries (none with the keypoint encoder: DDP wants no unused parameters)
+        self.queries = None if c.keypoints else nn.Parameter(torch.randn(1, q, d) * 0.02)
         self.lang_enc = nn.Linear(c.lang_dim, d) if c.lang_dim else None
         self.lang_dec = nn.Linear(c.lang_dim, d) if c.lang_dim else None
-        self.encoder = transformer(c, c.enc_depth)
+        # keypoints: a conv + soft-argmax encoder replaces the transformer encoder
+        self.keypoint_encoder = KeypointEncoder(c) if c.keypoints else None
+        self.encoder = None if c.keypoints else transformer(c, c.enc_depth)
         self.bottleneck = build_bottleneck(c)
         self.latent_up = nn.Linear(c.code_width, d)
         self.latent_pos = nn.Parameter(torch.randn(1, q, d) * 0.02)
@@ -306,6 +345,11 @@ class GIDM(nn.Module):
 
     def _encode(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, sample: bool):
         B, q = tok_t.shape[0], self.config.num_action_tokens
+        if self.keypoint_encoder is not None:
+            h = self.keypoint_encoder(self.untokens(tok_t), self.untokens(tok_k))
+            if self.lang_enc is not None:
+                h = h + self._lang(self.lang_enc, lang_emb, B)[0]
+            return self.bottleneck(h, sample)
         x = torch.cat([self.queries.expand(B, -1, -1),
                        self.enc_in(torch.cat([tok_t, tok_k - tok_t], dim=-1)) + self.pos,
                        *self._lang(self.lang_enc, lang_emb, B)], dim=1)
