@@ -55,6 +55,7 @@ class DemoConfig:
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
     codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
     changed_weight: float = field(default=10.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
+    keypoints: int = field(default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
 
@@ -251,7 +252,7 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
     args = ["gidm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gidm_run),
             "--model", "tiny", "--model.bottleneck", "vq", "--model.codebook_size", str(c.codebook_size),
             "--model.restart_interval", "50",
-            "--model.changed_weight", str(c.changed_weight), "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
+            "--model.changed_weight", str(c.changed_weight), "--model.keypoints", str(c.keypoints), "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
             "--steps", str(c.gidm_steps), "--train.batch_size", "32", "--train.lr", "1e-3",
             "--train.log_every", "25", "--train.ckpt_every", str(max(c.gidm_steps // 2, 1)),
             "--train.warmup_steps", str(min(50, c.gidm_steps // 10)), "--data.pairs_per_clip", "8",

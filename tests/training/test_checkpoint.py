@@ -112,3 +112,24 @@ def test_corrupt_train_state_is_a_clear_error(tmp_path):
     (d / "state.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(CheckpointError, match=r"state\.safetensors: unreadable"):
         load_checkpoint(d)
+
+
+def test_keypoint_encoder_round_trip_and_config_without_the_field(tmp_path):
+    """A keypoint-encoder GIDM loads with identical latents; a config.json written before the
+    keypoints field existed still loads (as the transformer encoder it was)."""
+    torch.manual_seed(0)
+    cfg = gidm_tiny(image_size=16, patch_size=4, keypoints=4)
+    m = GIDM(cfg)
+    x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    d = save_checkpoint(tmp_path / "kp", m, cfg, step=0)
+    m2, cfg2, _ = load_checkpoint(d)
+    assert cfg2.keypoints == 4 and m2.keypoint_encoder is not None
+    assert torch.equal(m.encode(x, y)["z"], m2.encode(x, y)["z"])
+    old = gidm_tiny(image_size=16, patch_size=4)
+    d_old = save_checkpoint(tmp_path / "old", GIDM(old), old, step=0)
+    saved = json.loads((d_old / "config.json").read_text())
+    model_cfg = saved["config"]
+    assert model_cfg.pop("keypoints") == 0
+    (d_old / "config.json").write_text(json.dumps(saved))
+    m3, cfg3, _ = load_checkpoint(d_old)
+    assert cfg3.keypoints == 0 and m3.keypoint_encoder is None
