@@ -62,10 +62,11 @@ def test_config_json_round_trip():
 
 
 # --- forward ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("bottleneck,width,ncodes", [("continuous", 8, 0), ("vq", 8, 16), ("fsq", 4, 1000)])
-def test_forward_outputs_and_encode(bottleneck, width, ncodes):
+@pytest.mark.parametrize("bottleneck,width,ncodes,keypoints", [
+    ("continuous", 8, 0, 0), ("vq", 8, 16, 0), ("fsq", 4, 1000, 0), ("continuous", 8, 0, 3), ("vq", 8, 16, 3)])
+def test_forward_outputs_and_encode(bottleneck, width, ncodes, keypoints):
     torch.manual_seed(0)
-    cfg = tiny(bottleneck=bottleneck, num_action_tokens=2, lang_dim=5)
+    cfg = tiny(bottleneck=bottleneck, num_action_tokens=2, lang_dim=5, keypoints=keypoints)
     m = GIDM(cfg)
     o, n, _ = data(6, seed=0)
     lang = torch.randn(6, 5)

@@ -243,9 +243,9 @@ class KeypointEncoder(nn.Module):
 
     def points(self, images: Tensor) -> Tensor:
         """[B, C, H, W] -> keypoints [B, K, 2] as (x, y) in [-1, 1]."""
-        maps = self.net(images)
+        maps = self.net(images).float()  # soft-argmax in float32 (bf16 would round positions)
         B, K, h, w = maps.shape
-        p = torch.softmax(maps.flatten(2) / self.log_temperature.exp(), dim=-1).view(B, K, h, w)
+        p = torch.softmax(maps.flatten(2) / self.log_temperature.float().exp(), dim=-1).view(B, K, h, w)
         xs = torch.linspace(-1, 1, w, device=maps.device, dtype=p.dtype)
         ys = torch.linspace(-1, 1, h, device=maps.device, dtype=p.dtype)
         return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
