@@ -34,6 +34,11 @@ def test_a_latent_that_carries_the_displacement_scores_high_and_noise_scores_zer
     assert res["delta_psnr"] == pytest.approx(10 * np.log10(2), abs=1e-6)  # MSE halves with the true latent
     noise = probe(pairs, _enc(rng.normal(size=informative.shape)), num_codes=0)["r2"]["disp"]
     assert noise["latent"] < 0.05
+    assert min(res["r2_disp_xyz"]["latent"]) > 0.95
+    # per axis: a latent that holds only the x displacement explains x and nothing else
+    only_x = pairs["disp"][:, :1] + 0.05 * rng.normal(size=(len(pairs["disp"]), 1))
+    x, y, z = probe(pairs, _enc(only_x), num_codes=0)["r2_disp_xyz"]["latent"]
+    assert x > 0.9 and y < 0.05 and z < 0.05, (x, y, z)
     # split by episode: both halves have whole episodes
     assert res["probe_train_pairs"] % 40 == 0 and res["probe_test_pairs"] % 40 == 0
 

@@ -51,9 +51,9 @@ def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> d
             "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task)}
 
 
-def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0) -> float:
+def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0, per_dim: bool = False):
     """Closed-form ridge on standardised features (bias unpenalised); R^2 on the test split,
-    averaged uniformly over the target dims."""
+    averaged uniformly over the target dims (``per_dim``: the list of each dim's R^2)."""
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-8
     xa, xb = (x_tr - mu) / sd, (x_te - mu) / sd
     ym = y_tr.mean(0)
@@ -61,7 +61,8 @@ def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0) -> float:
     pred = xb @ w + ym
     ss_res = ((y_te - pred) ** 2).sum(0)
     ss_tot = ((y_te - y_te.mean(0)) ** 2).sum(0)
-    return float(np.mean(1 - ss_res / ss_tot))
+    r2 = 1 - ss_res / ss_tot
+    return [float(v) for v in r2] if per_dim else float(np.mean(r2))
 
 
 def random_features(x: np.ndarray, fit_rows: np.ndarray, num: int = 1024, seed: int = 0) -> np.ndarray:
@@ -166,9 +167,13 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
     for target in ("disp", "cmd"):
         y = pairs[target]
         r2[target] = {name: ridge_r2(x[tr], y[tr], x[te], y[te]) for name, x in feats.items()}
+    # per axis (x, y, z) of the displacement, for the latent and the two same-size controls
+    y = pairs["disp"]
+    r2_axes = {name: ridge_r2(feats[name][tr], y[tr], feats[name][te], y[te], per_dim=True)
+               for name in ("latent", "pca_diff", "pca_obs")}
     # ceiling of the commanded-action target: the true hand displacement as the feature
     r2["cmd"]["true_disp"] = ridge_r2(pairs["disp"][tr], pairs["cmd"][tr], pairs["disp"][te], pairs["cmd"][te])
-    res = {"r2": r2, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
+    res = {"r2": r2, "r2_disp_xyz": r2_axes, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
            "episodes": len(episodes), "latent_dims": dims,
            "psnr_true": psnr(enc["mse_true"]), "psnr_shuffled": psnr(enc["mse_shuffled"]),
            "delta_psnr": psnr(enc["mse_true"]) - psnr(enc["mse_shuffled"]),
