@@ -1,7 +1,7 @@
 """Does the GIDM's latent action carry the action? Linear probes on held-out Meta-World tasks.
 
-    .venv/bin/python bench/gidm_quality.py --quick            # ~3 min on a 2-core CPU
-    .venv/bin/python bench/gidm_quality.py                    # ~20 min on a 2-core CPU
+    .venv/bin/python bench/gidm_quality.py --quick            # ~2 min on a 2-core CPU (a smoke run)
+    .venv/bin/python bench/gidm_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
 
 1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise. Training
