@@ -163,14 +163,13 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
     if nonlinear:
         for name, src in (("rff_latent", "latent"), ("rff_obs", "pca_obs"), ("rff_diff", "pca_diff")):
             feats[name] = random_features(feats[src], tr)
-    r2 = {}
+    r2, per_axis = {}, {}
     for target in ("disp", "cmd"):
         y = pairs[target]
-        r2[target] = {name: ridge_r2(x[tr], y[tr], x[te], y[te]) for name, x in feats.items()}
+        per_axis[target] = {name: ridge_r2(x[tr], y[tr], x[te], y[te], per_dim=True) for name, x in feats.items()}
+        r2[target] = {name: float(np.mean(v)) for name, v in per_axis[target].items()}
     # per axis (x, y, z) of the displacement, for the latent and the two same-size controls
-    y = pairs["disp"]
-    r2_axes = {name: ridge_r2(feats[name][tr], y[tr], feats[name][te], y[te], per_dim=True)
-               for name in ("latent", "pca_diff", "pca_obs")}
+    r2_axes = {name: per_axis["disp"][name] for name in ("latent", "pca_diff", "pca_obs")}
     # ceiling of the commanded-action target: the true hand displacement as the feature
     r2["cmd"]["true_disp"] = ridge_r2(pairs["disp"][tr], pairs["cmd"][tr], pairs["disp"][te], pairs["cmd"][te])
     res = {"r2": r2, "r2_disp_xyz": r2_axes, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
