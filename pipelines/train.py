@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
 
 RUN_CONFIG_FILE = "run_config.json"
-MODEL_SIZES = ("tiny", "small", "univla")
+MODEL_SIZES = ("keypoint", "tiny", "small", "univla")  # training/gidm/configuration_gidm.py GIDM_SIZES
 
 
 @dataclass
@@ -408,7 +408,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") '
                         "or a selection manifest path")
     g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
-    g.add_argument("--model", default="tiny", choices=MODEL_SIZES, help="model size (builder defaults; default tiny)")
+    g.add_argument("--model", default="keypoint", choices=MODEL_SIZES,
+                   help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
+                        "video, 64 px), tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)")
     g.add_argument("--config", help="YAML/TOML/JSON file with model/train/data sections")
     gap = g.add_mutually_exclusive_group()
     gap.add_argument("--gap-s", type=float, help="gap o_t -> o_t+k in seconds (same as --data.gap_s; default 1.0)")

@@ -36,7 +36,9 @@ def corpus(tmp_path_factory):
 
 
 def _args(root, out, *extra):
-    return ["gidm", "--root", root, "--select", SELECT, "--out", str(out), "--gap-frames", "2", "--size", "32",
+    # the transformer preset: these numbers were measured with it (the default preset, keypoint, is
+    # tuned for 64 px robot video; see test_default_preset_is_keypoint)
+    return ["gidm", "--root", root, "--select", SELECT, "--out", str(out), "--model", "tiny", "--gap-frames", "2", "--size", "32",
             "--train.batch_size", "16", "--train.lr", "3e-3", "--train.warmup_steps", "3",
             "--train.log_every", "1", "--train.ckpt_every", "40", "--data.shuffle_buffer", "64", "--no-progress",
             *extra]
@@ -168,3 +170,16 @@ def test_additive_latents_train_on_windows(corpus, tmp_path, capsys):
     assert len(rows) == 6 and all(r["additive_error"] > 0 for r in rows)
     model, cfg, _ = load_checkpoint(out / "checkpoints" / "step-00000006")
     assert cfg.additive_weight == 0.01
+
+
+def test_default_preset_is_keypoint(corpus, tmp_path, capsys):
+    """No model flags: the best measured configuration (bench/gidm_quality.py defaults)."""
+    assert main(["gidm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    m = cfg["model"]
+    assert (m["keypoints"], m["latent_dim"], m["patch_size"], m["changed_weight"]) == (32, 16, 4, 30.0)
+    assert main(["gidm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r"), "--model", "tiny", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["keypoints"] == 0
+    with pytest.raises(SystemExit) as e:  # argparse's choices: one line naming the bad value, exit 2
+        main(["gidm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r"), "--model", "huge"])
+    assert e.value.code == 2 and "huge" in capsys.readouterr().err
