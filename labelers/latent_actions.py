@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 import torch
 
+from defi.schemas.gap import Gap
 from defi.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,15 +55,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # ----------------------------------------------------------------------------------------------
 # pure helpers
 # ----------------------------------------------------------------------------------------------
-def gap_for(fps: float, gap_frames: int | None = None, gap_s: float | None = None) -> int:
-    """The gap k in frames: ``gap_frames``, else ``max(1, round(gap_s * fps))``, else 1."""
-    if gap_frames is not None:
-        return int(gap_frames)
-    if gap_s is not None:
-        return max(1, round(gap_s * float(fps)))
-    return 1
-
-
 def window_starts(num_frames: int, k: int, stride: int = 1) -> np.ndarray:
     """First frame ``t`` of every window ``(t, t + k)`` that fits in ``num_frames`` frames, every
     ``stride`` frames: ``0, stride, ...`` while ``t + k <= num_frames - 1``."""
@@ -106,22 +98,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "with checkpoints/step-*")
 
 
-def _find_gap(extra: Any) -> tuple[str, float] | None:
-    """("frames", k) or ("seconds", s) from a checkpoint's ``extra`` (nested dicts searched
-    breadth-first), or None."""
-    queue = [extra]
-    while queue:
-        d = queue.pop(0)
-        if not isinstance(d, dict):
-            continue
-        if d.get("gap_frames") is not None:
-            return ("frames", int(d["gap_frames"]))
-        if d.get("gap_s") is not None:
-            return ("seconds", float(d["gap_s"]))
-        queue.extend(v for v in d.values() if isinstance(v, dict))
-    return None
-
-
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:
     if frames.shape[1:3] == (size, size):
         return frames
@@ -161,12 +137,14 @@ class LatentActionLabeler:
 
     def __post_init__(self) -> None:
         errors = []
+        given = None
         if self.gap_frames is not None and self.gap_s is not None:
             errors.append(f"give gap_frames or gap_s, not both (got {self.gap_frames} and {self.gap_s})")
-        if self.gap_frames is not None and int(self.gap_frames) < 1:
-            errors.append(f"gap_frames={self.gap_frames!r}: must be >= 1 frame")
-        if self.gap_s is not None and not float(self.gap_s) > 0:
-            errors.append(f"gap_s={self.gap_s!r}: must be > 0 seconds")
+        else:
+            try:
+                given = Gap.from_fields(self.gap_s, self.gap_frames)
+            except ValueError as e:
+                errors.append(str(e))
         if int(self.batch_size) < 1:
             errors.append(f"batch_size={self.batch_size!r}: must be >= 1")
         if int(self.window_stride) < 1:
@@ -184,17 +162,12 @@ class LatentActionLabeler:
                              "labeling without instructions is not supported")
         self.model, self.config = model.eval(), config
         self.hash = checkpoint_hash(self.ckpt_path)
-        default = _find_gap(state.get("extra")) or ("frames", 1)
-        if self.gap_frames is not None:
-            self.gap_spec = ("frames", int(self.gap_frames))
-        elif self.gap_s is not None:
-            self.gap_spec = ("seconds", float(self.gap_s))
-        else:
-            self.gap_spec = default
+        # the gap the training recipe saved with the checkpoint (extra["data"]), else 1 frame
+        default = Gap.from_dict((state.get("extra") or {}).get("data"), default=Gap.of_frames(1))
+        self.gap_spec: Gap = given or default
         name = f"gidm-{self.hash}"
         if self.gap_spec != default:
-            kind, v = self.gap_spec
-            name += f"-k{int(v)}" if kind == "frames" else f"-g{v:g}s"
+            name += "-" + self.gap_spec.suffix()
         if self.window_stride != 1:
             name += f"-s{int(self.window_stride)}"
         self.name = name
@@ -210,14 +183,12 @@ class LatentActionLabeler:
         return int(self.config.num_codes)
 
     def gap(self, fps: float) -> int:
-        kind, v = self.gap_spec
-        return gap_for(fps, gap_frames=int(v)) if kind == "frames" else gap_for(fps, gap_s=v)
+        return self.gap_spec.frames(fps)
 
     def params(self) -> dict[str, Any]:
         """What shaped the labels (for run records)."""
-        kind, v = self.gap_spec
         return {"name": self.name, "version": self.version, "checkpoint": str(self.ckpt_path),
-                "checkpoint_hash": self.hash, "gap": {kind: v}, "window_stride": int(self.window_stride),
+                "checkpoint_hash": self.hash, "gap": {self.gap_spec.unit: self.gap_spec.value}, "window_stride": int(self.window_stride),
                 "image_size": self.size, "bottleneck": self.config.bottleneck,
                 "num_action_tokens": int(self.config.num_action_tokens), "num_codes": self.num_codes}
 

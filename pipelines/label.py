@@ -39,6 +39,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from defi.schemas.corpus import Corpus, label_view_name
+from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
 from .config import to_dict
@@ -120,6 +121,13 @@ class LabelConfig:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
         if self.engine not in ENGINES:
             errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
+        if self.gap_frames is not None and self.gap_s is not None:
+            errors.append("give gap_frames or gap_s, not both")
+        else:
+            try:  # checked here, when the flags are read, not when the labeler loads its model
+                Gap.from_fields(self.gap_s, self.gap_frames)
+            except ValueError as e:
+                errors.append(str(e))
         if errors:
             raise ValueError("invalid LabelConfig:\n  " + "\n  ".join(errors))
 

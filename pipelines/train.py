@@ -9,8 +9,8 @@ Config: one ``GIDMRunConfig`` (model = ``GIDMConfig``, train = ``TrainConfig``, 
 generated ``--model.*/--train.*/--data.*`` flags <- the shortcut flags (``--gap-s``,
 ``--gap-frames``, ``--size``, ``--loader-workers``, ``--steps``). The resolved config is written to
 ``RUN_DIR/run_config.json``; the data facts a labeler needs to read clips the way the model was
-trained (gap in seconds or frames, input size) are also stamped into every checkpoint's
-``state.json`` ``extra["data"]``.
+trained (gap in seconds or frames, input size) are written by the recipe into every checkpoint's
+``state.json`` ``extra["data"]`` (``defi.schemas.gap.Gap`` reads the gap back).
 
 Units: ``gap_s`` is seconds (k = max(1, round(gap_s * fps)) frames per clip), ``gap_frames`` is
 encoded frames; ``size`` is the square input side in pixels.
@@ -31,6 +31,7 @@ from typing import Any, Iterator, Sequence
 
 # defi.pipelines.cli is imported inside functions: cli imports this module to register the
 # command, so a top-level import here would be circular.
+from defi.schemas.gap import Gap
 from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -52,11 +53,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         errors = []
         if self.gap_frames is not None:
-            if self.gap_frames < 1:
-                errors.append(f"gap_frames={self.gap_frames!r}: must be >= 1")
             self.gap_s = None  # one gap only: frames win over the seconds default
-        elif self.gap_s is None or not self.gap_s > 0:
-            errors.append(f"gap_s={self.gap_s!r}: must be > 0 seconds (or give gap_frames)")
+        try:
+            if Gap.from_fields(self.gap_s, self.gap_frames) is None:
+                errors.append("gap_s=None: give gap_s (seconds) or gap_frames")
+        except ValueError as e:
+            errors.append(str(e))
         if self.size is not None and self.size < 8:
             errors.append(f"size={self.size!r}: must be >= 8 px")
         if self.pairs_per_clip is not None and self.pairs_per_clip < 1:
@@ -65,6 +67,10 @@ class DataConfig:
             errors.append("shuffle_buffer and num_workers must be >= 0")
         if errors:
             raise ValueError("invalid DataConfig: " + "; ".join(errors))
+
+    @property
+    def gap(self) -> Gap:
+        return Gap.from_fields(self.gap_s, self.gap_frames)
 
 
 def _gidm_default():
@@ -167,9 +173,8 @@ def resolve_run_config(args: argparse.Namespace):
 
 
 def data_facts(cfg) -> dict[str, Any]:
-    """What a labeler needs to read clips the way the model saw them (stamped into checkpoints)."""
-    return {"gap_s": cfg.data.gap_s, "gap_frames": cfg.data.gap_frames, "size": cfg.data.size,
-            "image_size": cfg.model.image_size}
+    """What a labeler needs to read clips the way the model saw them (saved in every checkpoint)."""
+    return {**cfg.data.gap.to_dict(), "size": cfg.data.size, "image_size": cfg.model.image_size}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def build_dataset(root: str, select: str, cfg, rank: int = 0, world_size: int = 
     corpus = Corpus.open(root)
     d = cfg.data
     return ClipDataset.from_corpus(
-        corpus, select, gap_s=d.gap_s, gap_frames=d.gap_frames, size=d.size, pairs_per_clip=d.pairs_per_clip,
+        corpus, select, gap=d.gap, size=d.size, pairs_per_clip=d.pairs_per_clip,
         window=3 if cfg.model.additive_weight > 0 else 2,  # additivity needs o_t, o_t+k, o_t+2k
         shuffle=True, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, rank=rank, world_size=world_size)
 
@@ -246,24 +251,8 @@ def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoints
+# resume
 # ---------------------------------------------------------------------------------------------
-def stamp_checkpoint(ckpt: Path, facts: dict[str, Any]) -> None:
-    """Add ``extra["data"] = facts`` to a checkpoint's state.json, atomically (temp + rename).
-    The recipe's ``train`` has no parameter for extra checkpoint facts yet, so they are added
-    after it writes each checkpoint."""
-    path = ckpt / "state.json"
-    if not path.is_file():
-        return
-    index = json.loads(path.read_text())
-    if (index.get("extra") or {}).get("data") == facts:
-        return
-    index.setdefault("extra", {})["data"] = facts
-    tmp = ckpt / f".state.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _check_resume(out: Path, cfg) -> None:
     """A RUN_DIR holds one model trained on one kind of pair: refuse another model config or
     another gap/size (the recipe compares the model config too, with a longer message)."""
@@ -324,8 +313,6 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
                 "rank": rank, "world_size": world}
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
-        for ckpt in sorted(out.glob("checkpoints/step-*")):  # a killed run's checkpoints
-            stamp_checkpoint(ckpt, facts)
 
     def make_batches(start_step: int):
         return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
@@ -339,15 +326,13 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     flushed = torch.set_flush_denormal(True)
     t0 = time.perf_counter()
     try:
-        result = train(cfg.model, cfg.train, make_batches)
+        # the data facts go into every checkpoint the recipe writes (a labeler reads the gap back)
+        result = train(cfg.model, cfg.train, make_batches, extra={"data": facts})
     except ValueError as e:  # e.g. a RUN_DIR whose saved model config differs
         raise UsageError(one_line(e)) from None
     finally:
         if flushed:
             torch.set_flush_denormal(False)
-    if main_rank:
-        for ckpt in sorted(out.glob("checkpoints/step-*")):
-            stamp_checkpoint(ckpt, facts)
     result.update(rank=rank, world_size=world, config=cfg, selected_clips=len(dataset.keys), wall_s=time.perf_counter() - t0,
                   data_stats=dict(dataset.stats), last_checkpoint=str(last_checkpoint(out) or ""))
     return result
@@ -355,7 +340,7 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
 
 def summary_text(res: dict[str, Any]) -> str:
     cfg = res["config"]
-    gap = f"{cfg.data.gap_s} s" if cfg.data.gap_s is not None else f"{cfg.data.gap_frames} frames"
+    gap = cfg.data.gap.label()
     lines = [f"gidm: {res['selected_clips']} clips selected, gap {gap}, {cfg.data.size} px, "
              f"batch {cfg.train.batch_size}"]
     if res["resumed_from"]:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from defi.schemas.gap import Gap
 from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,9 @@ class ClipDataset(IterableDataset):
         selection: ``pa.Table(key, shard, weight)`` as returned by ``resolve_selection``.
         shard_urls: shard name -> URL/path to open (a mapping, or a callable such as
             ``Corpus.shard_url``; resolved once here so the dataset pickles into workers).
-        gap_frames: k in encoded frames (>= 1). ``gap_s``: k in seconds, converted per clip as
-            ``max(1, round(gap_s * fps))``. Give at most one; neither means ``gap_frames=1``.
+        gap: k as a ``Gap`` (frames, or seconds converted per clip as ``max(1, round(s * fps))``).
+            ``gap_frames`` / ``gap_s`` are shorthands for ``Gap.of_frames`` / ``Gap.of_seconds``.
+            Give at most one; none means 1 frame.
         window: frames per item, at stride k: t, t+k, ..., t+(window-1)k (>= 2). ``obs`` is
             frame t and ``next_obs`` frame t+k; with ``window > 2`` ``frames`` holds all of them.
         size: (H, W) or an int for square output; None keeps the encoded size.
@@ -301,6 +303,7 @@ class ClipDataset(IterableDataset):
         selection: pa.Table,
         shard_urls: Mapping[str, str] | Callable[[str], str],
         *,
+        gap: Gap | None = None,
         gap_frames: int | None = None,
         gap_s: float | None = None,
         window: int = 2,
@@ -322,12 +325,14 @@ class ClipDataset(IterableDataset):
         for col in ("key", "shard", "weight"):
             if col not in selection.column_names:
                 problems.append(f"selection has no {col!r} column (resolve it with resolve_selection)")
-        if gap_frames is not None and gap_s is not None:
-            problems.append("give gap_frames or gap_s, not both")
-        if gap_frames is not None and int(gap_frames) < 1:
-            problems.append(f"gap_frames must be >= 1, got {gap_frames}")
-        if gap_s is not None and not gap_s > 0:
-            problems.append(f"gap_s must be > 0 seconds, got {gap_s}")
+        given = [g for g in (gap, gap_frames, gap_s) if g is not None]
+        if len(given) > 1:
+            problems.append("give one gap (gap, gap_frames or gap_s), not both")
+        elif gap is None:
+            try:
+                gap = Gap.from_fields(gap_s, gap_frames, default=Gap.of_frames(1))
+            except ValueError as e:
+                problems.append(str(e))
         if window < 2:
             problems.append(f"window must be >= 2 frames, got {window}")
         if pairs_per_clip is not None and pairs_per_clip < 1:
@@ -342,8 +347,6 @@ class ClipDataset(IterableDataset):
             problems.append(f"rank must be in [0, world_size={world_size}), got {rank}")
         if problems:
             raise ValueError("ClipDataset: " + "; ".join(problems))
-        if gap_frames is None and gap_s is None:
-            gap_frames = 1
         order = np.lexsort((np.asarray(selection.column("key").to_pylist(), dtype=object).astype(str),
                             np.asarray(selection.column("shard").to_pylist(), dtype=object).astype(str)))
         self.keys = [selection.column("key").to_pylist()[i] for i in order]
@@ -351,8 +354,7 @@ class ClipDataset(IterableDataset):
         self.weights = np.asarray(selection.column("weight").to_numpy(zero_copy_only=False), np.float64)[order]
         url_of = shard_urls if callable(shard_urls) else shard_urls.__getitem__
         self.shard_urls = {s: url_of(s) for s in sorted(set(self.shard_of))}
-        self.gap_frames = None if gap_frames is None else int(gap_frames)
-        self.gap_s = gap_s
+        self.gap: Gap = gap
         self.window = int(window)
         self.size = (size, size) if isinstance(size, int) else (None if size is None else tuple(size))
         self.pairs_per_clip = pairs_per_clip
@@ -373,9 +375,7 @@ class ClipDataset(IterableDataset):
 
     def gap_for(self, fps: float) -> int:
         """k in frames for a clip at ``fps``."""
-        if self.gap_frames is not None:
-            return self.gap_frames
-        return max(1, int(round(self.gap_s * fps)))
+        return self.gap.frames(fps)
 
     def epoch_counts(self) -> np.ndarray:
         """Draws per clip (aligned with ``self.keys``) for the current epoch, identical in every

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from defi.schemas.gap import Gap
 from defi.labelers.latent_actions import LatentActionLabeler, clip_stats, resolve_checkpoint, window_starts
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 from defi.training.checkpoint import CheckpointError, save_checkpoint
@@ -102,7 +103,7 @@ def test_batched_clips_equal_single_clips_and_resize(ckpts, clip):
 
 def test_gap_defaults_from_checkpoint_and_names(ckpts, clip):
     fsq = LatentActionLabeler(str(ckpts["fsq"]))  # extra={"data": {"gap_s": 0.2}}
-    assert fsq.gap_spec == ("seconds", 0.2) and fsq.name == f"gidm-{fsq.hash}"
+    assert fsq.gap_spec == Gap.of_seconds(0.2) and fsq.name == f"gidm-{fsq.hash}"
     assert fsq.gap(10.0) == 2 and fsq.gap(20.0) == 4 and fsq.gap(1.0) == 1
     row = fsq.label_clip(clip, fps=20.0)
     assert row["gap_frames"] == 4 and row["num_steps"] == 12 - 4

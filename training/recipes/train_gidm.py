@@ -101,9 +101,10 @@ def _seed_all(seed: int) -> None:
 
 def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
           batches: Iterable[dict] | Callable[[int], Iterable[dict]],
-          feature_extractor: torch.nn.Module | None = None) -> dict[str, Any]:
+          feature_extractor: torch.nn.Module | None = None, extra: dict | None = None) -> dict[str, Any]:
     """Train (or resume training) a GIDM; returns a summary: steps run, start step, per-step
-    losses of this call, first/last loss, seconds per step, last checkpoint path.
+    losses of this call, first/last loss, seconds per step, last checkpoint path. ``extra``
+    (JSON-serialisable, e.g. ``{"data": {"gap_frames": 10, ...}}``) is saved in every checkpoint.
 
     Under torchrun (a process group initialised, see ``training.distributed``) every rank runs
     this with its own data shard; gradients are averaged each step and rank 0 alone writes logs
@@ -209,7 +210,8 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 path = out / "checkpoints" / f"step-{step:08d}"
                 if main:
                     save_checkpoint(path, model, model_cfg, optimizer, scheduler, step=step,
-                                    extra={"train": dataclasses.asdict(train_cfg), "world_size": world_size})
+                                    extra={**(extra or {}), "train": dataclasses.asdict(train_cfg),
+                                           "world_size": world_size})
                 barrier()  # no rank runs ahead of a checkpoint it may need to resume from
                 last_ckpt = path
     if writer is not None:
