@@ -35,7 +35,8 @@ class RobotEpisode:
     ``uri``: the video file; ``from_s``/``to_s``: the episode's span inside it (seconds, end
     exclusive; ``to_s`` is None when unknown). ``timestamps``: float64 [N] seconds from the
     episode's start, one per row. ``actions``: float32 [N, A] or None (action-free data);
-    ``proprio``: float32 [N, P] or None. ``success``: None when unknown.
+    ``proprio``: float32 [N, P] or None. ``success``: None when unknown. ``video_frames``: the
+    video frames in the episode's span, when counted (``load_lerobot(check_video=True)``).
     """
 
     uri: str
@@ -50,6 +51,7 @@ class RobotEpisode:
     from_s: float = 0.0
     to_s: float | None = None
     timestamp_issues: list[str] = field(default_factory=list)
+    video_frames: int | None = None
 
     @property
     def video_times_s(self) -> np.ndarray:
@@ -209,7 +211,7 @@ def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video
                 uri=str(vpath), camera=key.removeprefix("observation.images."), episode_index=int(ep["episode_index"]),
                 fps=fps, timestamps=ts, actions=actions, proprio=proprio, language=language,
                 success=None if success is None else bool(success), from_s=from_s, to_s=to_s,
-                timestamp_issues=issues))
+                timestamp_issues=issues, video_frames=n_video))
     return out
 
 

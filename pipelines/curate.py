@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from defi.schemas.corpus import Corpus
+from defi.schemas.corpus import Corpus, defi_version
 from defi.schemas.records import clips_table, sources_table
 from defi.schemas.tables import SHARDS, table_from_rows
 
@@ -182,8 +182,8 @@ class Committer:
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("defi", "ray", "av", "pyarrow", "duckdb", "torch", "open-clip-torch", "scenedetect-headless", "webdataset"):
+    out = {"python": platform.python_version(), "defi": defi_version()}
+    for pkg in ("ray", "av", "pyarrow", "duckdb", "torch", "open-clip-torch", "scenedetect-headless", "webdataset"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

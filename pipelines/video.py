@@ -195,7 +195,7 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
             rec.error, rec.error_detail, episode = "robot_episode_unreadable", f"{type(e).__name__}: {e}"[:500], None
         if rec.error is None:
             if episode is not None and spec.robot.get("format") == "lerobot":
-                rec.duration_s = (episode.to_s or rec.duration_s) - episode.from_s
+                _describe_episode(rec, episode)
             if episode is not None and episode.timestamp_issues:
                 rec.error_detail = "timestamp issues: " + "; ".join(episode.timestamp_issues)[:480]
             try:
@@ -208,6 +208,18 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
                 rec.error, rec.error_detail = "processing_failed", f"{type(e).__name__}: {e}"[:500]
     timings["total"] = time.perf_counter() - t0
     yield VideoDone(rec, n, timings, spec_key=spec.sort_key, started_at=started_at, finished_at=time.time())
+
+
+def _describe_episode(rec: SourceRecord, episode) -> None:
+    """A LeRobot episode is a span of a file other episodes share: its source row gives the span's
+    duration and frame count (counted from packets by ``load_lerobot``; else duration x fps, marked
+    inexact), not the file's."""
+    rec.duration_s = (episode.to_s or rec.duration_s) - episode.from_s
+    if episode.video_frames is not None:
+        rec.num_frames, rec.num_frames_exact = int(episode.video_frames), True
+    elif rec.duration_s is not None:
+        rec.num_frames, rec.num_frames_exact = int(round(rec.duration_s * episode.fps)), False
+    rec.fps_avg = rec.num_frames / rec.duration_s if rec.num_frames and rec.duration_s else None
 
 
 def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:

@@ -54,11 +54,14 @@ class CorpusError(Exception):
     """A corpus problem a user can fix (missing root, newer format, bad SQL); one-line message."""
 
 
+DISTRIBUTION = "defi-robot"  # defi's name on PyPI / in pip (PyPI's `defi` is another project)
+
+
 def defi_version() -> str:
     try:
         from importlib.metadata import version
 
-        return version("defi")
+        return version(DISTRIBUTION)
     except Exception:  # running from a checkout without install metadata
         return "unknown"
 

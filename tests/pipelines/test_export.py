@@ -102,6 +102,20 @@ def test_export_round_trips_through_load_lerobot(corpus_root, tmp_path):
     stats = json.loads((out / "meta/stats.json").read_text())
     all_actions = np.concatenate([samples[k].actions for k in keys])
     np.testing.assert_allclose(stats["action"]["max"], all_actions.max(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["mean"], all_actions.mean(0, dtype=np.float64), rtol=1e-6)
+    # Stats of every feature LeRobot normalizes or indexes, camera included, with the quantiles pi05 needs;
+    # the camera's come from the exported mp4 as it decodes (per channel, in [0, 1], shape [3, 1, 1]).
+    assert set(stats) == set(feats)
+    for f in feats:
+        assert set(stats[f]) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
+    assert np.shape(stats["observation.images.corner"]["mean"]) == (3, 1, 1)
+    assert stats["index"]["count"] == [total]
+    row0 = min(ep_rows, key=lambda r: r["episode_index"])
+    px = np.stack(frames).reshape(-1, 3) / 255  # episode 0 has < 100 frames: LeRobot samples them all
+    np.testing.assert_allclose(np.ravel(row0["stats/observation.images.corner/mean"]), px.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(np.ravel(row0["stats/observation.images.corner/std"]), px.std(0), rtol=1e-9)
+    assert row0["stats/observation.images.corner/count"] == [len(frames)]
+    np.testing.assert_allclose(row0["stats/action/min"], samples[keys[0]].actions.min(0), rtol=1e-6)
     assert not list(tmp_path.glob(".lerobot.tmp-*"))  # the temporary folder was renamed away
 
 

@@ -64,6 +64,12 @@ def test_layout_is_lerobot_v3(dataset):
     assert eps[0]["dataset_from_index"] == 0 and eps[1]["dataset_from_index"] == eps[0]["dataset_to_index"]
     assert eps[0]["videos/observation.images.corner/from_timestamp"] == 0.0
     assert eps[1]["videos/observation.images.corner/from_timestamp"] == pytest.approx(eps[0]["length"] / 20)
+    # LeRobot's stats for every feature (videos and bookkeeping columns too), per episode and overall
+    stats = json.loads((root / "meta/stats.json").read_text())
+    assert set(stats) == set(f)
+    assert {k for k in eps[0] if k.startswith("stats/observation.images.corner/")} == \
+        {f"stats/observation.images.corner/{s}" for s in stats["observation.images.corner"]}
+    assert stats["next.success"]["max"] == [1.0] and stats["frame_index"]["count"] == [summary["frames"]]
 
 
 def test_rows_frames_and_actions_line_up(dataset):

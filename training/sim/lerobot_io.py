@@ -5,8 +5,9 @@ Layout, as LeRobot's own writer lays it out (``lerobot/datasets/utils.py``: ``DE
 
     ROOT/meta/info.json                                  codebase_version "v3.0", fps, features, path templates
     ROOT/meta/tasks.parquet                              pandas frame: index = task text, column task_index
-    ROOT/meta/stats.json                                 min/max/mean/std/count of numeric features
-    ROOT/meta/episodes/chunk-000/file-000.parquet        one row per episode (lengths, tasks, file refs, offsets)
+    ROOT/meta/stats.json                                 stats of every feature (``lerobot_stats``)
+    ROOT/meta/episodes/chunk-000/file-000.parquet        one row per episode (lengths, tasks, file refs, offsets,
+                                                         ``stats/<feature>/<stat>`` of the episode)
     ROOT/data/chunk-000/file-000.parquet                 one row per frame
     ROOT/videos/<video_key>/chunk-000/file-000.mp4       episodes concatenated, one after the other
 
@@ -21,6 +22,11 @@ LeRobot does; ``chunks_size`` files make a chunk.
 
 Episodes must be appended in ``episode_index`` order; the writer is single-process (workers produce
 episodes, the parent writes them), so files are written once, in order, and never patched.
+
+Stats (``defi.training.sim.lerobot_stats``: min, max, mean, std, count, q01..q99 per feature, per
+episode and for the dataset, as LeRobot computes them): numeric columns from the values written;
+camera images from the written mp4s, decoded once at ``close`` (only the sampled frames are
+converted to RGB), so they describe the frames a LeRobot policy will be fed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import lerobot_stats
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
@@ -163,7 +171,9 @@ class LeRobotV3Writer:
         self._data_bytes = 0
         self._videos: dict[str, _VideoFile] = {}
         self._video_cf: dict[str, tuple[int, int]] = {k: (0, 0) for k in self.video_keys}
-        self._stats: dict[str, list[np.ndarray]] = {k: [] for k, ft in features.items() if ft["dtype"] in ("float32", "float64")}
+        self._episode_stats: list[dict[str, lerobot_stats.Stats]] = []  # per episode: feature -> stats
+        # per video key: (episode index, mp4 path, first frame in the file, frames) of each episode
+        self._video_spans: dict[str, list[tuple[int, Path, int, int]]] = {k: [] for k in self.video_keys}
 
     # -- writing ---------------------------------------------------------------------------
     def add_episode(self, ep: EpisodeBuffer) -> int:
@@ -179,17 +189,19 @@ class LeRobotV3Writer:
         ep_index = len(self.episode_rows)
         task_index = self.tasks.setdefault(ep.task, len(self.tasks))
 
-        cols = {
-            "timestamp": _arrow_column(np.arange(n) / self.fps, "float32"),
-            "frame_index": _arrow_column(np.arange(n), "int64"),
-            "episode_index": _arrow_column(np.full(n, ep_index), "int64"),
-            "index": _arrow_column(self.total_frames + np.arange(n), "int64"),
-            "task_index": _arrow_column(np.full(n, task_index), "int64"),
+        values: dict[str, Any] = {
+            "timestamp": np.arange(n) / self.fps,
+            "frame_index": np.arange(n),
+            "episode_index": np.full(n, ep_index),
+            "index": self.total_frames + np.arange(n),
+            "task_index": np.full(n, task_index),
         }
-        for k, ft in self.features.items():
-            cols[k] = _arrow_column(ep.columns[k], ft["dtype"])
-            if k in self._stats:
-                self._stats[k].append(np.asarray(ep.columns[k], np.float64).reshape(n, -1))
+        values.update((k, ep.columns[k]) for k in self.features)
+        dtypes = {k: ft["dtype"] for k, ft in {**DEFAULT_FEATURES, **self.features}.items()}
+        cols = {k: _arrow_column(v, dtypes[k]) for k, v in values.items()}
+        # Stats of the values as written (cast to the feature's dtype); strings have none.
+        self._episode_stats.append({k: lerobot_stats.vector_stats(np.asarray(v).astype(dtypes[k]))
+                                    for k, v in values.items() if dtypes[k] != "string"})
         table = pa.table(cols)
         if self._data_tables and self._data_bytes + table.nbytes > self.data_budget:
             self._flush_data()
@@ -206,7 +218,7 @@ class LeRobotV3Writer:
             "dataset_from_index": self.total_frames,
             "dataset_to_index": self.total_frames + n,
         }
-        for cam, key in zip(self.cameras, self.video_keys):
+        for cam, key in zip(self.cameras, self.video_keys, strict=True):
             frames = ep.frames[cam]
             h, w = self.cameras[cam]
             assert frames.shape[1:] == (h, w, 3) and frames.dtype == np.uint8, (
@@ -222,6 +234,7 @@ class LeRobotV3Writer:
                 video = self._videos[key] = _VideoFile(path, self.fps, w, h, self.crf, self.gop)
             start = video.n_frames
             video.append(frames)
+            self._video_spans[key].append((ep_index, video.path, start, n))
             row[f"videos/{key}/chunk_index"] = self._video_cf[key][0]
             row[f"videos/{key}/file_index"] = self._video_cf[key][1]
             row[f"videos/{key}/from_timestamp"] = start / self.fps
@@ -253,6 +266,9 @@ class LeRobotV3Writer:
         self._flush_data()
         for v in self._videos.values():
             v.close()
+        self._add_video_stats()
+        for row, stats in zip(self.episode_rows, self._episode_stats, strict=True):
+            row.update(lerobot_stats.episode_columns(stats))
         meta = self.root / "meta"
         (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
         if self.episode_rows:
@@ -263,7 +279,7 @@ class LeRobotV3Writer:
         tasks.to_parquet(meta / "tasks.parquet")
 
         features: dict[str, Any] = {}
-        for cam, key in zip(self.cameras, self.video_keys):
+        for cam, key in zip(self.cameras, self.video_keys, strict=True):
             h, w = self.cameras[cam]
             features[key] = {
                 "dtype": "video",
@@ -293,15 +309,19 @@ class LeRobotV3Writer:
             "video_path": VIDEO_PATH if self.video_keys else None,
             "features": features,
         }
-        stats = {}
-        for k, parts in self._stats.items():
-            if parts:
-                x = np.concatenate(parts)
-                stats[k] = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-                            "std": x.std(0).tolist(), "count": [len(x)]}
+        stats = lerobot_stats.to_json(lerobot_stats.aggregate(self._episode_stats))
         _write_json(meta / "stats.json", stats)
         _write_json(meta / "info.json", info)  # last: its presence marks a finished dataset
         return info
+
+    def _add_video_stats(self) -> None:
+        """Image stats of every episode, from its frames in the finished mp4s (one decode per file)."""
+        for key, spans in self._video_spans.items():
+            for path in dict.fromkeys(p for _, p, _, _ in spans):
+                mine = [s for s in spans if s[1] == path]
+                stats = lerobot_stats.video_episode_stats(path, [(start, n) for _, _, start, n in mine], self.fps)
+                for (ep_index, *_), st in zip(mine, stats, strict=True):
+                    self._episode_stats[ep_index][key] = st
 
 
 def _write_json(path: Path, obj: Any) -> None:
