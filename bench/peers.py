@@ -286,7 +286,7 @@ def run_ffmpeg_decode(inputs: list[dict], work: Path) -> dict:
     return measure(["sh", "-c", script], log=work / "ffmpeg_decode.log")
 
 
-def run_ffmpeg_encode(inputs: list[dict], clips: list[dict], work: Path) -> dict:
+def run_ffmpeg_encode(clips: list[dict], work: Path) -> dict:
     """Cut and encode defi's kept clips with defi's output settings (accurate seek, then scale+fps)."""
     if not shutil.which("ffmpeg"):
         return {"error": "ffmpeg not on PATH"}
@@ -512,7 +512,7 @@ def agreement(name: str, cuts: dict, ref_name: str, ref: dict, paths: list[str])
                 if abs(d) <= 3:
                     off.append(d)
     vals, counts = np.unique(off, return_counts=True)
-    offs = f"; offsets (frames: count) {dict(zip(vals.tolist(), counts.tolist()))}" if off else ""
+    offs = f"; offsets (frames: count) {dict(zip(vals.tolist(), counts.tolist(), strict=False))}" if off else ""
     return f"  {name:<14} vs {ref_name:<8}: {m}/{na} cuts within 1 frame of {nb} ({m / max(na, 1):.0%}){offs}"
 
 
@@ -551,7 +551,7 @@ def main() -> int:
         print(f"running {name}...", file=sys.stderr)
         results[name] = fn()
     print("running ffmpeg dec+enc...", file=sys.stderr)
-    results["ffmpeg dec+enc"] = run_ffmpeg_encode(inputs, results["defi curate"].get("kept", []), work)
+    results["ffmpeg dec+enc"] = run_ffmpeg_encode(results["defi curate"].get("kept", []), work)
     if args.no_dj:
         results["Data-Juicer"] = {"error": "skipped (--no-dj)"}
     else:

@@ -246,7 +246,7 @@ class ClipScorer(Scorer):
                 e = (e / norm).astype(np.float32)
                 sims = np.clip(text @ e, -1.0, 1.0)
                 results[ci] = {
-                    "clip_scores": {p: float(s) for p, s in zip(self.prompts, sims)},
+                    "clip_scores": {p: float(s) for p, s in zip(self.prompts, sims, strict=False)},
                     "clip_score_max": float(sims.max()),
                     "clip_embedding": e.tolist(),
                 }

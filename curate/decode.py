@@ -22,7 +22,8 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
+from collections.abc import Iterator
 
 import av
 import numpy as np

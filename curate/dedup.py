@@ -17,7 +17,8 @@ an approximate-nearest-neighbour index; the grouping and keeper rules stay the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -237,7 +238,7 @@ class Dedup(Operator):
         live = [r for r in records if r.kept]
         results = self(self.items_from_records(live, quality))
         dups = 0
-        for r, res in zip(live, results):
+        for r, res in zip(live, results, strict=False):
             r.dup_group = res.dup_group
             if not res.kept:
                 r.reject("duplicate")

@@ -62,7 +62,7 @@ def sampled_pairs(frames: Frames, short_side: int, max_pairs: int) -> tuple[np.n
         return np.zeros((0, 1, 1), np.uint8), np.zeros((0, 1, 1), np.uint8)
     # Resize only the frames used: pairs share no work unless max_pairs >= T-1.
     used = np.unique(np.concatenate([starts, starts + 1]))
-    gray = dict(zip(used.tolist(), analysis_gray(frames.frames[used], short_side)))
+    gray = dict(zip(used.tolist(), analysis_gray(frames.frames[used], short_side), strict=False))
     return np.stack([gray[i] for i in starts]), np.stack([gray[i + 1] for i in starts])
 
 
@@ -89,7 +89,7 @@ class _FlowCache:
         if entry is not None and entry[0][0] is key[0] and entry[0][1:] == key[1:]:
             return entry[1]
         a, b = sampled_pairs(frames, short_side, max_pairs)
-        value = (a, b, [farneback(x, y) for x, y in zip(a, b)])
+        value = (a, b, [farneback(x, y) for x, y in zip(a, b, strict=False)])
         self._entry = (key, value)
         return value
 
@@ -269,7 +269,7 @@ class CameraMotion(Scorer):
         if len(a) == 0:
             return {"camera_motion": None, "local_motion": None}  # type: ignore[dict-item]
         cam, loc = [], []
-        for x, flow in zip(a, flows):
+        for x, flow in zip(a, flows, strict=False):
             textured = cv2.cornerMinEigenVal(x, 5, 3) > self.min_texture
             # Fit the camera on all grid points, not only textured ones: with a flat background the
             # textured pixels are the moving object's edges, and the fit would call it the camera.

@@ -27,7 +27,8 @@ import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import IO, ClassVar, Iterator
+from typing import IO, ClassVar
+from collections.abc import Iterator
 
 import av
 import numpy as np

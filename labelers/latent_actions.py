@@ -40,7 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -217,7 +218,7 @@ class LatentActionLabeler:
             offset += len(frames)
         z, codes = self._encode_windows(frames_all, starts_all, offsets, ks)
         rows, pos = [], 0
-        for (key, frames, _), starts, k in zip(clips, starts_all, ks):
+        for (key, _frames, _), starts, k in zip(clips, starts_all, ks, strict=False):
             n = len(starts)
             c = None if codes is None else codes[pos:pos + n]
             row = clip_stats(z[pos:pos + n], c, self.num_codes)
@@ -230,8 +231,8 @@ class LatentActionLabeler:
     def _encode_windows(self, frames_all, starts_all, offsets, ks) -> tuple[np.ndarray, np.ndarray | None]:
         cfg, dev, bs = self.config, self.torch_device, int(self.batch_size)
         q, w = int(cfg.num_action_tokens), int(cfg.code_width)
-        t_idx = np.concatenate([s + o for s, o in zip(starts_all, offsets)]) if starts_all else np.zeros(0, np.int64)
-        k_idx = np.concatenate([s + o + k for s, o, k in zip(starts_all, offsets, ks)]) if starts_all else t_idx
+        t_idx = np.concatenate([s + o for s, o in zip(starts_all, offsets, strict=False)]) if starts_all else np.zeros(0, np.int64)
+        k_idx = np.concatenate([s + o + k for s, o, k in zip(starts_all, offsets, ks, strict=False)]) if starts_all else t_idx
         if len(t_idx) == 0:
             return np.zeros((0, q, w), np.float32), (None if cfg.num_codes == 0 else np.zeros((0, q), np.int64))
         frames = np.concatenate([f for f in frames_all if len(f)])

@@ -16,7 +16,8 @@ import os
 import pickle
 import re
 import tempfile
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from .sources import SourceSpec
 from .video import ClipItem, CurateConfig, VideoDone, process_source, score_clip_batch
@@ -111,7 +112,7 @@ class _ClipActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         kinds = list(batch["kind"])
         items = [pickle.loads(b) for b in batch["item"]]
-        clips: list[ClipItem] = [it[1] for k, it in zip(kinds, items) if k == "clip"]
+        clips: list[ClipItem] = [it[1] for k, it in zip(kinds, items, strict=False) if k == "clip"]
         score_clip_batch(clips, self.scorer)
         return {"kind": kinds, "item": [pickle.dumps(it) for it in items]}
 

@@ -71,7 +71,7 @@ def _spread(x: list[float], y: list[float]) -> tuple[list[float], list[float], s
     import numpy as np
 
     xa, ya = np.asarray(x, float), np.asarray(y, float)
-    distinct = len({(round(a, 6), round(b, 6)) for a, b in zip(xa.tolist(), ya.tolist())})
+    distinct = len({(round(a, 6), round(b, 6)) for a, b in zip(xa.tolist(), ya.tolist(), strict=False)})
     if len(xa) == 0 or distinct > 50:
         return x, y, ""
     rng = np.random.default_rng(0)

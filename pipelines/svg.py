@@ -281,7 +281,7 @@ def scatter(x: Sequence[float], y: Sequence[float], *, hue: Sequence[float] | No
             raise ValueError(f"{name} has {len(seq)} entries for {len(x)} points")
     if hue is not None and categories is not None:
         raise ValueError("give hue or categories, not both")
-    pts = [(i, _finite(a), _finite(b)) for i, (a, b) in enumerate(zip(x, y))]
+    pts = [(i, _finite(a), _finite(b)) for i, (a, b) in enumerate(zip(x, y, strict=False))]
     ok = [(i, a, b) for i, a, b in pts if a is not None and b is not None]
     missing = len(pts) - len(ok)
     cats: list[str] = []

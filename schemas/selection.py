@@ -18,7 +18,8 @@ worse than not starting).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
 
 import fsspec
 import numpy as np
@@ -162,7 +163,7 @@ def is_sql(select: str) -> bool:
     return bool(_SQL_START.match(select))
 
 
-def resolve_selection(corpus: "Corpus", select: "str | pa.Table") -> pa.Table:
+def resolve_selection(corpus: Corpus, select: str | pa.Table) -> pa.Table:
     """Resolve a selection against ``corpus``: ``pa.Table(key, shard, weight)`` sorted by
     (shard, key).
 

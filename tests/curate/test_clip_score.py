@@ -85,7 +85,7 @@ def test_batch_equals_one_by_one(scorer, videos):
     clips = [videos["square"], videos["pan_big"], videos["pan"], videos["static"]]  # two frame sizes
     small_batches = tiny(batch_size=3)
     batch = small_batches.score_batch(clips)
-    for clip, b in zip(clips, batch):
+    for clip, b in zip(clips, batch, strict=False):
         single = scorer.score(clip)
         np.testing.assert_allclose(b["clip_embedding"], single["clip_embedding"], atol=1e-5)
         np.testing.assert_allclose(list(b["clip_scores"].values()), list(single["clip_scores"].values()), atol=1e-5)
@@ -182,6 +182,6 @@ def test_preprocess_matches_open_clip_eval_transform(size):
 def test_cuda_matches_cpu(scorer, videos):
     gpu = tiny(device="auto")
     clips = [videos["square"], videos["pan_big"], videos["static"]]
-    for a, b in zip(gpu.score_batch(clips), scorer.score_batch(clips)):
+    for a, b in zip(gpu.score_batch(clips), scorer.score_batch(clips), strict=False):
         np.testing.assert_allclose(a["clip_embedding"], b["clip_embedding"], atol=2e-2)
     assert gpu._device == "cuda"

@@ -204,7 +204,7 @@ def test_yuv420p_and_rgb24_hold_give_the_same_clips(tmp_path):
             out[name, fmt] = items
         yuv, rgb = out[name, "yuv420p"], out[name, "rgb24"]
         assert len(yuv) == len(rgb) == v["shots"]
-        for a, b in zip(yuv, rgb):
+        for a, b in zip(yuv, rgb, strict=False):
             ra, rb = a.record, b.record
             assert (ra.start_frame, ra.end_frame, ra.kept, ra.reject_reason) == (rb.start_frame, rb.end_frame, rb.kept, rb.reject_reason)
             assert ra.key != rb.key  # the hold format is a key parameter: clip bytes differ slightly

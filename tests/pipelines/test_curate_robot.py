@@ -35,7 +35,7 @@ def test_reimported_episodes_carry_their_actions(tmp_path):
     rows = pq.read_table(ds / "data" / "chunk-000" / "file-000.parquet").to_pandas().sort_values("index")
     starts = _episode_starts(ds)
     # episodes are concatenated in one mp4: a row's time on the file's clock is its episode's start + timestamp
-    row_times = np.array([starts[int(e)] + t for e, t in zip(rows.episode_index, rows.timestamp)])
+    row_times = np.array([starts[int(e)] + t for e, t in zip(rows.episode_index, rows.timestamp, strict=False)])
     row_actions = np.stack(rows.action.to_numpy()).astype(np.float32)
     kept = c.query("SELECT key, shard FROM clips WHERE kept").to_pylist()
     assert len(kept) >= 2

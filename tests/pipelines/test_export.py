@@ -61,7 +61,7 @@ def test_export_round_trips_through_load_lerobot(corpus_root, tmp_path):
     keys = [r["defi_key"] for r in sorted(ep_rows, key=lambda r: r["episode_index"])]
     assert sorted(keys) == sorted(samples)
     total = 0
-    for ep, key in zip(eps, keys):
+    for ep, key in zip(eps, keys, strict=False):
         sample = samples[key]
         assert ep.timestamp_issues == []  # row count = frames in the mp4 span, steps of exactly 1/fps
         assert len(ep) == len(ep.actions) == sample.meta.num_frames

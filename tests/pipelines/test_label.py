@@ -169,7 +169,7 @@ def test_two_checkpoints_side_by_side_and_queries(root, base):
 def test_balanced_weights_equalise_groups():
     w = balanced_weights(["x", "x", "x", "y", None, None])
     tot = defaultdict(float)
-    for g, wi in zip(["x", "x", "x", "y", None, None], w):
+    for g, wi in zip(["x", "x", "x", "y", None, None], w, strict=False):
         tot[g] += wi
     assert tot == pytest.approx({"x": 2.0, "y": 2.0, None: 2.0}) and w.sum() == pytest.approx(6.0)
 
@@ -186,7 +186,7 @@ def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, caps
     dom = dict((r["key"], r["dominant_code"]) for r in Corpus.open(root).query(
         f"SELECT key, dominant_code FROM {label_view_name(name)}").to_pylist())
     totals = Counter()
-    for k, w in zip(sel.column("key").to_pylist(), sel.column("weight").to_pylist()):
+    for k, w in zip(sel.column("key").to_pylist(), sel.column("weight").to_pylist(), strict=False):
         totals[dom[k]] += w
     groups = len(set(dom[k] for k in KEYS.values()))
     assert all(v == pytest.approx(5 / groups) for v in totals.values())
@@ -199,7 +199,7 @@ def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, caps
     s = run_select(root, "num_steps IS NOT NULL", str(tmp_path / "fast_slow.parquet"), balance_by="motion_mean >= 2")
     assert s["labeler"] == name and s["groups"] == {"True": {"clips": 3, "weight_each": pytest.approx(2.5 / 3)},
                                                     "False": {"clips": 2, "weight_each": pytest.approx(1.25)}}
-    w = dict(zip(*[read_selection(s["out"]).column(c).to_pylist() for c in ("key", "weight")]))
+    w = dict(zip(*[read_selection(s["out"]).column(c).to_pylist() for c in ("key", "weight")], strict=False))
     assert w[KEYS["e"]] == pytest.approx(2.5 / 3) and w[KEYS["a"]] == pytest.approx(1.25)
 
     # a full SELECT as --where, no balancing: weights 1

@@ -170,5 +170,5 @@ def test_million_clip_rows_filter_group_by(tmp_path):
         expect.append((reasons[j], int(m.sum()), float(motion[m].astype(np.float64).mean())))
     expect.sort(key=lambda r: (r[0] is not None, r[0] or ""))
     assert [(g["reject_reason"], g["n"]) for g in got] == [(e[0], e[1]) for e in expect]
-    for g, e in zip(got, expect):
+    for g, e in zip(got, expect, strict=False):
         assert g["m"] == pytest.approx(e[2], rel=1e-6)

@@ -108,7 +108,7 @@ def test_resolve_by_sql_joins_shards_and_weights(corpus):
     assert got.num_rows == 6
     assert got.column("shard").to_pylist() == sorted(got.column("shard").to_pylist())
     frames = {_key(i): 10 + i for i in range(6)}
-    for k, w in zip(got.column("key").to_pylist(), got.column("weight").to_pylist()):
+    for k, w in zip(got.column("key").to_pylist(), got.column("weight").to_pylist(), strict=False):
         assert w == frames[k]
 
 

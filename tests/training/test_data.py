@@ -195,7 +195,7 @@ def split_items(corpus, world_size, num_workers, **kw):
     for rank in range(world_size):
         loader = make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=4, num_workers=num_workers,
                              size=OUT, gap_frames=2, rank=rank, world_size=world_size, **kw)
-        out[rank] = [(k, int(t)) for b in loader for k, t in zip(b["key"], b["t"])]
+        out[rank] = [(k, int(t)) for b in loader for k, t in zip(b["key"], b["t"], strict=False)]
     return out
 
 

@@ -34,9 +34,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 def test_gradients_are_averaged_and_replicas_equal(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"r{i}.pt", weights_only=True) for i in range(2))
-    for a, b in zip(r0["params"], r1["params"]):
+    for a, b in zip(r0["params"], r1["params"], strict=False):
         assert torch.equal(a, b)
     # the ranks saw different data (weight gradients differ; bias gradients here do not depend on x)
-    assert any(not torch.allclose(l0, l1) for l0, l1 in zip(r0["local"], r1["local"]))
-    for l0, l1, s0, s1 in zip(r0["local"], r1["local"], r0["synced"], r1["synced"]):
+    assert any(not torch.allclose(l0, l1) for l0, l1 in zip(r0["local"], r1["local"], strict=False))
+    for l0, l1, s0, s1 in zip(r0["local"], r1["local"], r0["synced"], r1["synced"], strict=False):
         assert torch.allclose(s0, (l0 + l1) / 2) and torch.equal(s0, s1)

@@ -171,7 +171,7 @@ def test_load_lerobot_and_align(dataset):
 def _frames_equal(a_root, b_root):
     a = decode(a_root / "videos/observation.images.corner/chunk-000/file-000.mp4")
     b = decode(b_root / "videos/observation.images.corner/chunk-000/file-000.mp4")
-    return len(a) == len(b) and all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=False))
 
 
 def test_action_free_has_videos_without_actions(dataset, tmp_path):

@@ -78,7 +78,7 @@ def test_plain_iterable_is_skipped_on_resume(tmp_path):
 
 def test_recipe_learns_and_logs(tmp_path):
     m = gidm_tiny(**MODEL)
-    s = train(m, cfg(tmp_path, "run", steps=150, log_every=10, ckpt_every=100), make_batches)
+    train(m, cfg(tmp_path, "run", steps=150, log_every=10, ckpt_every=100), make_batches)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 1 and rows[-1]["step"] == 150
     for key in ("loss", "recon_loss", "kl", "latent_norm", "delta_recon", "grad_norm", "lr"):

@@ -174,7 +174,7 @@ class GIDMConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GIDMConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GIDMConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - valid)
         if unknown:
@@ -185,7 +185,7 @@ class GIDMConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "GIDMConfig":
+    def from_json(cls, text: str) -> GIDMConfig:
         return cls.from_dict(json.loads(text))
 
 

@@ -111,7 +111,7 @@ def apply_fast_render(model) -> None:
     model.mat_reflectance[:] = 0
 
 
-_LIVE_ENVS: "weakref.WeakSet[MetaWorldEnv]" = weakref.WeakSet()
+_LIVE_ENVS: weakref.WeakSet[MetaWorldEnv] = weakref.WeakSet()
 
 
 _ATEXIT_REGISTERED = False
