@@ -149,7 +149,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_index(args) -> int:
-    path = _open(args.root).build_index()
+    import uuid
+
+    from defi.pipelines.lock import WriterLock
+
+    corpus = _open(args.root)
+    with WriterLock(corpus, "index", f"index-{uuid.uuid4().hex[:6]}"):  # one writer per root
+        path = corpus.build_index()
     print(f"wrote {path}")
     return 0
 
@@ -175,7 +181,7 @@ def cmd_curate(args) -> int:
             raise UsageError("no SOURCES given")
         if not args.root:
             raise UsageError("--root is required")
-        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit)
+        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit, repair=args.repair)
     except (ConfigError, SourceError) as e:
         raise UsageError(str(e)) from None
     print(summary_text(rec))
@@ -230,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
     c.add_argument("--limit", type=int, help="process at most this many pending videos")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--repair", action="store_true", help="delete clips/shards parts and shards that no commit explains "
+                   "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused")
     from defi.pipelines.config import add_flags
     from defi.pipelines.video import CurateConfig
 
@@ -258,7 +266,10 @@ def _extra_commands() -> list[Callable]:
     from defi.pipelines.train import add_train_parser
     from defi.training.sim.cli import add_sim_parser
 
-    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser]
+    from defi.pipelines.check import add_check_parser
+
+    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser,
+            add_check_parser]
 
 
 _EXTRA_COMMANDS = _extra_commands()
