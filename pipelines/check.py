@@ -54,6 +54,7 @@ def _scan_shard(corpus: Corpus, name: str) -> tuple[str, int, dict[str, set[str]
             size += len(b)
             return b
 
+    last = None
     try:
         with corpus.fs.open(corpus.path(SHARDS_DIR, name), "rb") as f:
             stream = _Hashing(f)
@@ -62,11 +63,33 @@ def _scan_shard(corpus: Corpus, name: str) -> tuple[str, int, dict[str, set[str]
                     if ti.isfile():
                         key, _, ext = ti.name.partition(".")
                         members[key].add(ext)
+                        last = (key, ext)
             while stream.read(1 << 20):  # the zero padding after the last member counts too
                 pass
         return h.hexdigest(), size, members, None
     except (tarfile.TarError, OSError, EOFError) as e:
+        if last is not None:  # the stream failed past this member's header: its data is incomplete
+            members[last[0]].discard(last[1])
         return h.hexdigest(), size, members, f"not a readable tar: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def _uncommitted_parts(corpus: Corpus) -> list[tuple[str, str, str]]:
+    """clips/shards parts outside any commit (no sources part of the same unit)."""
+    committed = {os.path.basename(p) for p in corpus.parts("sources")}
+    pending_dir = corpus.path("pending")
+    pending = {f"part-{os.path.basename(m)[:-len('.json')]}.parquet"
+               for m in (corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else [])}
+    out = []
+    for table in ("clips", "shards"):
+        for p in corpus.parts(table):
+            name = os.path.basename(p)
+            if name in committed:
+                continue
+            if name in pending:
+                out.append(("uncommitted", p, "a killed run's unfinished commit; the next `defi curate` removes it"))
+            else:
+                out.append(("orphan_part", p, "no sources part commits it; `defi curate --repair` deletes it"))
+    return out
 
 
 def check_corpus(root: str, progress: bool = False) -> dict[str, Any]:
@@ -80,19 +103,7 @@ def check_corpus(root: str, progress: bool = False) -> dict[str, Any]:
         bad.add(path)
     n_parts = sum(len(corpus.parts(t)) for t in ("sources", "clips", "shards"))
     n_parts += sum(len(corpus.parts(f"{LABELS_DIR}/{name}")) for name in corpus.labelers())
-    # parts outside any commit
-    committed = {os.path.basename(p) for p in corpus.parts("sources")}
-    pending_dir = corpus.path("pending")
-    pending = {f"part-{os.path.basename(m)[:-len('.json')]}.parquet"
-               for m in (corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else [])}
-    for table in ("clips", "shards"):
-        for p in corpus.parts(table):
-            name = os.path.basename(p)
-            if name not in committed:
-                if name in pending:
-                    problems.append(("uncommitted", p, "a killed run's unfinished commit; the next `defi curate` removes it"))
-                else:
-                    problems.append(("orphan_part", p, "no sources part commits it; `defi curate --repair` deletes it"))
+    problems += _uncommitted_parts(corpus)
     shards = _read_ok(corpus, "shards", bad).to_pylist()
     clips = _read_ok(corpus, "clips", bad).select(["key", "kept", "shard"]).to_pylist()
     by_shard: dict[str, list[str]] = defaultdict(list)

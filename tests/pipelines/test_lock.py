@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from factories import moving_square, scenes, write_video
 
-from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.lock import LOCK_FILE, LockHeld, WriterLock
 from defi.pipelines.video import CurateConfig
@@ -96,7 +95,7 @@ def test_other_host_holder_goes_stale_by_heartbeat(tmp_path):
     assert not (tmp_path / "c" / LOCK_FILE).exists()
 
 
-def test_object_store_lock(tmp_path):
+def test_object_store_lock():
     """The same protocol on an fsspec object store (memory://: no rename, no exclusive create)."""
     import fsspec
 
