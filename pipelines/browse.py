@@ -500,6 +500,9 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
     and ``CorpusError`` for a missing root or bad/non-read-only SQL."""
     from .cli import UsageError
 
+    from .cli import check_out_file
+
+    check_out_file(out, make_parents=True)
     if per_page < 1:
         raise UsageError(f"--per-page must be >= 1, got {per_page}")
     if not preview_seconds > 0:
@@ -560,9 +563,13 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
             doc = render_page(f"defi browse ({i + 1}/{pages})", body)
             data = doc.encode("utf-8")
             tmp = f"{path}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             total_bytes += len(data)
     finally:
         bar.close()

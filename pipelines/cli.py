@@ -53,6 +53,26 @@ def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def check_out_file(out: str, flag: str = "--out", make_parents: bool = False) -> str:
+    """Refuse an output path that cannot be a file: empty, an existing folder, under a file, or
+    (unless ``make_parents``) in a folder that does not exist. Returns it unchanged."""
+    import os
+
+    if not out or not out.strip():
+        raise UsageError(f"{flag} is empty; give a file name")
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        raise UsageError(f"{flag} {out} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    p = parent
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p) if os.path.dirname(p) != p else ""
+    if p and not os.path.isdir(p):
+        raise UsageError(f"{flag} {out}: {p} is a file, not a folder")
+    if not make_parents and not os.path.isdir(parent):
+        raise UsageError(f"{flag} {out}: folder {parent} does not exist")
+    return out
+
+
 def write_result(table, fmt: str, out: str | None) -> None:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -90,9 +110,14 @@ def write_result(table, fmt: str, out: str | None) -> None:
 
 
 def cmd_query(args) -> int:
+    if args.out is not None:
+        check_out_file(args.out)
     corpus = _open(args.root)
     table = corpus.query(args.sql, threads=args.threads)
-    write_result(table, args.format, args.out)
+    try:
+        write_result(table, args.format, args.out)
+    except OSError as e:  # permission denied, disk full ...
+        raise UsageError(f"cannot write {args.out}: {e}") from None
     if args.out:
         print(f"wrote {table.num_rows} rows to {args.out}", file=sys.stderr)
     return 0
@@ -291,7 +316,9 @@ def run_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = args.func(args)
+        # a command returns its exit code; some return their summary (a dict) or None: success
+        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
         nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
         name = f"{args.command} {nested}" if nested else args.command

@@ -81,8 +81,12 @@ class Corpus:
     @classmethod
     def create(cls, root: str, exist_ok: bool = True, storage_options: dict | None = None) -> Corpus:
         """Create a corpus at ``root`` (or open it if it exists and ``exist_ok``)."""
+        if not str(root).strip():
+            raise CorpusError("the corpus root is empty")
         fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         meta = f"{path.rstrip('/')}/{CORPUS_FILE}"
+        if fs.exists(path) and not fs.isdir(path):
+            raise CorpusError(f"corpus root {root} is a file, not a folder")
         if fs.exists(meta):
             if not exist_ok:
                 raise CorpusError(f"corpus already exists at {root}")
@@ -98,15 +102,21 @@ class Corpus:
         fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         path = path.rstrip("/")
         meta = f"{path}/{CORPUS_FILE}"
+        if not str(root).strip():
+            raise CorpusError("the corpus root is empty")
         if not fs.exists(path):
             raise CorpusError(f"corpus root {root} does not exist")
+        if not fs.isdir(path):
+            raise CorpusError(f"corpus root {root} is a file, not a folder")
         if not fs.exists(meta):
             raise CorpusError(f"{root} is not a defi corpus (no {CORPUS_FILE}); create one with `defi curate`")
+        if fs.isdir(meta):
+            raise CorpusError(f"{meta} is a folder, not the corpus's JSON file")
         try:
             info = json.loads(fs.cat_file(meta))
             version = str(info["format_version"])
             major = int(version.split(".")[0])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise CorpusError(f"{meta} is unreadable: {e}") from None
         if major > FORMAT_MAJOR:
             raise CorpusError(
