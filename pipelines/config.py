@@ -42,6 +42,13 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _float(value: Any) -> float:
+    f = float(value)
+    if f != f:  # NaN compares false with everything: as a threshold it would filter nothing
+        raise ValueError(f"not a number: {value!r}")
+    return f
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a file or flag value to the field's type; raise ConfigError naming the key."""
     base, optional = _unwrap_optional(tp)
@@ -64,10 +71,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(f"not an integer: {value!r}")
             return int(value)
         if base is float:
-            f = float(value)
-            if f != f:  # NaN compares false with everything: as a threshold it would filter nothing
-                raise ValueError(f"not a number: {value!r}")
-            return f
+            return _float(value)
         if base is str:
             return str(value)
         if origin in (list, tuple):
