@@ -253,13 +253,16 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
 
     res_scores, res_reason = cfg.resolution(rec)
     t = time.perf_counter()
+    tail = None  # the previous segment's last analysis frames: context for cuts just after a boundary
     for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg, episode):
         tick("decode", t)
         t = time.perf_counter()
         analysis = seg.to_rgb(cfg.analysis.short_side)
         end_s = seg_end_s if seg_end_s is not None else _video_end_s(rec, spec, seg)
         end_frame = int(seg_end_frame) if seg_end_frame is not None else int(seg.indices[-1]) + 1
-        shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s)
+        shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s, context=tail)
+        k = cfg.shots.window_width + 1
+        tail = Frames(analysis.frames[-k:], analysis.pts_s[-k:], analysis.indices[-k:])
         # windows want pts indexed by source frame: this segment's frames, offset to its first index
         pts = np.full(end_frame, np.nan)
         pts[seg.indices] = seg.pts_s
