@@ -189,10 +189,17 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
         rec.source_id = hashlib.blake2b(repr(spec.sort_key).encode(), digest_size=16).hexdigest()
     n = 0
     if rec.error is None:
+        from defi.curate.robot import SidecarError
+
+        sidecar = None
         try:
             episode = load_episode(spec)
+        except SidecarError as e:  # an episode.npz without usable actions: the video is still curated, action-free
+            episode, sidecar = None, str(e)
+            rec.error_detail = f"robot sidecar unusable ({e}); curated action-free"[:500]
         except Exception as e:  # a broken episode file: the source says why, the run goes on
             rec.error, rec.error_detail, episode = "robot_episode_unreadable", f"{type(e).__name__}: {e}"[:500], None
+        _episode_meta(rec, episode, sidecar)
         if rec.error is None:
             if episode is not None and spec.robot.get("format") == "lerobot":
                 rec.duration_s = (episode.to_s or rec.duration_s) - episode.from_s
@@ -208,6 +215,21 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
                 rec.error, rec.error_detail = "processing_failed", f"{type(e).__name__}: {e}"[:500]
     timings["total"] = time.perf_counter() - t0
     yield VideoDone(rec, n, timings, spec_key=spec.sort_key, started_at=started_at, finished_at=time.time())
+
+
+def _episode_meta(rec: SourceRecord, episode, sidecar_error: str | None) -> None:
+    """Keep in the source's ``meta_json`` what the episode says beyond actions: its success flag,
+    the sidecar fields defi does not use, or why the sidecar was unusable."""
+    extra: dict[str, Any] = {}
+    if sidecar_error:
+        extra["sidecar_error"] = sidecar_error
+    if episode is not None and episode.extra:
+        extra["sidecar_fields"] = episode.extra
+    if episode is not None and episode.success is not None:
+        extra["success"] = bool(episode.success)
+    if extra:
+        meta = json.loads(rec.meta_json) if rec.meta_json else {}
+        rec.meta_json = json.dumps({**meta, **extra}, sort_keys=True, default=str)
 
 
 def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:
