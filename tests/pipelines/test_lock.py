@@ -143,3 +143,30 @@ def test_two_concurrent_curate_runs(tmp_path):
         keys = {s["__key__"] for s in wds.WebDataset(c.shard_url(shard), shardshuffle=False)}
         assert {r["key"] for r in kept if r["shard"] == shard} <= keys
     assert not (root / LOCK_FILE).exists()
+
+
+def test_label_is_refused_while_another_run_writes(tmp_path):
+    import torch
+
+    from defi.pipelines.label import LabelConfig, run_label
+    from defi.training.checkpoint import save_checkpoint
+    from defi.training.gidm import GIDM, gidm_tiny
+
+    torch.manual_seed(0)
+    cfg = gidm_tiny(image_size=32, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)
+    ckpt = str(save_checkpoint(tmp_path / "ckpt", GIDM(cfg), cfg, step=1))
+    root = tmp_path / "c"
+    p = _holder(root)
+    try:
+        with pytest.raises(LockHeld, match=f"pid {p.pid}"):
+            run_label(str(root), ckpt, cfg=LabelConfig(engine="local"), progress=False)
+        assert not (root / "labels").exists() and not (root / "runs").exists()
+    finally:
+        p.kill()
+        p.wait()
+    from defi.schemas.selection import SelectionError
+
+    # the holder is gone: the lock is taken, and the run gets as far as its (empty) selection
+    with pytest.raises(SelectionError, match="selection is empty"):
+        run_label(str(root), ckpt, cfg=LabelConfig(engine="local"), progress=False)
+    assert not (root / LOCK_FILE).exists()
