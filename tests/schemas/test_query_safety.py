@@ -112,3 +112,50 @@ def test_defi_query_threads_negative_is_one_line(tmp_path):
     c = _corpus(tmp_path / "c")
     p = subprocess.run([DEFI, "query", "SELECT 1", "--root", c.root, "--threads", "-1"], capture_output=True, text=True)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "threads" in p.stderr, p.stderr
+
+
+def test_object_store_root_is_read_only_too():
+    """A root on an fsspec store (memory://): the same locked connection reads it, writes fail."""
+    import fsspec
+
+    c = Corpus.create("memory://bucket/qsafe")
+    c.write_part("clips", clips_table([ClipRecord(key="k", source_id="a" * 32, start_frame=0, end_frame=1, start_s=0,
+                                                  end_s=1.0, motion_mean=2.0)]), part="u")
+    try:
+        assert c.query("SELECT sum(motion_mean) AS m FROM clips").to_pylist() == [{"m": 2.0}]
+        with pytest.raises(CorpusError, match="Permission"):
+            c.query("WITH a AS (COPY (SELECT 1) TO 'memory_out.csv') SELECT 1")  # past the type check: the engine refuses
+        assert not Path("memory_out.csv").exists()
+    finally:
+        fsspec.filesystem("memory").rm("/bucket/qsafe", recursive=True)
+
+
+def test_the_engine_refuses_writes_without_the_statement_check(tmp_path, monkeypatch):
+    """The guarantee is the connection, not the parser: every file-touching statement, run straight
+    on ``Corpus.connect()`` (no statement-type check), fails and changes nothing."""
+    import duckdb
+
+    monkeypatch.chdir(tmp_path)
+    c = _corpus(tmp_path / "c")
+    part = c.parts("clips")[0]
+    before = _snapshot(tmp_path)
+    con = c.connect()
+    try:
+        for sql in [
+            f"EXPLAIN ANALYZE COPY (SELECT * REPLACE ('X'||key AS key) FROM clips) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)",
+            f"COPY (SELECT 1 AS x) TO '{c.path_root}/corpus.json' (FORMAT csv, USE_TMP_FILE false)",
+            "EXPORT DATABASE 'exported'",
+            "ATTACH 'x.duckdb' AS x",
+            "EXPLAIN ANALYZE INSTALL httpfs",
+            "LOAD httpfs",
+            "SET enable_external_access = true",
+            "SET allowed_paths = ['/']",
+            "RESET lock_configuration",
+            "SELECT * FROM read_text('/etc/hostname')",
+        ]:
+            with pytest.raises(duckdb.Error):
+                con.execute(sql)
+            assert _snapshot(tmp_path) == before, sql
+        assert con.sql("SELECT count(*) FROM clips").fetchall() == [(3,)]
+    finally:
+        con.close()
