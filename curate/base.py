@@ -131,7 +131,20 @@ class Scorer(Operator):
     """Scores a clip's frames; rejects when a threshold is set and crossed.
 
     Subclasses implement ``score(frames) -> dict[str, float]`` and ``reject_reason(scores)``.
+    Every numeric parameter (thresholds ``min_*``/``max_*`` included) must be a finite number
+    >= 0 or None: a NaN threshold would compare false and silently filter nothing.
     """
+
+    def __post_init__(self) -> None:
+        import math
+        from dataclasses import fields
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{self.name}.{f.name} must be a finite number >= 0 (or None to score only), got {v!r}")
 
     def score(self, frames: Frames) -> dict[str, float]:
         raise NotImplementedError

@@ -52,6 +52,7 @@ class RobotEpisode:
     to_s: float | None = None
     timestamp_issues: list[str] = field(default_factory=list)
     video_frames: int | None = None
+    extra: dict = field(default_factory=dict)  # sidecar fields defi does not use, kept for the source's metadata
 
     @property
     def video_times_s(self) -> np.ndarray:
@@ -215,13 +216,55 @@ def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video
     return out
 
 
+class SidecarError(ValueError):
+    """An ``episode.npz`` that cannot give actions: names the field and why."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"{field_name}: {reason}")
+        self.field, self.reason = field_name, reason
+
+
+_NPZ_FIELDS = ("actions", "timestamps", "proprio", "language", "success")
+
+
+def _extra_value(a: np.ndarray):
+    """A JSON-able summary of a sidecar field defi does not use: small values as they are, else
+    their shape and dtype."""
+    if a.dtype.kind in "biufU" and a.size <= 16:
+        return a.tolist()
+    return {"shape": list(a.shape), "dtype": str(a.dtype)}
+
+
+def _npz_success(a: np.ndarray) -> bool:
+    """``success`` as one flag: a scalar, or a per-step array (one flag per step) -> any step."""
+    if a.dtype.kind not in "biuf":
+        raise SidecarError("success", f"expected booleans or numbers, got dtype {a.dtype}")
+    return bool(np.any(a != 0)) if a.size else False
+
+
+def _npz_actions(z) -> np.ndarray:
+    if "actions" not in z.files:
+        raise SidecarError("actions", f"missing (fields: {', '.join(z.files) or 'none'})")
+    raw = z["actions"]
+    if raw.dtype.kind not in "biuf":
+        raise SidecarError("actions", f"expected numbers, got dtype {raw.dtype}")
+    actions = np.asarray(raw, np.float32)
+    if actions.ndim == 1:
+        actions = actions[:, None]
+    if actions.ndim != 2 or len(actions) == 0:
+        raise SidecarError("actions", f"expected [steps, dims] with at least one step, got shape {tuple(raw.shape)}")
+    return actions
+
+
 def load_npz_episode(mp4_path: str | Path, npz_path: str | Path | None = None) -> RobotEpisode:
     """An ``episode.mp4`` with its ``episode.npz`` (default: same name, ``.npz``).
 
     npz arrays: ``actions`` [N, A] (required), ``timestamps`` [N] seconds (default: the video's
     frame pts when the counts match, else ``i / fps``), ``proprio`` [N, P], ``language`` (str),
-    ``success`` (bool). Timestamps on another clock (e.g. wall-clock time) are shifted so the
-    first row falls on the video's first frame, and the shift is reported.
+    ``success`` (a bool, or one flag per step: success = any step). Other fields are kept in
+    ``RobotEpisode.extra``. Timestamps on another clock (e.g. wall-clock time) are shifted so the
+    first row falls on the video's first frame, and the shift is reported. A sidecar that cannot
+    give actions raises ``SidecarError`` naming the field and the reason.
     """
     mp4_path = Path(mp4_path)
     npz_path = Path(npz_path) if npz_path is not None else mp4_path.with_suffix(".npz")
@@ -232,33 +275,43 @@ def load_npz_episode(mp4_path: str | Path, npz_path: str | Path | None = None) -
         rate = c.streams.video[0].average_rate or c.streams.video[0].guessed_rate
     fps = float(rate) if rate else (1.0 / float(np.median(np.diff(pts))) if len(pts) > 1 else 0.0)
     issues: list[str] = []
-    with np.load(npz_path, allow_pickle=False) as z:
-        actions = np.asarray(z["actions"], np.float32)
-        if actions.ndim == 1:
-            actions = actions[:, None]
-        n = len(actions)
-        proprio = np.asarray(z["proprio"], np.float32) if "proprio" in z.files else None
-        language = str(z["language"]) if "language" in z.files else ""
-        success = bool(z["success"]) if "success" in z.files else None
-        if "timestamps" in z.files:
-            ts = np.asarray(z["timestamps"], np.float64)
-            if len(ts) != n:
-                issues.append(f"timestamps has {len(ts)} rows, actions has {n}")
-                ts = ts[:n] if len(ts) > n else np.concatenate([ts, np.full(n - len(ts), np.nan)])
-            start = float(pts[0]) if len(pts) else 0.0
-            if len(ts) and fps and abs(ts[0] - start) > 0.5 / fps:
-                issues.append(f"clock offset: timestamps start at {ts[0]:.4f}s, video at {start:.4f}s; shifted")
-                ts = ts - ts[0] + start
-        elif len(pts) == n:
-            ts = pts.copy()
-        else:
-            ts = (pts[0] if len(pts) else 0.0) + np.arange(n) / fps
+    try:
+        z = np.load(npz_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SidecarError("file", f"{npz_path.name} is not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not hasattr(z, "files"):
+        raise SidecarError("file", f"{npz_path.name} holds one array, not named fields")
+    try:
+        with z:
+            actions = _npz_actions(z)
+            n = len(actions)
+            proprio = np.asarray(z["proprio"], np.float32) if "proprio" in z.files else None
+            language = str(z["language"]) if "language" in z.files else ""
+            success = _npz_success(z["success"]) if "success" in z.files else None
+            extra = {k: _extra_value(z[k]) for k in z.files if k not in _NPZ_FIELDS}
+            if "timestamps" in z.files:
+                ts = np.asarray(z["timestamps"], np.float64).ravel()
+                if len(ts) != n:
+                    issues.append(f"timestamps has {len(ts)} rows, actions has {n}")
+                    ts = ts[:n] if len(ts) > n else np.concatenate([ts, np.full(n - len(ts), np.nan)])
+                start = float(pts[0]) if len(pts) else 0.0
+                if len(ts) and fps and abs(ts[0] - start) > 0.5 / fps:
+                    issues.append(f"clock offset: timestamps start at {ts[0]:.4f}s, video at {start:.4f}s; shifted")
+                    ts = ts - ts[0] + start
+            elif len(pts) == n:
+                ts = pts.copy()
+            else:
+                ts = (pts[0] if len(pts) else 0.0) + np.arange(n) / fps
+    except SidecarError:
+        raise
+    except (ValueError, TypeError, OSError) as e:  # an object array (needs pickle), a bad cast ...
+        raise SidecarError("file", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if proprio is not None and len(proprio) != n:
         issues.append(f"proprio has {len(proprio)} rows, actions has {n}")
     issues += check_timestamps(ts, fps, len(pts))
     return RobotEpisode(uri=str(mp4_path), camera="", episode_index=0, fps=fps, timestamps=ts, actions=actions,
                         proprio=proprio, language=language, success=success, from_s=0.0, to_s=None,
-                        timestamp_issues=issues)
+                        timestamp_issues=issues, extra=extra)
 
 
 class Alignment(NamedTuple):

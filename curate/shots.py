@@ -29,7 +29,8 @@ DETECTORS = ("adaptive", "content")
 
 # The timecodes we hand PySceneDetect count analysis frames (0, 1, 2, ...); the rate attached to
 # them is nominal, because we disable PySceneDetect's own minimum scene length (it counts frames or
-# seconds at that nominal rate) and enforce ``min_shot_s`` ourselves on the real timestamps.
+# seconds at that nominal rate, and would drop a cut) and mark short shots ourselves on the real
+# timestamps.
 _NOMINAL_FPS = 1000.0
 
 
@@ -46,6 +47,7 @@ class Shot(Span):
     end_frame: int
     start_s: float
     end_s: float
+    reject_reason: str | None = None  # "too_short": shorter than ``Shots.min_shot_s`` (still a shot)
 
 
 @dataclass
@@ -61,10 +63,15 @@ class Shots(Operator):
     texture (measured: 2 px/frame over 4 px noise blocks scores ~31 every frame, above the default
     27); AdaptiveDetector does not, which is why it is the default.
     ``luma_only``: compare brightness only (both detectors).
-    ``min_shot_s``: seconds; a cut closer than this to the previous kept cut is dropped, and a last
-    shot shorter than this is merged into the one before it. 0 keeps every cut.
+    ``min_shot_s``: seconds; a shot shorter than this is marked ``reject_reason="too_short"`` (the
+    windows make it one rejected clip). A detected cut always splits, whatever the length of the
+    piece it leaves: merging a short piece into its neighbour would put a cut inside a kept clip.
 
-    Call on all frames at once (``Shots()(frames)``) or stream chunks through ``.stream()``.
+    Call on all frames at once (``Shots()(frames)``) or stream chunks through ``.stream()``. A cut
+    in the last frames is found too: ``finish`` pads the detector with copies of the last frame
+    (the adaptive detector only judges a frame once ``window_width`` frames follow it). ``context``:
+    frames just before ``frames`` (the end of the previous analysis segment), pushed first so a cut
+    in the first frames is judged against what came before; no shot starts inside them.
     """
 
     name: ClassVar[str] = "shots"
@@ -98,12 +105,13 @@ class Shots(Operator):
             )
         return ContentDetector(threshold=self.content_threshold, min_scene_len=0, luma_only=self.luma_only)
 
-    def stream(self) -> "ShotDetector":
+    def stream(self, context: Frames | None = None) -> ShotDetector:
         """A streaming detector: ``push`` chunks, then ``finish``."""
-        return ShotDetector(self)
+        return ShotDetector(self, context)
 
-    def __call__(self, frames: Frames, end_frame: int | None = None, end_s: float | None = None) -> list[Shot]:
-        det = ShotDetector(self)
+    def __call__(self, frames: Frames, end_frame: int | None = None, end_s: float | None = None,
+                 context: Frames | None = None) -> list[Shot]:
+        det = ShotDetector(self, context)
         det.push(frames)
         return det.finish(end_frame=end_frame, end_s=end_s)
 
@@ -115,22 +123,33 @@ class ShotDetector:
     1.4 MB for two hours at 12 fps), never the frames.
     """
 
-    def __init__(self, params: Shots):
+    def __init__(self, params: Shots, context: Frames | None = None):
         self.params = params
         self._det = params.detector_instance()
         self._indices: list[int] = []
         self._pts: list[float] = []
-        self._cuts: list[int] = []  # analysis-frame ordinals where a new shot starts
+        self._cuts: list[int] = []  # detector ordinals where a new shot starts
+        self._pushed = 0  # detector ordinals used (context frames first)
+        self._offset = 0  # ordinal of the first real frame
+        self._last_bgr: np.ndarray | None = None
+        if context is not None and len(context):
+            for img in context.frames:
+                self._feed(img)
+            self._offset = self._pushed
+
+    def _feed(self, img: np.ndarray) -> None:
+        bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+        for tc in self._det.process_frame(FrameTimecode(self._pushed, fps=_NOMINAL_FPS), bgr):
+            self._cuts.append(tc.frame_num)
+        self._pushed += 1
+        self._last_bgr = bgr
 
     def push(self, chunk: Frames) -> None:
         """Feed the next decoded chunk (frames in presentation order, after the previous chunk)."""
-        for img, idx, t in zip(chunk.frames, chunk.indices, chunk.pts_s):
-            ordinal = len(self._indices)
+        for img, idx, t in zip(chunk.frames, chunk.indices, chunk.pts_s, strict=True):
             self._indices.append(int(idx))
             self._pts.append(float(t))
-            bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
-            for tc in self._det.process_frame(FrameTimecode(ordinal, fps=_NOMINAL_FPS), bgr):
-                self._cuts.append(tc.frame_num)
+            self._feed(img)
 
     def finish(self, end_frame: int | None = None, end_s: float | None = None) -> list[Shot]:
         """Shots covering every pushed frame.
@@ -143,7 +162,13 @@ class ShotDetector:
         n = len(self._indices)
         if n == 0:
             return []
-        for tc in self._det.post_process(FrameTimecode(n - 1, fps=_NOMINAL_FPS)):
+        # copies of the last frame let the detector judge the last real frames (no content change
+        # among the copies, so they add no cut of their own; any cut reported on them is dropped)
+        for _ in range(self.params.window_width + 1):
+            for tc in self._det.process_frame(FrameTimecode(self._pushed, fps=_NOMINAL_FPS), self._last_bgr):
+                self._cuts.append(tc.frame_num)
+            self._pushed += 1
+        for tc in self._det.post_process(FrameTimecode(self._pushed - 1, fps=_NOMINAL_FPS)):
             self._cuts.append(tc.frame_num)
         idx = np.asarray(self._indices, np.int64)
         pts = np.asarray(self._pts, np.float64)
@@ -151,33 +176,13 @@ class ShotDetector:
             end_frame = int(idx[-1] + (np.median(np.diff(idx)) if n > 1 else 1))
         if end_s is None:
             end_s = float(pts[-1] + (np.median(np.diff(pts)) if n > 1 else 0.0))
-        cuts = min_length_cuts(sorted(set(c for c in self._cuts if 0 < c < n)), pts, end_s, self.params.min_shot_s)
+        cuts = sorted({c - self._offset for c in self._cuts if 0 < c - self._offset < n})
         bounds = [0, *cuts]
         shots = []
         for i, start in enumerate(bounds):
             last = i + 1 == len(bounds)
             stop_frame = end_frame if last else int(idx[bounds[i + 1]])
             stop_s = end_s if last else float(pts[bounds[i + 1]])
-            shots.append(Shot(i, int(idx[start]), stop_frame, float(pts[start]), stop_s))
+            short = stop_s - float(pts[start]) < self.params.min_shot_s - 1e-9
+            shots.append(Shot(i, int(idx[start]), stop_frame, float(pts[start]), stop_s, "too_short" if short else None))
         return shots
-
-
-def min_length_cuts(cuts: list[int], pts_s: np.ndarray, end_s: float, min_shot_s: float) -> list[int]:
-    """Drop cuts so every shot lasts at least ``min_shot_s`` seconds (where the input allows).
-
-    ``cuts``: sorted analysis-frame ordinals where a shot starts; ``pts_s``: their times. Greedy:
-    a cut less than ``min_shot_s`` after the last kept cut (or the start) is dropped, the first
-    cut of a burst wins (a hard cut is followed by flashes or a dissolve, not preceded); a last
-    shot shorter than ``min_shot_s`` is merged into the previous one by dropping its cut.
-    """
-    if min_shot_s <= 0:
-        return list(cuts)
-    kept: list[int] = []
-    last_s = float(pts_s[0])
-    for c in cuts:
-        if pts_s[c] - last_s >= min_shot_s - 1e-9:
-            kept.append(c)
-            last_s = float(pts_s[c])
-    if kept and end_s - pts_s[kept[-1]] < min_shot_s - 1e-9:
-        kept.pop()
-    return kept

@@ -1,7 +1,8 @@
 """Clips inside shots: pure arithmetic from shot spans to clip spans.
 
 Rules (seconds, all of a shot's duration ``D = end_s - start_s``):
-- ``D < min_clip_s``: one clip spanning the shot, rejected ``too_short``.
+- ``D < min_clip_s``, or the shot carries a ``reject_reason`` (``Shots`` marks a shot shorter
+  than its ``min_shot_s`` ``too_short``): one clip spanning the shot, rejected with that reason.
 - ``D <= max_clip_s`` (or ``max_clip_s`` is None): one clip spanning the whole shot.
 - otherwise windows of ``clip_len_s`` starting every ``stride_s`` from the shot start, as many as
   fit whole; the *remainder* is the window at the next stride position cut off at the shot end
@@ -106,8 +107,10 @@ class Windows(Operator):
         """
         clips: list[Clip] = []
         for shot in shots:
-            for start, end, reason in window_spans(shot.end_s - shot.start_s, self.clip_len_s, self.stride_s,
-                                                   self.min_clip_s, self.max_clip_s):
+            spans = window_spans(shot.end_s - shot.start_s, self.clip_len_s, self.stride_s, self.min_clip_s, self.max_clip_s)
+            if getattr(shot, "reject_reason", None):  # a shot the detector marked (too_short): one rejected clip
+                spans = [(0.0, shot.end_s - shot.start_s, shot.reject_reason)]
+            for start, end, reason in spans:
                 f0 = _frame_at(shot, shot.start_s + start, pts_s)
                 f1 = _frame_at(shot, shot.start_s + end, pts_s)
                 if f1 <= f0:  # a sub-frame remainder (e.g. 12.012 s at 29.97 fps) holds no frame

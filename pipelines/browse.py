@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 from defi.schemas.corpus import Corpus, label_view_name
@@ -177,6 +178,8 @@ def load_clip_rows(corpus: Corpus, keys: Sequence[str], labeler: str | None = No
             view = label_view_name(labeler)
             for r in con.sql(f"SELECT l.* FROM __browse_keys k JOIN {view} l ON l.key = k.key").to_arrow_table().to_pylist():
                 labels.setdefault(r["key"], r)
+    except (duckdb.Error, OSError, pa.ArrowException) as e:
+        raise corpus.sql_error(e) from None
     finally:
         con.close()
     by_key = {r["key"]: r for r in clips}
@@ -497,15 +500,19 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
     and ``CorpusError`` for a missing root or bad/non-read-only SQL."""
     from .cli import UsageError
 
+    from .cli import check_out_file
+
+    check_out_file(out, make_parents=True)
     if per_page < 1:
         raise UsageError(f"--per-page must be >= 1, got {per_page}")
     if not preview_seconds > 0:
         raise UsageError(f"--preview-seconds must be > 0, got {preview_seconds}")
     corpus = Corpus.open(root)
     name = resolve_labeler(corpus, labeler)
+    columns = corpus.columns(sql)  # bound, not run: a query without `key` is refused before it runs
+    if "key" not in columns:
+        raise UsageError(f"the query must return a `key` column (clip key); it returned: {', '.join(columns) or 'no columns'}")
     table = corpus.query(sql)
-    if "key" not in table.column_names:
-        raise UsageError(f"the query must return a `key` column (clip key); it returned: {', '.join(table.column_names) or 'no columns'}")
     keys, extra, seen, notes = [], {}, set(), []
     others = [c for c in table.column_names if c != "key"]
     null_keys = dups = 0
@@ -556,9 +563,13 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
             doc = render_page(f"defi browse ({i + 1}/{pages})", body)
             data = doc.encode("utf-8")
             tmp = f"{path}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             total_bytes += len(data)
     finally:
         bar.close()

@@ -53,6 +53,26 @@ def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def check_out_file(out: str, flag: str = "--out", make_parents: bool = False) -> str:
+    """Refuse an output path that cannot be a file: empty, an existing folder, under a file, or
+    (unless ``make_parents``) in a folder that does not exist. Returns it unchanged."""
+    import os
+
+    if not out or not out.strip():
+        raise UsageError(f"{flag} is empty; give a file name")
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        raise UsageError(f"{flag} {out} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    p = parent
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p) if os.path.dirname(p) != p else ""
+    if p and not os.path.isdir(p):
+        raise UsageError(f"{flag} {out}: {p} is a file, not a folder")
+    if not make_parents and not os.path.isdir(parent):
+        raise UsageError(f"{flag} {out}: folder {parent} does not exist")
+    return out
+
+
 def write_result(table, fmt: str, out: str | None) -> None:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -90,9 +110,14 @@ def write_result(table, fmt: str, out: str | None) -> None:
 
 
 def cmd_query(args) -> int:
+    if args.out is not None:
+        check_out_file(args.out)
     corpus = _open(args.root)
     table = corpus.query(args.sql, threads=args.threads)
-    write_result(table, args.format, args.out)
+    try:
+        write_result(table, args.format, args.out)
+    except OSError as e:  # permission denied, disk full ...
+        raise UsageError(f"cannot write {args.out}: {e}") from None
     if args.out:
         print(f"wrote {table.num_rows} rows to {args.out}", file=sys.stderr)
     return 0
@@ -149,7 +174,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_index(args) -> int:
-    path = _open(args.root).build_index()
+    import uuid
+
+    from defi.pipelines.lock import WriterLock
+
+    corpus = _open(args.root)
+    with WriterLock(corpus, "index", f"index-{uuid.uuid4().hex[:6]}"):  # one writer per root
+        path = corpus.build_index()
     print(f"wrote {path}")
     return 0
 
@@ -175,7 +206,7 @@ def cmd_curate(args) -> int:
             raise UsageError("no SOURCES given")
         if not args.root:
             raise UsageError("--root is required")
-        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit)
+        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit, repair=args.repair)
     except (ConfigError, SourceError) as e:
         raise UsageError(str(e)) from None
     print(summary_text(rec))
@@ -230,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
     c.add_argument("--limit", type=int, help="process at most this many pending videos")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--repair", action="store_true", help="delete clips/shards parts and shards that no commit explains "
+                   "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused")
     from defi.pipelines.config import add_flags
     from defi.pipelines.video import CurateConfig
 
@@ -258,7 +291,10 @@ def _extra_commands() -> list[Callable]:
     from defi.pipelines.train import add_train_parser
     from defi.training.sim.cli import add_sim_parser
 
-    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser]
+    from defi.pipelines.check import add_check_parser
+
+    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser,
+            add_check_parser]
 
 
 _EXTRA_COMMANDS = _extra_commands()
@@ -280,7 +316,9 @@ def run_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = args.func(args)
+        # a command returns its exit code; some return their summary (a dict) or None: success
+        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
         nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
         name = f"{args.command} {nested}" if nested else args.command

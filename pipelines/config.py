@@ -42,6 +42,13 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _float(value: Any) -> float:
+    f = float(value)
+    if f != f:  # NaN compares false with everything: as a threshold it would filter nothing
+        raise ValueError(f"not a number: {value!r}")
+    return f
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a file or flag value to the field's type; raise ConfigError naming the key."""
     base, optional = _unwrap_optional(tp)
@@ -64,7 +71,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(f"not an integer: {value!r}")
             return int(value)
         if base is float:
-            return float(value)
+            return _float(value)
         if base is str:
             return str(value)
         if origin in (list, tuple):
@@ -121,28 +128,41 @@ def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> A
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file into a dict."""
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file into a dict (a mapping at the
+    top level); every problem is a ``ConfigError`` naming the file."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")
-    text = p.read_text()
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p}: {e}") from None
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            return yaml.safe_load(text) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: {str(e).splitlines()[0]}") from None
-    if p.suffix == ".toml":
+    elif p.suffix == ".toml":
         import tomllib
 
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: {e}") from None
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise ConfigError(f"config file {p}: unknown extension (use .yaml, .toml or .json)")
+    elif p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}: invalid JSON: {e}") from None
+    else:
+        raise ConfigError(f"config file {p}: unknown extension (use .yaml, .toml or .json)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: the top level must be a mapping of sections and fields, got a {type(data).__name__}")
+    return data
 
 
 def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:

@@ -23,15 +23,17 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from defi.schemas.corpus import Corpus, defi_version
+from defi.schemas.corpus import SHARDS_DIR, Corpus, CorpusError, defi_version
 from defi.schemas.records import clips_table, sources_table
 from defi.schemas.tables import SHARDS, table_from_rows
 
 from .config import to_dict
-from .shards import Sample, remove_orphans, write_shard
+from .lock import WriterLock
+from .shards import Sample, orphan_shards, remove_orphans, write_shard
 from .sources import SourceSpec, list_sources
 from .video import ClipItem, CurateConfig, VideoDone, dedup_video
 
@@ -59,23 +61,51 @@ def done_specs(corpus: Corpus) -> set[tuple]:
     """Sort keys of sources already committed (uri, episode, camera)."""
     t = corpus.read_table("sources")
     out = set()
-    for uri, meta in zip(t.column("uri").to_pylist(), t.column("meta_json").to_pylist()):
+    for uri, meta in zip(t.column("uri").to_pylist(), t.column("meta_json").to_pylist(), strict=True):
         robot = (json.loads(meta).get("robot") if meta else None) or {}
         out.add((uri, robot.get("episode_index", -1), robot.get("camera", "")))
     return out
 
 
-def clean_uncommitted(corpus: Corpus) -> dict[str, int]:
-    """Remove parts of units without a ``sources`` part (the commit marker), then orphan shards."""
+PENDING_DIR = "pending"  # ROOT/pending/<unit>.json: a unit whose commit has begun and not ended
+
+
+def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
+    """Before a run (under the writer lock): remove what a killed run left of the units it was
+    committing (``pending/<unit>.json`` names them: their clips/shards parts, and shard tars no
+    committed row names), never committed data. A clips or shards part with no ``sources`` part
+    and no pending marker, or a shard tar that committed clips rows name but no ``shards`` row
+    does, means the corpus was damaged (a part deleted): refused with a ``CorpusError`` naming the
+    file, unless ``repair`` (``defi curate --repair``), which deletes those too and lists them."""
     committed = {os.path.basename(p) for p in corpus.parts("sources")}
-    removed = 0
+    pending_dir = corpus.path(PENDING_DIR)
+    markers = corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else []
+    pending = {f"part-{os.path.basename(m)[:-len('.json')]}.parquet" for m in markers}
+    removed, damaged = [], []
     for table in ("clips", "shards"):
         for p in corpus.parts(table):
-            if os.path.basename(p) not in committed:
-                corpus.fs.rm(p)
-                removed += 1
-    shards = remove_orphans(corpus)
-    return {"parts": removed, "shards": len(shards)}
+            name = os.path.basename(p)
+            if name in committed:
+                continue
+            (removed if name in pending else damaged).append(p)
+    if damaged and not repair:
+        raise CorpusError(
+            f"{damaged[0]} has no matching sources part (the unit's commit marker) and no run was committing it: "
+            f"the corpus was changed outside defi ({len(damaged)} such part{'s' if len(damaged) > 1 else ''}); "
+            f"see `defi check {corpus.root}`; `defi curate --repair` deletes them")
+    for p in removed + damaged:
+        corpus.fs.rm(p)
+    orphans = orphan_shards(corpus)
+    referenced = set(corpus.read_table("clips").column("shard").to_pylist())
+    lost = [n for n in orphans if n in referenced]
+    if lost and not repair:
+        raise CorpusError(
+            f"shard {corpus.path(SHARDS_DIR, lost[0])} holds committed clips but no shards row names it (a shards part "
+            f"was deleted?); see `defi check {corpus.root}`; `defi curate --repair` deletes it")
+    gone = remove_orphans(corpus, keep=set() if repair else set(lost))
+    for m in markers:
+        corpus.fs.rm(m)
+    return {"parts": len(removed), "shards": len(gone), "repaired": [os.path.basename(p) for p in damaged] + lost}
 
 
 def _next_shard_index(corpus: Corpus) -> int:
@@ -110,6 +140,8 @@ class Committer:
 
     def commit(self, unit: str) -> None:
         cfg, st = self.cfg, self.stats
+        # the marker first: what a kill leaves of this unit is known to be uncommitted
+        self.corpus.write_json(f"{PENDING_DIR}/{unit}.json", {"unit": unit, "run_id": self.run_id})
         sources, items = [], []
         for d in sorted(self.done.pop(unit), key=lambda d: d.spec_key):
             vid_items = sorted(self.clips.pop(d.spec_key, []), key=lambda it: it.record.key)
@@ -176,6 +208,7 @@ class Committer:
         if shard_rows:
             self.corpus.write_part("shards", table_from_rows(shard_rows, SHARDS, "shards"), part=unit)
         self.corpus.write_part("sources", sources_table(sources), part=unit)
+        self.corpus.fs.rm(self.corpus.path(PENDING_DIR, f"{unit}.json"))
         st.counts["units"] += 1
 
 
@@ -192,17 +225,28 @@ def _versions() -> dict[str, str]:
 
 
 def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool = True, limit: int | None = None,
-                on_video: Callable[[VideoDone], None] | None = None) -> dict[str, Any]:
+               on_video: Callable[[VideoDone], None] | None = None, repair: bool = False) -> dict[str, Any]:
     """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved).
     ``on_video``: called in the driver with each video's ``VideoDone`` as it arrives (its source
-    row, clip count, per-stage timings, node, and the worker's begin/finish wall-clock times)."""
-    from .ray_adapter import curate_stream, ray_session
-
+    row, clip count, per-stage timings, node, and the worker's begin/finish wall-clock times).
+    Holds the root's writer lock (a second writer is refused, ``LockHeld``); ``repair``: delete
+    parts and shards that a damaged corpus holds outside any commit (see ``clean_uncommitted``)."""
     t_start = time.time()
+    specs = list_sources(inputs, kind=cfg.kind, dataset=cfg.dataset)  # a bad input is refused before anything is created
     corpus = Corpus.create(root)
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    cleaned = clean_uncommitted(corpus)
-    specs = list_sources(inputs, kind=cfg.kind, dataset=cfg.dataset)
+    with WriterLock(corpus, "curate", run_id) as lock:
+        return _run_locked(corpus, specs, inputs, root, cfg, run_id, t_start, lock, progress, limit, on_video, repair)
+
+
+def _run_locked(corpus: Corpus, specs: list[SourceSpec], inputs: list[str], root: str, cfg: CurateConfig, run_id: str,
+                t_start: float, lock: WriterLock, progress: bool, limit: int | None,
+                on_video: Callable[[VideoDone], None] | None, repair: bool) -> dict[str, Any]:
+    from .ray_adapter import curate_stream, ray_session
+
+    cleaned = clean_uncommitted(corpus, repair=repair)
+    if lock.took_over:
+        cleaned["took_over_lock_of"] = lock.took_over
     done = done_specs(corpus)
     pending = [s for s in specs if s.sort_key not in done]
     if limit is not None:

@@ -273,16 +273,25 @@ def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig 
 
     ``select``: SQL returning ``key`` or a manifest path (default: every kept clip). ``limit``:
     label at most this many pending clips. Raises ``SelectionError`` for a bad selection and
-    ``CheckpointError``/``ValueError`` for a bad checkpoint or option."""
-    from defi.schemas.selection import resolve_selection
-
+    ``CheckpointError``/``ValueError`` for a bad checkpoint or option, ``LockHeld`` while another
+    run writes the root."""
     cfg = cfg or LabelConfig()
     t_start = time.time()
     corpus = Corpus.open(root)
     # the driver's copy names the labels and sizes the decode; it never labels on the ray engine
     labeler = cfg.labeler(ckpt, device="cpu" if cfg.engine == "ray" else None)
-    name = labeler.name
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    from .lock import WriterLock
+
+    with WriterLock(corpus, "label", run_id):  # one writer per root
+        return _label_locked(corpus, root, labeler, run_id, select, cfg, progress, limit, t_start)
+
+
+def _label_locked(corpus: Corpus, root: str, labeler, run_id: str, select: str | None, cfg: LabelConfig,
+                  progress: bool, limit: int | None, t_start: float) -> dict[str, Any]:
+    from defi.schemas.selection import resolve_selection
+
+    name = labeler.name
     resolved = resolve_selection(corpus, select or DEFAULT_SELECT)
     done = labeled_keys(corpus, name)
     keep = [k not in done for k in resolved.column("key").to_pylist()]

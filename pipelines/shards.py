@@ -3,7 +3,7 @@
 A shard is built in a local temp file, hashed, then moved into ``ROOT/shards/`` under its final
 name in one step (``os.replace`` locally, one upload remotely). Its ``shards`` row and its clips'
 rows are committed after it; a shard with no ``shards`` row is an orphan of a killed run and is
-removed by ``remove_orphans`` before a run starts.
+removed by ``remove_orphans`` before a run starts (under the writer lock, see lock.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import io
 import os
 import tarfile
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -73,25 +72,28 @@ def write_shard(corpus: Corpus, name: str, samples: list[Sample]) -> ShardInfo:
             os.unlink(tmp)
 
 
-def remove_orphans(corpus: Corpus, min_age_s: float = 0.0) -> list[str]:
-    """Delete shard files (and temp files) that no committed ``shards`` row names. Only call this
-    when no other writer is running against the root (``defi curate`` does, before it starts)."""
+def orphan_shards(corpus: Corpus) -> list[str]:
+    """Names of shard tars (and temp files) in ``shards/`` that no committed ``shards`` row names."""
     d = corpus.path(SHARDS_DIR)
     if not corpus.fs.exists(d):
         return []
     known = set(corpus.read_table("shards").column("shard").to_pylist())
-    removed = []
-    now = time.time()
-    for p in corpus.fs.ls(d, detail=True):
-        name = p["name"].rstrip("/").rsplit("/", 1)[-1]
+    out = []
+    for p in corpus.fs.ls(d, detail=False):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
         # shards/ also holds the shards table's parquet parts: only tars and temp files are ours
-        if name in known or not (name.endswith(".tar") or name.startswith(".tmp-")):
+        if name not in known and (name.endswith(".tar") or name.startswith(".tmp-")):
+            out.append(name)
+    return sorted(out)
+
+
+def remove_orphans(corpus: Corpus, keep: set[str] = frozenset()) -> list[str]:
+    """Delete shard files (and temp files) that no committed ``shards`` row names, except ``keep``.
+    Only call this under the root's writer lock (``defi curate`` does, before it starts)."""
+    removed = []
+    for name in orphan_shards(corpus):
+        if name in keep:
             continue
-        mtime = p.get("mtime") or p.get("LastModified")
-        if min_age_s and mtime is not None and hasattr(mtime, "timestamp"):
-            mtime = mtime.timestamp()
-        if min_age_s and isinstance(mtime, (int, float)) and now - mtime < min_age_s:
-            continue
-        corpus.fs.rm(p["name"])
+        corpus.fs.rm(corpus.path(SHARDS_DIR, name))
         removed.append(name)
     return removed

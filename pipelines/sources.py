@@ -45,6 +45,26 @@ class SourceSpec:
         return (self.uri, r.get("episode_index", -1), r.get("camera", ""))
 
 
+def canonical_uri(uri: str) -> str:
+    """One spelling per file: local paths (plain or ``file://``) absolute and normalised (``a/./b``,
+    ``a//b`` and ``a/x/../b`` spelled alike, relative to the current folder); URLs with the
+    scheme and host lower-cased and the path normalised, query kept. The same video named by
+    walking a folder, on the command line or in a manifest is one source, whatever the cwd."""
+    if not _is_remote(uri):
+        return os.path.abspath(os.path.normpath(_strip_file(uri)))
+    from urllib.parse import urlsplit, urlunsplit
+    import posixpath
+
+    u = urlsplit(uri)
+    path = posixpath.normpath(u.path) if u.path else u.path
+    if u.path.endswith("/") and not path.endswith("/"):
+        path += "/"
+    if path.startswith("//"):  # posixpath keeps a leading '//': one slash is the same object
+        path = "/" + path.lstrip("/")
+    return urlunsplit((u.scheme.lower(), u.netloc.lower() if u.scheme in ("http", "https") else u.netloc, path,
+                       u.query, u.fragment))
+
+
 def _is_remote(s: str) -> bool:
     return "://" in s and not s.startswith("file://")
 
@@ -61,6 +81,7 @@ def list_sources(inputs: list[str], kind: str | None = None, dataset: str | None
     for inp in inputs:
         specs += _expand(inp)
     for s in specs:
+        s.uri = canonical_uri(s.uri)
         s.kind = s.kind or kind
         s.dataset = s.dataset or dataset
     seen, out = set(), []
@@ -83,8 +104,11 @@ def _expand(inp: str) -> list[SourceSpec]:
             return _read_manifest(inp)
         else:
             paths = [path]
-        return [SourceSpec(uri=f"{proto}://{p}") for p in sorted(paths) if p.lower().endswith(VIDEO_EXTS)]
+        return [SourceSpec(uri=fs.unstrip_protocol(p) if proto != "file" else p) for p in sorted(paths)
+                if p.lower().endswith(VIDEO_EXTS)]
     local = _strip_file(inp)
+    if not local.strip():
+        raise SourceError("an input is empty")
     if any(ch in local for ch in "*?[") and not os.path.exists(local):
         import glob
 
@@ -93,6 +117,7 @@ def _expand(inp: str) -> list[SourceSpec]:
             out += _expand(p) if os.path.isdir(p) else ([SourceSpec(uri=os.path.abspath(p))] if p.lower().endswith(VIDEO_EXTS) else [])
         return out
     if os.path.isdir(local):
+        local = os.path.abspath(local)
         if os.path.exists(os.path.join(local, "meta", "info.json")):
             return _lerobot_sources(local)
         out = []
@@ -118,6 +143,7 @@ def _expand(inp: str) -> list[SourceSpec]:
 
 
 def _video_or_npz_episode(path: str) -> SourceSpec:
+    path = os.path.abspath(path)
     npz = os.path.splitext(path)[0] + ".npz"
     if os.path.exists(npz):
         return SourceSpec(uri=path, kind="robot", robot={"format": "npz", "npz": npz})
@@ -158,7 +184,7 @@ def _read_manifest(uri: str) -> list[SourceSpec]:
                 rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError, pa.ArrowInvalid) as e:
         raise SourceError(f"manifest {uri}: {str(e).splitlines()[0]}") from None
-    base = os.path.dirname(_strip_file(uri)) if not _is_remote(uri) else None
+    base = os.path.dirname(os.path.abspath(_strip_file(uri))) if not _is_remote(uri) else None
     specs = []
     for i, r in enumerate(rows):
         if not r.get("uri"):

@@ -189,10 +189,17 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
         rec.source_id = hashlib.blake2b(repr(spec.sort_key).encode(), digest_size=16).hexdigest()
     n = 0
     if rec.error is None:
+        from defi.curate.robot import SidecarError
+
+        sidecar = None
         try:
             episode = load_episode(spec)
+        except SidecarError as e:  # an episode.npz without usable actions: the video is still curated, action-free
+            episode, sidecar = None, str(e)
+            rec.error_detail = f"robot sidecar unusable ({e}); curated action-free"[:500]
         except Exception as e:  # a broken episode file: the source says why, the run goes on
             rec.error, rec.error_detail, episode = "robot_episode_unreadable", f"{type(e).__name__}: {e}"[:500], None
+        _episode_meta(rec, episode, sidecar)
         if rec.error is None:
             if episode is not None and spec.robot.get("format") == "lerobot":
                 _describe_episode(rec, episode)
@@ -220,6 +227,21 @@ def _describe_episode(rec: SourceRecord, episode) -> None:
     elif rec.duration_s is not None:
         rec.num_frames, rec.num_frames_exact = int(round(rec.duration_s * episode.fps)), False
     rec.fps_avg = rec.num_frames / rec.duration_s if rec.num_frames and rec.duration_s else None
+
+
+def _episode_meta(rec: SourceRecord, episode, sidecar_error: str | None) -> None:
+    """Keep in the source's ``meta_json`` what the episode says beyond actions: its success flag,
+    the sidecar fields defi does not use, or why the sidecar was unusable."""
+    extra: dict[str, Any] = {}
+    if sidecar_error:
+        extra["sidecar_error"] = sidecar_error
+    if episode is not None and episode.extra:
+        extra["sidecar_fields"] = episode.extra
+    if episode is not None and episode.success is not None:
+        extra["success"] = bool(episode.success)
+    if extra:
+        meta = json.loads(rec.meta_json) if rec.meta_json else {}
+        rec.meta_json = json.dumps({**meta, **extra}, sort_keys=True, default=str)
 
 
 def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:
@@ -265,13 +287,16 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
 
     res_scores, res_reason = cfg.resolution(rec)
     t = time.perf_counter()
+    tail = None  # the previous segment's last analysis frames: context for cuts just after a boundary
     for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg, episode):
         tick("decode", t)
         t = time.perf_counter()
         analysis = seg.to_rgb(cfg.analysis.short_side)
         end_s = seg_end_s if seg_end_s is not None else _video_end_s(rec, spec, seg)
         end_frame = int(seg_end_frame) if seg_end_frame is not None else int(seg.indices[-1]) + 1
-        shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s)
+        shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s, context=tail)
+        k = cfg.shots.window_width + 1
+        tail = Frames(analysis.frames[-k:], analysis.pts_s[-k:], analysis.indices[-k:])
         # windows want pts indexed by source frame: this segment's frames, offset to its first index
         pts = np.full(end_frame, np.nan)
         pts[seg.indices] = seg.pts_s

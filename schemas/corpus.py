@@ -45,7 +45,8 @@ RUNS_DIR = "runs"
 SHARDS_DIR = "shards"
 PART_GLOB = "part-*.parquet"
 
-# Statement types `query` accepts: reading only. COPY ... TO, CREATE, ATTACH, SET ... are refused.
+# Statement types `query` accepts (a friendlier first refusal; the engine settings in
+# `Corpus.connect` are what make a query unable to write).
 _READ_ONLY = {"SELECT", "EXPLAIN"}
 _PART_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
@@ -81,10 +82,14 @@ class Corpus:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str, exist_ok: bool = True, storage_options: dict | None = None) -> "Corpus":
+    def create(cls, root: str, exist_ok: bool = True, storage_options: dict | None = None) -> Corpus:
         """Create a corpus at ``root`` (or open it if it exists and ``exist_ok``)."""
+        if not str(root).strip():
+            raise CorpusError("the corpus root is empty")
         fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         meta = f"{path.rstrip('/')}/{CORPUS_FILE}"
+        if fs.exists(path) and not fs.isdir(path):
+            raise CorpusError(f"corpus root {root} is a file, not a folder")
         if fs.exists(meta):
             if not exist_ok:
                 raise CorpusError(f"corpus already exists at {root}")
@@ -95,20 +100,26 @@ class Corpus:
         return cls(str(root), fs, path.rstrip("/"), info)
 
     @classmethod
-    def open(cls, root: str, storage_options: dict | None = None) -> "Corpus":
+    def open(cls, root: str, storage_options: dict | None = None) -> Corpus:
         """Open an existing corpus; refuses a missing root and a newer major format."""
         fs, path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         path = path.rstrip("/")
         meta = f"{path}/{CORPUS_FILE}"
+        if not str(root).strip():
+            raise CorpusError("the corpus root is empty")
         if not fs.exists(path):
             raise CorpusError(f"corpus root {root} does not exist")
+        if not fs.isdir(path):
+            raise CorpusError(f"corpus root {root} is a file, not a folder")
         if not fs.exists(meta):
             raise CorpusError(f"{root} is not a defi corpus (no {CORPUS_FILE}); create one with `defi curate`")
+        if fs.isdir(meta):
+            raise CorpusError(f"{meta} is a folder, not the corpus's JSON file")
         try:
             info = json.loads(fs.cat_file(meta))
             version = str(info["format_version"])
             major = int(version.split(".")[0])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise CorpusError(f"{meta} is unreadable: {e}") from None
         if major > FORMAT_MAJOR:
             raise CorpusError(
@@ -210,25 +221,88 @@ class Corpus:
         return out
 
     def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with the corpus views defined."""
-        con = duckdb.connect()
+        """An in-memory DuckDB connection with the corpus views defined, that cannot touch a file.
+
+        Read-only at the engine, not by parsing the SQL: every view is a pyarrow dataset over the
+        committed parts (pyarrow does the file reads), and the connection is opened with
+        ``enable_external_access=false`` (no COPY TO/FROM, ATTACH, EXPORT, read_csv/read_parquet
+        of any path, extension install or load), extension autoload/autoinstall off, spilling to a
+        private temp folder removed on ``close`` and ``lock_configuration=true`` (no SET/RESET can
+        undo any of it). DuckDB's ``allowed_paths`` would let a statement read the parts but also
+        overwrite them (``COPY ... TO part (USE_TMP_FILE false)``), so it is not used. What a
+        statement can still change is this connection's own in-memory catalog, which dies with it."""
+        import shutil
+        import tempfile
+
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise CorpusError(f"threads must be a positive integer, got {threads!r}")
+        spill = tempfile.mkdtemp(prefix="defi-duckdb-")
+        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                  "autoload_known_extensions": False, "temp_directory": spill}
         if threads:
-            con.execute(f"SET threads={int(threads)}")
-        for view, parts in self.views().items():
-            schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
-            _define_view(con, view, parts, schema, self)
-        return con
+            config["threads"] = int(threads)
+        con = duckdb.connect(":memory:", config=config)
+        try:
+            for view, parts in self.views().items():
+                schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
+                _define_view(con, view, parts, schema, self)
+            con.execute("SET lock_configuration = true")
+        except (duckdb.Error, OSError, pa.ArrowException) as e:
+            con.close()
+            shutil.rmtree(spill, ignore_errors=True)
+            raise self.sql_error(e) from None
+        return _Connection(con, spill)
 
     def query(self, sql: str, threads: int | None = None) -> pa.Table:
-        """Run read-only SQL over the views; returns an Arrow table. Raises ``CorpusError``."""
+        """Run read-only SQL over the views; returns an Arrow table. Raises ``CorpusError`` (one
+        line; an unreadable part is named)."""
         con = self.connect(threads)
         try:
             check_read_only(con, sql)
             return con.sql(sql).to_arrow_table()
-        except duckdb.Error as e:
-            raise CorpusError(f"SQL error: {_first_line(str(e))}") from None
+        except (duckdb.Error, OSError, pa.ArrowException) as e:
+            raise self.sql_error(e) from None
         finally:
             con.close()
+
+    def columns(self, sql: str) -> list[str]:
+        """The column names ``sql`` would return, found by binding it (nothing runs)."""
+        con = self.connect()
+        try:
+            check_read_only(con, sql)
+            rel = con.sql(sql)  # a SELECT is bound, not run, until its rows are asked for
+            return list(rel.columns) if rel is not None else []
+        except (duckdb.Error, OSError, pa.ArrowException) as e:
+            raise self.sql_error(e) from None
+        finally:
+            con.close()
+
+    def sql_error(self, e: BaseException) -> CorpusError:
+        """A DuckDB error as one line; when a committed part cannot be read, name that file."""
+        bad = self.unreadable_parts(limit=1)
+        if bad:
+            path, why = bad[0]
+            return CorpusError(f"unreadable corpus file {path}: {why} (run `defi check {self.root}`)")
+        msg = _first_line(str(e))
+        if isinstance(e, duckdb.PermissionException):
+            msg += " (queries are read-only: no file may be read or written except the corpus's own tables)"
+        return CorpusError(f"SQL error: {msg}")
+
+    def unreadable_parts(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """(path, reason) for every committed parquet part whose footer cannot be read or whose
+        columns do not fit the table's schema."""
+        out = []
+        for view, parts in self.views().items():
+            if view.startswith("labels_"):
+                continue  # the same parts as latent_actions
+            schema = LATENT_ACTIONS if view == "latent_actions" else TABLES[view]
+            for p in parts:
+                why = _part_problem(self.fs, p, schema)
+                if why:
+                    out.append((p, why))
+                    if limit and len(out) >= limit:
+                        return out
+        return out
 
     def build_index(self) -> str:
         """Write ``index.duckdb`` (local roots only) with the views, so DuckDB's own clients can
@@ -257,8 +331,14 @@ def label_view_name(labeler: str) -> str:
     return "labels_" + re.sub(r"[^A-Za-z0-9_]", "_", labeler)
 
 
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but SELECT/EXPLAIN statements (DELETE, DROP, COPY ... TO, CREATE, ATTACH...)."""
+    """Refuse anything but SELECT statements, also when wrapped in EXPLAIN [ANALYZE] (which runs
+    what it wraps). A first, friendlier refusal: what guarantees that no file is written is the
+    connection's engine settings (``Corpus.connect``); this also keeps a statement from changing
+    the in-memory catalog the query runs against."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
@@ -267,22 +347,68 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise CorpusError("SQL error: empty query")
     for st in statements:
         kind = st.type.name
-        if kind not in _READ_ONLY:
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN.sub("", st.query, count=1)
+            if inner.strip() == st.query.strip():
+                raise CorpusError("only read-only queries are allowed; refused an EXPLAIN whose statement could not be read")
+            check_read_only(con, inner)
+        elif kind not in _READ_ONLY:
             raise CorpusError(f"only read-only queries are allowed; refused a {kind} statement")
+
+
+class _Connection:
+    """A DuckDB connection that removes its private spill folder when closed."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, spill: str):
+        self._con, self._spill = con, spill
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        import shutil
+
+        self._con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
+
+    def __enter__(self) -> _Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _part_problem(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> str | None:
+    """Why a committed parquet part cannot be read as ``schema`` (None when it can)."""
+    try:
+        with fs.open(path, "rb") as f:
+            got = pq.read_schema(f)
+    except FileNotFoundError:
+        return "the file is missing"
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged footer
+        return _first_line(str(e)) or type(e).__name__
+    for field in got:
+        want = schema.field(field.name) if field.name in schema.names else None
+        if want is not None and not field.type.equals(want.type):
+            return f"column {field.name} is {field.type}, expected {want.type}"
+    return None
 
 
 def _define_view(con, view: str, parts: list[str], schema: pa.Schema, corpus: Corpus) -> None:
     if not parts:
         con.register(f"__empty_{view}", schema.empty_table())
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM __empty_{view}")
-    elif corpus.is_local:
-        files = ", ".join(_sql_str(p) for p in parts)
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
     else:
+        # pyarrow reads the files (a part that lacks a newer column reads it as nulls); DuckDB
+        # itself has no file access on this connection (see Corpus.connect)
         import pyarrow.dataset as ds
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-        dataset = ds.dataset(parts, schema=schema, format="parquet", filesystem=PyFileSystem(FSSpecHandler(corpus.fs)))
+        if corpus.is_local:
+            dataset = ds.dataset(parts, schema=schema, format="parquet")
+        else:
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            dataset = ds.dataset(parts, schema=schema, format="parquet", filesystem=PyFileSystem(FSSpecHandler(corpus.fs)))
         con.register(view, dataset)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from defi.curate.base import Frames
-from defi.curate.shots import Shot, Shots, min_length_cuts
+from defi.curate.shots import Shot, Shots
 from factories import moving_square, pan, scenes, smooth_pan, static_color, write_video
 
 FPS = 24
@@ -86,24 +86,51 @@ def test_no_cut_in_a_single_source_video(tmp_path, detector, gen):
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_min_shot_length_drops_cuts_and_merges_a_short_tail(tmp_path, detector):
-    # Cuts at 10, 40, 48; 10 is 0.42 s after the start and 48 is 0.33 s after 40.
+def test_every_cut_splits_and_short_shots_are_marked(tmp_path, detector):
+    # Cuts at 10, 40, 48; 10 is 0.42 s after the start and 48 is 0.33 s after 40: with a 1 s
+    # minimum those pieces are marked too_short, but every cut still splits.
     f = decode(write_video(tmp_path / "s.mp4", scenes([10, 30, 8, 40]), fps=FPS))
     assert _starts(Shots(detector=detector, min_shot_s=0)(f)) == [0, 10, 40, 48]
     shots = Shots(detector=detector, min_shot_s=1.0)(f)
-    assert _starts(shots) == [0, 40]
-    assert all(s.duration_s >= 1.0 for s in shots)
-    # A last shot shorter than the minimum merges into the one before it.
+    assert _starts(shots) == [0, 10, 40, 48]
+    assert [s.reject_reason for s in shots] == ["too_short", None, "too_short", None]
+    # A last shot shorter than the minimum is its own (too_short) shot, not merged.
     f = decode(write_video(tmp_path / "t.mp4", scenes([40, 10]), fps=FPS))
-    assert _starts(Shots(detector=detector, min_shot_s=0)(f)) == [0, 40]
-    assert [(s.start_frame, s.end_frame) for s in Shots(detector=detector, min_shot_s=1.0)(f)] == [(0, 50)]
+    shots = Shots(detector=detector, min_shot_s=1.0)(f)
+    assert [(s.start_frame, s.end_frame, s.reject_reason) for s in shots] == [(0, 40, None), (40, 50, "too_short")]
 
 
-def test_min_length_cuts_arithmetic():
-    pts = np.arange(20) * 0.25  # 4 fps
-    assert min_length_cuts([2, 3, 8, 10], pts, 5.0, 1.0) == [8]  # 2: 0.5 s; 3: 0.75 s; 10: 0.5 s after 8
-    assert min_length_cuts([4, 8, 18], pts, 5.0, 1.0) == [4, 8]  # 18 leaves a 0.5 s tail: merged
-    assert min_length_cuts([4, 8, 18], pts, 5.0, 0.0) == [4, 8, 18]
+def solid_shots(lengths, colors, h=48, w=64):
+    """Solid-colour shots with hard cuts at the cumulative sums of ``lengths``."""
+    for n, c in zip(lengths, colors, strict=True):
+        for _ in range(n):
+            yield np.full((h, w, 3), c, np.uint8)
+
+
+COLORS = [(230, 40, 40), (30, 60, 160), (240, 240, 60), (20, 160, 40)]  # hue and brightness differ: both detectors cut
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("last", [2, 3, 5, 8])
+def test_a_cut_in_the_last_frames_splits(tmp_path, detector, last):
+    """The last shot is a few frames long (bikes.mp4: a cut 8 frames before the end was lost)."""
+    f = decode(write_video(tmp_path / "v.mp4", solid_shots([30, 30, last], COLORS[:3]), fps=FPS))
+    shots = Shots(detector=detector, min_shot_s=0.5)(f)
+    assert [(s.start_frame, s.end_frame) for s in shots] == [(0, 30), (30, 60), (60, 60 + last)]
+    assert [s.reject_reason for s in shots] == [None, None, "too_short"]
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_context_finds_a_cut_just_after_a_segment_boundary(tmp_path, detector, cut):
+    """An analysis segment starting ``cut`` frames before a cut: the previous segment's last frames
+    are the context that lets the detector judge the first frames."""
+    f = decode(write_video(tmp_path / "v.mp4", solid_shots([40 + cut, 30], COLORS[:2]), fps=FPS))
+    ctx = Frames(f.frames[37:40], f.pts_s[37:40], f.indices[37:40])
+    seg = Frames(f.frames[40:], f.pts_s[40:], f.indices[40:])
+    shots = Shots(detector=detector, min_shot_s=0.5)(seg, context=ctx)
+    assert [(s.start_frame, s.end_frame) for s in shots] == [(40, 40 + cut), (40 + cut, 70 + cut)]
+    assert shots[0].reject_reason == "too_short"
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

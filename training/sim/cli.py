@@ -45,8 +45,18 @@ def add_sim_parser(subparsers) -> argparse.ArgumentParser:
                     "Rendering is headless (MUJOCO_GL=egl, else osmesa) with the fast render settings "
                     "by default (no shadows, no multisampling, no reflections).")
     _add_generate_args(gen)
-    gen.set_defaults(func=run_generate)
+    gen.set_defaults(func=cmd_generate)
     return sim
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``defi sim generate``: exit 0 when written, 2 with one line for a bad task or output."""
+    try:
+        run_generate(args)
+    except (ValueError, FileExistsError) as e:
+        print(f"defi sim generate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_generate(args: argparse.Namespace) -> dict:
