@@ -13,7 +13,7 @@ import pyarrow as pa
 
 # Bump MAJOR when a reader of the old format would misread the new one; MINOR for additions that
 # old readers can ignore (a new nullable column). ``Corpus.open`` refuses a newer MAJOR.
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: robot samples carry every action row (schemas/samples.py)
 FORMAT_MAJOR = int(FORMAT_VERSION.split(".")[0])
 
 _f32 = pa.float32()

@@ -41,7 +41,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
+from defi.schemas.samples import (EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO,
+                                  SampleMeta)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,19 @@ class ShardSample:
     actions: np.ndarray | None = None
     proprio: np.ndarray | None = None
     lang: str | None = None
+    row_actions: np.ndarray | None = None  # every recorded row in the clip's span [R, A] (format 1.1)
+    row_proprio: np.ndarray | None = None
+
+    def rows(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, float]:
+        """(actions [R, A], proprio [R, P] or None, frame_rows [num_frames], rows' rate in Hz): the
+        clip's rows at the robot's own rate with, per encoded frame, its row's position (-1: none).
+        Samples written before format 1.1 have one row per frame: ``frame_rows`` is then
+        ``arange(num_frames)`` and the rate is the clip's fps."""
+        m = self.meta
+        if self.row_actions is not None and m.frame_rows is not None:
+            return self.row_actions, self.row_proprio, np.asarray(m.frame_rows, np.int64), float(m.row_fps or m.fps)
+        n = len(self.actions) if self.actions is not None else int(m.num_frames)
+        return self.actions, self.proprio, np.arange(n, dtype=np.int64), float(m.fps)
 
 
 class ShardReader:
@@ -150,11 +164,13 @@ class ShardReader:
             actions = _load_npy(members[EXT_ACTIONS]) if EXT_ACTIONS in members else None
             proprio = _load_npy(members[EXT_PROPRIO]) if EXT_PROPRIO in members else None
             lang = members[EXT_LANG].decode("utf-8") if EXT_LANG in members else meta.language
+            row_actions = _load_npy(members[EXT_ROW_ACTIONS]) if EXT_ROW_ACTIONS in members else None
+            row_proprio = _load_npy(members[EXT_ROW_PROPRIO]) if EXT_ROW_PROPRIO in members else None
         except (ValueError, TypeError, UnicodeDecodeError) as e:
             self._error("bad_member", f"{url}: sample {key}: {type(e).__name__}: {e}")
             return None
         self.stats["samples"] += 1
-        return ShardSample(key, url, meta, members[EXT_VIDEO], actions, proprio, lang)
+        return ShardSample(key, url, meta, members[EXT_VIDEO], actions, proprio, lang, row_actions, row_proprio)
 
     def _error(self, reason: str, message: str) -> None:
         self.stats[f"error:{reason}"] += 1
