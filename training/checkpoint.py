@@ -29,12 +29,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .gidm import GIDM, GIDMConfig
+from .policy import DeFiPolicy, PolicyConfig
 
 FORMAT_VERSION = 1
 
 # model_type -> (config class, model factory(config, **kwargs)). One line per model.
 MODEL_TYPES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "gidm": (GIDMConfig, GIDM),
+    "policy": (PolicyConfig, DeFiPolicy),
 }
 
 

@@ -68,7 +68,7 @@ def test_chunks_hold_every_row_at_the_robot_rate_with_end_mask(corpus):
         want = [r for r in range(2 * t, 2 * t + 4)]
         valid = [r < 12 for r in want]
         assert it["action_mask"].tolist() == valid
-        np.testing.assert_array_equal(it["action_chunk"][:, 0].numpy(), [r if v else 0 for r, v in zip(want, valid)])
+        np.testing.assert_array_equal(it["action_chunk"][:, 0].numpy(), [r if v else 0 for r, v in zip(want, valid, strict=True)])
         assert it["lang"] == "reach"
     old = [it for it in got if it["action_chunk"][0, 1] == 2]
     assert [it["t"] for it in old] == [0, 1, 2, 3]
