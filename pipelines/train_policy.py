@@ -185,25 +185,28 @@ def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     return {t: [float(x) for x in e] for t, e in zip(ordered, embs, strict=True)}
 
 
-def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int]:
-    """(mean [A], std [A], action_dim, rows) over every recorded row of up to ``limit`` selected
-    clips (std floored at 1e-3 so a constant dimension does not blow up)."""
+def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
+    """(mean [A], std [A], action_dim, rows, frame stride) over every recorded row of up to
+    ``limit`` selected clips (std floored at 1e-3 so a constant dimension does not blow up); the
+    frame stride is the rows per encoded frame (2 for a 20 Hz robot curated at 10 fps), the
+    median over those clips."""
     import numpy as np
 
     from defi.training.data import ShardReader
 
     keys = set(dataset.keys[:limit])
     reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
-    rows = []
+    rows, strides = [], []
     for s in reader:
-        a = s.rows()[0]
+        a, _, _, rate = s.rows()
         if a is not None and len(a):
             rows.append(a[np.isfinite(a).all(1)])
+            strides.append(max(1, round(rate / float(s.meta.fps))))
     if not rows:
         raise ValueError("no clip in the selection has actions (curate robot episodes with actions, or select "
                          "WHERE has_actions)")
     allr = np.concatenate(rows)
-    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr)
+    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
 
 
 def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int, texts: dict, text_dim: int, context: int):
@@ -268,7 +271,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
                           size=pc.image_size, pairs_per_clip=cfg.data.pairs_per_clip, shuffle=True,
                           shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, chunk=pc.horizon,
                           context=pc.context_frames)
-    mean, std, action_dim, n_rows = action_stats(dataset, cfg.data.stats_clips)
+    mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
     pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": action_dim})  # the data decides it
     policy = build_policy(cfg)
     policy.action_mean.copy_(torch.as_tensor(mean))
@@ -279,7 +282,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
                          f"{pc.text_dim} (--text.* must be the GFDM's text model)")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows}, indent=2))
-    extra = {"data": {"image_size": pc.image_size, "context_frames": pc.context_frames, "horizon": pc.horizon,
+    extra = {"data": {"image_size": pc.image_size, "context_frames": pc.context_frames, "horizon": pc.horizon, "frame_stride": stride,
                       "action_mean": np.asarray(mean).tolist(), "action_std": np.asarray(std).tolist()},
              "instructions": texts}
 
