@@ -94,7 +94,7 @@ def test_gidm_encoder_takes_gradients_through_encode_tokens():
 
 def test_policy_overfits_a_few_demos():
     p = policy("defi")
-    l1 = steps(p, 150)
+    l1 = steps(p, 40)  # 0.31 -> 0.013 measured
     assert l1[-1] < 0.25 * l1[0], (l1[0], l1[-1])
 
 
