@@ -156,11 +156,24 @@ RUNS = _schema(
     ],
 )
 
+# One row per distinct instruction text and text model (ROOT/text_embeddings/): embedded once,
+# read by GFDM and policy training (defi.training.gfdm.text). Two text models live side by side.
+TEXT_EMBEDDINGS = _schema(
+    "text_embeddings",
+    [
+        pa.field("text_hash", _str, nullable=False),  # sha256 hex of the UTF-8 text
+        pa.field("text_model", _str, nullable=False),  # id of the text model (see text.text_model_id)
+        pa.field("text", _str),
+        pa.field("embedding", pa.list_(_f32)),
+    ],
+)
+
 TABLES: dict[str, pa.Schema] = {
     "sources": SOURCES,
     "clips": CLIPS,
     "shards": SHARDS,
     "latent_actions": LATENT_ACTIONS,
+    "text_embeddings": TEXT_EMBEDDINGS,
 }
 
 
