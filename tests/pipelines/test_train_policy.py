@@ -19,6 +19,7 @@ from defi.training.gfdm import GFDM, gfdm_tiny
 from defi.training.gidm import GIDM, gidm_tiny
 
 S = 32
+pytestmark = pytest.mark.slow  # GFDM/GIDM builds and CLI runs: ~90 s for the module on 2 busy cores
 
 
 def npy(a):
@@ -120,4 +121,4 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     assert "no clip in the selection has actions" in err(*no_actions)
     swapped = [str(tmp / "gidm") if a == str(tmp / "gfdm") else a for a in base]
     assert "a 'gidm' checkpoint where a 'gfdm' checkpoint is expected" in err(*swapped)
-    assert "init" in err(*base, "--init", "dagger")
+    assert "init='dagger'" in err(*base, "--policy.init", "dagger")
