@@ -45,7 +45,7 @@ def add_sim_parser(subparsers) -> argparse.ArgumentParser:
                     "Rendering is headless (MUJOCO_GL=egl, else osmesa) with the fast render settings "
                     "by default (no shadows, no multisampling, no reflections).")
     _add_generate_args(gen)
-    gen.set_defaults(func=run_generate)
+    gen.set_defaults(func=lambda args: run_generate(args) and 0)  # `defi` wants an exit code, not the summary
     return sim
 
 
