@@ -365,3 +365,64 @@ def align_to_frames(episode: RobotEpisode, frame_pts_s: np.ndarray, tolerance_s:
 
     max_err = float(err[ok].max()) if ok.any() else float("nan")
     return Alignment(take(episode.actions), take(episode.proprio), max_err, missed)
+
+
+class ClipRows(NamedTuple):
+    """Every recorded row of an episode inside a clip's span, at the episode's native rate.
+
+    ``index``: int64 [R] row indices into the episode (sorted by time); ``times_s``: float64 [R]
+    their times on the video file's clock (seconds); ``actions``: float32 [R, A] or None;
+    ``proprio``: float32 [R, P] or None; ``frame_rows``: int64 [T], for each clip frame the
+    position in these R rows of the row aligned to it (nearest within half a row period), -1 when
+    none is; ``fps``: the rows' rate (the episode's fps).
+    """
+
+    index: np.ndarray
+    times_s: np.ndarray
+    actions: np.ndarray | None
+    proprio: np.ndarray | None
+    frame_rows: np.ndarray
+    fps: float
+
+
+def rows_in_span(episode: RobotEpisode, start_s: float, end_s: float, frame_pts_s: np.ndarray) -> ClipRows:
+    """Rows whose time (file clock, seconds) lies in the clip's span ``[start_s, end_s)``, shifted
+    back by half a row period so that a row recorded a hair before its frame's pts still belongs
+    to that frame's clip. Clips that tile an episode (each one ending where the next starts)
+    therefore share out its rows exactly: every row lands in one clip, whatever the clip's
+    encoded fps. ``frame_pts_s``: the clip's encoded frames (file clock), mapped to rows as
+    ``align_to_frames`` does."""
+    times = episode.video_times_s
+    half = 0.5 / episode.fps if episode.fps else 1e-6
+    order = np.argsort(times, kind="stable")
+    st = times[order]
+    inside = (st >= start_s - half - 1e-9) & (st < end_s - half - 1e-9)
+    index = order[inside].astype(np.int64)
+    al = align_to_frames(episode, frame_pts_s)
+    frame_pts_s = np.asarray(frame_pts_s, np.float64)
+    rtimes = times[index]
+    frame_rows = np.full(len(frame_pts_s), -1, np.int64)
+    if len(index):
+        pos = np.clip(np.searchsorted(rtimes, frame_pts_s), 1, max(len(rtimes) - 1, 1))
+        left, right = np.clip(pos - 1, 0, len(rtimes) - 1), np.clip(pos, 0, len(rtimes) - 1)
+        pick = np.where(np.abs(rtimes[right] - frame_pts_s) < np.abs(rtimes[left] - frame_pts_s), right, left)
+        ok = np.abs(rtimes[pick] - frame_pts_s) <= half + 1e-9
+        ok[al.missed] = False
+        frame_rows[ok] = pick[ok]
+
+    def take(arr: np.ndarray | None) -> np.ndarray | None:
+        return None if arr is None else np.asarray(arr, np.float32)[index]
+
+    return ClipRows(index, rtimes, take(episode.actions), take(episode.proprio), frame_rows, float(episode.fps))
+
+
+def rows_to_frames(frame_rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """For each of ``num_rows`` rows, the clip frame showing it: the last frame whose aligned row
+    is at or before it (frame 0 for rows before the first aligned frame). With ``frame_rows`` of
+    a clip encoded below the rows' rate, consecutive rows share a frame (the frame is held)."""
+    fr = np.asarray(frame_rows, np.int64)
+    valid = np.flatnonzero(fr >= 0)
+    if len(valid) == 0:
+        return np.zeros(num_rows, np.int64)
+    pos = np.searchsorted(fr[valid], np.arange(num_rows), side="right") - 1
+    return valid[np.clip(pos, 0, len(valid) - 1)]

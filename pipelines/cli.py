@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Extra subcommands register here explicitly, one line each (no registration by import side effect).
 def _extra_commands() -> list[Callable]:
     from defi.pipelines.browse import add_browse_parser
+    from defi.pipelines.eval import add_eval_parser
     from defi.pipelines.export import add_export_parser
     from defi.pipelines.label import add_label_parser, add_select_parser
     from defi.pipelines.train import add_train_parser
@@ -294,7 +295,7 @@ def _extra_commands() -> list[Callable]:
     from defi.pipelines.check import add_check_parser
 
     return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser,
-            add_check_parser]
+            add_check_parser, add_eval_parser]
 
 
 _EXTRA_COMMANDS = _extra_commands()

@@ -1,8 +1,9 @@
 """``defi export lerobot``: write a selection of robot clips as a LeRobot v3.0 dataset.
 
 One selected clip becomes one episode: its frames are the clip's encoded mp4 decoded in full, its
-``action`` and ``observation.state`` rows are the clip's ``<key>.actions.npy`` / ``<key>.proprio.npy``
-(already aligned one row per encoded frame by curation), its task is the clip's language and the
+``action`` and ``observation.state`` rows are every recorded row of the clip (``<key>.rows.*.npy``,
+at the robot's rate, each frame held over the rows it spans when the clip was encoded at a lower
+fps; clips curated before format 1.1: ``<key>.actions.npy``, one row per frame), its task is the clip's language and the
 dataset's fps is the clips' encoded fps. Writing goes through the same v3 writer that
 ``defi sim generate`` uses (``defi.training.sim.lerobot_io.LeRobotV3Writer``), into a temporary
 folder beside ``out`` that is renamed into place when complete, so a killed export never leaves a
@@ -131,12 +132,15 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
         for sample in reader:
             bar.update(1)
             seen.add(sample.key)
+            sample, row_fps = _at_row_rate(sample)
             reason = _check_sample(sample, dims)
             if reason is None:
                 try:
                     frames = decode_frames(sample.mp4)
                 except DecodeError as e:
                     reason = f"undecodable mp4 ({str(e)[:60]})"
+            if reason is None and row_fps is not None:
+                frames, reason = _hold_frames(frames, sample, row_fps, fps if writer is not None else None)
             if reason is None and len(frames) != len(sample.actions):
                 reason = "frame count differs from action rows"
             if reason is None and frames.shape[1:3] != (height, width):
@@ -150,6 +154,7 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
                 features = {"action": {"dtype": "float32", "shape": [dims["action"]], "names": None}}
                 if dims["observation.state"] is not None:
                     features["observation.state"] = {"dtype": "float32", "shape": [dims["observation.state"]], "names": None}
+                fps = row_fps or fps  # robot clips export at their rows' rate, every row kept
                 writer = LeRobotV3Writer(tmp, fps, features, {camera: (height, width)}, robot_type=robot_type, crf=crf)
             columns = {"action": sample.actions}
             if dims["observation.state"] is not None:
@@ -182,6 +187,31 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
         "size": [height, width], "camera": camera, "tasks": info["total_tasks"], "selected": len(keys),
         "skipped": {k: v for k, v in skipped.items() if v}, "seconds": time.time() - t0,
     }
+
+
+def _at_row_rate(sample):
+    """A robot sample with every recorded row (format 1.1) as (sample whose actions/proprio are
+    those rows, their rate as an integer fps or 0 when it is not one); others as (sample, None)."""
+    import dataclasses
+
+    if sample.row_actions is None or sample.meta.frame_rows is None:
+        return sample, None
+    actions, proprio, _, rate = sample.rows()
+    return dataclasses.replace(sample, actions=actions, proprio=proprio), _int_fps(rate) or 0
+
+
+def _hold_frames(frames: np.ndarray, sample, row_fps: int, dataset_fps: int | None):
+    """One frame per row (a clip encoded below the rows' rate holds each frame over its rows), or
+    (frames, why not)."""
+    from defi.curate.robot import rows_to_frames
+
+    if not row_fps:
+        return frames, f"row rate {sample.meta.row_fps} is not an integer fps"
+    if dataset_fps is not None and row_fps != dataset_fps:
+        return frames, f"row rate {row_fps} differs from the dataset's {dataset_fps}"
+    if len(sample.meta.frame_rows) != len(frames):
+        return frames, "frame count differs from the sample's frame-to-row map"
+    return frames[rows_to_frames(sample.meta.frame_rows, len(sample.actions))], None
 
 
 def _check_sample(sample, dims: dict[str, int | None]) -> str | None:

@@ -410,10 +410,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (model.*, train.*, data.*)")
     g.set_defaults(func=cmd_train_gidm)
-    for name in ("gfdm", "policy"):
-        p = sub.add_parser(name, help=f"train the {name} (not built yet)",
-                           description=f"Training the {name} is not built yet: see its issue.")
-        p.set_defaults(func=cmd_not_built)
+    from .train_gfdm import add_gfdm_parser
+    from .train_policy import add_policy_parser
+
+    add_gfdm_parser(sub)
+    add_policy_parser(sub)
     return t
 
 

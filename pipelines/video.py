@@ -33,7 +33,8 @@ from defi.curate.shots import Shots
 from defi.curate.windows import Windows
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord
-from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
+from defi.schemas.samples import (EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO,
+                                  SampleMeta)
 from defi.schemas.tables import FORMAT_VERSION
 
 from .sources import SourceSpec
@@ -375,8 +376,9 @@ def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: 
         return
     item.members[EXT_VIDEO] = buf.getvalue()
     action_dim = None
+    rows = None
     if episode is not None:
-        from defi.curate.robot import align_to_frames
+        from defi.curate.robot import align_to_frames, rows_in_span
 
         al = align_to_frames(episode, sel.pts_s)
         if al.actions is not None:
@@ -387,6 +389,13 @@ def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: 
             r.has_actions = True
         if al.proprio is not None:
             item.members[EXT_PROPRIO] = _npy(al.proprio.astype(np.float32))
+        # every recorded row in the clip's span, at the robot's rate (the per-frame rows above
+        # keep one row per encoded frame: at 10 fps from 20 Hz that is half of them)
+        rows = rows_in_span(episode, r.start_s, r.end_s, sel.pts_s)
+        if rows.actions is not None:
+            item.members[EXT_ROW_ACTIONS] = _npy(rows.actions)
+        if rows.proprio is not None:
+            item.members[EXT_ROW_PROPRIO] = _npy(rows.proprio)
     if r.has_actions is None:
         r.has_actions = False
     if r.language:
@@ -395,6 +404,9 @@ def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: 
                       start_s=r.start_s, end_s=r.end_s, fps=float(r.out_fps), width=int(r.out_width), height=int(r.out_height),
                       num_frames=int(r.out_frames), kind=r.kind, dataset=r.dataset, language=r.language,
                       action_dim=action_dim, format_version=FORMAT_VERSION,
+                      row_fps=None if rows is None else rows.fps,
+                      row_times_s=None if rows is None else [round(float(x), 6) for x in rows.times_s],
+                      frame_rows=None if rows is None else [int(x) for x in rows.frame_rows],
                       extra={"frame_pts_s": [round(float(x), 6) for x in sel.pts_s]})
     item.members[EXT_META] = meta.to_json()
 

@@ -147,11 +147,11 @@ class Corpus:
         return self.url(SHARDS_DIR, name)
 
     def table_dir(self, table: str) -> str:
-        if table in ("sources", "clips", "shards"):
+        if table in ("sources", "clips", "shards", "text_embeddings"):
             return self.path(table)
         if table.startswith(LABELS_DIR + "/"):
             return self.path(table)
-        raise CorpusError(f"unknown table {table!r}; valid: sources, clips, shards, labels/<labeler>")
+        raise CorpusError(f"unknown table {table!r}; valid: sources, clips, shards, text_embeddings, labels/<labeler>")
 
     # -- writing -------------------------------------------------------------------------------
     def write_part(self, table: str, data: pa.Table, part: str | None = None) -> str:
@@ -212,7 +212,7 @@ class Corpus:
     def views(self) -> dict[str, list[str]]:
         """View name -> parquet parts behind it. ``latent_actions`` unions every labeler's parts;
         each labeler also gets its own view ``labels_<name>`` (non-alphanumerics -> ``_``)."""
-        out = {t: self.parts(t) for t in ("sources", "clips", "shards")}
+        out = {t: self.parts(t) for t in ("sources", "clips", "shards", "text_embeddings")}
         out["latent_actions"] = []
         for name in self.labelers():
             ps = self.parts(f"{LABELS_DIR}/{name}")

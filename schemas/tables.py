@@ -13,7 +13,7 @@ import pyarrow as pa
 
 # Bump MAJOR when a reader of the old format would misread the new one; MINOR for additions that
 # old readers can ignore (a new nullable column). ``Corpus.open`` refuses a newer MAJOR.
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: robot samples carry every action row (schemas/samples.py)
 FORMAT_MAJOR = int(FORMAT_VERSION.split(".")[0])
 
 _f32 = pa.float32()
@@ -156,11 +156,24 @@ RUNS = _schema(
     ],
 )
 
+# One row per distinct instruction text and text model (ROOT/text_embeddings/): embedded once,
+# read by GFDM and policy training (defi.training.gfdm.text). Two text models live side by side.
+TEXT_EMBEDDINGS = _schema(
+    "text_embeddings",
+    [
+        pa.field("text_hash", _str, nullable=False),  # sha256 hex of the UTF-8 text
+        pa.field("text_model", _str, nullable=False),  # id of the text model (see text.text_model_id)
+        pa.field("text", _str),
+        pa.field("embedding", pa.list_(_f32)),
+    ],
+)
+
 TABLES: dict[str, pa.Schema] = {
     "sources": SOURCES,
     "clips": CLIPS,
     "shards": SHARDS,
     "latent_actions": LATENT_ACTIONS,
+    "text_embeddings": TEXT_EMBEDDINGS,
 }
 
 

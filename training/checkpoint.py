@@ -28,13 +28,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .gfdm import GFDM, GFDMConfig
 from .gidm import GIDM, GIDMConfig
+from .policy import DeFiPolicy, PolicyConfig
 
 FORMAT_VERSION = 1
 
 # model_type -> (config class, model factory(config, **kwargs)). One line per model.
 MODEL_TYPES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "gidm": (GIDMConfig, GIDM),
+    "gfdm": (GFDMConfig, GFDM),
+    "policy": (PolicyConfig, DeFiPolicy),
 }
 
 
@@ -211,6 +215,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     factory = MODEL_TYPES[mtype][1]
     if mtype == "gidm" and getattr(config, "input_space", "") == "features":
         model_kwargs.setdefault("load_feature_weights", False)  # they are in model.safetensors
+    if mtype == "gfdm":
+        model_kwargs.setdefault("load_pretrained", False)  # SVD weights are in model.safetensors
     model = factory(config, **model_kwargs)
     try:
         model.load_state_dict(weights, strict=True)

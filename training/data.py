@@ -42,7 +42,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from defi.schemas.gap import Gap
-from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_VIDEO, SampleMeta
+from defi.schemas.samples import (EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO,
+                                  SampleMeta)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,19 @@ class ShardSample:
     actions: np.ndarray | None = None
     proprio: np.ndarray | None = None
     lang: str | None = None
+    row_actions: np.ndarray | None = None  # every recorded row in the clip's span [R, A] (format 1.1)
+    row_proprio: np.ndarray | None = None
+
+    def rows(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, float]:
+        """(actions [R, A], proprio [R, P] or None, frame_rows [num_frames], rows' rate in Hz): the
+        clip's rows at the robot's own rate with, per encoded frame, its row's position (-1: none).
+        Samples written before format 1.1 have one row per frame: ``frame_rows`` is then
+        ``arange(num_frames)`` and the rate is the clip's fps."""
+        m = self.meta
+        if self.row_actions is not None and m.frame_rows is not None:
+            return self.row_actions, self.row_proprio, np.asarray(m.frame_rows, np.int64), float(m.row_fps or m.fps)
+        n = len(self.actions) if self.actions is not None else int(m.num_frames)
+        return self.actions, self.proprio, np.arange(n, dtype=np.int64), float(m.fps)
 
 
 class ShardReader:
@@ -151,11 +165,13 @@ class ShardReader:
             actions = _load_npy(members[EXT_ACTIONS]) if EXT_ACTIONS in members else None
             proprio = _load_npy(members[EXT_PROPRIO]) if EXT_PROPRIO in members else None
             lang = members[EXT_LANG].decode("utf-8") if EXT_LANG in members else meta.language
+            row_actions = _load_npy(members[EXT_ROW_ACTIONS]) if EXT_ROW_ACTIONS in members else None
+            row_proprio = _load_npy(members[EXT_ROW_PROPRIO]) if EXT_ROW_PROPRIO in members else None
         except (ValueError, TypeError, UnicodeDecodeError) as e:
             self._error("bad_member", f"{url}: sample {key}: {type(e).__name__}: {e}")
             return None
         self.stats["samples"] += 1
-        return ShardSample(key, url, meta, members[EXT_VIDEO], actions, proprio, lang)
+        return ShardSample(key, url, meta, members[EXT_VIDEO], actions, proprio, lang, row_actions, row_proprio)
 
     def _error(self, reason: str, message: str) -> None:
         self.stats[f"error:{reason}"] += 1
@@ -279,6 +295,13 @@ class ClipDataset(IterableDataset):
             re-reading its share (with new random pairs) when it runs out, so DDP ranks run the
             same number of steps; None: each consumer yields its share once (lengths can differ).
         storage_options: fsspec options for opening shards.
+        chunk: when set (H action rows), items are for policy training: only clips with actions
+            are used, only frames with a recorded row start an item, and each item adds
+            ``action_chunk`` [H, A] (rows at the robot's rate from the row aligned to frame t,
+            every row curation kept: see ``ShardSample.rows``) and ``action_mask`` [H] (False past
+            the clip's last row), and ``lang`` always (``""`` without an instruction).
+        context: frames of history per item (>= 1); above 1 items add ``context``
+            [context, 3, H, W] = frames t-context+1 .. t (frame 0 repeated before the clip start).
 
     Splitting: consumers = world_size x DataLoader workers, consumer id = rank x workers + worker
     id. The epoch's draws are identical in every consumer; then, when there are at least as many
@@ -319,9 +342,15 @@ class ClipDataset(IterableDataset):
         world_size: int | None = None,
         items_per_consumer: int | None = None,
         storage_options: dict | None = None,
+        chunk: int | None = None,
+        context: int = 1,
     ) -> None:
         super().__init__()
         problems = []
+        if chunk is not None and int(chunk) < 1:
+            problems.append(f"chunk must be >= 1 action rows or None, got {chunk}")
+        if int(context) < 1:
+            problems.append(f"context must be >= 1 frames, got {context}")
         for col in ("key", "shard", "weight"):
             if col not in selection.column_names:
                 problems.append(f"selection has no {col!r} column (resolve it with resolve_selection)")
@@ -367,6 +396,8 @@ class ClipDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.items_per_consumer = items_per_consumer
         self.storage_options = storage_options
+        self.chunk = None if chunk is None else int(chunk)
+        self.context = int(context)
         self.stats: Counter = Counter()
 
     # -- planning ------------------------------------------------------------------------------
@@ -468,14 +499,21 @@ class ClipDataset(IterableDataset):
             self.stats["skipped:actions_misaligned"] += 1
             log.warning("ClipDataset: %s has %d action rows for %d frames; skipped", sample.key, len(sample.actions), n)
             return []
+        rows = sample.rows() if self.chunk is not None else None
+        if rows is not None and rows[0] is None:
+            self.stats["skipped:no_actions"] += 1
+            return []
         starts: list[int] = []
         for d in range(draws):
             valid = np.arange(n - span)
+            if rows is not None:  # only frames with a recorded row start a chunk
+                valid = valid[rows[2][valid] >= 0]
             if self.pairs_per_clip is not None and self.pairs_per_clip < len(valid):
                 rng = np.random.default_rng([self.seed, self.epoch, 3, _key_hash(sample.key), d, rnd])
                 valid = np.sort(rng.choice(valid, self.pairs_per_clip, replace=False))
             starts.extend(int(t) for t in valid)
-        needed = sorted({t + j * k for t in starts for j in range(self.window)})
+        needed = sorted({t + j * k for t in starts for j in range(self.window)}
+                        | {max(t - j, 0) for t in starts for j in range(1, self.context)})
         frames = decode_frames(sample.mp4, needed, self.size)
         tensor = torch.from_numpy(to_chw_float(frames))
         row = {f: i for i, f in enumerate(needed)}
@@ -501,6 +539,11 @@ class ClipDataset(IterableDataset):
                 item["proprio"] = torch.from_numpy(np.ascontiguousarray(sample.proprio[t]))
             if sample.lang:
                 item["lang"] = sample.lang
+            if self.context > 1:  # o_t-C+1 .. o_t, the first frame repeated before the clip starts
+                item["context"] = tensor[[row[max(t - j, 0)] for j in range(self.context - 1, -1, -1)]]
+            if rows is not None:
+                item.update(action_chunk(rows[0], int(rows[2][t]), self.chunk))
+                item["lang"] = sample.lang or ""
             out.append(item)
         self.stats["clips"] += 1
         self.stats["items"] += len(out)
@@ -512,6 +555,18 @@ class ClipDataset(IterableDataset):
         from defi.schemas.selection import resolve_selection
 
         return cls(resolve_selection(corpus, select), corpus.shard_url, **kwargs)
+
+
+def action_chunk(rows: np.ndarray, start: int, horizon: int) -> dict[str, torch.Tensor]:
+    """``horizon`` action rows from row ``start`` (the row aligned to the observed frame), at the
+    robot's own rate: ``action_chunk`` float32 [H, A], zero past the clip's last row, and
+    ``action_mask`` bool [H], False there (the end of the episode, when the clip ends it)."""
+    take = rows[start : start + horizon]
+    out = np.zeros((horizon, rows.shape[1]), np.float32)
+    out[: len(take)] = take
+    mask = np.zeros(horizon, bool)
+    mask[: len(take)] = True
+    return {"action_chunk": torch.from_numpy(out), "action_mask": torch.from_numpy(mask)}
 
 
 def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:

@@ -150,6 +150,9 @@ class VQBottleneck(nn.Module):
         # Saved with the model so a resumed run restarts the same codes at the same steps.
         self.register_buffer("usage", torch.zeros(num_codes))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Finetuning inside a policy: codes keep their meaning (no restarts, no usage counting)
+        # while the codebook still trains through the VQ loss. Not saved: a runtime switch.
+        self.frozen_codes = False
 
     @torch.no_grad()
     def _restart_dead_codes(self, z_flat: Tensor) -> int:
@@ -167,7 +170,7 @@ class VQBottleneck(nn.Module):
         z = self.proj(h)
         z_flat = z.reshape(-1, z.shape[-1])
         restarts = 0
-        if self.training:
+        if self.training and not self.frozen_codes:
             if self.restart_interval and int(self.steps) > 0 and int(self.steps) % self.restart_interval == 0:
                 restarts = self._restart_dead_codes(z_flat.detach())
             self.steps += 1
@@ -177,7 +180,7 @@ class VQBottleneck(nn.Module):
         q = self.codebook[ids].view_as(z)
         codebook_loss = F.mse_loss(q, z.detach())
         commit_loss = F.mse_loss(z, q.detach())
-        if self.training:
+        if self.training and not self.frozen_codes:
             self.usage += torch.bincount(ids, minlength=self.codebook.shape[0]).to(self.usage.dtype)
         z_q = z + (q - z).detach()  # straight-through estimator
         return z_q, ids.view(z.shape[:-1]), {
@@ -439,6 +442,21 @@ class GIDM(nn.Module):
         finally:
             self.train(was)
         return {"z": z.float(), "codes": codes}
+
+    def encode_tokens(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None = None) -> tuple[Tensor, Tensor | None, dict]:
+        """Latent action of tokens (``tokens(o_t)`` and tokens of o_t+k, real or predicted) with
+        gradients, for finetuning inside a policy (``encode`` is the no-grad labeling path).
+        Deterministic (continuous: the mean); a VQ bottleneck neither restarts nor counts codes
+        here, whatever the train/eval mode. Returns ``z`` [B, Q, W] (straight-through for VQ),
+        ``codes`` [B, Q] or None, and the bottleneck's terms (``bottleneck_loss``)."""
+        vq = getattr(self.bottleneck, "frozen_codes", None)
+        if vq is not None:
+            self.bottleneck.frozen_codes = True
+        try:
+            return self._encode(tok_t, tok_k, lang_emb, sample=False)
+        finally:
+            if vq is not None:
+                self.bottleneck.frozen_codes = vq
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,365 @@
+"""``defi train policy``: finetune the DeFI policy on the labeled robot clips of a selection.
+
+``defi train policy --root ROOT --select SQL|MANIFEST --gfdm RUN --gidm RUN --out RUN_DIR
+[--init defi|scratch|no-gfdm-pretrain|no-gidm-pretrain|bc]`` loads the pretrained GFDM and GIDM
+(a run folder's latest checkpoint, or a checkpoint folder), embeds the selection's instructions
+once (the corpus' text-embedding cache), builds the shard loader with action chunks
+(``ClipDataset(chunk=H)``: every recorded row, at the robot's rate) and runs the recipe
+``training.recipes.train_policy``. Re-running with the same RUN_DIR resumes.
+
+Config: one ``PolicyRunConfig`` (policy = ``PolicyConfig``, train = ``TrainConfig``, data =
+``PolicyDataConfig``, text = the GFDM's ``TextModelConfig``), resolved as defaults <- ``--config``
+file <- generated flags <- shortcut flags (``--init``, ``--steps``, ``--horizon``). The resolved
+config goes to ``RUN_DIR/run_config.json``; what evaluation needs to see frames as training did
+(size, context frames, instruction embeddings) is stamped into each checkpoint's ``extra``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defi.schemas.gap import Gap
+from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+@dataclass
+class PolicyDataConfig:
+    """How policy items are drawn from the selected clips (``training.data.ClipDataset``)."""
+
+    gap_s: float | None = field(default=None, metadata={"help": "gap o_t -> o_t+k of the true future (forward/"
+                                                                 "consistency losses), seconds; default 1 frame"})
+    pairs_per_clip: int | None = field(default=None, metadata={"help": "items drawn per clip per epoch (default: every t)"})
+    shuffle_buffer: int = field(default=512, metadata={"help": "items mixed in the shuffle buffer"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    stats_clips: int = field(default=500, metadata={"help": "clips read for the action mean/std"})
+
+    def __post_init__(self) -> None:
+        errors = []
+        try:
+            Gap.from_fields(self.gap_s)
+        except ValueError as e:
+            errors.append(str(e))
+        if self.pairs_per_clip is not None and self.pairs_per_clip < 1:
+            errors.append(f"pairs_per_clip={self.pairs_per_clip!r}: must be >= 1 (or null: every t)")
+        if self.shuffle_buffer < 0 or self.num_workers < 0 or self.stats_clips < 1:
+            errors.append("shuffle_buffer and num_workers must be >= 0, stats_clips >= 1")
+        if errors:
+            raise ValueError("invalid PolicyDataConfig: " + "; ".join(errors))
+
+
+def _run_config_cls() -> type:
+    """``PolicyRunConfig``, built on first use (the model configs live beside torch code)."""
+    if "PolicyRunConfig" in globals():
+        return globals()["PolicyRunConfig"]
+    from defi.training.gfdm import TextModelConfig
+    from defi.training.policy import PolicyConfig
+    from defi.training.recipes.train_policy import TrainConfig
+
+    globals().update(PolicyConfig=PolicyConfig, TrainConfig=TrainConfig, TextModelConfig=TextModelConfig)
+
+    def _train_default():
+        return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
+
+    @dataclass
+    class PolicyRunConfig:
+        """A whole ``defi train policy`` run."""
+
+        root: str = field(default="", metadata={"help": "corpus root (local folder or fsspec URL)"})
+        select: str = field(default="", metadata={"help": "clips with actions: SQL returning key[, weight] or a manifest"})
+        gfdm: str = field(default="", metadata={"help": "GFDM run or checkpoint folder (not used by --init bc)"})
+        gidm: str = field(default="", metadata={"help": "GIDM run or checkpoint folder (not used by --init bc)"})
+        out: str = field(default="", metadata={"help": "run folder: checkpoints/, metrics.jsonl, tb/, run_config.json"})
+        policy: PolicyConfig = field(default_factory=PolicyConfig)
+        train: TrainConfig = field(default_factory=_train_default)
+        data: PolicyDataConfig = field(default_factory=PolicyDataConfig)
+        text: TextModelConfig = field(default_factory=TextModelConfig)
+
+    globals()["PolicyRunConfig"] = PolicyRunConfig
+    return PolicyRunConfig
+
+
+def resolve_run_config(args: argparse.Namespace):
+    """Defaults <- ``--config`` file <- generated flags <- shortcut flags."""
+    data: dict[str, Any] = {}
+    if args.config:
+        data = merge(data, load_file(args.config))
+    data = merge(data, flag_overrides(args))
+    short: dict[str, Any] = {}
+    if args.init is not None:
+        short["init"] = args.init
+    if args.horizon is not None:
+        short["horizon"] = args.horizon
+    data = merge(data, {"policy": short})
+    if args.steps is not None:
+        data = merge(data, {"train": {"steps": args.steps}})
+    if args.no_progress:
+        data = merge(data, {"train": {"progress": False}})
+    cfg = from_dict(_run_config_cls(), data)
+    cfg.train.out_dir = cfg.out
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces: pretrained parts, instruction embeddings, action statistics
+# ---------------------------------------------------------------------------------------------
+def checkpoint_dir(path: str) -> Path:
+    """A checkpoint folder, or a run folder's latest ``checkpoints/step-*``."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return p
+    found = sorted((p / "checkpoints").glob("step-*"))
+    if found:
+        return found[-1]
+    raise ValueError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
+
+
+def load_part(path: str, want: str, pretrained: bool):
+    """(module or None, config) of a GFDM/GIDM checkpoint; a checkpoint of another model type is
+    refused naming both. ``pretrained=False`` returns only its config (the ablations keep the
+    architecture, not the weights)."""
+    from defi.training.checkpoint import load_checkpoint, load_config
+
+    ckpt = checkpoint_dir(path)
+    mtype, config = load_config(ckpt)
+    if mtype != want:
+        raise ValueError(f"--{want} {path}: a {mtype!r} checkpoint where a {want!r} checkpoint is expected")
+    if not pretrained:
+        return None, config
+    model, config, _ = load_checkpoint(ckpt)
+    return model, config
+
+
+def fill_policy_config(cfg) -> None:
+    """Set ``cfg.policy.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
+    GIDM checkpoints' configs (and check them: types, image sizes), without loading weights."""
+    pc = cfg.policy
+    if pc.init != "bc":
+        for flag in ("gfdm", "gidm"):
+            if not getattr(cfg, flag):
+                raise ValueError(f"--init {pc.init} needs --{flag} (a run or checkpoint folder)")
+        _, gfdm_cfg = load_part(cfg.gfdm, "gfdm", False)
+        _, gidm_cfg = load_part(cfg.gidm, "gidm", False)
+        if gfdm_cfg.image_size != gidm_cfg.image_size:
+            raise ValueError(f"GFDM image_size {gfdm_cfg.image_size} differs from GIDM image_size {gidm_cfg.image_size}")
+        pc.gfdm, pc.gidm = gfdm_cfg.to_dict(), gidm_cfg.to_dict()
+        pc.image_size, pc.context_frames, pc.text_dim = gfdm_cfg.image_size, gfdm_cfg.context_frames, gfdm_cfg.text_dim
+    pc.text_model = dataclasses.asdict(cfg.text)
+    cfg.policy = type(pc).from_dict(pc.to_dict())  # validate the filled config
+
+
+def build_policy(cfg) -> Any:
+    """The ``DeFiPolicy`` of ``cfg.policy`` (filled by ``fill_policy_config``): pretrained parts
+    loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
+    architecture elsewhere."""
+    from defi.training.policy import DeFiPolicy
+
+    pc = cfg.policy
+    gfdm = gidm = None
+    if pc.init != "bc":
+        gfdm, _ = load_part(cfg.gfdm, "gfdm", pc.init in ("defi", "no-gidm-pretrain"))
+        gidm, _ = load_part(cfg.gidm, "gidm", pc.init in ("defi", "no-gfdm-pretrain"))
+    return DeFiPolicy(pc, gfdm=gfdm, gidm=gidm)
+
+
+def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
+    """Instruction text -> embedding for every distinct instruction of the selected clips
+    (``""`` -> zeros is added by the caller), from the corpus cache."""
+    from defi.training.gfdm import embed_instructions
+
+    keys = selection.column("key").to_pylist()
+    texts: set[str] = set()
+    for i in range(0, len(keys), 5000):
+        part = ", ".join("'" + k.replace("'", "''") + "'" for k in keys[i:i + 5000])
+        texts |= {r["language"] for r in corpus.query(
+            f"SELECT DISTINCT language FROM clips WHERE key IN ({part}) AND language IS NOT NULL").to_pylist()}
+    texts.discard("")
+    ordered = sorted(texts)
+    if not ordered:
+        return {}
+    embs = embed_instructions(corpus, ordered, text_cfg)
+    return {t: [float(x) for x in e] for t, e in zip(ordered, embs, strict=True)}
+
+
+def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
+    """(mean [A], std [A], action_dim, rows, frame stride) over every recorded row of up to
+    ``limit`` selected clips (std floored at 1e-3 so a constant dimension does not blow up); the
+    frame stride is the rows per encoded frame (2 for a 20 Hz robot curated at 10 fps), the
+    median over those clips."""
+    import numpy as np
+
+    from defi.training.data import ShardReader
+
+    keys = set(dataset.keys[:limit])
+    reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
+    rows, strides = [], []
+    for s in reader:
+        a, _, _, rate = s.rows()
+        if a is not None and len(a):
+            rows.append(a[np.isfinite(a).all(1)])
+            strides.append(max(1, round(rate / float(s.meta.fps))))
+    if not rows:
+        raise ValueError("no clip in the selection has actions (curate robot episodes with actions, or select "
+                         "WHERE has_actions)")
+    allr = np.concatenate(rows)
+    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
+
+
+def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int, texts: dict, text_dim: int, context: int):
+    """Endless policy batches (``obs``, ``text_emb``, ``action_chunk``, ``action_mask``, ``future``)."""
+    import itertools
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from defi.training.data import collate_items
+
+    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
+    zero = [0.0] * text_dim
+    for epoch in itertools.count(first_epoch):
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items,
+                            drop_last=True, persistent_workers=False)
+        n = 0
+        for b in loader:
+            n += 1
+            obs = b["context"].flatten(1, 2) if context > 1 else b["obs"]
+            out = {"obs": obs, "action_chunk": b["action_chunk"], "action_mask": b["action_mask"], "future": b["next_obs"]}
+            if text_dim:
+                out["text_emb"] = torch.tensor([texts.get(t, zero) for t in b["lang"]], dtype=torch.float32)
+            yield out
+        if n == 0:
+            raise ValueError(f"the selection yields fewer than batch_size={batch_size} items per epoch "
+                             f"({dict(dataset.stats)}); lower --train.batch_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def run_train_policy(cfg) -> dict[str, Any]:
+    """Build the policy, the loader and the action statistics, train (or resume); returns the
+    recipe's summary plus ``config``, ``selected_clips``, ``action_rows`` and ``wall_s``. Raises
+    ValueError (one line) for bad input."""
+    import numpy as np
+    import torch
+
+    from defi.schemas.corpus import Corpus
+    from defi.schemas.selection import resolve_selection
+    from defi.training.data import ClipDataset
+    from defi.training.recipes.train_policy import train_policy
+
+    for name in ("root", "select", "out"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required")
+    out = Path(cfg.out)
+    saved = out / RUN_CONFIG_FILE
+    fill_policy_config(cfg)
+    if saved.is_file() and any((out / "checkpoints").glob("step-*")):
+        old = json.loads(saved.read_text()).get("policy", {})
+        diff = [k for k, v in to_dict(cfg.policy).items() if k != "action_dim" and old.get(k) != v]
+        if diff:
+            raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); "
+                             "use a new --out")
+    corpus = Corpus.open(cfg.root)
+    selection = resolve_selection(corpus, cfg.select)
+    pc = cfg.policy
+    dataset = ClipDataset(selection, corpus.shard_url, gap=Gap.from_fields(cfg.data.gap_s, default=Gap.of_frames(1)),
+                          size=pc.image_size, pairs_per_clip=cfg.data.pairs_per_clip, shuffle=True,
+                          shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, chunk=pc.horizon,
+                          context=pc.context_frames)
+    mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
+    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": action_dim})  # the data decides it
+    policy = build_policy(cfg)
+    policy.action_mean.copy_(torch.as_tensor(mean))
+    policy.action_std.copy_(torch.as_tensor(std))
+    texts = instruction_table(corpus, selection, cfg.text) if pc.text_dim else {}
+    if texts and len(next(iter(texts.values()))) != pc.text_dim:
+        raise ValueError(f"instruction embeddings are {len(next(iter(texts.values())))} wide, the policy wants "
+                         f"{pc.text_dim} (--text.* must be the GFDM's text model)")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows}, indent=2))
+    extra = {"data": {"image_size": pc.image_size, "context_frames": pc.context_frames, "horizon": pc.horizon, "frame_stride": stride,
+                      "action_mean": np.asarray(mean).tolist(), "action_std": np.asarray(std).tolist()},
+             "instructions": texts}
+
+    def make_batches(start_step: int):
+        return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step, texts, pc.text_dim,
+                            pc.context_frames)
+
+    flushed = torch.set_flush_denormal(True)  # see pipelines/train.py: denormals made CPU steps ~10x slower
+    t0 = time.perf_counter()
+    try:
+        result = train_policy(policy, cfg.train, make_batches, extra=extra)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+    result.update(config=cfg, selected_clips=len(dataset.keys), action_rows=n_rows, wall_s=time.perf_counter() - t0,
+                  data_stats=dict(dataset.stats))
+    return result
+
+
+def summary_text(res: dict[str, Any]) -> str:
+    from defi.training.policy import num_parameters
+
+    cfg = res["config"]
+    m = res["model"]
+    lines = [f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
+             f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters"]
+    if res["resumed_from"]:
+        lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
+    if res["steps_run"]:
+        lines.append(f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} in {res['wall_s']:.1f} s "
+                     f"({res['seconds_per_step'] * 1000:.0f} ms/step)")
+        lines.append(f"  loss     {res['first_loss']:.4g} -> {res['last_loss']:.4g}; action L1 {res['first_l1']:.4g} -> "
+                     f"{res['last_l1']:.4g}")
+    else:
+        lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
+    lines.append(f"  checkpoint {res['checkpoint']}")
+    return "\n".join(lines)
+
+
+def cmd_train_policy(args: argparse.Namespace) -> int:
+    from defi.schemas.corpus import CorpusError
+    from defi.schemas.selection import SelectionError
+    from defi.training.checkpoint import CheckpointError
+
+    from .cli import UsageError, one_line
+
+    try:
+        cfg = resolve_run_config(args)
+        if args.dry_run:
+            print(json.dumps(to_dict(cfg), indent=2))
+            return 0
+        res = run_train_policy(cfg)
+    except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:
+        raise UsageError(one_line(e)) from None
+    print(summary_text(res))
+    return 0
+
+
+def add_policy_parser(sub) -> argparse.ArgumentParser:
+    """Add ``policy`` to ``defi train``'s subparsers (their parser class generates flags lazily)."""
+    from defi.training.policy.configuration_policy import INITS
+
+    p = sub.add_parser(
+        "policy", help="finetune the DeFI policy (GFDM + GIDM + action head) on labeled robot clips",
+        description="Finetune the DeFI policy on the robot clips with actions a SQL query or manifest selects: "
+                    "GFDM features of the predicted future -> projection -> pretrained GIDM encoder -> action "
+                    "head -> H actions. Re-running with the same --out resumes. Config: defaults <- --config <- "
+                    "--policy.*/--train.*/--data.*/--text.* flags <- shortcut flags.")
+    p.add_argument("--config", help="YAML/TOML/JSON file with the run config's sections")
+    p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
+    p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
+    p.add_argument("--steps", type=int, help="optimizer steps (same as --train.steps)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
+    p.set_defaults(func=cmd_train_policy)
+    return p

@@ -1,0 +1,91 @@
+"""``defi eval``: a tiny policy rolled out for 2 short episodes of one Meta-World task, end to end:
+results.json with the Wilson interval, one rollout mp4, and a report whose video plays in headless
+Chromium. Plus the pieces: Wilson bounds, the H.264 round trip, bad input as one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from browser import check_page, find_chromium
+
+import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
+
+pytest.importorskip("metaworld")
+
+from defi.pipelines.cli import main as defi_main
+from defi.training.checkpoint import save_checkpoint
+from defi.training.policy import DeFiPolicy, PolicyConfig
+from defi.training.sim import instruction_for
+from defi.training.sim.evaluate import EvalConfig, H264RoundTrip, evaluate, wilson
+
+
+def test_wilson_interval():
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+    lo, hi = wilson(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=1e-3)
+
+
+def test_round_trip_returns_each_frame_lossy_but_close():
+    trip = H264RoundTrip(32, 32, crf=23)
+    y, x = np.mgrid[:32, :32]
+    for i in range(5):
+        img = np.stack([(x * 8 + i) % 256, (y * 8) % 256, np.full_like(x, 100)], -1).astype(np.uint8)
+        out = trip(img)
+        assert out.shape == img.shape
+        err = np.abs(out.astype(int) - img.astype(int)).mean()
+        assert 0 < err < 12
+
+
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory):
+    """A bc policy (no GFDM/GIDM needed) with small random weights, saved as a run folder."""
+    torch.manual_seed(0)
+    cfg = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=8, head_dim=32, bc_width=8)
+    policy = DeFiPolicy(cfg)
+    run = tmp_path_factory.mktemp("policy")
+    save_checkpoint(run / "checkpoints" / "step-00000001", policy, cfg, step=1,
+                    extra={"data": {"frame_stride": 2}, "instructions": {instruction_for("reach-v3"): [0.1] * 8}})
+    return run
+
+
+def test_eval_is_deterministic_given_seed(policy_run):
+    cfg = EvalConfig(tasks=["reach-v3"], episodes=2, max_steps=12, videos=0, seed=3)
+    a = evaluate(str(policy_run), cfg, progress=False)
+    b = evaluate(str(policy_run), cfg, progress=False)
+    assert [r.steps for r in a["episodes"]] == [r.steps for r in b["episodes"]] == [12, 12]
+    assert a["per_task"] == b["per_task"]
+    assert all(v > 0 for v in a["timings"].values())
+
+
+@pytest.mark.slow  # Chromium start and real-time playback, ~15 s
+def test_defi_eval_writes_report_with_playing_video(policy_run, tmp_path, capsys):
+    if find_chromium() is None:
+        pytest.skip("no Chromium on PATH")
+    out = tmp_path / "eval"
+    rc = defi_main(["eval", "--policy", str(policy_run), "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "2",
+                    "--seed", "1", "--max-steps", "16", "--videos", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "reach-v3" in printed and "report" in printed
+    res = json.loads((out / "results.json").read_text())
+    t = res["per_task"]["reach-v3"]
+    assert t["episodes"] == 2 and 0 <= t["successes"] <= 2 and len(t["wilson95"]) == 2
+    assert [e["steps"] for e in res["episodes"]] == [16, 16] or any(e["success"] for e in res["episodes"])
+    vids = sorted((out / "videos").glob("*.mp4"))
+    assert [v.name for v in vids] == ["reach-v3-000.mp4"]
+    report = check_page(out / "report.html", timeout_s=60)
+    assert report["videos"] == 1 and report["playing"] == 1, report
+    assert report["broken"] == [] and report["console_errors"] == []
+
+
+def test_bad_input_is_one_line(policy_run, tmp_path, capsys):
+    rc = defi_main(["eval", "--policy", str(policy_run), "--tasks", "no-such-task-v3", "--episodes", "1",
+                    "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "no-such-task-v3" in err
+    rc = defi_main(["eval", "--policy", str(tmp_path), "--tasks", "reach-v3", "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--policy" in err

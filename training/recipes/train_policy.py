@@ -1,0 +1,144 @@
+"""Recipe: finetune the DeFI policy on labeled robot clips. Read top to bottom: setup (or
+resume), loop, checkpoint.
+
+The caller builds the policy (``DeFiPolicy`` with its pretrained GFDM/GIDM, or random ones for the
+ablations) and sets its action standardisation; this recipe trains what requires gradients with
+one AdamW learning rate (the release's recipe: action loss + the GIDM's VQ terms; the optional
+losses and the staged GFDM unfreeze come from ``PolicyConfig``).
+
+Data: ``batches`` is an iterable of batches or a callable ``make_batches(start_step)``. A batch is
+a dict
+    obs           float [B, 3c, S, S] in [0, 1]   o_t-c+1 .. o_t stacked on channels, o_t last
+    text_emb      float [B, D]                     optional: instruction embeddings
+    action_chunk  float [B, H, A]                  the next H action rows at the robot's rate
+    action_mask   bool  [B, H]                     False past the end of the clip
+    future        float [B, 3, S, S]               optional: the true o_t+k (forward/consistency losses)
+
+Resume: if ``out_dir/checkpoints`` holds a checkpoint, weights, optimizer, scheduler, step and RNG
+are restored from the latest; the GFDM unfreeze is re-applied from the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..policy import DeFiPolicy
+from .train_gidm import TrainConfig, _scalars, _seed_all, last_checkpoint, lr_factor
+
+__all__ = ["TrainConfig", "train_policy", "last_checkpoint"]
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _to(v: Any, device: torch.device) -> torch.Tensor | None:
+    return v.to(device, non_blocking=True) if torch.is_tensor(v) else None
+
+
+def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[dict] | Callable[[int], Iterable[dict]],
+                 extra: dict | None = None) -> dict[str, Any]:
+    """Train (or resume) ``policy``; returns a summary: steps run, start step, losses, first/last
+    loss and action L1, seconds per step, last checkpoint, and the trained ``model``. ``extra``
+    (JSON) is stored in every checkpoint's state.json (the data facts eval needs)."""
+    # --- setup -------------------------------------------------------------------------------
+    cfg = policy.config
+    out = Path(train_cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(train_cfg)
+    use_bf16 = train_cfg.bf16 and device.type == "cuda"
+    _seed_all(train_cfg.seed)
+    start_step, resumed_from = 0, None
+    ckpt = last_checkpoint(out)
+    state = None
+    if ckpt is not None:
+        loaded, saved_cfg, state = load_checkpoint(ckpt)
+        if saved_cfg != cfg:
+            raise ValueError(f"{ckpt}: saved policy config differs from the one given; use a new out_dir")
+        policy.load_state_dict(loaded.state_dict())
+        start_step, resumed_from = state["step"], str(ckpt)
+    unfreeze_at = cfg.unfreeze_gfdm_step
+    policy.set_gfdm_trainable(0 <= unfreeze_at <= start_step)
+    policy.to(device)
+    # every parameter that may ever train is in the optimizer; frozen ones have no grad, which
+    # AdamW skips, so a staged unfreeze needs no second optimizer
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_cfg))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+    metrics_path = out / "metrics.jsonl"
+    kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start_step] \
+        if metrics_path.exists() else []
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+    writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+    stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
+
+    # --- loop --------------------------------------------------------------------------------
+    losses: list[float] = []
+    l1s: list[float] = []
+    last_ckpt = ckpt
+    policy.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start_step + 1, train_cfg.steps + 1), initial=start_step, total=train_cfg.steps,
+               disable=not train_cfg.progress, desc=f"policy ({cfg.init})")
+    with metrics_path.open("a") as metrics:
+        for step in bar:
+            if step - 1 == unfreeze_at:
+                policy.set_gfdm_trainable(True)
+                policy.train()
+            try:
+                batch = next(stream)
+            except StopIteration:
+                raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
+            obs, text, act, mask, future = (_to(batch.get(k), device) for k in
+                                            ("obs", "text_emb", "action_chunk", "action_mask", "future"))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                result = policy(obs, text, act, mask, future)
+            optimizer.zero_grad(set_to_none=True)
+            result["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                policy.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            scheduler.step()
+            loss = float(result["loss"].detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}")
+            losses.append(loss)
+            l1s.append(float(result["action_l1"]))
+            if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step)
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
+            if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
+                path = out / "checkpoints" / f"step-{step:08d}"
+                save_checkpoint(path, policy, cfg, optimizer, scheduler, step=step,
+                                extra={"train": dataclasses.asdict(train_cfg), **(extra or {})})
+                last_ckpt = path
+    writer.close()
+    seconds = time.perf_counter() - t0
+    ran = len(losses)
+    return {"start_step": start_step, "resumed_from": resumed_from, "steps_run": ran, "final_step": start_step + ran,
+            "losses": losses, "first_loss": losses[0] if ran else None, "last_loss": losses[-1] if ran else None,
+            "first_l1": l1s[0] if ran else None, "last_l1": l1s[-1] if ran else None,
+            "seconds_per_step": seconds / ran if ran else None,
+            "checkpoint": str(last_ckpt) if last_ckpt else None, "model": policy}

@@ -1,0 +1,301 @@
+"""Closed-loop evaluation of a trained policy in Meta-World (``defi eval``'s engine; no Ray here).
+
+The policy must see frames the way it saw them in training: rendered by the same camera at the
+same size and orientation (``MetaWorldEnv``: corner cameras rotated upright, fast render settings),
+then passed through the same H.264 round trips (``defi sim generate`` wrote them at CRF 20, ``defi
+curate`` re-encoded them at CRF 23, both libx264 ``veryfast``; ``crf_chain``), then resized to the
+policy's input with area interpolation as the shard loader does. The round trip keeps one encoder
+and decoder per episode (``tune=zerolatency``, so each frame comes back at once): frames are
+P-coded against the previous one as in a stream, not as isolated key frames.
+
+Control: at step t the policy reads o_t (and its history) and returns H actions; ``execute`` of
+them (default all H, as released) run before the next observation. Frames are rendered only when
+the policy or a video needs them: rendering is most of a step's cost (23 ms per 64 px frame on
+the loaded 2-core box, against 3 ms of physics), so by default only the frames the policy reads
+go through the H.264 stream; ``full_stream`` also streams the frames between them at the training
+clips' rate (the P-frame distances of training, at ~H/stride x the renders). An episode succeeds when the env reports success at any step;
+it stops there (``steps_to_success``) or at ``max_steps``.
+
+Determinism: episode e of task T resets the env with the seed ``defi sim generate --seed S`` uses
+for its episode e of T (``metaworld_env.episode_seed``), so every policy evaluated with seed S
+faces the same layouts, and ``--seed`` equal to the training data's seed replays its layouts
+(use another seed for held-out layouts). Policy inference is deterministic (no sampling).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list, metadata={"help": "Meta-World task names, e.g. reach-v3,push-v3"})
+    episodes: int = field(default=10, metadata={"help": "episodes per task"})
+    seed: int = field(default=0, metadata={"help": "layout seed (same layouts as `defi sim generate --seed` episodes)"})
+    max_steps: int = field(default=150, metadata={"help": "actions per episode at most (the generator's horizon)"})
+    videos: int = field(default=2, metadata={"help": "rollouts per task kept as mp4 in the report"})
+    workers: int = field(default=1, metadata={"help": "processes, one env each"})
+    camera: str = field(default="corner", metadata={"help": "Meta-World camera (the training data's)"})
+    render_size: int = field(default=0, metadata={"help": "rendered frame side, px (0: the policy's image size)"})
+    crf_chain: list[int] = field(default_factory=lambda: [20, 23], metadata={
+        "help": "H.264 round trips before the policy sees a frame (generator CRF, curate CRF)"})
+    preset: str = field(default="veryfast", metadata={"help": "libx264 preset of the round trips"})
+    frame_stride: int = field(default=0, metadata={"help": "env steps per encoded frame of the training clips "
+                                                           "(0: from the policy checkpoint)"})
+    execute: int = field(default=0, metadata={"help": "actions of each chunk executed before re-planning (0: all H)"})
+    full_stream: bool = field(default=False, metadata={
+        "help": "render and round-trip every frame of the training clips' rate (every frame_stride steps), as "
+                "they were encoded, not only the frames the policy reads (~H/stride x more renders)"})
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("episodes", "max_steps", "workers"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
+        for name in ("videos", "render_size", "frame_stride", "execute"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}={getattr(self, name)!r}: must be >= 0")
+        if any(not 0 <= c <= 51 for c in self.crf_chain):
+            errors.append(f"crf_chain={self.crf_chain!r}: each CRF must be in [0, 51]")
+        if errors:
+            raise ValueError("invalid EvalConfig: " + "; ".join(errors))
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class H264RoundTrip:
+    """Encode one RGB frame into an open libx264 stream and decode it back (one frame in, one out)."""
+
+    def __init__(self, width: int, height: int, crf: int, preset: str = "veryfast", fps: int = 20):
+        import av
+
+        self.enc = av.CodecContext.create("libx264", "w")
+        self.enc.width, self.enc.height, self.enc.pix_fmt = width, height, "yuv420p"
+        self.enc.time_base, self.enc.framerate = Fraction(1, fps), Fraction(fps, 1)
+        self.enc.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency"}
+        self.dec = av.CodecContext.create("h264", "r")
+        self.i = 0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame.pts = self.i
+        self.i += 1
+        out = None
+        for pkt in self.enc.encode(frame):
+            for f in self.dec.decode(pkt):
+                out = f.to_ndarray(format="rgb24")
+        if out is None:
+            raise RuntimeError("H.264 round trip returned no frame (encoder buffering despite zerolatency)")
+        return out
+
+
+class FramePipeline:
+    """Rendered frame -> the frame the policy trained on: H.264 round trips, then area resize."""
+
+    def __init__(self, render_size: int, image_size: int, crf_chain: list[int], preset: str):
+        self.trips = [H264RoundTrip(render_size, render_size, c, preset) for c in crf_chain]
+        self.image_size = image_size
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        for trip in self.trips:
+            rgb = trip(rgb)
+        if rgb.shape[0] != self.image_size:
+            import av
+
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            rgb = f.reformat(width=self.image_size, height=self.image_size, format="rgb24",
+                             interpolation="AREA").to_ndarray()
+        return rgb
+
+
+def load_policy(path: str | Path):
+    """(policy in eval mode, its checkpoint's ``extra``) from a run folder's latest checkpoint or a
+    checkpoint folder; refuses another model type naming it."""
+    from defi.training.checkpoint import CheckpointError, load_checkpoint, load_config
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        found = sorted((p / "checkpoints").glob("step-*"))
+        if not found:
+            raise CheckpointError(f"--policy {path}: neither a checkpoint folder nor a run folder with checkpoints/step-*")
+        p = found[-1]
+    mtype, _ = load_config(p)
+    if mtype != "policy":
+        raise CheckpointError(f"--policy {path}: a {mtype!r} checkpoint where a 'policy' checkpoint is expected")
+    model, _, state = load_checkpoint(p)
+    return model.eval(), state.get("extra", {})
+
+
+def instruction_embedding(policy, extra: dict, text: str) -> np.ndarray | None:
+    """The instruction's embedding as training made it: from the checkpoint's table, else the
+    policy's text model (``TextEncoder``)."""
+    c = policy.config
+    if not c.text_dim:
+        return None
+    table = extra.get("instructions") or {}
+    if text in table:
+        return np.asarray(table[text], np.float32)
+    from defi.training.gfdm import TextEncoder, TextModelConfig
+
+    return TextEncoder(TextModelConfig(**c.text_model)).encode([text])[0]
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    episode: int
+    success: bool
+    steps: int  # actions taken
+    steps_to_success: int | None  # actions up to and including the first successful one
+    frames: np.ndarray | None = None  # uint8 [N, S, S, 3] rendered frames (video episodes only)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: env_step, render, round_trip, inference
+
+
+_CACHE: dict[str, Any] = {}  # per process: the loaded policy (workers load it once)
+
+
+def _policy(path: str):
+    if _CACHE.get("path") != path:
+        import torch
+
+        torch.set_num_threads(1)
+        _CACHE.update(path=path, policy=load_policy(path), envs={})
+    return _CACHE["policy"]
+
+
+def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, video: bool) -> EpisodeResult:
+    """One closed-loop episode of ``task`` (its layout from ``(cfg.seed, task, episode)``)."""
+    import torch
+
+    from .metaworld_env import MetaWorldEnv, episode_seed, instruction_for
+
+    policy, extra = _policy(policy_path)
+    pc = policy.config
+    data = extra.get("data", {})
+    size = cfg.render_size or pc.image_size
+    stride = cfg.frame_stride or int(data.get("frame_stride", 1))
+    execute = min(cfg.execute or pc.horizon, pc.horizon)
+    key = (task, cfg.camera, size, cfg.max_steps)
+    envs = _CACHE["envs"]
+    if key not in envs:
+        envs[key] = MetaWorldEnv(task, cfg.camera, size, cfg.seed, True, cfg.max_steps)
+        if envs[key].env.action_space.shape[0] != pc.action_dim:
+            raise ValueError(f"policy action_dim {pc.action_dim} does not match {task}'s "
+                             f"{envs[key].env.action_space.shape[0]}")
+    env = envs[key]
+    emb = instruction_embedding(policy, extra, instruction_for(task))
+    text = None if emb is None else torch.as_tensor(emb, dtype=torch.float32)[None]
+    frames_pipe = FramePipeline(size, pc.image_size, cfg.crf_chain, cfg.preset)
+    tm = {"env_step": 0.0, "render": 0.0, "round_trip": 0.0, "inference": 0.0}
+    env_seed = episode_seed(cfg.seed, task, episode).spawn(3)[0]
+    t = time.perf_counter()
+    obs = env.reset(int(env_seed.generate_state(1)[0]), render=False)
+    tm["env_step"] += time.perf_counter() - t
+    history: list[np.ndarray] = []  # processed frames at the training clips' frame rate
+    video_frames: list[np.ndarray] = []
+    plan: list[np.ndarray] = []
+    success_at = None
+    steps = 0
+    for step in range(cfg.max_steps):
+        need_obs = not plan
+        stream = need_obs or (cfg.full_stream and step % stride == 0)
+        if stream or video:
+            t = time.perf_counter()
+            img = env.render()
+            tm["render"] += time.perf_counter() - t
+            if video:
+                video_frames.append(img)
+            if stream:
+                t = time.perf_counter()
+                history.append(frames_pipe(img))
+                history = history[-pc.context_frames:]
+                tm["round_trip"] += time.perf_counter() - t
+        if need_obs:
+            ctx = [history[0]] * (pc.context_frames - len(history)) + history
+            x = torch.from_numpy(np.concatenate([f.transpose(2, 0, 1) for f in ctx]).astype(np.float32) / 255.0)[None]
+            t = time.perf_counter()
+            chunk = policy.predict(x, text)[0].numpy()
+            tm["inference"] += time.perf_counter() - t
+            plan = list(chunk[:execute])
+        t = time.perf_counter()
+        obs, _, ok, done = env.step(plan.pop(0), render=False)
+        tm["env_step"] += time.perf_counter() - t
+        steps += 1
+        if ok:
+            success_at = step + 1
+            break
+        if done:
+            break
+    del obs
+    if video:
+        video_frames.append(env.render())
+    return EpisodeResult(task, episode, success_at is not None, steps, success_at,
+                         np.stack(video_frames) if video else None, tm)
+
+
+def _job(args: tuple) -> EpisodeResult:
+    return run_episode(*args)
+
+
+def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Roll every (task, episode) of ``cfg``; returns ``per_task`` (task -> episodes, successes,
+    success_rate, wilson95 [lo, hi], mean_steps_to_success), ``episodes`` (EpisodeResult list in
+    (task, episode) order), ``timings`` (seconds summed per part) and ``seconds``. Checks the
+    policy and the tasks first (``ValueError`` naming the bad one)."""
+    from tqdm.auto import tqdm
+
+    from .metaworld_env import available_tasks
+
+    valid = available_tasks()
+    unknown = [t for t in cfg.tasks if t not in valid]
+    if unknown or not cfg.tasks:
+        raise ValueError(f"unknown Meta-World task(s) {unknown or cfg.tasks}; valid: {', '.join(valid)}")
+    policy, _ = load_policy(policy_path)  # fail here, not in a worker, for a bad checkpoint
+    if policy.config.action_dim != 4:
+        raise ValueError(f"policy action_dim {policy.config.action_dim} does not match Meta-World's 4")
+    jobs = [(str(policy_path), cfg, task, e, e < cfg.videos) for task in cfg.tasks for e in range(cfg.episodes)]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), unit="episode", disable=not progress, desc="eval")
+    results: list[EpisodeResult] = []
+    if cfg.workers <= 1:
+        for j in jobs:
+            results.append(_job(j))
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        # spawn: forked children would share the parent's GL/MuJoCo state, which is not fork-safe
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            for r in pool.imap(_job, jobs, chunksize=1):
+                results.append(r)
+                bar.update(1)
+    bar.close()
+    per_task = {}
+    for task in cfg.tasks:
+        rs = [r for r in results if r.task == task]
+        k = sum(r.success for r in rs)
+        lo, hi = wilson(k, len(rs))
+        ok = [r.steps_to_success for r in rs if r.success]
+        per_task[task] = {"episodes": len(rs), "successes": k, "success_rate": k / len(rs), "wilson95": [lo, hi],
+                          "mean_steps_to_success": float(np.mean(ok)) if ok else None}
+    timings = {k: sum(r.timings.get(k, 0.0) for r in results) for k in ("env_step", "render", "round_trip", "inference")}
+    return {"per_task": per_task, "episodes": results, "timings": timings, "steps": sum(r.steps for r in results),
+            "seconds": time.perf_counter() - t0}
