@@ -91,6 +91,7 @@ def square_clips(n: int, size: int = 32, seed: int = 0):
     return obs, fut.unsqueeze(1), which
 
 
+@pytest.mark.slow  # ~40 s on the shared 2-core box
 def test_tiny_overfits_generated_clips_beyond_copying():
     torch.manual_seed(0)
     cfg = small(objective="regression", lang_dropout=0.0)
