@@ -194,8 +194,7 @@ def gfdm_tiny(**overrides: Any) -> GFDMConfig:
     """CPU-sized: pixel-space UNet2DConditionModel at 64 px on 4x4 pixel blocks (a 16x16 grid),
     3 levels (64, 64, 128) with cross-attention to the instruction on the two coarse levels (8x8,
     4x4); predicts the change o_t+k - o_t; text from a 64-wide tower (the tiny test tower; give
-    text_dim=512 for CLIP ViT-B/32). At full 64 px resolution the same U-Net took 15-25 s a step
-    (batch 16) on the shared 2-core box, mostly self-attention over 1024 tokens."""
+    text_dim=512 for CLIP ViT-B/32). The 4x4 blocks keep self-attention to 64 and 16 tokens."""
     base = dict(backbone="unet2d", image_size=64, context_frames=1, future_frames=1, patch_size=4,
                 block_out_channels=(64, 64, 128), layers_per_block=1, attention_head_dim=8,
                 norm_num_groups=8, cross_attention_dim=64, text_dim=64, residual=True,
