@@ -202,6 +202,7 @@ def run_train_gfdm(cfg, root: str, select: str, *, workers: int = 1) -> dict[str
     from defi.schemas.corpus import Corpus, CorpusError
     from defi.schemas.selection import SelectionError
     from defi.training.data import ClipDataset
+    from defi.training.gfdm import text_model_id
     from defi.training.recipes.train_gfdm import last_checkpoint, train
 
     from .cli import UsageError, one_line
@@ -227,10 +228,8 @@ def run_train_gfdm(cfg, root: str, select: str, *, workers: int = 1) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
     facts = {**d.gap.to_dict(), "size": d.size, "image_size": m.image_size,
-             "context_frames": m.context_frames, "future_frames": m.future_frames, "text_model": lookup.cfg.name}
-    from defi.training.gfdm import text_model_id
-
-    facts["text_model_id"] = text_model_id(cfg.text)
+             "context_frames": m.context_frames, "future_frames": m.future_frames,
+             "text": to_dict(cfg.text), "text_model_id": text_model_id(cfg.text)}
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(json.dumps(
             {**to_dict(cfg), "root": root, "select": select, "selected_clips": len(dataset.keys), "world_size": world},

@@ -16,7 +16,7 @@ from defi.pipelines.train import main
 from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import clips_table
-from defi.training.gfdm import load_gfdm
+from defi.training.gfdm import TextEncoder, embed_instructions, load_gfdm, load_text_config
 
 SELECT = "SELECT key FROM clips WHERE kept"
 SIZE = 32
@@ -85,6 +85,10 @@ def test_train_gfdm_embeds_texts_writes_grids_checkpoints_and_resumes(corpus, tm
 
     model, cfg = load_gfdm(out)
     assert cfg.image_size == SIZE and cfg.text_dim == 16
+    text_cfg = load_text_config(out)
+    assert text_cfg.name == "tiny" and text_cfg.width == 16
+    np.testing.assert_array_equal(embed_instructions(corpus, ["move down"], text_cfg)[0],
+                                  TextEncoder(text_cfg).encode(["move down"])[0])
     state = json.loads((out / "checkpoints" / "step-00000020" / "state.json").read_text())
     assert state["extra"]["data"]["gap_frames"] == 3
     with torch.no_grad():

@@ -91,6 +91,7 @@ def square_clips(n: int, size: int = 32, seed: int = 0):
     return obs, fut.unsqueeze(1), which
 
 
+@pytest.mark.slow  # ~40 s on the shared 2-core box
 def test_tiny_overfits_generated_clips_beyond_copying():
     torch.manual_seed(0)
     cfg = small(objective="regression", lang_dropout=0.0)
@@ -145,3 +146,43 @@ def test_svd_missing_weights_path_is_named(tmp_path):
         GFDM(gfdm_svd(image_size=64, block_out_channels=(32, 32, 32, 32), attention_head_dim=8,
                       vae_block_out_channels=(32, 32, 32, 32), norm_num_groups=32, cross_attention_dim=32,
                       pretrained_path=str(missing)))
+
+
+def reduced_svd(**kw) -> GFDMConfig:
+    """The svd family (spatio-temporal U-Net over SVD-VAE latents) at a CPU-test size."""
+    base = dict(image_size=64, future_frames=2, block_out_channels=(32, 32, 32, 32), attention_head_dim=8,
+                vae_block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, text_dim=16)
+    return gfdm_svd(**{**base, **kw})
+
+
+@pytest.mark.slow  # ~50 s on the shared box
+def test_reduced_svd_steps_and_returns_per_frame_features():
+    torch.manual_seed(0)
+    cfg = reduced_svd()
+    model = GFDM(cfg)
+    obs, fut = torch.rand(2, 3, 64, 64), torch.rand(2, 2, 3, 64, 64)
+    loss = model(obs, fut, torch.randn(2, cfg.text_dim))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in model.vae.parameters())  # the VAE is frozen
+    assert model.unet.conv_in.weight.grad is not None and model.text_proj.weight.grad is not None
+    with torch.no_grad():
+        out = model.extract_features(obs, None, num_steps=2)
+    assert out.prediction.shape == (2, 2, 3, 64, 64)
+    assert [tuple(f.shape) for f in out.features] == [(2, 2, c, s, s) for c, s in
+                                                       zip(model.feature_channels, cfg.feature_sizes, strict=True)]
+
+
+def test_svd_loads_weights_from_a_local_diffusers_folder(tmp_path):
+    torch.manual_seed(0)
+    source = GFDM(reduced_svd())
+    source.unet.save_pretrained(tmp_path / "svd" / "unet")
+    source.vae.save_pretrained(tmp_path / "svd" / "vae")
+    torch.manual_seed(1)
+    fresh = GFDM(reduced_svd())
+    assert not torch.equal(fresh.unet.conv_in.weight, source.unet.conv_in.weight)
+    torch.manual_seed(1)
+    loaded = GFDM(reduced_svd(pretrained_path=str(tmp_path / "svd")))
+    for a, b in zip(source.unet.state_dict().values(), loaded.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(source.vae.encoder.conv_in.weight, loaded.vae.encoder.conv_in.weight)

@@ -60,7 +60,7 @@ class GFDMConfig:
     # unet2d: frames enter the U-Net as patch_size x patch_size pixel blocks stacked on channels
     # (space-to-depth; the output is shuffled back), so a CPU U-Net runs at image_size / patch_size
     patch_size: int = 4
-    block_out_channels: tuple[int, ...] = (64, 64, 128)
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
     # unet2d: block types, one per level (DownBlock2D / CrossAttnDownBlock2D ...); svd ignores
     # them (its blocks are fixed by UNetSpatioTemporalConditionModel)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
@@ -192,12 +192,11 @@ class GFDMConfig:
 # --- builders per size (keyword overrides replace any field) -----------------------------------
 def gfdm_tiny(**overrides: Any) -> GFDMConfig:
     """CPU-sized: pixel-space UNet2DConditionModel at 64 px on 4x4 pixel blocks (a 16x16 grid),
-    3 levels (64, 64, 128) with cross-attention to the instruction on the two coarse levels (8x8,
-    4x4); predicts the change o_t+k - o_t; text from a 64-wide tower (the tiny test tower; give
-    text_dim=512 for CLIP ViT-B/32). At full 64 px resolution the same U-Net took 15-25 s a step
-    (batch 16) on the shared 2-core box, mostly self-attention over 1024 tokens."""
+    3 levels (32, 64, 64; 1.7 M parameters, the size bench/gfdm_quality.py measured) with
+    cross-attention to the instruction on the two coarse levels (8x8, 4x4); predicts the change o_t+k - o_t; text from a 64-wide tower (the tiny test tower; give
+    text_dim=512 for CLIP ViT-B/32). The 4x4 blocks keep self-attention to 64 and 16 tokens."""
     base = dict(backbone="unet2d", image_size=64, context_frames=1, future_frames=1, patch_size=4,
-                block_out_channels=(64, 64, 128), layers_per_block=1, attention_head_dim=8,
+                block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=8,
                 norm_num_groups=8, cross_attention_dim=64, text_dim=64, residual=True,
                 p_mean=-1.2, p_std=1.2, sigma_data=0.5)
     return GFDMConfig(**{**base, **overrides})

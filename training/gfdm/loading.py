@@ -32,3 +32,19 @@ def load_gfdm(run_dir_or_checkpoint_dir: str | Path, map_location: str = "cpu") 
         raise CheckpointError(f"{ckpt}: a {mtype!r} checkpoint where a 'gfdm' checkpoint is expected")
     model, config, _ = load_checkpoint(ckpt, map_location=map_location)
     return model.eval(), config
+
+
+def load_text_config(run_dir_or_checkpoint_dir: str | Path):
+    """The ``TextModelConfig`` a GFDM run embedded its instructions with (stamped by ``defi train
+    gfdm`` into each checkpoint's state.json ``extra["data"]["text"]``), so a consumer (the
+    policy) embeds its instructions the same way: ``embed_instructions(root, texts, cfg)``.
+    None when the checkpoint has no such stamp (a model saved outside ``defi train gfdm``)."""
+    import json
+
+    from .text import TextModelConfig
+
+    state = resolve_checkpoint_dir(run_dir_or_checkpoint_dir) / "state.json"
+    if not state.is_file():
+        return None
+    text = ((json.loads(state.read_text()).get("extra") or {}).get("data") or {}).get("text")
+    return TextModelConfig(**text) if text else None

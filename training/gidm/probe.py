@@ -23,7 +23,8 @@ import numpy as np
 
 def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> dict[str, np.ndarray]:
     """Pairs (t, t+k) of the selected clips with actions and proprio: frames [N, 3, size, size]
-    float32 in [0, 1], targets ``cmd``/``disp`` [N, 3], ``episode`` (source id) and ``task`` (language).
+    float32 in [0, 1], targets ``cmd``/``disp`` [N, 3], ``episode`` (source id), ``task`` (language)
+    and ``pos_next`` [N, 3] (end-effector xyz at t+k, proprio units: metres).
     Raises ValueError when no selected clip has actions, proprio and more than k frames."""
     from defi.schemas.corpus import Corpus
     from defi.schemas.selection import resolve_selection
@@ -32,7 +33,7 @@ def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> d
     corpus = Corpus.open(root)
     sel = resolve_selection(corpus, select)
     urls = [corpus.shard_url(s) for s in sorted(set(sel.column("shard").to_pylist()))]
-    obs, nxt, cmd, disp, episode, task = [], [], [], [], [], []
+    obs, nxt, cmd, disp, episode, task, pos = [], [], [], [], [], [], []
     for sample in ShardReader(urls, keys=sel.column("key").to_pylist()):
         n = int(sample.meta.num_frames)
         if sample.actions is None or sample.proprio is None or n <= k:
@@ -43,12 +44,14 @@ def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> d
         nxt.append(frames[ts + k])
         cmd.append(np.stack([sample.actions[t:t + k, :3].sum(0) for t in ts]))
         disp.append(sample.proprio[ts + k, :3] - sample.proprio[ts, :3])
+        pos.append(sample.proprio[ts + k, :3])
         episode += [sample.meta.source_id] * len(ts)  # one source per episode
         task += [sample.lang or ""] * len(ts)
     if not obs:
         raise ValueError("no selected clip has actions, proprio and more than k frames")
     return {"obs": np.concatenate(obs), "next_obs": np.concatenate(nxt), "cmd": np.concatenate(cmd).astype(np.float64),
-            "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task)}
+            "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task),
+            "pos_next": np.concatenate(pos).astype(np.float64)}
 
 
 def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0, per_dim: bool = False):
