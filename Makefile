@@ -11,7 +11,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-all demo bench bench-peers clean sysdeps browser
+.PHONY: install test test-all lint demo bench bench-peers clean sysdeps browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ browser:
 
 install: $(STAMP)
 
-test: $(STAMP) browser
+# ruff's rules live in pyproject.toml ([tool.ruff]); a finding fails `make test` (and so CI)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP) browser

@@ -64,22 +64,22 @@ class Frames:
             return int(self.frames.shape[2]), int(self.frames.shape[1])
         return int(self.frames.shape[2]), int(self.frames.shape[1] // 3 * 2)
 
-    def _with(self, m) -> "Frames":
+    def _with(self, m) -> Frames:
         return Frames(self.frames[m], self.pts_s[m], self.indices[m], self.layout)
 
-    def slice_time(self, start_s: float, end_s: float) -> "Frames":
+    def slice_time(self, start_s: float, end_s: float) -> Frames:
         """Frames whose pts lies in [start_s, end_s)."""
         return self._with((self.pts_s >= start_s - 1e-6) & (self.pts_s < end_s - 1e-6))
 
-    def slice_frames(self, start_frame: int, end_frame: int) -> "Frames":
+    def slice_frames(self, start_frame: int, end_frame: int) -> Frames:
         """Frames whose source index lies in [start_frame, end_frame)."""
         return self._with((self.indices >= start_frame) & (self.indices < end_frame))
 
-    def take(self, positions) -> "Frames":
+    def take(self, positions) -> Frames:
         """The frames at these positions (0-based, into this ``Frames``)."""
         return self._with(np.asarray(positions, np.int64))
 
-    def to_rgb(self, short_side: int | None = None) -> "Frames":
+    def to_rgb(self, short_side: int | None = None) -> Frames:
         """RGB frames (a no-op for RGB input without ``short_side``); ``short_side``: also scale
         down (area-averaged, never up) so the short side is at most that many pixels."""
         import cv2
@@ -99,7 +99,7 @@ class Frames:
         return Frames(out, self.pts_s, self.indices)
 
     @staticmethod
-    def concat(parts: list["Frames"]) -> "Frames":
+    def concat(parts: list[Frames]) -> Frames:
         if not parts:
             return Frames(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64))
         layouts = {p.layout for p in parts}
@@ -149,7 +149,7 @@ class Scorer(Operator):
     def score(self, frames: Frames) -> dict[str, float]:
         raise NotImplementedError
 
-    def reject_reason(self, scores: dict[str, float]) -> str | None:
+    def reject_reason(self, scores: dict[str, float]) -> str | None:  # noqa: ARG002 (score-only default)
         return None
 
     def __call__(self, frames: Frames) -> tuple[dict[str, float], str | None]:

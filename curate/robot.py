@@ -132,7 +132,7 @@ def _read_tasks(root: Path) -> dict[int, str]:
     text_col = next((c for c in ("task", "__index_level_0__") if c in names), None)
     if text_col is None or "task_index" not in names:
         return {}
-    return dict(zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist()))
+    return dict(zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist(), strict=False))
 
 
 def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video: bool = True,

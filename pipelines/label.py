@@ -34,7 +34,8 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def label_items(labeler, items: list[dict[str, Any]], run_id: str) -> list[dict[
     clips = [it for it in items if it["kind"] == "clip"]
     rows: dict[str, dict] = {}
     try:
-        for it, row in zip(clips, labeler.label_clips([(it["key"], it["frames"], it["fps"]) for it in clips], run_id)):
+        for it, row in zip(clips, labeler.label_clips([(it["key"], it["frames"], it["fps"]) for it in clips], run_id), strict=False):
             rows[it["key"]] = row
     except Exception:  # noqa: BLE001 - isolate the failing clip below, record it as data
         for it in clips:
@@ -253,7 +254,7 @@ def plan_units(resolved, labeler: str, clips_per_unit: int, shard_url) -> tuple[
     """Cut resolved (key, shard) rows, sorted by (shard, key), into units of ``clips_per_unit``
     clips; a unit's name hashes the labeler and its keys, so re-committing it replaces its part.
     Returns read tasks (one per unit x shard) and the keys of each unit."""
-    rows = list(zip(resolved.column("key").to_pylist(), resolved.column("shard").to_pylist()))
+    rows = list(zip(resolved.column("key").to_pylist(), resolved.column("shard").to_pylist(), strict=False))
     tasks, units = [], {}
     for i in range(0, len(rows), clips_per_unit):
         group = rows[i:i + clips_per_unit]

@@ -27,7 +27,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 # defi.pipelines.cli is imported inside functions: cli imports this module to register the
 # command, so a top-level import here would be circular.
@@ -74,6 +75,8 @@ class DataConfig:
 
 
 def _gidm_default():
+    from defi.training.gidm import GIDMConfig  # here, not at the top: `defi --help` must not import torch
+
     return GIDMConfig()  # replaced by the --model size's builder in resolve_run_config
 
 
@@ -180,7 +183,7 @@ def data_facts(cfg) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # distributed
 # ---------------------------------------------------------------------------------------------
-def process_group(workers: int) -> tuple[int, int]:
+def process_group() -> tuple[int, int]:
     """(rank, world_size) of this process: joins torchrun's process group when WORLD_SIZE > 1
     (gloo on CPU, NCCL on GPU; see ``training.distributed``). ``--workers N`` outside torchrun is
     handled by ``cmd_train_gidm``, which relaunches the command under torchrun."""
@@ -297,7 +300,7 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
         return {"config": cfg}
-    rank, world = process_group(args.workers)
+    rank, world = process_group()
     out = Path(args.out)
     _check_resume(out, cfg)
     try:

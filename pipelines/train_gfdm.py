@@ -191,7 +191,7 @@ def gfdm_batches(stream: Iterator[dict], context: int, lookup: TextLookup) -> It
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
-def run_train_gfdm(cfg, root: str, select: str, *, workers: int = 1) -> dict[str, Any]:
+def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
     """Train (or resume) a GFDM run described by ``cfg`` (a resolved ``GFDMRunConfig``) on the
     clips ``select`` picks from the corpus at ``root``. Returns the recipe's summary plus
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
@@ -209,7 +209,7 @@ def run_train_gfdm(cfg, root: str, select: str, *, workers: int = 1) -> dict[str
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
         raise UsageError(f"pretrained SVD weights not found: {cfg.model.pretrained_path}")
-    rank, world = process_group(workers)
+    rank, world = process_group()
     out = Path(cfg.train.out_dir)
     _check_resume(out, cfg)
     d, m = cfg.data, cfg.model
@@ -307,7 +307,7 @@ def cmd_train_gfdm(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    res = run_train_gfdm(cfg, args.root, args.select, workers=args.workers)
+    res = run_train_gfdm(cfg, args.root, args.select)
     if res.get("rank", 0) == 0:
         print(summary_text(res))
     return 0

@@ -18,7 +18,8 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -245,7 +246,7 @@ def _episode_meta(rec: SourceRecord, episode, sidecar_error: str | None) -> None
         rec.meta_json = json.dumps({**meta, **extra}, sort_keys=True, default=str)
 
 
-def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig, episode) -> Iterator[tuple[Frames, float, int]]:
+def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig) -> Iterator[tuple[Frames, float, int]]:
     """Decode once at the output size; yield (segment frames, segment end in seconds, end frame)."""
     start_s = float(spec.robot.get("from_s", 0.0)) if spec.robot else 0.0
     end_s = spec.robot.get("to_s") if spec.robot else None
@@ -289,11 +290,11 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
     res_scores, res_reason = cfg.resolution(rec)
     t = time.perf_counter()
     tail = None  # the previous segment's last analysis frames: context for cuts just after a boundary
-    for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg, episode):
+    for seg, seg_end_s, seg_end_frame in _segments(spec, rec, cfg):
         tick("decode", t)
         t = time.perf_counter()
         analysis = seg.to_rgb(cfg.analysis.short_side)
-        end_s = seg_end_s if seg_end_s is not None else _video_end_s(rec, spec, seg)
+        end_s = seg_end_s if seg_end_s is not None else _video_end_s(spec)
         end_frame = int(seg_end_frame) if seg_end_frame is not None else int(seg.indices[-1]) + 1
         shots = cfg.shots(analysis, end_frame=end_frame, end_s=end_s, context=tail)
         k = cfg.shots.window_width + 1
@@ -336,13 +337,13 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
                 if cfg.use_clip and len(out):
                     item.keyframes = out.take(sample_keyframes(len(out), cfg.clip.num_frames)).to_rgb().frames
                 t = time.perf_counter()
-                _encode(item, out, spec, rec, episode, cfg)
+                _encode(item, out, episode, cfg)
                 tick("encode", t)
             yield item
         t = time.perf_counter()
 
 
-def _video_end_s(rec: SourceRecord, spec, seg: Frames) -> float | None:
+def _video_end_s(spec) -> float | None:
     if spec.robot and spec.robot.get("to_s") is not None:
         return float(spec.robot["to_s"])
     return None  # the detector estimates it from the last frame
@@ -357,7 +358,7 @@ def _fill_nan(pts: np.ndarray) -> np.ndarray:
     return pts
 
 
-def _encode(item: ClipItem, out: Frames, spec, rec: SourceRecord, episode, cfg: CurateConfig) -> None:
+def _encode(item: ClipItem, out: Frames, episode, cfg: CurateConfig) -> None:
     """Resample the clip to the target fps by timestamp, encode it, attach actions and metadata."""
     r = item.record
     enc = cfg.encode
@@ -423,7 +424,7 @@ def score_clip_batch(items: list[ClipItem], scorer: ClipScorer) -> None:
     if not todo:
         return
     frames = [Frames(it.keyframes, np.zeros(len(it.keyframes)), np.zeros(len(it.keyframes), np.int64)) for it in todo]
-    for it, scores in zip(todo, scorer.score_batch(frames)):
+    for it, scores in zip(todo, scorer.score_batch(frames), strict=False):
         scorer.update_record(it.record, scores)
         reason = scorer.reject_reason(scores)
         if reason:
@@ -441,7 +442,7 @@ def dedup_video(items: list[ClipItem], dedup: Dedup) -> None:
             it.record.dup_group = it.record.key
         return
     results = dedup(dedup.items_from_records([it.record for it in kept]))
-    for it, res in zip(kept, results):
+    for it, res in zip(kept, results, strict=False):
         it.record.dup_group = res.dup_group
         if not res.kept:
             it.record.reject("duplicate")

@@ -59,7 +59,7 @@ class SampleMeta:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "SampleMeta":
+    def from_json(cls, data: bytes | str) -> SampleMeta:
         d = json.loads(data)
         return cls(**{k: d[k] for k in d if k in cls.__dataclass_fields__})
 

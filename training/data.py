@@ -31,7 +31,8 @@ import tarfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -550,7 +551,7 @@ class ClipDataset(IterableDataset):
         return out
 
     @classmethod
-    def from_corpus(cls, corpus, select, **kwargs) -> "ClipDataset":
+    def from_corpus(cls, corpus, select, **kwargs) -> ClipDataset:
         """Resolve ``select`` (SQL, manifest path or selection table) against ``corpus``."""
         from defi.schemas.selection import resolve_selection
 
@@ -608,7 +609,7 @@ def collate_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def make_loader(
     root: str,
-    select: "str | pa.Table",
+    select: str | pa.Table,
     batch_size: int,
     num_workers: int = 0,
     *,

@@ -193,7 +193,7 @@ def test_missing_path(tmp_path):
     assert probe("memory://nope/x.mp4").error == "not_found"
 
 
-def test_probe_operator(cfr, tmp_path):
+def test_probe_operator(cfr):
     op = Probe(min_frames=100)
     assert op.lineage()["name"] == "probe" and op.lineage()["params"]["min_frames"] == 100
     assert op(cfr).error == "too_few_frames"

@@ -49,7 +49,7 @@ def test_cuts_of_concatenated_scenes_within_one_frame(scenes_video, detector):
     assert len(shots) == 4
     assert np.all(np.abs(np.array(_starts(shots)) - [0, 30, 70, 95]) <= 1), _starts(shots)
     # Half-open and contiguous: each shot ends where the next starts, in frames and seconds.
-    for a, b in zip(shots, shots[1:]):
+    for a, b in zip(shots, shots[1:], strict=False):
         assert (a.end_frame, a.end_s) == (b.start_frame, b.start_s)
     pts = scenes_video.pts_s
     for s in shots:

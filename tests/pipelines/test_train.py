@@ -160,7 +160,7 @@ def test_two_processes_train_one_model(corpus, tmp_path):
     assert state["step"] == 12 and state["extra"]["world_size"] == 2
 
 
-def test_additive_latents_train_on_windows(corpus, tmp_path, capsys):
+def test_additive_latents_train_on_windows(corpus, tmp_path):
     """--model.additive_weight makes the command read windows (o_t, o_t+k, o_t+2k) from the
     shards and log the additivity error."""
     out = tmp_path / "run"

@@ -106,20 +106,15 @@ class GIDMConfig:
             bad("mlp_ratio", "must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
-        if self.commitment_beta < 0:
-            bad("commitment_beta", "must be >= 0")
-        if self.kl_beta < 0:
-            bad("kl_beta", "must be >= 0")
-        if self.changed_weight < 0:
-            bad("changed_weight", "must be >= 0")
+        for name, why in (("commitment_beta", "must be >= 0"), ("kl_beta", "must be >= 0"),
+                          ("changed_weight", "must be >= 0"), ("dead_code_threshold", "must be >= 0"),
+                          ("restart_interval", "must be >= 0 (0 disables restarts)")):
+            if getattr(self, name) < 0:
+                bad(name, why)
         if self.additive_weight < 0:
             bad("additive_weight", "must be >= 0 (0 disables the additivity loss)")
         elif self.additive_weight > 0 and self.bottleneck != "continuous":
             bad("additive_weight", "needs bottleneck='continuous' (codes do not add)")
-        if self.dead_code_threshold < 0:
-            bad("dead_code_threshold", "must be >= 0")
-        if self.restart_interval < 0:
-            bad("restart_interval", "must be >= 0 (0 disables restarts)")
         if not self.fsq_levels or any(v < 2 for v in self.fsq_levels):
             bad("fsq_levels", "needs at least one level, each >= 2")
         if self.keypoints < 0:

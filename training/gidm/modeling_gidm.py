@@ -166,7 +166,7 @@ class VQBottleneck(nn.Module):
         self.usage.zero_()
         return n
 
-    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
         z = self.proj(h)
         z_flat = z.reshape(-1, z.shape[-1])
         restarts = 0
@@ -202,7 +202,7 @@ class FSQBottleneck(nn.Module):
         basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0)
         self.register_buffer("basis", basis, persistent=False)
 
-    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
         z = self.proj(h)
         half = (self.levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)  # even levels: grid is off-centre
