@@ -44,15 +44,19 @@ class Frames:
 
     def __post_init__(self) -> None:
         n = len(self.frames)
-        assert self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}"
+        # input checks raise (not assert: they must hold under python -O too)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.layout == "rgb":
-            assert self.frames.ndim == 4 and self.frames.shape[-1] == 3, f"frames must be [T,H,W,3], got {self.frames.shape}"
-        else:
-            # H * 3 / 2 rows is a multiple of 3 exactly when H is even
-            assert (self.frames.ndim == 3 and self.frames.shape[1] % 3 == 0 and self.frames.shape[2] % 2 == 0), (
-                f"i420 frames must be [T,H*3/2,W] with H, W even, got {self.frames.shape}")
-        assert self.frames.dtype == np.uint8, f"frames must be uint8, got {self.frames.dtype}"
-        assert len(self.pts_s) == n and len(self.indices) == n, "frames, pts_s and indices must have equal length"
+            if not (self.frames.ndim == 4 and self.frames.shape[-1] == 3):
+                raise ValueError(f"frames must be [T,H,W,3], got {self.frames.shape}")
+        # H * 3 / 2 rows is a multiple of 3 exactly when H is even
+        elif not (self.frames.ndim == 3 and self.frames.shape[1] % 3 == 0 and self.frames.shape[2] % 2 == 0):
+            raise ValueError(f"i420 frames must be [T,H*3/2,W] with H, W even, got {self.frames.shape}")
+        if self.frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {self.frames.dtype}")
+        if len(self.pts_s) != n or len(self.indices) != n:
+            raise ValueError("frames, pts_s and indices must have equal length")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -103,7 +107,8 @@ class Frames:
         if not parts:
             return Frames(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64))
         layouts = {p.layout for p in parts}
-        assert len(layouts) == 1, f"cannot concatenate frames of layouts {sorted(layouts)}"
+        if len(layouts) != 1:
+            raise ValueError(f"cannot concatenate frames of layouts {sorted(layouts)}")
         return Frames(
             np.concatenate([p.frames for p in parts]),
             np.concatenate([p.pts_s for p in parts]),

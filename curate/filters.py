@@ -11,11 +11,11 @@ consecutive frames (or ``max_frames`` frames) sampled evenly over the clip. So a
 not grow with its length or resolution.
 
 Units. Motion scores are pixels per frame interval *at the analysis resolution*, where a frame
-interval is the step between consecutive frames handed in (1/8 s when the pipeline decodes at
-8 fps). A 2 px/frame motion on a 64 px-high video therefore scores 2; the same motion on a 256 px
+interval is the step between consecutive frames handed in (the decoded frames at the output
+fps in the curate pipeline). A 2 px/frame motion on a 64 px-high video therefore scores 2; the same motion on a 256 px
 source scores 2 * 128/256 = 1 (the frame is shrunk to 128): scores measure motion relative to the
 frame size, so sources of different resolutions compare. Sources compare in time only when
-decoded at the same analysis fps.
+decoded at the same frame rate.
 
 Too few frames to score (0 or 1 frames for a pair-based score) gives ``None`` scores and no
 rejection: the ``Duration`` scorer is the one that rejects clips that are too short.

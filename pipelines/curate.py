@@ -9,7 +9,7 @@ videos with a committed ``sources`` row are skipped. Clip keys are deterministic
 within one video only, so a killed and resumed run keeps exactly the clips an uninterrupted one
 would.
 
-This module and ``ray_adapter.py`` are the only ones that import ray.
+Only pipelines/ imports ray: this module, ``ray_adapter.py`` and ``label.py``.
 """
 
 from __future__ import annotations

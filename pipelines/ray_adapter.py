@@ -1,4 +1,4 @@
-"""The one adapter that maps curate operators onto Ray Data.
+"""Maps the curate operators onto Ray Data (``defi label`` wires its own actor pool in label.py).
 
 Stage 1 (tasks): ``process_source`` per video -> one row per clip plus one per finished video.
 Stage 2 (actor pool, optional): CLIP scoring in batches, one model per actor, a GPU each when the

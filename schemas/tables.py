@@ -1,6 +1,6 @@
 """Arrow schemas of every table in a corpus, and the format version they belong to.
 
-A corpus stores one folder of parquet parts per table (see ``layout.py``). Every part of a table
+A corpus stores one folder of parquet parts per table (see ``corpus.py``). Every part of a table
 has exactly the schema below; ``validate_table`` names the first bad column and its type.
 
 Units: times are seconds (float64) unless the column name says ``_frame``/``_frames``; frame
