@@ -43,7 +43,7 @@ from defi.schemas.corpus import Corpus, label_view_name
 from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
-from .config import to_dict
+from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
 from .video import RayConfig
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
@@ -483,22 +483,34 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument("--ckpt", required=True, help="GIDM checkpoint folder, or a training run folder (latest checkpoint)")
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
+    p.add_argument("--config", help="YAML/TOML/JSON file with LabelConfig fields (flags override it)")
+    # shortcuts for the flags people type most; every LabelConfig field has its generated flag below
     gap = p.add_mutually_exclusive_group()
-    gap.add_argument("--gap-s", type=float, help="gap between o_t and o_t+k in seconds (default: the checkpoint's, else 1 frame)")
-    gap.add_argument("--gap-frames", type=int, help="gap in frames")
-    p.add_argument("--window-stride", type=int, default=1, help="frames between window starts (default 1)")
-    p.add_argument("--batch-size", type=int, default=64, help="frames / transitions per model batch (default 64)")
-    p.add_argument("--clips-per-batch", type=int, default=16, help="clips per actor call (default 16)")
-    p.add_argument("--clips-per-unit", type=int, default=256, help="clips per committed parquet part (default 256)")
-    p.add_argument("--actors", type=int, default=1, help="labeling actors, a GPU each when present (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    gap.add_argument("--gap-s", type=float, help="same as --gap_s")
+    gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
+    p.add_argument("--local", action="store_true", help="same as --engine local: run in this process, without Ray")
+    p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int, help="label at most this many pending clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(p, LabelConfig, "label config (LabelConfig: defaults <- --config file <- these flags <- shortcuts)")
     p.set_defaults(func=cmd_label_latent_actions)
     return label
+
+
+def resolve_label_config(args) -> LabelConfig:
+    """LabelConfig defaults <- ``--config`` file <- generated flags <- shortcut flags."""
+    data = load_file(args.config) if args.config else {}
+    data = merge(data, flag_overrides(args))
+    short: dict[str, Any] = {}
+    if args.gap_s is not None:
+        short.update(gap_s=args.gap_s, gap_frames=None)
+    if args.gap_frames is not None:
+        short.update(gap_frames=args.gap_frames, gap_s=None)
+    if args.local:
+        short["engine"] = "local"
+    if args.address:
+        short["ray"] = {"address": args.address}
+    return from_dict(LabelConfig, merge(data, short))
 
 
 def cmd_label_latent_actions(args) -> int:
@@ -508,13 +520,9 @@ def cmd_label_latent_actions(args) -> int:
     from .cli import UsageError
 
     try:
-        cfg = LabelConfig(gap_frames=args.gap_frames, gap_s=args.gap_s, window_stride=args.window_stride,
-                          batch_size=args.batch_size, device=args.device, clips_per_unit=args.clips_per_unit,
-                          clips_per_batch=args.clips_per_batch,
-                          actors=args.actors, engine="local" if args.local else "ray",
-                          ray=RayConfig(address=args.address, num_cpus=args.num_cpus))
+        cfg = resolve_label_config(args)
         rec = run_label(args.root, args.ckpt, args.select, cfg, progress=not args.no_progress, limit=args.limit)
-    except (SelectionError, CheckpointError, ValueError) as e:
+    except (SelectionError, CheckpointError, ValueError) as e:  # ConfigError is a ValueError
         raise UsageError(" ".join(str(e).split())) from None
     print(summary_text(rec))
     print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")

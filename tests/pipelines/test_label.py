@@ -217,8 +217,8 @@ def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, caps
 @pytest.mark.slow  # ~25 s: Ray start, workers importing torch, actor start
 def test_cli_on_ray_matches_local(root, base, capsys):
     """The one Ray run: the CLI on a local Ray with 2 CPUs gives the rows the in-process engine gives."""
-    assert main(["label", "latent-actions", "--root", root, "--ckpt", base[1]["vq"], "--num-cpus", "2",
-                 "--clips-per-unit", "3", "--batch-size", "8", "--no-progress"]) == 0
+    assert main(["label", "latent-actions", "--root", root, "--ckpt", base[1]["vq"], "--ray.num_cpus", "2",
+                 "--clips_per_unit", "3", "--batch_size", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "5 labeled" in out and "1 failed" in out and "decode" in out
     corpus = Corpus.open(root)
