@@ -64,10 +64,10 @@ class DemoConfig:
     keypoints: int = field(default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
-    gfdm_steps: int = field(default=60, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
-    policy_steps: int = field(default=40, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
+    gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
+    policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
     eval_episodes: int = field(default=2, metadata={"help": "evaluation episodes per held-out task, per policy"})
-    eval_max_steps: int = field(default=100, metadata={"help": "actions per evaluation episode at most"})
+    eval_max_steps: int = field(default=80, metadata={"help": "actions per evaluation episode at most"})
     eval_seed: int = field(default=1000, metadata={"help": "evaluation layout seed (other than the data's: unseen layouts)"})
 
     def __post_init__(self) -> None:
