@@ -23,8 +23,8 @@ that was not finished. A failing step is named and leaves the earlier steps' out
 Sizes: the new steps' defaults (GFDM 30 steps at batch 8, two policies of 30 steps at batch 16, 2
 episodes x 3 held-out tasks x 2 policies of at most 80 actions) are meant for `make demo` on a 2-core
 machine. Measured on the 2-core box shared by four engineers (load average 6-9, a test run beside):
-train_gfdm 615 s (~20 s/step), train_policy ~410 s (~7 s/step per policy) -- far from 10 minutes
-there; the per-step costs on an idle box were not measured. ``BIGGER`` (in ``defi demo --help``)
+train_gfdm 615 s (~20 s/step), train_policy 461 s (two policies, ~7 s/step), eval 88 s (12
+episodes): ~19 minutes for the three, far over 10 minutes there; an idle box was not measured. ``BIGGER`` (in ``defi demo --help``)
 names the flags that run it bigger. Everything is generated locally; nothing is downloaded.
 """
 
