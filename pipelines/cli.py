@@ -269,10 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(c, CurateConfig)
     c.set_defaults(func=cmd_curate)
 
-    d = sub.add_parser("demo", help="run the main job on an embedded default (curate, train, label, query, report)",
+    d = sub.add_parser("demo", help="run the whole recipe on an embedded default (curate, GIDM, label, GFDM, policy, eval, report)",
                        description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
                        "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
-                       "the latent against true robot actions and write OUT/report.html. Re-running resumes.")
+                       "the latent against true robot actions, train a tiny GFDM, finetune the DeFI policy and a scratch one on the "
+                       "held-out robot clips, evaluate both in Meta-World and write OUT/report.html. Re-running resumes.")
     from defi.pipelines.demo import add_demo_arguments
 
     add_demo_arguments(d)

@@ -8,15 +8,24 @@
     label       `defi label latent-actions` of every kept clip
     queries     the latent-action queries from README
     probe       linear probes of the true robot action from the GIDM latent, beside controls
-    report      OUT/report.html: plots, tables and galleries of everything above
+    train_gfdm  `defi train gfdm` of a tiny GFDM on the action-free clips; its predictions on held-out
+                robot clips (o_t | predicted | true) as a PNG grid
+    train_policy `defi train policy` of the DeFI policy (pretrained GFDM + GIDM) on the held-out robot
+                clips with actions, and of the `scratch` variant at the same budget
+    eval        `defi eval` of both on the held-out tasks, the same episodes (layout seeds) for both
+    report      OUT/report.html: plots, tables, galleries, the eval table and rollout videos
 
 Each step writes ``OUT/steps/<name>.json`` when it finishes. Running the demo again skips the
 finished steps (each step is itself resumable: curate skips committed videos, training resumes from
 its last checkpoint, labeling labels only new clips) and re-runs everything after the first step
 that was not finished. A failing step is named and leaves the earlier steps' output in place.
 
-Later issues (GFDM pretraining, policy finetuning, evaluation) append their steps to ``STEPS``.
-Everything is generated locally; nothing is downloaded.
+Sizes: the new steps' defaults (GFDM 30 steps at batch 8, two policies of 30 steps at batch 16, 2
+episodes x 3 held-out tasks x 2 policies of at most 80 actions) are meant for `make demo` on a 2-core
+machine. Measured on the 2-core box shared by four engineers (load average 6-9, a test run beside):
+train_gfdm 615 s (~20 s/step), train_policy 461 s (two policies, ~7 s/step), eval 88 s (12
+episodes): ~19 minutes for the three, far over 10 minutes there; an idle box was not measured. ``BIGGER`` (in ``defi demo --help``)
+names the flags that run it bigger. Everything is generated locally; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +68,17 @@ class DemoConfig:
     keypoints: int = field(default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
+    gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
+    policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
+    eval_episodes: int = field(default=2, metadata={"help": "evaluation episodes per held-out task, per policy"})
+    eval_max_steps: int = field(default=80, metadata={"help": "actions per evaluation episode at most"})
+    eval_seed: int = field(default=1000, metadata={"help": "evaluation layout seed (other than the data's: unseen layouts)"})
+
+    def __post_init__(self) -> None:
+        bad = [f"{n}={getattr(self, n)!r}: must be >= 1" for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
+               if getattr(self, n) < 1]
+        if bad:
+            raise ValueError("invalid DemoConfig: " + "; ".join(bad))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +101,16 @@ class Context:
     @property
     def gidm_run(self) -> Path:
         return self.out / "gidm"
+
+    @property
+    def gfdm_run(self) -> Path:
+        return self.out / "gfdm"
+
+    def policy_run(self, variant: str) -> Path:
+        return self.out / "policy" / variant
+
+    def eval_dir(self, variant: str) -> Path:
+        return self.out / "eval" / variant
 
 
 @dataclass(frozen=True)
@@ -369,6 +399,141 @@ def step_probe(ctx: Context) -> dict[str, Any]:
     return res
 
 
+# -- train_gfdm --------------------------------------------------------------------------------
+POLICY_VARIANTS = [("defi", "DeFI (pretrained GFDM + GIDM)"), ("scratch", "scratch (same architecture, random init)")]
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _no_robot_clips(ctx: Context) -> str | None:
+    """Why the robot steps cannot run here (no robot episodes, or none with actions), or None."""
+    from defi.schemas.corpus import Corpus
+
+    robot = (ctx.results.get("inputs") or {}).get("robot")
+    if not robot or (robot.get("error") and "robot_with_actions" not in robot):
+        return "no Meta-World episodes were generated (--no-robot, or no [sim] extra / GL here)"
+    n = Corpus.open(ctx.root).query(f"SELECT count(*) AS n FROM ({PROBE_SELECT})").to_pylist()[0]["n"]
+    return None if n else "no kept robot clip with actions in the corpus"
+
+
+def step_train_gfdm(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.train import main as train_main
+
+    c = ctx.cfg
+    args = ["gfdm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gfdm_run), "--model", "tiny",
+            "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size), "--steps", str(c.gfdm_steps),
+            "--train.batch_size", "8", "--train.lr", "1e-3", "--train.log_every", "5",
+            "--train.warmup_steps", str(min(50, c.gfdm_steps // 10)), "--train.ckpt_every", str(c.gfdm_steps),
+            "--train.grid_every", str(c.gfdm_steps), "--data.pairs_per_clip", "8", "--data.shuffle_buffer", "256",
+            "--train.seed", str(c.seed)]
+    _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+    rc = train_main(args)
+    if rc:
+        raise RuntimeError(f"defi train gfdm exited with {rc}")
+    metrics = _metrics(ctx.gfdm_run)
+    res: dict[str, Any] = {"run": str(ctx.gfdm_run), "select": TRAIN_SELECT, "steps": metrics[-1].get("step") if metrics else 0,
+                           "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m]}
+    why = _no_robot_clips(ctx)
+    if why:
+        res["heldout"] = {"skipped": why}
+    else:
+        res["heldout"] = heldout_grid(ctx, ctx.gfdm_run / "heldout_grid.png")
+    return res
+
+
+def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
+    """The trained GFDM's predictions on held-out robot clips (tasks it never saw): a PNG grid of
+    rows o_t | predicted | true, and the mean squared error of the prediction beside the error of
+    copying o_t (the "nothing moves" baseline), over those rows."""
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from defi.pipelines.train_gfdm import TextLookup, gfdm_batches, selection_texts
+    from defi.schemas.corpus import Corpus
+    from defi.training.checkpoint import load_checkpoint
+    from defi.training.data import ClipDataset, collate_items
+    from defi.training.gfdm import TextModelConfig
+    from defi.training.recipes.train_gfdm import last_checkpoint, prediction_grid
+
+    c = ctx.cfg
+    model, mcfg, _ = load_checkpoint(last_checkpoint(ctx.gfdm_run))
+    saved = json.loads((ctx.gfdm_run / "run_config.json").read_text())
+    corpus = Corpus.open(ctx.root)
+    dataset = ClipDataset.from_corpus(corpus, PROBE_SELECT, gap_frames=c.gap_frames, size=mcfg.image_size, pairs_per_clip=1,
+                                      window=mcfg.context_frames + mcfg.future_frames, shuffle=True, seed=c.seed)
+    lookup = TextLookup(corpus, TextModelConfig(**saved["text"]), selection_texts(corpus, dataset.keys), mcfg.text_dim)
+    loader = DataLoader(dataset, batch_size=rows, collate_fn=collate_items)
+    batch = next(gfdm_batches(iter(loader), mcfg.context_frames, lookup))
+    image = prediction_grid(model, batch, seed=c.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    with torch.no_grad():
+        model.eval()
+        text = torch.where(batch["has_text"].view(-1, 1), batch["text_emb"], model.null_text.expand_as(batch["text_emb"]))
+        pred = model.predict(batch["obs"], text, generator=torch.Generator().manual_seed(c.seed)).float()
+    true, now = batch["future"].float(), batch["obs"][:, -3:].unsqueeze(1).float()
+    return {"grid": str(path), "rows": int(true.shape[0]), "select": PROBE_SELECT, "clips": len(dataset.keys),
+            "mse_predicted": float(((pred - true) ** 2).mean()), "mse_copy_ot": float(((now - true) ** 2).mean())}
+
+
+# -- train_policy ------------------------------------------------------------------------------
+def step_train_policy(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.train import main as train_main
+
+    why = _no_robot_clips(ctx)
+    if why:
+        _say(f"  no policy: {why}")
+        return {"skipped": why}
+    c = ctx.cfg
+    out: dict[str, Any] = {"select": PROBE_SELECT, "steps": c.policy_steps}
+    for variant, _ in POLICY_VARIANTS:
+        run = ctx.policy_run(variant)
+        args = ["policy", "--root", ctx.root, "--select", PROBE_SELECT, "--gfdm", str(ctx.gfdm_run), "--gidm", str(ctx.gidm_run),
+                "--out", str(run), "--init", variant, "--steps", str(c.policy_steps), "--train.batch_size", "16",
+                "--train.lr", "1e-3", "--train.warmup_steps", str(min(50, c.policy_steps // 10)), "--train.log_every", "5",
+                "--train.ckpt_every", str(c.policy_steps), "--train.seed", str(c.seed)]
+        _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+        rc = train_main(args)
+        if rc:
+            raise RuntimeError(f"defi train policy --init {variant} exited with {rc}")
+        metrics = _metrics(run)
+        out[variant] = {"run": str(run), "loss": [[m["step"], m["loss"]] for m in metrics if "loss" in m],
+                        "action_l1": [[m["step"], m["action_l1"]] for m in metrics if "action_l1" in m]}
+    return out
+
+
+# -- eval --------------------------------------------------------------------------------------
+def step_eval(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.eval import run_eval, summary_text
+    from defi.training.sim.evaluate import EvalConfig
+
+    trained = ctx.results.get("train_policy") or {}
+    if trained.get("skipped"):
+        return {"skipped": trained["skipped"]}
+    c = ctx.cfg
+    tasks = [t for t in c.probe_tasks.split(",") if t]
+    out: dict[str, Any] = {"tasks": tasks, "episodes": c.eval_episodes, "seed": c.eval_seed, "max_steps": c.eval_max_steps}
+    for variant, _ in POLICY_VARIANTS:
+        cfg = EvalConfig(tasks=tasks, episodes=c.eval_episodes, seed=c.eval_seed, max_steps=c.eval_max_steps, videos=1,
+                         workers=1)
+        run, dest = ctx.policy_run(variant), ctx.eval_dir(variant)
+        command = (f"defi eval --policy {run} --tasks {','.join(tasks)} --episodes {c.eval_episodes} --seed {c.eval_seed} "
+                   f"--max-steps {c.eval_max_steps} --videos 1 --out {dest}")
+        _say(f"  {command}")
+        s = run_eval(str(run), cfg, str(dest), progress=True, command=command)
+        print(summary_text(s))
+        out[variant] = {"command": command, "per_task": s["per_task"], "seconds": s["seconds"], "report": s["report"],
+                        "episodes": s["episodes"],
+                        "videos": sorted(str(p) for p in (dest / "videos").glob("*.mp4"))}
+    return out
+
+
 # -- report ------------------------------------------------------------------------------------
 def step_report(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.report import write_report
@@ -386,6 +551,10 @@ STEPS: list[Step] = [
     Step("label", "label every kept clip with latent actions (defi label latent-actions)", step_label),
     Step("queries", "run the README's latent-action queries (defi query)", step_queries),
     Step("probe", "probe the true robot actions from the latent, beside observation-only controls", step_probe),
+    Step("train_gfdm", "train a tiny GFDM on the action-free clips (defi train gfdm)", step_train_gfdm),
+    Step("train_policy", "finetune the DeFI policy, and scratch at the same budget, on the held-out robot clips "
+         "(defi train policy)", step_train_policy),
+    Step("eval", "roll both policies out on the held-out tasks, same seeds (defi eval)", step_eval),
     Step("report", "write report.html", step_report),
 ]
 
@@ -464,8 +633,17 @@ def step_seconds(out: Path, steps: list[Step] | None = None) -> dict[str, float]
     return res
 
 
+BIGGER = ("The defaults are sized for `make demo` on a 2-core machine (under 10 minutes, set-up included), far too "
+          "small for a working policy. To run it bigger: --episodes 40 --probe_episodes 20 --robot_steps 150 "
+          "(more data), --gidm_steps 5000 --gfdm_steps 5000 --policy_steps 3000 (longer training), "
+          "--eval_episodes 20 --eval_max_steps 150 (tighter intervals), --num_cpus N; on a GPU the training "
+          "steps use it. Re-run with --from STEP to redo a step and everything after it.")
+
+
 def add_demo_arguments(p) -> None:
     from defi.pipelines.config import add_flags
+
+    p.epilog = BIGGER
 
     p.add_argument("--out", default="demo", help="output folder: inputs/, corpus/, gidm/, steps/, report.html (default: demo)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first and start over")

@@ -5,7 +5,9 @@ Sections: the steps and their times; where the input hours went (kept, rejected 
 any clip, unreadable files); score distributions kept vs. rejected; GIDM training loss; latent-
 action code usage; a 2-D projection of latent actions coloured by the true hand-motion direction
 (robot clips with actions); the probe table (latent vs. observation-only controls); the query
-results as galleries.
+results as galleries; the GFDM's predictions on held-out clips (PNG grid); the policies' training
+loss; the evaluation table (DeFI beside scratch, Wilson intervals), one sentence computed from it,
+and the rollout videos.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import html
 import math
 from pathlib import Path
 from typing import Any
+
+from defi.pipelines import svg
 
 SCORES = [("motion_mean", "optical flow, px/frame"), ("frame_diff", "mean |frame difference|, 0..255"),
           ("camera_motion", "camera motion, px/frame"), ("local_motion", "local motion, px/frame"),
@@ -71,7 +75,7 @@ def _spread(x: list[float], y: list[float]) -> tuple[list[float], list[float], s
     import numpy as np
 
     xa, ya = np.asarray(x, float), np.asarray(y, float)
-    distinct = len({(round(a, 6), round(b, 6)) for a, b in zip(xa.tolist(), ya.tolist(), strict=False)})
+    distinct = len({(round(a, 6), round(b, 6)) for a, b in zip(xa.tolist(), ya.tolist(), strict=True)})
     if len(xa) == 0 or distinct > 50:
         return x, y, ""
     rng = np.random.default_rng(0)
@@ -98,7 +102,6 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
 
 def write_report(ctx, path: Path) -> dict[str, Any]:
     """Write the demo report for the finished steps in ``ctx.results``; returns what it holds."""
-    from defi.pipelines import svg
     from defi.pipelines.browse import clip_cards_html, render_page
     from defi.pipelines.cli import corpus_summary
     from defi.schemas.corpus import Corpus
@@ -208,6 +211,19 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     elif probe.get("skipped"):
         sections.append(_section("Probe", f"<p>not run: {_e(probe['skipped'])}</p>", "probe"))
 
+    # -- GFDM, policy, evaluation ---------------------------------------------------------------------------
+    part = gfdm_section(res)
+    if part:
+        sections.append(part[0])
+        shown["gfdm"] = part[1]
+    part = policy_section(res)
+    if part:
+        sections.append(part)
+    part = eval_section(res)
+    if part:
+        sections.append(part[0])
+        shown["eval"] = part[1]
+
     # -- query galleries -----------------------------------------------------------------------------------
     queries = (res.get("queries") or {}).get("queries") or []
     parts = []
@@ -222,10 +238,12 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
 
     nav = "<nav>" + " · ".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("steps", "steps"), ("hours", "hours"), ("scores", "scores"), ("train", "training"), ("latents", "latent actions"),
-        ("probe", "probe"), ("queries", "queries"))) + "</nav>"
+        ("probe", "probe"), ("gfdm", "GFDM"), ("policy", "policy"), ("eval", "evaluation"),
+        ("queries", "queries"))) + "</nav>"
     intro = ("<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
              "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
-             "action-free clips, and queried. Corpus: <code>" + _e(ctx.root) + "</code>.</p>")
+             "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
+             "policy trained from scratch. Corpus: <code>" + _e(ctx.root) + "</code>.</p>")
     page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav
                        + "".join(sections))
     tmp = path.with_name(path.name + ".tmp")
@@ -234,3 +252,127 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     shown["bytes"] = path.stat().st_size
     shown["sections"] = len(sections)
     return shown
+
+
+# ---------------------------------------------------------------------------------------------
+# GFDM, policy and evaluation sections
+# ---------------------------------------------------------------------------------------------
+def _data_uri(path: str | Path, mime: str) -> str:
+    import base64
+
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _pooled(per_task: dict[str, Any]) -> tuple[int, int]:
+    return sum(t["successes"] for t in per_task.values()), sum(t["episodes"] for t in per_task.values())
+
+
+def eval_verdict(ev: dict[str, Any], gfdm_steps: Any, policy_steps: Any) -> str:
+    """One sentence on what the eval numbers show, computed from them: pooled success of DeFI and
+    scratch with Wilson 95% intervals, and whether those intervals separate the two."""
+    from defi.training.sim.evaluate import wilson
+
+    (a, n), (b, m) = _pooled(ev["defi"]["per_task"]), _pooled(ev["scratch"]["per_task"])
+    (alo, ahi), (blo, bhi) = wilson(a, n), wilson(b, m)
+    budget = (f"At this budget ({gfdm_steps} GFDM steps, {policy_steps} policy steps, {ev['episodes']} "
+              f"episode{'' if ev['episodes'] == 1 else 's'} per task)")
+    both = (f"DeFI succeeded in {a} of {n} episodes (95% interval {100 * alo:.0f}-{100 * ahi:.0f}%) and scratch in "
+            f"{b} of {m} ({100 * blo:.0f}-{100 * bhi:.0f}%)")
+    if a == 0 and b == 0:
+        return (f"{budget} neither policy solved a held-out task: {both}, so this run shows the recipe running end to "
+                "end, not that pretraining helps; run it bigger (see defi demo --help) to measure that.")
+    if alo > bhi:
+        return f"{budget} {both}: the intervals do not overlap, so DeFI is ahead of scratch here."
+    if blo > ahi:
+        return f"{budget} {both}: the intervals do not overlap, so scratch is ahead of DeFI here."
+    return (f"{budget} {both}: the intervals overlap, so these episodes cannot tell the two apart; more episodes and "
+            "longer training (defi demo --help) would.")
+
+
+def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    g = res.get("train_gfdm") or {}
+    if not g:
+        return None
+    losses = [float(v) for _, v in g.get("loss") or []]
+    body = (f"<p>Tiny GFDM (pixel U-Net, predicts o_t+k from o_t and the instruction) trained {g.get('steps')} steps "
+            f"on <code>{_e(g.get('select'))}</code>" + (f": loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}." if losses else ".")
+            + "</p>")
+    if losses and all(v > 0 for v in losses):
+        body += svg.line([math.log10(v) for v in losses], title="GFDM training loss", ylabel="log10 loss", width=560, height=120)
+    held = g.get("heldout") or {}
+    shown: dict[str, Any] = {}
+    if held.get("grid") and Path(held["grid"]).exists():
+        ratio = held["mse_predicted"] / held["mse_copy_ot"] if held["mse_copy_ot"] > 0 else float("nan")
+        body += (f"<h3>Predictions on held-out robot clips (tasks the GFDM never saw)</h3><p>Each row: o_t | predicted "
+                 f"o_t+k | true o_t+k, from <code>{_e(held['select'])}</code> ({held['clips']} clips). Mean squared "
+                 f"error over these {held['rows']} rows: {held['mse_predicted']:.4f} predicted vs. "
+                 f"{held['mse_copy_ot']:.4f} for copying o_t (ratio {ratio:.2f}; below 1: the prediction beats "
+                 f"\"nothing moves\").</p><img class=grid-png alt='GFDM predictions: o_t | predicted | true' "
+                 f"style='image-rendering:pixelated;width:{3 * 128}px' src='{_data_uri(held['grid'], 'image/png')}'>")
+        shown["grid"] = held["grid"]
+    elif held.get("skipped"):
+        body += f"<p class=note>No held-out predictions: {_e(held['skipped'])}.</p>"
+    return _section("GFDM: predicted futures", body, "gfdm"), shown
+
+
+def policy_section(res: dict[str, Any]) -> str | None:
+    from .demo import POLICY_VARIANTS
+
+    p = res.get("train_policy") or {}
+    if not p:
+        return None
+    if p.get("skipped"):
+        return _section("Policy training", f"<p>not run: {_e(p['skipped'])}</p>", "policy")
+    plots, facts = [], []
+    for variant, label in POLICY_VARIANTS:
+        losses = [float(v) for _, v in p[variant]["loss"]]
+        if not losses:
+            continue
+        facts.append(f"{_e(label)}: loss {losses[0]:.4g} &rarr; {losses[-1]:.4g}")
+        plots.append(svg.line(losses, title=f"{variant}: policy training loss", ylabel="loss", width=380, height=120, ymin=0))
+    body = (f"<p>Both finetuned {p['steps']} steps on <code>{_e(p['select'])}</code> (the held-out tasks' clips with "
+            f"actions). " + "; ".join(facts) + ".</p><div class=grid>" + "".join(f"<div>{x}</div>" for x in plots) + "</div>")
+    return _section("Policy training", body, "policy")
+
+
+def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    from .demo import POLICY_VARIANTS
+
+    ev = res.get("eval") or {}
+    if not ev:
+        return None
+    if ev.get("skipped"):
+        return _section("Evaluation", f"<p>not run: {_e(ev['skipped'])}</p>", "eval"), {}
+    head = "<th>task</th>" + "".join(f"<th>{_e(v)}: successes</th><th>{_e(v)}: rate (Wilson 95%)</th>" for v, _ in POLICY_VARIANTS)
+    rows = []
+    for task in ev["tasks"]:
+        cells = []
+        for v, _ in POLICY_VARIANTS:
+            t = ev[v]["per_task"].get(task) or {}
+            lo, hi = t.get("wilson95", (0.0, 1.0))
+            cells.append(f"<td>{t.get('successes', 0)}/{t.get('episodes', 0)}</td>"
+                         f"<td>{100 * t.get('success_rate', 0.0):.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)</td>")
+        rows.append(f"<tr><td>{_e(task)}</td>{''.join(cells)}</tr>")
+    gfdm_steps = (res.get("train_gfdm") or {}).get("steps")
+    policy_steps = (res.get("train_policy") or {}).get("steps")
+    verdict = eval_verdict(ev, gfdm_steps, policy_steps)
+    cmds = "".join(f"<pre class=sql>$ {_e(ev[v]['command'])}</pre>" for v, _ in POLICY_VARIANTS)
+    body = (f"<p class=verdict><b>{_e(verdict)}</b></p><p>{ev['episodes']} episodes per held-out task and policy, "
+            f"the same layouts for both (seed {ev['seed']}, unseen in training), at most {ev['max_steps']} actions each.</p>"
+            f"<table class='data eval'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{cmds}")
+    cards = []
+    for v, label in POLICY_VARIANTS:
+        outcomes = {(e["task"], e["episode"]): e for e in ev[v]["episodes"]}
+        for path in ev[v]["videos"]:
+            if not Path(path).exists():
+                continue
+            task, _, ep = Path(path).stem.rpartition("-")
+            e = outcomes.get((task, int(ep))) or {}
+            ok = bool(e.get("success"))
+            cls = "kept" if ok else "rejected"
+            cards.append(f"<article class='card {cls}' data-variant='{_e(v)}'><video autoplay muted loop playsinline "
+                         f"preload='auto' style='image-rendering:pixelated' src='{_data_uri(path, 'video/mp4')}'></video>"
+                         f"<div class='head'><div class='src'>{_e(label)}: {_e(task)} #{int(ep)}</div><span class='status {cls}'>"
+                         f"{'success' if ok else 'failure'}</span> {e.get('steps', '')} steps</div></article>")
+    body += "<h3>Rollouts</h3><div class='cards rollouts'>" + "".join(cards) + "</div>"
+    return _section("Evaluation: DeFI beside scratch", body, "eval"), {"verdict": verdict, "rollout_videos": len(cards)}
