@@ -312,6 +312,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-workers", type=int, default=2)
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the table, results.json and report.html from the finished cells, run nothing "
+                        "(while a run is under way, or after it was stopped)")
     a = p.parse_args(argv)
     a.config_name = "smoke" if a.smoke else "quick" if a.quick else "full"
     for k, v in CONFIGS[a.config_name].items():
@@ -338,12 +341,15 @@ def main(argv=None) -> dict:
     saved = work / "config.json"
     if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
         raise SystemExit(f"{work} holds a run of another configuration ({saved}); use another --work")
-    atomic_json(saved, config)
+    if not a.report_only:
+        atomic_json(saved, config)
     cmd = "bench/defi_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"[ablation] configuration {a.config_name}" + ("" if a.config_name == "full" else
           f" (NOT the full run: {len(a.pretrain_tasks)} pretraining tasks, {len(a.target_tasks)} targets, "
           f"{len(a.seeds)} seeds, settings {','.join(a.settings)})") + f"; work {work}", flush=True)
     t0 = time.time()
+    if a.report_only:
+        return summarise(work, a, config, cmd, 0.0)
     root = data(work, a)
     cells_all = [(s, v, seed) for s in a.settings for seed in a.seeds for v in VARIANTS]
     done_before = sum((work / "cells" / s / f"{v}-s{seed}.json").exists() for s, v, seed in cells_all)
@@ -381,7 +387,9 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
     res["status"] = ("complete" if found == expected else f"PARTIAL: {found} of {expected} cells") + \
         ("" if a.config_name == "full" else f"; {a.config_name} configuration, not the full run")
     atomic_json(work / "results.json", res)
-    (work / "report.html").write_text(report_html(res))
+    tmp = work / f"report.html.tmp{os.getpid()}"
+    tmp.write_text(report_html(res))
+    os.replace(tmp, work / "report.html")
     print(f"\nDeFI ablation, {res['status']} ({wall / 60:.1f} min this call)")
     for s, t in res["settings"].items():
         print(table_text(s, t, a.target_tasks))
