@@ -56,7 +56,7 @@ EVAL_SEED = 1000  # layouts of the evaluation episodes: neither the pretraining 
 CONFIGS = {
     "full": dict(pretrain_tasks=TRAIN_TASKS, target_tasks=EVAL_TASKS[:3], settings="A,B", seeds=(0, 1, 2),
                  episodes=20, demos=10, size=64, gidm_steps=1500, gfdm_steps=800, policy_steps=600, batch_size=16,
-                 eval_episodes=50, max_steps=150, horizon=10),
+                 eval_episodes=50, max_steps=120, horizon=10),
     "quick": dict(pretrain_tasks=["reach-v3", "push-v3", "door-open-v3", "drawer-open-v3"],
                   target_tasks=["drawer-close-v3", "button-press-v3"], settings="A", seeds=(0, 1),
                   episodes=6, demos=10, size=64, gidm_steps=250, gfdm_steps=150, policy_steps=120, batch_size=16,
