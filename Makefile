@@ -11,7 +11,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-all lint demo bench bench-peers clean sysdeps browser
+.PHONY: install test test-all lint demo bench bench-peers bench-ablation clean sysdeps browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,12 +56,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@command -v ffmpeg >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: benchmarks print its column as missing")
-	@for f in $(filter-out bench/peers.py,$(wildcard bench/*.py)); do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in $(filter-out bench/peers.py bench/defi_ablation.py,$(wildcard bench/*.py)); do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 # defi vs Data-Juicer (own venv under bench/.venv-dj), PySceneDetect and ffmpeg; QUICK=1 for a short run
 bench-peers: $(STAMP)
 	@command -v ffmpeg >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: its rows say so"
 	$(BIN)/python bench/peers.py $(if $(QUICK),--quick,)
+
+# DeFI's claim in miniature (issue 21): pretraining + 5 policy variants x seeds + defi eval; resumable.
+# QUICK=1 for the short configuration (nice'd: it runs for a long while on 2 cores)
+bench-ablation: $(STAMP)
+	nice -n 10 $(BIN)/python bench/defi_ablation.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

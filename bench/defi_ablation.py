@@ -1,0 +1,401 @@
+"""Does forward + inverse pretraining beat scratch at equal labeled data? DeFI's claim in miniature.
+
+    nice -n 10 .venv/bin/python bench/defi_ablation.py            # full: 8 + 3 tasks, 3 seeds, 2 settings
+    nice -n 10 .venv/bin/python bench/defi_ablation.py --quick    # 4 pretraining tasks, 2 targets, 2 seeds, setting A
+    .venv/bin/python bench/defi_ablation.py --smoke --work DIR    # smallest end-to-end run (the test's)
+    make bench-ablation [QUICK=1]
+
+1. Data (``gidm_quality.make_corpus``: ``defi.training.sim.generate`` + ``run_curate``, one corpus):
+   scripted-expert Meta-World episodes of the pretraining tasks written *action-free*, and
+   ``--demos`` expert demos with actions per target task (other tasks; layouts of seed+1). With
+   setting B in ``--settings`` the target tasks' own episodes are also written action-free
+   (layouts of seed, not the demos').
+2. Pretraining per setting, with the CLI (``defi.pipelines.cli.main``): ``defi train gidm`` and
+   ``defi train gfdm --model tiny`` on the action-free clips (SQL: their language AND NOT
+   has_actions). Setting A: the pretraining tasks only; B: plus the target tasks' action-free video
+   (the paper's regime: the released GFDM mix holds CALVIN video). One pretraining run (seed 0) per
+   setting; seeds vary the finetuning.
+3. Cells: ``defi train policy --init VARIANT --train.seed SEED`` on the target tasks' labeled demos
+   (same clips, same steps, same batch for every variant), then ``defi eval`` on the target tasks
+   with the same env seed (held-out layouts, ``EVAL_SEED``) for every variant and seed. Each cell
+   writes ``WORK/cells/<setting>/<variant>-s<seed>.json`` atomically: re-running skips finished
+   cells (and the pretraining runs resume), so an interrupted run picks up where it stopped.
+4. Table: success per variant and task (mean over seeds; Wilson 95% interval of the successes
+   pooled over seeds), and a paired bootstrap 95% interval of ``defi`` minus ``scratch`` (seeds
+   resampled, then episodes, the same episode index for both: the same layout). Written to
+   ``WORK/results.json`` and ``WORK/report.html`` (inline SVG bars with intervals).
+
+Tasks, seeds and sizes are fixed below, chosen before any result was seen; they are not to be
+changed after looking at results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gidm_quality import DEFAULT_MODEL_SET as GIDM_MODEL_SET  # noqa: E402  (the GIDM bench's best setting)
+from gidm_quality import EVAL_TASKS, TRAIN_TASKS, make_corpus, sql_for_tasks  # noqa: E402
+
+VARIANTS = ("defi", "scratch", "no-gfdm-pretrain", "no-gidm-pretrain", "bc")
+SETTINGS = {"A": "target tasks not in pretraining", "B": "target tasks' action-free video added to pretraining"}
+EVAL_SEED = 1000  # layouts of the evaluation episodes: neither the pretraining (seed) nor the demos' (seed+1)
+
+# Fixed before any result (issue 21). full: the GIDM bench's 8 training tasks; 3 of its held-out
+# tasks as targets. quick: 4 + 2. smoke: the smallest run that exercises every step.
+CONFIGS = {
+    "full": dict(pretrain_tasks=TRAIN_TASKS, target_tasks=EVAL_TASKS[:3], settings="A,B", seeds=(0, 1, 2),
+                 episodes=20, demos=10, size=64, gidm_steps=1500, gfdm_steps=800, policy_steps=600, batch_size=16,
+                 eval_episodes=50, max_steps=120, horizon=10),
+    "quick": dict(pretrain_tasks=["reach-v3", "push-v3", "door-open-v3", "drawer-open-v3"],
+                  target_tasks=["drawer-close-v3", "button-press-v3"], settings="A", seeds=(0, 1),
+                  episodes=6, demos=10, size=64, gidm_steps=250, gfdm_steps=150, policy_steps=120, batch_size=16,
+                  eval_episodes=10, max_steps=100, horizon=10),
+    "smoke": dict(pretrain_tasks=["reach-v3", "push-v3"], target_tasks=["drawer-close-v3"], settings="A", seeds=(0,),
+                  episodes=1, demos=2, size=32, gidm_steps=2, gfdm_steps=2, policy_steps=2, batch_size=4,
+                  eval_episodes=2, max_steps=10, horizon=4),
+}
+GFDM_SMALL = ["--model.block_out_channels", "16,32", "--model.down_block_types", "DownBlock2D,CrossAttnDownBlock2D",
+              "--model.up_block_types", "CrossAttnUpBlock2D,UpBlock2D", "--model.cross_attention_dim", "16"]
+
+
+def atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def cli(args: list[str]) -> None:
+    from defi.pipelines.cli import main as defi_main
+
+    print("[run] defi " + " ".join(f'"{x}"' if " " in x else x for x in args), flush=True)
+    rc = defi_main(args)
+    if rc:
+        raise SystemExit(f"defi {args[0]} {args[1] if args[0] == 'train' else ''} failed with exit code {rc}")
+
+
+def pretrain_sql(a: argparse.Namespace, setting: str) -> str:
+    tasks = a.pretrain_tasks + (a.target_tasks if setting == "B" else [])
+    return sql_for_tasks(tasks) + " AND NOT has_actions"
+
+
+def labeled_sql(a: argparse.Namespace) -> str:
+    return sql_for_tasks(a.target_tasks) + " AND has_actions"
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+# ---------------------------------------------------------------------------------------------
+def data(work: Path, a: argparse.Namespace) -> str:
+    done = work / "corpus.done"
+    if done.exists():
+        print(f"[data] reusing {work / 'corpus'}")
+        return str(work / "corpus")
+    ns = argparse.Namespace(
+        train_tasks=a.pretrain_tasks + (a.target_tasks if "B" in a.settings else []), eval_tasks=a.target_tasks,
+        episodes=a.episodes, eval_episodes=a.demos, seed=a.seed, size=a.size, fps=20, noise=0.1, max_steps=120,
+        gen_workers=a.gen_workers, clip_s=3.0, cpus=a.cpus)
+    root = make_corpus(work, ns)
+    done.write_text("ok")
+    return root
+
+
+def pretrain(work: Path, root: str, a: argparse.Namespace, setting: str) -> tuple[str, str]:
+    gidm, gfdm = work / f"pretrain-{setting}" / "gidm", work / f"pretrain-{setting}" / "gfdm"
+    sql = pretrain_sql(a, setting)
+    small = a.size < 64
+    if not (gidm / "done").exists():
+        args = ["train", "gidm", "--root", root, "--select", sql, "--out", str(gidm), "--model", "tiny",
+                "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.gidm_steps),
+                "--train.batch_size", str(a.batch_size), "--train.lr", "1e-3", "--train.log_every", "25",
+                "--train.ckpt_every", str(max(a.gidm_steps // 2, 1)), "--train.warmup_steps", str(min(100, a.gidm_steps // 10)),
+                "--data.pairs_per_clip", "16", "--data.shuffle_buffer", "256", "--no-progress", "--train.seed", "0",
+                "--model.latent_dim", "16"]
+        for kv in GIDM_MODEL_SET:
+            field, _, value = kv.partition("=")
+            args += [f"--model.{field}", "8" if small and field == "keypoints" else value]
+        cli(args)
+        (gidm / "done").write_text("ok")
+    if not (gfdm / "done").exists():
+        args = ["train", "gfdm", "--root", root, "--select", sql, "--out", str(gfdm), "--model", "tiny",
+                "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.gfdm_steps),
+                "--model.objective", "regression", "--train.batch_size", str(a.batch_size), "--train.lr", "1e-3",
+                "--train.log_every", "25", "--train.ckpt_every", str(max(a.gfdm_steps // 2, 1)),
+                "--train.grid_every", str(max(a.gfdm_steps, 1)), "--train.warmup_steps", str(min(50, a.gfdm_steps // 10)),
+                "--data.pairs_per_clip", "8", "--data.shuffle_buffer", "256", "--no-progress", "--train.seed", "0"]
+        if small:
+            args += GFDM_SMALL
+        cli(args)
+        (gfdm / "done").write_text("ok")
+    return str(gidm), str(gfdm)
+
+
+def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespace, setting: str, variant: str,
+             seed: int) -> dict:
+    gidm, gfdm = parts
+    cell = work / "cells" / setting / f"{variant}-s{seed}"
+    t0 = time.time()
+    cli(["train", "policy", "--root", root, "--select", labeled_sql(a), "--gfdm", gfdm, "--gidm", gidm,
+         "--out", str(cell / "run"), "--init", variant, "--horizon", str(a.horizon), "--steps", str(a.policy_steps),
+         "--train.batch_size", str(a.batch_size), "--train.seed", str(seed), "--train.log_every", "25",
+         "--train.ckpt_every", str(a.policy_steps), "--train.warmup_steps", str(min(50, a.policy_steps // 10)),
+         "--data.shuffle_buffer", "256", "--no-progress"] + (["--policy.head_dim", "64"] if a.size < 64 else []))
+    t_train = time.time() - t0
+    cli(["eval", "--policy", str(cell / "run"), "--env", "metaworld", "--tasks", ",".join(a.target_tasks),
+         "--episodes", str(a.eval_episodes), "--seed", str(EVAL_SEED), "--max-steps", str(a.max_steps),
+         "--videos", "0", "--workers", str(a.eval_workers), "--out", str(cell / "eval"), "--no-progress"])
+    ev = json.loads((cell / "eval" / "results.json").read_text())
+    res = {"setting": setting, "variant": variant, "seed": seed, "per_task": ev["per_task"],
+           "episodes": [[e["task"], e["episode"], bool(e["success"])] for e in ev["episodes"]],
+           "seconds": {"train": t_train, "eval": time.time() - t0 - t_train}}
+    atomic_json(work / "cells" / setting / f"{variant}-s{seed}.json", res)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+def _matrix(cells: list[dict], variant: str, seeds: list[int], tasks: list[str]) -> np.ndarray:
+    """successes [seed, task, episode] of one variant (0/1)."""
+    by_seed = {c["seed"]: c for c in cells if c["variant"] == variant}
+    n = max(e[1] for s in seeds for e in by_seed[s]["episodes"]) + 1
+    m = np.zeros((len(seeds), len(tasks), n))
+    for i, s in enumerate(seeds):
+        for task, ep, ok in by_seed[s]["episodes"]:
+            m[i, tasks.index(task), ep] = ok
+    return m
+
+
+def bootstrap_diff(x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean success of x minus y with a paired bootstrap 95% interval: seeds resampled, then
+    episode indices per task (the same ones for x and y: the same layouts)."""
+    rng = np.random.default_rng(seed)
+    s, t, n = x.shape
+    diffs = np.empty(reps)
+    for r in range(reps):
+        si = rng.integers(0, s, s)
+        ei = rng.integers(0, n, (s, t, n))
+        xs = np.take_along_axis(x[si], ei, 2)
+        ys = np.take_along_axis(y[si], ei, 2)
+        diffs[r] = xs.mean() - ys.mean()
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(x.mean() - y.mean()), float(lo), float(hi)
+
+
+def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
+    from defi.training.sim.evaluate import wilson
+
+    rows = {}
+    for v in VARIANTS:
+        mine = [c for c in cells if c["variant"] == v]
+        if not mine:
+            continue
+        row = {}
+        for task in tasks + ["all"]:
+            per_seed, k, n = [], 0, 0
+            for c in mine:
+                ts = tasks if task == "all" else [task]
+                ks = sum(c["per_task"][t]["successes"] for t in ts)
+                ns = sum(c["per_task"][t]["episodes"] for t in ts)
+                per_seed.append(ks / ns)
+                k, n = k + ks, n + ns
+            row[task] = {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "successes": k, "episodes": n,
+                         "wilson95": list(wilson(k, n)), "seeds": sorted(c["seed"] for c in mine)}
+        rows[v] = row
+    out = {"rows": rows}
+    done = [s for s in seeds if all(any(c["variant"] == v and c["seed"] == s for c in cells) for v in ("defi", "scratch"))]
+    if done:
+        d, lo, hi = bootstrap_diff(_matrix(cells, "defi", done, tasks), _matrix(cells, "scratch", done, tasks))
+        out["defi_minus_scratch"] = {"diff": d, "bootstrap95": [lo, hi], "seeds": done}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------
+def table_text(setting: str, t: dict, tasks: list[str]) -> str:
+    cols = tasks + ["all"]
+    lines = [f"setting {setting} ({SETTINGS[setting]})",
+             f"  {'variant':<18}" + "".join(f"{c[:22]:>24}" for c in cols)]
+    for v, row in t["rows"].items():
+        cells = []
+        for c in cols:
+            r = row[c]
+            lo, hi = r["wilson95"]
+            cells.append(f"{100 * r['mean']:5.1f} [{100 * lo:4.1f},{100 * hi:5.1f}]")
+        lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}")
+    d = t.get("defi_minus_scratch")
+    if d:
+        lines.append(f"  defi - scratch: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
+                     f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})")
+    return "\n".join(lines)
+
+
+def bars_svg(t: dict, tasks: list[str], title: str) -> str:
+    """Grouped vertical bars (one group per task + all, one bar per variant) with Wilson whiskers;
+    each bar carries data-variant, data-task, data-value, data-lo, data-hi."""
+    from defi.pipelines.svg import _esc, _num, palette
+
+    cols = tasks + ["all"]
+    variants = list(t["rows"])
+    bw, gap, h, top, left = 14, 18, 160, 28, 34
+    gw = bw * len(variants) + gap
+    width = left + gw * len(cols) + 10
+    height = top + h + 40 + 14 * ((len(variants) + 2) // 3)
+    y = lambda v: top + h * (1 - v)  # noqa: E731
+    out = [f'<svg class="chart ablation" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" data-title="{_esc(title)}">', f'<text x="{left}" y="14" font-size="12">{_esc(title)}</text>']
+    for p in (0, 0.5, 1):
+        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{_num(y(p))}" y2="{_num(y(p))}" stroke="#ddd"/>'
+                   f'<text x="{left - 4}" y="{_num(y(p) + 3)}" font-size="9" text-anchor="end">{int(100 * p)}%</text>')
+    for ci, c in enumerate(cols):
+        gx = left + ci * gw + gap / 2
+        for vi, v in enumerate(variants):
+            r = t["rows"][v][c]
+            lo, hi = r["wilson95"]
+            x = gx + vi * bw
+            out.append(f'<rect class="bar" data-variant="{_esc(v)}" data-task="{_esc(c)}" data-value="{_num(r["mean"])}" '
+                       f'data-lo="{_num(lo)}" data-hi="{_num(hi)}" x="{_num(x)}" y="{_num(y(r["mean"]))}" '
+                       f'width="{bw - 2}" height="{_num(h * r["mean"])}" fill="{palette(vi)}"/>')
+            xm = _num(x + (bw - 2) / 2)
+            out.append(f'<line class="whisker" x1="{xm}" x2="{xm}" y1="{_num(y(lo))}" y2="{_num(y(hi))}" stroke="#222"/>')
+        out.append(f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" '
+                   f'text-anchor="middle">{_esc(c[:24])}</text>')
+    for vi, v in enumerate(variants):
+        lx, ly = left + (vi % 3) * 130, top + h + 32 + 14 * (vi // 3)
+        out.append(f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{palette(vi)}"/>'
+                   f'<text x="{lx + 13}" y="{ly}" font-size="10">{_esc(v)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def report_html(res: dict) -> str:
+    from defi.pipelines.browse import _esc, render_page
+
+    parts = [f"<h1>DeFI ablation ({_esc(res['config_name'])})</h1>",
+             f"<pre class='sql'>{_esc(res['command'])}</pre>",
+             f"<p>{_esc(res['status'])}. Pretraining tasks: {_esc(', '.join(res['config']['pretrain_tasks']))}; "
+             f"target tasks: {_esc(', '.join(res['config']['target_tasks']))}; {res['config']['demos']} labeled demos per "
+             f"target task; {res['config']['eval_episodes']} eval episodes per task per seed (env seed {EVAL_SEED}). "
+             f"Bars: mean success over seeds; whiskers: Wilson 95% of the pooled successes.</p>"]
+    for setting, t in res["settings"].items():
+        parts.append(f"<h2>Setting {setting}: {_esc(SETTINGS[setting])}</h2>")
+        parts.append(bars_svg(t, res["config"]["target_tasks"], f"success per variant, setting {setting}"))
+        parts.append(f"<pre>{_esc(table_text(setting, t, res['config']['target_tasks']))}</pre>")
+    return render_page("DeFI ablation", "".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="4 pretraining tasks, 2 targets, 2 seeds, setting A only")
+    size.add_argument("--smoke", action="store_true", help="smallest end-to-end configuration (tests)")
+    p.add_argument("--work", help="work folder (default: TMPDIR/defi_ablation[_quick|_smoke])")
+    p.add_argument("--settings", help="A, B or A,B (default: the configuration's)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (pretraining layouts; demos use seed+1)")
+    p.add_argument("--gap-frames", type=int, default=10, help="k of GIDM/GFDM pretraining, frames (0.5 s)")
+    p.add_argument("--eval-workers", type=int, default=1)
+    p.add_argument("--gen-workers", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the table, results.json and report.html from the finished cells, run nothing "
+                        "(while a run is under way, or after it was stopped)")
+    a = p.parse_args(argv)
+    a.config_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    for k, v in CONFIGS[a.config_name].items():
+        setattr(a, k, list(v) if isinstance(v, tuple | list) else v)
+    if a.settings is None:
+        a.settings = CONFIGS[a.config_name]["settings"]
+    a.settings = [s.strip() for s in a.settings.split(",") if s.strip()]
+    bad = [s for s in a.settings if s not in SETTINGS]
+    if bad:
+        p.error(f"--settings {bad}: valid are A, B")
+    a.work = a.work or str(Path(tempfile.gettempdir()) / ("defi_ablation" + ("" if a.config_name == "full" else "_" + a.config_name)))
+    return a
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    a = parse(argv)
+    torch.set_num_threads(a.threads)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    config = {k: getattr(a, k) for k in CONFIGS["full"]} | {"settings": a.settings, "seed": a.seed,
+                                                            "gap_frames": a.gap_frames, "eval_seed": EVAL_SEED}
+    saved = work / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
+        raise SystemExit(f"{work} holds a run of another configuration ({saved}); use another --work")
+    if not a.report_only:
+        atomic_json(saved, config)
+    cmd = "bench/defi_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"[ablation] configuration {a.config_name}" + ("" if a.config_name == "full" else
+          f" (NOT the full run: {len(a.pretrain_tasks)} pretraining tasks, {len(a.target_tasks)} targets, "
+          f"{len(a.seeds)} seeds, settings {','.join(a.settings)})") + f"; work {work}", flush=True)
+    t0 = time.time()
+    if a.report_only:
+        return summarise(work, a, config, cmd, 0.0)
+    root = data(work, a)
+    cells_all = [(s, v, seed) for s in a.settings for seed in a.seeds for v in VARIANTS]
+    done_before = sum((work / "cells" / s / f"{v}-s{seed}.json").exists() for s, v, seed in cells_all)
+    ran, t_cells = 0, 0.0
+    for s in a.settings:
+        parts = pretrain(work, root, a, s)
+        for seed in a.seeds:
+            for v in VARIANTS:
+                path = work / "cells" / s / f"{v}-s{seed}.json"
+                i = cells_all.index((s, v, seed)) + 1
+                if path.exists():
+                    print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: done, skipped", flush=True)
+                    continue
+                left = len(cells_all) - done_before - ran
+                eta = f"ETA {t_cells / ran * left / 60:.0f} min" if ran else "ETA after the first cell"
+                print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: running ({left} cells left, {eta})",
+                      flush=True)
+                t = time.time()
+                run_cell(work, root, parts, a, s, v, seed)
+                ran, t_cells = ran + 1, t_cells + time.time() - t
+    return summarise(work, a, config, cmd, time.time() - t0)
+
+
+def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: float) -> dict:
+    res = {"config_name": a.config_name, "config": config, "command": cmd, "settings": {}, "wall_s_this_call": wall}
+    expected = len(a.settings) * len(a.seeds) * len(VARIANTS)
+    found = 0
+    for s in a.settings:
+        cells = [json.loads(p.read_text()) for p in sorted((work / "cells" / s).glob("*-s*.json"))]
+        cells = [c for c in cells if c["seed"] in a.seeds]
+        found += len(cells)
+        if cells:
+            res["settings"][s] = table(cells, a.target_tasks, a.seeds)
+    res["cells_done"], res["cells_expected"] = found, expected
+    res["status"] = ("complete" if found == expected else f"PARTIAL: {found} of {expected} cells") + \
+        ("" if a.config_name == "full" else f"; {a.config_name} configuration, not the full run")
+    atomic_json(work / "results.json", res)
+    tmp = work / f"report.html.tmp{os.getpid()}"
+    tmp.write_text(report_html(res))
+    os.replace(tmp, work / "report.html")
+    print(f"\nDeFI ablation, {res['status']} ({wall / 60:.1f} min this call)")
+    for s, t in res["settings"].items():
+        print(table_text(s, t, a.target_tasks))
+    print(f"results {work / 'results.json'}\nreport  {work / 'report.html'}")
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
