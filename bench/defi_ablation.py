@@ -245,7 +245,7 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
 def bars_svg(t: dict, tasks: list[str], title: str) -> str:
     """Grouped vertical bars (one group per task + all, one bar per variant) with Wilson whiskers;
     each bar carries data-variant, data-task, data-value, data-lo, data-hi."""
-    from defi.pipelines.svg import _esc, _num, palette
+    from defi.pipelines.views.svg import _esc, _num, palette
 
     cols = tasks + ["all"]
     variants = list(t["rows"])
@@ -281,7 +281,7 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
 
 
 def report_html(res: dict) -> str:
-    from defi.pipelines.browse import _esc, render_page
+    from defi.pipelines.views.browse import _esc, render_page
 
     parts = [f"<h1>DeFI ablation ({_esc(res['config_name'])})</h1>",
              f"<pre class='sql'>{_esc(res['command'])}</pre>",

@@ -47,7 +47,7 @@ QUICK_EVAL = ["drawer-close-v3", "window-close-v3"]
 def make_corpus(work: Path, a: argparse.Namespace) -> str:
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.video import CurateConfig
+    from defi.pipelines.curate_video import CurateConfig
     from defi.training.sim import generate
 
     sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed),

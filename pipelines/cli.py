@@ -189,7 +189,7 @@ def cmd_curate(args) -> int:
     from defi.pipelines.config import ConfigError, resolve, to_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.sources import SourceError
-    from defi.pipelines.video import CurateConfig
+    from defi.pipelines.curate_video import CurateConfig
 
     try:
         cfg = resolve(CurateConfig, args.config, args)
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repair", action="store_true", help="delete clips/shards parts and shards that no commit explains "
                    "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused")
     from defi.pipelines.config import add_flags
-    from defi.pipelines.video import CurateConfig
+    from defi.pipelines.curate_video import CurateConfig
 
     add_flags(c, CurateConfig)
     c.set_defaults(func=cmd_curate)
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Extra subcommands register here explicitly, one line each (no registration by import side effect).
 def _extra_commands() -> list[Callable]:
-    from defi.pipelines.browse import add_browse_parser
+    from defi.pipelines.views.browse import add_browse_parser
     from defi.pipelines.eval import add_eval_parser
     from defi.pipelines.export import add_export_parser
     from defi.pipelines.label import add_label_parser, add_select_parser

@@ -35,7 +35,7 @@ from .config import to_dict
 from .lock import WriterLock
 from .shards import Sample, orphan_shards, remove_orphans, write_shard
 from .sources import SourceSpec, list_sources
-from .video import ClipItem, CurateConfig, VideoDone, dedup_video
+from .curate_video import ClipItem, CurateConfig, VideoDone, dedup_video
 
 
 @dataclass

@@ -248,7 +248,7 @@ def step_curate(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.cli import corpus_summary
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.video import CurateConfig
+    from defi.pipelines.curate_video import CurateConfig
     from defi.schemas.corpus import Corpus
 
     c = ctx.cfg
@@ -301,7 +301,7 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
 def step_label(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.label import LabelConfig, run_label
     from defi.pipelines.label import summary_text as label_summary
-    from defi.pipelines.video import RayConfig
+    from defi.pipelines.curate_video import RayConfig
 
     rec = run_label(ctx.root, str(ctx.gidm_run), cfg=LabelConfig(ray=RayConfig(num_cpus=ctx.cfg.num_cpus)))
     print(label_summary(rec))
@@ -536,7 +536,7 @@ def step_eval(ctx: Context) -> dict[str, Any]:
 
 # -- report ------------------------------------------------------------------------------------
 def step_report(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.report import write_report
+    from defi.pipelines.views.report import write_report
 
     path = ctx.out / "report.html"
     info = write_report(ctx, path)

@@ -43,7 +43,7 @@ def _pct(x: float) -> str:
 
 
 def report_html(res: dict[str, Any], videos: dict[str, list[tuple[str, bool, int, Path]]], title: str) -> str:
-    from .browse import _esc, render_page
+    from .views.browse import _esc, render_page
 
     rows = []
     for task, s in res["per_task"].items():

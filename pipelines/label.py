@@ -44,7 +44,7 @@ from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
-from .video import RayConfig
+from .curate_video import RayConfig
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
 ENGINES = ("ray", "local")

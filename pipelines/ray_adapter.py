@@ -20,7 +20,7 @@ from typing import Any
 from collections.abc import Iterator
 
 from .sources import SourceSpec
-from .video import ClipItem, CurateConfig, VideoDone, process_source, score_clip_batch
+from .curate_video import ClipItem, CurateConfig, VideoDone, process_source, score_clip_batch
 
 
 @contextlib.contextmanager

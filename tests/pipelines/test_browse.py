@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 import av
 import pytest
 import torch
-from defi.pipelines.browse import (
+from defi.pipelines.views.browse import (
     clip_cards_html,
     cut_preview,
     load_clip_rows,

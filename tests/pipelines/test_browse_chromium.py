@@ -20,7 +20,7 @@ from browser import check_page, find_chromium
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.label import LabelConfig, run_label
-from defi.pipelines.video import CurateConfig
+from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.training.checkpoint import save_checkpoint
 from defi.training.gidm import GIDM, gidm_tiny
@@ -77,7 +77,7 @@ def test_corpus_has_kept_and_rejected_labeled_clips(labeled_corpus):
 
 
 def test_browse_page_plays_every_preview_in_chromium(labeled_corpus, tmp_path, capsys):
-    from defi.pipelines.browse import main
+    from defi.pipelines.views.browse import main
 
     root, name = labeled_corpus
     out = tmp_path / "page.html"
@@ -113,7 +113,7 @@ def test_browse_page_plays_every_preview_in_chromium(labeled_corpus, tmp_path, c
 
 
 def test_every_page_of_a_paginated_browse_plays(labeled_corpus, tmp_path):
-    from defi.pipelines.browse import run_browse
+    from defi.pipelines.views.browse import run_browse
 
     root, _ = labeled_corpus
     out = tmp_path / "pages" / "p.html"

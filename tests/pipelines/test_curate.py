@@ -18,7 +18,7 @@ from factories import moving_square, pan, scenes, static_color, truncate_copy, w
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.video import CurateConfig
+from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
 
 # shot lengths (frames) per generated video; one clip per shot with the windows below
@@ -190,7 +190,7 @@ def test_yuv420p_and_rgb24_hold_give_the_same_clips(tmp_path):
     """The pipeline's default yuv420p hold (no RGB conversion of re-encoded frames) cuts, scores
     and keeps exactly as the RGB hold does, and the clip pixels agree."""
     from defi.pipelines.sources import SourceSpec
-    from defi.pipelines.video import VideoDone, process_source
+    from defi.pipelines.curate_video import VideoDone, process_source
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from defi.pipelines.demo import STEPS, DemoConfig, Step, StepFailed, run_steps
-from defi.pipelines.report import eval_verdict
+from defi.pipelines.views.report import eval_verdict
 
 
 def _steps(log: list[str], fail_at: set[str]):

@@ -17,7 +17,7 @@ from defi.curate.robot import load_lerobot
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.export import export_lerobot, main
-from defi.pipelines.video import CurateConfig
+from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.training.data import ShardReader, decode_frames
 

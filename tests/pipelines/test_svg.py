@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from defi.pipelines import svg
+from defi.pipelines.views import svg
 
 NAN = float("nan")
 

@@ -143,7 +143,7 @@ def newest_labeler(corpus: Corpus) -> str | None:
 
 def resolve_labeler(corpus: Corpus, labeler: str | None) -> str | None:
     """``labeler`` checked against the corpus (UsageError listing the valid names), else the newest."""
-    from .cli import UsageError
+    from ..cli import UsageError
 
     if labeler is not None:
         have = corpus.labelers()
@@ -498,9 +498,9 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
     clips). Returns ``{"pages": [paths], "clips", "kept", "rejected", "unknown", "previews",
     "no_preview", "bytes", "labeler"}``. Raises ``UsageError`` for a query without ``key``
     and ``CorpusError`` for a missing root or bad/non-read-only SQL."""
-    from .cli import UsageError
+    from ..cli import UsageError
 
-    from .cli import check_out_file
+    from ..cli import check_out_file
 
     check_out_file(out, make_parents=True)
     if per_page < 1:
@@ -621,7 +621,7 @@ def cmd_browse(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``defi browse`` on its own (argv starts with ``browse``)."""
-    from .cli import run_standalone
+    from ..cli import run_standalone
 
     return run_standalone([add_browse_parser], argv)
 

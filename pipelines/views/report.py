@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from defi.pipelines import svg
+from defi.pipelines.views import svg
 
 SCORES = [("motion_mean", "optical flow, px/frame"), ("frame_diff", "mean |frame difference|, 0..255"),
           ("camera_motion", "camera motion, px/frame"), ("local_motion", "local motion, px/frame"),
@@ -102,11 +102,11 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
 
 def write_report(ctx, path: Path) -> dict[str, Any]:
     """Write the demo report for the finished steps in ``ctx.results``; returns what it holds."""
-    from defi.pipelines.browse import clip_cards_html, render_page
+    from defi.pipelines.views.browse import clip_cards_html, render_page
     from defi.pipelines.cli import corpus_summary
     from defi.schemas.corpus import Corpus
 
-    from .demo import STEPS, step_seconds
+    from ..demo import STEPS, step_seconds
 
     corpus = Corpus.open(ctx.root)
     summary = corpus_summary(corpus)
@@ -316,7 +316,7 @@ def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def policy_section(res: dict[str, Any]) -> str | None:
-    from .demo import POLICY_VARIANTS
+    from ..demo import POLICY_VARIANTS
 
     p = res.get("train_policy") or {}
     if not p:
@@ -336,7 +336,7 @@ def policy_section(res: dict[str, Any]) -> str | None:
 
 
 def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    from .demo import POLICY_VARIANTS
+    from ..demo import POLICY_VARIANTS
 
     ev = res.get("eval") or {}
     if not ev:
