@@ -44,6 +44,7 @@ install: $(STAMP)
 # ruff's rules live in pyproject.toml ([tool.ruff]); a finding fails `make test` (and so CI)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q

@@ -47,7 +47,7 @@ def make_video(path: str, seconds: float, h: int, fps: int, seed: int) -> int:
                 base = np.kron(small, np.ones((16, 16, 1), np.uint8))[:h, :w]
             f = base.copy()
             x = (i * 6) % (w - 80)
-            f[h // 3:h // 3 + 80, x:x + 80] = (250, 220, 40)
+            f[h // 3 : h // 3 + 80, x : x + 80] = (250, 220, 40)
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(p)
         for p in s.encode():
@@ -110,8 +110,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--fps", type=int, default=30)
-    ap.add_argument("--rss-minutes", type=float, nargs="*", default=[1, 10],
-                    help="also measure one worker's peak RSS on videos of these lengths (360p); none to skip")
+    ap.add_argument(
+        "--rss-minutes",
+        type=float,
+        nargs="*",
+        default=[1, 10],
+        help="also measure one worker's peak RSS on videos of these lengths (360p); none to skip",
+    )
     args = ap.parse_args()
     if args.rss_minutes:
         with tempfile.TemporaryDirectory() as d:
@@ -125,8 +130,9 @@ def main() -> None:
     from defi.pipelines.curate import run_curate
     from defi.pipelines.curate_video import CurateConfig
 
-    cfg = from_dict(CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1},
-                                   "ray": {"num_cpus": os.cpu_count()}})
+    cfg = from_dict(
+        CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1}, "ray": {"num_cpus": os.cpu_count()}}
+    )
     with tempfile.TemporaryDirectory() as d:
         paths, frames = [], 0
         for i in range(args.videos):
@@ -144,27 +150,33 @@ def main() -> None:
         window = rec["processing_window_s"]
         assert rec["frames_in"] == frames, (rec["frames_in"], frames)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames; "
-              f"{os.cpu_count()} cores")
+        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames; {os.cpu_count()} cores")
         print(f"{'path':<62} {'wall s':>7} {'frames/s':>9} {'x peer':>7}")
-        rows = [(peer, peer_s), ("defi curate, end to end (Ray start to shutdown)", wall),
-                ("defi curate, without ray.init", no_init),
-                ("defi curate, processing window (first video begun -> last done)", window)]
+        rows = [
+            (peer, peer_s),
+            ("defi curate, end to end (Ray start to shutdown)", wall),
+            ("defi curate, without ray.init", no_init),
+            ("defi curate, processing window (first video begun -> last done)", window),
+        ]
         warm = warm_rate(done, int(rec["ray"]["cpus"]))
         if warm:
             rows.append(("defi curate, all workers busy and warm (see warm_rate)", frames / warm))
         for label, t in rows:
             print(f"{label:<62} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f}")
         # (the warm row's "wall s" is the time the whole input would take at that rate)
-        print(f"goal: >= 0.5 x peer. The window excludes the run's fixed costs (ray.init {st.get('ray_start', 0):.1f} s, "
-              f"then Ray Data's executor and workers starting, the last commit and shutdown: "
-              f"{wall - st.get('ray_start', 0) - window:.1f} s here), which a corpus of hours amortises.")
+        print(
+            f"goal: >= 0.5 x peer. The window excludes the run's fixed costs (ray.init {st.get('ray_start', 0):.1f} s, "
+            f"then Ray Data's executor and workers starting, the last commit and shutdown: "
+            f"{wall - st.get('ray_start', 0) - window:.1f} s here), which a corpus of hours amortises."
+        )
         work = st.get("total", 0.0)
-        print(f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; per-video work "
-              f"{work:.1f} s summed over workers = {1000 * work / frames:.2f} ms/frame (decode {st.get('decode', 0):.1f}, "
-              f"shots {st.get('shots', 0):.1f}, score {st.get('score', 0):.1f}, encode {st.get('encode', 0):.1f})")
-        print(f"peak RSS of a worker process: {rss:.0f} MiB; driver: "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        print(
+            f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; per-video work "
+            f"{work:.1f} s summed over workers = {1000 * work / frames:.2f} ms/frame (decode {st.get('decode', 0):.1f}, "
+            f"shots {st.get('shots', 0):.1f}, score {st.get('score', 0):.1f}, encode {st.get('encode', 0):.1f})"
+        )
+        print(f"peak RSS of a worker process: {rss:.0f} MiB; driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -55,7 +55,7 @@ def make_video(path: Path, seconds: float, w: int, h: int, fps: int) -> Path:
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.options = {"preset": "veryfast", "crf": "23"}
         for i in range(n):
-            img = big[:, i * speed:i * speed + w] + grain[i % len(grain)]
+            img = big[:, i * speed : i * speed + w] + grain[i % len(grain)]
             img = np.clip(img, 0, 255).astype(np.uint8)
             for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(pkt)
@@ -103,14 +103,19 @@ def run_one(name: str, path: str) -> dict:
         raise ValueError(name)
     dt, cpu = time.perf_counter() - t, _cpu_s() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"name": name, "frames": n, "seconds": dt, "fps": n / dt,
-            "cpu_ms_per_frame": 1000 * cpu / max(n, 1), "peak_rss_mib": rss,
-            "rss_growth_mib": rss - base_rss}
+    return {
+        "name": name,
+        "frames": n,
+        "seconds": dt,
+        "fps": n / dt,
+        "cpu_ms_per_frame": 1000 * cpu / max(n, 1),
+        "peak_rss_mib": rss,
+        "rss_growth_mib": rss - base_rss,
+    }
 
 
 def run_sub(name: str, path: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", name, path], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, __file__, "--one", name, path], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -121,25 +126,31 @@ def run_ffmpeg(path: str, frames: int) -> dict:
     dt = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-    return {"name": "ffmpeg -f null", "frames": frames, "seconds": dt, "fps": frames / dt,
-            "cpu_ms_per_frame": 1000 * cpu / frames, "peak_rss_mib": r1.ru_maxrss / 1024,
-            "rss_growth_mib": float("nan")}
+    return {
+        "name": "ffmpeg -f null",
+        "frames": frames,
+        "seconds": dt,
+        "fps": frames / dt,
+        "cpu_ms_per_frame": 1000 * cpu / frames,
+        "peak_rss_mib": r1.ru_maxrss / 1024,
+        "rss_growth_mib": float("nan"),
+    }
 
 
 def make_sub(path: str, seconds: float, args) -> str:
     # Encoded in a subprocess: ru_maxrss survives fork+exec, so the parent stays small and each
     # measured child reports its own peak.
-    subprocess.run([sys.executable, __file__, "--make", path, str(seconds), str(args.width),
-                    str(args.height), str(args.fps)], check=True)
+    subprocess.run([sys.executable, __file__, "--make", path, str(seconds), str(args.width), str(args.height), str(args.fps)], check=True)
     return path
 
 
 def table(rows: list[dict]) -> None:
-    print(f"{'path':<16}{'frames':>7}{'wall s':>8}{'frames/s':>10}{'cpu ms/frame':>14}"
-          f"{'peak RSS MiB':>14}{'RSS growth':>12}")
+    print(f"{'path':<16}{'frames':>7}{'wall s':>8}{'frames/s':>10}{'cpu ms/frame':>14}{'peak RSS MiB':>14}{'RSS growth':>12}")
     for r in rows:
-        print(f"{r['name']:<16}{r['frames']:>7}{r['seconds']:>8.2f}{r['fps']:>10.1f}"
-              f"{r['cpu_ms_per_frame']:>14.2f}{r['peak_rss_mib']:>14.0f}{r['rss_growth_mib']:>12.0f}")
+        print(
+            f"{r['name']:<16}{r['frames']:>7}{r['seconds']:>8.2f}{r['fps']:>10.1f}"
+            f"{r['cpu_ms_per_frame']:>14.2f}{r['peak_rss_mib']:>14.0f}{r['rss_growth_mib']:>12.0f}"
+        )
 
 
 def main() -> None:
@@ -148,9 +159,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--fps", type=int, default=30)
-    ap.add_argument("--long-factor", type=float, default=3.0,
-                    help="also decode a file this many times longer with defi and decord "
-                         "(RSS vs length); 0: skip")
+    ap.add_argument(
+        "--long-factor",
+        type=float,
+        default=3.0,
+        help="also decode a file this many times longer with defi and decord (RSS vs length); 0: skip",
+    )
     ap.add_argument("--one", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--make", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,9 +179,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = make_sub(str(Path(tmp) / "bench.mp4"), args.seconds, args)
         n_expected = int(args.seconds * args.fps)
-        print(f"file: {args.seconds:g} s {args.width}x{args.height} {args.fps} fps H.264, "
-              f"{os.path.getsize(path) / 2**20:.1f} MiB, {n_expected} frames; cpus={os.cpu_count()}, "
-              f"load avg {os.getloadavg()[0]:.1f}")
+        print(
+            f"file: {args.seconds:g} s {args.width}x{args.height} {args.fps} fps H.264, "
+            f"{os.path.getsize(path) / 2**20:.1f} MiB, {n_expected} frames; cpus={os.cpu_count()}, "
+            f"load avg {os.getloadavg()[0]:.1f}"
+        )
         rows = [run_sub("defi", path), run_sub("defi_deblock", path), run_sub("pyav_naive", path)]
         try:
             rows.append(run_sub("decord", path))
@@ -176,15 +192,16 @@ def main() -> None:
         if shutil.which("ffmpeg"):
             peer = run_ffmpeg(path, n_expected)
         else:
-            print("ffmpeg binary: missing from PATH; PyAV full-res decode (no RGB conversion, like "
-                  "-f null) stands in as the peer")
+            print("ffmpeg binary: missing from PATH; PyAV full-res decode (no RGB conversion, like -f null) stands in as the peer")
             peer = run_sub("pyav_fullres", path)
         rows.append(peer)
         table(rows)
         ours = rows[0]
         for r in rows[1:]:
-            print(f"defi vs {r['name']}: frames/s ratio {ours['fps'] / r['fps']:.2f}, "
-                  f"CPU per frame ratio {ours['cpu_ms_per_frame'] / r['cpu_ms_per_frame']:.2f}")
+            print(
+                f"defi vs {r['name']}: frames/s ratio {ours['fps'] / r['fps']:.2f}, "
+                f"CPU per frame ratio {ours['cpu_ms_per_frame'] / r['cpu_ms_per_frame']:.2f}"
+            )
         assert ours["frames"] == peer["frames"], f"frame counts: {ours['frames']} vs {peer['frames']}"
 
         if args.long_factor > 0:
@@ -197,6 +214,7 @@ def main() -> None:
             except subprocess.CalledProcessError as e:
                 print(f"decord failed: {e.stderr.strip().splitlines()[-1:]}")
             table(long_rows)
+
 
 if __name__ == "__main__":
     main()

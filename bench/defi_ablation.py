@@ -54,19 +54,65 @@ EVAL_SEED = 1000  # layouts of the evaluation episodes: neither the pretraining 
 # Fixed before any result (issue 21). full: the GIDM bench's 8 training tasks; 3 of its held-out
 # tasks as targets. quick: 4 + 2. smoke: the smallest run that exercises every step.
 CONFIGS = {
-    "full": dict(pretrain_tasks=TRAIN_TASKS, target_tasks=EVAL_TASKS[:3], settings="A,B", seeds=(0, 1, 2),
-                 episodes=20, demos=10, size=64, gidm_steps=1500, gfdm_steps=800, policy_steps=600, batch_size=16,
-                 eval_episodes=50, max_steps=120, horizon=10),
-    "quick": dict(pretrain_tasks=["reach-v3", "push-v3", "door-open-v3", "drawer-open-v3"],
-                  target_tasks=["drawer-close-v3", "button-press-v3"], settings="A", seeds=(0, 1),
-                  episodes=6, demos=10, size=64, gidm_steps=250, gfdm_steps=150, policy_steps=120, batch_size=16,
-                  eval_episodes=10, max_steps=100, horizon=10),
-    "smoke": dict(pretrain_tasks=["reach-v3", "push-v3"], target_tasks=["drawer-close-v3"], settings="A", seeds=(0,),
-                  episodes=1, demos=2, size=32, gidm_steps=2, gfdm_steps=2, policy_steps=2, batch_size=4,
-                  eval_episodes=2, max_steps=10, horizon=4),
+    "full": dict(
+        pretrain_tasks=TRAIN_TASKS,
+        target_tasks=EVAL_TASKS[:3],
+        settings="A,B",
+        seeds=(0, 1, 2),
+        episodes=20,
+        demos=10,
+        size=64,
+        gidm_steps=1500,
+        gfdm_steps=800,
+        policy_steps=600,
+        batch_size=16,
+        eval_episodes=50,
+        max_steps=120,
+        horizon=10,
+    ),
+    "quick": dict(
+        pretrain_tasks=["reach-v3", "push-v3", "door-open-v3", "drawer-open-v3"],
+        target_tasks=["drawer-close-v3", "button-press-v3"],
+        settings="A",
+        seeds=(0, 1),
+        episodes=6,
+        demos=10,
+        size=64,
+        gidm_steps=250,
+        gfdm_steps=150,
+        policy_steps=120,
+        batch_size=16,
+        eval_episodes=10,
+        max_steps=100,
+        horizon=10,
+    ),
+    "smoke": dict(
+        pretrain_tasks=["reach-v3", "push-v3"],
+        target_tasks=["drawer-close-v3"],
+        settings="A",
+        seeds=(0,),
+        episodes=1,
+        demos=2,
+        size=32,
+        gidm_steps=2,
+        gfdm_steps=2,
+        policy_steps=2,
+        batch_size=4,
+        eval_episodes=2,
+        max_steps=10,
+        horizon=4,
+    ),
 }
-GFDM_SMALL = ["--model.block_out_channels", "16,32", "--model.down_block_types", "DownBlock2D,CrossAttnDownBlock2D",
-              "--model.up_block_types", "CrossAttnUpBlock2D,UpBlock2D", "--model.cross_attention_dim", "16"]
+GFDM_SMALL = [
+    "--model.block_out_channels",
+    "16,32",
+    "--model.down_block_types",
+    "DownBlock2D,CrossAttnDownBlock2D",
+    "--model.up_block_types",
+    "CrossAttnUpBlock2D,UpBlock2D",
+    "--model.cross_attention_dim",
+    "16",
+]
 
 
 def atomic_json(path: Path, obj) -> None:
@@ -103,9 +149,19 @@ def data(work: Path, a: argparse.Namespace) -> str:
         print(f"[data] reusing {work / 'corpus'}")
         return str(work / "corpus")
     ns = argparse.Namespace(
-        train_tasks=a.pretrain_tasks + (a.target_tasks if "B" in a.settings else []), eval_tasks=a.target_tasks,
-        episodes=a.episodes, eval_episodes=a.demos, seed=a.seed, size=a.size, fps=20, noise=0.1, max_steps=120,
-        gen_workers=a.gen_workers, clip_s=3.0, cpus=a.cpus)
+        train_tasks=a.pretrain_tasks + (a.target_tasks if "B" in a.settings else []),
+        eval_tasks=a.target_tasks,
+        episodes=a.episodes,
+        eval_episodes=a.demos,
+        seed=a.seed,
+        size=a.size,
+        fps=20,
+        noise=0.1,
+        max_steps=120,
+        gen_workers=a.gen_workers,
+        clip_s=3.0,
+        cpus=a.cpus,
+    )
     root = make_corpus(work, ns)
     done.write_text("ok")
     return root
@@ -116,24 +172,88 @@ def pretrain(work: Path, root: str, a: argparse.Namespace, setting: str) -> tupl
     sql = pretrain_sql(a, setting)
     small = a.size < 64
     if not (gidm / "done").exists():
-        args = ["train", "gidm", "--root", root, "--select", sql, "--out", str(gidm), "--model", "tiny",
-                "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.gidm_steps),
-                "--train.batch_size", str(a.batch_size), "--train.lr", "1e-3", "--train.log_every", "25",
-                "--train.ckpt_every", str(max(a.gidm_steps // 2, 1)), "--train.warmup_steps", str(min(100, a.gidm_steps // 10)),
-                "--data.pairs_per_clip", "16", "--data.shuffle_buffer", "256", "--no-progress", "--train.seed", "0",
-                "--model.latent_dim", "16"]
+        args = [
+            "train",
+            "gidm",
+            "--root",
+            root,
+            "--select",
+            sql,
+            "--out",
+            str(gidm),
+            "--model",
+            "tiny",
+            "--gap-frames",
+            str(a.gap_frames),
+            "--size",
+            str(a.size),
+            "--steps",
+            str(a.gidm_steps),
+            "--train.batch_size",
+            str(a.batch_size),
+            "--train.lr",
+            "1e-3",
+            "--train.log_every",
+            "25",
+            "--train.ckpt_every",
+            str(max(a.gidm_steps // 2, 1)),
+            "--train.warmup_steps",
+            str(min(100, a.gidm_steps // 10)),
+            "--data.pairs_per_clip",
+            "16",
+            "--data.shuffle_buffer",
+            "256",
+            "--no-progress",
+            "--train.seed",
+            "0",
+            "--model.latent_dim",
+            "16",
+        ]
         for kv in GIDM_MODEL_SET:
             field, _, value = kv.partition("=")
             args += [f"--model.{field}", "8" if small and field == "keypoints" else value]
         cli(args)
         (gidm / "done").write_text("ok")
     if not (gfdm / "done").exists():
-        args = ["train", "gfdm", "--root", root, "--select", sql, "--out", str(gfdm), "--model", "tiny",
-                "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.gfdm_steps),
-                "--model.objective", "regression", "--train.batch_size", str(a.batch_size), "--train.lr", "1e-3",
-                "--train.log_every", "25", "--train.ckpt_every", str(max(a.gfdm_steps // 2, 1)),
-                "--train.grid_every", str(max(a.gfdm_steps, 1)), "--train.warmup_steps", str(min(50, a.gfdm_steps // 10)),
-                "--data.pairs_per_clip", "8", "--data.shuffle_buffer", "256", "--no-progress", "--train.seed", "0"]
+        args = [
+            "train",
+            "gfdm",
+            "--root",
+            root,
+            "--select",
+            sql,
+            "--out",
+            str(gfdm),
+            "--model",
+            "tiny",
+            "--gap-frames",
+            str(a.gap_frames),
+            "--size",
+            str(a.size),
+            "--steps",
+            str(a.gfdm_steps),
+            "--model.objective",
+            "regression",
+            "--train.batch_size",
+            str(a.batch_size),
+            "--train.lr",
+            "1e-3",
+            "--train.log_every",
+            "25",
+            "--train.ckpt_every",
+            str(max(a.gfdm_steps // 2, 1)),
+            "--train.grid_every",
+            str(max(a.gfdm_steps, 1)),
+            "--train.warmup_steps",
+            str(min(50, a.gfdm_steps // 10)),
+            "--data.pairs_per_clip",
+            "8",
+            "--data.shuffle_buffer",
+            "256",
+            "--no-progress",
+            "--train.seed",
+            "0",
+        ]
         if small:
             args += GFDM_SMALL
         cli(args)
@@ -141,24 +261,80 @@ def pretrain(work: Path, root: str, a: argparse.Namespace, setting: str) -> tupl
     return str(gidm), str(gfdm)
 
 
-def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespace, setting: str, variant: str,
-             seed: int) -> dict:
+def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespace, setting: str, variant: str, seed: int) -> dict:
     gidm, gfdm = parts
     cell = work / "cells" / setting / f"{variant}-s{seed}"
     t0 = time.time()
-    cli(["train", "policy", "--root", root, "--select", labeled_sql(a), "--gfdm", gfdm, "--gidm", gidm,
-         "--out", str(cell / "run"), "--init", variant, "--horizon", str(a.horizon), "--steps", str(a.policy_steps),
-         "--train.batch_size", str(a.batch_size), "--train.seed", str(seed), "--train.log_every", "25",
-         "--train.ckpt_every", str(a.policy_steps), "--train.warmup_steps", str(min(50, a.policy_steps // 10)),
-         "--data.shuffle_buffer", "256", "--no-progress"] + (["--policy.head_dim", "64"] if a.size < 64 else []))
+    cli(
+        [
+            "train",
+            "policy",
+            "--root",
+            root,
+            "--select",
+            labeled_sql(a),
+            "--gfdm",
+            gfdm,
+            "--gidm",
+            gidm,
+            "--out",
+            str(cell / "run"),
+            "--init",
+            variant,
+            "--horizon",
+            str(a.horizon),
+            "--steps",
+            str(a.policy_steps),
+            "--train.batch_size",
+            str(a.batch_size),
+            "--train.seed",
+            str(seed),
+            "--train.log_every",
+            "25",
+            "--train.ckpt_every",
+            str(a.policy_steps),
+            "--train.warmup_steps",
+            str(min(50, a.policy_steps // 10)),
+            "--data.shuffle_buffer",
+            "256",
+            "--no-progress",
+        ]
+        + (["--policy.head_dim", "64"] if a.size < 64 else [])
+    )
     t_train = time.time() - t0
-    cli(["eval", "--policy", str(cell / "run"), "--env", "metaworld", "--tasks", ",".join(a.target_tasks),
-         "--episodes", str(a.eval_episodes), "--seed", str(EVAL_SEED), "--max-steps", str(a.max_steps),
-         "--videos", "0", "--workers", str(a.eval_workers), "--out", str(cell / "eval"), "--no-progress"])
+    cli(
+        [
+            "eval",
+            "--policy",
+            str(cell / "run"),
+            "--env",
+            "metaworld",
+            "--tasks",
+            ",".join(a.target_tasks),
+            "--episodes",
+            str(a.eval_episodes),
+            "--seed",
+            str(EVAL_SEED),
+            "--max-steps",
+            str(a.max_steps),
+            "--videos",
+            "0",
+            "--workers",
+            str(a.eval_workers),
+            "--out",
+            str(cell / "eval"),
+            "--no-progress",
+        ]
+    )
     ev = json.loads((cell / "eval" / "results.json").read_text())
-    res = {"setting": setting, "variant": variant, "seed": seed, "per_task": ev["per_task"],
-           "episodes": [[e["task"], e["episode"], bool(e["success"])] for e in ev["episodes"]],
-           "seconds": {"train": t_train, "eval": time.time() - t0 - t_train}}
+    res = {
+        "setting": setting,
+        "variant": variant,
+        "seed": seed,
+        "per_task": ev["per_task"],
+        "episodes": [[e["task"], e["episode"], bool(e["success"])] for e in ev["episodes"]],
+        "seconds": {"train": t_train, "eval": time.time() - t0 - t_train},
+    }
     atomic_json(work / "cells" / setting / f"{variant}-s{seed}.json", res)
     return res
 
@@ -210,8 +386,14 @@ def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
                 ns = sum(c["per_task"][t]["episodes"] for t in ts)
                 per_seed.append(ks / ns)
                 k, n = k + ks, n + ns
-            row[task] = {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "successes": k, "episodes": n,
-                         "wilson95": list(wilson(k, n)), "seeds": sorted(c["seed"] for c in mine)}
+            row[task] = {
+                "mean": float(np.mean(per_seed)),
+                "per_seed": per_seed,
+                "successes": k,
+                "episodes": n,
+                "wilson95": list(wilson(k, n)),
+                "seeds": sorted(c["seed"] for c in mine),
+            }
         rows[v] = row
     out = {"rows": rows}
     done = [s for s in seeds if all(any(c["variant"] == v and c["seed"] == s for c in cells) for v in ("defi", "scratch"))]
@@ -226,8 +408,7 @@ def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def table_text(setting: str, t: dict, tasks: list[str]) -> str:
     cols = tasks + ["all"]
-    lines = [f"setting {setting} ({SETTINGS[setting]})",
-             f"  {'variant':<18}" + "".join(f"{c[:22]:>24}" for c in cols)]
+    lines = [f"setting {setting} ({SETTINGS[setting]})", f"  {'variant':<18}" + "".join(f"{c[:22]:>24}" for c in cols)]
     for v, row in t["rows"].items():
         cells = []
         for c in cols:
@@ -237,8 +418,10 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
         lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}")
     d = t.get("defi_minus_scratch")
     if d:
-        lines.append(f"  defi - scratch: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
-                     f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})")
+        lines.append(
+            f"  defi - scratch: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
+            f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})"
+        )
     return "\n".join(lines)
 
 
@@ -254,28 +437,38 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
     width = left + gw * len(cols) + 10
     height = top + h + 40 + 14 * ((len(variants) + 2) // 3)
     y = lambda v: top + h * (1 - v)  # noqa: E731
-    out = [f'<svg class="chart ablation" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" data-title="{_esc(title)}">', f'<text x="{left}" y="14" font-size="12">{_esc(title)}</text>']
+    out = [
+        f'<svg class="chart ablation" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" data-title="{_esc(title)}">',
+        f'<text x="{left}" y="14" font-size="12">{_esc(title)}</text>',
+    ]
     for p in (0, 0.5, 1):
-        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{_num(y(p))}" y2="{_num(y(p))}" stroke="#ddd"/>'
-                   f'<text x="{left - 4}" y="{_num(y(p) + 3)}" font-size="9" text-anchor="end">{int(100 * p)}%</text>')
+        out.append(
+            f'<line x1="{left}" x2="{width - 10}" y1="{_num(y(p))}" y2="{_num(y(p))}" stroke="#ddd"/>'
+            f'<text x="{left - 4}" y="{_num(y(p) + 3)}" font-size="9" text-anchor="end">{int(100 * p)}%</text>'
+        )
     for ci, c in enumerate(cols):
         gx = left + ci * gw + gap / 2
         for vi, v in enumerate(variants):
             r = t["rows"][v][c]
             lo, hi = r["wilson95"]
             x = gx + vi * bw
-            out.append(f'<rect class="bar" data-variant="{_esc(v)}" data-task="{_esc(c)}" data-value="{_num(r["mean"])}" '
-                       f'data-lo="{_num(lo)}" data-hi="{_num(hi)}" x="{_num(x)}" y="{_num(y(r["mean"]))}" '
-                       f'width="{bw - 2}" height="{_num(h * r["mean"])}" fill="{palette(vi)}"/>')
+            out.append(
+                f'<rect class="bar" data-variant="{_esc(v)}" data-task="{_esc(c)}" data-value="{_num(r["mean"])}" '
+                f'data-lo="{_num(lo)}" data-hi="{_num(hi)}" x="{_num(x)}" y="{_num(y(r["mean"]))}" '
+                f'width="{bw - 2}" height="{_num(h * r["mean"])}" fill="{palette(vi)}"/>'
+            )
             xm = _num(x + (bw - 2) / 2)
             out.append(f'<line class="whisker" x1="{xm}" x2="{xm}" y1="{_num(y(lo))}" y2="{_num(y(hi))}" stroke="#222"/>')
-        out.append(f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" '
-                   f'text-anchor="middle">{_esc(c[:24])}</text>')
+        out.append(
+            f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" text-anchor="middle">{_esc(c[:24])}</text>'
+        )
     for vi, v in enumerate(variants):
         lx, ly = left + (vi % 3) * 130, top + h + 32 + 14 * (vi // 3)
-        out.append(f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{palette(vi)}"/>'
-                   f'<text x="{lx + 13}" y="{ly}" font-size="10">{_esc(v)}</text>')
+        out.append(
+            f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{palette(vi)}"/>'
+            f'<text x="{lx + 13}" y="{ly}" font-size="10">{_esc(v)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -283,12 +476,14 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
 def report_html(res: dict) -> str:
     from defi.pipelines.views.browse import _esc, render_page
 
-    parts = [f"<h1>DeFI ablation ({_esc(res['config_name'])})</h1>",
-             f"<pre class='sql'>{_esc(res['command'])}</pre>",
-             f"<p>{_esc(res['status'])}. Pretraining tasks: {_esc(', '.join(res['config']['pretrain_tasks']))}; "
-             f"target tasks: {_esc(', '.join(res['config']['target_tasks']))}; {res['config']['demos']} labeled demos per "
-             f"target task; {res['config']['eval_episodes']} eval episodes per task per seed (env seed {EVAL_SEED}). "
-             f"Bars: mean success over seeds; whiskers: Wilson 95% of the pooled successes.</p>"]
+    parts = [
+        f"<h1>DeFI ablation ({_esc(res['config_name'])})</h1>",
+        f"<pre class='sql'>{_esc(res['command'])}</pre>",
+        f"<p>{_esc(res['status'])}. Pretraining tasks: {_esc(', '.join(res['config']['pretrain_tasks']))}; "
+        f"target tasks: {_esc(', '.join(res['config']['target_tasks']))}; {res['config']['demos']} labeled demos per "
+        f"target task; {res['config']['eval_episodes']} eval episodes per task per seed (env seed {EVAL_SEED}). "
+        f"Bars: mean success over seeds; whiskers: Wilson 95% of the pooled successes.</p>",
+    ]
     for setting, t in res["settings"].items():
         parts.append(f"<h2>Setting {setting}: {_esc(SETTINGS[setting])}</h2>")
         parts.append(bars_svg(t, res["config"]["target_tasks"], f"success per variant, setting {setting}"))
@@ -312,9 +507,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-workers", type=int, default=2)
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--report-only", action="store_true",
-                   help="write the table, results.json and report.html from the finished cells, run nothing "
-                        "(while a run is under way, or after it was stopped)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table, results.json and report.html from the finished cells, run nothing "
+        "(while a run is under way, or after it was stopped)",
+    )
     a = p.parse_args(argv)
     a.config_name = "smoke" if a.smoke else "quick" if a.quick else "full"
     for k, v in CONFIGS[a.config_name].items():
@@ -336,17 +534,29 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    config = {k: getattr(a, k) for k in CONFIGS["full"]} | {"settings": a.settings, "seed": a.seed,
-                                                            "gap_frames": a.gap_frames, "eval_seed": EVAL_SEED}
+    config = {k: getattr(a, k) for k in CONFIGS["full"]} | {
+        "settings": a.settings,
+        "seed": a.seed,
+        "gap_frames": a.gap_frames,
+        "eval_seed": EVAL_SEED,
+    }
     saved = work / "config.json"
     if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
         raise SystemExit(f"{work} holds a run of another configuration ({saved}); use another --work")
     if not a.report_only:
         atomic_json(saved, config)
     cmd = "bench/defi_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"[ablation] configuration {a.config_name}" + ("" if a.config_name == "full" else
-          f" (NOT the full run: {len(a.pretrain_tasks)} pretraining tasks, {len(a.target_tasks)} targets, "
-          f"{len(a.seeds)} seeds, settings {','.join(a.settings)})") + f"; work {work}", flush=True)
+    print(
+        f"[ablation] configuration {a.config_name}"
+        + (
+            ""
+            if a.config_name == "full"
+            else f" (NOT the full run: {len(a.pretrain_tasks)} pretraining tasks, {len(a.target_tasks)} targets, "
+            f"{len(a.seeds)} seeds, settings {','.join(a.settings)})"
+        )
+        + f"; work {work}",
+        flush=True,
+    )
     t0 = time.time()
     if a.report_only:
         return summarise(work, a, config, cmd, 0.0)
@@ -365,8 +575,7 @@ def main(argv=None) -> dict:
                     continue
                 left = len(cells_all) - done_before - ran
                 eta = f"ETA {t_cells / ran * left / 60:.0f} min" if ran else "ETA after the first cell"
-                print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: running ({left} cells left, {eta})",
-                      flush=True)
+                print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: running ({left} cells left, {eta})", flush=True)
                 t = time.time()
                 run_cell(work, root, parts, a, s, v, seed)
                 ran, t_cells = ran + 1, t_cells + time.time() - t
@@ -384,8 +593,9 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
         if cells:
             res["settings"][s] = table(cells, a.target_tasks, a.seeds)
     res["cells_done"], res["cells_expected"] = found, expected
-    res["status"] = ("complete" if found == expected else f"PARTIAL: {found} of {expected} cells") + \
-        ("" if a.config_name == "full" else f"; {a.config_name} configuration, not the full run")
+    res["status"] = ("complete" if found == expected else f"PARTIAL: {found} of {expected} cells") + (
+        "" if a.config_name == "full" else f"; {a.config_name} configuration, not the full run"
+    )
     atomic_json(work / "results.json", res)
     tmp = work / f"report.html.tmp{os.getpid()}"
     tmp.write_text(report_html(res))

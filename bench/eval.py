@@ -33,14 +33,26 @@ def random_policy(init: str, out: Path) -> Path:
         from defi.training.gidm import gidm_tiny
 
         g = gfdm_tiny()
-        kw = {"gfdm": g.to_dict(), "gidm": gidm_tiny(image_size=g.image_size).to_dict(), "image_size": g.image_size,
-              "context_frames": g.context_frames, "text_dim": g.text_dim}
+        kw = {
+            "gfdm": g.to_dict(),
+            "gidm": gidm_tiny(image_size=g.image_size).to_dict(),
+            "image_size": g.image_size,
+            "context_frames": g.context_frames,
+            "text_dim": g.text_dim,
+        }
     cfg = PolicyConfig(init=init, **kw)
     from defi.training.sim import instruction_for
 
-    save_checkpoint(out / "checkpoints" / "step-00000001", DeFiPolicy(cfg), cfg, step=1,
-                    extra={"data": {"frame_stride": 2}, "instructions": {instruction_for(t): [0.0] * cfg.text_dim
-                                                                         for t in ("reach-v3", "push-v3", "drawer-open-v3")}})
+    save_checkpoint(
+        out / "checkpoints" / "step-00000001",
+        DeFiPolicy(cfg),
+        cfg,
+        step=1,
+        extra={
+            "data": {"frame_stride": 2},
+            "instructions": {instruction_for(t): [0.0] * cfg.text_dim for t in ("reach-v3", "push-v3", "drawer-open-v3")},
+        },
+    )
     return out
 
 
@@ -58,17 +70,18 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = a.policy or str(random_policy(a.init, Path(tmp)))
-        cfg = EvalConfig(tasks=[a.task], episodes=a.episodes, max_steps=a.max_steps, videos=0, workers=a.workers,
-                         execute=a.execute)
+        cfg = EvalConfig(tasks=[a.task], episodes=a.episodes, max_steps=a.max_steps, videos=0, workers=a.workers, execute=a.execute)
         t0 = time.perf_counter()
         res = evaluate(path, cfg, progress=False)
         wall = time.perf_counter() - t0
     n = res["steps"]
     t = res["timings"]
     busy = sum(t.values())
-    print(f"{a.episodes} episodes x <= {a.max_steps} steps of {a.task}, {a.workers} workers, policy "
-          f"{a.policy or 'random ' + a.init}: {n} steps in {wall:.1f} s = {n / wall:.0f} steps/s "
-          f"(goal: 50 x 150 in < 180 s)")
+    print(
+        f"{a.episodes} episodes x <= {a.max_steps} steps of {a.task}, {a.workers} workers, policy "
+        f"{a.policy or 'random ' + a.init}: {n} steps in {wall:.1f} s = {n / wall:.0f} steps/s "
+        f"(goal: 50 x 150 in < 180 s)"
+    )
     print(f"per step, summed over workers ({1000 * busy / n:.2f} ms):")
     for k, v in t.items():
         print(f"  {k:<11} {1000 * v / n:7.3f} ms  {100 * v / busy:5.1f}%")

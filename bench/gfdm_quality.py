@@ -50,22 +50,44 @@ def make_corpus(work: Path, a: argparse.Namespace) -> str:
     from defi.pipelines.curate_video import CurateConfig
     from defi.training.sim import generate
 
-    sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed),
-            ("heldout_ep_ds", a.train_tasks, a.heldout_episodes, False, a.seed + 1),
-            ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 2)]
+    sets = [
+        ("train_ds", a.train_tasks, a.episodes, True, a.seed),
+        ("heldout_ep_ds", a.train_tasks, a.heldout_episodes, False, a.seed + 1),
+        ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 2),
+    ]
     for name, tasks, eps, action_free, seed in sets:
         out = work / name
         if (out / "meta" / "info.json").exists():
             print(f"[data] {name}: reusing {out}")
             continue
         t = time.time()
-        s = generate(tasks, eps, out, size=a.size, fps=a.fps, seed=seed, action_noise=a.noise,
-                     max_steps=a.max_steps, action_free=action_free, workers=a.gen_workers, progress=False)
-        print(f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
-              f"(action_free={action_free}) in {time.time() - t:.0f} s", flush=True)
-    cfg = from_dict(CurateConfig, {
-        "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
-        "encode": {"fps": a.fps, "short_side": a.size}, "use_dedup": False, "ray": {"num_cpus": a.cpus}})
+        s = generate(
+            tasks,
+            eps,
+            out,
+            size=a.size,
+            fps=a.fps,
+            seed=seed,
+            action_noise=a.noise,
+            max_steps=a.max_steps,
+            action_free=action_free,
+            workers=a.gen_workers,
+            progress=False,
+        )
+        print(
+            f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
+            f"(action_free={action_free}) in {time.time() - t:.0f} s",
+            flush=True,
+        )
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
+            "encode": {"fps": a.fps, "short_side": a.size},
+            "use_dedup": False,
+            "ray": {"num_cpus": a.cpus},
+        },
+    )
     root = str(work / "corpus")
     t = time.time()
     rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
@@ -84,8 +106,8 @@ def predict_all(model, pairs: dict, text: np.ndarray | None, batch: int, seed: i
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(pairs["obs"]), batch):
-            obs = torch.from_numpy(pairs["obs"][i:i + batch])
-            emb = None if text is None else torch.from_numpy(text[i:i + batch])
+            obs = torch.from_numpy(pairs["obs"][i : i + batch])
+            emb = None if text is None else torch.from_numpy(text[i : i + batch])
             t = time.perf_counter()
             pred = model.predict(obs, emb, generator=g)
             times.append(time.perf_counter() - t)
@@ -128,9 +150,8 @@ def evaluate(model, splits: dict[str, dict], texts: dict[str, np.ndarray], a) ->
         p_null, _ = predict_all(model, pairs, None, a.eval_batch)
         preds[name] = {"pred": p_lang, "null": p_null}
         true, obs = pairs["next_obs"], pairs["obs"]
-        mask = (np.abs(true - obs).max(1, keepdims=True) > a.threshold)
-        row = {"pairs": len(true), "changed_frac": float(mask.mean()), "seconds_per_batch": t_batch,
-               "batch": a.eval_batch}
+        mask = np.abs(true - obs).max(1, keepdims=True) > a.threshold
+        row = {"pairs": len(true), "changed_frac": float(mask.mean()), "seconds_per_batch": t_batch, "batch": a.eval_batch}
         for key, x in (("model", p_lang), ("no_lang", p_null), ("copy", obs)):
             row[f"psnr_{key}"] = psnr_np(x, true)
             row[f"psnr_changed_{key}"] = psnr_np(x, true, mask)
@@ -146,9 +167,15 @@ def evaluate(model, splits: dict[str, dict], texts: dict[str, np.ndarray], a) ->
         if not test.any():
             continue
         pos = pairs["pos_next"][test]
-        ee = {key: float(np.linalg.norm(probe(frames[test]) - pos, axis=1).mean() * 100)
-              for key, frames in (("true", pairs["next_obs"]), ("model", preds[name]["pred"]),
-                                  ("no_lang", preds[name]["null"]), ("copy", pairs["obs"]))}
+        ee = {
+            key: float(np.linalg.norm(probe(frames[test]) - pos, axis=1).mean() * 100)
+            for key, frames in (
+                ("true", pairs["next_obs"]),
+                ("model", preds[name]["pred"]),
+                ("no_lang", preds[name]["null"]),
+                ("copy", pairs["obs"]),
+            )
+        }
         out["splits"][name].update({f"ee_cm_{k}": v for k, v in ee.items()}, ee_test_pairs=int(test.sum()))
     return out
 
@@ -157,13 +184,44 @@ def train_run(root: str, run: Path, objective: str, a) -> tuple[float, dict]:
     from defi.pipelines.train import main as train_main
 
     select = sql_for_tasks(a.train_tasks) + " AND NOT has_actions"
-    args = ["gfdm", "--root", root, "--select", select, "--out", str(run), "--model", "tiny",
-            "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.steps),
-            "--model.objective", objective, "--train.batch_size", str(a.batch_size), "--train.lr", str(a.lr),
-            "--train.log_every", "25", "--train.ckpt_every", str(max(a.steps // 2, 1)),
-            "--train.grid_every", str(max(a.steps // 4, 1)), "--train.warmup_steps", str(min(50, a.steps // 10)),
-            "--data.pairs_per_clip", "8", "--data.shuffle_buffer", "512", "--no-progress",
-            "--train.seed", str(a.train_seed)]
+    args = [
+        "gfdm",
+        "--root",
+        root,
+        "--select",
+        select,
+        "--out",
+        str(run),
+        "--model",
+        "tiny",
+        "--gap-frames",
+        str(a.gap_frames),
+        "--size",
+        str(a.size),
+        "--steps",
+        str(a.steps),
+        "--model.objective",
+        objective,
+        "--train.batch_size",
+        str(a.batch_size),
+        "--train.lr",
+        str(a.lr),
+        "--train.log_every",
+        "25",
+        "--train.ckpt_every",
+        str(max(a.steps // 2, 1)),
+        "--train.grid_every",
+        str(max(a.steps // 4, 1)),
+        "--train.warmup_steps",
+        str(min(50, a.steps // 10)),
+        "--data.pairs_per_clip",
+        "8",
+        "--data.shuffle_buffer",
+        "512",
+        "--no-progress",
+        "--train.seed",
+        str(a.train_seed),
+    ]
     for kv in a.model_set:
         field, _, value = kv.partition("=")
         args += [f"--model.{field}", value]
@@ -180,8 +238,11 @@ def train_run(root: str, run: Path, objective: str, a) -> tuple[float, dict]:
 # ---------------------------------------------------------------------------------------------
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "defi_gfdm_quality"),
-                   help="work folder: datasets, corpus, runs, results.json (default: TMPDIR/defi_gfdm_quality)")
+    p.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "defi_gfdm_quality"),
+        help="work folder: datasets, corpus, runs, results.json (default: TMPDIR/defi_gfdm_quality)",
+    )
     p.add_argument("--quick", action="store_true", help="4 training tasks, 2 held-out, fewer episodes and steps")
     p.add_argument("--train-tasks", help="comma-separated; default: the GIDM bench's 8 training tasks")
     p.add_argument("--eval-tasks", help="comma-separated held-out tasks; default: the GIDM bench's 5")
@@ -198,17 +259,26 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="training steps per model (default 400, quick 300)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any GFDMConfig field, passed as --model.FIELD VALUE (repeatable)")
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any GFDMConfig field, passed as --model.FIELD VALUE (repeatable)",
+    )
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.05, help="changed pixel: |o_t+k - o_t| above this (0..1)")
     p.add_argument("--stride", type=int, default=5, help="evaluate every stride-th pair")
     p.add_argument("--eval-batch", type=int, default=64)
     p.add_argument("--gen-workers", type=int, default=2)
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on the shared, oversubscribed 2-core box 2 threads ran the tiny "
-                        "GFDM's steps ~10x slower, 17.5 vs 1.8 s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on the shared, oversubscribed 2-core box 2 threads ran the tiny "
+        "GFDM's steps ~10x slower, 17.5 vs 1.8 s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", help="use this curated corpus (made by an earlier run) instead of generating one")
     a = p.parse_args(argv)
@@ -237,9 +307,10 @@ def main(argv=None) -> dict:
     t0 = time.time()
     root = a.corpus or make_corpus(work, a)
     t_data = time.time() - t0
-    splits = {"heldout_episodes": probe_pairs(root, sql_for_tasks(a.train_tasks) + " AND has_actions",
-                                              a.gap_frames, a.size, a.stride),
-              "heldout_tasks": probe_pairs(root, sql_for_tasks(a.eval_tasks), a.gap_frames, a.size, a.stride)}
+    splits = {
+        "heldout_episodes": probe_pairs(root, sql_for_tasks(a.train_tasks) + " AND has_actions", a.gap_frames, a.size, a.stride),
+        "heldout_tasks": probe_pairs(root, sql_for_tasks(a.eval_tasks), a.gap_frames, a.size, a.stride),
+    }
     res = {"config": {k: v for k, v in vars(a).items()}, "runs": {}, "seconds": {"data": t_data}}
     for objective in a.objectives:
         run = work / f"run-{objective}"
@@ -249,10 +320,16 @@ def main(argv=None) -> dict:
         texts = {name: embed_instructions(root, [str(t) for t in pairs["task"]], text_cfg) for name, pairs in splits.items()}
         t = time.time()
         ev = evaluate(model, splits, texts, a)
-        res["runs"][objective] = {**ev, "train_seconds": t_train, "seconds_per_step": record["seconds_per_step"],
-                                  "eval_seconds": time.time() - t, "grid": record["grid"],
-                                  "selected_clips": record["selected_clips"], "model": cfg.to_dict(),
-                                  "num_inference_steps": cfg.num_inference_steps}
+        res["runs"][objective] = {
+            **ev,
+            "train_seconds": t_train,
+            "seconds_per_step": record["seconds_per_step"],
+            "eval_seconds": time.time() - t,
+            "grid": record["grid"],
+            "selected_clips": record["selected_clips"],
+            "model": cfg.to_dict(),
+            "num_inference_steps": cfg.num_inference_steps,
+        }
         (work / "results.json").write_text(json.dumps(res, indent=2, default=str))
         print_report(res)
     res["seconds"]["total"] = time.time() - t0
@@ -262,25 +339,33 @@ def main(argv=None) -> dict:
 
 def print_report(res: dict) -> None:
     c = res["config"]
-    print(f"\nGFDM quality: tiny, {c['steps']} steps x batch {c['batch_size']}, {c['size']} px, k={c['gap_frames']} "
-          f"frames; changed pixels |o_t+k - o_t| > {c['threshold']}")
+    print(
+        f"\nGFDM quality: tiny, {c['steps']} steps x batch {c['batch_size']}, {c['size']} px, k={c['gap_frames']} "
+        f"frames; changed pixels |o_t+k - o_t| > {c['threshold']}"
+    )
     print(f"  trained on (action-free) {c['episodes']} episodes x {', '.join(c['train_tasks'])}")
     print(f"  held-out episodes: {c['heldout_episodes']} per training task; held-out tasks: {', '.join(c['eval_tasks'])}")
-    head = (f"  {'objective':<11}{'split':<18}{'pairs':>6}{'PSNR':>7}{'copy':>7}{'nolang':>7}"
-            f"{'chgPSNR':>8}{'copy':>7}{'nolang':>7}{'gain':>6}{'EEcm':>6}{'true':>6}{'copy':>6}{'nolang':>7}"
-            f"{'s/step':>7}{'s/batch':>8}")
+    head = (
+        f"  {'objective':<11}{'split':<18}{'pairs':>6}{'PSNR':>7}{'copy':>7}{'nolang':>7}"
+        f"{'chgPSNR':>8}{'copy':>7}{'nolang':>7}{'gain':>6}{'EEcm':>6}{'true':>6}{'copy':>6}{'nolang':>7}"
+        f"{'s/step':>7}{'s/batch':>8}"
+    )
     print(head)
     for objective, r in res["runs"].items():
         for name, s in r["splits"].items():
             gain = s["psnr_changed_model"] - s["psnr_changed_copy"]
-            print(f"  {objective:<11}{name:<18}{s['pairs']:>6}{s['psnr_model']:>7.2f}{s['psnr_copy']:>7.2f}"
-                  f"{s['psnr_no_lang']:>7.2f}{s['psnr_changed_model']:>8.2f}{s['psnr_changed_copy']:>7.2f}"
-                  f"{s['psnr_changed_no_lang']:>7.2f}{gain:>+6.2f}{s.get('ee_cm_model', float('nan')):>6.2f}"
-                  f"{s.get('ee_cm_true', float('nan')):>6.2f}{s.get('ee_cm_copy', float('nan')):>6.2f}"
-                  f"{s.get('ee_cm_no_lang', float('nan')):>7.2f}{r['seconds_per_step']:>7.2f}"
-                  f"{s['seconds_per_batch']:>8.2f}")
-        print(f"  {objective}: train {r['train_seconds']:.0f} s on {r['selected_clips']} clips, eval "
-              f"{r['eval_seconds']:.0f} s ({r['num_inference_steps']} sampler steps for diffusion), grid {r['grid']}")
+            print(
+                f"  {objective:<11}{name:<18}{s['pairs']:>6}{s['psnr_model']:>7.2f}{s['psnr_copy']:>7.2f}"
+                f"{s['psnr_no_lang']:>7.2f}{s['psnr_changed_model']:>8.2f}{s['psnr_changed_copy']:>7.2f}"
+                f"{s['psnr_changed_no_lang']:>7.2f}{gain:>+6.2f}{s.get('ee_cm_model', float('nan')):>6.2f}"
+                f"{s.get('ee_cm_true', float('nan')):>6.2f}{s.get('ee_cm_copy', float('nan')):>6.2f}"
+                f"{s.get('ee_cm_no_lang', float('nan')):>7.2f}{r['seconds_per_step']:>7.2f}"
+                f"{s['seconds_per_batch']:>8.2f}"
+            )
+        print(
+            f"  {objective}: train {r['train_seconds']:.0f} s on {r['selected_clips']} clips, eval "
+            f"{r['eval_seconds']:.0f} s ({r['num_inference_steps']} sampler steps for diffusion), grid {r['grid']}"
+        )
     print(f"  data {res['seconds']['data']:.0f} s")
 
 

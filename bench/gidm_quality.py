@@ -43,8 +43,16 @@ import numpy as np
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
 from defi.training.gidm.probe import encode_all, probe, probe_pairs
 
-TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-               "button-press-topdown-v3", "window-open-v3", "plate-slide-v3"]
+TRAIN_TASKS = [
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "button-press-topdown-v3",
+    "window-open-v3",
+    "plate-slide-v3",
+]
 EVAL_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3", "sweep-into-v3", "door-close-v3"]
 QUICK_TRAIN = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
 QUICK_EVAL = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
@@ -62,21 +70,39 @@ def make_corpus(work: Path, a: argparse.Namespace) -> str:
     from defi.pipelines.curate_video import CurateConfig
     from defi.training.sim import generate
 
-    sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed),
-            ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
+    sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed), ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
     for name, tasks, eps, action_free, seed in sets:
         out = work / name
         if (out / "meta" / "info.json").exists():
             print(f"[data] {name}: reusing {out}")
             continue
         t = time.time()
-        s = generate(tasks, eps, out, size=a.size, fps=a.fps, seed=seed, action_noise=a.noise,
-                     max_steps=a.max_steps, action_free=action_free, workers=a.gen_workers, progress=False)
-        print(f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
-              f"(action_free={action_free}, success {s['success_rate']:.2f}) in {time.time() - t:.0f} s")
-    cfg = from_dict(CurateConfig, {
-        "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
-        "encode": {"fps": a.fps, "short_side": a.size}, "use_dedup": False, "ray": {"num_cpus": a.cpus}})
+        s = generate(
+            tasks,
+            eps,
+            out,
+            size=a.size,
+            fps=a.fps,
+            seed=seed,
+            action_noise=a.noise,
+            max_steps=a.max_steps,
+            action_free=action_free,
+            workers=a.gen_workers,
+            progress=False,
+        )
+        print(
+            f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
+            f"(action_free={action_free}, success {s['success_rate']:.2f}) in {time.time() - t:.0f} s"
+        )
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
+            "encode": {"fps": a.fps, "short_side": a.size},
+            "use_dedup": False,
+            "ray": {"num_cpus": a.cpus},
+        },
+    )
     root = str(work / "corpus")
     t = time.time()
     rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
@@ -105,8 +131,11 @@ def eval_pairs(root: str, tasks: list[str], k: int, size: int, stride: int) -> d
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer tasks, episodes and steps (~3 min on CPU)")
-    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "defi_gidm_quality"),
-                   help="work folder: datasets, corpus, run, results.json (default: TMPDIR/defi_gidm_quality)")
+    p.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "defi_gidm_quality"),
+        help="work folder: datasets, corpus, run, results.json (default: TMPDIR/defi_gidm_quality)",
+    )
     p.add_argument("--train-tasks", help="comma-separated; default: 8 tasks (4 with --quick)")
     p.add_argument("--eval-tasks", help="comma-separated held-out tasks; default: 5 (3 with --quick)")
     p.add_argument("--episodes", type=int, help="episodes per training task (default 30, quick 6)")
@@ -121,12 +150,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--model", default="tiny", choices=["keypoint", "tiny", "small"])
-    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"],
-                   help="override the model size's bottleneck")
+    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"], help="override the model size's bottleneck")
     p.add_argument("--latent-dim", type=int, default=16, help="latent width (default 16)")
-    p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any GIDMConfig field, passed as --model.FIELD VALUE (repeatable), e.g. changed_weight=10; "
-                        f"applied after the defaults {' '.join(DEFAULT_MODEL_SET)} (keypoints=0: transformer encoder)")
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any GIDMConfig field, passed as --model.FIELD VALUE (repeatable), e.g. changed_weight=10; "
+        f"applied after the defaults {' '.join(DEFAULT_MODEL_SET)} (keypoints=0: transformer encoder)",
+    )
     p.add_argument("--train-seed", type=int, default=0, help="seed of the GIDM training run (--train.seed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the training run")
@@ -137,8 +170,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fresh-run", action="store_true", help="delete WORK/run first (else training resumes)")
     p.add_argument("--corpus", help="use this curated corpus (made by an earlier run) instead of generating one")
     p.add_argument("--data-only", action="store_true", help="generate and curate, then stop")
-    p.add_argument("--nonlinear", action="store_true",
-                   help="also kernel probes (ridge on random Fourier features) of the latent and the two controls")
+    p.add_argument(
+        "--nonlinear", action="store_true", help="also kernel probes (ridge on random Fourier features) of the latent and the two controls"
+    )
     a = p.parse_args(argv)
     split = lambda s: [t.strip() for t in s.split(",") if t.strip()]  # noqa: E731
     a.train_tasks = split(a.train_tasks) if a.train_tasks else (QUICK_TRAIN if a.quick else TRAIN_TASKS)
@@ -173,13 +207,44 @@ def main(argv=None) -> dict:
     run = work / "run"
     if a.fresh_run and run.exists():
         shutil.rmtree(run)
-    args = ["gidm", "--root", root, "--select", sql_for_tasks(a.train_tasks), "--out", str(run),
-            "--model", a.model, "--gap-frames", str(a.gap_frames), "--size", str(a.size), "--steps", str(a.steps),
-            "--train.batch_size", str(a.batch_size), "--train.lr", str(a.lr), "--train.device", a.device,
-            "--train.log_every", "50", "--train.ckpt_every", str(max(a.steps // 4, 1)),
-            "--train.warmup_steps", str(min(100, a.steps // 10)), "--data.pairs_per_clip", "16",
-            "--data.shuffle_buffer", "512", "--no-progress",
-            "--loader-workers", str(a.loader_workers), "--train.seed", str(a.train_seed)]
+    args = [
+        "gidm",
+        "--root",
+        root,
+        "--select",
+        sql_for_tasks(a.train_tasks),
+        "--out",
+        str(run),
+        "--model",
+        a.model,
+        "--gap-frames",
+        str(a.gap_frames),
+        "--size",
+        str(a.size),
+        "--steps",
+        str(a.steps),
+        "--train.batch_size",
+        str(a.batch_size),
+        "--train.lr",
+        str(a.lr),
+        "--train.device",
+        a.device,
+        "--train.log_every",
+        "50",
+        "--train.ckpt_every",
+        str(max(a.steps // 4, 1)),
+        "--train.warmup_steps",
+        str(min(100, a.steps // 10)),
+        "--data.pairs_per_clip",
+        "16",
+        "--data.shuffle_buffer",
+        "512",
+        "--no-progress",
+        "--loader-workers",
+        str(a.loader_workers),
+        "--train.seed",
+        str(a.train_seed),
+    ]
     if a.bottleneck:
         args += ["--model.bottleneck", a.bottleneck]
     if a.latent_dim:
@@ -203,13 +268,26 @@ def main(argv=None) -> dict:
     res = probe(pairs, enc, cfg.num_codes, nonlinear=a.nonlinear)
     t_probe = time.time() - t
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    res.update(config={"train_tasks": a.train_tasks, "eval_tasks": a.eval_tasks, "episodes": a.episodes,
-                       "eval_episodes": a.eval_episodes, "noise": a.noise, "size": a.size, "gap_frames": a.gap_frames,
-                       "steps": state["step"], "train_seed": a.train_seed, "data_seed": a.seed, "model": cfg.to_dict()},
-               train_loss_first=metrics[0]["loss"], train_loss_last=metrics[-1]["loss"],
-               train_delta_recon_last=metrics[-1].get("delta_recon"),
-               seconds={"data": t_data, "train": t_train, "probe": t_probe, "total": time.time() - t0},
-               device=str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    res.update(
+        config={
+            "train_tasks": a.train_tasks,
+            "eval_tasks": a.eval_tasks,
+            "episodes": a.episodes,
+            "eval_episodes": a.eval_episodes,
+            "noise": a.noise,
+            "size": a.size,
+            "gap_frames": a.gap_frames,
+            "steps": state["step"],
+            "train_seed": a.train_seed,
+            "data_seed": a.seed,
+            "model": cfg.to_dict(),
+        },
+        train_loss_first=metrics[0]["loss"],
+        train_loss_last=metrics[-1]["loss"],
+        train_delta_recon_last=metrics[-1].get("delta_recon"),
+        seconds={"data": t_data, "train": t_train, "probe": t_probe, "total": time.time() - t0},
+        device=str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+    )
     (work / "results.json").write_text(json.dumps(res, indent=2))
     print_report(res)
     return res
@@ -217,27 +295,39 @@ def main(argv=None) -> dict:
 
 def print_report(res: dict) -> None:
     c = res["config"]
-    print(f"\nGIDM quality: {c['model']['bottleneck']} latent {res['latent_dims']} dims, {c['steps']} steps, "
-          f"{c['size']} px, k={c['gap_frames']} frames, noise {c['noise']} on {res['device']}")
+    print(
+        f"\nGIDM quality: {c['model']['bottleneck']} latent {res['latent_dims']} dims, {c['steps']} steps, "
+        f"{c['size']} px, k={c['gap_frames']} frames, noise {c['noise']} on {res['device']}"
+    )
     print(f"  trained on (action-free) {', '.join(c['train_tasks'])}")
-    print(f"  probed on held-out       {', '.join(c['eval_tasks'])}: {res['pairs']} pairs of {res['episodes']} "
-          f"episodes ({res['probe_train_pairs']} fit / {res['probe_test_pairs']} test, split by episode)")
+    print(
+        f"  probed on held-out       {', '.join(c['eval_tasks'])}: {res['pairs']} pairs of {res['episodes']} "
+        f"episodes ({res['probe_train_pairs']} fit / {res['probe_test_pairs']} test, split by episode)"
+    )
     names = list(res["r2"]["disp"])
     print(f"  {'R^2 (x,y,z mean)':<26}" + "".join(f"{n:>14}" for n in names) + f"{'true_disp':>14}")
     for target, label in (("disp", "end-effector displacement"), ("cmd", "commanded dx,dy,dz (sum)")):
         row = res["r2"][target]
-        print(f"  {label:<26}" + "".join(f"{row[n]:>14.3f}" for n in names) +
-              (f"{row['true_disp']:>14.3f}" if 'true_disp' in row else f"{'':>14}"))
+        print(
+            f"  {label:<26}"
+            + "".join(f"{row[n]:>14.3f}" for n in names)
+            + (f"{row['true_disp']:>14.3f}" if "true_disp" in row else f"{'':>14}")
+        )
     if "r2_disp_xyz" in res:
-        print("  displacement per axis (x, y, z): " + ", ".join(
-            f"{n} " + "/".join(f"{v:.2f}" for v in res["r2_disp_xyz"][n]) for n in ("latent", "pca_diff", "pca_obs")))
-    print(f"  PSNR o_t+k: {res['psnr_true']:.2f} dB with its latent, {res['psnr_shuffled']:.2f} dB shuffled "
-          f"(ΔPSNR {res['delta_psnr']:+.2f} dB); copying o_t scores {res['psnr_copy']:.2f} dB")
+        print(
+            "  displacement per axis (x, y, z): "
+            + ", ".join(f"{n} " + "/".join(f"{v:.2f}" for v in res["r2_disp_xyz"][n]) for n in ("latent", "pca_diff", "pca_obs"))
+        )
+    print(
+        f"  PSNR o_t+k: {res['psnr_true']:.2f} dB with its latent, {res['psnr_shuffled']:.2f} dB shuffled "
+        f"(ΔPSNR {res['delta_psnr']:+.2f} dB); copying o_t scores {res['psnr_copy']:.2f} dB"
+    )
     if "code_usage" in res:
-        print(f"  codes: usage {res['code_usage']:.2f}, perplexity {res['perplexity']:.2f}, "
-              f"NMI(codes; binned displacement) {res['nmi_codes_vs_binned_disp']:.3f}")
-    print(f"  train loss {res['train_loss_first']:.5f} -> {res['train_loss_last']:.5f}, "
-          f"delta_recon {res['train_delta_recon_last']:.5f}")
+        print(
+            f"  codes: usage {res['code_usage']:.2f}, perplexity {res['perplexity']:.2f}, "
+            f"NMI(codes; binned displacement) {res['nmi_codes_vs_binned_disp']:.3f}"
+        )
+    print(f"  train loss {res['train_loss_first']:.5f} -> {res['train_loss_last']:.5f}, delta_recon {res['train_delta_recon_last']:.5f}")
     s = res["seconds"]
     print(f"  time: data {s['data']:.0f} s, train {s['train']:.0f} s, probe {s['probe']:.0f} s, total {s['total']:.0f} s")
 

@@ -68,13 +68,11 @@ ENC = {"fps": 30.0, "short_side": 256, "crf": 22, "preset": "veryfast"}
 def video_specs(quick: bool) -> list[dict]:
     """(name, seconds, height, seed) of each input; durations and heights as the brief asks."""
     if quick:
-        return [{"name": f"q{i}", "seconds": s, "height": h, "seed": i}
-                for i, (s, h) in enumerate([(10, 360), (12, 360), (10, 720)])]
+        return [{"name": f"q{i}", "seconds": s, "height": h, "seed": i} for i, (s, h) in enumerate([(10, 360), (12, 360), (10, 720)])]
     rng = np.random.default_rng(1234)
     out = []
     for i in range(8):
-        out.append({"name": f"v{i:02d}", "seconds": int(rng.integers(10, 61)), "height": 360 if i % 2 == 0 else 720,
-                    "seed": 100 + i})
+        out.append({"name": f"v{i:02d}", "seconds": int(rng.integers(10, 61)), "height": 360 if i % 2 == 0 else 720, "seed": 100 + i})
     return out
 
 
@@ -120,18 +118,26 @@ def make_video(path: Path, seconds: float, height: int, seed: int) -> dict:
                         frozen = np.clip(big[:, :w] + grain[0], 0, 255).astype(np.uint8)
                     img = frozen
                 else:
-                    img = big[:, 3 * j:3 * j + w] + grain[i % len(grain)]
+                    img = big[:, 3 * j : 3 * j + w] + grain[i % len(grain)]
                     img = np.clip(img, 0, 255).astype(np.uint8)
                     x = (j * 8) % (w - h // 4)
-                    img[h // 3:h // 3 + h // 4, x:x + h // 4] = color
+                    img[h // 3 : h // 3 + h // 4, x : x + h // 4] = color
                 for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     out.mux(p)
                 i += 1
         for p in s.encode():
             out.mux(p)
     starts = [0] + cuts
-    return {"path": str(path), "frames": i, "seconds": i / FPS, "height": h, "width": w, "cuts": cuts,
-            "static": [starts[static], starts[static] + lens[static]], "short_shots": sum(1 for x in lens if x < 30)}
+    return {
+        "path": str(path),
+        "frames": i,
+        "seconds": i / FPS,
+        "height": h,
+        "width": w,
+        "cuts": cuts,
+        "static": [starts[static], starts[static] + lens[static]],
+        "short_shots": sum(1 for x in lens if x < 30),
+    }
 
 
 def make_inputs(work: Path, quick: bool) -> list[dict]:
@@ -146,8 +152,10 @@ def make_inputs(work: Path, quick: bool) -> list[dict]:
     for sp in specs:
         t0 = time.time()
         truth.append(make_video(d / f"{sp['name']}.mp4", sp["seconds"], sp["height"], sp["seed"]))
-        print(f"  made {sp['name']}.mp4: {sp['seconds']} s {sp['height']}p, {len(truth[-1]['cuts'])} cuts "
-              f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        print(
+            f"  made {sp['name']}.mp4: {sp['seconds']} s {sp['height']}p, {len(truth[-1]['cuts'])} cuts ({time.time() - t0:.0f} s)",
+            file=sys.stderr,
+        )
     truth_file.write_text(json.dumps(truth))
     return truth
 
@@ -263,7 +271,15 @@ def measure(cmd: list[str], env: dict | None = None, log: Path | None = None, ti
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_reaped = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cpu_seen = sum(ticks.values()) / _TICK
-    return {"wall_s": wall, "cpu_s": max(cpu_reaped, cpu_seen), "cpu_reaped_s": cpu_reaped, "cpu_seen_s": cpu_seen, "rss_one_mib": peak["one"], "rss_tree_mib": peak["tree"], "rc": rc}
+    return {
+        "wall_s": wall,
+        "cpu_s": max(cpu_reaped, cpu_seen),
+        "cpu_reaped_s": cpu_reaped,
+        "cpu_seen_s": cpu_seen,
+        "rss_one_mib": peak["one"],
+        "rss_tree_mib": peak["tree"],
+        "rc": rc,
+    }
 
 
 def tail(path: Path, n: int = 400) -> str:
@@ -298,9 +314,11 @@ def run_ffmpeg_encode(clips: list[dict], work: Path) -> dict:
     vf = f"fps={ENC['fps']:g},scale=-2:{ENC['short_side']}"
     lines = []
     for i, c in enumerate(clips):
-        lines.append(f"ffmpeg -nostdin -v error -y -ss {c['start_s']:.6f} -i '{c['uri']}' -t {c['end_s'] - c['start_s']:.6f} "
-                     f"-vf {vf} -an -c:v libx264 -preset {ENC['preset']} -crf {ENC['crf']} -pix_fmt yuv420p "
-                     f"'{out}/c{i:05d}.mp4' || exit 1")
+        lines.append(
+            f"ffmpeg -nostdin -v error -y -ss {c['start_s']:.6f} -i '{c['uri']}' -t {c['end_s'] - c['start_s']:.6f} "
+            f"-vf {vf} -an -c:v libx264 -preset {ENC['preset']} -crf {ENC['crf']} -pix_fmt yuv420p "
+            f"'{out}/c{i:05d}.mp4' || exit 1"
+        )
     script = work / "ffmpeg_encode.sh"
     script.write_text("\n".join(lines) + "\n")
     r = measure(["sh", str(script)], log=work / "ffmpeg_encode.log")
@@ -321,8 +339,7 @@ PYSCENEDETECT_SCRIPT = textwrap.dedent("""
 
 def run_pyscenedetect(inputs: list[dict], work: Path) -> dict:
     res = work / "pyscenedetect.json"
-    r = measure([sys.executable, "-c", PYSCENEDETECT_SCRIPT, str(res), *[v["path"] for v in inputs]],
-                log=work / "pyscenedetect.log")
+    r = measure([sys.executable, "-c", PYSCENEDETECT_SCRIPT, str(res), *[v["path"] for v in inputs]], log=work / "pyscenedetect.log")
     if r["rc"] != 0:
         return {**r, "error": f"rc={r['rc']}: {tail(work / 'pyscenedetect.log')}"}
     r["cuts"] = json.loads(res.read_text())
@@ -340,11 +357,11 @@ def ensure_dj_venv() -> tuple[Path | None, str | None]:
     log = HERE / ".venv-dj-install.log"
     try:
         if not (DJ_VENV / "bin" / "pip").exists():
-            subprocess.run([_base_python() or sys.executable, "-m", "venv", str(DJ_VENV)],
-                           check=True, capture_output=True, timeout=300)
+            subprocess.run([_base_python() or sys.executable, "-m", "venv", str(DJ_VENV)], check=True, capture_output=True, timeout=300)
         with open(log, "w") as f:
-            subprocess.run([str(DJ_VENV / "bin" / "pip"), "install", "-q", *DJ_PACKAGES], check=True, stdout=f,
-                           stderr=subprocess.STDOUT, timeout=1800)
+            subprocess.run(
+                [str(DJ_VENV / "bin" / "pip"), "install", "-q", *DJ_PACKAGES], check=True, stdout=f, stderr=subprocess.STDOUT, timeout=1800
+            )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         return None, f"install failed ({type(e).__name__}): {tail(log)}"
     if not exe.exists():
@@ -375,7 +392,7 @@ def run_data_juicer(inputs: list[dict], work: Path, ncpu: int) -> dict:
     cfg = textwrap.dedent(f"""
         project_name: defi-bench-peers
         dataset_path: {data}
-        export_path: {d / 'out' / 'result.jsonl'}
+        export_path: {d / "out" / "result.jsonl"}
         np: {ncpu}
         open_tracer: false
         use_cache: false
@@ -384,7 +401,7 @@ def run_data_juicer(inputs: list[dict], work: Path, ncpu: int) -> dict:
               detector: AdaptiveDetector
               threshold: 3.0
               min_scene_len: 15
-              save_dir: {d / 'clips'}
+              save_dir: {d / "clips"}
           - video_duration_filter:
               min_duration: {MIN_CLIP_S}
           - video_motion_score_filter:
@@ -392,8 +409,7 @@ def run_data_juicer(inputs: list[dict], work: Path, ncpu: int) -> dict:
               size: 128
         """)
     (d / "config.yaml").write_text(cfg)
-    env = {**os.environ, "DATA_JUICER_CACHE_HOME": str(d / "cache"), "HF_DATASETS_CACHE": str(d / "cache" / "hf"),
-           "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "DATA_JUICER_CACHE_HOME": str(d / "cache"), "HF_DATASETS_CACHE": str(d / "cache" / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("VIRTUAL_ENV", None)
     r = measure([str(exe), "--config", str(d / "config.yaml")], env=env, log=d / "dj.log", timeout=3600)
     if r["rc"] != 0:
@@ -453,10 +469,21 @@ def defi_worker(inputs_dir: str, root: str, out_json: str, ncpu: int) -> int:
     for r in rows:
         cuts.setdefault(r["uri"], []).append(int(r["start_frame"]))
     kept = c.query("SELECT uri, start_s, end_s FROM clips WHERE kept ORDER BY uri, start_s").to_pylist()
-    reasons = {r["reject_reason"]: r["n"] for r in c.query(
-        "SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1").to_pylist()}
-    Path(out_json).write_text(json.dumps({"status": rec["status"], "cuts": cuts, "kept": kept, "reasons": reasons,
-                                          "segment_s": cfg.analysis.segment_s, "counts": rec["counts"]}))
+    reasons = {
+        r["reject_reason"]: r["n"] for r in c.query("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1").to_pylist()
+    }
+    Path(out_json).write_text(
+        json.dumps(
+            {
+                "status": rec["status"],
+                "cuts": cuts,
+                "kept": kept,
+                "reasons": reasons,
+                "segment_s": cfg.analysis.segment_s,
+                "counts": rec["counts"],
+            }
+        )
+    )
     return 0 if rec["status"] == "done" else 1
 
 
@@ -466,8 +493,7 @@ def run_defi(inputs: list[dict], work: Path, ncpu: int) -> dict:
     res = work / "defi.json"
     inputs_dir = str(Path(inputs[0]["path"]).parent)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    r = measure([sys.executable, __file__, "--_defi-worker", inputs_dir, str(root), str(res), str(ncpu)],
-                env=env, log=work / "defi.log")
+    r = measure([sys.executable, __file__, "--_defi-worker", inputs_dir, str(root), str(res), str(ncpu)], env=env, log=work / "defi.log")
     if r["rc"] != 0:
         return {**r, "error": f"rc={r['rc']}: {tail(work / 'defi.log')}"}
     d = json.loads(res.read_text())
@@ -520,8 +546,11 @@ def agreement(name: str, cuts: dict, ref_name: str, ref: dict, paths: list[str])
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three short videos (< 5 min, excluding the one-off DJ install)")
-    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "defi-bench-peers"),
-                    help="inputs (cached) and outputs (default: $TMPDIR/defi-bench-peers)")
+    ap.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "defi-bench-peers"),
+        help="inputs (cached) and outputs (default: $TMPDIR/defi-bench-peers)",
+    )
     ap.add_argument("--no-dj", action="store_true", help="skip Data-Juicer")
     ap.add_argument("--cpus", type=int, default=os.cpu_count(), help="cores for defi's Ray and Data-Juicer's np")
     ap.add_argument("--json", help="also write the results here")
@@ -541,13 +570,18 @@ def main() -> int:
     video_s = sum(v["seconds"] for v in inputs)
     truth = {v["path"]: v["cuts"] for v in inputs}
     heights = sorted({v["height"] for v in inputs})
-    print(f"inputs: {len(inputs)} videos, {video_s:.0f} s, {frames} frames, {'/'.join(f'{h}p' for h in heights)} "
-          f"{FPS} fps H.264, {sum(len(c) for c in truth.values())} true cuts; {args.cpus} cores", file=sys.stderr)
+    print(
+        f"inputs: {len(inputs)} videos, {video_s:.0f} s, {frames} frames, {'/'.join(f'{h}p' for h in heights)} "
+        f"{FPS} fps H.264, {sum(len(c) for c in truth.values())} true cuts; {args.cpus} cores",
+        file=sys.stderr,
+    )
 
     results: dict[str, dict] = {}
-    for name, fn in [("ffmpeg decode", lambda: run_ffmpeg_decode(inputs, work)),
-                     ("defi curate", lambda: run_defi(inputs, work, args.cpus)),
-                     ("PySceneDetect", lambda: run_pyscenedetect(inputs, work))]:
+    for name, fn in [
+        ("ffmpeg decode", lambda: run_ffmpeg_decode(inputs, work)),
+        ("defi curate", lambda: run_defi(inputs, work, args.cpus)),
+        ("PySceneDetect", lambda: run_pyscenedetect(inputs, work)),
+    ]:
         print(f"running {name}...", file=sys.stderr)
         results[name] = fn()
     print("running ffmpeg dec+enc...", file=sys.stderr)
@@ -559,14 +593,18 @@ def main() -> int:
         results["Data-Juicer"] = run_data_juicer(inputs, work, args.cpus)
 
     order = ["defi curate", "ffmpeg decode", "ffmpeg dec+enc", "PySceneDetect", "Data-Juicer"]
-    what = {"defi curate": "shots+dur+motion+encode -> shards+index",
-            "ffmpeg decode": "decode only, full res",
-            "ffmpeg dec+enc": "encode defi's kept clips, same settings",
-            "PySceneDetect": "AdaptiveDetector, its own decode",
-            "Data-Juicer": "split(+full-res encode)+dur+motion@128px"}
+    what = {
+        "defi curate": "shots+dur+motion+encode -> shards+index",
+        "ffmpeg decode": "decode only, full res",
+        "ffmpeg dec+enc": "encode defi's kept clips, same settings",
+        "PySceneDetect": "AdaptiveDetector, its own decode",
+        "Data-Juicer": "split(+full-res encode)+dur+motion@128px",
+    }
     dw = results["defi curate"].get("wall_s")
-    hdr = (f"{'tool':<15} {'wall s':>8} {'in fr/s':>8} {'CPU s':>8} {'vid h/core-h':>12} {'RSS MiB':>8} "
-           f"{'tree MiB':>8} {'clips':>6} {'wall/defi':>9}  what")
+    hdr = (
+        f"{'tool':<15} {'wall s':>8} {'in fr/s':>8} {'CPU s':>8} {'vid h/core-h':>12} {'RSS MiB':>8} "
+        f"{'tree MiB':>8} {'clips':>6} {'wall/defi':>9}  what"
+    )
     print()
     print(hdr)
     print("-" * len(hdr))
@@ -576,21 +614,29 @@ def main() -> int:
             print(f"{name:<15} {'FAILED':>8}  {r['error']}")
             continue
         ratio = f"{r['wall_s'] / dw:.2f}" if dw else "-"
-        print(f"{name:<15} {r['wall_s']:>8.1f} {frames / r['wall_s']:>8.0f} {r['cpu_s']:>8.1f} "
-              f"{video_s / max(r['cpu_s'], 1e-9):>12.1f} {r['rss_one_mib']:>8.0f} {r['rss_tree_mib']:>8.0f} "
-              f"{r.get('clips', '-')!s:>6} {ratio:>9}  {what[name]}")
+        print(
+            f"{name:<15} {r['wall_s']:>8.1f} {frames / r['wall_s']:>8.0f} {r['cpu_s']:>8.1f} "
+            f"{video_s / max(r['cpu_s'], 1e-9):>12.1f} {r['rss_one_mib']:>8.0f} {r['rss_tree_mib']:>8.0f} "
+            f"{r.get('clips', '-')!s:>6} {ratio:>9}  {what[name]}"
+        )
     print()
-    print("in fr/s: input frames / wall s. vid h/core-h: hours of input video per CPU-hour (user+sys of the "
-          "process tree). RSS: peak of the largest process; tree: peak sum over the tree (0.1 s samples).")
+    print(
+        "in fr/s: input frames / wall s. vid h/core-h: hours of input video per CPU-hour (user+sys of the "
+        "process tree). RSS: peak of the largest process; tree: peak sum over the tree (0.1 s samples)."
+    )
     defi = results["defi curate"]
     if "error" not in defi:
-        print(f"defi: {defi['clips']} clips kept; rejected by reason {defi['reasons']}; "
-              f"{defi['at_segment']} of its cuts fall on analysis segment boundaries (k x segment_s, where a "
-              f"longer shot is split), counted in the comparison below")
+        print(
+            f"defi: {defi['clips']} clips kept; rejected by reason {defi['reasons']}; "
+            f"{defi['at_segment']} of its cuts fall on analysis segment boundaries (k x segment_s, where a "
+            f"longer shot is split), counted in the comparison below"
+        )
     dj = results["Data-Juicer"]
     if "error" not in dj:
-        print(f"Data-Juicer: {dj['clips_split']} scene clips written (full res), {dj['clips']} in samples its filters "
-              f"kept (it keeps/drops whole input videos, any_or_all=any)")
+        print(
+            f"Data-Juicer: {dj['clips_split']} scene clips written (full res), {dj['clips']} in samples its filters "
+            f"kept (it keeps/drops whole input videos, any_or_all=any)"
+        )
     print(f"truth: {sum(v['short_shots'] for v in inputs)} shots < 1 s (duration filter), {len(inputs)} static shots (motion filter)")
     print("\ncut positions (a cut = first frame of a new shot):")
     for name in ["defi curate", "PySceneDetect", "Data-Juicer"]:
@@ -602,8 +648,12 @@ def main() -> int:
             print(agreement(name, r["cuts"], "defi", defi["cuts"], paths))
     print(f"\ntotal bench time {time.time() - t_all:.0f} s; logs in {work}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"inputs": inputs, "results": {k: {kk: vv for kk, vv in v.items() if kk != "kept"}
-                                                                             for k, v in results.items()}}, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {"inputs": inputs, "results": {k: {kk: vv for kk, vv in v.items() if kk != "kept"} for k, v in results.items()}},
+                default=str,
+            )
+        )
     return 0
 
 

@@ -19,8 +19,10 @@ import pyarrow as pa
 from defi.schemas.corpus import Corpus
 from defi.schemas.tables import CLIPS
 
-SQL = ("SELECT reject_reason, count(*) AS n, avg(motion_mean) AS motion, sum(duration_s) / 3600 AS hours "
-       "FROM clips WHERE motion_mean > 2.5 AND clip_score_max > 0.2 GROUP BY 1 ORDER BY 2 DESC")
+SQL = (
+    "SELECT reject_reason, count(*) AS n, avg(motion_mean) AS motion, sum(duration_s) / 3600 AS hours "
+    "FROM clips WHERE motion_mean > 2.5 AND clip_score_max > 0.2 GROUP BY 1 ORDER BY 2 DESC"
+)
 
 
 def synth(n: int, seed: int = 0) -> pa.Table:
@@ -89,8 +91,10 @@ def main() -> None:
                     read_parquet_query(c, SQL, args.threads)
                     plain.append(time.perf_counter() - t0)
             best = min(times)
-            print(f"{n:>12,} {parts:>6} {write_s:>8.1f} {best:>20.3f} {'ok' if best < 0.5 else 'MISS':>6}"
-                  + (f"   read_parquet views {min(plain):.3f}" if plain else ""))
+            print(
+                f"{n:>12,} {parts:>6} {write_s:>8.1f} {best:>20.3f} {'ok' if best < 0.5 else 'MISS':>6}"
+                + (f"   read_parquet views {min(plain):.3f}" if plain else "")
+            )
             assert res.num_rows == 5
     print(f"query: {SQL}")
 

@@ -97,7 +97,8 @@ def load_clip_model(model: str, pretrained: str | None, device: str = "cpu", see
             if model.replace("/", "-") not in open_clip.list_models() and ":" not in model:
                 raise ValueError(
                     f"unknown CLIP model {model!r}; valid: {sorted(TINY_MODEL_CONFIGS)} or open_clip names "
-                    f"such as {open_clip.list_models()[:5]}...")
+                    f"such as {open_clip.list_models()[:5]}..."
+                )
             net = open_clip.create_model(model, pretrained=pretrained, device="cpu")
             tokenizer = open_clip.get_tokenizer(model)
     net = net.to(device).eval()
@@ -192,17 +193,16 @@ class ClipScorer(Scorer):
         if self._device == "cpu":
             from PIL import Image
 
-            arr = np.stack([
-                np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((nw, nh), Image.BICUBIC))
-                for im in images
-            ])[:, top:top + th, left:left + tw]
+            arr = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((nw, nh), Image.BICUBIC)) for im in images])[
+                :, top : top + th, left : left + tw
+            ]
             x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
         else:
             import torch.nn.functional as F
 
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self._device).permute(0, 3, 1, 2).float() / 255.0
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-            x = x[:, :, top:top + th, left:left + tw]
+            x = x[:, :, top : top + th, left : left + tw]
         return (x - self._mean) / self._std
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
@@ -214,7 +214,7 @@ class ClipScorer(Scorer):
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
-                x = self._preprocess(images[i:i + self.batch_size])
+                x = self._preprocess(images[i : i + self.batch_size])
                 out.append(self._net.encode_image(x, normalize=True).float().cpu())
         if not out:
             return np.zeros((0, int(self._text_emb.shape[1])), np.float32)
@@ -237,7 +237,7 @@ class ClipScorer(Scorer):
             emb = self.embed_images(np.concatenate([s for _, s in group]))
             pos = 0
             for ci, sel in group:
-                e = emb[pos:pos + len(sel)].mean(axis=0)
+                e = emb[pos : pos + len(sel)].mean(axis=0)
                 pos += len(sel)
                 norm = float(np.linalg.norm(e))
                 if not np.isfinite(norm) or norm == 0.0:

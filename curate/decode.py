@@ -208,8 +208,7 @@ def decode(
     if backend == "decord" and pix_fmt != "rgb24":
         raise ValueError("backend='decord' decodes to rgb24 only")
     if backend == "decord":
-        yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s,
-                                  chunk_frames=chunk_frames)
+        yield from _decode_decord(path, fps=fps, size=size, start_s=start_s, end_s=end_s, chunk_frames=chunk_frames)
         return
     if skip_loop_filter not in SKIP_LOOP_FILTER:
         raise ValueError(f"skip_loop_filter must be one of {SKIP_LOOP_FILTER}, got {skip_loop_filter!r}")
@@ -231,8 +230,9 @@ def _skips_loop_filter(mode: str, width: int, height: int, size) -> bool:
     return 16 * ow * oh <= width * height
 
 
-def _decode_pyav(path, fps, size, start_s, end_s, chunk_frames, interpolation,
-                 skip_loop_filter: str = "auto", pix_fmt: str = "rgb24") -> Iterator[Frames]:
+def _decode_pyav(
+    path, fps, size, start_s, end_s, chunk_frames, interpolation, skip_loop_filter: str = "auto", pix_fmt: str = "rgb24"
+) -> Iterator[Frames]:
     uri = os.fspath(path)
     done = 0
     try:
@@ -309,8 +309,7 @@ def _convert(frame, geometry, interpolation, reformatter: VideoReformatter, pix_
     if pix_fmt == "rgb24":
         return _to_rgb(frame, geometry, interpolation, reformatter)
     w, h, quarter = geometry
-    img = reformatter.reformat(frame, width=w, height=h, format="yuv420p",
-                               interpolation=interpolation, threads=1).to_ndarray()
+    img = reformatter.reformat(frame, width=w, height=h, format="yuv420p", interpolation=interpolation, threads=1).to_ndarray()
     return rot90_i420(img, quarter) if quarter else img
 
 
@@ -321,7 +320,7 @@ def rot90_i420(img: np.ndarray, k: int) -> np.ndarray:
     h, w = img.shape[0] // 3 * 2, img.shape[1]
     flat = np.ascontiguousarray(img).reshape(-1)
     n, c = h * w, h * w // 4
-    planes = (flat[:n].reshape(h, w), flat[n:n + c].reshape(h // 2, w // 2), flat[n + c:].reshape(h // 2, w // 2))
+    planes = (flat[:n].reshape(h, w), flat[n : n + c].reshape(h // 2, w // 2), flat[n + c :].reshape(h // 2, w // 2))
     y, u, v = (np.rot90(p, k) for p in planes)
     oh, ow = y.shape
     return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(oh * 3 // 2, ow)
@@ -333,8 +332,7 @@ def _to_rgb(frame, geometry, interpolation, reformatter: VideoReformatter) -> np
     # ``frame.to_ndarray(width=, height=)`` builds a new one for every frame: decode + convert
     # measured 2.6 ms CPU/frame that way against 1.7 ms here (720p -> 228x128, bench/decode.py).
     # threads=1: the decoder's threads already fill the cores (threads=0/2 measured no better).
-    img = reformatter.reformat(frame, width=w, height=h, format="rgb24",
-                               interpolation=interpolation, threads=1).to_ndarray()
+    img = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation=interpolation, threads=1).to_ndarray()
     # Display matrix rotation is counter-clockwise (FFmpeg's av_display_rotation_get); np.rot90
     # with k>0 turns an [H, W] image counter-clockwise as displayed.
     return np.rot90(img, quarter) if quarter else img
@@ -386,7 +384,7 @@ def _decode_decord(path, *, fps, size, start_s, end_s, chunk_frames) -> Iterator
         sel = _NearestTick(fps)
         keep = np.array([i for k in keep for i in sel.push(int(k), float(ts[k]))], np.int64)
     for a in range(0, len(keep), chunk_frames):
-        idx = keep[a:a + chunk_frames]
+        idx = keep[a : a + chunk_frames]
         try:
             batch = vr.get_batch(list(idx)).asnumpy()
         except Exception as e:  # e.g. decord 0.6 fails on some output widths (48 px)

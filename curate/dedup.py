@@ -124,7 +124,7 @@ def hash_pairs(hashes: np.ndarray, max_hamming: int, block: int = 1024) -> np.nd
     out = []
     for s in range(0, n, block):
         # only the upper triangle: rows s.. against columns s..
-        a, b = hashes[s:s + block], hashes[s:]
+        a, b = hashes[s : s + block], hashes[s:]
         dist = np.bitwise_count(a[:, None, :] ^ b[None, :, :])
         dist = dist[..., 0] if dist.shape[-1] == 1 else dist.max(axis=-1)  # worst position decides
         i, j = _hits(dist <= max_hamming, s)
@@ -142,15 +142,14 @@ def embedding_pairs(emb: np.ndarray, min_cosine: float, block: int = 1024) -> np
     block = _rows_per_block(block, n)
     out = []
     for s in range(0, n, block):
-        sims = e[s:s + block] @ e[s:].T  # upper triangle only
+        sims = e[s : s + block] @ e[s:].T  # upper triangle only
         i, j = _hits(sims >= min_cosine - 1e-6, s)
         keep = i < j
         out.append(np.stack([i[keep], j[keep]], axis=1))
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def dedup(items: Sequence[DedupItem], max_hamming: int | None = 6, min_cosine: float | None = None,
-          block: int = 1024) -> list[DedupResult]:
+def dedup(items: Sequence[DedupItem], max_hamming: int | None = 6, min_cosine: float | None = None, block: int = 1024) -> list[DedupResult]:
     """Group near-duplicates and pick one keeper per group; results in the order of ``items``.
 
     ``max_hamming``: bits (of 64) within which hashes match; None disables hashes.
@@ -227,10 +226,7 @@ class Dedup(Operator):
         as several positions), embedding from ``clip_embedding``, quality from the ``quality``
         attribute (or the callable given)."""
         get_q = quality or (lambda r: getattr(r, self.quality) if self.quality else None)
-        return [
-            DedupItem(r.key, r.phash.split(",") if r.phash else (), r.clip_embedding, get_q(r))
-            for r in records
-        ]
+        return [DedupItem(r.key, r.phash.split(",") if r.phash else (), r.clip_embedding, get_q(r)) for r in records]
 
     def apply(self, records, quality: Callable[[Any], float | None] | None = None) -> dict[str, int]:
         """Dedup the kept ``ClipRecord``s in place (rejected ones take no part): sets ``dup_group``

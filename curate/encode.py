@@ -66,8 +66,14 @@ def even_size(width: int, height: int, short_side: int | None, upscale: bool = F
     return ev(width * scale), ev(height * scale)
 
 
-def select_ticks(times: Iterator[tuple[float, Any]], start_s: float, end_s: float, fps: float,
-                 max_frames: int | None = None, last_duration_s: float | None = None) -> Iterator[tuple[float, Any]]:
+def select_ticks(
+    times: Iterator[tuple[float, Any]],
+    start_s: float,
+    end_s: float,
+    fps: float,
+    max_frames: int | None = None,
+    last_duration_s: float | None = None,
+) -> Iterator[tuple[float, Any]]:
     """Nearest-timestamp resampling, streaming: consumes ``(t, item)`` in increasing ``t`` and yields
     ``(t, item)`` once per output tick ``start_s + i/fps`` (``i`` while the tick is ``< end_s`` and
     ``i < max_frames``). Only items with ``start_s <= t < end_s`` are candidates; a tie goes to the
@@ -178,9 +184,19 @@ def _upright(frame, rotation: int):
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k)), format="rgb24")
 
 
-def encode_clip(src_path: str | Path, start_s: float, end_s: float, out: str | Path | BinaryIO, *,
-                fps: float, short_side: int | None = None, crf: int = 23, preset: str = "veryfast",
-                max_frames: int | None = None, upscale: bool = False) -> EncodeResult:
+def encode_clip(
+    src_path: str | Path,
+    start_s: float,
+    end_s: float,
+    out: str | Path | BinaryIO,
+    *,
+    fps: float,
+    short_side: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+    max_frames: int | None = None,
+    upscale: bool = False,
+) -> EncodeResult:
     """Cut [start_s, end_s) (stream seconds) out of ``src_path``, resample to ``fps`` by nearest
     timestamp, resize so the short side is ``short_side`` pixels (aspect kept, even dimensions,
     never enlarged unless ``upscale``; ``None`` keeps the size) and encode H.264 MP4 to ``out``
@@ -232,8 +248,7 @@ def encode_clip(src_path: str | Path, start_s: float, end_s: float, out: str | P
                 w, h = even_size(fr.width, fr.height, short_side, upscale)
                 writer = _Writer(out, fps, w, h, crf, preset)
             stage = "decode_failed"
-            small = fr.reformat(width=writer.width, height=writer.height, format="yuv420p",
-                                interpolation="AREA")
+            small = fr.reformat(width=writer.width, height=writer.height, format="yuv420p", interpolation="AREA")
             stage = "encode_failed"
             writer.write(small)
             pts.append(t)
@@ -242,8 +257,7 @@ def encode_clip(src_path: str | Path, start_s: float, end_s: float, out: str | P
             return EncodeResult(error="no_frames_in_window", error_detail=f"[{start_s}, {end_s}) s")
         stage = "encode_failed"
         size = writer.close()
-        return EncodeResult(num_frames=writer.n, fps=float(writer.rate), width=writer.width,
-                            height=writer.height, bytes=size, pts_s=pts)
+        return EncodeResult(num_frames=writer.n, fps=float(writer.rate), width=writer.width, height=writer.height, bytes=size, pts_s=pts)
     except Exception as e:
         if writer is not None:
             writer.abort()
@@ -252,9 +266,16 @@ def encode_clip(src_path: str | Path, start_s: float, end_s: float, out: str | P
         container.close()
 
 
-def encode_frames(frames: Frames | np.ndarray, fps: float, out: str | Path | BinaryIO, *,
-                  short_side: int | None = None, crf: int = 23, preset: str = "veryfast",
-                  upscale: bool = False) -> EncodeResult:
+def encode_frames(
+    frames: Frames | np.ndarray,
+    fps: float,
+    out: str | Path | BinaryIO,
+    *,
+    short_side: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+    upscale: bool = False,
+) -> EncodeResult:
     """Encode already-decoded uint8 frames as H.264 MP4 at ``fps``, every frame once, resized like
     ``encode_clip``: RGB [T, H, W, 3] (robot episodes, tests), or ``Frames`` in either layout
     (``i420`` frames of the output size go to the encoder as they are, with no conversion).
@@ -290,8 +311,7 @@ def encode_frames(frames: Frames | np.ndarray, fps: float, out: str | Path | Bin
         if writer is not None:
             writer.abort()
         return EncodeResult(error="encode_failed", error_detail=f"{type(e).__name__}: {e}"[:500])
-    return EncodeResult(num_frames=len(arr), fps=float(writer.rate), width=ow, height=oh,
-                        bytes=size, pts_s=pts)
+    return EncodeResult(num_frames=len(arr), fps=float(writer.rate), width=ow, height=oh, bytes=size, pts_s=pts)
 
 
 @dataclass
@@ -316,10 +336,19 @@ class ClipEncoder(Operator):
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in [0, 51] (libx264), got {self.crf}")
 
-    def __call__(self, src_path: str | Path, start_s: float, end_s: float,
-                 out: str | Path | BinaryIO) -> EncodeResult:
-        return encode_clip(src_path, start_s, end_s, out, fps=self.fps, short_side=self.short_side,
-                           crf=self.crf, preset=self.preset, max_frames=self.max_frames, upscale=self.upscale)
+    def __call__(self, src_path: str | Path, start_s: float, end_s: float, out: str | Path | BinaryIO) -> EncodeResult:
+        return encode_clip(
+            src_path,
+            start_s,
+            end_s,
+            out,
+            fps=self.fps,
+            short_side=self.short_side,
+            crf=self.crf,
+            preset=self.preset,
+            max_frames=self.max_frames,
+            upscale=self.upscale,
+        )
 
     @staticmethod
     def update_record(record, result: EncodeResult) -> None:

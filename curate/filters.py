@@ -101,7 +101,7 @@ def _inner(x: np.ndarray, margin: int) -> np.ndarray:
     """Drop a border: flow is unreliable where content enters or leaves the frame."""
     h, w = x.shape[:2]
     if h > 4 * margin and w > 4 * margin:
-        return x[margin:h - margin, margin:w - margin]
+        return x[margin : h - margin, margin : w - margin]
     return x
 
 
@@ -199,8 +199,7 @@ class Motion(Scorer):
             return {"motion_mean": None, "motion_p90": None, "frame_diff": None}  # type: ignore[dict-item]
         pooled = np.concatenate([_inner(np.linalg.norm(f, axis=-1), self.border_px).ravel() for f in flows])
         diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
-        return {"motion_mean": float(pooled.mean()), "motion_p90": float(np.percentile(pooled, 90)),
-                "frame_diff": float(diff)}
+        return {"motion_mean": float(pooled.mean()), "motion_p90": float(np.percentile(pooled, 90)), "frame_diff": float(diff)}
 
     def reject_reason(self, scores: dict[str, float]) -> str | None:
         if _under(scores.get("motion_mean"), self.min_motion_mean) or _under(scores.get("frame_diff"), self.min_frame_diff):

@@ -54,7 +54,7 @@ def _is_local(uri: str | os.PathLike) -> bool:
 
 def _local_path(uri: str | os.PathLike) -> str:
     s = os.fspath(uri)
-    return s[len("file://"):] if s.startswith("file://") else s
+    return s[len("file://") :] if s.startswith("file://") else s
 
 
 @contextlib.contextmanager
@@ -397,6 +397,7 @@ class Probe(Operator):
         if self.tail_s <= 0:
             raise ValueError(f"Probe.tail_s must be > 0 seconds, got {self.tail_s}")
 
-    def __call__(self, uri_or_path: str | os.PathLike, *, kind: str | None = None,
-                 dataset: str | None = None, run_id: str | None = None) -> SourceRecord:
+    def __call__(
+        self, uri_or_path: str | os.PathLike, *, kind: str | None = None, dataset: str | None = None, run_id: str | None = None
+    ) -> SourceRecord:
         return probe(uri_or_path, kind=kind, dataset=dataset, run_id=run_id, **self.params())

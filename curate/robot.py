@@ -79,15 +79,16 @@ def check_timestamps(timestamps: np.ndarray, fps: float, n_video_frames: int | N
     d = np.diff(ts)
     bad = np.flatnonzero(d <= 0)
     if len(bad):
-        issues.append(f"non-monotonic: {len(bad)} steps <= 0 (first at row {int(bad[0]) + 1}, "
-                      f"{ts[bad[0]]:.4f}s -> {ts[bad[0] + 1]:.4f}s)")
+        issues.append(f"non-monotonic: {len(bad)} steps <= 0 (first at row {int(bad[0]) + 1}, {ts[bad[0]]:.4f}s -> {ts[bad[0] + 1]:.4f}s)")
     if fps and len(d):
         period = 1.0 / fps
         err = np.abs(d - period)
         jit = np.flatnonzero(err > period / 2)
         if len(jit):
-            issues.append(f"jitter: {len(jit)} steps off 1/fps by more than half a frame "
-                          f"(max {float(err.max()) * 1000:.1f} ms, first at row {int(jit[0]) + 1})")
+            issues.append(
+                f"jitter: {len(jit)} steps off 1/fps by more than half a frame "
+                f"(max {float(err.max()) * 1000:.1f} ms, first at row {int(jit[0]) + 1})"
+            )
     if n_video_frames is not None and n_video_frames != len(ts):
         issues.append(f"frame count: video has {n_video_frames} frames, episode has {len(ts)} rows")
     return issues
@@ -135,8 +136,13 @@ def _read_tasks(root: Path) -> dict[int, str]:
     return dict(zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist(), strict=False))
 
 
-def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video: bool = True,
-                 state_key: str = "observation.state", action_key: str = "action") -> list[RobotEpisode]:
+def load_lerobot(
+    root: str | Path,
+    cameras: list[str] | None = None,
+    check_video: bool = True,
+    state_key: str = "observation.state",
+    action_key: str = "action",
+) -> list[RobotEpisode]:
     """Every (episode, camera) of a LeRobot v3.0 dataset at ``root``.
 
     ``cameras``: camera names (``corner`` for ``observation.images.corner``), default all video
@@ -191,8 +197,8 @@ def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video
             base_issues.append(f"row count: episode length {ep['length']}, data has {len(rows)} rows")
         for key in video_keys:
             vpath = root / info["video_path"].format(
-                video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]),
-                file_index=int(ep[f"videos/{key}/file_index"]))
+                video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]), file_index=int(ep[f"videos/{key}/file_index"])
+            )
             from_s = float(ep.get(f"videos/{key}/from_timestamp") or 0.0)
             to_s = ep.get(f"videos/{key}/to_timestamp")
             to_s = None if to_s is None else float(to_s)
@@ -208,11 +214,23 @@ def load_lerobot(root: str | Path, cameras: list[str] | None = None, check_video
                     eps = 1e-6
                     n_video = int(((pts >= from_s - eps) & (pts < (np.inf if to_s is None else to_s) - eps)).sum())
             issues += check_timestamps(ts, fps, n_video)
-            out.append(RobotEpisode(
-                uri=str(vpath), camera=key.removeprefix("observation.images."), episode_index=int(ep["episode_index"]),
-                fps=fps, timestamps=ts, actions=actions, proprio=proprio, language=language,
-                success=None if success is None else bool(success), from_s=from_s, to_s=to_s,
-                timestamp_issues=issues, video_frames=n_video))
+            out.append(
+                RobotEpisode(
+                    uri=str(vpath),
+                    camera=key.removeprefix("observation.images."),
+                    episode_index=int(ep["episode_index"]),
+                    fps=fps,
+                    timestamps=ts,
+                    actions=actions,
+                    proprio=proprio,
+                    language=language,
+                    success=None if success is None else bool(success),
+                    from_s=from_s,
+                    to_s=to_s,
+                    timestamp_issues=issues,
+                    video_frames=n_video,
+                )
+            )
     return out
 
 
@@ -278,7 +296,9 @@ def load_npz_episode(mp4_path: str | Path, npz_path: str | Path | None = None) -
     try:
         z = np.load(npz_path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise SidecarError("file", f"{npz_path.name} is not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise SidecarError(
+            "file", f"{npz_path.name} is not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if not hasattr(z, "files"):
         raise SidecarError("file", f"{npz_path.name} holds one array, not named fields")
     try:
@@ -309,9 +329,21 @@ def load_npz_episode(mp4_path: str | Path, npz_path: str | Path | None = None) -
     if proprio is not None and len(proprio) != n:
         issues.append(f"proprio has {len(proprio)} rows, actions has {n}")
     issues += check_timestamps(ts, fps, len(pts))
-    return RobotEpisode(uri=str(mp4_path), camera="", episode_index=0, fps=fps, timestamps=ts, actions=actions,
-                        proprio=proprio, language=language, success=success, from_s=0.0, to_s=None,
-                        timestamp_issues=issues, extra=extra)
+    return RobotEpisode(
+        uri=str(mp4_path),
+        camera="",
+        episode_index=0,
+        fps=fps,
+        timestamps=ts,
+        actions=actions,
+        proprio=proprio,
+        language=language,
+        success=success,
+        from_s=0.0,
+        to_s=None,
+        timestamp_issues=issues,
+        extra=extra,
+    )
 
 
 class Alignment(NamedTuple):

@@ -109,8 +109,9 @@ class Shots(Operator):
         """A streaming detector: ``push`` chunks, then ``finish``."""
         return ShotDetector(self, context)
 
-    def __call__(self, frames: Frames, end_frame: int | None = None, end_s: float | None = None,
-                 context: Frames | None = None) -> list[Shot]:
+    def __call__(
+        self, frames: Frames, end_frame: int | None = None, end_s: float | None = None, context: Frames | None = None
+    ) -> list[Shot]:
         det = ShotDetector(self, context)
         det.push(frames)
         return det.finish(end_frame=end_frame, end_s=end_s)

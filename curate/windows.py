@@ -52,8 +52,9 @@ class Clip(Span):
     reject_reason: str | None = None
 
 
-def window_spans(duration_s: float, clip_len_s: float, stride_s: float, min_clip_s: float,
-                 max_clip_s: float | None) -> list[tuple[float, float, str | None]]:
+def window_spans(
+    duration_s: float, clip_len_s: float, stride_s: float, min_clip_s: float, max_clip_s: float | None
+) -> list[tuple[float, float, str | None]]:
     """Clip spans ``(start, end, reject_reason)`` in seconds *relative to the shot start*."""
     if duration_s < min_clip_s - _EPS_S:
         return [(0.0, duration_s, "too_short")]
@@ -115,8 +116,7 @@ class Windows(Operator):
                 f1 = _frame_at(shot, shot.start_s + end, pts_s)
                 if f1 <= f0:  # a sub-frame remainder (e.g. 12.012 s at 29.97 fps) holds no frame
                     continue
-                clips.append(Clip(shot.index, len(clips), f0, f1, _time_of(shot, f0, pts_s),
-                                  _time_of(shot, f1, pts_s), reason))
+                clips.append(Clip(shot.index, len(clips), f0, f1, _time_of(shot, f0, pts_s), _time_of(shot, f1, pts_s), reason))
         return clips
 
 

@@ -67,9 +67,17 @@ def clip_stats(z: np.ndarray, codes: np.ndarray | None, num_codes: int) -> dict[
     (None for a continuous bottleneck); see the module docstring for their definitions."""
     steps = int(z.shape[0])
     vectors = z.reshape(steps, int(np.prod(z.shape[1:]))).astype(np.float32)
-    out: dict[str, Any] = {"num_steps": steps, "vectors": vectors.tolist(), "codes": None,
-                           "mean_vector": None, "norm_mean": None, "norm_p90": None, "code_hist": None,
-                           "code_entropy": None, "dominant_code": None}
+    out: dict[str, Any] = {
+        "num_steps": steps,
+        "vectors": vectors.tolist(),
+        "codes": None,
+        "mean_vector": None,
+        "norm_mean": None,
+        "norm_p90": None,
+        "code_hist": None,
+        "code_entropy": None,
+        "dominant_code": None,
+    }
     if codes is not None:
         out["codes"] = codes.astype(np.int32).tolist()
         hist = np.bincount(codes.reshape(-1).astype(np.int64), minlength=num_codes)
@@ -95,8 +103,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     found = sorted((p / "checkpoints").glob("step-*")) if p.is_dir() else []
     if found:
         return found[-1]
-    raise CheckpointError(f"{path}: neither a checkpoint folder (config.json) nor a run folder "
-                          "with checkpoints/step-*")
+    raise CheckpointError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
 
 
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:
@@ -159,8 +166,10 @@ class LatentActionLabeler:
         self.torch_device = torch.device("cpu" if dev == "auto" else dev)
         model, config, state = load_checkpoint(self.ckpt_path, map_location=self.torch_device)
         if getattr(config, "lang_dim", 0):
-            raise ValueError(f"{self.ckpt_path}: the model is language-conditioned (lang_dim={config.lang_dim}); "
-                             "labeling without instructions is not supported")
+            raise ValueError(
+                f"{self.ckpt_path}: the model is language-conditioned (lang_dim={config.lang_dim}); "
+                "labeling without instructions is not supported"
+            )
         self.model, self.config = model.eval(), config
         self.hash = checkpoint_hash(self.ckpt_path)
         # the gap the training recipe saved with the checkpoint (extra["data"]), else 1 frame
@@ -188,10 +197,18 @@ class LatentActionLabeler:
 
     def params(self) -> dict[str, Any]:
         """What shaped the labels (for run records)."""
-        return {"name": self.name, "version": self.version, "checkpoint": str(self.ckpt_path),
-                "checkpoint_hash": self.hash, "gap": {self.gap_spec.unit: self.gap_spec.value}, "window_stride": int(self.window_stride),
-                "image_size": self.size, "bottleneck": self.config.bottleneck,
-                "num_action_tokens": int(self.config.num_action_tokens), "num_codes": self.num_codes}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "checkpoint": str(self.ckpt_path),
+            "checkpoint_hash": self.hash,
+            "gap": {self.gap_spec.unit: self.gap_spec.value},
+            "window_stride": int(self.window_stride),
+            "image_size": self.size,
+            "bottleneck": self.config.bottleneck,
+            "num_action_tokens": int(self.config.num_action_tokens),
+            "num_codes": self.num_codes,
+        }
 
     # -- labeling ----------------------------------------------------------------------------
     def label_clip(self, frames: np.ndarray, fps: float, key: str = "", run_id: str | None = None) -> dict[str, Any]:
@@ -220,8 +237,8 @@ class LatentActionLabeler:
         rows, pos = [], 0
         for (key, _frames, _), starts, k in zip(clips, starts_all, ks, strict=False):
             n = len(starts)
-            c = None if codes is None else codes[pos:pos + n]
-            row = clip_stats(z[pos:pos + n], c, self.num_codes)
+            c = None if codes is None else codes[pos : pos + n]
+            row = clip_stats(z[pos : pos + n], c, self.num_codes)
             row.update(key=key, labeler=self.name, gap_frames=int(k), run_id=run_id)
             rows.append(row)
             pos += n
@@ -243,14 +260,14 @@ class LatentActionLabeler:
         row_of[used] = np.arange(len(used))
         tokens = []
         for i in range(0, len(used), bs):
-            chunk = frames[used[i:i + bs]]
+            chunk = frames[used[i : i + bs]]
             x = torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(dev).float().div_(255.0)
             tokens.append(self.model.tokens(x))
         tokens = torch.cat(tokens)
         zs, cs = [], []
         for i in range(0, len(t_idx), bs):
-            a = torch.from_numpy(row_of[t_idx[i:i + bs]]).to(dev)
-            b = torch.from_numpy(row_of[k_idx[i:i + bs]]).to(dev)
+            a = torch.from_numpy(row_of[t_idx[i : i + bs]]).to(dev)
+            b = torch.from_numpy(row_of[k_idx[i : i + bs]]).to(dev)
             # GIDM.encode(obs, next_obs) is tokens() of each frame then _encode(); calling the two
             # halves lets each frame be tokenized once instead of twice (the frozen ViT of a
             # features model is most of the cost). tests check it equals encode().

@@ -77,8 +77,10 @@ def _uncommitted_parts(corpus: Corpus) -> list[tuple[str, str, str]]:
     """clips/shards parts outside any commit (no sources part of the same unit)."""
     committed = {os.path.basename(p) for p in corpus.parts("sources")}
     pending_dir = corpus.path("pending")
-    pending = {f"part-{os.path.basename(m)[:-len('.json')]}.parquet"
-               for m in (corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else [])}
+    pending = {
+        f"part-{os.path.basename(m)[: -len('.json')]}.parquet"
+        for m in (corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else [])
+    }
     out = []
     for table in ("clips", "shards"):
         for p in corpus.parts(table):
@@ -145,10 +147,12 @@ def check_corpus(root: str, progress: bool = False) -> dict[str, Any]:
 def add_check_parser(subparsers) -> argparse.ArgumentParser:
     """``defi check ROOT``"""
     p = subparsers.add_parser(
-        "check", help="verify a corpus: parts readable, every shard's sha256 and samples against the index",
+        "check",
+        help="verify a corpus: parts readable, every shard's sha256 and samples against the index",
         description="Read every parquet part and every shard of ROOT and compare them with the index: unreadable "
-                    "parts, parts outside any commit, missing or damaged shards (size, sha256, sample count), kept clips "
-                    "missing from their shard, orphan shards. Prints one line per problem; exit 1 if any, 0 if none.")
+        "parts, parts outside any commit, missing or damaged shards (size, sha256, sample count), kept clips "
+        "missing from their shard, orphan shards. Prints one line per problem; exit 1 if any, 0 if none.",
+    )
     p.add_argument("root", help="corpus root (local folder or fsspec URL)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check)
@@ -160,6 +164,9 @@ def cmd_check(args) -> int:
     for kind, path, detail in r["problems"]:
         print(f"{kind:<15} {path}  {detail}")
     n = len(r["problems"])
-    print(f"checked {r['parts']} parts, {r['clips']} clips, {r['shards']} shards: "
-          + (f"{n} problem{'s' if n != 1 else ''}" if n else "no problems"), file=sys.stderr if n else sys.stdout)
+    print(
+        f"checked {r['parts']} parts, {r['clips']} clips, {r['shards']} shards: "
+        + (f"{n} problem{'s' if n != 1 else ''}" if n else "no problems"),
+        file=sys.stderr if n else sys.stdout,
+    )
     return 1 if n else 0

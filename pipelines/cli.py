@@ -130,12 +130,18 @@ def corpus_summary(corpus) -> dict:
         "SELECT count(*) AS n, count(*) FILTER (WHERE error IS NULL) AS ok, "
         "coalesce(sum(duration_s) FILTER (WHERE error IS NULL), 0) / 3600 AS hours FROM sources"
     ).to_pylist()[0]
-    errors = {r["error"]: r["n"] for r in q("SELECT error, count(*) AS n FROM sources WHERE error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").to_pylist()}
+    errors = {
+        r["error"]: r["n"]
+        for r in q("SELECT error, count(*) AS n FROM sources WHERE error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").to_pylist()
+    }
     clips = q(
         "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE NOT kept) AS rejected, "
         "coalesce(sum(duration_s) FILTER (WHERE kept), 0) / 3600 AS hours_kept FROM clips"
     ).to_pylist()[0]
-    reasons = {r["reject_reason"]: r["n"] for r in q("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC").to_pylist()}
+    reasons = {
+        r["reject_reason"]: r["n"]
+        for r in q("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC").to_pylist()
+    }
     shards = q("SELECT count(*) AS n, coalesce(sum(size_bytes), 0)::BIGINT AS bytes FROM shards").to_pylist()[0]
     labels = {r["labeler"]: r["n"] for r in q("SELECT labeler, count(*) AS n FROM latent_actions GROUP BY 1 ORDER BY 1").to_pylist()}
     return {
@@ -228,9 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    q = sub.add_parser("query", help="run read-only SQL over a corpus index",
-                       description="Run read-only SQL over the views sources, clips, shards, latent_actions "
-                       "(and labels_<labeler> per labeler). Only SELECT/EXPLAIN are accepted.")
+    q = sub.add_parser(
+        "query",
+        help="run read-only SQL over a corpus index",
+        description="Run read-only SQL over the views sources, clips, shards, latent_actions "
+        "(and labels_<labeler> per labeler). Only SELECT/EXPLAIN are accepted.",
+    )
     q.add_argument("sql", help='SQL, e.g. "SELECT reject_reason, count(*) FROM clips GROUP BY 1"')
     q.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     q.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
@@ -238,21 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
     q.set_defaults(func=cmd_query)
 
-    i = sub.add_parser("info", help="summarise a corpus", description="Videos, hours in and out, clips kept and rejected by reason, shards, labels.")
+    i = sub.add_parser(
+        "info", help="summarise a corpus", description="Videos, hours in and out, clips kept and rejected by reason, shards, labels."
+    )
     i.add_argument("root")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(func=cmd_info)
 
-    x = sub.add_parser("index", help="rebuild ROOT/index.duckdb", description="Write index.duckdb with the corpus views, for DuckDB's own clients (local roots).")
+    x = sub.add_parser(
+        "index",
+        help="rebuild ROOT/index.duckdb",
+        description="Write index.duckdb with the corpus views, for DuckDB's own clients (local roots).",
+    )
     x.add_argument("root")
     x.set_defaults(func=cmd_index)
 
-    c = sub.add_parser("curate", help="turn videos into indexed WebDataset shards",
-                       description="Probe, split into shots and clips, score, filter, encode and shard videos into a "
-                       "corpus. SOURCES are files, folders, globs, fsspec URLs, manifests (.csv/.jsonl/.parquet with a "
-                       "'uri' column), LeRobot v3 dataset folders or episode.mp4+episode.npz pairs. Re-running skips "
-                       "videos already committed; a killed run resumes where it stopped.",
-                       )
+    c = sub.add_parser(
+        "curate",
+        help="turn videos into indexed WebDataset shards",
+        description="Probe, split into shots and clips, score, filter, encode and shard videos into a "
+        "corpus. SOURCES are files, folders, globs, fsspec URLs, manifests (.csv/.jsonl/.parquet with a "
+        "'uri' column), LeRobot v3 dataset folders or episode.mp4+episode.npz pairs. Re-running skips "
+        "videos already committed; a killed run resumes where it stopped.",
+    )
     c.add_argument("sources", nargs="*", metavar="SOURCES")
     c.add_argument("--root", help="corpus root (local folder or fsspec URL)")
     c.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
@@ -261,19 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
     c.add_argument("--limit", type=int, help="process at most this many pending videos")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.add_argument("--repair", action="store_true", help="delete clips/shards parts and shards that no commit explains "
-                   "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused")
+    c.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete clips/shards parts and shards that no commit explains "
+        "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused",
+    )
     from defi.pipelines.config import add_flags
     from defi.pipelines.curate_video import CurateConfig
 
     add_flags(c, CurateConfig)
     c.set_defaults(func=cmd_curate)
 
-    d = sub.add_parser("demo", help="run the whole recipe on an embedded default (curate, GIDM, label, GFDM, policy, eval, report)",
-                       description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
-                       "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
-                       "the latent against true robot actions, train a tiny GFDM, finetune the DeFI policy and a scratch one on the "
-                       "held-out robot clips, evaluate both in Meta-World and write OUT/report.html. Re-running resumes.")
+    d = sub.add_parser(
+        "demo",
+        help="run the whole recipe on an embedded default (curate, GIDM, label, GFDM, policy, eval, report)",
+        description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
+        "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
+        "the latent against true robot actions, train a tiny GFDM, finetune the DeFI policy and a scratch one on the "
+        "held-out robot clips, evaluate both in Meta-World and write OUT/report.html. Re-running resumes.",
+    )
     from defi.pipelines.demo import add_demo_arguments
 
     add_demo_arguments(d)
@@ -295,8 +319,16 @@ def _extra_commands() -> list[Callable]:
 
     from defi.pipelines.check import add_check_parser
 
-    return [add_sim_parser, add_train_parser, add_label_parser, add_select_parser, add_export_parser, add_browse_parser,
-            add_check_parser, add_eval_parser]
+    return [
+        add_sim_parser,
+        add_train_parser,
+        add_label_parser,
+        add_select_parser,
+        add_export_parser,
+        add_browse_parser,
+        add_check_parser,
+        add_eval_parser,
+    ]
 
 
 _EXTRA_COMMANDS = _extra_commands()

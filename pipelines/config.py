@@ -188,8 +188,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "co
         base, _ = _unwrap_optional(tp)
         meta = "LIST" if get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        g.add_argument(f"--{key}", dest=f"cfg__{key}", default=_MISSING, metavar=meta,
-                       help=f"{help_ + ' ' if help_ else ''}(default: {shown})")
+        g.add_argument(
+            f"--{key}", dest=f"cfg__{key}", default=_MISSING, metavar=meta, help=f"{help_ + ' ' if help_ else ''}(default: {shown})"
+        )
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for name, value in vars(args).items():
         if not name.startswith("cfg__") or value is _MISSING:
             continue
-        parts = name[len("cfg__"):].split(".")
+        parts = name[len("cfg__") :].split(".")
         d = out
         for p in parts[:-1]:
             d = d.setdefault(p, {})

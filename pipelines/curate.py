@@ -80,7 +80,7 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
     committed = {os.path.basename(p) for p in corpus.parts("sources")}
     pending_dir = corpus.path(PENDING_DIR)
     markers = corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else []
-    pending = {f"part-{os.path.basename(m)[:-len('.json')]}.parquet" for m in markers}
+    pending = {f"part-{os.path.basename(m)[: -len('.json')]}.parquet" for m in markers}
     removed, damaged = [], []
     for table in ("clips", "shards"):
         for p in corpus.parts(table):
@@ -92,7 +92,8 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
         raise CorpusError(
             f"{damaged[0]} has no matching sources part (the unit's commit marker) and no run was committing it: "
             f"the corpus was changed outside defi ({len(damaged)} such part{'s' if len(damaged) > 1 else ''}); "
-            f"see `defi check {corpus.root}`; `defi curate --repair` deletes them")
+            f"see `defi check {corpus.root}`; `defi curate --repair` deletes them"
+        )
     for p in removed + damaged:
         corpus.fs.rm(p)
     orphans = orphan_shards(corpus)
@@ -101,7 +102,8 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
     if lost and not repair:
         raise CorpusError(
             f"shard {corpus.path(SHARDS_DIR, lost[0])} holds committed clips but no shards row names it (a shards part "
-            f"was deleted?); see `defi check {corpus.root}`; `defi curate --repair` deletes it")
+            f"was deleted?); see `defi check {corpus.root}`; `defi curate --repair` deletes it"
+        )
     gone = remove_orphans(corpus, keep=set() if repair else set(lost))
     for m in markers:
         corpus.fs.rm(m)
@@ -110,7 +112,7 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
 
 def _next_shard_index(corpus: Corpus) -> int:
     names = corpus.read_table("shards").column("shard").to_pylist()
-    nums = [int(n[len("shard-"):-len(".tar")]) for n in names if n.startswith("shard-") and n.endswith(".tar")]
+    nums = [int(n[len("shard-") : -len(".tar")]) for n in names if n.startswith("shard-") and n.endswith(".tar")]
     return max(nums, default=-1) + 1
 
 
@@ -181,9 +183,16 @@ class Committer:
             info = write_shard(self.corpus, name, [Sample(it.record.key, it.members) for it in batch])
             for it in batch:
                 it.record.shard = name
-            shard_rows.append({"shard": name, "num_samples": info.num_samples, "size_bytes": info.size_bytes,
-                               "sha256": info.sha256, "run_id": self.run_id,
-                               "created_at": dt.datetime.now(dt.timezone.utc)})
+            shard_rows.append(
+                {
+                    "shard": name,
+                    "num_samples": info.num_samples,
+                    "size_bytes": info.size_bytes,
+                    "sha256": info.sha256,
+                    "run_id": self.run_id,
+                    "created_at": dt.datetime.now(dt.timezone.utc),
+                }
+            )
             batch, size = [], 0
 
         for it in kept:
@@ -224,8 +233,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool = True, limit: int | None = None,
-               on_video: Callable[[VideoDone], None] | None = None, repair: bool = False) -> dict[str, Any]:
+def run_curate(
+    inputs: list[str],
+    root: str,
+    cfg: CurateConfig,
+    progress: bool = True,
+    limit: int | None = None,
+    on_video: Callable[[VideoDone], None] | None = None,
+    repair: bool = False,
+) -> dict[str, Any]:
     """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved).
     ``on_video``: called in the driver with each video's ``VideoDone`` as it arrives (its source
     row, clip count, per-stage timings, node, and the worker's begin/finish wall-clock times).
@@ -239,9 +255,20 @@ def run_curate(inputs: list[str], root: str, cfg: CurateConfig, progress: bool =
         return _run_locked(corpus, specs, inputs, root, cfg, run_id, t_start, lock, progress, limit, on_video, repair)
 
 
-def _run_locked(corpus: Corpus, specs: list[SourceSpec], inputs: list[str], root: str, cfg: CurateConfig, run_id: str,
-                t_start: float, lock: WriterLock, progress: bool, limit: int | None,
-                on_video: Callable[[VideoDone], None] | None, repair: bool) -> dict[str, Any]:
+def _run_locked(
+    corpus: Corpus,
+    specs: list[SourceSpec],
+    inputs: list[str],
+    root: str,
+    cfg: CurateConfig,
+    run_id: str,
+    t_start: float,
+    lock: WriterLock,
+    progress: bool,
+    limit: int | None,
+    on_video: Callable[[VideoDone], None] | None,
+    repair: bool,
+) -> dict[str, Any]:
     from .ray_adapter import curate_stream, ray_session
 
     cleaned = clean_uncommitted(corpus, repair=repair)
@@ -255,15 +282,22 @@ def _run_locked(corpus: Corpus, specs: list[SourceSpec], inputs: list[str], root
     stats.counts["listed"] = len(specs)
     stats.counts["skipped_done"] = len(specs) - len([s for s in specs if s.sort_key not in done])
     record: dict[str, Any] = {
-        "run_id": run_id, "command": "curate", "status": "running", "inputs": inputs, "root": root,
+        "run_id": run_id,
+        "command": "curate",
+        "status": "running",
+        "inputs": inputs,
+        "root": root,
         "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
-        "config": to_dict(cfg), "versions": _versions(), "argv": sys.argv, "cleaned": cleaned,
+        "config": to_dict(cfg),
+        "versions": _versions(),
+        "argv": sys.argv,
+        "cleaned": cleaned,
     }
     corpus.write_json(f"runs/{run_id}.json", record)
     n = cfg.shards.videos_per_unit
     units = {}
     for i in range(0, len(pending), n):
-        group = pending[i:i + n]
+        group = pending[i : i + n]
         units[unit_id(group)] = [s.sort_key for s in group]
     committer = Committer(corpus, cfg, units, run_id, stats)
     status = "failed"
@@ -287,16 +321,22 @@ def _run_locked(corpus: Corpus, specs: list[SourceSpec], inputs: list[str], root
             bar.close()
         status = "done"
     finally:
-        record.update({
-            "status": status,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "wall_s": time.time() - t_start,
-            "counts": dict(stats.counts), "source_errors": dict(stats.source_errors),
-            "reject_reasons": dict(stats.reject_reasons), "timings_s": {k: round(v, 3) for k, v in stats.timings.items()},
-            "nodes": dict(stats.nodes), "hours_in": stats.hours_in, "hours_out": stats.hours_out,
-            "frames_in": stats.frames_in, "processing_window_s": (
-                round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
-        })
+        record.update(
+            {
+                "status": status,
+                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "wall_s": time.time() - t_start,
+                "counts": dict(stats.counts),
+                "source_errors": dict(stats.source_errors),
+                "reject_reasons": dict(stats.reject_reasons),
+                "timings_s": {k: round(v, 3) for k, v in stats.timings.items()},
+                "nodes": dict(stats.nodes),
+                "hours_in": stats.hours_in,
+                "hours_out": stats.hours_out,
+                "frames_in": stats.frames_in,
+                "processing_window_s": (round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
+            }
+        )
         corpus.write_json(f"runs/{run_id}.json", record)
     return record
 
@@ -316,8 +356,7 @@ def summary_text(rec: dict[str, Any]) -> str:
     ]
     for k, v in sorted(rec["source_errors"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    error   {k:<24} {v}")
-    lines.append(f"  clips    {c.get('clips', 0)} candidates, {c.get('kept', 0)} kept, "
-                 f"{c.get('clips', 0) - c.get('kept', 0)} rejected")
+    lines.append(f"  clips    {c.get('clips', 0)} candidates, {c.get('kept', 0)} kept, {c.get('clips', 0) - c.get('kept', 0)} rejected")
     for k, v in sorted(rec["reject_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    reject  {k:<24} {v}")
     lines.append(f"  hours    {rec['hours_in']:.4f} in, {rec['hours_out']:.4f} kept")
@@ -326,8 +365,10 @@ def summary_text(rec: dict[str, Any]) -> str:
         lines.append("  time     " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(rec["timings_s"].items())))
     if rec.get("processing_window_s") and rec.get("frames_in"):
         w = rec["processing_window_s"]
-        lines.append(f"  rate     {rec['frames_in']} input frames in {w:.1f} s from the first video begun to the last "
-                     f"done: {rec['frames_in'] / max(w, 1e-9):.0f} frames/s")
+        lines.append(
+            f"  rate     {rec['frames_in']} input frames in {w:.1f} s from the first video begun to the last "
+            f"done: {rec['frames_in'] / max(w, 1e-9):.0f} frames/s"
+        )
     if rec.get("nodes"):
         lines.append(f"  nodes    {len(rec['nodes'])}: " + ", ".join(f"{k[:12]}={v}" for k, v in rec["nodes"].items()))
     return "\n".join(lines)

@@ -34,8 +34,7 @@ from defi.curate.shots import Shots
 from defi.curate.windows import Windows
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord
-from defi.schemas.samples import (EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO,
-                                  SampleMeta)
+from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO, SampleMeta
 from defi.schemas.tables import FORMAT_VERSION
 
 from .sources import SourceSpec
@@ -48,11 +47,19 @@ class AnalysisConfig:
     segment_s: float = field(default=30.0, metadata={"help": "seconds of video held in memory at once"})
     short_side: int = field(default=128, metadata={"help": "analysis frames' short side (shots, scores), px"})
     chunk_frames: int = field(default=64, metadata={"help": "frames per decode chunk"})
-    skip_loop_filter: str = field(default="auto", metadata={
-        "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"})
-    pix_fmt: str = field(default="yuv420p", metadata={
-        "help": "yuv420p | rgb24: how decoded frames are held until encode (yuv420p: half the memory, no colour "
-                "conversion for re-encoded frames; analysis frames are converted at the analysis size)"})
+    skip_loop_filter: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"
+        },
+    )
+    pix_fmt: str = field(
+        default="yuv420p",
+        metadata={
+            "help": "yuv420p | rgb24: how decoded frames are held until encode (yuv420p: half the memory, no colour "
+            "conversion for re-encoded frames; analysis frames are converted at the analysis size)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.pix_fmt not in ("yuv420p", "rgb24"):
@@ -120,9 +127,13 @@ class CurateConfig:
     def key_params(self) -> dict[str, Any]:
         """Parameters that shape a clip's span and bytes, hence its key (not filter thresholds:
         changing a threshold changes which clips are kept, not what a clip is)."""
-        return {"shots": self.shots.params(), "windows": self.windows.params(),
-                "encode": self.encode.params(), "segment_s": self.analysis.segment_s,
-                "pix_fmt": self.analysis.pix_fmt}
+        return {
+            "shots": self.shots.params(),
+            "windows": self.windows.params(),
+            "encode": self.encode.params(),
+            "segment_s": self.analysis.segment_s,
+            "pix_fmt": self.analysis.pix_fmt,
+        }
 
 
 @dataclass
@@ -256,8 +267,15 @@ def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig) -> Iterato
         size = None  # never upscale: decode at the source size
     buf: list[Frames] = []
     boundary = start_s + seg_len
-    for chunk in decode(spec.uri, size=size, start_s=start_s, end_s=end_s, chunk_frames=cfg.analysis.chunk_frames,
-                        skip_loop_filter=cfg.analysis.skip_loop_filter, pix_fmt=cfg.analysis.pix_fmt):
+    for chunk in decode(
+        spec.uri,
+        size=size,
+        start_s=start_s,
+        end_s=end_s,
+        chunk_frames=cfg.analysis.chunk_frames,
+        skip_loop_filter=cfg.analysis.skip_loop_filter,
+        pix_fmt=cfg.analysis.pix_fmt,
+    ):
         while len(chunk) and chunk.pts_s[-1] >= boundary - 1e-6:
             head = chunk.slice_time(-np.inf, boundary)
             chunk = chunk.slice_time(boundary, np.inf)
@@ -307,10 +325,24 @@ def _clips_of(spec, rec: SourceRecord, episode, cfg: CurateConfig, run_id, timin
         for c in clips:
             t = time.perf_counter()
             key = clip_key(rec.source_id, c.start_frame, c.end_frame, key_params)
-            r = ClipRecord(key=key, source_id=rec.source_id, start_frame=c.start_frame, end_frame=c.end_frame,
-                           start_s=c.start_s, end_s=c.end_s, uri=spec.uri, kind=rec.kind, dataset=rec.dataset,
-                           shot_index=c.shot_index, clip_index=c.clip_index, width=rec.width, height=rec.height,
-                           language=rec.language, operators=lineage, run_id=run_id)
+            r = ClipRecord(
+                key=key,
+                source_id=rec.source_id,
+                start_frame=c.start_frame,
+                end_frame=c.end_frame,
+                start_s=c.start_s,
+                end_s=c.end_s,
+                uri=spec.uri,
+                kind=rec.kind,
+                dataset=rec.dataset,
+                shot_index=c.shot_index,
+                clip_index=c.clip_index,
+                width=rec.width,
+                height=rec.height,
+                language=rec.language,
+                operators=lineage,
+                run_id=run_id,
+            )
             if c.reject_reason:
                 r.reject(c.reject_reason)
             if res_reason:
@@ -362,8 +394,7 @@ def _encode(item: ClipItem, out: Frames, episode, cfg: CurateConfig) -> None:
     """Resample the clip to the target fps by timestamp, encode it, attach actions and metadata."""
     r = item.record
     enc = cfg.encode
-    picked = list(select_ticks(((float(t), i) for i, t in enumerate(out.pts_s)), r.start_s, r.end_s, enc.fps,
-                               max_frames=enc.max_frames))
+    picked = list(select_ticks(((float(t), i) for i, t in enumerate(out.pts_s)), r.start_s, r.end_s, enc.fps, max_frames=enc.max_frames))
     if not picked:
         r.errors["encode"] = "no frames in the clip's time range"
         r.reject("encode_failed")
@@ -401,14 +432,28 @@ def _encode(item: ClipItem, out: Frames, episode, cfg: CurateConfig) -> None:
         r.has_actions = False
     if r.language:
         item.members[EXT_LANG] = r.language.encode()
-    meta = SampleMeta(key=r.key, source_id=r.source_id, uri=r.uri or "", start_frame=r.start_frame, end_frame=r.end_frame,
-                      start_s=r.start_s, end_s=r.end_s, fps=float(r.out_fps), width=int(r.out_width), height=int(r.out_height),
-                      num_frames=int(r.out_frames), kind=r.kind, dataset=r.dataset, language=r.language,
-                      action_dim=action_dim, format_version=FORMAT_VERSION,
-                      row_fps=None if rows is None else rows.fps,
-                      row_times_s=None if rows is None else [round(float(x), 6) for x in rows.times_s],
-                      frame_rows=None if rows is None else [int(x) for x in rows.frame_rows],
-                      extra={"frame_pts_s": [round(float(x), 6) for x in sel.pts_s]})
+    meta = SampleMeta(
+        key=r.key,
+        source_id=r.source_id,
+        uri=r.uri or "",
+        start_frame=r.start_frame,
+        end_frame=r.end_frame,
+        start_s=r.start_s,
+        end_s=r.end_s,
+        fps=float(r.out_fps),
+        width=int(r.out_width),
+        height=int(r.out_height),
+        num_frames=int(r.out_frames),
+        kind=r.kind,
+        dataset=r.dataset,
+        language=r.language,
+        action_dim=action_dim,
+        format_version=FORMAT_VERSION,
+        row_fps=None if rows is None else rows.fps,
+        row_times_s=None if rows is None else [round(float(x), 6) for x in rows.times_s],
+        frame_rows=None if rows is None else [int(x) for x in rows.frame_rows],
+        extra={"frame_pts_s": [round(float(x), 6) for x in sel.pts_s]},
+    )
     item.members[EXT_META] = meta.to_json()
 
 

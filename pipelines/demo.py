@@ -52,8 +52,12 @@ PROBE_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
 @dataclass
 class DemoConfig:
     robot: bool = field(default=True, metadata={"help": "generate Meta-World episodes (needs the [sim] extra and EGL/OSMesa)"})
-    action_free_tasks: str = field(default=",".join(ACTION_FREE_TASKS), metadata={"help": "Meta-World tasks written without actions (GIDM training data)"})
-    probe_tasks: str = field(default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"})
+    action_free_tasks: str = field(
+        default=",".join(ACTION_FREE_TASKS), metadata={"help": "Meta-World tasks written without actions (GIDM training data)"}
+    )
+    probe_tasks: str = field(
+        default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"}
+    )
     episodes: int = field(default=8, metadata={"help": "episodes per action-free task"})
     probe_episodes: int = field(default=6, metadata={"help": "episodes per probe task"})
     robot_size: int = field(default=96, metadata={"help": "rendered frame side, pixels"})
@@ -65,7 +69,9 @@ class DemoConfig:
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
     codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
     changed_weight: float = field(default=10.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
-    keypoints: int = field(default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"})
+    keypoints: int = field(
+        default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
+    )
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
     gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
@@ -75,8 +81,11 @@ class DemoConfig:
     eval_seed: int = field(default=1000, metadata={"help": "evaluation layout seed (other than the data's: unseen layouts)"})
 
     def __post_init__(self) -> None:
-        bad = [f"{n}={getattr(self, n)!r}: must be >= 1" for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
-               if getattr(self, n) < 1]
+        bad = [
+            f"{n}={getattr(self, n)!r}: must be >= 1"
+            for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
+            if getattr(self, n) < 1
+        ]
         if bad:
             raise ValueError("invalid DemoConfig: " + "; ".join(bad))
 
@@ -159,14 +168,14 @@ def _shots(lengths, h, w, seed):
         for i in range(n):
             f = img.copy()
             x = 4 + i * 3 % (w - 40)
-            f[h // 3:h // 3 + 32, x:x + 32] = (250, 220, 30)
+            f[h // 3 : h // 3 + 32, x : x + 32] = (250, 220, 30)
             yield f
 
 
 def _pan(n, h, w, seed):
     big = _texture(h, w + 3 * n, seed)
     for i in range(n):
-        yield big[:, 3 * i:3 * i + w].copy()
+        yield big[:, 3 * i : 3 * i + w].copy()
 
 
 def _audio_only(path: Path) -> None:
@@ -174,8 +183,7 @@ def _audio_only(path: Path) -> None:
 
     with av.open(str(path), "w") as out:
         a = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32)[None],
-                                           format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32)[None], format="fltp", layout="mono")
         frame.sample_rate = 16000
         for p in list(a.encode(frame)) + list(a.encode()):
             out.mux(p)
@@ -204,8 +212,7 @@ def step_inputs(ctx: Context) -> dict[str, Any]:
     (web / "truncated.mp4").write_bytes(data[: len(data) // 3])
     if not (web / "audio_only.mp4").exists():
         _audio_only(web / "audio_only.mp4")
-    res: dict[str, Any] = {"web_files": sorted(p.name for p in web.iterdir() if not p.name.endswith(".part")),
-                           "robot": None}
+    res: dict[str, Any] = {"web_files": sorted(p.name for p in web.iterdir() if not p.name.endswith(".part")), "robot": None}
     if ctx.cfg.robot:
         res["robot"] = _robot_inputs(ctx)
     return res
@@ -219,8 +226,10 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
         _say(f"  no robot episodes: {type(e).__name__}: {e}")
         return {"error": f"{type(e).__name__}: {e}"}
     out: dict[str, Any] = {}
-    sets = [("robot_action_free", c.action_free_tasks, c.episodes, True, c.seed),
-            ("robot_with_actions", c.probe_tasks, c.probe_episodes, False, c.seed + 1)]
+    sets = [
+        ("robot_action_free", c.action_free_tasks, c.episodes, True, c.seed),
+        ("robot_with_actions", c.probe_tasks, c.probe_episodes, False, c.seed + 1),
+    ]
     for name, tasks, episodes, action_free, seed in sets:
         folder = ctx.inputs / name
         if (folder / "meta" / "info.json").exists():
@@ -230,8 +239,18 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
             shutil.rmtree(folder)
         _say(f"  rolling Meta-World experts: {tasks} x {episodes} episodes (action_free={action_free})")
         try:
-            s = generate(tasks, episodes, folder, size=c.robot_size, seed=seed, action_noise=0.1,
-                         max_steps=c.robot_steps, action_free=action_free, workers=min(2, c.num_cpus), progress=True)
+            s = generate(
+                tasks,
+                episodes,
+                folder,
+                size=c.robot_size,
+                seed=seed,
+                action_noise=0.1,
+                max_steps=c.robot_steps,
+                action_free=action_free,
+                workers=min(2, c.num_cpus),
+                progress=True,
+            )
         except Exception as e:  # no GL for MuJoCo here (see `make sysdeps`): go on with the web videos
             shutil.rmtree(folder, ignore_errors=True)
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -252,14 +271,17 @@ def step_curate(ctx: Context) -> dict[str, Any]:
     from defi.schemas.corpus import Corpus
 
     c = ctx.cfg
-    cfg = from_dict(CurateConfig, {
-        "windows": {"clip_len_s": 2.5, "stride_s": 2.5, "min_clip_s": 1.0, "max_clip_s": 3.0},
-        "encode": {"fps": c.fps, "short_side": c.short_side},
-        "black": {"max_black_frac": 0.5},
-        "motion": {"min_frame_diff": 0.1},
-        "camera": {"max_camera_motion": 1.0},
-        "ray": {"num_cpus": c.num_cpus},
-    })
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 2.5, "stride_s": 2.5, "min_clip_s": 1.0, "max_clip_s": 3.0},
+            "encode": {"fps": c.fps, "short_side": c.short_side},
+            "black": {"max_black_frac": 0.5},
+            "motion": {"min_frame_diff": 0.1},
+            "camera": {"max_camera_motion": 1.0},
+            "ray": {"num_cpus": c.num_cpus},
+        },
+    )
     inputs = [str(p) for p in sorted(ctx.inputs.iterdir()) if p.is_dir()]
     _say(f"  defi curate {' '.join(inputs)} --root {ctx.root}")
     rec = run_curate(inputs, ctx.root, cfg)
@@ -280,21 +302,60 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.train import main as train_main
 
     c = ctx.cfg
-    args = ["gidm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gidm_run),
-            "--model", "tiny", "--model.bottleneck", "vq", "--model.codebook_size", str(c.codebook_size),
-            "--model.restart_interval", "50",
-            "--model.changed_weight", str(c.changed_weight), "--model.keypoints", str(c.keypoints), "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size),
-            "--steps", str(c.gidm_steps), "--train.batch_size", "32", "--train.lr", "1e-3",
-            "--train.log_every", "25", "--train.ckpt_every", str(max(c.gidm_steps // 2, 1)),
-            "--train.warmup_steps", str(min(50, c.gidm_steps // 10)), "--data.pairs_per_clip", "8",
-            "--data.shuffle_buffer", "256", "--train.seed", str(c.seed)]
-    _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+    args = [
+        "gidm",
+        "--root",
+        ctx.root,
+        "--select",
+        TRAIN_SELECT,
+        "--out",
+        str(ctx.gidm_run),
+        "--model",
+        "tiny",
+        "--model.bottleneck",
+        "vq",
+        "--model.codebook_size",
+        str(c.codebook_size),
+        "--model.restart_interval",
+        "50",
+        "--model.changed_weight",
+        str(c.changed_weight),
+        "--model.keypoints",
+        str(c.keypoints),
+        "--gap-frames",
+        str(c.gap_frames),
+        "--size",
+        str(c.gidm_size),
+        "--steps",
+        str(c.gidm_steps),
+        "--train.batch_size",
+        "32",
+        "--train.lr",
+        "1e-3",
+        "--train.log_every",
+        "25",
+        "--train.ckpt_every",
+        str(max(c.gidm_steps // 2, 1)),
+        "--train.warmup_steps",
+        str(min(50, c.gidm_steps // 10)),
+        "--data.pairs_per_clip",
+        "8",
+        "--data.shuffle_buffer",
+        "256",
+        "--train.seed",
+        str(c.seed),
+    ]
+    _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
     rc = train_main(args)
     if rc:
         raise RuntimeError(f"defi train gidm exited with {rc}")
     metrics = [json.loads(line) for line in (ctx.gidm_run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, "steps": metrics[-1].get("step") if metrics else 0,
-            "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m]}
+    return {
+        "run": str(ctx.gidm_run),
+        "select": TRAIN_SELECT,
+        "steps": metrics[-1].get("step") if metrics else 0,
+        "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m],
+    }
 
 
 # -- label -------------------------------------------------------------------------------------
@@ -317,28 +378,36 @@ def step_label(ctx: Context) -> dict[str, Any]:
 def demo_queries(view: str) -> list[tuple[str, str]]:
     """The README's latent-action queries, on the labels view ``view``."""
     return [
-        ("biggest latent actions",
-         f"SELECT l.key, round(l.norm_mean, 3) AS norm_mean, round(l.norm_p90, 3) AS norm_p90, "
-         f"round(c.motion_mean, 3) AS motion_mean, coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content "
-         f"FROM {view} l JOIN clips c USING (key) WHERE c.kept AND l.num_steps > 0 "
-         f"ORDER BY l.norm_mean DESC LIMIT 6"),
-        ("clips per dominant code",
-         f"SELECT l.dominant_code, count(*) AS clips, round(avg(l.norm_mean), 3) AS norm_mean, "
-         f"round(avg(c.motion_mean), 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
-         f"WHERE c.kept AND l.dominant_code IS NOT NULL GROUP BY 1 ORDER BY clips DESC"),
-        ("most varied latent actions among moving clips",
-         f"SELECT l.key, round(l.code_entropy, 3) AS code_entropy, l.dominant_code, "
-         f"round(c.motion_mean, 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
-         f"WHERE c.kept AND c.motion_mean > (SELECT median(motion_mean) FROM clips WHERE kept) "
-         f"ORDER BY l.code_entropy DESC LIMIT 6"),
+        (
+            "biggest latent actions",
+            f"SELECT l.key, round(l.norm_mean, 3) AS norm_mean, round(l.norm_p90, 3) AS norm_p90, "
+            f"round(c.motion_mean, 3) AS motion_mean, coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content "
+            f"FROM {view} l JOIN clips c USING (key) WHERE c.kept AND l.num_steps > 0 "
+            f"ORDER BY l.norm_mean DESC LIMIT 6",
+        ),
+        (
+            "clips per dominant code",
+            f"SELECT l.dominant_code, count(*) AS clips, round(avg(l.norm_mean), 3) AS norm_mean, "
+            f"round(avg(c.motion_mean), 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
+            f"WHERE c.kept AND l.dominant_code IS NOT NULL GROUP BY 1 ORDER BY clips DESC",
+        ),
+        (
+            "most varied latent actions among moving clips",
+            f"SELECT l.key, round(l.code_entropy, 3) AS code_entropy, l.dominant_code, "
+            f"round(c.motion_mean, 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
+            f"WHERE c.kept AND c.motion_mean > (SELECT median(motion_mean) FROM clips WHERE kept) "
+            f"ORDER BY l.code_entropy DESC LIMIT 6",
+        ),
     ]
 
 
 def nearest_query(view: str, key: str) -> str:
-    return (f"SELECT l.key, round(list_cosine_similarity(l.mean_vector, q.mean_vector), 3) AS cosine, "
-            f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM {view} l JOIN clips c USING (key), "
-            f"(SELECT mean_vector FROM {view} WHERE key = '{key}') q WHERE l.mean_vector IS NOT NULL "
-            f"ORDER BY isnan(cosine), cosine DESC LIMIT 6")
+    return (
+        f"SELECT l.key, round(list_cosine_similarity(l.mean_vector, q.mean_vector), 3) AS cosine, "
+        f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM {view} l JOIN clips c USING (key), "
+        f"(SELECT mean_vector FROM {view} WHERE key = '{key}') q WHERE l.mean_vector IS NOT NULL "
+        f"ORDER BY isnan(cosine), cosine DESC LIMIT 6"
+    )
 
 
 def step_queries(ctx: Context) -> dict[str, Any]:
@@ -354,7 +423,7 @@ def step_queries(ctx: Context) -> dict[str, Any]:
     out = []
     for title, sql in queries:
         table = corpus.query(sql)
-        print(f"\n-- {title}\n$ defi query \"{sql}\" --root {ctx.root}")
+        print(f'\n-- {title}\n$ defi query "{sql}" --root {ctx.root}')
         print(format_table(table))
         out.append({"title": title, "sql": sql, "columns": table.column_names, "rows": table.to_pylist()})
     return {"view": view, "queries": out}
@@ -389,13 +458,18 @@ def step_probe(ctx: Context) -> dict[str, Any]:
     xy = z @ vt[:2].T if vt.shape[0] >= 2 else np.concatenate([z @ vt[:1].T, np.zeros((len(z), 1))], 1)
     d = pairs["disp"]
     pick = np.random.default_rng(0).permutation(len(z))[:800]
-    res["projection"] = {"x": xy[pick, 0].round(4).tolist(), "y": xy[pick, 1].round(4).tolist(),
-                         "angle": np.arctan2(d[pick, 1], d[pick, 0]).round(4).tolist(),
-                         "codes": enc["codes"].reshape(len(z), -1)[pick, 0].tolist() if enc["codes"] is not None else None}
+    res["projection"] = {
+        "x": xy[pick, 0].round(4).tolist(),
+        "y": xy[pick, 1].round(4).tolist(),
+        "angle": np.arctan2(d[pick, 1], d[pick, 0]).round(4).tolist(),
+        "codes": enc["codes"].reshape(len(z), -1)[pick, 0].tolist() if enc["codes"] is not None else None,
+    }
     res["tasks"] = sorted(set(pairs["task"].tolist()))
     r = res["r2"]
-    _say(f"  R^2 of hand displacement: latent {r['disp']['latent']:.3f}, frame-diff PCA {r['disp']['pca_diff']:.3f}, "
-         f"o_t-only PCA {r['disp']['pca_obs']:.3f} ({res['pairs']} pairs, {res['episodes']} episodes)")
+    _say(
+        f"  R^2 of hand displacement: latent {r['disp']['latent']:.3f}, frame-diff PCA {r['disp']['pca_diff']:.3f}, "
+        f"o_t-only PCA {r['disp']['pca_obs']:.3f} ({res['pairs']} pairs, {res['episodes']} episodes)"
+    )
     return res
 
 
@@ -425,19 +499,52 @@ def step_train_gfdm(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.train import main as train_main
 
     c = ctx.cfg
-    args = ["gfdm", "--root", ctx.root, "--select", TRAIN_SELECT, "--out", str(ctx.gfdm_run), "--model", "tiny",
-            "--gap-frames", str(c.gap_frames), "--size", str(c.gidm_size), "--steps", str(c.gfdm_steps),
-            "--train.batch_size", "8", "--train.lr", "1e-3", "--train.log_every", "5",
-            "--train.warmup_steps", str(min(50, c.gfdm_steps // 10)), "--train.ckpt_every", str(c.gfdm_steps),
-            "--train.grid_every", str(c.gfdm_steps), "--data.pairs_per_clip", "8", "--data.shuffle_buffer", "256",
-            "--train.seed", str(c.seed)]
-    _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+    args = [
+        "gfdm",
+        "--root",
+        ctx.root,
+        "--select",
+        TRAIN_SELECT,
+        "--out",
+        str(ctx.gfdm_run),
+        "--model",
+        "tiny",
+        "--gap-frames",
+        str(c.gap_frames),
+        "--size",
+        str(c.gidm_size),
+        "--steps",
+        str(c.gfdm_steps),
+        "--train.batch_size",
+        "8",
+        "--train.lr",
+        "1e-3",
+        "--train.log_every",
+        "5",
+        "--train.warmup_steps",
+        str(min(50, c.gfdm_steps // 10)),
+        "--train.ckpt_every",
+        str(c.gfdm_steps),
+        "--train.grid_every",
+        str(c.gfdm_steps),
+        "--data.pairs_per_clip",
+        "8",
+        "--data.shuffle_buffer",
+        "256",
+        "--train.seed",
+        str(c.seed),
+    ]
+    _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
     rc = train_main(args)
     if rc:
         raise RuntimeError(f"defi train gfdm exited with {rc}")
     metrics = _metrics(ctx.gfdm_run)
-    res: dict[str, Any] = {"run": str(ctx.gfdm_run), "select": TRAIN_SELECT, "steps": metrics[-1].get("step") if metrics else 0,
-                           "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m]}
+    res: dict[str, Any] = {
+        "run": str(ctx.gfdm_run),
+        "select": TRAIN_SELECT,
+        "steps": metrics[-1].get("step") if metrics else 0,
+        "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m],
+    }
     why = _no_robot_clips(ctx)
     if why:
         res["heldout"] = {"skipped": why}
@@ -465,8 +572,16 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
     model, mcfg, _ = load_checkpoint(last_checkpoint(ctx.gfdm_run))
     saved = json.loads((ctx.gfdm_run / "run_config.json").read_text())
     corpus = Corpus.open(ctx.root)
-    dataset = ClipDataset.from_corpus(corpus, PROBE_SELECT, gap_frames=c.gap_frames, size=mcfg.image_size, pairs_per_clip=1,
-                                      window=mcfg.context_frames + mcfg.future_frames, shuffle=True, seed=c.seed)
+    dataset = ClipDataset.from_corpus(
+        corpus,
+        PROBE_SELECT,
+        gap_frames=c.gap_frames,
+        size=mcfg.image_size,
+        pairs_per_clip=1,
+        window=mcfg.context_frames + mcfg.future_frames,
+        shuffle=True,
+        seed=c.seed,
+    )
     lookup = TextLookup(corpus, TextModelConfig(**saved["text"]), selection_texts(corpus, dataset.keys), mcfg.text_dim)
     loader = DataLoader(dataset, batch_size=rows, collate_fn=collate_items)
     batch = next(gfdm_batches(iter(loader), mcfg.context_frames, lookup))
@@ -478,8 +593,14 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
         text = torch.where(batch["has_text"].view(-1, 1), batch["text_emb"], model.null_text.expand_as(batch["text_emb"]))
         pred = model.predict(batch["obs"], text, generator=torch.Generator().manual_seed(c.seed)).float()
     true, now = batch["future"].float(), batch["obs"][:, -3:].unsqueeze(1).float()
-    return {"grid": str(path), "rows": int(true.shape[0]), "select": PROBE_SELECT, "clips": len(dataset.keys),
-            "mse_predicted": float(((pred - true) ** 2).mean()), "mse_copy_ot": float(((now - true) ** 2).mean())}
+    return {
+        "grid": str(path),
+        "rows": int(true.shape[0]),
+        "select": PROBE_SELECT,
+        "clips": len(dataset.keys),
+        "mse_predicted": float(((pred - true) ** 2).mean()),
+        "mse_copy_ot": float(((now - true) ** 2).mean()),
+    }
 
 
 # -- train_policy ------------------------------------------------------------------------------
@@ -494,17 +615,45 @@ def step_train_policy(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"select": PROBE_SELECT, "steps": c.policy_steps}
     for variant, _ in POLICY_VARIANTS:
         run = ctx.policy_run(variant)
-        args = ["policy", "--root", ctx.root, "--select", PROBE_SELECT, "--gfdm", str(ctx.gfdm_run), "--gidm", str(ctx.gidm_run),
-                "--out", str(run), "--init", variant, "--steps", str(c.policy_steps), "--train.batch_size", "16",
-                "--train.lr", "1e-3", "--train.warmup_steps", str(min(50, c.policy_steps // 10)), "--train.log_every", "5",
-                "--train.ckpt_every", str(c.policy_steps), "--train.seed", str(c.seed)]
-        _say('  defi train ' + " ".join(f'"{a}"' if " " in a else a for a in args))
+        args = [
+            "policy",
+            "--root",
+            ctx.root,
+            "--select",
+            PROBE_SELECT,
+            "--gfdm",
+            str(ctx.gfdm_run),
+            "--gidm",
+            str(ctx.gidm_run),
+            "--out",
+            str(run),
+            "--init",
+            variant,
+            "--steps",
+            str(c.policy_steps),
+            "--train.batch_size",
+            "16",
+            "--train.lr",
+            "1e-3",
+            "--train.warmup_steps",
+            str(min(50, c.policy_steps // 10)),
+            "--train.log_every",
+            "5",
+            "--train.ckpt_every",
+            str(c.policy_steps),
+            "--train.seed",
+            str(c.seed),
+        ]
+        _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
         rc = train_main(args)
         if rc:
             raise RuntimeError(f"defi train policy --init {variant} exited with {rc}")
         metrics = _metrics(run)
-        out[variant] = {"run": str(run), "loss": [[m["step"], m["loss"]] for m in metrics if "loss" in m],
-                        "action_l1": [[m["step"], m["action_l1"]] for m in metrics if "action_l1" in m]}
+        out[variant] = {
+            "run": str(run),
+            "loss": [[m["step"], m["loss"]] for m in metrics if "loss" in m],
+            "action_l1": [[m["step"], m["action_l1"]] for m in metrics if "action_l1" in m],
+        }
     return out
 
 
@@ -520,17 +669,23 @@ def step_eval(ctx: Context) -> dict[str, Any]:
     tasks = [t for t in c.probe_tasks.split(",") if t]
     out: dict[str, Any] = {"tasks": tasks, "episodes": c.eval_episodes, "seed": c.eval_seed, "max_steps": c.eval_max_steps}
     for variant, _ in POLICY_VARIANTS:
-        cfg = EvalConfig(tasks=tasks, episodes=c.eval_episodes, seed=c.eval_seed, max_steps=c.eval_max_steps, videos=1,
-                         workers=1)
+        cfg = EvalConfig(tasks=tasks, episodes=c.eval_episodes, seed=c.eval_seed, max_steps=c.eval_max_steps, videos=1, workers=1)
         run, dest = ctx.policy_run(variant), ctx.eval_dir(variant)
-        command = (f"defi eval --policy {run} --tasks {','.join(tasks)} --episodes {c.eval_episodes} --seed {c.eval_seed} "
-                   f"--max-steps {c.eval_max_steps} --videos 1 --out {dest}")
+        command = (
+            f"defi eval --policy {run} --tasks {','.join(tasks)} --episodes {c.eval_episodes} --seed {c.eval_seed} "
+            f"--max-steps {c.eval_max_steps} --videos 1 --out {dest}"
+        )
         _say(f"  {command}")
         s = run_eval(str(run), cfg, str(dest), progress=True, command=command)
         print(summary_text(s))
-        out[variant] = {"command": command, "per_task": s["per_task"], "seconds": s["seconds"], "report": s["report"],
-                        "episodes": s["episodes"],
-                        "videos": sorted(str(p) for p in (dest / "videos").glob("*.mp4"))}
+        out[variant] = {
+            "command": command,
+            "per_task": s["per_task"],
+            "seconds": s["seconds"],
+            "report": s["report"],
+            "episodes": s["episodes"],
+            "videos": sorted(str(p) for p in (dest / "videos").glob("*.mp4")),
+        }
     return out
 
 
@@ -552,8 +707,11 @@ STEPS: list[Step] = [
     Step("queries", "run the README's latent-action queries (defi query)", step_queries),
     Step("probe", "probe the true robot actions from the latent, beside observation-only controls", step_probe),
     Step("train_gfdm", "train a tiny GFDM on the action-free clips (defi train gfdm)", step_train_gfdm),
-    Step("train_policy", "finetune the DeFI policy, and scratch at the same budget, on the held-out robot clips "
-         "(defi train policy)", step_train_policy),
+    Step(
+        "train_policy",
+        "finetune the DeFI policy, and scratch at the same budget, on the held-out robot clips (defi train policy)",
+        step_train_policy,
+    ),
     Step("eval", "roll both policies out on the held-out tasks, same seeds (defi eval)", step_eval),
     Step("report", "write report.html", step_report),
 ]
@@ -606,8 +764,7 @@ def run_steps(out: Path, cfg: DemoConfig, steps: list[Step] | None = None, start
         seconds = time.time() - t
         ctx.results[step.name] = result
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"status": "done", "seconds": seconds, "config": cfg_json, "result": result},
-                                  default=_json_default))
+        tmp.write_text(json.dumps({"status": "done", "seconds": seconds, "config": cfg_json, "result": result}, default=_json_default))
         tmp.rename(state)
         _say(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.0f} s")
     return ctx
@@ -633,11 +790,13 @@ def step_seconds(out: Path, steps: list[Step] | None = None) -> dict[str, float]
     return res
 
 
-BIGGER = ("The defaults are sized for `make demo` on a 2-core machine (under 10 minutes, set-up included), far too "
-          "small for a working policy. To run it bigger: --episodes 40 --probe_episodes 20 --robot_steps 150 "
-          "(more data), --gidm_steps 5000 --gfdm_steps 5000 --policy_steps 3000 (longer training), "
-          "--eval_episodes 20 --eval_max_steps 150 (tighter intervals), --num_cpus N; on a GPU the training "
-          "steps use it. Re-run with --from STEP to redo a step and everything after it.")
+BIGGER = (
+    "The defaults are sized for `make demo` on a 2-core machine (under 10 minutes, set-up included), far too "
+    "small for a working policy. To run it bigger: --episodes 40 --probe_episodes 20 --robot_steps 150 "
+    "(more data), --gidm_steps 5000 --gfdm_steps 5000 --policy_steps 3000 (longer training), "
+    "--eval_episodes 20 --eval_max_steps 150 (tighter intervals), --num_cpus N; on a GPU the training "
+    "steps use it. Re-run with --from STEP to redo a step and everything after it."
+)
 
 
 def add_demo_arguments(p) -> None:
@@ -677,5 +836,5 @@ def run(args) -> int:
     rep = ctx.results.get("report", {})
     if rep.get("path"):
         print(f"report: {rep['path']}")
-    print(f"corpus: {ctx.root}  (defi query \"SELECT ...\" --root {ctx.root}; duckdb {ctx.root}/index.duckdb)")
+    print(f'corpus: {ctx.root}  (defi query "SELECT ..." --root {ctx.root}; duckdb {ctx.root}/index.duckdb)')
     return 0

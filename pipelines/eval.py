@@ -49,29 +49,37 @@ def report_html(res: dict[str, Any], videos: dict[str, list[tuple[str, bool, int
     for task, s in res["per_task"].items():
         lo, hi = s["wilson95"]
         steps = "-" if s["mean_steps_to_success"] is None else f"{s['mean_steps_to_success']:.1f}"
-        rows.append(f"<tr><td>{_esc(task)}</td><td class='v'>{s['successes']}/{s['episodes']}</td>"
-                    f"<td class='v'>{_pct(s['success_rate'])}</td><td class='v'>{_pct(lo)} - {_pct(hi)}</td>"
-                    f"<td class='v'>{steps}</td></tr>")
-    table = ("<table class='scores' style='max-width:720px;font-size:13px'><tr><th>task</th><th>successes</th>"
-             "<th>rate</th><th>Wilson 95%</th><th>mean steps to success</th></tr>" + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>{_esc(task)}</td><td class='v'>{s['successes']}/{s['episodes']}</td>"
+            f"<td class='v'>{_pct(s['success_rate'])}</td><td class='v'>{_pct(lo)} - {_pct(hi)}</td>"
+            f"<td class='v'>{steps}</td></tr>"
+        )
+    table = (
+        "<table class='scores' style='max-width:720px;font-size:13px'><tr><th>task</th><th>successes</th>"
+        "<th>rate</th><th>Wilson 95%</th><th>mean steps to success</th></tr>" + "".join(rows) + "</table>"
+    )
     cards = []
     for task, vids in videos.items():
         for name, ok, steps, path in vids:
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             cls = "kept" if ok else "rejected"
-            cards.append(f"<article class='card {cls}' data-task='{_esc(task)}'>"
-                         f"<video autoplay muted loop playsinline preload='auto' style='image-rendering:pixelated' "
-                         f"src='data:video/mp4;base64,{data}'></video><div class='head'><div class='src'>{_esc(name)}</div>"
-                         f"<span class='status {cls}'>{'success' if ok else 'failure'}</span> {steps} steps</div></article>")
+            cards.append(
+                f"<article class='card {cls}' data-task='{_esc(task)}'>"
+                f"<video autoplay muted loop playsinline preload='auto' style='image-rendering:pixelated' "
+                f"src='data:video/mp4;base64,{data}'></video><div class='head'><div class='src'>{_esc(name)}</div>"
+                f"<span class='status {cls}'>{'success' if ok else 'failure'}</span> {steps} steps</div></article>"
+            )
     c = res["config"]
     tm = res["timings"]
     steps = max(res["steps"], 1)
     timing = ", ".join(f"{k} {1000 * v / steps:.2f} ms" for k, v in tm.items())
-    body = (f"<h1>{_esc(title)}</h1><div class='summary'><pre class='sql'>{_esc(res['command'])}</pre>"
-            f"<div class='counts'><span>policy {_esc(res['policy'])}</span><span>seed {c['seed']}</span>"
-            f"<span>{c['episodes']} episodes per task</span><span>max {c['max_steps']} steps</span>"
-            f"<span>{res['seconds']:.1f} s</span></div><div class='counts'>per step: {_esc(timing)}</div></div>"
-            f"<h2>Success</h2>{table}<h2>Rollouts</h2><div class='cards'>{''.join(cards)}</div>")
+    body = (
+        f"<h1>{_esc(title)}</h1><div class='summary'><pre class='sql'>{_esc(res['command'])}</pre>"
+        f"<div class='counts'><span>policy {_esc(res['policy'])}</span><span>seed {c['seed']}</span>"
+        f"<span>{c['episodes']} episodes per task</span><span>max {c['max_steps']} steps</span>"
+        f"<span>{res['seconds']:.1f} s</span></div><div class='counts'>per step: {_esc(timing)}</div></div>"
+        f"<h2>Success</h2>{table}<h2>Rollouts</h2><div class='cards'>{''.join(cards)}</div>"
+    )
     return render_page(title, body)
 
 
@@ -93,11 +101,20 @@ def run_eval(policy: str, cfg, out: str, env: str = "metaworld", progress: bool 
             path = outp / "videos" / f"{r.task}-{r.episode:03d}.mp4"
             write_mp4(path, r.frames)
             videos.setdefault(r.task, []).append((f"{r.task} #{r.episode}", r.success, r.steps, path))
-    summary = {"policy": str(policy), "env": env, "command": command or f"defi eval --policy {policy}",
-               "config": dataclasses.asdict(cfg), "per_task": res["per_task"], "timings": res["timings"],
-               "steps": res["steps"], "seconds": res["seconds"],
-               "episodes": [{"task": r.task, "episode": r.episode, "success": r.success, "steps": r.steps,
-                             "steps_to_success": r.steps_to_success} for r in res["episodes"]]}
+    summary = {
+        "policy": str(policy),
+        "env": env,
+        "command": command or f"defi eval --policy {policy}",
+        "config": dataclasses.asdict(cfg),
+        "per_task": res["per_task"],
+        "timings": res["timings"],
+        "steps": res["steps"],
+        "seconds": res["seconds"],
+        "episodes": [
+            {"task": r.task, "episode": r.episode, "success": r.success, "steps": r.steps, "steps_to_success": r.steps_to_success}
+            for r in res["episodes"]
+        ],
+    }
     (outp / "results.json").write_text(json.dumps(summary, indent=2))
     (outp / "report.html").write_text(report_html(summary, videos, f"defi eval: {Path(policy).name}"))
     summary["report"] = str(outp / "report.html")
@@ -109,11 +126,13 @@ def summary_text(s: dict[str, Any]) -> str:
     for task, t in s["per_task"].items():
         lo, hi = t["wilson95"]
         steps = "-" if t["mean_steps_to_success"] is None else f"{t['mean_steps_to_success']:.1f}"
-        lines.append(f"{task:<24} {t['successes']:>4}/{t['episodes']:<4} {_pct(t['success_rate']):>6} "
-                     f"{_pct(lo):>5} - {_pct(hi):<5} {steps:>7}")
+        lines.append(
+            f"{task:<24} {t['successes']:>4}/{t['episodes']:<4} {_pct(t['success_rate']):>6} {_pct(lo):>5} - {_pct(hi):<5} {steps:>7}"
+        )
     n = max(s["steps"], 1)
-    lines.append(f"{s['steps']} steps in {s['seconds']:.1f} s; per step: "
-                 + ", ".join(f"{k} {1000 * v / n:.2f} ms" for k, v in s["timings"].items()))
+    lines.append(
+        f"{s['steps']} steps in {s['seconds']:.1f} s; per step: " + ", ".join(f"{k} {1000 * v / n:.2f} ms" for k, v in s["timings"].items())
+    )
     lines.append(f"report {s['report']}")
     return "\n".join(lines)
 
@@ -122,10 +141,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from .config import add_flags
 
     p = subparsers.add_parser(
-        "eval", help="roll a trained policy out in a simulator and report success",
+        "eval",
+        help="roll a trained policy out in a simulator and report success",
         description="Closed-loop evaluation of a `defi train policy` run in Meta-World with the training "
-                    "frames' camera, size and H.264 round trips: success per task with a Wilson 95%% interval, "
-                    "mean steps to success, rollout videos and a self-contained HTML report in --out.")
+        "frames' camera, size and H.264 round trips: success per task with a Wilson 95%% interval, "
+        "mean steps to success, rollout videos and a self-contained HTML report in --out.",
+    )
     p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
     p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator (default metaworld)")
     p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
@@ -153,8 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         cfg = from_dict(EvalConfig, flag_overrides(args))
-        s = run_eval(args.policy, cfg, args.out, env=args.env, progress=not args.no_progress,
-                     command="defi " + " ".join(sys.argv[1:]))
+        s = run_eval(args.policy, cfg, args.out, env=args.env, progress=not args.no_progress, command="defi " + " ".join(sys.argv[1:]))
     except (ConfigError, CheckpointError, ValueError) as e:
         raise UsageError(one_line(e)) from None
     print(summary_text(s))

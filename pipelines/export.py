@@ -43,12 +43,13 @@ def _clip_facts(corpus, keys: list[str]) -> dict[str, dict[str, Any]]:
     facts: dict[str, dict[str, Any]] = {}
     step = 5000  # keep each IN (...) list a reasonable size
     for i in range(0, len(keys), step):
-        part = keys[i:i + step]
+        part = keys[i : i + step]
         rows = corpus.query(
             "SELECT c.key, c.has_actions, c.out_fps, c.out_width, c.out_height, c.language, c.dataset, "
             "json_extract_string(s.meta_json, '$.robot.camera') AS camera "
             "FROM clips c LEFT JOIN (SELECT DISTINCT source_id, meta_json FROM sources) s USING (source_id) "
-            f"WHERE c.kept AND c.key IN ({_sql_list(part)})").to_pylist()
+            f"WHERE c.kept AND c.key IN ({_sql_list(part)})"
+        ).to_pylist()
         for r in rows:
             facts.setdefault(r["key"], r)
     return facts
@@ -61,9 +62,16 @@ def _int_fps(fps: float | None) -> int | None:
     return int(round(fps))
 
 
-def export_lerobot(root: str, select: str, out: str, camera: str | None = None, crf: int = 20,
-                   robot_type: str | None = None, progress: bool = True,
-                   storage_options: dict | None = None) -> dict[str, Any]:
+def export_lerobot(
+    root: str,
+    select: str,
+    out: str,
+    camera: str | None = None,
+    crf: int = 20,
+    robot_type: str | None = None,
+    progress: bool = True,
+    storage_options: dict | None = None,
+) -> dict[str, Any]:
     """Export the selected kept clips with actions of the corpus at ``root`` as a LeRobot v3.0
     dataset in the local folder ``out`` (which must not exist or be empty).
 
@@ -149,8 +157,7 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
                 skipped[reason] += 1
                 continue
             if writer is None:
-                dims = {"action": sample.actions.shape[1],
-                        "observation.state": None if sample.proprio is None else sample.proprio.shape[1]}
+                dims = {"action": sample.actions.shape[1], "observation.state": None if sample.proprio is None else sample.proprio.shape[1]}
                 features = {"action": {"dtype": "float32", "shape": [dims["action"]], "names": None}}
                 if dims["observation.state"] is not None:
                     features["observation.state"] = {"dtype": "float32", "shape": [dims["observation.state"]], "names": None}
@@ -160,11 +167,21 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
             if dims["observation.state"] is not None:
                 columns["observation.state"] = sample.proprio
             m = sample.meta
-            writer.add_episode(EpisodeBuffer(
-                frames={camera: frames}, columns=columns, task=sample.lang or "",
-                # provenance: where each episode came from in the corpus (LeRobot ignores extra columns)
-                extra={"defi_key": sample.key, "defi_source_id": m.source_id, "defi_uri": m.uri,
-                       "defi_start_s": float(m.start_s), "defi_end_s": float(m.end_s)}))
+            writer.add_episode(
+                EpisodeBuffer(
+                    frames={camera: frames},
+                    columns=columns,
+                    task=sample.lang or "",
+                    # provenance: where each episode came from in the corpus (LeRobot ignores extra columns)
+                    extra={
+                        "defi_key": sample.key,
+                        "defi_source_id": m.source_id,
+                        "defi_uri": m.uri,
+                        "defi_start_s": float(m.start_s),
+                        "defi_end_s": float(m.end_s),
+                    },
+                )
+            )
         bar.close()
         missing = len(todo - seen)
         if missing:
@@ -183,9 +200,16 @@ def export_lerobot(root: str, select: str, out: str, camera: str | None = None, 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "out": str(out_path), "episodes": info["total_episodes"], "frames": info["total_frames"], "fps": fps,
-        "size": [height, width], "camera": camera, "tasks": info["total_tasks"], "selected": len(keys),
-        "skipped": {k: v for k, v in skipped.items() if v}, "seconds": time.time() - t0,
+        "out": str(out_path),
+        "episodes": info["total_episodes"],
+        "frames": info["total_frames"],
+        "fps": fps,
+        "size": [height, width],
+        "camera": camera,
+        "tasks": info["total_tasks"],
+        "selected": len(keys),
+        "skipped": {k: v for k, v in skipped.items() if v},
+        "seconds": time.time() - t0,
     }
 
 
@@ -237,20 +261,26 @@ def _check_sample(sample, dims: dict[str, int | None]) -> str | None:
 # ---------------------------------------------------------------------------------------------
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``export`` (with its ``lerobot`` subcommand) to a ``defi`` subparsers object."""
-    exp = subparsers.add_parser("export", help="write a selection of clips in another dataset format",
-                                description="Write a selection of clips in another dataset format.")
-    sub = exp.add_subparsers(dest="export_command", metavar="FORMAT", required=True,
-                             parser_class=type(exp))
+    exp = subparsers.add_parser(
+        "export",
+        help="write a selection of clips in another dataset format",
+        description="Write a selection of clips in another dataset format.",
+    )
+    sub = exp.add_subparsers(dest="export_command", metavar="FORMAT", required=True, parser_class=type(exp))
     lr = sub.add_parser(
-        "lerobot", help="selected robot clips (with actions) as a LeRobot v3.0 dataset",
+        "lerobot",
+        help="selected robot clips (with actions) as a LeRobot v3.0 dataset",
         description="Export the selected kept robot clips that have actions as a LeRobot v3.0 dataset: one "
-                    "episode per clip (frames decoded from the clip's mp4, actions and proprio from its "
-                    "shard sample, task = its language, fps = the clips' encoded fps). Clips that do not "
-                    "fit (no actions, other fps or size, NaN actions) are skipped and counted.")
+        "episode per clip (frames decoded from the clip's mp4, actions and proprio from its "
+        "shard sample, task = its language, fps = the clips' encoded fps). Clips that do not "
+        "fit (no actions, other fps or size, NaN actions) are skipped and counted.",
+    )
     lr.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    lr.add_argument("--select", required=True,
-                    help='SQL returning a key column, e.g. "SELECT key FROM clips WHERE kept AND has_actions", '
-                         "or a selection manifest (.parquet)")
+    lr.add_argument(
+        "--select",
+        required=True,
+        help='SQL returning a key column, e.g. "SELECT key FROM clips WHERE kept AND has_actions", or a selection manifest (.parquet)',
+    )
     lr.add_argument("--out", required=True, help="output folder (new or empty, local)")
     lr.add_argument("--camera", help="camera name of the video feature (default: the sources' camera, else 'main')")
     lr.add_argument("--crf", type=int, default=20, help="x264 CRF of the episode videos (default 20)")
@@ -265,13 +295,16 @@ def cmd_export_lerobot(args: argparse.Namespace) -> int:
     from defi.schemas.selection import SelectionError
 
     try:
-        s = export_lerobot(args.root, args.select, args.out, camera=args.camera, crf=args.crf,
-                           robot_type=args.robot_type, progress=not args.no_progress)
+        s = export_lerobot(
+            args.root, args.select, args.out, camera=args.camera, crf=args.crf, robot_type=args.robot_type, progress=not args.no_progress
+        )
     except (SelectionError, ValueError) as e:
         raise UsageError(str(e)) from None
-    print(f"wrote {s['episodes']} episodes, {s['frames']} frames ({s['fps']} fps, {s['size'][1]}x{s['size'][0]}, "
-          f"camera {s['camera']}, {s['tasks']} tasks) to {s['out']} in {s['seconds']:.1f} s; "
-          f"{s['selected']} clips selected, {sum(s['skipped'].values())} skipped")
+    print(
+        f"wrote {s['episodes']} episodes, {s['frames']} frames ({s['fps']} fps, {s['size'][1]}x{s['size'][0]}, "
+        f"camera {s['camera']}, {s['tasks']} tasks) to {s['out']} in {s['seconds']:.1f} s; "
+        f"{s['selected']} clips selected, {sum(s['skipped'].values())} skipped"
+    )
     for reason, n in sorted(s["skipped"].items(), key=lambda kv: -kv[1]):
         print(f"  skipped {n:>5}  {reason}")
     return 0

@@ -135,16 +135,27 @@ class LabelConfig:
     def labeler(self, ckpt: str, device: str | None = None):
         from defi.labelers.latent_actions import LatentActionLabeler
 
-        return LatentActionLabeler(ckpt, gap_frames=self.gap_frames, gap_s=self.gap_s, batch_size=self.batch_size,
-                                   device=device or self.device, window_stride=self.window_stride)
+        return LatentActionLabeler(
+            ckpt,
+            gap_frames=self.gap_frames,
+            gap_s=self.gap_s,
+            batch_size=self.batch_size,
+            device=device or self.device,
+            window_stride=self.window_stride,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # the stages (plain functions; Ray Data or the local engine calls them)
 # ----------------------------------------------------------------------------------------------
 def _error_row(key: str, labeler: str, run_id: str, reason: str, detail: str) -> dict[str, Any]:
-    return {"kind": "error", "key": key, "reason": reason, "detail": detail[:300],
-            "row": {"key": key, "labeler": labeler, "run_id": run_id}}
+    return {
+        "kind": "error",
+        "key": key,
+        "reason": reason,
+        "detail": detail[:300],
+        "row": {"key": key, "labeler": labeler, "run_id": run_id},
+    }
 
 
 def read_clips(task: dict[str, Any], labeler: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
@@ -165,8 +176,10 @@ def read_clips(task: dict[str, Any], labeler: str, run_id: str, size: int) -> It
             yield {"unit": task["unit"], **_error_row(sample.key, labeler, run_id, "decode", str(e))}
     problems = ", ".join(f"{k}={v}" for k, v in sorted(reader.stats.items()) if k.startswith("error:"))
     for key in sorted(want):
-        yield {"unit": task["unit"], **_error_row(key, labeler, run_id, "missing_sample",
-                                                  f"not readable in {task['url']} ({problems or 'absent'})")}
+        yield {
+            "unit": task["unit"],
+            **_error_row(key, labeler, run_id, "missing_sample", f"not readable in {task['url']} ({problems or 'absent'})"),
+        }
 
 
 def label_items(labeler, items: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
@@ -219,8 +232,14 @@ def _ray_stream(tasks, cfg: LabelConfig, ckpt: str, name: str, run_id: str, size
     ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=max(1, len(tasks)))
     ds = ds.flat_map(_read_row, fn_args=(name, run_id, size), num_cpus=1)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    ds = ds.map_batches(_LabelActor, fn_constructor_args=(cfg, ckpt, run_id), batch_size=cfg.clips_per_batch,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_gpus=gpus, batch_format="numpy")
+    ds = ds.map_batches(
+        _LabelActor,
+        fn_constructor_args=(cfg, ckpt, run_id),
+        batch_size=cfg.clips_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_gpus=gpus,
+        batch_format="numpy",
+    )
     import logging
 
     # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar
@@ -257,7 +276,7 @@ def plan_units(resolved, labeler: str, clips_per_unit: int, shard_url) -> tuple[
     rows = list(zip(resolved.column("key").to_pylist(), resolved.column("shard").to_pylist(), strict=False))
     tasks, units = [], {}
     for i in range(0, len(rows), clips_per_unit):
-        group = rows[i:i + clips_per_unit]
+        group = rows[i : i + clips_per_unit]
         unit = "u" + hashlib.sha1(json.dumps([labeler, [k for k, _ in group]]).encode()).hexdigest()[:16]
         units[unit] = {k for k, _ in group}
         by_shard: dict[str, list[str]] = defaultdict(list)
@@ -267,8 +286,9 @@ def plan_units(resolved, labeler: str, clips_per_unit: int, shard_url) -> tuple[
     return tasks, units
 
 
-def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig | None = None,
-              progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+def run_label(
+    root: str, ckpt: str, select: str | None = None, cfg: LabelConfig | None = None, progress: bool = True, limit: int | None = None
+) -> dict[str, Any]:
     """Label the selected kept clips of the corpus at ``root`` with the GIDM checkpoint ``ckpt``
     (a checkpoint folder or a training run folder); returns the run record (also saved).
 
@@ -288,8 +308,9 @@ def run_label(root: str, ckpt: str, select: str | None = None, cfg: LabelConfig 
         return _label_locked(corpus, root, labeler, run_id, select, cfg, progress, limit, t_start)
 
 
-def _label_locked(corpus: Corpus, root: str, labeler, run_id: str, select: str | None, cfg: LabelConfig,
-                  progress: bool, limit: int | None, t_start: float) -> dict[str, Any]:
+def _label_locked(
+    corpus: Corpus, root: str, labeler, run_id: str, select: str | None, cfg: LabelConfig, progress: bool, limit: int | None, t_start: float
+) -> dict[str, Any]:
     from defi.schemas.selection import resolve_selection
 
     name = labeler.name
@@ -306,9 +327,15 @@ def _label_locked(corpus: Corpus, root: str, labeler, run_id: str, select: str |
     errors: Counter = Counter()
     examples: dict[str, str] = {}
     record: dict[str, Any] = {
-        "run_id": run_id, "command": "label latent-actions", "status": "running", "root": root, "select": select,
+        "run_id": run_id,
+        "command": "label latent-actions",
+        "status": "running",
+        "root": root,
+        "select": select,
         "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
-        "labeler": labeler.params(), "config": to_dict(cfg), "argv": sys.argv,
+        "labeler": labeler.params(),
+        "config": to_dict(cfg),
+        "argv": sys.argv,
     }
     from .curate import _versions
 
@@ -339,11 +366,19 @@ def _label_locked(corpus: Corpus, root: str, labeler, run_id: str, select: str |
         status = "done"
     finally:
         wall = time.time() - t_start
-        record.update({
-            "status": status, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "wall_s": wall,
-            "label_s": t_label, "ray_start_s": t_ray, "counts": dict(counts), "errors": dict(errors), "error_examples": examples,
-            "clips_per_s": counts["labeled"] / t_label if t_label > 0 else None,
-        })
+        record.update(
+            {
+                "status": status,
+                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "wall_s": wall,
+                "label_s": t_label,
+                "ray_start_s": t_ray,
+                "counts": dict(counts),
+                "errors": dict(errors),
+                "error_examples": examples,
+                "clips_per_s": counts["labeled"] / t_label if t_label > 0 else None,
+            }
+        )
         corpus.write_json(f"runs/{run_id}.json", record)
     return record
 
@@ -388,8 +423,7 @@ def summary_text(rec: dict[str, Any]) -> str:
     ]
     for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    error  {k:<20} {v}")
-    lines.append(f"  parts    {c.get('units', 0)} written to labels/{lab['name']}/ "
-                 f"(query it as {label_view_name(lab['name'])})")
+    lines.append(f"  parts    {c.get('units', 0)} written to labels/{lab['name']}/ (query it as {label_view_name(lab['name'])})")
     return "\n".join(lines)
 
 
@@ -428,15 +462,16 @@ def select_sql(where: str, balance_by: str | None, labels_view: str | None) -> s
     from defi.schemas.selection import is_sql
 
     if labels_view:
-        base = (f"(SELECT c.*, l.* EXCLUDE (key, run_id), l.run_id AS label_run_id "
-                f"FROM clips c JOIN {labels_view} l ON c.key = l.key)")
+        base = f"(SELECT c.*, l.* EXCLUDE (key, run_id), l.run_id AS label_run_id FROM clips c JOIN {labels_view} l ON c.key = l.key)"
     else:
         base = "clips"
     group = f"({balance_by})" if balance_by else "NULL"
     if is_sql(where):
-        return (f"SELECT DISTINCT s.key, {group} AS __group\n"
-                f"FROM (SELECT DISTINCT key FROM ({where})) s JOIN (SELECT * FROM {base} WHERE kept) x "
-                "ON s.key = x.key ORDER BY s.key")
+        return (
+            f"SELECT DISTINCT s.key, {group} AS __group\n"
+            f"FROM (SELECT DISTINCT key FROM ({where})) s JOIN (SELECT * FROM {base} WHERE kept) x "
+            "ON s.key = x.key ORDER BY s.key"
+        )
     return f"SELECT DISTINCT key, {group} AS __group FROM {base} x\nWHERE kept AND ({where or 'true'}) ORDER BY key"
 
 
@@ -461,9 +496,17 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
     stored = sql + (f"\n-- weights: balanced by {balance_by} (each group's total weight = N / groups)" if balance_by else "")
     write_selection(out, keys, weights, sql=stored)
     per_group = Counter(groups)
-    return {"out": out, "clips": len(keys), "labeler": name, "balance_by": balance_by, "sql": sql,
-            "groups": {str(g): {"clips": n, "weight_each": (len(keys) / len(per_group)) / n if balance_by else 1.0}
-                       for g, n in sorted(per_group.items(), key=lambda kv: -kv[1])}}
+    return {
+        "out": out,
+        "clips": len(keys),
+        "labeler": name,
+        "balance_by": balance_by,
+        "sql": sql,
+        "groups": {
+            str(g): {"clips": n, "weight_each": (len(keys) / len(per_group)) / n if balance_by else 1.0}
+            for g, n in sorted(per_group.items(), key=lambda kv: -kv[1])
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,15 +514,18 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
 # ----------------------------------------------------------------------------------------------
 def add_label_parser(subparsers) -> argparse.ArgumentParser:
     """``defi label latent-actions ...``"""
-    label = subparsers.add_parser("label", help="attach labels to clips (latent actions from a GIDM)",
-                                  description="Attach labels to the clips of a corpus.")
+    label = subparsers.add_parser(
+        "label", help="attach labels to clips (latent actions from a GIDM)", description="Attach labels to the clips of a corpus."
+    )
     sub = label.add_subparsers(dest="label_command", metavar="LABELER", parser_class=type(label))
     sub.required = True
     p = sub.add_parser(
-        "latent-actions", help="per-step latent actions of every selected clip from a GIDM checkpoint",
+        "latent-actions",
+        help="per-step latent actions of every selected clip from a GIDM checkpoint",
         description="Label the selected kept clips with a GIDM checkpoint: per-step latent actions and clip "
-                    "statistics go to labels/gidm-<checkpoint hash>/ (view labels_gidm_<hash>, and the union view "
-                    "latent_actions). Re-running skips clips already labeled; a killed run resumes.")
+        "statistics go to labels/gidm-<checkpoint hash>/ (view labels_gidm_<hash>, and the union view "
+        "latent_actions). Re-running skips clips already labeled; a killed run resumes.",
+    )
     p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument("--ckpt", required=True, help="GIDM checkpoint folder, or a training run folder (latest checkpoint)")
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
@@ -532,13 +578,19 @@ def cmd_label_latent_actions(args) -> int:
 def add_select_parser(subparsers) -> argparse.ArgumentParser:
     """``defi select ...``"""
     p = subparsers.add_parser(
-        "select", help="write a selection manifest (optionally balanced by a label)",
+        "select",
+        help="write a selection manifest (optionally balanced by a label)",
         description="Write a selection manifest (key, weight) of the kept clips matching --where, for training "
-                    "(--select FILE). With --balance-by, each clip's weight is (N / G) / n_g, so each of the G groups "
-                    "gets the same total weight. The SQL used is stored in the manifest.")
+        "(--select FILE). With --balance-by, each clip's weight is (N / G) / n_g, so each of the G groups "
+        "gets the same total weight. The SQL used is stored in the manifest.",
+    )
     p.add_argument("--root", required=True, help="corpus root")
-    p.add_argument("--where", default="true", help="SQL predicate over clips + the labeler's columns "
-                   "(e.g. \"norm_mean > 0.5 AND motion_mean > 1\"), or a full SELECT returning key")
+    p.add_argument(
+        "--where",
+        default="true",
+        help="SQL predicate over clips + the labeler's columns "
+        '(e.g. "norm_mean > 0.5 AND motion_mean > 1"), or a full SELECT returning key',
+    )
     p.add_argument("--balance-by", help="column or SQL expression to balance over, e.g. dominant_code")
     p.add_argument("--labeler", help="labeler whose columns to join (default: the only one, if any)")
     p.add_argument("--out", required=True, help="manifest path (.parquet)")

@@ -87,9 +87,16 @@ class WriterLock:
     # -- the record ----------------------------------------------------------------------------
     def _record(self) -> dict[str, Any]:
         now = time.time()
-        return {"command": self.command, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "pid_start": _pid_start(os.getpid()), "token": self.token, "started_at": self._started,
-                "heartbeat_at": now}
+        return {
+            "command": self.command,
+            "run_id": self.run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _pid_start(os.getpid()),
+            "token": self.token,
+            "started_at": self._started,
+            "heartbeat_at": now,
+        }
 
     def read(self) -> dict[str, Any] | None:
         """The current holder's record (None when there is no lock file)."""
@@ -138,12 +145,16 @@ class WriterLock:
 
     def _held_message(self, h: dict[str, Any]) -> str:
         if h.get("unreadable"):
-            return (f"{self.corpus.root} is locked by an unreadable {LOCK_FILE} written "
-                    f"{time.time() - h['heartbeat_at']:.0f} s ago; it goes stale after {self.stale_s:.0f} s")
+            return (
+                f"{self.corpus.root} is locked by an unreadable {LOCK_FILE} written "
+                f"{time.time() - h['heartbeat_at']:.0f} s ago; it goes stale after {self.stale_s:.0f} s"
+            )
         age = time.time() - float(h.get("heartbeat_at") or 0)
-        return (f"{self.corpus.root} is being written by `defi {h.get('command')}` run {h.get('run_id')} "
-                f"(pid {h.get('pid')} on {h.get('host')}, heartbeat {age:.0f} s ago); one writer per root: wait for it "
-                f"to finish (a killed run's lock is taken over once its pid is gone or its heartbeat is {self.stale_s:.0f} s old)")
+        return (
+            f"{self.corpus.root} is being written by `defi {h.get('command')}` run {h.get('run_id')} "
+            f"(pid {h.get('pid')} on {h.get('host')}, heartbeat {age:.0f} s ago); one writer per root: wait for it "
+            f"to finish (a killed run's lock is taken over once its pid is gone or its heartbeat is {self.stale_s:.0f} s old)"
+        )
 
     def _create(self) -> bool:
         data = json.dumps(self._record()).encode()

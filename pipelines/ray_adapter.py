@@ -35,8 +35,7 @@ def ray_session(rcfg, scratch: str | None = None):
     started = False
     tmp = None
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING",
-                                  "configure_logging": True}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING", "configure_logging": True}
         if rcfg.address:
             kwargs["address"] = rcfg.address
             # workers of a cluster run with their node's environment, not the driver's: without
@@ -63,8 +62,13 @@ def ray_session(rcfg, scratch: str | None = None):
     ctx.print_on_execution_start = False
     try:
         res = ray.cluster_resources()
-        yield {"address": rcfg.address or "local", "temp_dir": tmp, "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0),
-               "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+        yield {
+            "address": rcfg.address or "local",
+            "temp_dir": tmp,
+            "cpus": res.get("CPU", 0),
+            "gpus": res.get("GPU", 0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+        }
     finally:
         if started:
             ray.shutdown()
@@ -86,8 +90,11 @@ def storage_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The driver's object-store settings that cluster workers need to see the same storage:
     endpoint URLs (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``), region and ``FSSPEC_*``."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in sorted(environ.items())
-            if (k.startswith(_STORAGE_ENV_PREFIXES) or k in _STORAGE_ENV_NAMES) and not _SECRET.search(k)}
+    return {
+        k: v
+        for k, v in sorted(environ.items())
+        if (k.startswith(_STORAGE_ENV_PREFIXES) or k in _STORAGE_ENV_NAMES) and not _SECRET.search(k)
+    }
 
 
 def _process_row(row: dict[str, Any], cfg: CurateConfig, run_id: str) -> Iterator[dict[str, Any]]:
@@ -127,9 +134,14 @@ def curate_stream(specs: list[SourceSpec], cfg: CurateConfig, run_id: str) -> It
     ds = ds.flat_map(_process_row, fn_args=(cfg, run_id), num_cpus=1)
     if cfg.use_clip:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        ds = ds.map_batches(_ClipActor, fn_constructor_args=(cfg,), batch_size=32,
-                            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.clip_actors)), num_gpus=gpus,
-                            batch_format="numpy")
+        ds = ds.map_batches(
+            _ClipActor,
+            fn_constructor_args=(cfg,),
+            batch_size=32,
+            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.clip_actors)),
+            num_gpus=gpus,
+            batch_format="numpy",
+        )
     import logging
 
     # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar

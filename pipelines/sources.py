@@ -61,8 +61,7 @@ def canonical_uri(uri: str) -> str:
         path += "/"
     if path.startswith("//"):  # posixpath keeps a leading '//': one slash is the same object
         path = "/" + path.lstrip("/")
-    return urlunsplit((u.scheme.lower(), u.netloc.lower() if u.scheme in ("http", "https") else u.netloc, path,
-                       u.query, u.fragment))
+    return urlunsplit((u.scheme.lower(), u.netloc.lower() if u.scheme in ("http", "https") else u.netloc, path, u.query, u.fragment))
 
 
 def _is_remote(s: str) -> bool:
@@ -70,7 +69,7 @@ def _is_remote(s: str) -> bool:
 
 
 def _strip_file(s: str) -> str:
-    return s[len("file://"):] if s.startswith("file://") else s
+    return s[len("file://") :] if s.startswith("file://") else s
 
 
 def list_sources(inputs: list[str], kind: str | None = None, dataset: str | None = None) -> list[SourceSpec]:
@@ -104,8 +103,7 @@ def _expand(inp: str) -> list[SourceSpec]:
             return _read_manifest(inp)
         else:
             paths = [path]
-        return [SourceSpec(uri=fs.unstrip_protocol(p) if proto != "file" else p) for p in sorted(paths)
-                if p.lower().endswith(VIDEO_EXTS)]
+        return [SourceSpec(uri=fs.unstrip_protocol(p) if proto != "file" else p) for p in sorted(paths) if p.lower().endswith(VIDEO_EXTS)]
     local = _strip_file(inp)
     if not local.strip():
         raise SourceError("an input is empty")
@@ -155,12 +153,22 @@ def _lerobot_sources(root: str) -> list[SourceSpec]:
 
     specs = []
     for ep in load_lerobot(root):
-        specs.append(SourceSpec(
-            uri=os.path.abspath(ep.uri), kind="robot", dataset=os.path.basename(os.path.abspath(root)),
-            language=ep.language,
-            robot={"format": "lerobot", "root": os.path.abspath(root), "episode_index": int(ep.episode_index),
-                   "camera": ep.camera, "from_s": float(ep.from_s), "to_s": float(ep.to_s)},
-        ))
+        specs.append(
+            SourceSpec(
+                uri=os.path.abspath(ep.uri),
+                kind="robot",
+                dataset=os.path.basename(os.path.abspath(root)),
+                language=ep.language,
+                robot={
+                    "format": "lerobot",
+                    "root": os.path.abspath(root),
+                    "episode_index": int(ep.episode_index),
+                    "camera": ep.camera,
+                    "from_s": float(ep.from_s),
+                    "to_s": float(ep.to_s),
+                },
+            )
+        )
     return specs
 
 
@@ -195,6 +203,14 @@ def _read_manifest(uri: str) -> list[SourceSpec]:
         k = r.pop("kind", None)
         if k is not None and k not in KINDS:
             raise SourceError(f"manifest {uri}: row {i} has kind {k!r}; valid: {', '.join(KINDS)}")
-        specs.append(SourceSpec(uri=u, kind=k, dataset=r.pop("dataset", None), license=r.pop("license", None),
-                                language=r.pop("language", None), meta={k2: v for k2, v in r.items() if v is not None}))
+        specs.append(
+            SourceSpec(
+                uri=u,
+                kind=k,
+                dataset=r.pop("dataset", None),
+                license=r.pop("license", None),
+                language=r.pop("language", None),
+                meta={k2: v for k2, v in r.items() if v is not None},
+            )
+        )
     return specs

@@ -43,8 +43,9 @@ MODEL_SIZES = ("keypoint", "tiny", "small", "univla")  # training/gidm/configura
 class DataConfig:
     """How frame pairs are drawn from the selected clips (see ``training.data.ClipDataset``)."""
 
-    gap_s: float | None = field(default=1.0, metadata={"help": "gap between o_t and o_t+k in seconds "
-                                                                "(k = max(1, round(gap_s * fps)) frames per clip)"})
+    gap_s: float | None = field(
+        default=1.0, metadata={"help": "gap between o_t and o_t+k in seconds (k = max(1, round(gap_s * fps)) frames per clip)"}
+    )
     gap_frames: int | None = field(default=None, metadata={"help": "gap in encoded frames; replaces gap_s"})
     size: int | None = field(default=None, metadata={"help": "square input side, px (default: model.image_size)"})
     pairs_per_clip: int | None = field(default=None, metadata={"help": "pairs drawn per clip per epoch (default: every t)"})
@@ -163,8 +164,9 @@ def resolve_run_config(args: argparse.Namespace):
     # --size sets the model's input side too, unless the model side was given explicitly
     d = data.get("data") or {}
     m = data.get("model") or {}
-    explicit_model_size = "image_size" in (flag_overrides(args).get("model") or {}) or \
-        (args.config and "image_size" in (load_file(args.config).get("model") or {}))
+    explicit_model_size = "image_size" in (flag_overrides(args).get("model") or {}) or (
+        args.config and "image_size" in (load_file(args.config).get("model") or {})
+    )
     if d.get("size") is not None:
         if explicit_model_size and int(m["image_size"]) != int(d["size"]):
             raise UsageError(f"--size {d['size']} disagrees with model.image_size={m['image_size']}")
@@ -206,8 +208,16 @@ def torchrun_argv(workers: int, argv: list[str]) -> list[str]:
         if a.startswith("--workers="):
             continue
         rest.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-            "-m", "defi.pipelines.train", *rest]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={workers}",
+        "-m",
+        "defi.pipelines.train",
+        *rest,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +231,18 @@ def build_dataset(root: str, select: str, cfg, rank: int = 0, world_size: int = 
     corpus = Corpus.open(root)
     d = cfg.data
     return ClipDataset.from_corpus(
-        corpus, select, gap=d.gap, size=d.size, pairs_per_clip=d.pairs_per_clip,
+        corpus,
+        select,
+        gap=d.gap,
+        size=d.size,
+        pairs_per_clip=d.pairs_per_clip,
         window=3 if cfg.model.additive_weight > 0 else 2,  # additivity needs o_t, o_t+k, o_t+2k
-        shuffle=True, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, rank=rank, world_size=world_size)
+        shuffle=True,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) -> Iterator[dict]:
@@ -241,16 +260,19 @@ def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) ->
     first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
     for epoch in itertools.count(first_epoch):
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate_items, drop_last=True, persistent_workers=False)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
+        )
         n = 0
         for batch in loader:
             n += 1
             yield batch
         if n == 0:
-            raise UsageError(f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
-                             f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
-                             "lower --train.batch_size or the gap")
+            raise UsageError(
+                f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
+                f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
+                "lower --train.batch_size or the gap"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,8 +334,14 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
     facts = data_facts(cfg)
-    resolved = {**to_dict(cfg), "root": args.root, "select": args.select, "selected_clips": len(dataset.keys),
-                "rank": rank, "world_size": world}
+    resolved = {
+        **to_dict(cfg),
+        "root": args.root,
+        "select": args.select,
+        "selected_clips": len(dataset.keys),
+        "rank": rank,
+        "world_size": world,
+    }
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
 
@@ -336,21 +364,29 @@ def run_train_gidm(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if flushed:
             torch.set_flush_denormal(False)
-    result.update(rank=rank, world_size=world, config=cfg, selected_clips=len(dataset.keys), wall_s=time.perf_counter() - t0,
-                  data_stats=dict(dataset.stats), last_checkpoint=str(last_checkpoint(out) or ""))
+    result.update(
+        rank=rank,
+        world_size=world,
+        config=cfg,
+        selected_clips=len(dataset.keys),
+        wall_s=time.perf_counter() - t0,
+        data_stats=dict(dataset.stats),
+        last_checkpoint=str(last_checkpoint(out) or ""),
+    )
     return result
 
 
 def summary_text(res: dict[str, Any]) -> str:
     cfg = res["config"]
     gap = cfg.data.gap.label()
-    lines = [f"gidm: {res['selected_clips']} clips selected, gap {gap}, {cfg.data.size} px, "
-             f"batch {cfg.train.batch_size}"]
+    lines = [f"gidm: {res['selected_clips']} clips selected, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}"]
     if res["resumed_from"]:
         lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
     if res["steps_run"]:
-        lines.append(f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
-                     f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)")
+        lines.append(
+            f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
+            f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)"
+        )
         lines.append(f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
     else:
         lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
@@ -363,7 +399,7 @@ def cmd_train_gidm(args: argparse.Namespace) -> int:
         import subprocess
 
         full = getattr(args, "argv", None) or sys.argv[1:]
-        argv = full[full.index("gidm") + 1:]
+        argv = full[full.index("gidm") + 1 :]
         cmd = torchrun_argv(args.workers, ["gidm", *argv])
         print(f"launching {args.workers} processes: {' '.join(cmd[1:])}", file=sys.stderr)
         return subprocess.run(cmd).returncode
@@ -382,23 +418,32 @@ def cmd_not_built(args: argparse.Namespace) -> int:
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``train`` with ``gidm`` (and placeholders ``gfdm``, ``policy``) to ``defi``'s
     subparsers."""
-    t = subparsers.add_parser("train", help="train a model on a selection of curated clips",
-                              description="Train GIDM / GFDM / policy models on curated shards.")
+    t = subparsers.add_parser(
+        "train", help="train a model on a selection of curated clips", description="Train GIDM / GFDM / policy models on curated shards."
+    )
     sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=_lazy_parser_class())
     sub.required = True
     g = sub.add_parser(
-        "gidm", help="train a latent inverse-dynamics model (latent actions) on frame pairs",
+        "gidm",
+        help="train a latent inverse-dynamics model (latent actions) on frame pairs",
         description="Train a GIDM on frame pairs (o_t, o_t+k) from the clips a SQL query or manifest selects. "
-                    "Re-running with the same --out resumes from its latest checkpoint. Config: the --model "
-                    "size's defaults <- --config file <- --model.*/--train.*/--data.* flags <- shortcut flags.")
+        "Re-running with the same --out resumes from its latest checkpoint. Config: the --model "
+        "size's defaults <- --config file <- --model.*/--train.*/--data.* flags <- shortcut flags.",
+    )
     g.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    g.add_argument("--select", required=True,
-                   help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") '
-                        "or a selection manifest path")
+    g.add_argument(
+        "--select",
+        required=True,
+        help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") or a selection manifest path',
+    )
     g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
-    g.add_argument("--model", default="keypoint", choices=MODEL_SIZES,
-                   help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
-                        "video, 64 px), tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)")
+    g.add_argument(
+        "--model",
+        default="keypoint",
+        choices=MODEL_SIZES,
+        help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
+        "video, 64 px), tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
+    )
     g.add_argument("--config", help="YAML/TOML/JSON file with model/train/data sections")
     gap = g.add_mutually_exclusive_group()
     gap.add_argument("--gap-s", type=float, help="gap o_t -> o_t+k in seconds (same as --data.gap_s; default 1.0)")
@@ -406,9 +451,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, help="square input side in px; sets model.image_size too (default: the model's)")
     g.add_argument("--steps", type=int, help="total optimizer steps (same as --train.steps)")
     g.add_argument("--loader-workers", type=int, help="DataLoader worker processes (same as --data.num_workers)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="training processes on this machine (data-parallel under torchrun: a GPU each when "
-                        "present, else gloo on CPU); under torchrun itself, WORLD_SIZE decides")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="training processes on this machine (data-parallel under torchrun: a GPU each when "
+        "present, else gloo on CPU); under torchrun itself, WORLD_SIZE decides",
+    )
     g.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (model.*, train.*, data.*)")

@@ -29,8 +29,7 @@ from typing import Any
 
 from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
 
-from .train import (RUN_CONFIG_FILE, DataConfig, _check_resume, batch_stream, process_group,
-                    torchrun_argv)
+from .train import RUN_CONFIG_FILE, DataConfig, _check_resume, batch_stream, process_group, torchrun_argv
 
 MODEL_SIZES = ("tiny", "svd")
 RUN_RECORD_FILE = "run_record.json"
@@ -109,8 +108,7 @@ def resolve_run_config(args: argparse.Namespace):
     if args.pretrained:
         data = merge(data, {"model": {"pretrained_path": args.pretrained}})
     d, m = data.get("data") or {}, data["model"]
-    explicit = "image_size" in (flags.get("model") or {}) or \
-        (args.config and "image_size" in (load_file(args.config).get("model") or {}))
+    explicit = "image_size" in (flags.get("model") or {}) or (args.config and "image_size" in (load_file(args.config).get("model") or {}))
     if d.get("size") is not None:
         if explicit and int(m["image_size"]) != int(d["size"]):
             raise UsageError(f"--size {d['size']} disagrees with model.image_size={m['image_size']}")
@@ -121,8 +119,7 @@ def resolve_run_config(args: argparse.Namespace):
     if cfg.data.size != cfg.model.image_size:
         raise UsageError(f"data.size={cfg.data.size} disagrees with model.image_size={cfg.model.image_size}")
     if cfg.text.name == "tiny" and cfg.text.width != cfg.model.text_dim:
-        raise UsageError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with "
-                         f"model.text_dim={cfg.model.text_dim}")
+        raise UsageError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with model.text_dim={cfg.model.text_dim}")
     return cfg
 
 
@@ -157,8 +154,10 @@ class TextLookup:
         if embs.shape[1] != self.text_dim:
             from .cli import UsageError
 
-            raise UsageError(f"the text model gives {embs.shape[1]}-dim embeddings but model.text_dim="
-                             f"{self.text_dim}; set --model.text_dim {embs.shape[1]}")
+            raise UsageError(
+                f"the text model gives {embs.shape[1]}-dim embeddings but model.text_dim="
+                f"{self.text_dim}; set --model.text_dim {embs.shape[1]}"
+            )
         self.table.update(zip(texts, embs, strict=True))
 
     def __call__(self, langs: list[str | None]):
@@ -216,9 +215,18 @@ def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
     try:
         corpus = Corpus.open(root)
         dataset = ClipDataset.from_corpus(
-            corpus, select, gap=d.gap, size=d.size, pairs_per_clip=d.pairs_per_clip,
-            window=m.context_frames + m.future_frames, shuffle=True, shuffle_buffer=d.shuffle_buffer,
-            seed=cfg.train.seed, rank=rank, world_size=world)
+            corpus,
+            select,
+            gap=d.gap,
+            size=d.size,
+            pairs_per_clip=d.pairs_per_clip,
+            window=m.context_frames + m.future_frames,
+            shuffle=True,
+            shuffle_buffer=d.shuffle_buffer,
+            seed=cfg.train.seed,
+            rank=rank,
+            world_size=world,
+        )
         texts = selection_texts(corpus, dataset.keys)
         lookup = TextLookup(corpus, cfg.text, texts, m.text_dim)
     except SelectionError as e:
@@ -227,13 +235,19 @@ def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
         raise UsageError(one_line(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
-    facts = {**d.gap.to_dict(), "size": d.size, "image_size": m.image_size,
-             "context_frames": m.context_frames, "future_frames": m.future_frames,
-             "text": to_dict(cfg.text), "text_model_id": text_model_id(cfg.text)}
+    facts = {
+        **d.gap.to_dict(),
+        "size": d.size,
+        "image_size": m.image_size,
+        "context_frames": m.context_frames,
+        "future_frames": m.future_frames,
+        "text": to_dict(cfg.text),
+        "text_model_id": text_model_id(cfg.text),
+    }
     if main_rank:
-        (out / RUN_CONFIG_FILE).write_text(json.dumps(
-            {**to_dict(cfg), "root": root, "select": select, "selected_clips": len(dataset.keys), "world_size": world},
-            indent=2))
+        (out / RUN_CONFIG_FILE).write_text(
+            json.dumps({**to_dict(cfg), "root": root, "select": select, "selected_clips": len(dataset.keys), "world_size": world}, indent=2)
+        )
 
     def make_batches(start_step: int):
         stream = batch_stream(dataset, cfg.train.batch_size, d.num_workers, start_step)
@@ -250,15 +264,34 @@ def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
             torch.set_flush_denormal(False)
     stats = dict(dataset.stats)
     if main_rank:
-        record = {"command": "train gfdm", "root": root, "select": select, "selected_clips": len(dataset.keys),
-                  "texts": len(texts), "text_model_id": facts["text_model_id"], "data_stats": stats,
-                  "clips_skipped_too_short": stats.get("skipped:too_short", 0),
-                  "steps_run": result["steps_run"], "final_step": result["final_step"],
-                  "seconds_per_step": result["seconds_per_step"], "first_loss": result["first_loss"],
-                  "last_loss": result["last_loss"], "checkpoint": result["checkpoint"], "grid": result["grid"]}
+        record = {
+            "command": "train gfdm",
+            "root": root,
+            "select": select,
+            "selected_clips": len(dataset.keys),
+            "texts": len(texts),
+            "text_model_id": facts["text_model_id"],
+            "data_stats": stats,
+            "clips_skipped_too_short": stats.get("skipped:too_short", 0),
+            "steps_run": result["steps_run"],
+            "final_step": result["final_step"],
+            "seconds_per_step": result["seconds_per_step"],
+            "first_loss": result["first_loss"],
+            "last_loss": result["last_loss"],
+            "checkpoint": result["checkpoint"],
+            "grid": result["grid"],
+        }
         (out / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
-    result.update(rank=rank, world_size=world, config=cfg, selected_clips=len(dataset.keys), texts=len(texts),
-                  wall_s=time.perf_counter() - t0, data_stats=stats, last_checkpoint=str(last_checkpoint(out) or ""))
+    result.update(
+        rank=rank,
+        world_size=world,
+        config=cfg,
+        selected_clips=len(dataset.keys),
+        texts=len(texts),
+        wall_s=time.perf_counter() - t0,
+        data_stats=stats,
+        last_checkpoint=str(last_checkpoint(out) or ""),
+    )
     return result
 
 
@@ -269,17 +302,21 @@ def summary_text(res: dict[str, Any]) -> str:
     model = res["model"]
     params = sum(p.numel() for p in model.parameters())
     unet = sum(p.numel() for p in model.unet.parameters())
-    lines = [f"gfdm ({m.backbone}, {m.objective}): {res['selected_clips']} clips selected, {res['texts']} distinct "
-             f"instructions, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}",
-             f"  model    {params:,} parameters (U-Net {unet:,})"]
+    lines = [
+        f"gfdm ({m.backbone}, {m.objective}): {res['selected_clips']} clips selected, {res['texts']} distinct "
+        f"instructions, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}",
+        f"  model    {params:,} parameters (U-Net {unet:,})",
+    ]
     skipped = res["data_stats"].get("skipped:too_short", 0)
     if skipped:
         lines.append(f"  skipped  {skipped} clip reads too short for the gap")
     if res["resumed_from"]:
         lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
     if res["steps_run"]:
-        lines.append(f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
-                     f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)")
+        lines.append(
+            f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
+            f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)"
+        )
         lines.append(f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
     else:
         lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
@@ -296,7 +333,7 @@ def cmd_train_gfdm(args: argparse.Namespace) -> int:
         import subprocess
 
         full = getattr(args, "argv", None) or sys.argv[1:]
-        argv = full[full.index("gfdm") + 1:]
+        argv = full[full.index("gfdm") + 1 :]
         cmd = torchrun_argv(args.workers, ["gfdm", *argv])
         print(f"launching {args.workers} processes: {' '.join(cmd[1:])}", file=sys.stderr)
         return subprocess.run(cmd).returncode
@@ -317,17 +354,22 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     """Add ``gfdm`` to the ``train`` subparsers (a subparsers action whose parser class adds the
     generated flags on first use, see pipelines/train.py)."""
     g = sub.add_parser(
-        "gfdm", help="train a language-conditioned forward dynamics model (predicts o_t+k from o_t + instruction)",
+        "gfdm",
+        help="train a language-conditioned forward dynamics model (predicts o_t+k from o_t + instruction)",
         description="Train a GFDM on windows (o_t, o_t+k ...) from the clips a SQL query or manifest selects; "
-                    "instructions are embedded once by an open_clip text tower and cached in ROOT/text_embeddings. "
-                    "Re-running with the same --out resumes. Config: the --model size's defaults <- --config file "
-                    "<- --model.*/--train.*/--data.*/--text.* flags <- shortcut flags.")
+        "instructions are embedded once by an open_clip text tower and cached in ROOT/text_embeddings. "
+        "Re-running with the same --out resumes. Config: the --model size's defaults <- --config file "
+        "<- --model.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
+    )
     g.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    g.add_argument("--select", required=True,
-                   help='clips to train on: SQL returning key[, weight] or a selection manifest path')
+    g.add_argument("--select", required=True, help="clips to train on: SQL returning key[, weight] or a selection manifest path")
     g.add_argument("--out", required=True, help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json")
-    g.add_argument("--model", default="tiny", choices=MODEL_SIZES,
-                   help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px")
+    g.add_argument(
+        "--model",
+        default="tiny",
+        choices=MODEL_SIZES,
+        help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px",
+    )
     g.add_argument("--config", help="YAML/TOML/JSON file with model/train/data/text sections")
     gap = g.add_mutually_exclusive_group()
     gap.add_argument("--gap-s", type=float, help="gap o_t -> o_t+k in seconds (same as --data.gap_s; default 1.0)")
@@ -336,8 +378,9 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="total optimizer steps (same as --train.steps)")
     g.add_argument("--pretrained", help="svd: local folder of SVD img2vid weights (diffusers layout: unet/, vae/)")
     g.add_argument("--loader-workers", type=int, help="DataLoader worker processes (same as --data.num_workers)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="training processes on this machine (data-parallel under torchrun: a GPU each, else gloo)")
+    g.add_argument(
+        "--workers", type=int, default=1, help="training processes on this machine (data-parallel under torchrun: a GPU each, else gloo)"
+    )
     g.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*, text.*)")

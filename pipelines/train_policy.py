@@ -34,8 +34,9 @@ RUN_CONFIG_FILE = "run_config.json"
 class PolicyDataConfig:
     """How policy items are drawn from the selected clips (``training.data.ClipDataset``)."""
 
-    gap_s: float | None = field(default=None, metadata={"help": "gap o_t -> o_t+k of the true future (forward/"
-                                                                 "consistency losses), seconds; default 1 frame"})
+    gap_s: float | None = field(
+        default=None, metadata={"help": "gap o_t -> o_t+k of the true future (forward/consistency losses), seconds; default 1 frame"}
+    )
     pairs_per_clip: int | None = field(default=None, metadata={"help": "items drawn per clip per epoch (default: every t)"})
     shuffle_buffer: int = field(default=512, metadata={"help": "items mixed in the shuffle buffer"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
@@ -177,9 +178,11 @@ def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     keys = selection.column("key").to_pylist()
     texts: set[str] = set()
     for i in range(0, len(keys), 5000):
-        part = ", ".join("'" + k.replace("'", "''") + "'" for k in keys[i:i + 5000])
-        texts |= {r["language"] for r in corpus.query(
-            f"SELECT DISTINCT language FROM clips WHERE key IN ({part}) AND language IS NOT NULL").to_pylist()}
+        part = ", ".join("'" + k.replace("'", "''") + "'" for k in keys[i : i + 5000])
+        texts |= {
+            r["language"]
+            for r in corpus.query(f"SELECT DISTINCT language FROM clips WHERE key IN ({part}) AND language IS NOT NULL").to_pylist()
+        }
     texts.discard("")
     ordered = sorted(texts)
     if not ordered:
@@ -206,8 +209,7 @@ def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
             rows.append(a[np.isfinite(a).all(1)])
             strides.append(max(1, round(rate / float(s.meta.fps))))
     if not rows:
-        raise ValueError("no clip in the selection has actions (curate robot episodes with actions, or select "
-                         "WHERE has_actions)")
+        raise ValueError("no clip in the selection has actions (curate robot episodes with actions, or select WHERE has_actions)")
     allr = np.concatenate(rows)
     return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
 
@@ -225,8 +227,9 @@ def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int, te
     zero = [0.0] * text_dim
     for epoch in itertools.count(first_epoch):
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items,
-                            drop_last=True, persistent_workers=False)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
+        )
         n = 0
         for b in loader:
             n += 1
@@ -236,8 +239,9 @@ def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int, te
                 out["text_emb"] = torch.tensor([texts.get(t, zero) for t in b["lang"]], dtype=torch.float32)
             yield out
         if n == 0:
-            raise ValueError(f"the selection yields fewer than batch_size={batch_size} items per epoch "
-                             f"({dict(dataset.stats)}); lower --train.batch_size")
+            raise ValueError(
+                f"the selection yields fewer than batch_size={batch_size} items per epoch ({dict(dataset.stats)}); lower --train.batch_size"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,15 +269,22 @@ def run_train_policy(cfg) -> dict[str, Any]:
         old = json.loads(saved.read_text()).get("policy", {})
         diff = [k for k, v in to_dict(cfg.policy).items() if k != "action_dim" and old.get(k) != v]
         if diff:
-            raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); "
-                             "use a new --out")
+            raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); use a new --out")
     corpus = Corpus.open(cfg.root)
     selection = resolve_selection(corpus, cfg.select)
     pc = cfg.policy
-    dataset = ClipDataset(selection, corpus.shard_url, gap=Gap.from_fields(cfg.data.gap_s, default=Gap.of_frames(1)),
-                          size=pc.image_size, pairs_per_clip=cfg.data.pairs_per_clip, shuffle=True,
-                          shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, chunk=pc.horizon,
-                          context=pc.context_frames)
+    dataset = ClipDataset(
+        selection,
+        corpus.shard_url,
+        gap=Gap.from_fields(cfg.data.gap_s, default=Gap.of_frames(1)),
+        size=pc.image_size,
+        pairs_per_clip=cfg.data.pairs_per_clip,
+        shuffle=True,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=cfg.train.seed,
+        chunk=pc.horizon,
+        context=pc.context_frames,
+    )
     mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
     pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": action_dim})  # the data decides it
     policy = build_policy(cfg)
@@ -281,17 +292,26 @@ def run_train_policy(cfg) -> dict[str, Any]:
     policy.action_std.copy_(torch.as_tensor(std))
     texts = instruction_table(corpus, selection, cfg.text) if pc.text_dim else {}
     if texts and len(next(iter(texts.values()))) != pc.text_dim:
-        raise ValueError(f"instruction embeddings are {len(next(iter(texts.values())))} wide, the policy wants "
-                         f"{pc.text_dim} (--text.* must be the GFDM's text model)")
+        raise ValueError(
+            f"instruction embeddings are {len(next(iter(texts.values())))} wide, the policy wants "
+            f"{pc.text_dim} (--text.* must be the GFDM's text model)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows}, indent=2))
-    extra = {"data": {"image_size": pc.image_size, "context_frames": pc.context_frames, "horizon": pc.horizon, "frame_stride": stride,
-                      "action_mean": np.asarray(mean).tolist(), "action_std": np.asarray(std).tolist()},
-             "instructions": texts}
+    extra = {
+        "data": {
+            "image_size": pc.image_size,
+            "context_frames": pc.context_frames,
+            "horizon": pc.horizon,
+            "frame_stride": stride,
+            "action_mean": np.asarray(mean).tolist(),
+            "action_std": np.asarray(std).tolist(),
+        },
+        "instructions": texts,
+    }
 
     def make_batches(start_step: int):
-        return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step, texts, pc.text_dim,
-                            pc.context_frames)
+        return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step, texts, pc.text_dim, pc.context_frames)
 
     flushed = torch.set_flush_denormal(True)  # see pipelines/train.py: denormals made CPU steps ~10x slower
     t0 = time.perf_counter()
@@ -300,8 +320,9 @@ def run_train_policy(cfg) -> dict[str, Any]:
     finally:
         if flushed:
             torch.set_flush_denormal(False)
-    result.update(config=cfg, selected_clips=len(dataset.keys), action_rows=n_rows, wall_s=time.perf_counter() - t0,
-                  data_stats=dict(dataset.stats))
+    result.update(
+        config=cfg, selected_clips=len(dataset.keys), action_rows=n_rows, wall_s=time.perf_counter() - t0, data_stats=dict(dataset.stats)
+    )
     return result
 
 
@@ -310,15 +331,20 @@ def summary_text(res: dict[str, Any]) -> str:
 
     cfg = res["config"]
     m = res["model"]
-    lines = [f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
-             f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters"]
+    lines = [
+        f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
+        f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters"
+    ]
     if res["resumed_from"]:
         lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
     if res["steps_run"]:
-        lines.append(f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} in {res['wall_s']:.1f} s "
-                     f"({res['seconds_per_step'] * 1000:.0f} ms/step)")
-        lines.append(f"  loss     {res['first_loss']:.4g} -> {res['last_loss']:.4g}; action L1 {res['first_l1']:.4g} -> "
-                     f"{res['last_l1']:.4g}")
+        lines.append(
+            f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} in {res['wall_s']:.1f} s "
+            f"({res['seconds_per_step'] * 1000:.0f} ms/step)"
+        )
+        lines.append(
+            f"  loss     {res['first_loss']:.4g} -> {res['last_loss']:.4g}; action L1 {res['first_l1']:.4g} -> {res['last_l1']:.4g}"
+        )
     else:
         lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
     lines.append(f"  checkpoint {res['checkpoint']}")
@@ -349,11 +375,13 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
     from defi.training.policy.configuration_policy import INITS
 
     p = sub.add_parser(
-        "policy", help="finetune the DeFI policy (GFDM + GIDM + action head) on labeled robot clips",
+        "policy",
+        help="finetune the DeFI policy (GFDM + GIDM + action head) on labeled robot clips",
         description="Finetune the DeFI policy on the robot clips with actions a SQL query or manifest selects: "
-                    "GFDM features of the predicted future -> projection -> pretrained GIDM encoder -> action "
-                    "head -> H actions. Re-running with the same --out resumes. Config: defaults <- --config <- "
-                    "--policy.*/--train.*/--data.*/--text.* flags <- shortcut flags.")
+        "GFDM features of the predicted future -> projection -> pretrained GIDM encoder -> action "
+        "head -> H actions. Re-running with the same --out resumes. Config: defaults <- --config <- "
+        "--policy.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
+    )
     p.add_argument("--config", help="YAML/TOML/JSON file with the run config's sections")
     p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
     p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")

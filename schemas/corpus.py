@@ -123,8 +123,7 @@ class Corpus:
             raise CorpusError(f"{meta} is unreadable: {e}") from None
         if major > FORMAT_MAJOR:
             raise CorpusError(
-                f"corpus {root} has format {version}, newer than this defi supports ({FORMAT_VERSION}); "
-                "upgrade defi to read it"
+                f"corpus {root} has format {version}, newer than this defi supports ({FORMAT_VERSION}); upgrade defi to read it"
             )
         return cls(str(root), fs, path, info)
 
@@ -237,8 +236,12 @@ class Corpus:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise CorpusError(f"threads must be a positive integer, got {threads!r}")
         spill = tempfile.mkdtemp(prefix="defi-duckdb-")
-        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                  "autoload_known_extensions": False, "temp_directory": spill}
+        config = {
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "temp_directory": spill,
+        }
         if threads:
             config["threads"] = int(threads)
         con = duckdb.connect(":memory:", config=config)

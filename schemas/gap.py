@@ -51,8 +51,7 @@ class Gap:
         return cls(s, "seconds")
 
     @classmethod
-    def from_fields(cls, gap_s: float | None = None, gap_frames: int | None = None,
-                    default: Gap | None = None) -> Gap | None:
+    def from_fields(cls, gap_s: float | None = None, gap_frames: int | None = None, default: Gap | None = None) -> Gap | None:
         """The gap two optional fields describe: frames win over seconds (a ``--gap-frames`` flag
         overrides a seconds default); neither gives ``default``."""
         if gap_frames is not None:
@@ -77,8 +76,7 @@ class Gap:
         return max(1, round(self.value * float(fps)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gap_s": self.value if self.unit == "seconds" else None,
-                "gap_frames": self.value if self.unit == "frames" else None}
+        return {"gap_s": self.value if self.unit == "seconds" else None, "gap_frames": self.value if self.unit == "frames" else None}
 
     def label(self) -> str:
         """Short text for names and summaries: ``10 frames`` / ``0.5 s``."""

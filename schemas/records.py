@@ -134,8 +134,14 @@ class ClipRecord(Span):
 
 
 _SCORE_COLUMNS = {
-    "motion_mean", "motion_p90", "frame_diff", "camera_motion", "local_motion", "blur",
-    "black_frac", "clip_score_max",
+    "motion_mean",
+    "motion_p90",
+    "frame_diff",
+    "camera_motion",
+    "local_motion",
+    "blur",
+    "black_frac",
+    "clip_score_max",
 }
 
 

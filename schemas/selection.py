@@ -205,8 +205,6 @@ def resolve_selection(corpus: Corpus, select: str | pa.Table) -> pa.Table:
         counts = pc.value_counts(joined.column("key"))
         dup = sorted(d["values"] for d in counts.to_pylist() if d["counts"] > 1)
         raise SelectionError(f"{len(dup)} keys appear in several shards in clips: {_examples(dup)}")
-    out = pa.Table.from_arrays(
-        [joined.column("key"), shard.cast(pa.string()), joined.column("weight")], schema=RESOLVED
-    )
+    out = pa.Table.from_arrays([joined.column("key"), shard.cast(pa.string()), joined.column("weight")], schema=RESOLVED)
     out = out.sort_by([("shard", "ascending"), ("key", "ascending")])
     return out.replace_schema_metadata({SQL_METADATA_KEY: sql.encode()} if sql else None)

@@ -111,8 +111,7 @@ class _Pipe:
         self.poller = select.poll()
         self.poller.register(read_fd, select.POLLIN)
 
-    def send(self, method: str, params: dict | None = None, *, session: str | None = None,
-             deadline: float) -> dict:
+    def send(self, method: str, params: dict | None = None, *, session: str | None = None, deadline: float) -> dict:
         """Send one command and return its ``result``; raise BrowserError on a protocol error,
         on browser exit, or when ``deadline`` (time.monotonic seconds) passes."""
         self.next_id += 1
@@ -122,16 +121,14 @@ class _Pipe:
         data = json.dumps(msg).encode() + b"\0"
         try:
             while data:
-                data = data[os.write(self.write_fd, data):]
+                data = data[os.write(self.write_fd, data) :]
         except (BrokenPipeError, OSError) as e:
-            raise BrowserError(f"Chromium closed the protocol pipe while sending {method}: {e}"
-                               f"{self.proc.describe_exit()}") from e
+            raise BrowserError(f"Chromium closed the protocol pipe while sending {method}: {e}{self.proc.describe_exit()}") from e
         while True:
             reply = self._read_message(deadline, method)
             if reply.get("id") == self.next_id:
                 if "error" in reply:
-                    raise BrowserError(f"CDP {method} failed: {reply['error'].get('message')} "
-                                       f"({reply['error'].get('data', '')})")
+                    raise BrowserError(f"CDP {method} failed: {reply['error'].get('message')} ({reply['error'].get('data', '')})")
                 return reply.get("result", {})
             if "method" in reply:
                 self.events.append(reply)
@@ -153,7 +150,7 @@ class _Pipe:
             nul = self.buf.find(b"\0", self.scan)
             if nul >= 0:
                 raw = bytes(self.buf[:nul])
-                del self.buf[:nul + 1]
+                del self.buf[: nul + 1]
                 self.scan = 0
                 return json.loads(raw)
             self.scan = len(self.buf)
@@ -181,13 +178,19 @@ class _Process:
         try:
             # posix_spawn maps the pipe ends onto the child's fds 3 and 4 without a preexec_fn
             # (which is unsafe in a process with threads, e.g. one running Ray).
-            self.pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                (os.POSIX_SPAWN_DUP2, to_browser, 3),
-                (os.POSIX_SPAWN_DUP2, from_browser, 4),
-            ], setpgroup=0)
+            self.pid = os.posix_spawn(
+                argv[0],
+                argv,
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                    (os.POSIX_SPAWN_DUP2, to_browser, 3),
+                    (os.POSIX_SPAWN_DUP2, from_browser, 4),
+                ],
+                setpgroup=0,
+            )
         finally:
             os.close(log_fd)
         self.returncode: int | None = None
@@ -249,8 +252,7 @@ def _console_errors(events: list[dict]) -> list[str]:
     for ev in events:
         m, p = ev.get("method"), ev.get("params", {})
         if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            out.append(_text("console.error: " + " ".join(
-                str(a.get("value", a.get("description", ""))) for a in p.get("args", []))))
+            out.append(_text("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))))
         elif m == "Runtime.exceptionThrown":
             d = p.get("exceptionDetails", {})
             out.append(_text("exception: " + (d.get("exception", {}).get("description") or d.get("text", ""))))
@@ -260,8 +262,15 @@ def _console_errors(events: list[dict]) -> list[str]:
     return out
 
 
-def check_page(html_path: str | Path, *, screenshot: Path | None = None, timeout_s: float = 30,
-               width: int = 1280, height: int = 900, chromium: str | None = None) -> dict:
+def check_page(
+    html_path: str | Path,
+    *,
+    screenshot: Path | None = None,
+    timeout_s: float = 30,
+    width: int = 1280,
+    height: int = 900,
+    chromium: str | None = None,
+) -> dict:
     """Open ``html_path`` in headless Chromium and check that its media work.
 
     Every ``<video>`` is started (``play()`` if paused, muted) and watched in real time until it
@@ -308,14 +317,25 @@ def check_page(html_path: str | Path, *, screenshot: Path | None = None, timeout
         from_browser_r, from_browser_w = os.pipe()
         to_browser_r, from_browser_w = _high_fd(to_browser_r), _high_fd(from_browser_w)
         argv = [
-            exe, "--headless", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-            "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--no-first-run",
-            "--disable-gpu", "--no-default-browser-check", "--disable-extensions",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            exe,
+            "--headless",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--autoplay-policy=no-user-gesture-required",
+            "--mute-audio",
+            "--no-first-run",
+            "--disable-gpu",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             "--disable-dev-shm-usage",  # CI containers often have a tiny /dev/shm
             # keep media and timers running in a page nobody looks at
-            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows", "--hide-scrollbars",
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+            "--hide-scrollbars",
             f"--window-size={width},{height}",
         ]
         if os.geteuid() == 0:
@@ -346,8 +366,7 @@ def check_page(html_path: str | Path, *, screenshot: Path | None = None, timeout
             os.close(from_browser_r)
 
 
-def _drive(cdp: _Pipe, url: str, screenshot: Path | None, width: int, height: int,
-           deadline: float, reserve: float) -> dict:
+def _drive(cdp: _Pipe, url: str, screenshot: Path | None, width: int, height: int, deadline: float, reserve: float) -> dict:
     target = cdp.send("Target.createTarget", {"url": "about:blank"}, deadline=deadline)["targetId"]
     session = cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True}, deadline=deadline)["sessionId"]
 
@@ -356,8 +375,7 @@ def _drive(cdp: _Pipe, url: str, screenshot: Path | None, width: int, height: in
 
     for domain in ("Page", "Runtime", "Log"):
         call(f"{domain}.enable")
-    call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
-                                                "mobile": False})
+    call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     nav = call("Page.navigate", {"url": url})
     if nav.get("errorText"):
         raise BrowserError(f"navigation to {url} failed: {nav['errorText']}")
@@ -393,14 +411,19 @@ def _drive(cdp: _Pipe, url: str, screenshot: Path | None, width: int, height: in
         if s["index"] in ok:
             continue
         reason = failed.get(s["index"]) or (
-            f"play() rejected: {s['play_error']}" if s["play_error"] else
-            f"did not play within the wait (paused={s['paused']})")
-        broken.append({k: s[k] for k in ("index", "src_prefix", "error_code", "ready_state", "network_state",
-                                         "current_time")} | {"reason": _text(reason)})
+            f"play() rejected: {s['play_error']}" if s["play_error"] else f"did not play within the wait (paused={s['paused']})"
+        )
+        broken.append(
+            {k: s[k] for k in ("index", "src_prefix", "error_code", "ready_state", "network_state", "current_time")}
+            | {"reason": _text(reason)}
+        )
 
     images = evaluate(_IMAGES_JS)
-    broken_images = [{"index": im["index"], "src_prefix": im["src_prefix"]} for im in images
-                     if im["src_prefix"] and (not im["complete"] or im["natural_width"] == 0)]
+    broken_images = [
+        {"index": im["index"], "src_prefix": im["src_prefix"]}
+        for im in images
+        if im["src_prefix"] and (not im["complete"] or im["natural_width"] == 0)
+    ]
     title = evaluate("document.title")
 
     if screenshot is not None:
@@ -408,12 +431,20 @@ def _drive(cdp: _Pipe, url: str, screenshot: Path | None, width: int, height: in
         m = call("Page.getLayoutMetrics")
         size = m.get("cssContentSize") or m["contentSize"]
         full_h = int(min(max(height, size["height"]), MAX_SCREENSHOT_HEIGHT))
-        shot = call("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": full_h, "scale": 1}})
+        shot = call(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": full_h, "scale": 1}},
+        )
         screenshot = Path(screenshot)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
 
-    return {"videos": len(states), "playing": len(ok), "broken": broken, "images": len(images),
-            "broken_images": broken_images, "console_errors": _console_errors(cdp.events), "title": title}
+    return {
+        "videos": len(states),
+        "playing": len(ok),
+        "broken": broken,
+        "images": len(images),
+        "broken_images": broken_images,
+        "console_errors": _console_errors(cdp.events),
+        "title": title,
+    }

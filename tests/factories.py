@@ -73,14 +73,15 @@ def static_color(n: int, h: int = 64, w: int = 96, color=(40, 120, 200)) -> Iter
         yield np.full((h, w, 3), color, np.uint8)
 
 
-def moving_square(n: int, h: int = 64, w: int = 96, size: int = 16, speed: int = 2,
-                  bg=(20, 20, 20), fg=(240, 200, 40)) -> Iterator[np.ndarray]:
+def moving_square(
+    n: int, h: int = 64, w: int = 96, size: int = 16, speed: int = 2, bg=(20, 20, 20), fg=(240, 200, 40)
+) -> Iterator[np.ndarray]:
     """A square crossing a still background: local motion only."""
     for i in range(n):
         f = np.full((h, w, 3), bg, np.uint8)
         x = (i * speed) % max(1, w - size)
         y = (h - size) // 2
-        f[y:y + size, x:x + size] = fg
+        f[y : y + size, x : x + size] = fg
         yield f
 
 
@@ -96,7 +97,7 @@ def pan(n: int, h: int = 64, w: int = 96, speed: int = 2, seed: int = 0) -> Iter
     """A camera panning right over a still textured scene: camera motion, no local motion."""
     big = textured_image(h, w + n * speed + 1, seed)
     for i in range(n):
-        yield big[:, i * speed:i * speed + w].copy()
+        yield big[:, i * speed : i * speed + w].copy()
 
 
 def scenes(lengths: list[int], h: int = 64, w: int = 96, seed: int = 0) -> Iterator[np.ndarray]:
@@ -108,7 +109,7 @@ def scenes(lengths: list[int], h: int = 64, w: int = 96, seed: int = 0) -> Itera
         for i in range(n):
             f = img.copy()
             x = (i * 2) % (w - 12)
-            f[10:22, x:x + 12] = 255
+            f[10:22, x : x + 12] = 255
             yield f
 
 
@@ -137,12 +138,12 @@ def smooth_pan(n: int, h: int = 64, w: int = 96, speed: int = 2, seed: int = 0) 
     """A camera panning right over a still, smooth scene (``smooth_texture``): camera motion only."""
     big = smooth_texture(h, w + n * speed + 1, seed)
     for i in range(n):
-        yield big[:, i * speed:i * speed + w].copy()
+        yield big[:, i * speed : i * speed + w].copy()
 
 
-def square_transitions(n: int, size: int = 32, square: int = 8, max_shift: int = 4,
-                       seed: int = 0, texture: bool = True,
-                       centered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def square_transitions(
+    n: int, size: int = 32, square: int = 8, max_shift: int = 4, seed: int = 0, texture: bool = True, centered: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transitions (o_t, o_t+k, action) for latent-action tests: a bright square on a random
     smooth background, moved by a known integer action (dx, dy) in [-max_shift, max_shift] pixels.
     Returns float32 obs [n, 3, size, size] and next_obs in [0, 1], and actions [n, 2] float32
@@ -164,16 +165,15 @@ def square_transitions(n: int, size: int = 32, square: int = 8, max_shift: int =
             x = y = (size - square) // 2
         dx, dy = act[i]
         obs[i], nxt[i] = bg, bg
-        obs[i][:, y:y + square, x:x + square] = color
-        nxt[i][:, y + dy:y + dy + square, x + dx:x + dx + square] = color
+        obs[i][:, y : y + square, x : x + square] = color
+        nxt[i][:, y + dy : y + dy + square, x + dx : x + dx + square] = color
     return obs, nxt, (act / max_shift).astype(np.float32)
 
 
 # --- probe/decode fixtures (added for tests/curate/test_probe.py, test_decode.py) -------------
 
 
-def write_rotated_video(path: str | Path, frames: Iterable[np.ndarray], rotation: int,
-                        fps: float = 24) -> Path:
+def write_rotated_video(path: str | Path, frames: Iterable[np.ndarray], rotation: int, fps: float = 24) -> Path:
     """Encode frames (as stored, not rotated) with a display-matrix rotation of ``rotation``
     degrees counter-clockwise (PyAV >= 18 ``set_display_rotation``; the legacy ``metadata["rotate"]``
     tag used by ``write_video`` is no longer written by FFmpeg). A player shows each frame turned
@@ -200,8 +200,7 @@ def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 16000) 
     with av.open(str(path), "w") as out:
         a = out.add_stream("aac", rate=rate)
         n = int(rate * seconds)
-        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(n) / 10)).astype(np.float32)[None],
-                                           format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(n) / 10)).astype(np.float32)[None], format="fltp", layout="mono")
         frame.sample_rate = rate
         for pkt in a.encode(frame):
             out.mux(pkt)
@@ -232,8 +231,20 @@ def shard_writers(corpus, count: int = 2) -> list:
     return [wds.TarWriter(corpus.path("shards", f"shard-{s:06d}.tar")) for s in range(count)]
 
 
-def write_clip_sample(writers: list, shard: int, key: str, mp4: bytes, n: int, fps: float, size: int, *,
-                      uri: str | None, members: dict | None = None, meta: dict | None = None, **record):
+def write_clip_sample(
+    writers: list,
+    shard: int,
+    key: str,
+    mp4: bytes,
+    n: int,
+    fps: float,
+    size: int,
+    *,
+    uri: str | None,
+    members: dict | None = None,
+    meta: dict | None = None,
+    **record,
+):
     """One kept clip of ``n`` frames (source frames 0..n, 0..n/fps s) as a shard sample
     (``mp4`` + its ``SampleMeta`` json + ``members`` such as ``actions.npy``) in
     ``writers[shard]``; returns its ``ClipRecord`` with the same ``uri`` (``record``: extra columns,
@@ -241,16 +252,39 @@ def write_clip_sample(writers: list, shard: int, key: str, mp4: bytes, n: int, f
     from defi.schemas.records import ClipRecord
     from defi.schemas.samples import SampleMeta
 
-    m = SampleMeta(key=key, source_id=key[:16], uri=uri, start_frame=0, end_frame=n, start_s=0.0, end_s=n / fps,
-                   fps=fps, width=size, height=size, num_frames=n, **(meta or {}))
+    m = SampleMeta(
+        key=key,
+        source_id=key[:16],
+        uri=uri,
+        start_frame=0,
+        end_frame=n,
+        start_s=0.0,
+        end_s=n / fps,
+        fps=fps,
+        width=size,
+        height=size,
+        num_frames=n,
+        **(meta or {}),
+    )
     writers[shard].write({"__key__": key, "mp4": mp4, "json": m.to_json(), **(members or {})})
-    return ClipRecord(key=key, source_id=key[:16], uri=uri, start_frame=0, end_frame=n, start_s=0.0, end_s=n / fps,
-                      shard=f"shard-{shard:06d}.tar", out_fps=fps, out_frames=n, out_width=size, out_height=size,
-                      **record)
+    return ClipRecord(
+        key=key,
+        source_id=key[:16],
+        uri=uri,
+        start_frame=0,
+        end_frame=n,
+        start_s=0.0,
+        end_s=n / fps,
+        shard=f"shard-{shard:06d}.tar",
+        out_fps=fps,
+        out_frames=n,
+        out_width=size,
+        out_height=size,
+        **record,
+    )
 
 
-def square_windows(n: int, size: int = 16, square: int = 4, max_shift: int = 2,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def square_windows(n: int, size: int = 16, square: int = 4, max_shift: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Windows (o_0, o_1, o_2) of a bright square on a flat random background, moved by two known
     integer actions in [-max_shift, max_shift] pixels from a random start position. Returns
     float32 frames [n, 3, 3, size, size] in [0, 1] and actions [n, 2, 2] float32 ((dx, dy) of
@@ -264,7 +298,7 @@ def square_windows(n: int, size: int = 16, square: int = 4, max_shift: int = 2,
         x, y = rng.integers(2 * max_shift, size - square - 2 * max_shift + 1, 2)
         for j in range(3):
             frames[i, j] = bg
-            frames[i, j][:, y:y + square, x:x + square] = color
+            frames[i, j][:, y : y + square, x : x + square] = color
             if j < 2:
                 x, y = x + act[i, j, 0], y + act[i, j, 1]
     return frames, (act / max_shift).astype(np.float32)

@@ -48,7 +48,7 @@ def test_two_h264_clips_play_and_the_screenshot_shows_them(chromium, tmp_path):
 <body style="margin:0;background:#fff">
 <video autoplay muted loop playsinline width="192" height="128" src="{data_uri(red)}"></video>
 <video muted width="192" height="128"><source src="{data_uri(blue)}" type="video/mp4"></video>
-<img src="data:image/png;base64,{base64.b64encode(cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))[1]).decode()}">
+<img src="data:image/png;base64,{base64.b64encode(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1]).decode()}">
 </body></html>""")
     shot = tmp_path / "out" / "page.png"
     t0 = time.monotonic()

@@ -38,8 +38,7 @@ def subcommands() -> list[list[str]]:
 
 def _run_all(argvs: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
     """Start every command at once (each spends most of its time importing), then collect."""
-    procs = [subprocess.Popen([DEFI, *a], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for a in argvs]
+    procs = [subprocess.Popen([DEFI, *a], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argvs]
     out = []
     for a, p in zip(argvs, procs, strict=True):
         so, se = p.communicate(timeout=300)
@@ -51,8 +50,20 @@ def _run_all(argvs: list[list[str]], cwd: Path) -> list[subprocess.CompletedProc
 def test_every_subcommand_has_help(tmp_path):
     cmds = subcommands()
     names = {" ".join(c) for c in cmds}
-    assert {"query", "info", "index", "curate", "check", "browse", "select", "sim generate", "label latent-actions",
-            "train gidm", "export lerobot", "demo"} <= names
+    assert {
+        "query",
+        "info",
+        "index",
+        "curate",
+        "check",
+        "browse",
+        "select",
+        "sim generate",
+        "label latent-actions",
+        "train gidm",
+        "export lerobot",
+        "demo",
+    } <= names
     for r in _run_all([[*c, "--help"] for c in cmds] + [["--help"]], tmp_path):
         assert r.returncode == 0 and "usage:" in r.stdout, (r.args, r.stderr)
 
@@ -61,15 +72,60 @@ def _corpus(root: Path, tmp: Path) -> Corpus:
     c = Corpus.create(str(root))
     mp4 = write_video(tmp / "v.mp4", moving_square(8, h=32, w=32, size=8), fps=8).read_bytes()
     key = "0" * 32
-    meta = SampleMeta(key=key, source_id="a" * 32, uri="/v.mp4", start_frame=0, end_frame=8, start_s=0.0, end_s=1.0,
-                      fps=8.0, width=32, height=32, num_frames=8)
+    meta = SampleMeta(
+        key=key,
+        source_id="a" * 32,
+        uri="/v.mp4",
+        start_frame=0,
+        end_frame=8,
+        start_s=0.0,
+        end_s=1.0,
+        fps=8.0,
+        width=32,
+        height=32,
+        num_frames=8,
+    )
     info = write_shard(c, "shard-000000.tar", [Sample(key, {"mp4": mp4, "json": meta.to_json()})])
-    c.write_part("clips", clips_table([ClipRecord(key=key, source_id="a" * 32, uri="/v.mp4", start_frame=0, end_frame=8,
-                                                  start_s=0.0, end_s=1.0, shard=info.shard, out_fps=8.0, out_frames=8,
-                                                  out_width=32, out_height=32)]), part="u")
-    c.write_part("shards", table_from_rows([{"shard": info.shard, "num_samples": 1, "size_bytes": info.size_bytes,
-                                             "sha256": info.sha256, "run_id": "r",
-                                             "created_at": dt.datetime.now(dt.timezone.utc)}], SHARDS, "shards"), part="u")
+    c.write_part(
+        "clips",
+        clips_table(
+            [
+                ClipRecord(
+                    key=key,
+                    source_id="a" * 32,
+                    uri="/v.mp4",
+                    start_frame=0,
+                    end_frame=8,
+                    start_s=0.0,
+                    end_s=1.0,
+                    shard=info.shard,
+                    out_fps=8.0,
+                    out_frames=8,
+                    out_width=32,
+                    out_height=32,
+                )
+            ]
+        ),
+        part="u",
+    )
+    c.write_part(
+        "shards",
+        table_from_rows(
+            [
+                {
+                    "shard": info.shard,
+                    "num_samples": 1,
+                    "size_bytes": info.size_bytes,
+                    "sha256": info.sha256,
+                    "run_id": "r",
+                    "created_at": dt.datetime.now(dt.timezone.utc),
+                }
+            ],
+            SHARDS,
+            "shards",
+        ),
+        part="u",
+    )
     c.write_part("sources", sources_table([SourceRecord(source_id="a" * 32, uri="/v.mp4", duration_s=1.0)]), part="u")
     return c
 
@@ -84,8 +140,23 @@ def test_cheap_real_invocations(tmp_path):
         ["check", c.root, "--no-progress"],
         ["select", "--root", c.root, "--out", str(tmp_path / "sel.parquet")],
         ["browse", "SELECT key FROM clips", "--root", c.root, "--out", str(tmp_path / "b.html")],
-        ["sim", "generate", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "4",
-         "--size", "32", "--out", str(tmp_path / "sim"), "--no-progress"],
+        [
+            "sim",
+            "generate",
+            "--env",
+            "metaworld",
+            "--tasks",
+            "reach-v3",
+            "--episodes",
+            "1",
+            "--max-steps",
+            "4",
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "sim"),
+            "--no-progress",
+        ],
         ["curate", str(tmp_path), "--root", str(tmp_path / "dry"), "--dry-run"],
     ]
     rs = _run_all(argvs, tmp_path)
@@ -122,8 +193,21 @@ def test_user_errors_are_one_line(tmp_path):
         "not a number": [cur + ["--motion.min_frame_diff", "nan"]],
         "must be a finite number >= 0": [cur + ["--motion.min_frame_diff", "-1"], cur + ["--blur.min_blur", "-0.5"]],
         "does not exist": [["curate", str(tmp_path / "no_such_folder"), "--root", str(tmp_path / "new")]],
-        "unknown or expert-less": [["sim", "generate", "--env", "metaworld", "--tasks", "nope-v3", "--episodes", "1",
-                                    "--out", str(tmp_path / "sim2"), "--no-progress"]],
+        "unknown or expert-less": [
+            [
+                "sim",
+                "generate",
+                "--env",
+                "metaworld",
+                "--tasks",
+                "nope-v3",
+                "--episodes",
+                "1",
+                "--out",
+                str(tmp_path / "sim2"),
+                "--no-progress",
+            ]
+        ],
     }
     argvs = [a for group in cases.values() for a in group]
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -149,13 +233,30 @@ def test_curate_and_label_through_the_entry_point(tmp_path):
     (tmp_path / "in").mkdir()
     write_video(tmp_path / "in" / "a.mp4", moving_square(24, h=48, w=64), fps=12)
     root = str(tmp_path / "c")
-    r = subprocess.run([DEFI, "curate", str(tmp_path / "in"), "--root", root, "--no-progress", "--ray.num_cpus", "1",
-                        "--windows.min_clip_s", "0.5", "--encode.short_side", "32"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            DEFI,
+            "curate",
+            str(tmp_path / "in"),
+            "--root",
+            root,
+            "--no-progress",
+            "--ray.num_cpus",
+            "1",
+            "--windows.min_clip_s",
+            "0.5",
+            "--encode.short_side",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "1 listed" in r.stdout, r.stderr
     torch.manual_seed(0)
     cfg = gidm_tiny(image_size=32, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)
     ckpt = str(save_checkpoint(tmp_path / "ckpt", GIDM(cfg), cfg, step=1))
-    r = subprocess.run([DEFI, "label", "latent-actions", "--root", root, "--ckpt", ckpt, "--local", "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [DEFI, "label", "latent-actions", "--root", root, "--ckpt", ckpt, "--local", "--no-progress"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert Corpus.open(root).query("SELECT count(*) AS n FROM latent_actions").to_pylist()[0]["n"] >= 1

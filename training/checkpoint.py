@@ -51,8 +51,7 @@ def model_type_of(config: Any) -> str:
     for name, (cls, _) in MODEL_TYPES.items():
         if isinstance(config, cls):
             return name
-    raise ValueError(f"no registered model type for {type(config).__name__}; "
-                     f"registered: {', '.join(MODEL_TYPES)}")
+    raise ValueError(f"no registered model type for {type(config).__name__}; registered: {', '.join(MODEL_TYPES)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,8 +76,7 @@ def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
 def _unflatten_optimizer(index: dict, tensors: dict[str, torch.Tensor]) -> dict:
     state = {}
     for pid, entries in index["state"].items():
-        state[int(pid)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"]
-                           for k, v in entries.items()}
+        state[int(pid)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entries.items()}
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g) for g in index["param_groups"]]
     return {"state": state, "param_groups": groups}
 
@@ -91,8 +89,7 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"rng.cuda.{i}"] = s
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     py = random.getstate()
-    return tensors, {"python": [py[0], list(py[1]), py[2]],
-                     "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    return tensors, {"python": [py[0], list(py[1]), py[2]], "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
 
 
 def restore_rng(state: dict) -> None:
@@ -114,10 +111,16 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, config: Any,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any | None = None, step: int = 0,
-                    extra: dict | None = None, save_rng: bool = True) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    config: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    step: int = 0,
+    extra: dict | None = None,
+    save_rng: bool = True,
+) -> Path:
     """Write a checkpoint folder atomically: everything goes to a temporary sibling folder that
     is renamed onto ``directory`` only when complete (an existing checkpoint there is replaced).
     A killed writer leaves a ``.tmp-*`` folder, never a half-written checkpoint under the name.
@@ -130,9 +133,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any,
         # safetensors refuses shared storage; clone so tied or viewed tensors still save.
         weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format_version": str(FORMAT_VERSION)})
-        _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION,
-                                          "model_type": model_type_of(config),
-                                          "config": config.to_dict()})
+        _write_json(
+            tmp / "config.json", {"format_version": FORMAT_VERSION, "model_type": model_type_of(config), "config": config.to_dict()}
+        )
         tensors, index = {}, {"format_version": FORMAT_VERSION, "step": int(step), "extra": extra or {}}
         if optimizer is not None:
             opt_tensors, index["optimizer"] = _flatten_optimizer(optimizer.state_dict())
@@ -199,8 +202,7 @@ def load_config(directory: str | Path) -> tuple[str, Any]:
     return mtype, config
 
 
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
-                    **model_kwargs: Any) -> tuple[nn.Module, Any, dict]:
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu", **model_kwargs: Any) -> tuple[nn.Module, Any, dict]:
     """Rebuild the model from ``config.json``, fill it from ``model.safetensors``.
 
     Returns (model, config, state): state has ``step``, ``extra`` and, when saved,

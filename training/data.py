@@ -43,8 +43,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from defi.schemas.gap import Gap
-from defi.schemas.samples import (EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO,
-                                  SampleMeta)
+from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO, SampleMeta
 
 log = logging.getLogger(__name__)
 
@@ -377,8 +376,12 @@ class ClipDataset(IterableDataset):
             problems.append(f"rank must be in [0, world_size={world_size}), got {rank}")
         if problems:
             raise ValueError("ClipDataset: " + "; ".join(problems))
-        order = np.lexsort((np.asarray(selection.column("key").to_pylist(), dtype=object).astype(str),
-                            np.asarray(selection.column("shard").to_pylist(), dtype=object).astype(str)))
+        order = np.lexsort(
+            (
+                np.asarray(selection.column("key").to_pylist(), dtype=object).astype(str),
+                np.asarray(selection.column("shard").to_pylist(), dtype=object).astype(str),
+            )
+        )
         self.keys = [selection.column("key").to_pylist()[i] for i in order]
         self.shard_of = np.asarray(selection.column("shard").to_pylist(), dtype=object)[order]
         self.weights = np.asarray(selection.column("weight").to_numpy(zero_copy_only=False), np.float64)[order]
@@ -513,8 +516,9 @@ class ClipDataset(IterableDataset):
                 rng = np.random.default_rng([self.seed, self.epoch, 3, _key_hash(sample.key), d, rnd])
                 valid = np.sort(rng.choice(valid, self.pairs_per_clip, replace=False))
             starts.extend(int(t) for t in valid)
-        needed = sorted({t + j * k for t in starts for j in range(self.window)}
-                        | {max(t - j, 0) for t in starts for j in range(1, self.context)})
+        needed = sorted(
+            {t + j * k for t in starts for j in range(self.window)} | {max(t - j, 0) for t in starts for j in range(1, self.context)}
+        )
         frames = decode_frames(sample.mp4, needed, self.size)
         tensor = torch.from_numpy(to_chw_float(frames))
         row = {f: i for i, f in enumerate(needed)}

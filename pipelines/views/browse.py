@@ -48,8 +48,7 @@ LABEL_STATS = ("num_steps", "gap_frames", "norm_mean", "norm_p90", "code_entropy
 NUMERIC_COLUMNS = tuple(f.name for f in CLIPS if pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
 # scores worth a histogram over a selection: floats that measure the clip (not its position or
 # its encoding), plus the map-typed score columns and the labeler's statistics
-HIST_COLUMNS = tuple(n for n in NUMERIC_COLUMNS if pa.types.is_floating(CLIPS.field(n).type)
-                     and n not in ("start_s", "end_s", "out_fps"))
+HIST_COLUMNS = tuple(n for n in NUMERIC_COLUMNS if pa.types.is_floating(CLIPS.field(n).type) and n not in ("start_s", "end_s", "out_fps"))
 HIST_LABEL_COLUMNS = ("norm_mean", "norm_p90", "code_entropy")
 
 
@@ -114,10 +113,12 @@ document.addEventListener('click', function (e) {
 
 def render_page(title: str, body_html: str) -> str:
     """A complete, self-contained HTML document (inline CSS and JS, no external resource)."""
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_esc(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n"
-            f"{body_html}\n<script>{_PAGE_JS}</script>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n"
+        f"{body_html}\n<script>{_PAGE_JS}</script>\n</body>\n</html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,17 +163,20 @@ def load_clip_rows(corpus: Corpus, keys: Sequence[str], labeler: str | None = No
     keys = list(keys)
     con = corpus.connect()
     try:
-        con.register("__browse_keys", pa.table({"key": pa.array(keys, pa.string()),
-                                                "__pos": pa.array(range(len(keys)), pa.int64())}))
+        con.register("__browse_keys", pa.table({"key": pa.array(keys, pa.string()), "__pos": pa.array(range(len(keys)), pa.int64())}))
         # a source can have several rows (same content under two uris): take one, deterministically
-        clips = con.sql(
-            "SELECT c.* EXCLUDE (clip_embedding), s.uri AS source_uri, s.error AS source_error, k.__pos, "
-            "count(*) OVER (PARTITION BY c.key) AS __rows FROM __browse_keys k "
-            "JOIN clips c ON c.key = k.key "
-            "LEFT JOIN (SELECT * FROM sources QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY uri) = 1) s "
-            "ON s.source_id = c.source_id "
-            "QUALIFY row_number() OVER (PARTITION BY c.key ORDER BY c.run_id NULLS FIRST) = 1"
-        ).to_arrow_table().to_pylist()
+        clips = (
+            con.sql(
+                "SELECT c.* EXCLUDE (clip_embedding), s.uri AS source_uri, s.error AS source_error, k.__pos, "
+                "count(*) OVER (PARTITION BY c.key) AS __rows FROM __browse_keys k "
+                "JOIN clips c ON c.key = k.key "
+                "LEFT JOIN (SELECT * FROM sources QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY uri) = 1) s "
+                "ON s.source_id = c.source_id "
+                "QUALIFY row_number() OVER (PARTITION BY c.key ORDER BY c.run_id NULLS FIRST) = 1"
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
         labels: dict[str, dict] = {}
         if labeler:
             view = label_view_name(labeler)
@@ -257,8 +261,9 @@ def _cut_remote(uri: str, start_s: float, end_s: float, fps: float, out: io.Byte
     return encode_frames(np.concatenate(frames), fps, out, crf=30)
 
 
-def fetch_previews(corpus: Corpus, rows: Sequence[dict[str, Any]], seconds: float = DEFAULT_PREVIEW_SECONDS,
-                   bar=None) -> dict[str, tuple[bytes | None, str]]:
+def fetch_previews(
+    corpus: Corpus, rows: Sequence[dict[str, Any]], seconds: float = DEFAULT_PREVIEW_SECONDS, bar=None
+) -> dict[str, tuple[bytes | None, str]]:
     """key -> ``(mp4, origin)`` with origin ``"shard"`` or ``"source"``, or ``(None, reason)``.
     Kept clips are read from their shard (each shard opened once, only the wanted members read);
     the others, and kept clips missing from their shard, are cut from the source."""
@@ -335,8 +340,7 @@ def _label_block(labels: dict[str, Any] | None) -> str:
 def _score_rows(r: dict[str, Any], extra: dict[str, Any] | None) -> str:
     rows = []
     for name, v in (extra or {}).items():
-        rows.append(f'<tr class="query" data-col="{_esc(name)}"><td>{_esc(name)}</td>'
-                    f'<td class="v">{_esc(_truncate(svg.fmt(v)))}</td></tr>')
+        rows.append(f'<tr class="query" data-col="{_esc(name)}"><td>{_esc(name)}</td><td class="v">{_esc(_truncate(svg.fmt(v)))}</td></tr>')
     items: list[tuple[str, Any]] = [(c, r.get(c)) for c in NUMERIC_COLUMNS] + _map_scores(r)
     labels = r.get("labels") or {}
     items += [(f"label: {c}", labels.get(c)) for c in LABEL_STATS if labels]
@@ -346,8 +350,9 @@ def _score_rows(r: dict[str, Any], extra: dict[str, Any] | None) -> str:
         (empty if v is None else rows).append(row.replace("<tr ", '<tr class="null" ', 1) if v is None else row)
     out = '<table class="scores">' + "".join(rows) + "</table>"
     if empty:  # columns no operator filled: listed, but folded away
-        out += (f'<details class="empty"><summary>{len(empty)} empty columns</summary>'
-                f'<table class="scores">{"".join(empty)}</table></details>')
+        out += (
+            f'<details class="empty"><summary>{len(empty)} empty columns</summary><table class="scores">{"".join(empty)}</table></details>'
+        )
     return out
 
 
@@ -365,8 +370,9 @@ def card_html(r: dict[str, Any], preview: tuple[bytes | None, str] | None, extra
     else:
         reason = r.get("reject_reason") or "unknown reason"
         status, status_text = "rejected", f"rejected: {reason}"
-    attrs = (f'class="card {status}" data-key="{_esc(key)}" data-kept="{"true" if r.get("kept") else "false"}"'
-             + (f' data-reason="{_esc(reason)}"' if reason else ""))
+    attrs = f'class="card {status}" data-key="{_esc(key)}" data-kept="{"true" if r.get("kept") else "false"}"' + (
+        f' data-reason="{_esc(reason)}"' if reason else ""
+    )
     parts = [f"<article {attrs}>"]
     if preview is None:
         parts.append('<div class="nopreview">no preview: previews off</div>')
@@ -374,17 +380,21 @@ def card_html(r: dict[str, Any], preview: tuple[bytes | None, str] | None, extra
         parts.append(f'<div class="nopreview">no preview: {_esc(preview[1])}</div>')
     else:
         data = base64.b64encode(preview[0]).decode("ascii")
-        parts.append(f'<video autoplay muted loop playsinline preload="auto" data-origin="{_esc(preview[1])}" '
-                     f'title="preview from {_esc(preview[1])}" src="data:video/mp4;base64,{data}"></video>')
+        parts.append(
+            f'<video autoplay muted loop playsinline preload="auto" data-origin="{_esc(preview[1])}" '
+            f'title="preview from {_esc(preview[1])}" src="data:video/mp4;base64,{data}"></video>'
+        )
     uri = r.get("source_uri") or r.get("uri") or ""
     name = os.path.basename(uri.rstrip("/")) or uri or "(no source)"
-    parts.append(f'<div class="head"><div class="src" title="{_esc(uri)}">{_esc(name)}</div>'
-                 f'<div><span class="range">{_esc(_time_range(r))}</span> '
-                 f'<span class="status {status}">{_esc(status_text)}</span></div>'
-                 f'<div class="key">{_esc(key)}</div>'
-                 + (f'<div class="lang">{_esc(_truncate(r["language"], 120))}</div>' if r.get("language") else "")
-                 + (f'<div class="dataset">{_esc(r["dataset"])}</div>' if r.get("dataset") and r.get("kind") == "robot" else "")
-                 + '</div>')
+    parts.append(
+        f'<div class="head"><div class="src" title="{_esc(uri)}">{_esc(name)}</div>'
+        f'<div><span class="range">{_esc(_time_range(r))}</span> '
+        f'<span class="status {status}">{_esc(status_text)}</span></div>'
+        f'<div class="key">{_esc(key)}</div>'
+        + (f'<div class="lang">{_esc(_truncate(r["language"], 120))}</div>' if r.get("language") else "")
+        + (f'<div class="dataset">{_esc(r["dataset"])}</div>' if r.get("dataset") and r.get("kind") == "robot" else "")
+        + "</div>"
+    )
     errors = r.get("errors_json")
     if errors:
         parts.append(f'<div class="errors" title="{_esc(errors)}">operator errors: {_esc(_truncate(errors, 120))}</div>')
@@ -395,9 +405,16 @@ def card_html(r: dict[str, Any], preview: tuple[bytes | None, str] | None, extra
     return "".join(parts)
 
 
-def clip_cards_html(corpus: Corpus, keys: Sequence[str], *, labeler: str | None = None, previews: bool = True,
-                    preview_seconds: float = DEFAULT_PREVIEW_SECONDS,
-                    extra: dict[str, dict[str, Any]] | None = None, bar=None) -> str:
+def clip_cards_html(
+    corpus: Corpus,
+    keys: Sequence[str],
+    *,
+    labeler: str | None = None,
+    previews: bool = True,
+    preview_seconds: float = DEFAULT_PREVIEW_SECONDS,
+    extra: dict[str, dict[str, Any]] | None = None,
+    bar=None,
+) -> str:
     """An HTML fragment (``<div class="cards">``) with one card per key, in order (embed it in a
     page made with ``render_page``; style: ``PAGE_CSS``). ``labeler``: whose latent actions to
     show (default: the newest labeler, if any). ``extra``: key -> {column: value} shown first on
@@ -423,19 +440,21 @@ def summary_html(sql: str, rows: Sequence[dict[str, Any]], labeler: str | None, 
     kept = sum(1 for r in rows if r.get("kept"))
     unknown = sum(1 for r in rows if r.get("unknown"))
     rejected = len(rows) - kept - unknown
-    parts = ['<section class="summary">', f'<pre class="sql">{_esc(sql)}</pre>',
-             f'<div class="counts"><span><b>{len(rows)}</b> clips</span><span class="kept"><b>{kept}</b> kept</span>'
-             f'<span class="rejected"><b>{rejected}</b> rejected</span>'
-             + (f'<span><b>{unknown}</b> unknown keys</span>' if unknown else "")
-             + f'<span>labels: {_esc(labeler or "none")}</span></div>']
+    parts = [
+        '<section class="summary">',
+        f'<pre class="sql">{_esc(sql)}</pre>',
+        f'<div class="counts"><span><b>{len(rows)}</b> clips</span><span class="kept"><b>{kept}</b> kept</span>'
+        f'<span class="rejected"><b>{rejected}</b> rejected</span>'
+        + (f"<span><b>{unknown}</b> unknown keys</span>" if unknown else "")
+        + f"<span>labels: {_esc(labeler or 'none')}</span></div>",
+    ]
     for n in notes:
         parts.append(f'<div class="note">{_esc(n)}</div>')
     charts = []
     reasons = Counter(r.get("reject_reason") or "unknown" for r in rows if not r.get("kept") and not r.get("unknown"))
     if reasons:
         items = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
-        charts.append(svg.bars(items, title="reject reasons", unit="clips", width=360,
-                               colors=["#c62828"]))
+        charts.append(svg.bars(items, title="reject reasons", unit="clips", width=360, colors=["#c62828"]))
     series: dict[str, list[tuple[bool, Any]]] = {}
     for c in HIST_COLUMNS:
         series[c] = [(bool(r.get("kept")), r.get(c)) for r in rows if not r.get("unknown")]
@@ -453,8 +472,7 @@ def summary_html(sql: str, rows: Sequence[dict[str, Any]], labeler: str | None, 
         if not any(svg._finite(v) is not None for _, v in vals):
             continue
         groups = {"kept": [v for k, v in vals if k], "rejected": [v for k, v in vals if not k]}
-        charts.append(svg.histogram(groups, bins=20, title=name, width=300, height=150,
-                                    colors=["#2e7d32", "#c62828"]))
+        charts.append(svg.histogram(groups, bins=20, title=name, width=300, height=150, colors=["#2e7d32", "#c62828"]))
     if charts:
         parts.append('<div class="charts">' + "".join(charts) + "</div>")
     parts.append("</section>")
@@ -491,9 +509,16 @@ def nav_html(names: Sequence[str], current: int) -> str:
     return "".join(parts)
 
 
-def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str | None = None,
-               previews: bool = True, preview_seconds: float = DEFAULT_PREVIEW_SECONDS,
-               progress: bool = False) -> dict[str, Any]:
+def run_browse(
+    root: str,
+    sql: str,
+    out: str,
+    per_page: int = 48,
+    labeler: str | None = None,
+    previews: bool = True,
+    preview_seconds: float = DEFAULT_PREVIEW_SECONDS,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Render the clips ``sql`` returns into ``out`` (and ``out-2.html`` ... past ``per_page``
     clips). Returns ``{"pages": [paths], "clips", "kept", "rejected", "unknown", "previews",
     "no_preview", "bytes", "labeler"}``. Raises ``UsageError`` for a query without ``key``
@@ -547,7 +572,7 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
     total_bytes = 0
     try:
         for i, path in enumerate(names):
-            chunk = rows[i * per_page:(i + 1) * per_page]
+            chunk = rows[i * per_page : (i + 1) * per_page]
             pv = fetch_previews(corpus, chunk, preview_seconds, bar) if previews else {}
             if not previews:
                 bar.update(len(chunk))
@@ -556,10 +581,12 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
             cards = [card_html(r, pv.get(r["key"]) if previews else None, extra.get(r["key"])) for r in chunk]
             nav = nav_html(names, i)
             first = i * per_page + 1
-            heading = (f"<h1>defi browse — {len(rows)} clips"
-                       + (f", page {i + 1} of {pages} (clips {first}–{first + len(chunk) - 1})" if pages > 1 else "")
-                       + "</h1>")
-            body = (heading + summary + nav + '<div class="cards">\n' + "\n".join(cards) + "\n</div>" + nav)
+            heading = (
+                f"<h1>defi browse — {len(rows)} clips"
+                + (f", page {i + 1} of {pages} (clips {first}–{first + len(chunk) - 1})" if pages > 1 else "")
+                + "</h1>"
+            )
+            body = heading + summary + nav + '<div class="cards">\n' + "\n".join(cards) + "\n</div>" + nav
             doc = render_page(f"defi browse ({i + 1}/{pages})", body)
             data = doc.encode("utf-8")
             tmp = f"{path}.tmp"
@@ -575,9 +602,17 @@ def run_browse(root: str, sql: str, out: str, per_page: int = 48, labeler: str |
         bar.close()
     kept = sum(1 for r in rows if r.get("kept"))
     unknown = sum(1 for r in rows if r.get("unknown"))
-    return {"pages": names, "clips": len(rows), "kept": kept, "rejected": len(rows) - kept - unknown,
-            "unknown": unknown, "previews": stats["previews"], "no_preview": stats["no_preview"],
-            "bytes": total_bytes, "labeler": name}
+    return {
+        "pages": names,
+        "clips": len(rows),
+        "kept": kept,
+        "rejected": len(rows) - kept - unknown,
+        "unknown": unknown,
+        "previews": stats["previews"],
+        "no_preview": stats["no_preview"],
+        "bytes": total_bytes,
+        "labeler": name,
+    }
 
 
 def _scalar(v: Any) -> bool:
@@ -590,32 +625,47 @@ def _scalar(v: Any) -> bool:
 def add_browse_parser(subparsers) -> argparse.ArgumentParser:
     """``defi browse "SQL" --root ROOT --out page.html``"""
     p = subparsers.add_parser(
-        "browse", help="render a query's clips as an HTML gallery (previews, scores, latent actions)",
+        "browse",
+        help="render a query's clips as an HTML gallery (previews, scores, latent actions)",
         description="Run read-only SQL (it must return a key column; row order is kept) and write a self-contained "
-                    "HTML gallery: per clip a looping preview (kept: its shard mp4; rejected: cut from the source), "
-                    "source and time range, kept or the reject reason, every score, and the latent-action code strip "
-                    "and magnitude plot when labels exist. Pages past --per-page clips go to OUT-2.html, OUT-3.html ... "
-                    "The pages work offline (everything inline).")
+        "HTML gallery: per clip a looping preview (kept: its shard mp4; rejected: cut from the source), "
+        "source and time range, kept or the reject reason, every score, and the latent-action code strip "
+        "and magnitude plot when labels exist. Pages past --per-page clips go to OUT-2.html, OUT-3.html ... "
+        "The pages work offline (everything inline).",
+    )
     p.add_argument("sql", help='SQL returning key, e.g. "SELECT key FROM clips ORDER BY motion_mean DESC LIMIT 50"')
     p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument("--out", required=True, help="HTML file to write (more pages go beside it)")
     p.add_argument("--per-page", type=int, default=48, help="clips per page (default 48)")
     p.add_argument("--labeler", help="labeler whose latent actions to show (default: the newest, if any)")
     p.add_argument("--no-previews", action="store_true", help="no video previews (fast, small pages)")
-    p.add_argument("--preview-seconds", type=float, default=DEFAULT_PREVIEW_SECONDS,
-                   help=f"longest preview cut from a source for rejected clips, seconds (default {DEFAULT_PREVIEW_SECONDS:g})")
+    p.add_argument(
+        "--preview-seconds",
+        type=float,
+        default=DEFAULT_PREVIEW_SECONDS,
+        help=f"longest preview cut from a source for rejected clips, seconds (default {DEFAULT_PREVIEW_SECONDS:g})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_browse)
     return p
 
 
 def cmd_browse(args) -> int:
-    s = run_browse(args.root, args.sql, args.out, per_page=args.per_page, labeler=args.labeler,
-                   previews=not args.no_previews, preview_seconds=args.preview_seconds,
-                   progress=not args.no_progress)
-    print(f"wrote {len(s['pages'])} page{'s' if len(s['pages']) != 1 else ''} to {s['pages'][0]}: {s['clips']} clips "
-          f"({s['kept']} kept, {s['rejected']} rejected), {s['previews']} previews, {s['no_preview']} without, "
-          f"{s['bytes'] / 1e6:.1f} MB, labels: {s['labeler'] or 'none'}")
+    s = run_browse(
+        args.root,
+        args.sql,
+        args.out,
+        per_page=args.per_page,
+        labeler=args.labeler,
+        previews=not args.no_previews,
+        preview_seconds=args.preview_seconds,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {len(s['pages'])} page{'s' if len(s['pages']) != 1 else ''} to {s['pages'][0]}: {s['clips']} clips "
+        f"({s['kept']} kept, {s['rejected']} rejected), {s['previews']} previews, {s['no_preview']} without, "
+        f"{s['bytes'] / 1e6:.1f} MB, labels: {s['labeler'] or 'none'}"
+    )
     return 0
 
 

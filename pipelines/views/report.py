@@ -19,17 +19,27 @@ from typing import Any
 
 from defi.pipelines.views import svg
 
-SCORES = [("motion_mean", "optical flow, px/frame"), ("frame_diff", "mean |frame difference|, 0..255"),
-          ("camera_motion", "camera motion, px/frame"), ("local_motion", "local motion, px/frame"),
-          ("blur", "variance of Laplacian (sharper: higher)"), ("black_frac", "fraction of black frames"),
-          ("duration_s", "clip duration, s")]
+SCORES = [
+    ("motion_mean", "optical flow, px/frame"),
+    ("frame_diff", "mean |frame difference|, 0..255"),
+    ("camera_motion", "camera motion, px/frame"),
+    ("local_motion", "local motion, px/frame"),
+    ("blur", "variance of Laplacian (sharper: higher)"),
+    ("black_frac", "fraction of black frames"),
+    ("duration_s", "clip duration, s"),
+]
 
-PROBE_ROWS = [("latent", "GIDM latent (z)"), ("onehot", "GIDM code, one-hot"),
-              ("pca_diff", "control: PCA of o_t+k - o_t, same dims"), ("pca_obs", "control: PCA of o_t alone, same dims"),
-              ("pca_diff_wide", "control: PCA of o_t+k - o_t, 64 dims"), ("pca_obs_wide", "control: PCA of o_t alone, 64 dims"),
-              ("obs+latent", "o_t PCA + GIDM latent (what z adds to the scene)"),
-              ("obs+diff", "control: o_t PCA + frame-difference PCA"),
-              ("true_disp", "ceiling: true hand displacement")]
+PROBE_ROWS = [
+    ("latent", "GIDM latent (z)"),
+    ("onehot", "GIDM code, one-hot"),
+    ("pca_diff", "control: PCA of o_t+k - o_t, same dims"),
+    ("pca_obs", "control: PCA of o_t alone, same dims"),
+    ("pca_diff_wide", "control: PCA of o_t+k - o_t, 64 dims"),
+    ("pca_obs_wide", "control: PCA of o_t alone, 64 dims"),
+    ("obs+latent", "o_t PCA + GIDM latent (what z adds to the scene)"),
+    ("obs+diff", "control: o_t PCA + frame-difference PCA"),
+    ("true_disp", "ceiling: true hand displacement"),
+]
 
 
 REPORT_CSS = """
@@ -82,9 +92,12 @@ def _spread(x: list[float], y: list[float]) -> tuple[list[float], list[float], s
     span = max(float(np.ptp(xa)), float(np.ptp(ya)), 1e-6)
     r = 0.06 * span * np.sqrt(rng.random(len(xa)))
     a = rng.random(len(xa)) * 2 * np.pi
-    return ((xa + r * np.cos(a)).tolist(), (ya + r * np.sin(a)).tolist(),
-            f"{distinct} distinct latents (one per code) among {len(xa)} transitions: points are jittered "
-            f"around their code's position so that the colours inside each code show.")
+    return (
+        (xa + r * np.cos(a)).tolist(),
+        (ya + r * np.sin(a)).tolist(),
+        f"{distinct} distinct latents (one per code) among {len(xa)} transitions: points are jittered "
+        f"around their code's position so that the colours inside each code show.",
+    )
 
 
 def hours_breakdown(corpus) -> list[tuple[str, float]]:
@@ -92,8 +105,10 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
     remainders shorter than a clip); readable sources only."""
     q = corpus.query
     total = q("SELECT coalesce(sum(duration_s), 0) AS s FROM sources WHERE error IS NULL").to_pylist()[0]["s"]
-    rows = q("SELECT CASE WHEN kept THEN 'kept' ELSE 'rejected: ' || reject_reason END AS fate, "
-             "sum(duration_s) AS s FROM clips GROUP BY 1 ORDER BY (fate = 'kept') DESC, s DESC").to_pylist()
+    rows = q(
+        "SELECT CASE WHEN kept THEN 'kept' ELSE 'rejected: ' || reject_reason END AS fate, "
+        "sum(duration_s) AS s FROM clips GROUP BY 1 ORDER BY (fate = 'kept') DESC, s DESC"
+    ).to_pylist()
     out = [(r["fate"], float(r["s"] or 0.0)) for r in rows]
     rest = float(total) - sum(s for _, s in out)
     out.append(("not in any clip", round(rest, 3) if rest > 1e-3 else 0.0))
@@ -116,22 +131,24 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
 
     # -- what ran --------------------------------------------------------------------------------
     secs = step_seconds(ctx.out)
-    rows = [{"step": s.name, "what": s.does, "seconds": round(secs[s.name], 1) if s.name in secs else "this page"}
-            for s in STEPS]
-    facts = (f"<p>{summary['videos']} input videos ({summary['videos_ok']} readable, "
-             f"{summary['hours_in'] * 3600:.0f} s of video) &rarr; {summary['clips_kept']} clips kept "
-             f"({summary['hours_out'] * 3600:.0f} s), {summary['clips_rejected']} rejected, {summary['shards']} shards "
-             f"({summary['shard_bytes'] / 1e6:.1f} MB); labels: "
-             + (", ".join(f"{_e(k)} ({v} clips)" for k, v in summary["labels"].items()) or "none") + "</p>")
+    rows = [{"step": s.name, "what": s.does, "seconds": round(secs[s.name], 1) if s.name in secs else "this page"} for s in STEPS]
+    facts = (
+        f"<p>{summary['videos']} input videos ({summary['videos_ok']} readable, "
+        f"{summary['hours_in'] * 3600:.0f} s of video) &rarr; {summary['clips_kept']} clips kept "
+        f"({summary['hours_out'] * 3600:.0f} s), {summary['clips_rejected']} rejected, {summary['shards']} shards "
+        f"({summary['shard_bytes'] / 1e6:.1f} MB); labels: "
+        + (", ".join(f"{_e(k)} ({v} clips)" for k, v in summary["labels"].items()) or "none")
+        + "</p>"
+    )
     sections.append(_section("What ran", facts + table_html(["step", "what", "seconds"], rows), "steps"))
 
     # -- where the input hours went ------------------------------------------------------------------
     fates = hours_breakdown(corpus)
     colors = ["#2e7d32" if f == "kept" else "#9e9e9e" if f == "not in any clip" else "#c62828" for f, _ in fates]
-    errs = corpus.query("SELECT regexp_extract(uri, '[^/]+$') AS file, error, size_bytes FROM sources "
-                        "WHERE error IS NOT NULL ORDER BY file")
-    body = svg.bars([(f, s) for f, s in fates], title="seconds of readable input video, by fate", unit="s",
-                    width=560, colors=colors)
+    errs = corpus.query(
+        "SELECT regexp_extract(uri, '[^/]+$') AS file, error, size_bytes FROM sources WHERE error IS NOT NULL ORDER BY file"
+    )
+    body = svg.bars([(f, s) for f, s in fates], title="seconds of readable input video, by fate", unit="s", width=560, colors=colors)
     body += "<h3>Files that could not be read (kept as rows with their reason)</h3>" + table_html(errs.column_names, errs.to_pylist())
     sections.append(_section("Where the input hours went", body, "hours"))
     shown["hours"] = fates
@@ -144,20 +161,26 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         groups = {"kept": [r[col] for r in clips if r["kept"]], "rejected": [r[col] for r in clips if not r["kept"]]}
         plots.append(svg.histogram(groups, bins=20, title=col, xlabel=label))
     reasons = corpus.query("SELECT reject_reason, count(*) AS clips FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC")
-    body = ("<p>Every score is stored for every candidate clip, kept or rejected, so a threshold can be chosen "
-            "later by a query.</p><div class=grid>" + "".join(f"<div>{p}</div>" for p in plots) + "</div>"
-            + "<h3>Rejected clips by reason</h3>" + table_html(reasons.column_names, reasons.to_pylist()))
+    body = (
+        "<p>Every score is stored for every candidate clip, kept or rejected, so a threshold can be chosen "
+        "later by a query.</p><div class=grid>"
+        + "".join(f"<div>{p}</div>" for p in plots)
+        + "</div>"
+        + "<h3>Rejected clips by reason</h3>"
+        + table_html(reasons.column_names, reasons.to_pylist())
+    )
     sections.append(_section("Score distributions, kept vs. rejected", body, "scores"))
 
     # -- GIDM training ---------------------------------------------------------------------------------
     train = res.get("train_gidm") or {}
     if train.get("loss"):
         losses = [float(v) for _, v in train["loss"]]
-        body = (f"<p>Tiny GIDM (VQ latent) trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
-                f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>")
+        body = (
+            f"<p>Tiny GIDM (VQ latent) trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
+            f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
+        )
         if all(v > 0 for v in losses):
-            body += svg.line([math.log10(v) for v in losses], title="training loss", ylabel="log10 loss",
-                             width=560, height=140)
+            body += svg.line([math.log10(v) for v in losses], title="training loss", ylabel="log10 loss", width=560, height=140)
         sections.append(_section("GIDM training", body, "train"))
 
     # -- latent actions ----------------------------------------------------------------------------------
@@ -173,39 +196,51 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
             usage = [sum(h[i] for h in hists if i < len(h)) for i in range(n)]
             total = sum(usage) or 1
             ent = -sum(u / total * math.log(u / total) for u in usage if u)
-            body += (f"<p>{sum(1 for u in usage if u)} of {n} codes used over {total} steps; perplexity "
-                     f"{math.exp(ent):.2f}.</p>"
-                     + svg.bars([(f"code {i}", float(u)) for i, u in enumerate(usage)], title="steps per latent-action code",
-                                unit="steps", width=560, colors=[svg.palette(i) for i in range(n)]))
+            body += f"<p>{sum(1 for u in usage if u)} of {n} codes used over {total} steps; perplexity {math.exp(ent):.2f}.</p>" + svg.bars(
+                [(f"code {i}", float(u)) for i, u in enumerate(usage)],
+                title="steps per latent-action code",
+                unit="steps",
+                width=560,
+                colors=[svg.palette(i) for i in range(n)],
+            )
             shown["code_usage"] = usage
         probe = res.get("probe") or {}
         proj = probe.get("projection")
         if proj:
             x, y, note = _spread(proj["x"], proj["y"])
-            body += ("<h3>Latent actions of robot transitions, 2-D (PCA of z), coloured by the direction of the true "
-                     "hand motion in the x-y plane</h3>" + (f"<p class=note>{note}</p>" if note else "")
-                     + svg.scatter(x, y, hue=proj["angle"], title="GIDM latent, PCA 1-2",
-                                   xlabel="PC 1", ylabel="PC 2", width=560, height=420))
+            body += (
+                "<h3>Latent actions of robot transitions, 2-D (PCA of z), coloured by the direction of the true "
+                "hand motion in the x-y plane</h3>"
+                + (f"<p class=note>{note}</p>" if note else "")
+                + svg.scatter(x, y, hue=proj["angle"], title="GIDM latent, PCA 1-2", xlabel="PC 1", ylabel="PC 2", width=560, height=420)
+            )
         sections.append(_section("Latent actions", body, "latents"))
 
     # -- probe -------------------------------------------------------------------------------------------
     probe = res.get("probe") or {}
     if probe.get("r2"):
         r2 = probe["r2"]
-        rows = [{"features": label_, "R² hand displacement": r2["disp"].get(name), "R² commanded action": r2["cmd"].get(name)}
-                for name, label_ in PROBE_ROWS if name in r2["disp"] or name in r2["cmd"]]
+        rows = [
+            {"features": label_, "R² hand displacement": r2["disp"].get(name), "R² commanded action": r2["cmd"].get(name)}
+            for name, label_ in PROBE_ROWS
+            if name in r2["disp"] or name in r2["cmd"]
+        ]
         lat, obs, diff = r2["disp"]["latent"], r2["disp"]["pca_obs"], r2["disp"]["pca_diff"]
-        verdict = ("above" if lat > max(obs, diff) + 0.05 else "not clearly above")
-        body = (f"<p>Ridge probes fitted on half of the episodes of the held-out tasks with actions "
-                f"({_e(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
-                f"(o_t, o_t+k) of {probe['episodes']} episodes. The latent ({probe['latent_dims']} dims) is "
-                f"<b>{verdict}</b> the observation-only controls of the same size here "
-                f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
-                f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
-                + table_html(["features", "R² hand displacement", "R² commanded action"], rows))
+        verdict = "above" if lat > max(obs, diff) + 0.05 else "not clearly above"
+        body = (
+            f"<p>Ridge probes fitted on half of the episodes of the held-out tasks with actions "
+            f"({_e(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
+            f"(o_t, o_t+k) of {probe['episodes']} episodes. The latent ({probe['latent_dims']} dims) is "
+            f"<b>{verdict}</b> the observation-only controls of the same size here "
+            f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
+            f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
+            + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
+        )
         if "perplexity" in probe:
-            body += (f"<p>Codes on these pairs: usage {probe['code_usage']:.2f}, perplexity {probe['perplexity']:.2f}, "
-                     f"NMI(codes; binned displacement) {probe['nmi_codes_vs_binned_disp']:.3f}.</p>")
+            body += (
+                f"<p>Codes on these pairs: usage {probe['code_usage']:.2f}, perplexity {probe['perplexity']:.2f}, "
+                f"NMI(codes; binned displacement) {probe['nmi_codes_vs_binned_disp']:.3f}.</p>"
+            )
         sections.append(_section("Probe: does the latent carry the robot's action?", body, "probe"))
         shown["probe"] = {k: r2["disp"][k] for k in ("latent", "pca_obs", "pca_diff")}
     elif probe.get("skipped"):
@@ -230,22 +265,39 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     for q in queries:
         keys = [r["key"] for r in q["rows"] if "key" in r]
         gallery = clip_cards_html(corpus, keys, labeler=label.get("labeler")) if keys else ""
-        parts.append(f"<h3>{_e(q['title'])}</h3><pre class=sql>$ defi query \"{_e(q['sql'])}\"</pre>"
-                     + table_html(q["columns"], q["rows"]) + gallery)
+        parts.append(
+            f'<h3>{_e(q["title"])}</h3><pre class=sql>$ defi query "{_e(q["sql"])}"</pre>' + table_html(q["columns"], q["rows"]) + gallery
+        )
     if parts:
         sections.append(_section("Latent-action queries", "".join(parts), "queries"))
     shown["queries"] = len(queries)
 
-    nav = "<nav>" + " · ".join(f"<a href='#{a}'>{t}</a>" for a, t in (
-        ("steps", "steps"), ("hours", "hours"), ("scores", "scores"), ("train", "training"), ("latents", "latent actions"),
-        ("probe", "probe"), ("gfdm", "GFDM"), ("policy", "policy"), ("eval", "evaluation"),
-        ("queries", "queries"))) + "</nav>"
-    intro = ("<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
-             "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
-             "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
-             "policy trained from scratch. Corpus: <code>" + _e(ctx.root) + "</code>.</p>")
-    page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav
-                       + "".join(sections))
+    nav = (
+        "<nav>"
+        + " · ".join(
+            f"<a href='#{a}'>{t}</a>"
+            for a, t in (
+                ("steps", "steps"),
+                ("hours", "hours"),
+                ("scores", "scores"),
+                ("train", "training"),
+                ("latents", "latent actions"),
+                ("probe", "probe"),
+                ("gfdm", "GFDM"),
+                ("policy", "policy"),
+                ("eval", "evaluation"),
+                ("queries", "queries"),
+            )
+        )
+        + "</nav>"
+    )
+    intro = (
+        "<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
+        "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
+        "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
+        "policy trained from scratch. Corpus: <code>" + _e(ctx.root) + "</code>.</p>"
+    )
+    page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav + "".join(sections))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.rename(path)
@@ -274,19 +326,27 @@ def eval_verdict(ev: dict[str, Any], gfdm_steps: Any, policy_steps: Any) -> str:
 
     (a, n), (b, m) = _pooled(ev["defi"]["per_task"]), _pooled(ev["scratch"]["per_task"])
     (alo, ahi), (blo, bhi) = wilson(a, n), wilson(b, m)
-    budget = (f"At this budget ({gfdm_steps} GFDM steps, {policy_steps} policy steps, {ev['episodes']} "
-              f"episode{'' if ev['episodes'] == 1 else 's'} per task)")
-    both = (f"DeFI succeeded in {a} of {n} episodes (95% interval {100 * alo:.0f}-{100 * ahi:.0f}%) and scratch in "
-            f"{b} of {m} ({100 * blo:.0f}-{100 * bhi:.0f}%)")
+    budget = (
+        f"At this budget ({gfdm_steps} GFDM steps, {policy_steps} policy steps, {ev['episodes']} "
+        f"episode{'' if ev['episodes'] == 1 else 's'} per task)"
+    )
+    both = (
+        f"DeFI succeeded in {a} of {n} episodes (95% interval {100 * alo:.0f}-{100 * ahi:.0f}%) and scratch in "
+        f"{b} of {m} ({100 * blo:.0f}-{100 * bhi:.0f}%)"
+    )
     if a == 0 and b == 0:
-        return (f"{budget} neither policy solved a held-out task: {both}, so this run shows the recipe running end to "
-                "end, not that pretraining helps; run it bigger (see defi demo --help) to measure that.")
+        return (
+            f"{budget} neither policy solved a held-out task: {both}, so this run shows the recipe running end to "
+            "end, not that pretraining helps; run it bigger (see defi demo --help) to measure that."
+        )
     if alo > bhi:
         return f"{budget} {both}: the intervals do not overlap, so DeFI is ahead of scratch here."
     if blo > ahi:
         return f"{budget} {both}: the intervals do not overlap, so scratch is ahead of DeFI here."
-    return (f"{budget} {both}: the intervals overlap, so these episodes cannot tell the two apart; more episodes and "
-            "longer training (defi demo --help) would.")
+    return (
+        f"{budget} {both}: the intervals overlap, so these episodes cannot tell the two apart; more episodes and "
+        "longer training (defi demo --help) would."
+    )
 
 
 def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -294,21 +354,24 @@ def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     if not g:
         return None
     losses = [float(v) for _, v in g.get("loss") or []]
-    body = (f"<p>Tiny GFDM (pixel U-Net, predicts o_t+k from o_t and the instruction) trained {g.get('steps')} steps "
-            f"on <code>{_e(g.get('select'))}</code>" + (f": loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}." if losses else ".")
-            + "</p>")
+    body = (
+        f"<p>Tiny GFDM (pixel U-Net, predicts o_t+k from o_t and the instruction) trained {g.get('steps')} steps "
+        f"on <code>{_e(g.get('select'))}</code>" + (f": loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}." if losses else ".") + "</p>"
+    )
     if losses and all(v > 0 for v in losses):
         body += svg.line([math.log10(v) for v in losses], title="GFDM training loss", ylabel="log10 loss", width=560, height=120)
     held = g.get("heldout") or {}
     shown: dict[str, Any] = {}
     if held.get("grid") and Path(held["grid"]).exists():
         ratio = held["mse_predicted"] / held["mse_copy_ot"] if held["mse_copy_ot"] > 0 else float("nan")
-        body += (f"<h3>Predictions on held-out robot clips (tasks the GFDM never saw)</h3><p>Each row: o_t | predicted "
-                 f"o_t+k | true o_t+k, from <code>{_e(held['select'])}</code> ({held['clips']} clips). Mean squared "
-                 f"error over these {held['rows']} rows: {held['mse_predicted']:.4f} predicted vs. "
-                 f"{held['mse_copy_ot']:.4f} for copying o_t (ratio {ratio:.2f}; below 1: the prediction beats "
-                 f"\"nothing moves\").</p><img class=grid-png alt='GFDM predictions: o_t | predicted | true' "
-                 f"style='image-rendering:pixelated;width:{3 * 128}px' src='{_data_uri(held['grid'], 'image/png')}'>")
+        body += (
+            f"<h3>Predictions on held-out robot clips (tasks the GFDM never saw)</h3><p>Each row: o_t | predicted "
+            f"o_t+k | true o_t+k, from <code>{_e(held['select'])}</code> ({held['clips']} clips). Mean squared "
+            f"error over these {held['rows']} rows: {held['mse_predicted']:.4f} predicted vs. "
+            f"{held['mse_copy_ot']:.4f} for copying o_t (ratio {ratio:.2f}; below 1: the prediction beats "
+            f"\"nothing moves\").</p><img class=grid-png alt='GFDM predictions: o_t | predicted | true' "
+            f"style='image-rendering:pixelated;width:{3 * 128}px' src='{_data_uri(held['grid'], 'image/png')}'>"
+        )
         shown["grid"] = held["grid"]
     elif held.get("skipped"):
         body += f"<p class=note>No held-out predictions: {_e(held['skipped'])}.</p>"
@@ -330,8 +393,10 @@ def policy_section(res: dict[str, Any]) -> str | None:
             continue
         facts.append(f"{_e(label)}: loss {losses[0]:.4g} &rarr; {losses[-1]:.4g}")
         plots.append(svg.line(losses, title=f"{variant}: policy training loss", ylabel="loss", width=380, height=120, ymin=0))
-    body = (f"<p>Both finetuned {p['steps']} steps on <code>{_e(p['select'])}</code> (the held-out tasks' clips with "
-            f"actions). " + "; ".join(facts) + ".</p><div class=grid>" + "".join(f"<div>{x}</div>" for x in plots) + "</div>")
+    body = (
+        f"<p>Both finetuned {p['steps']} steps on <code>{_e(p['select'])}</code> (the held-out tasks' clips with "
+        f"actions). " + "; ".join(facts) + ".</p><div class=grid>" + "".join(f"<div>{x}</div>" for x in plots) + "</div>"
+    )
     return _section("Policy training", body, "policy")
 
 
@@ -350,16 +415,20 @@ def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         for v, _ in POLICY_VARIANTS:
             t = ev[v]["per_task"].get(task) or {}
             lo, hi = t.get("wilson95", (0.0, 1.0))
-            cells.append(f"<td>{t.get('successes', 0)}/{t.get('episodes', 0)}</td>"
-                         f"<td>{100 * t.get('success_rate', 0.0):.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)</td>")
+            cells.append(
+                f"<td>{t.get('successes', 0)}/{t.get('episodes', 0)}</td>"
+                f"<td>{100 * t.get('success_rate', 0.0):.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)</td>"
+            )
         rows.append(f"<tr><td>{_e(task)}</td>{''.join(cells)}</tr>")
     gfdm_steps = (res.get("train_gfdm") or {}).get("steps")
     policy_steps = (res.get("train_policy") or {}).get("steps")
     verdict = eval_verdict(ev, gfdm_steps, policy_steps)
     cmds = "".join(f"<pre class=sql>$ {_e(ev[v]['command'])}</pre>" for v, _ in POLICY_VARIANTS)
-    body = (f"<p class=verdict><b>{_e(verdict)}</b></p><p>{ev['episodes']} episodes per held-out task and policy, "
-            f"the same layouts for both (seed {ev['seed']}, unseen in training), at most {ev['max_steps']} actions each.</p>"
-            f"<table class='data eval'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{cmds}")
+    body = (
+        f"<p class=verdict><b>{_e(verdict)}</b></p><p>{ev['episodes']} episodes per held-out task and policy, "
+        f"the same layouts for both (seed {ev['seed']}, unseen in training), at most {ev['max_steps']} actions each.</p>"
+        f"<table class='data eval'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{cmds}"
+    )
     cards = []
     for v, label in POLICY_VARIANTS:
         outcomes = {(e["task"], e["episode"]): e for e in ev[v]["episodes"]}
@@ -370,9 +439,11 @@ def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             e = outcomes.get((task, int(ep))) or {}
             ok = bool(e.get("success"))
             cls = "kept" if ok else "rejected"
-            cards.append(f"<article class='card {cls}' data-variant='{_e(v)}'><video autoplay muted loop playsinline "
-                         f"preload='auto' style='image-rendering:pixelated' src='{_data_uri(path, 'video/mp4')}'></video>"
-                         f"<div class='head'><div class='src'>{_e(label)}: {_e(task)} #{int(ep)}</div><span class='status {cls}'>"
-                         f"{'success' if ok else 'failure'}</span> {e.get('steps', '')} steps</div></article>")
+            cards.append(
+                f"<article class='card {cls}' data-variant='{_e(v)}'><video autoplay muted loop playsinline "
+                f"preload='auto' style='image-rendering:pixelated' src='{_data_uri(path, 'video/mp4')}'></video>"
+                f"<div class='head'><div class='src'>{_e(label)}: {_e(task)} #{int(ep)}</div><span class='status {cls}'>"
+                f"{'success' if ok else 'failure'}</span> {e.get('steps', '')} steps</div></article>"
+            )
     body += "<h3>Rollouts</h3><div class='cards rollouts'>" + "".join(cards) + "</div>"
     return _section("Evaluation: DeFI beside scratch", body, "eval"), {"verdict": verdict, "rollout_videos": len(cards)}

@@ -26,9 +26,22 @@ from typing import Any
 # A categorical palette (Tableau 10, then 6 darker variants): distinguishable on white and for
 # the common colour-vision deficiencies in its first entries.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-    "#2f4b7c", "#a05195", "#d45087", "#665191", "#003f5c", "#7a5195",
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#2f4b7c",
+    "#a05195",
+    "#d45087",
+    "#665191",
+    "#003f5c",
+    "#7a5195",
 )
 MISSING_COLOR = "#cccccc"
 AXIS_COLOR = "#555555"
@@ -101,18 +114,20 @@ def _finite(v: Any) -> float | None:
 def _open(width: float, height: float, kind: str, title: str, **data: Any) -> list[str]:
     attrs = "".join(f' data-{k.replace("_", "-")}="{_esc(v)}"' for k, v in data.items())
     label = _esc(title or kind)
-    parts = [(f'<svg class="chart chart-{kind}" width="{_num(width)}" height="{_num(height)}" '
-              f'viewBox="0 0 {_num(width)} {_num(height)}" role="img" aria-label="{label}"{attrs}>')]
+    parts = [
+        (
+            f'<svg class="chart chart-{kind}" width="{_num(width)}" height="{_num(height)}" '
+            f'viewBox="0 0 {_num(width)} {_num(height)}" role="img" aria-label="{label}"{attrs}>'
+        )
+    ]
     if title:
         parts.append(f"<title>{_esc(title)}</title>")
     return parts
 
 
-def _text(x: float, y: float, s: Any, size: int = 10, anchor: str = "start", cls: str = "",
-          color: str = "#222") -> str:
+def _text(x: float, y: float, s: Any, size: int = 10, anchor: str = "start", cls: str = "", color: str = "#222") -> str:
     c = f' class="{cls}"' if cls else ""
-    return (f'<text{c} x="{_num(x)}" y="{_num(y)}" font-size="{size}" {FONT} fill="{color}" '
-            f'text-anchor="{anchor}">{_esc(s)}</text>')
+    return f'<text{c} x="{_num(x)}" y="{_num(y)}" font-size="{size}" {FONT} fill="{color}" text-anchor="{anchor}">{_esc(s)}</text>'
 
 
 def _missing_note(n: int, x: float, y: float, anchor: str = "end") -> str:
@@ -133,8 +148,16 @@ def _truncate(s: str, n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # charts
 # ---------------------------------------------------------------------------------------------
-def histogram(groups: dict[str, Sequence[float]], *, bins: int = 20, title: str = "", xlabel: str = "",
-              width: int = 360, height: int = 180, colors: Sequence[str] | None = None) -> str:
+def histogram(
+    groups: dict[str, Sequence[float]],
+    *,
+    bins: int = 20,
+    title: str = "",
+    xlabel: str = "",
+    width: int = 360,
+    height: int = 180,
+    colors: Sequence[str] | None = None,
+) -> str:
     """Overlaid histograms of several groups (e.g. ``{"kept": [...], "rejected": [...]}``) on
     shared bin edges: ``bins`` equal bins from the smallest to the largest finite value over all
     groups (the last bin includes its right edge). Each non-empty bin of a group is a
@@ -176,19 +199,20 @@ def histogram(groups: dict[str, Sequence[float]], *, bins: int = 20, title: str 
     ymax = max(max(c) for c in counts.values()) or 1
     bw = pw / bins
     # axes
-    out.append(f'<path class="axis" d="M{left} {top}V{top + ph}H{left + pw}" fill="none" stroke="{AXIS_COLOR}" '
-               'stroke-width="1"/>')
+    out.append(f'<path class="axis" d="M{left} {top}V{top + ph}H{left + pw}" fill="none" stroke="{AXIS_COLOR}" stroke-width="1"/>')
     for gi, (name, c) in enumerate(counts.items()):
         color = colors[gi % len(colors)] if colors else palette(gi)
         for i, n in enumerate(c):
             if not n:
                 continue
             h = ph * n / ymax
-            out.append(f'<rect class="bar" data-group="{_esc(name)}" data-bin="{i}" data-count="{n}" '
-                       f'data-lo="{lo + i * step:.6g}" data-hi="{lo + (i + 1) * step:.6g}" '
-                       f'x="{_num(left + i * bw + 0.5)}" y="{_num(top + ph - h)}" width="{_num(max(bw - 1, 0.5))}" '
-                       f'height="{_num(h)}" fill="{color}" fill-opacity="0.55">'
-                       f"<title>{_esc(name)}: {n} in [{fmt(lo + i * step)}, {fmt(lo + (i + 1) * step)})</title></rect>")
+            out.append(
+                f'<rect class="bar" data-group="{_esc(name)}" data-bin="{i}" data-count="{n}" '
+                f'data-lo="{lo + i * step:.6g}" data-hi="{lo + (i + 1) * step:.6g}" '
+                f'x="{_num(left + i * bw + 0.5)}" y="{_num(top + ph - h)}" width="{_num(max(bw - 1, 0.5))}" '
+                f'height="{_num(h)}" fill="{color}" fill-opacity="0.55">'
+                f"<title>{_esc(name)}: {n} in [{fmt(lo + i * step)}, {fmt(lo + (i + 1) * step)})</title></rect>"
+            )
     # ticks: x min/max, y 0/max
     out.append(_text(left, top + ph + 11, fmt(min(allv)), 9, "start", "tick"))
     out.append(_text(left + pw, top + ph + 11, fmt(max(allv)), 9, "end", "tick"))
@@ -202,16 +226,23 @@ def histogram(groups: dict[str, Sequence[float]], *, bins: int = 20, title: str 
         color = colors[gi % len(colors)] if colors else palette(gi)
         label = f"{_truncate(name, 16)} ({len(clean[name])})"
         x -= len(label) * 5.2 + 16
-        out.append(f'<rect class="legend" x="{_num(x)}" y="{_num(top - 15)}" width="9" height="9" '
-                   f'fill="{color}" fill-opacity="0.55"/>')
+        out.append(f'<rect class="legend" x="{_num(x)}" y="{_num(top - 15)}" width="9" height="9" fill="{color}" fill-opacity="0.55"/>')
         out.append(_text(x + 12, top - 7, label, 9, cls="legend"))
     out.append(_missing_note(missing, width - right, height - 2))
     out.append("</svg>")
     return "".join(out)
 
 
-def bars(items: Sequence[tuple[str, float]], *, title: str = "", unit: str = "", width: int = 360,
-         colors: Sequence[str] | None = None, row_height: int = 16, label_width: int | None = None) -> str:
+def bars(
+    items: Sequence[tuple[str, float]],
+    *,
+    title: str = "",
+    unit: str = "",
+    width: int = 360,
+    colors: Sequence[str] | None = None,
+    row_height: int = 16,
+    label_width: int | None = None,
+) -> str:
     """Horizontal bars, one row per ``(label, value)`` in the order given; the height grows with
     the number of items (``row_height`` pixels each). Bars start at zero (negative values extend
     left of a zero line). Each bar is ``<rect class="bar" data-label=.. data-value=..>``; a
@@ -240,9 +271,11 @@ def bars(items: Sequence[tuple[str, float]], *, title: str = "", unit: str = "",
             continue
         color = colors[i % len(colors)] if colors else palette(0)
         x, w = (x0, pw * v / span) if v >= 0 else (x0 + pw * v / span, pw * -v / span)
-        out.append(f'<rect class="bar" data-label="{_esc(label)}" data-value="{v:.6g}" x="{_num(x)}" '
-                   f'y="{_num(y + 2)}" width="{_num(max(w, 0.5))}" height="{_num(row_height - 4)}" fill="{color}">'
-                   f"<title>{_esc(label)}: {_esc(fmt(v))}{_esc(suffix)}</title></rect>")
+        out.append(
+            f'<rect class="bar" data-label="{_esc(label)}" data-value="{v:.6g}" x="{_num(x)}" '
+            f'y="{_num(y + 2)}" width="{_num(max(w, 0.5))}" height="{_num(row_height - 4)}" fill="{color}">'
+            f"<title>{_esc(label)}: {_esc(fmt(v))}{_esc(suffix)}</title></rect>"
+        )
         out.append(_text(max(x0, x + w) + 3, y + row_height * 0.7, fmt(v) + suffix, 10, cls="value"))
     if lo < 0:
         out.append(f'<path class="zero" d="M{_num(x0)} {top}V{top + len(rows) * row_height}" stroke="{AXIS_COLOR}"/>')
@@ -258,17 +291,29 @@ def _wheel(cx: float, cy: float, r: float, segments: int = 12) -> list[str]:
     for i in range(segments):
         a0, a1 = 2 * math.pi * i / segments, 2 * math.pi * (i + 1) / segments
         p = [(cx + r * math.cos(a), cy - r * math.sin(a)) for a in (a0, a1)]
-        out.append(f'<path class="wheel" d="M{_num(cx)} {_num(cy)}L{_num(p[0][0])} {_num(p[0][1])}'
-                   f'A{_num(r)} {_num(r)} 0 0 0 {_num(p[1][0])} {_num(p[1][1])}Z" '
-                   f'fill="{hue_color((a0 + a1) / 2)}"/>')
+        out.append(
+            f'<path class="wheel" d="M{_num(cx)} {_num(cy)}L{_num(p[0][0])} {_num(p[0][1])}'
+            f'A{_num(r)} {_num(r)} 0 0 0 {_num(p[1][0])} {_num(p[1][1])}Z" '
+            f'fill="{hue_color((a0 + a1) / 2)}"/>'
+        )
     out.append(_text(cx + r + 2, cy + 3, "0", 8, cls="wheel-label"))
     out.append(_text(cx, cy - r - 2, "π/2", 8, "middle", "wheel-label"))
     return out
 
 
-def scatter(x: Sequence[float], y: Sequence[float], *, hue: Sequence[float] | None = None,
-            categories: Sequence[str] | None = None, title: str = "", xlabel: str = "", ylabel: str = "",
-            width: int = 360, height: int = 300, radius: float = 2.5) -> str:
+def scatter(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    hue: Sequence[float] | None = None,
+    categories: Sequence[str] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = 360,
+    height: int = 300,
+    radius: float = 2.5,
+) -> str:
     """Points ``(x[i], y[i])`` as ``<circle class="pt" data-i=i>``. Colour: ``hue`` (an angle in
     radians per point, e.g. the direction of a latent action) on a cyclic colour wheel, drawn as a
     small legend; or ``categories`` (one label per point) with the palette in order of first
@@ -311,8 +356,10 @@ def scatter(x: Sequence[float], y: Sequence[float], *, hue: Sequence[float] | No
                 color, tip = palette(0), f"{fmt(a)}, {fmt(b)}"
             px = left + pw * (a - xlo) / (xhi - xlo)
             py = top + ph - ph * (b - ylo) / (yhi - ylo)
-            out.append(f'<circle class="pt" data-i="{i}" cx="{_num(px)}" cy="{_num(py)}" r="{_num(radius)}" '
-                       f'fill="{color}" fill-opacity="0.8"><title>{_esc(tip)}</title></circle>')
+            out.append(
+                f'<circle class="pt" data-i="{i}" cx="{_num(px)}" cy="{_num(py)}" r="{_num(radius)}" '
+                f'fill="{color}" fill-opacity="0.8"><title>{_esc(tip)}</title></circle>'
+            )
         out.append(_text(left, top + ph + 11, fmt(min(a for _, a, _ in ok)), 9, "start", "tick"))
         out.append(_text(left + pw, top + ph + 11, fmt(max(a for _, a, _ in ok)), 9, "end", "tick"))
         out.append(_text(left - 3, top + ph, fmt(min(b for _, _, b in ok)), 9, "end", "tick"))
@@ -323,8 +370,10 @@ def scatter(x: Sequence[float], y: Sequence[float], *, hue: Sequence[float] | No
         out.append(_text(left + pw / 2, height - 4, xlabel, 10, "middle", "xlabel"))
     if ylabel:
         cy = top + ph / 2
-        out.append(f'<text class="ylabel" x="10" y="{_num(cy)}" font-size="10" {FONT} fill="#222" text-anchor="middle" '
-                   f'transform="rotate(-90 10 {_num(cy)})">{_esc(ylabel)}</text>')
+        out.append(
+            f'<text class="ylabel" x="10" y="{_num(cy)}" font-size="10" {FONT} fill="#222" text-anchor="middle" '
+            f'transform="rotate(-90 10 {_num(cy)})">{_esc(ylabel)}</text>'
+        )
     lx = width - legend_w + 4
     if hue is not None:
         out.extend(_wheel(lx + 24, top + 34, 22))
@@ -341,8 +390,7 @@ def scatter(x: Sequence[float], y: Sequence[float], *, hue: Sequence[float] | No
     return "".join(out)
 
 
-def code_strip(codes: Sequence[int] | Sequence[Sequence[int]], num_codes: int, *, width: int = 240,
-               height: int = 14) -> str:
+def code_strip(codes: Sequence[int] | Sequence[Sequence[int]], num_codes: int, *, width: int = 240, height: int = 14) -> str:
     """One cell per step coloured ``palette(code)``, left to right in step order, each a
     ``<rect class="code" data-step=.. data-code=..>`` with a tooltip "step i: code c". A step may
     hold several tokens (``codes[step]`` a sequence, as in the ``latent_actions.codes`` column):
@@ -365,19 +413,20 @@ def code_strip(codes: Sequence[int] | Sequence[Sequence[int]], num_codes: int, *
             missing += bad
             code = "–" if v is None else fmt(v)
             color = MISSING_COLOR if bad else palette(int(v))
-            tok = f" data-token=\"{t}\"" if ntok > 1 else ""
+            tok = f' data-token="{t}"' if ntok > 1 else ""
             tip = f"step {i}: code {code}" + (f" (token {t})" if ntok > 1 else "")
-            out.append(f'<rect class="code" data-step="{i}"{tok} data-code="{_esc(code)}" x="{_num(i * cw)}" '
-                       f'y="{_num(t * rh)}" width="{_num(cw)}" height="{_num(rh)}" fill="{color}">'
-                       f"<title>{_esc(tip)}</title></rect>")
+            out.append(
+                f'<rect class="code" data-step="{i}"{tok} data-code="{_esc(code)}" x="{_num(i * cw)}" '
+                f'y="{_num(t * rh)}" width="{_num(cw)}" height="{_num(rh)}" fill="{color}">'
+                f"<title>{_esc(tip)}</title></rect>"
+            )
     if missing:
-        out[0] = out[0].replace(' data-steps=', f' data-missing="{missing}" data-steps=', 1)
+        out[0] = out[0].replace(" data-steps=", f' data-missing="{missing}" data-steps=', 1)
     out.append("</svg>")
     return "".join(out)
 
 
-def line(ys: Sequence[float], *, title: str = "", ylabel: str = "", width: int = 240, height: int = 60,
-         ymin: float | None = None) -> str:
+def line(ys: Sequence[float], *, title: str = "", ylabel: str = "", width: int = 240, height: int = 60, ymin: float | None = None) -> str:
     """A small line plot of ``ys`` against their index (e.g. per-step latent-action magnitude),
     with the min and max written at the left axis. ``ymin``: the bottom of the axis (e.g. 0 for
     a magnitude, so small wiggles are not blown up to full height); default the data's minimum. Missing values break the line (the path gets
@@ -406,12 +455,13 @@ def line(ys: Sequence[float], *, title: str = "", ylabel: str = "", width: int =
             px, py = left + i * step, top + ph - ph * (v - lo) / (hi - lo)
             d.append(f"{'L' if pen else 'M'}{_num(px)} {_num(py)}")
             pen = True
-        out.append(f'<path class="series" data-n="{len(ok)}" d="{"".join(d)}" fill="none" stroke="{palette(0)}" '
-                   'stroke-width="1.5"/>')
+        out.append(f'<path class="series" data-n="{len(ok)}" d="{"".join(d)}" fill="none" stroke="{palette(0)}" stroke-width="1.5"/>')
         if len(ok) == 1:  # a single point has no line: mark it
             i = next(i for i, v in enumerate(vals) if v is not None)
-            out.append(f'<circle class="pt" cx="{_num(left + i * step)}" cy="{_num(top + ph - ph * (ok[0] - lo) / (hi - lo))}" '
-                       f'r="2" fill="{palette(0)}"/>')
+            out.append(
+                f'<circle class="pt" cx="{_num(left + i * step)}" cy="{_num(top + ph - ph * (ok[0] - lo) / (hi - lo))}" '
+                f'r="2" fill="{palette(0)}"/>'
+            )
         out.append(_text(left - 3, top + 7, fmt(max(ok)), 8, "end", "tick"))
         out.append(_text(left - 3, top + ph, fmt(lo if ymin is not None else min(ok)), 8, "end", "tick"))
     out.append(_missing_note(missing, width - 2, height - 2))

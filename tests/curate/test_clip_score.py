@@ -152,14 +152,14 @@ def test_model_loads_once_and_pickles_without_it(scorer, videos):
     clone = pickle.loads(pickle.dumps(scorer))
     assert clone._net is None and clone.params() == scorer.params()
     assert clone.score(videos["pan"])["clip_embedding"] == scorer.score(videos["pan"])["clip_embedding"]
-    assert set(scorer.lineage()["params"]) == {"model", "pretrained", "prompts", "num_frames", "device",
-                                               "batch_size", "min_score", "seed"}
+    assert set(scorer.lineage()["params"]) == {"model", "pretrained", "prompts", "num_frames", "device", "batch_size", "min_score", "seed"}
 
 
 def test_bad_configuration_raises():
     with pytest.raises(ValueError, match="unknown CLIP model"):
         ClipScorer(model="no-such-model", pretrained=None).score(
-            Frames(np.zeros((1, 8, 8, 3), np.uint8), np.zeros(1), np.zeros(1, np.int64)))
+            Frames(np.zeros((1, 8, 8, 3), np.uint8), np.zeros(1), np.zeros(1, np.int64))
+        )
     with pytest.raises(ValueError):
         ClipScorer(num_frames=0)
     with pytest.raises(ValueError):

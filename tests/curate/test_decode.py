@@ -219,7 +219,7 @@ def test_skipping_the_loop_filter_stays_close_to_the_filtered_decode(tmp_path):
     np.testing.assert_array_equal(fast.pts_s, ref.pts_s)
     np.testing.assert_array_equal(fast.indices, ref.indices)
     mse = ((fast.frames.astype(np.float64) - ref.frames.astype(np.float64)) ** 2).mean()
-    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 35
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 35
     np.testing.assert_array_equal(decode_all(path, size=128).frames, decode_all(path, size=128, skip_loop_filter="never").frames)
 
 
@@ -273,7 +273,6 @@ def test_rot90_i420_matches_rotating_the_rgb(h, w):
     for k in (1, 2, 3):
         turned = rot90_i420(i420, k)
         assert turned.shape == ((w if k % 2 else h) * 3 // 2, h if k % 2 else w)
-        np.testing.assert_array_equal(cv2.cvtColor(turned, cv2.COLOR_YUV2RGB_I420),
-                                      np.rot90(cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), k))
+        np.testing.assert_array_equal(cv2.cvtColor(turned, cv2.COLOR_YUV2RGB_I420), np.rot90(cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), k))
     with pytest.raises(ValueError, match="rgb24 only"):
         next(decode("x.mp4", backend="decord", pix_fmt="yuv420p"))

@@ -143,8 +143,12 @@ def test_hash_pairs_match_brute_force():
             for b in rng.choice(64, size=rng.integers(0, 6), replace=False):
                 near[i, p] ^= np.uint64(1) << np.uint64(b)
     hashes = np.concatenate([base, near])
-    want = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-            if max(bin(int(hashes[i, p] ^ hashes[j, p])).count("1") for p in range(2)) <= 5}
+    want = {
+        (i, j)
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if max(bin(int(hashes[i, p] ^ hashes[j, p])).count("1") for p in range(2)) <= 5
+    }
     got = {tuple(map(int, p)) for p in hash_pairs(hashes, 5, block=7)}  # small block: many blocks
     assert got == want and len(want) >= 30
 

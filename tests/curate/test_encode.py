@@ -31,8 +31,13 @@ def decode(src) -> tuple[list[np.ndarray], dict]:
         src = io.BytesIO(src)
     with av.open(src) as c:
         s = c.streams.video[0]
-        info = {"rate": s.average_rate, "width": s.codec_context.width, "height": s.codec_context.height,
-                "codec": s.codec_context.name, "pix_fmt": s.codec_context.pix_fmt}
+        info = {
+            "rate": s.average_rate,
+            "width": s.codec_context.width,
+            "height": s.codec_context.height,
+            "codec": s.codec_context.name,
+            "pix_fmt": s.codec_context.pix_fmt,
+        }
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
     return frames, info
 
@@ -45,9 +50,9 @@ def top_level_boxes(data: bytes) -> list[str]:
     """Names of the top-level ISO-BMFF boxes in order."""
     names, pos = [], 0
     while pos + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if size == 1:
-            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
         names.append(kind.decode("latin-1"))
         if size < 8:
             break
@@ -180,8 +185,9 @@ def test_encode_frames_round_trip(tmp_path):
     fr = Frames(arr[:6], np.arange(6) * 0.5 + 2.0, np.arange(6))
     r = encode_frames(fr, 2, tmp_path / "f.mp4", short_side=16)
     assert r.pts_s == [2.0, 2.5, 3.0, 3.5, 4.0, 4.5] and (r.width, r.height) == (24, 16)
-    assert top_level_boxes((tmp_path / "f.mp4").read_bytes()).index("moov") < top_level_boxes(
-        (tmp_path / "f.mp4").read_bytes()).index("mdat")
+    assert top_level_boxes((tmp_path / "f.mp4").read_bytes()).index("moov") < top_level_boxes((tmp_path / "f.mp4").read_bytes()).index(
+        "mdat"
+    )
 
 
 def test_select_ticks_ties_go_to_earlier_frame():

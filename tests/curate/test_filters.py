@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from defi.curate.base import Frames
-from defi.curate.filters import (BlackFrames, Blur, CameraMotion, Duration, Motion, Resolution,
-                                 analysis_gray, sample_evenly)
+from defi.curate.filters import BlackFrames, Blur, CameraMotion, Duration, Motion, Resolution, analysis_gray, sample_evenly
 from defi.curate.windows import Clip
 from defi.schemas.records import ClipRecord, SourceRecord
 from factories import moving_square, pan, scenes, static_color, write_video

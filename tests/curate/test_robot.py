@@ -23,10 +23,14 @@ def decoded_pts(path):
 
 
 def make_lerobot(root, lengths=(12, 17), action_free=False):
-    feats = {} if action_free else {
-        "action": {"dtype": "float32", "shape": [3], "names": ["a", "b", "c"]},
-        "observation.state": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
-    }
+    feats = (
+        {}
+        if action_free
+        else {
+            "action": {"dtype": "float32", "shape": [3], "names": ["a", "b", "c"]},
+            "observation.state": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
+        }
+    )
     w = LeRobotV3Writer(root, FPS, feats, {"front": (32, 48)})
     acts = []
     for e, n in enumerate(lengths):
@@ -51,7 +55,7 @@ def test_lerobot_round_trip_and_alignment(tmp_path):
     assert np.array_equal(eps[1].actions, acts[1]) and np.array_equal(eps[1].proprio, acts[1][:, 1:])
     # A clip of episode 1, frames 4..10, pts on the file's clock as a decoder gives them.
     pts = decoded_pts(eps[1].uri)
-    clip = pts[12 + 4: 12 + 11]
+    clip = pts[12 + 4 : 12 + 11]
     al = align_to_frames(eps[1], clip)
     assert np.array_equal(al.actions, acts[1][4:11]) and np.array_equal(al.proprio, acts[1][4:11, 1:])
     assert al.max_error_s < 1e-3 and len(al.missed) == 0

@@ -35,8 +35,7 @@ def test_per_step_success_and_unknown_fields(tmp_path):
     success = np.zeros(N, bool)
     success[-3:] = True
     actions = np.arange(N * 2, dtype=np.float32).reshape(N, 2)
-    _episode(tmp_path, actions=actions, success=success, reward=np.linspace(0, 1, N), task_id=np.int64(7),
-             robot_name="arm-1")
+    _episode(tmp_path, actions=actions, success=success, reward=np.linspace(0, 1, N), task_id=np.int64(7), robot_name="arm-1")
     ep = load_npz_episode(tmp_path / "episode.mp4")
     assert ep.success is True and np.array_equal(ep.actions, actions)
     assert ep.extra["task_id"] == 7 and ep.extra["robot_name"] == "arm-1"
@@ -51,12 +50,15 @@ def test_per_step_success_and_unknown_fields(tmp_path):
     assert load_npz_episode(tmp_path / "episode.mp4").success is False
 
 
-@pytest.mark.parametrize("arrays, field, reason", [
-    (dict(action=np.zeros((N, 2), np.float32)), "actions", "missing (fields: action)"),
-    (dict(actions=np.array(["up"] * N)), "actions", "expected numbers"),
-    (dict(actions=np.zeros((N, 2, 2), np.float32)), "actions", "expected [steps, dims]"),
-    (dict(actions=np.zeros((N, 2), np.float32), success=np.array(["yes"] * N)), "success", "expected booleans"),
-])
+@pytest.mark.parametrize(
+    "arrays, field, reason",
+    [
+        (dict(action=np.zeros((N, 2), np.float32)), "actions", "missing (fields: action)"),
+        (dict(actions=np.array(["up"] * N)), "actions", "expected numbers"),
+        (dict(actions=np.zeros((N, 2, 2), np.float32)), "actions", "expected [steps, dims]"),
+        (dict(actions=np.zeros((N, 2), np.float32), success=np.array(["yes"] * N)), "success", "expected booleans"),
+    ],
+)
 def test_unusable_sidecar_names_the_field_and_video_is_curated_action_free(tmp_path, arrays, field, reason):
     _episode(tmp_path, **arrays)
     with pytest.raises(SidecarError) as e:

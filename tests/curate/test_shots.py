@@ -139,7 +139,7 @@ def test_streaming_chunks_give_the_same_shots(scenes_video, detector):
     det = op.stream()
     f = scenes_video
     for i in range(0, len(f), 17):  # chunk edges fall inside shots and next to cuts (30 = 17 + 13)
-        det.push(Frames(f.frames[i:i + 17], f.pts_s[i:i + 17], f.indices[i:i + 17]))
+        det.push(Frames(f.frames[i : i + 17], f.pts_s[i : i + 17], f.indices[i : i + 17]))
     assert det.finish() == op(f)
 
 

@@ -60,7 +60,10 @@ def test_overlapping_and_gapped_strides():
 def test_float_noise_does_not_break_exact_multiples():
     # 0.1 + 0.2 != 0.3 in floats; the spans must still be exactly three whole windows.
     assert [(round(a, 9), round(b, 9), r) for a, b, r in window_spans(0.3, 0.1, 0.1, 0.05, 0.1)] == [
-        (0, 0.1, None), (0.1, 0.2, None), (0.2, 0.3, None)]
+        (0, 0.1, None),
+        (0.1, 0.2, None),
+        (0.2, 0.3, None),
+    ]
     # NTSC rate: 360 frames at 30000/1001 fps last 12.012 s; windows of 4 s are 119.88 frames, so
     # boundaries snap up to whole frames, and the 0.012 s remainder holds no frame: dropped.
     fps = 30000 / 1001
@@ -74,7 +77,9 @@ def test_frames_follow_shot_offset_and_clip_index_runs_over_shots():
     clips = W(shots)
     assert [(c.shot_index, c.clip_index, c.start_frame, c.end_frame, c.reject_reason) for c in clips] == [
         (0, 0, 0, 72, None),
-        (1, 1, 72, 168, None), (1, 2, 168, 264, None), (1, 3, 264, 312, None),  # 2 s remainder kept
+        (1, 1, 72, 168, None),
+        (1, 2, 168, 264, None),
+        (1, 3, 264, 312, None),  # 2 s remainder kept
         (2, 4, 312, 318, "too_short"),
     ]
     for c in clips:
@@ -112,5 +117,8 @@ def test_bad_parameters_are_all_reported():
 
 def test_clip_is_a_value():
     assert Clip(0, 0, 0, 24, 0.0, 1.0).duration_s == 1.0
-    assert Windows().lineage() == {"name": "windows", "version": "1",
-                                   "params": {"clip_len_s": 4.0, "stride_s": 4.0, "min_clip_s": 1.0, "max_clip_s": 8.0}}
+    assert Windows().lineage() == {
+        "name": "windows",
+        "version": "1",
+        "params": {"clip_len_s": 4.0, "stride_s": 4.0, "min_clip_s": 1.0, "max_clip_s": 8.0},
+    }

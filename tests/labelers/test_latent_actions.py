@@ -145,12 +145,22 @@ def test_features_model_labels_match_encode(tmp_path, clip):
 
     import open_clip
 
-    vit = {"embed_dim": 16, "vision_cfg": {"image_size": SIZE, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    vit = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": SIZE, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
     (tmp_path / "defi-label-vit.json").write_text(json.dumps(vit))
     open_clip.add_model_config(tmp_path)
-    ck = make_ckpt(tmp_path / "feat", seed=3, input_space="features", feature_encoder="open_clip:defi-label-vit",
-                   feature_dim=32, bottleneck="vq", codebook_size=8)
+    ck = make_ckpt(
+        tmp_path / "feat",
+        seed=3,
+        input_space="features",
+        feature_encoder="open_clip:defi-label-vit",
+        feature_dim=32,
+        bottleneck="vq",
+        codebook_size=8,
+    )
     lab = LatentActionLabeler(str(ck), gap_frames=2, batch_size=4)
     row = lab.label_clip(clip, fps=10.0)
     x = torch.from_numpy(clip.transpose(0, 3, 1, 2).copy()).float() / 255

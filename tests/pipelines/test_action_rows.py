@@ -32,10 +32,18 @@ def dataset(tmp_path_factory):
 
 def _curate(ds, root, fps):
     # one clip per episode (windows longer than an episode), nothing filtered away
-    cfg = from_dict(CurateConfig, {
-        "windows": {"clip_len_s": 30.0, "stride_s": 30.0, "min_clip_s": 0.2, "max_clip_s": 30.0},
-        "encode": {"fps": fps, "short_side": 64}, "use_dedup": False, "ray": {"num_cpus": 1},
-        "motion": {"min_motion_mean": 0.0}, "blur": {"min_blur": 0.0}, "black": {"max_black_frac": 1.0}})
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 30.0, "stride_s": 30.0, "min_clip_s": 0.2, "max_clip_s": 30.0},
+            "encode": {"fps": fps, "short_side": 64},
+            "use_dedup": False,
+            "ray": {"num_cpus": 1},
+            "motion": {"min_motion_mean": 0.0},
+            "blur": {"min_blur": 0.0},
+            "black": {"max_black_frac": 1.0},
+        },
+    )
     assert run_curate([str(ds)], str(root), cfg, progress=False)["status"] == "done"
 
 

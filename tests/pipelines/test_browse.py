@@ -56,28 +56,54 @@ def corpus(tmp_path_factory):
     for name, (shard, n, speed, motion) in KEPT.items():
         mp4 = write_video(tmp / f"{name}.mp4", moving_square(n, h=SIZE, w=SIZE, size=8, speed=speed), fps=FPS).read_bytes()
         uri = str(tmp / f"{name}.mp4")
-        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, FPS, SIZE, uri=uri, motion_mean=motion,
-                                         blur=100.0 + n, extra_scores={"my_score": speed / 10}))
+        records.append(
+            write_clip_sample(
+                writers,
+                shard,
+                KEYS[name],
+                mp4,
+                n,
+                FPS,
+                SIZE,
+                uri=uri,
+                motion_mean=motion,
+                blur=100.0 + n,
+                extra_scores={"my_score": speed / 10},
+            )
+        )
     for w in writers:
         w.close()
     src = write_video(tmp / "source video.mp4", moving_square(30, h=48, w=64, size=12, speed=2), fps=FPS)
-    cut = ClipRecord(key=CUT, source_id=SRC_ID, start_frame=5, end_frame=15, start_s=0.5, end_s=1.5,
-                     motion_mean=MOTION[CUT], blur=50.0)
+    cut = ClipRecord(key=CUT, source_id=SRC_ID, start_frame=5, end_frame=15, start_s=0.5, end_s=1.5, motion_mean=MOTION[CUT], blur=50.0)
     cut.reject("too_static")
-    bad = ClipRecord(key=BAD, source_id=BAD_ID, start_frame=0, end_frame=10, start_s=0.0, end_s=1.0,
-                     uri=str(tmp / "gone.mp4"), motion_mean=MOTION[BAD])
+    bad = ClipRecord(
+        key=BAD, source_id=BAD_ID, start_frame=0, end_frame=10, start_s=0.0, end_s=1.0, uri=str(tmp / "gone.mp4"), motion_mean=MOTION[BAD]
+    )
     bad.reject("blurry <&>")
     c.write_part("clips", clips_table([*records, cut, bad]), part="batch0")
     # the rejected clip's uri comes from the sources table (the clips row has none)
-    c.write_part("sources", sources_table([SourceRecord(source_id=SRC_ID, uri=str(src)),
-                                           SourceRecord(source_id=BAD_ID, uri=str(tmp / "gone.mp4"),
-                                                        error="decode_failed")]), part="batch0")
+    c.write_part(
+        "sources",
+        sources_table(
+            [SourceRecord(source_id=SRC_ID, uri=str(src)), SourceRecord(source_id=BAD_ID, uri=str(tmp / "gone.mp4"), error="decode_failed")]
+        ),
+        part="batch0",
+    )
     torch.manual_seed(0)
-    cfg = gidm_tiny(image_size=SIZE, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1,
-                    bottleneck="vq", codebook_size=4, num_action_tokens=2, latent_dim=4)
+    cfg = gidm_tiny(
+        image_size=SIZE,
+        patch_size=8,
+        model_dim=32,
+        num_heads=2,
+        enc_depth=1,
+        dec_depth=1,
+        bottleneck="vq",
+        codebook_size=4,
+        num_action_tokens=2,
+        latent_dim=4,
+    )
     ckpt = str(save_checkpoint(tmp / "ckpt", GIDM(cfg), cfg, step=1))
-    rec = run_label(str(tmp / "corpus"), ckpt, cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8),
-                    progress=False)
+    rec = run_label(str(tmp / "corpus"), ckpt, cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8), progress=False)
     name = rec["labeler"]["name"]
     labels = {r["key"]: r for r in Corpus.open(str(tmp / "corpus")).read_table(f"labels/{name}").to_pylist()}
     assert set(labels) == set(KEYS.values())
@@ -151,8 +177,9 @@ def test_cards_follow_the_query_with_previews_scores_and_labels(corpus, tmp_path
         cells = strip.findall("rect")
         codes = labels[KEYS[n]]["codes"]
         assert len(codes) == frames - 1
-        assert [(int(r.get("data-step")), int(r.get("data-token")), int(r.get("data-code"))) for r in cells] == \
-               [(i, t, c) for i, step in enumerate(codes) for t, c in enumerate(step)]
+        assert [(int(r.get("data-step")), int(r.get("data-token")), int(r.get("data-code"))) for r in cells] == [
+            (i, t, c) for i, step in enumerate(codes) for t, c in enumerate(step)
+        ]
         mag = ET.fromstring(re.search(r'<svg class="chart chart-line".*?</svg>', html_of[KEYS[n]], re.DOTALL).group(0))
         assert mag.get("data-n") == str(frames - 1)
         # every numeric score, formatted; the query's own column first
@@ -173,8 +200,10 @@ def test_cards_follow_the_query_with_previews_scores_and_labels(corpus, tmp_path
     assert "<b>5</b> clips" in text and "<b>3</b> kept" in text and "<b>2</b> rejected" in text
     hists = {h.get("aria-label"): h for h in _svgs(text, "histogram")}
     assert {"motion_mean", "blur", "my_score", "label: norm_mean"} <= set(hists)
-    counts = {g: sum(int(r.get("data-count")) for r in hists["motion_mean"].iter("rect") if r.get("data-group") == g)
-              for g in ("kept", "rejected")}
+    counts = {
+        g: sum(int(r.get("data-count")) for r in hists["motion_mean"].iter("rect") if r.get("data-group") == g)
+        for g in ("kept", "rejected")
+    }
     assert counts == {"kept": 3, "rejected": 2}
     assert hists["blur"].get("data-missing") == "1"  # the unreadable clip has no blur
     reasons = _svgs(text, "bars")[0]
@@ -261,9 +290,25 @@ def test_newest_labeler_by_default_and_missing_previews_explained(corpus, tmp_pa
     os.utime(os.path.join(root, "labels", vq_name), None)  # the folder's time must not matter, the parts' does
     # a kept clip whose shard and source are both gone
     lost = clip_key("7" * 16, 0, 10, {"t": 1})
-    Corpus.open(root).write_part("clips", clips_table([ClipRecord(
-        key=lost, source_id="7" * 16, start_frame=0, end_frame=10, start_s=0.0, end_s=1.0,
-        uri=str(tmp_path / "lost.mp4"), shard="shard-000009.tar", out_frames=10)]), part="extra")
+    Corpus.open(root).write_part(
+        "clips",
+        clips_table(
+            [
+                ClipRecord(
+                    key=lost,
+                    source_id="7" * 16,
+                    start_frame=0,
+                    end_frame=10,
+                    start_s=0.0,
+                    end_s=1.0,
+                    uri=str(tmp_path / "lost.mp4"),
+                    shard="shard-000009.tar",
+                    out_frames=10,
+                )
+            ]
+        ),
+        part="extra",
+    )
     sql = f"SELECT key FROM clips WHERE key IN ('{KEYS['a']}', '{lost}', '{CUT}') ORDER BY key = '{CUT}', key"
     out = tmp_path / "p.html"
     s = run_browse(root, sql, str(out), preview_seconds=0.5)
@@ -291,5 +336,6 @@ def test_cut_preview_from_local_and_fsspec_sources(tmp_path):
     assert cut_preview({"source_uri": url + ".gone", "start_s": 0.0, "end_s": 1.0})[1] == "source unreadable (open_failed)"
     assert cut_preview({"uri": str(tmp_path / "gone.mp4"), "start_s": 0.0, "end_s": 1.0})[1] == "source not found: gone.mp4"
     assert cut_preview({"source_uri": str(src), "start_s": 1.0, "end_s": 1.0})[1] == "no time range"
-    assert cut_preview({"source_uri": str(src), "source_error": "truncated", "start_s": 0, "end_s": 1})[1] == \
-        "source unreadable (truncated)"
+    assert (
+        cut_preview({"source_uri": str(src), "source_error": "truncated", "start_s": 0, "end_s": 1})[1] == "source unreadable (truncated)"
+    )

@@ -59,8 +59,18 @@ def labeled_corpus(tmp_path_factory):
     (inputs / "gone.mp4").unlink()
 
     torch.manual_seed(0)
-    cfg = gidm_tiny(image_size=32, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1,
-                    bottleneck="vq", codebook_size=4, num_action_tokens=2, latent_dim=4)
+    cfg = gidm_tiny(
+        image_size=32,
+        patch_size=8,
+        model_dim=32,
+        num_heads=2,
+        enc_depth=1,
+        dec_depth=1,
+        bottleneck="vq",
+        codebook_size=4,
+        num_action_tokens=2,
+        latent_dim=4,
+    )
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "gidm", GIDM(cfg), cfg, step=1)
     lab = run_label(root, str(ckpt), cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8), progress=False)
     assert lab["status"] == "done" and lab["counts"]["labeled"] >= 3, lab
@@ -81,8 +91,7 @@ def test_browse_page_plays_every_preview_in_chromium(labeled_corpus, tmp_path, c
 
     root, name = labeled_corpus
     out = tmp_path / "page.html"
-    sql = ("SELECT c.key, l.norm_mean AS latent_norm FROM clips c LEFT JOIN latent_actions l USING (key) "
-           "ORDER BY c.kept DESC, c.key")
+    sql = "SELECT c.key, l.norm_mean AS latent_norm FROM clips c LEFT JOIN latent_actions l USING (key) ORDER BY c.kept DESC, c.key"
     assert main(["browse", sql, "--root", root, "--out", str(out), "--no-progress"]) == 0
     assert f"labels: {name}" in capsys.readouterr().out
     doc = out.read_text()

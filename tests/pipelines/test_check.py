@@ -32,17 +32,57 @@ def _corpus(root: Path, tmp: Path) -> Corpus:
     for i in range(3):
         key = f"{i:032x}"
         mp4 = write_video(tmp / f"v{i}.mp4", moving_square(8, h=SIZE, w=SIZE, size=8, speed=i + 1), fps=8).read_bytes()
-        meta = SampleMeta(key=key, source_id="a" * 32, uri="/v.mp4", start_frame=0, end_frame=8, start_s=0.0, end_s=1.0,
-                          fps=8.0, width=SIZE, height=SIZE, num_frames=8)
+        meta = SampleMeta(
+            key=key,
+            source_id="a" * 32,
+            uri="/v.mp4",
+            start_frame=0,
+            end_frame=8,
+            start_s=0.0,
+            end_s=1.0,
+            fps=8.0,
+            width=SIZE,
+            height=SIZE,
+            num_frames=8,
+        )
         samples.append(Sample(key, {"mp4": mp4, "json": meta.to_json()}))
-        records.append(ClipRecord(key=key, source_id="a" * 32, uri="/v.mp4", start_frame=0, end_frame=8, start_s=0.0,
-                                  end_s=1.0, shard="shard-000000.tar", out_fps=8.0, out_frames=8, out_width=SIZE,
-                                  out_height=SIZE, motion_mean=float(i)))
+        records.append(
+            ClipRecord(
+                key=key,
+                source_id="a" * 32,
+                uri="/v.mp4",
+                start_frame=0,
+                end_frame=8,
+                start_s=0.0,
+                end_s=1.0,
+                shard="shard-000000.tar",
+                out_fps=8.0,
+                out_frames=8,
+                out_width=SIZE,
+                out_height=SIZE,
+                motion_mean=float(i),
+            )
+        )
     info = write_shard(c, "shard-000000.tar", samples)
     c.write_part("clips", clips_table(records), part="u1")
-    c.write_part("shards", table_from_rows([{"shard": info.shard, "num_samples": info.num_samples,
-                                             "size_bytes": info.size_bytes, "sha256": info.sha256, "run_id": "r",
-                                             "created_at": dt.datetime.now(dt.timezone.utc)}], SHARDS, "shards"), part="u1")
+    c.write_part(
+        "shards",
+        table_from_rows(
+            [
+                {
+                    "shard": info.shard,
+                    "num_samples": info.num_samples,
+                    "size_bytes": info.size_bytes,
+                    "sha256": info.sha256,
+                    "run_id": "r",
+                    "created_at": dt.datetime.now(dt.timezone.utc),
+                }
+            ],
+            SHARDS,
+            "shards",
+        ),
+        part="u1",
+    )
     c.write_part("sources", sources_table([SourceRecord(source_id="a" * 32, uri="/v.mp4", duration_s=3.0)]), part="u1")
     return c
 
@@ -74,8 +114,11 @@ def test_garbage_parquet_part(tmp_path):
     c = _corpus(tmp_path / "c", tmp_path)
     bad = tmp_path / "c" / "clips" / "part-zzz.parquet"
     bad.write_bytes(b"PAR1 this is not parquet at all" * 10)
-    for argv in (["info", c.root], ["query", "SELECT count(*) FROM clips", "--root", c.root],
-                 ["browse", "SELECT key FROM clips", "--root", c.root, "--out", str(tmp_path / "b.html")]):
+    for argv in (
+        ["info", c.root],
+        ["query", "SELECT count(*) FROM clips", "--root", c.root],
+        ["browse", "SELECT key FROM clips", "--root", c.root, "--out", str(tmp_path / "b.html")],
+    ):
         _one_line_exit_2(_defi(*argv), str(bad), "unreadable corpus file")
     assert not (tmp_path / "b.html").exists()
     # label: refused before anything is written
@@ -116,8 +159,11 @@ def test_deleted_shards_part_is_refused_and_found(tmp_path):
     os.unlink(tmp_path / "c" / "shards" / "part-u1.parquet")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_exit_2(_defi("curate", str(empty), "--root", c.root, "--no-progress"),
-                     str(tmp_path / "c" / "shards" / "shard-000000.tar"), "holds committed clips")
+    _one_line_exit_2(
+        _defi("curate", str(empty), "--root", c.root, "--no-progress"),
+        str(tmp_path / "c" / "shards" / "shard-000000.tar"),
+        "holds committed clips",
+    )
     assert (tmp_path / "c" / "shards" / "shard-000000.tar").exists()
     kinds = {k for k, _, _ in check_corpus(c.root)["problems"]}
     assert kinds == {"orphan_shard"}

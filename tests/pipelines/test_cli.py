@@ -21,15 +21,36 @@ def defi(*args, check=True):
 @pytest.fixture()
 def corpus(tmp_path):
     c = Corpus.create(str(tmp_path / "c"))
-    c.write_part("sources", sources_table([
-        SourceRecord(source_id="a" * 32, uri="/a.mp4", duration_s=7200.0),
-        SourceRecord(source_id="b" * 32, uri="/b.mp4", error="truncated"),
-    ]), part="x")
-    c.write_part("clips", clips_table([
-        ClipRecord(key=f"k{i}", source_id="a" * 32, start_frame=0, end_frame=10, start_s=0, end_s=1800.0,
-                   kept=i < 2, reject_reason=None if i < 2 else "low_motion", motion_mean=float(i))
-        for i in range(3)
-    ]), part="x")
+    c.write_part(
+        "sources",
+        sources_table(
+            [
+                SourceRecord(source_id="a" * 32, uri="/a.mp4", duration_s=7200.0),
+                SourceRecord(source_id="b" * 32, uri="/b.mp4", error="truncated"),
+            ]
+        ),
+        part="x",
+    )
+    c.write_part(
+        "clips",
+        clips_table(
+            [
+                ClipRecord(
+                    key=f"k{i}",
+                    source_id="a" * 32,
+                    start_frame=0,
+                    end_frame=10,
+                    start_s=0,
+                    end_s=1800.0,
+                    kept=i < 2,
+                    reject_reason=None if i < 2 else "low_motion",
+                    motion_mean=float(i),
+                )
+                for i in range(3)
+            ]
+        ),
+        part="x",
+    )
     return c
 
 
@@ -38,7 +59,10 @@ def test_query_prints_a_table_and_writes_files(corpus, tmp_path):
     assert "k0" in out and "k1" in out and "k2" not in out and "(2 rows)" in out
     defi("query", "SELECT key FROM clips ORDER BY key", "--root", corpus.root, "--format", "parquet", "--out", str(tmp_path / "r.parquet"))
     assert pq.read_table(tmp_path / "r.parquet").column("key").to_pylist() == ["k0", "k1", "k2"]
-    rows = [json.loads(l) for l in defi("query", "SELECT key FROM clips ORDER BY key", "--root", corpus.root, "--format", "json").stdout.splitlines()]
+    rows = [
+        json.loads(l)
+        for l in defi("query", "SELECT key FROM clips ORDER BY key", "--root", corpus.root, "--format", "json").stdout.splitlines()
+    ]
     assert rows == [{"key": "k0"}, {"key": "k1"}, {"key": "k2"}]
     csv = defi("query", "SELECT count(*) AS n FROM clips", "--root", corpus.root, "--format", "csv").stdout
     assert csv.split() == ["n", "3"]

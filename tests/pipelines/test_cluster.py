@@ -54,11 +54,25 @@ def _alive_nodes(address: str) -> int:
 def _start_node(args: list[str], temp_dir: str) -> subprocess.Popen:
     # each node gets its own temp dir (sockets, logs) and its own fixed ports, so two nodes on
     # one machine do not collide with each other or with other Ray instances on it
-    ports = [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-             f"--metrics-export-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-             f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp_dir}",
-           "--disable-usage-stats", *ports, *args]
+    ports = [
+        f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+    ]
+    cmd = [
+        RAY,
+        "start",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *ports,
+        *args,
+    ]
     env = dict(ENV, **CREDENTIALS)
     for k in [k for k in env if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_REGION", "AWS_DEFAULT_REGION")]:
         del env[k]
@@ -95,8 +109,18 @@ def cluster():
     dirs = [tempfile.mkdtemp(prefix="defi-rh-", dir="/tmp"), tempfile.mkdtemp(prefix="defi-rw-", dir="/tmp")]
     procs = []
     try:
-        procs.append(_start_node(["--head", f"--port={port}", "--include-dashboard=false",
-                                  f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"], dirs[0]))
+        procs.append(
+            _start_node(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={_free_port()}",
+                    f"--dashboard-port={_free_port()}",
+                ],
+                dirs[0],
+            )
+        )
         _wait(lambda: _alive_nodes(address) >= 1, 60, "the head node", procs)
         procs.append(_start_node([f"--address={address}"], dirs[1]))
         _wait(lambda: _alive_nodes(address) >= 2, 60, "the second node", procs)
@@ -118,19 +142,32 @@ def s3_endpoint():
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        ).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         server.stop()
 
 
 def test_storage_env_forwards_endpoints_not_secrets():
-    env = {"AWS_ENDPOINT_URL": "http://a", "AWS_ENDPOINT_URL_S3": "http://b", "AWS_DEFAULT_REGION": "eu-west-1",
-           "FSSPEC_S3_ENDPOINT_URL": "http://c", "FSSPEC_S3_SECRET": "x", "AWS_SECRET_ACCESS_KEY": "x",
-           "AWS_ACCESS_KEY_ID": "x", "AWS_SESSION_TOKEN": "x", "HOME": "/root"}
-    assert storage_env(env) == {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://a",
-                                "AWS_ENDPOINT_URL_S3": "http://b", "FSSPEC_S3_ENDPOINT_URL": "http://c"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://a",
+        "AWS_ENDPOINT_URL_S3": "http://b",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "FSSPEC_S3_ENDPOINT_URL": "http://c",
+        "FSSPEC_S3_SECRET": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SESSION_TOKEN": "x",
+        "HOME": "/root",
+    }
+    assert storage_env(env) == {
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://a",
+        "AWS_ENDPOINT_URL_S3": "http://b",
+        "FSSPEC_S3_ENDPOINT_URL": "http://c",
+    }
 
 
 @pytest.mark.slow
@@ -139,8 +176,7 @@ def test_curate_on_two_nodes_uses_both(cluster, s3_endpoint, tmp_path):
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
     for i in range(N_VIDEOS):
         frames = scenes([30, 30], h=64, w=80, seed=i) if i % 2 else pan(40, h=64, w=96, seed=i)
         write_video(inputs / f"v{i}.mp4", frames, fps=24)
@@ -151,9 +187,27 @@ def test_curate_on_two_nodes_uses_both(cluster, s3_endpoint, tmp_path):
     root = str(tmp_path / "corpus")
     # the endpoint and region are in the driver's environment only
     env = dict(ENV, **CREDENTIALS, AWS_ENDPOINT_URL=s3_endpoint, AWS_DEFAULT_REGION="us-east-1")
-    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "curate", str(inputs), f"s3://{BUCKET}/raw/",
-                        "--root", root, "--address", cluster, "--config", str(tmp_path / "cfg.json"), "--no-progress"],
-                       env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defi.pipelines.cli",
+            "curate",
+            str(inputs),
+            f"s3://{BUCKET}/raw/",
+            "--root",
+            root,
+            "--address",
+            cluster,
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nodes    2:" in r.stdout, r.stdout
     run_id = r.stdout.split("run record: ")[1].strip().rsplit("/", 1)[-1][: -len(".json")]

@@ -19,8 +19,9 @@ def _args(argv):
 
 def test_file_then_flags_override(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({"encode": {"fps": 5, "crf": 30}, "motion": {"min_frame_diff": 0.3},
-                                 "clip": {"prompts": ["a hand", "a robot"]}}))
+    f.write_text(
+        yaml.safe_dump({"encode": {"fps": 5, "crf": 30}, "motion": {"min_frame_diff": 0.3}, "clip": {"prompts": ["a hand", "a robot"]}})
+    )
     cfg = resolve(CurateConfig, str(f), _args(["--encode.fps", "12", "--windows.max_clip_s", "none", "--use_clip", "true"]))
     assert cfg.encode.fps == 12.0 and cfg.encode.crf == 30  # flag wins, file kept where no flag
     assert cfg.motion.min_frame_diff == 0.3 and cfg.windows.max_clip_s is None and cfg.use_clip is True
@@ -32,7 +33,7 @@ def test_file_then_flags_override(tmp_path):
 
 def test_toml_file(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('use_dedup = false\n[encode]\nshort_side = 96\n')
+    f.write_text("use_dedup = false\n[encode]\nshort_side = 96\n")
     cfg = resolve(CurateConfig, str(f), None)
     assert cfg.use_dedup is False and cfg.encode.short_side == 96
 

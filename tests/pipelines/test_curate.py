@@ -56,8 +56,14 @@ def make_inputs(folder):
     return folder
 
 
-BAD = {"zero.mp4": "empty_file", "random.mp4": "unreadable_container", "text.mp4": "unreadable_container",
-       "audio_only.mp4": "no_video_stream", "truncated.mp4": "truncated", "three_frames.mp4": "too_few_frames"}
+BAD = {
+    "zero.mp4": "empty_file",
+    "random.mp4": "unreadable_container",
+    "text.mp4": "unreadable_container",
+    "audio_only.mp4": "no_video_stream",
+    "truncated.mp4": "truncated",
+    "three_frames.mp4": "too_few_frames",
+}
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +123,22 @@ def test_shards_decode_and_agree_with_the_index(curated):
         assert shard == r["shard"] and n == r["out_frames"]
         assert shape == (r["out_height"], r["out_width"], 3) and min(shape[:2]) == 48
     # `defi query` (the CLI) agrees
-    out = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "query", "SELECT count(*) AS n FROM clips WHERE kept",
-                          "--root", root, "--format", "json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defi.pipelines.cli",
+            "query",
+            "SELECT count(*) AS n FROM clips WHERE kept",
+            "--root",
+            root,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(out)["n"] == len(seen)
 
 
@@ -149,8 +169,20 @@ def test_run_record(curated):
 
 
 def _kill_and_resume(inputs, root, seed, tmp_path):
-    cmd = [sys.executable, "-m", "defi.pipelines.cli", "curate", str(inputs), "--root", root, "--no-progress",
-           "--config", str(tmp_path / "cfg.json"), "--shards.videos_per_unit", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "defi.pipelines.cli",
+        "curate",
+        str(inputs),
+        "--root",
+        root,
+        "--no-progress",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--shards.videos_per_unit",
+        "1",
+    ]
     (tmp_path / "cfg.json").write_text(json.dumps(CFG))
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -24,8 +24,15 @@ def test_reimported_episodes_carry_their_actions(tmp_path):
 
     ds = tmp_path / "reach"
     generate(["reach-v3"], 2, ds, size=64, fps=20, max_steps=60, seed=0, progress=False)
-    cfg = from_dict(CurateConfig, {"windows": {"clip_len_s": 1.0, "stride_s": 1.0, "min_clip_s": 0.5, "max_clip_s": 1.0},
-                                   "encode": {"fps": 20, "short_side": 64}, "use_dedup": False, "ray": {"num_cpus": 2}})
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 1.0, "stride_s": 1.0, "min_clip_s": 0.5, "max_clip_s": 1.0},
+            "encode": {"fps": 20, "short_side": 64},
+            "use_dedup": False,
+            "ray": {"num_cpus": 2},
+        },
+    )
     root = str(tmp_path / "corpus")
     rec = run_curate([str(ds)], root, cfg, progress=False)
     assert rec["status"] == "done"

@@ -21,8 +21,15 @@ def solid_shots(lengths):
 
 
 def _clips(path, **over):
-    cfg = from_dict(CurateConfig, {"windows": {"clip_len_s": 4, "stride_s": 4, "max_clip_s": None, "min_clip_s": 0.5},
-                                   "shots": {"min_shot_s": 0.5}, "encode": {"fps": 8, "short_side": 32}, **over})
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 4, "stride_s": 4, "max_clip_s": None, "min_clip_s": 0.5},
+            "shots": {"min_shot_s": 0.5},
+            "encode": {"fps": 8, "short_side": 32},
+            **over,
+        },
+    )
     items = [it for it in process_source(SourceSpec(uri=str(path)), cfg) if isinstance(it, ClipItem)]
     return [(it.record.start_frame, it.record.end_frame, it.record.reject_reason) for it in items]
 
@@ -30,8 +37,7 @@ def _clips(path, **over):
 @pytest.mark.parametrize("detector", ["adaptive", "content"])
 def test_last_shot_of_a_few_frames_is_split_off(tmp_path, detector):
     path = write_video(tmp_path / "v.mp4", solid_shots([36, 30, 4]), fps=FPS)
-    assert _clips(path, shots={"min_shot_s": 0.5, "detector": detector}) == [
-        (0, 36, None), (36, 66, None), (66, 70, "too_short")]
+    assert _clips(path, shots={"min_shot_s": 0.5, "detector": detector}) == [(0, 36, None), (36, 66, None), (66, 70, "too_short")]
 
 
 @pytest.mark.parametrize("detector", ["adaptive", "content"])

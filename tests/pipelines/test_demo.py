@@ -24,7 +24,9 @@ def _steps(log: list[str], fail_at: set[str]):
             (ctx.out / f"{name}.txt").write_text(name)  # the step's output
             prev = [s for s in ("a", "b", "c") if s < name]
             return {"saw": sorted(k for k in ctx.results if k in prev)}
+
         return Step(name, f"does {name}", run)
+
     return [make(n) for n in ("a", "b", "c")]
 
 
@@ -72,13 +74,24 @@ def test_unknown_start_step(tmp_path):
 
 
 def test_steps_are_the_documented_order():
-    assert [s.name for s in STEPS] == ["inputs", "curate", "train_gidm", "label", "queries", "probe", "train_gfdm",
-                                       "train_policy", "eval", "report"]
+    assert [s.name for s in STEPS] == [
+        "inputs",
+        "curate",
+        "train_gidm",
+        "label",
+        "queries",
+        "probe",
+        "train_gfdm",
+        "train_policy",
+        "eval",
+        "report",
+    ]
 
 
 def _eval_result(defi, scratch, n=3):
     def per_task(succ):
         return {f"t{i}": {"successes": s, "episodes": n} for i, s in enumerate(succ)}
+
     return {"episodes": n, "defi": {"per_task": per_task(defi)}, "scratch": {"per_task": per_task(scratch)}}
 
 
@@ -95,11 +108,21 @@ def test_eval_verdict_follows_the_numbers():
 
 def test_cli_bad_flag_and_bad_step(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--from", "nope"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--from", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "unknown step 'nope'" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--gidm_steps", "many"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--gidm_steps", "many"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -110,9 +133,30 @@ def test_demo_end_to_end(tmp_path):
     their reasons, a re-run resumes without redoing anything; in headless Chromium (where one is
     installed) every video plays and every image loads."""
     out = tmp_path / "demo"
-    args = [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(out), "--episodes", "2",
-            "--probe_episodes", "2", "--robot_steps", "60", "--gidm_steps", "60", "--gfdm_steps", "2",
-            "--policy_steps", "3", "--eval_episodes", "1", "--eval_max_steps", "10"]
+    args = [
+        sys.executable,
+        "-m",
+        "defi.pipelines.cli",
+        "demo",
+        "--out",
+        str(out),
+        "--episodes",
+        "2",
+        "--probe_episodes",
+        "2",
+        "--robot_steps",
+        "60",
+        "--gidm_steps",
+        "60",
+        "--gfdm_steps",
+        "2",
+        "--policy_steps",
+        "3",
+        "--eval_episodes",
+        "1",
+        "--eval_max_steps",
+        "10",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -125,7 +169,12 @@ def test_demo_end_to_end(tmp_path):
         assert json.loads((out / "steps" / f"{name}.json").read_text())["status"] == "done"
     _check_new_parts(out, page)
     curate = json.loads((out / "steps" / "curate.json").read_text())["result"]["summary"]
-    assert curate["clips_kept"] > 0 and set(curate["video_errors"]) >= {"empty_file", "unreadable_container", "truncated", "no_video_stream"}
+    assert curate["clips_kept"] > 0 and set(curate["video_errors"]) >= {
+        "empty_file",
+        "unreadable_container",
+        "truncated",
+        "no_video_stream",
+    }
     r2 = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0 and r2.stderr.count("done earlier") == len(STEPS)
     from browser import check_page, find_chromium
@@ -138,7 +187,7 @@ def test_demo_end_to_end(tmp_path):
 
 def _section(page: str, anchor: str) -> str:
     start = page.index(f"<section id={anchor}>")
-    return page[start:page.index("</section>", start)]
+    return page[start : page.index("</section>", start)]
 
 
 def _check_new_parts(out, page):

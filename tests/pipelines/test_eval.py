@@ -46,8 +46,13 @@ def policy_run(tmp_path_factory):
     cfg = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=8, head_dim=32, bc_width=8)
     policy = DeFiPolicy(cfg)
     run = tmp_path_factory.mktemp("policy")
-    save_checkpoint(run / "checkpoints" / "step-00000001", policy, cfg, step=1,
-                    extra={"data": {"frame_stride": 2}, "instructions": {instruction_for("reach-v3"): [0.1] * 8}})
+    save_checkpoint(
+        run / "checkpoints" / "step-00000001",
+        policy,
+        cfg,
+        step=1,
+        extra={"data": {"frame_stride": 2}, "instructions": {instruction_for("reach-v3"): [0.1] * 8}},
+    )
     return run
 
 
@@ -65,8 +70,28 @@ def test_defi_eval_writes_report_with_playing_video(policy_run, tmp_path, capsys
     if find_chromium() is None:
         pytest.skip("no Chromium on PATH")
     out = tmp_path / "eval"
-    rc = defi_main(["eval", "--policy", str(policy_run), "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "2",
-                    "--seed", "1", "--max-steps", "16", "--videos", "1", "--out", str(out), "--no-progress"])
+    rc = defi_main(
+        [
+            "eval",
+            "--policy",
+            str(policy_run),
+            "--env",
+            "metaworld",
+            "--tasks",
+            "reach-v3",
+            "--episodes",
+            "2",
+            "--seed",
+            "1",
+            "--max-steps",
+            "16",
+            "--videos",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "reach-v3" in printed and "report" in printed
@@ -82,8 +107,7 @@ def test_defi_eval_writes_report_with_playing_video(policy_run, tmp_path, capsys
 
 
 def test_bad_input_is_one_line(policy_run, tmp_path, capsys):
-    rc = defi_main(["eval", "--policy", str(policy_run), "--tasks", "no-such-task-v3", "--episodes", "1",
-                    "--out", str(tmp_path / "x")])
+    rc = defi_main(["eval", "--policy", str(policy_run), "--tasks", "no-such-task-v3", "--episodes", "1", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "no-such-task-v3" in err
     rc = defi_main(["eval", "--policy", str(tmp_path), "--tasks", "reach-v3", "--out", str(tmp_path / "y")])

@@ -31,8 +31,15 @@ def corpus_root(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ds = tmp / "reach"
     generate(["reach-v3"], 2, ds, size=64, fps=20, max_steps=60, seed=0, progress=False)
-    cfg = from_dict(CurateConfig, {"windows": {"clip_len_s": 1.0, "stride_s": 1.0, "min_clip_s": 0.5, "max_clip_s": 1.0},
-                                   "encode": {"fps": 20, "short_side": 64}, "use_dedup": False, "ray": {"num_cpus": 2}})
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 1.0, "stride_s": 1.0, "min_clip_s": 0.5, "max_clip_s": 1.0},
+            "encode": {"fps": 20, "short_side": 64},
+            "use_dedup": False,
+            "ray": {"num_cpus": 2},
+        },
+    )
     # an action-free video in the same corpus: selectable, but not exportable as an episode
     human = write_video(tmp / "human.mp4", moving_square(40, h=64, w=96), fps=20)
     root = str(tmp / "corpus")
@@ -76,8 +83,9 @@ def test_export_round_trips_through_load_lerobot(corpus_root, tmp_path):
     import av
 
     with av.open(first.uri) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)
-                  if first.from_s - 1e-6 <= float(f.pts * f.time_base) < first.to_s - 1e-6]
+        frames = [
+            f.to_ndarray(format="rgb24") for f in c.decode(video=0) if first.from_s - 1e-6 <= float(f.pts * f.time_base) < first.to_s - 1e-6
+        ]
     clip = decode_frames(samples[keys[0]].mp4)
     assert len(frames) == len(clip)
     assert np.abs(np.stack(frames).astype(int) - clip.astype(int)).mean() < 6
@@ -136,8 +144,20 @@ def test_cli_exports_a_subset_and_counts_skips(corpus_root, tmp_path, capsys):
     samples = _shard_samples(corpus_root)
     one = sorted(samples)[0]
     out = tmp_path / "one"
-    rc = main(["lerobot", "--root", corpus_root, "--select", f"SELECT key FROM clips WHERE key = '{one}'",
-               "--out", str(out), "--camera", "wrist", "--no-progress"])
+    rc = main(
+        [
+            "lerobot",
+            "--root",
+            corpus_root,
+            "--select",
+            f"SELECT key FROM clips WHERE key = '{one}'",
+            "--out",
+            str(out),
+            "--camera",
+            "wrist",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "wrote 1 episodes" in capsys.readouterr().out
     (ep,) = load_lerobot(out)
@@ -147,8 +167,18 @@ def test_cli_exports_a_subset_and_counts_skips(corpus_root, tmp_path, capsys):
     # A non-empty --out, an empty selection and a missing corpus are one-line usage errors.
     assert main(["lerobot", "--root", corpus_root, "--select", SQL, "--out", str(out), "--no-progress"]) == 2
     assert "not an empty folder" in capsys.readouterr().err
-    rc = main(["lerobot", "--root", corpus_root, "--select", "SELECT key FROM clips WHERE false",
-               "--out", str(tmp_path / "none"), "--no-progress"])
+    rc = main(
+        [
+            "lerobot",
+            "--root",
+            corpus_root,
+            "--select",
+            "SELECT key FROM clips WHERE false",
+            "--out",
+            str(tmp_path / "none"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "selection is empty" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
     rc = main(["lerobot", "--root", str(tmp_path / "nope"), "--select", SQL, "--out", str(tmp_path / "x"), "--no-progress"])

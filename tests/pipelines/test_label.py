@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from defi.pipelines.label import (QUERIES, LabelConfig, balanced_weights, main, nearest_clips_sql, run_label,
-                                  run_select)
+from defi.pipelines.label import QUERIES, LabelConfig, balanced_weights, main, nearest_clips_sql, run_label, run_select
 from defi.schemas.corpus import Corpus, label_view_name
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, clips_table
@@ -48,20 +47,44 @@ def base(tmp_path_factory):
     records = []
     for name, (shard, n, speed, motion) in CLIPS.items():
         mp4 = write_video(tmp / f"{name}.mp4", moving_square(n, h=SIZE, w=SIZE, size=8, speed=speed), fps=FPS).read_bytes()
-        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, FPS, SIZE, uri=f"file://{name}.mp4",
-                                         motion_mean=motion))
-    meta = SampleMeta(key=BROKEN, source_id="b" * 16, uri="file://broken.mp4", start_frame=0, end_frame=9, start_s=0.0,
-                      end_s=0.9, fps=FPS, width=SIZE, height=SIZE, num_frames=9)
+        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, FPS, SIZE, uri=f"file://{name}.mp4", motion_mean=motion))
+    meta = SampleMeta(
+        key=BROKEN,
+        source_id="b" * 16,
+        uri="file://broken.mp4",
+        start_frame=0,
+        end_frame=9,
+        start_s=0.0,
+        end_s=0.9,
+        fps=FPS,
+        width=SIZE,
+        height=SIZE,
+        num_frames=9,
+    )
     writers[1].write({"__key__": BROKEN, "mp4": b"\x00\x00\x00\x18ftypmp42 not really a video", "json": meta.to_json()})
-    records.append(ClipRecord(key=BROKEN, source_id="b" * 16, start_frame=0, end_frame=9, start_s=0.0, end_s=0.9,
-                              motion_mean=1.5, shard="shard-000001.tar", out_fps=FPS, out_frames=9))
+    records.append(
+        ClipRecord(
+            key=BROKEN,
+            source_id="b" * 16,
+            start_frame=0,
+            end_frame=9,
+            start_s=0.0,
+            end_s=0.9,
+            motion_mean=1.5,
+            shard="shard-000001.tar",
+            out_fps=FPS,
+            out_frames=9,
+        )
+    )
     for w in writers:
         w.close()
     rejected = ClipRecord(key=REJECTED, source_id="c" * 16, start_frame=0, end_frame=8, start_s=0.0, end_s=0.8)
     rejected.reject("too_static")
     c.write_part("clips", clips_table([*records, rejected]), part="batch0")
-    ckpts = {"vq": make_ckpt(tmp / "ckpt-vq", 0, bottleneck="vq", codebook_size=4, num_action_tokens=2, latent_dim=4),
-             "cont": make_ckpt(tmp / "ckpt-cont", 1)}
+    ckpts = {
+        "vq": make_ckpt(tmp / "ckpt-vq", 0, bottleneck="vq", codebook_size=4, num_action_tokens=2, latent_dim=4),
+        "cont": make_ckpt(tmp / "ckpt-cont", 1),
+    }
     return str(tmp / "corpus"), ckpts
 
 
@@ -108,7 +131,8 @@ def test_label_rows_round_trip_and_resume(root, base):
     # the union view holds the same rows; a query joins them with clips
     joined = corpus.query(
         "SELECT c.key, c.motion_mean, l.num_steps, c.out_frames FROM latent_actions l JOIN clips c USING (key) "
-        "WHERE c.kept AND l.num_steps IS NOT NULL ORDER BY c.motion_mean").to_pylist()
+        "WHERE c.kept AND l.num_steps IS NOT NULL ORDER BY c.motion_mean"
+    ).to_pylist()
     assert [r["key"] for r in joined] == [KEYS[n] for n in "abdce"]
     assert all(r["num_steps"] == r["out_frames"] - 1 for r in joined)
     assert corpus.query(QUERIES["failed"].format(labels=view)).column("key").to_pylist() == [BROKEN]
@@ -134,8 +158,9 @@ def test_interrupted_run_resumes_without_duplicates(root, base):
 
 def test_two_checkpoints_side_by_side_and_queries(root, base):
     vq = run_label(root, base[1]["vq"], cfg=local(), progress=False)["labeler"]["name"]
-    cont = run_label(root, base[1]["cont"], cfg=local(), progress=False,
-                     select=f"SELECT key FROM clips WHERE kept AND key <> '{BROKEN}'")["labeler"]["name"]
+    cont = run_label(root, base[1]["cont"], cfg=local(), progress=False, select=f"SELECT key FROM clips WHERE kept AND key <> '{BROKEN}'")[
+        "labeler"
+    ]["name"]
     corpus = Corpus.open(root)
     assert vq != cont and corpus.labelers() == sorted([vq, cont])
     per = {r["labeler"]: r["n"] for r in corpus.query("SELECT labeler, count(*) AS n FROM latent_actions GROUP BY 1").to_pylist()}
@@ -161,7 +186,8 @@ def test_two_checkpoints_side_by_side_and_queries(root, base):
     # the fixed-size array form agrees (D = latent width, 8 for the continuous tiny model)
     arr = corpus.query(
         f"SELECT l.key, array_cosine_similarity(l.mean_vector::FLOAT[8], "
-        f"(SELECT mean_vector FROM {C} WHERE key = '{KEYS['b']}')::FLOAT[8]) AS cos FROM {C} l ORDER BY cos DESC").to_pylist()
+        f"(SELECT mean_vector FROM {C} WHERE key = '{KEYS['b']}')::FLOAT[8]) AS cos FROM {C} l ORDER BY cos DESC"
+    ).to_pylist()
     lst = {r["key"]: r["cosine"] for r in corpus.query(nearest_clips_sql(KEYS["b"], C, limit=10)).to_pylist()}
     assert arr[0]["key"] == KEYS["b"] and all(r["cos"] == pytest.approx(lst[r["key"]], abs=1e-5) for r in arr)
 
@@ -177,14 +203,18 @@ def test_balanced_weights_equalise_groups():
 def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, capsys):
     name = run_label(root, base[1]["vq"], cfg=local(), progress=False)["labeler"]["name"]
     out = str(tmp_path / "sel.parquet")
-    assert main(["select", "--root", root, "--where", "num_steps > 0 AND motion_mean >= 0",
-                 "--balance-by", "dominant_code", "--out", out]) == 0
+    assert (
+        main(["select", "--root", root, "--where", "num_steps > 0 AND motion_mean >= 0", "--balance-by", "dominant_code", "--out", out])
+        == 0
+    )
     assert "wrote 5 clips" in capsys.readouterr().out
     sel = read_selection(out)
     assert sorted(sel.column("key").to_pylist()) == sorted(KEYS.values())
     assert "dominant_code" in selection_sql(sel) and name.replace("-", "_") in selection_sql(sel)
-    dom = dict((r["key"], r["dominant_code"]) for r in Corpus.open(root).query(
-        f"SELECT key, dominant_code FROM {label_view_name(name)}").to_pylist())
+    dom = dict(
+        (r["key"], r["dominant_code"])
+        for r in Corpus.open(root).query(f"SELECT key, dominant_code FROM {label_view_name(name)}").to_pylist()
+    )
     totals = Counter()
     for k, w in zip(sel.column("key").to_pylist(), sel.column("weight").to_pylist(), strict=False):
         totals[dom[k]] += w
@@ -197,8 +227,10 @@ def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, caps
 
     # balance by an SQL expression over clips columns: 3 fast clips vs 2 slow ones, each side 2.5
     s = run_select(root, "num_steps IS NOT NULL", str(tmp_path / "fast_slow.parquet"), balance_by="motion_mean >= 2")
-    assert s["labeler"] == name and s["groups"] == {"True": {"clips": 3, "weight_each": pytest.approx(2.5 / 3)},
-                                                    "False": {"clips": 2, "weight_each": pytest.approx(1.25)}}
+    assert s["labeler"] == name and s["groups"] == {
+        "True": {"clips": 3, "weight_each": pytest.approx(2.5 / 3)},
+        "False": {"clips": 2, "weight_each": pytest.approx(1.25)},
+    }
     w = dict(zip(*[read_selection(s["out"]).column(c).to_pylist() for c in ("key", "weight")], strict=False))
     assert w[KEYS["e"]] == pytest.approx(2.5 / 3) and w[KEYS["a"]] == pytest.approx(1.25)
 
@@ -217,8 +249,26 @@ def test_select_balanced_manifest_is_read_by_training(root, base, tmp_path, caps
 @pytest.mark.slow  # ~25 s: Ray start, workers importing torch, actor start
 def test_cli_on_ray_matches_local(root, base, capsys):
     """The one Ray run: the CLI on a local Ray with 2 CPUs gives the rows the in-process engine gives."""
-    assert main(["label", "latent-actions", "--root", root, "--ckpt", base[1]["vq"], "--ray.num_cpus", "2",
-                 "--clips_per_unit", "3", "--batch_size", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "label",
+                "latent-actions",
+                "--root",
+                root,
+                "--ckpt",
+                base[1]["vq"],
+                "--ray.num_cpus",
+                "2",
+                "--clips_per_unit",
+                "3",
+                "--batch_size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "5 labeled" in out and "1 failed" in out and "decode" in out
     corpus = Corpus.open(root)

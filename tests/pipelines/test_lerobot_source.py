@@ -20,8 +20,7 @@ def test_episode_sources_count_their_own_frames(tmp_path):
     root = tmp_path / "ds"
     w = LeRobotV3Writer(root, FPS, {"action": {"dtype": "float32", "shape": [2], "names": None}}, {"front": (32, 48)})
     for n in LENGTHS:
-        w.add_episode(EpisodeBuffer({"front": np.stack(list(moving_square(n, 32, 48, size=8)))},
-                                    {"action": np.zeros((n, 2))}, task="push"))
+        w.add_episode(EpisodeBuffer({"front": np.stack(list(moving_square(n, 32, 48, size=8)))}, {"action": np.zeros((n, 2))}, task="push"))
     w.close()
     specs = list_sources([str(root)])
     assert len(specs) == 3 and len({s.uri for s in specs}) == 1  # three episodes, one shared mp4

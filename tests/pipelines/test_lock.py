@@ -79,8 +79,7 @@ def test_sigkilled_holder_does_not_block(tmp_path):
 
 def test_other_host_holder_goes_stale_by_heartbeat(tmp_path):
     c = Corpus.create(str(tmp_path / "c"))
-    rec = {"command": "label", "run_id": "far", "host": "another-host", "pid": 1, "token": "t",
-           "heartbeat_at": time.time()}
+    rec = {"command": "label", "run_id": "far", "host": "another-host", "pid": 1, "token": "t", "heartbeat_at": time.time()}
     (tmp_path / "c" / LOCK_FILE).write_text(json.dumps(rec))
     with pytest.raises(LockHeld, match="defi label` run far \\(pid 1 on another-host"):
         WriterLock(c, "curate", "me", stale_s=60).acquire()
@@ -108,8 +107,10 @@ def test_object_store_lock():
         a.release()
     assert not c.fs.exists(c.path(LOCK_FILE))
     # a holder on another host that stopped beating is taken over
-    c.fs.pipe_file(c.path(LOCK_FILE), json.dumps({"host": "elsewhere", "pid": 7, "run_id": "old", "token": "x",
-                                                  "heartbeat_at": time.time() - 1000}).encode())
+    c.fs.pipe_file(
+        c.path(LOCK_FILE),
+        json.dumps({"host": "elsewhere", "pid": 7, "run_id": "old", "token": "x", "heartbeat_at": time.time() - 1000}).encode(),
+    )
     with WriterLock(c, "curate", "c", settle_s=0.01, stale_s=300) as lock:
         assert lock.took_over["run_id"] == "old"
         assert json.loads(c.fs.cat_file(c.path(LOCK_FILE)))["run_id"] == "c"
@@ -127,8 +128,20 @@ def test_two_concurrent_curate_runs(tmp_path):
     write_video(inputs / "a.mp4", scenes([30, 30], h=64, w=96, seed=1), fps=24)
     write_video(inputs / "b.mp4", moving_square(40), fps=24)
     root = tmp_path / "c"
-    cmd = [DEFI, "curate", str(inputs), "--root", str(root), "--no-progress", "--ray.num_cpus", "1",
-           "--windows.min_clip_s", "0.5", "--shots.min_shot_s", "0.5"]
+    cmd = [
+        DEFI,
+        "curate",
+        str(inputs),
+        "--root",
+        str(root),
+        "--no-progress",
+        "--ray.num_cpus",
+        "1",
+        "--windows.min_clip_s",
+        "0.5",
+        "--shots.min_shot_s",
+        "0.5",
+    ]
     ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in ps]
     codes = sorted(p.returncode for p in ps)

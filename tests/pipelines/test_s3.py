@@ -71,8 +71,12 @@ def s3():
     port = _free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # this process reads the corpus too, and webdataset's pipe inherits it
     try:
@@ -90,14 +94,29 @@ def s3():
 
 def _curate(tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
     (tmp_path / "cfg.json").write_text(json.dumps(CFG))
-    r = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "curate", f"s3://{BUCKET}/raw/", "--root", ROOT,
-                        "--config", str(tmp_path / "cfg.json"), "--no-progress"],
-                       cwd=tmp_path, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defi.pipelines.cli",
+            "curate",
+            f"s3://{BUCKET}/raw/",
+            "--root",
+            ROOT,
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     url = r.stdout.split("run record: ")[1].strip()
     assert url.startswith(ROOT + "/runs/")
-    return r, Corpus.open(ROOT).read_json(url[len(ROOT) + 1:])
+    return r, Corpus.open(ROOT).read_json(url[len(ROOT) + 1 :])
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +136,7 @@ def test_sources_are_read_from_s3(curated):
     s3, work, r, rec = curated
     assert rec["status"] == "done" and rec["root"] == ROOT
     assert rec["counts"]["videos"] == len(VIDEOS) + len(BAD) and rec["source_errors"] == {"unreadable_container": 1}
-    rows = {row["uri"]: row for row in Corpus.open(ROOT).query(
-        "SELECT uri, error, width, height, num_frames FROM sources").to_pylist()}
+    rows = {row["uri"]: row for row in Corpus.open(ROOT).query("SELECT uri, error, width, height, num_frames FROM sources").to_pylist()}
     assert set(rows) == {f"s3://{BUCKET}/raw/{n}" for n in [*VIDEOS, *BAD]}
     a = rows[f"s3://{BUCKET}/raw/a_two_shots.mp4"]
     assert (a["error"], a["width"], a["height"], a["num_frames"]) == (None, 80, 64, 66)
@@ -147,12 +165,28 @@ def test_query_over_the_s3_root(curated):
     cuts = c.query("SELECT start_frame, end_frame FROM clips WHERE uri LIKE '%c_three_shots.mp4' ORDER BY 1").to_pylist()
     assert [(x["start_frame"], x["end_frame"]) for x in cuts] == [(0, 24), (24, 54), (54, 78)]
     # the CLI (a fresh process, its own S3 client) agrees with the run record
-    out = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "query",
-                          "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) AS clips FROM clips", "--root", ROOT,
-                          "--format", "json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defi.pipelines.cli",
+            "query",
+            "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) AS clips FROM clips",
+            "--root",
+            ROOT,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(out) == {"kept": rec["counts"]["kept"], "clips": rec["counts"]["clips"]} and rec["counts"]["kept"] > 0
-    info = json.loads(subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "info", ROOT, "--json"],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "defi.pipelines.cli", "info", ROOT, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert (info["videos"], info["videos_ok"], info["video_errors"]) == (len(VIDEOS) + len(BAD), len(VIDEOS), {"unreadable_container": 1})
     assert (info["clips_kept"], info["shards"]) == (rec["counts"]["kept"], rec["counts"]["shards"])
     assert info["shard_bytes"] == sum(_keys(s3, "corpus/shards/shard-").values())

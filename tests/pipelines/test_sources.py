@@ -21,8 +21,17 @@ def test_same_video_one_uri_from_any_spelling(tmp_path, monkeypatch):
     (tmp_path / "m.csv").write_text("uri\nin1/good.mp4\n")
     want = str(tmp_path / "in1" / "good.mp4")
     monkeypatch.chdir(tmp_path)
-    spellings = [["in1"], ["in1/good.mp4"], ["./in1//good.mp4"], ["in1/sub/../good.mp4"], [want], [f"file://{want}"],
-                 ["in1/*.mp4"], ["m.csv"], ["in1", "in1/good.mp4", "m.csv"]]
+    spellings = [
+        ["in1"],
+        ["in1/good.mp4"],
+        ["./in1//good.mp4"],
+        ["in1/sub/../good.mp4"],
+        [want],
+        [f"file://{want}"],
+        ["in1/*.mp4"],
+        ["m.csv"],
+        ["in1", "in1/good.mp4", "m.csv"],
+    ]
     for inputs in spellings:
         uris = [s.uri for s in list_sources(inputs)]
         assert want in uris and all(os.path.isabs(u) for u in uris), (inputs, uris)
@@ -45,7 +54,6 @@ def test_refused_inputs_create_nothing(tmp_path):
         list_sources([str(tmp_path / "no_such_folder")])
     with pytest.raises(SourceError, match="empty"):
         list_sources([""])
-    r = subprocess.run([DEFI, "curate", str(tmp_path / "no_such_folder"), "--root", str(tmp_path / "c")],
-                       capture_output=True, text=True)
+    r = subprocess.run([DEFI, "curate", str(tmp_path / "no_such_folder"), "--root", str(tmp_path / "c")], capture_output=True, text=True)
     assert r.returncode == 2 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()

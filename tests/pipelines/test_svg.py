@@ -28,8 +28,7 @@ def rects(root: ET.Element, cls: str) -> list[ET.Element]:
 def test_histogram_counts_match_numpy_on_shared_edges():
     rng = np.random.default_rng(0)
     kept, rej = rng.normal(0, 1, 200).tolist(), rng.normal(2, 0.5, 50).tolist()
-    root = parse(svg.histogram({"kept": kept + [NAN, None], "rejected": rej + [math.inf]}, bins=10, title="motion",
-                               xlabel="px/frame"))
+    root = parse(svg.histogram({"kept": kept + [NAN, None], "rejected": rej + [math.inf]}, bins=10, title="motion", xlabel="px/frame"))
     bars = rects(root, "bar")
     edges = np.linspace(min(kept + rej), max(kept + rej), 11)
     for group, values in (("kept", kept), ("rejected", rej)):
@@ -60,9 +59,12 @@ def test_histogram_edge_cases():
 
 def test_text_is_escaped_and_output_deterministic():
     title = 'a < b & "c"'
-    for s in (svg.histogram({"x<&": [1, 2]}, title=title), svg.bars([("<&", 1.0)], title=title, unit="&"),
-              svg.scatter([1], [2], categories=["<&>"], title=title, xlabel="<", ylabel="&"),
-              svg.line([1, 2], title=title)):
+    for s in (
+        svg.histogram({"x<&": [1, 2]}, title=title),
+        svg.bars([("<&", 1.0)], title=title, unit="&"),
+        svg.scatter([1], [2], categories=["<&>"], title=title, xlabel="<", ylabel="&"),
+        svg.line([1, 2], title=title),
+    ):
         root = parse(s)
         assert "&lt;" in s and "&amp;" in s
         assert root.find("title").text == title
@@ -123,8 +125,14 @@ def test_code_strip_cells_per_step_and_token():
     assert cells[1].find("title").text == "step 1: code 3"
     multi = parse(svg.code_strip([[0, 1], [2, 3], [1, 1]], 4, height=14))
     cells = rects(multi, "code")
-    assert [(c.get("data-step"), c.get("data-token"), c.get("data-code")) for c in cells] == \
-           [("0", "0", "0"), ("0", "1", "1"), ("1", "0", "2"), ("1", "1", "3"), ("2", "0", "1"), ("2", "1", "1")]
+    assert [(c.get("data-step"), c.get("data-token"), c.get("data-code")) for c in cells] == [
+        ("0", "0", "0"),
+        ("0", "1", "1"),
+        ("1", "0", "2"),
+        ("1", "1", "3"),
+        ("2", "0", "1"),
+        ("2", "1", "1"),
+    ]
     assert {float(c.get("height")) for c in cells} == {7.0}
     assert rects(parse(svg.code_strip([], 4)), "code") == []
 
@@ -148,6 +156,6 @@ def test_palette_and_hue_colors():
     assert svg.palette(0) != svg.palette(1) and svg.palette(len(svg.PALETTE)) == svg.palette(0)
     assert all(re.fullmatch(r"#[0-9a-f]{6}", svg.palette(i)) for i in range(20))
     assert svg.hue_color(0) == svg.hue_color(-2 * math.pi)
-    r, g, b = (int(svg.hue_color(2 * math.pi / 3)[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(svg.hue_color(2 * math.pi / 3)[i : i + 2], 16) for i in (1, 3, 5))
     assert g > r and g > b  # a third of the wheel is green
     assert svg.standalone(svg.line([1, 2])).startswith('<svg xmlns="http://www.w3.org/2000/svg" ')

@@ -26,9 +26,17 @@ def corpus(tmp_path_factory):
     videos.mkdir()
     for i, (speed, size) in enumerate([(1, 12), (2, 16), (3, 10)]):
         write_video(videos / f"sq{i}.mp4", moving_square(64, h=64, w=64, size=size, speed=speed), fps=16)
-    cfg = from_dict(CurateConfig, {"windows": {"clip_len_s": 2.0, "stride_s": 2.0, "min_clip_s": 1.0, "max_clip_s": 2.0},
-                                   "shots": {"min_shot_s": 0.5}, "encode": {"fps": 16, "short_side": 64},
-                                   "use_dedup": False, "motion": {"min_frame_diff": 0.0}, "ray": {"num_cpus": 2}})
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "windows": {"clip_len_s": 2.0, "stride_s": 2.0, "min_clip_s": 1.0, "max_clip_s": 2.0},
+            "shots": {"min_shot_s": 0.5},
+            "encode": {"fps": 16, "short_side": 64},
+            "use_dedup": False,
+            "motion": {"min_frame_diff": 0.0},
+            "ray": {"num_cpus": 2},
+        },
+    )
     root = str(tmp / "corpus")
     rec = run_curate([str(videos)], root, cfg, progress=False)
     assert rec["status"] == "done" and rec["counts"]["kept"] >= 3, rec["counts"]
@@ -38,10 +46,35 @@ def corpus(tmp_path_factory):
 def _args(root, out, *extra):
     # the transformer preset: these numbers were measured with it (the default preset, keypoint, is
     # tuned for 64 px robot video; see test_default_preset_is_keypoint)
-    return ["gidm", "--root", root, "--select", SELECT, "--out", str(out), "--model", "tiny", "--gap-frames", "2", "--size", "32",
-            "--train.batch_size", "16", "--train.lr", "3e-3", "--train.warmup_steps", "3",
-            "--train.log_every", "1", "--train.ckpt_every", "40", "--data.shuffle_buffer", "64", "--no-progress",
-            *extra]
+    return [
+        "gidm",
+        "--root",
+        root,
+        "--select",
+        SELECT,
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--gap-frames",
+        "2",
+        "--size",
+        "32",
+        "--train.batch_size",
+        "16",
+        "--train.lr",
+        "3e-3",
+        "--train.warmup_steps",
+        "3",
+        "--train.log_every",
+        "1",
+        "--train.ckpt_every",
+        "40",
+        "--data.shuffle_buffer",
+        "64",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _metrics(out):
@@ -115,11 +148,14 @@ def test_resume_a_run_saved_before_a_model_field_existed(corpus, tmp_path, capsy
     assert "steps    3..3 of 3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("select, expect", [
-    ("SELECT key FROM clips WHERE false", "selection is empty"),
-    ("SELECT key FROM no_such_table", "no_such_table"),
-    ("SELECT 'nope' AS key", "not in the corpus"),
-])
+@pytest.mark.parametrize(
+    "select, expect",
+    [
+        ("SELECT key FROM clips WHERE false", "selection is empty"),
+        ("SELECT key FROM no_such_table", "no_such_table"),
+        ("SELECT 'nope' AS key", "not in the corpus"),
+    ],
+)
 def test_bad_select_is_one_line_exit_2(corpus, tmp_path, capsys, select, expect):
     args = _args(corpus, tmp_path / "run", "--steps", "2")
     args[args.index("--select") + 1] = select
@@ -149,8 +185,7 @@ def test_two_processes_train_one_model(corpus, tmp_path):
 
     out = tmp_path / "ddp"
     args = _args(corpus, out, "--steps", "12", "--workers", "2", "--no-progress")
-    p = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "train", *args], capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "train", *args], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("gidm:") == 1  # one summary, from rank 0
     cfg = json.loads((out / "train_config.json").read_text())

@@ -26,7 +26,7 @@ def square_clip(n: int, dx: int, dy: int, x0: int, y0: int):
     for i in range(n):
         f = np.full((SIZE, SIZE, 3), 60, np.uint8)
         x, y = x0 + dx * i, y0 + dy * i
-        f[y:y + 6, x:x + 6] = 230
+        f[y : y + 6, x : x + 6] = 230
         yield f
 
 
@@ -36,28 +36,66 @@ def corpus(tmp_path_factory):
     c = Corpus.create(str(tmp / "corpus"))
     writers = shard_writers(c, 1)
     specs = [  # (frames, dx, dy, x0, y0, language)
-        (12, 1, 0, 2, 4, "move right"), (12, 1, 0, 4, 16, "move right"), (12, 0, 1, 6, 2, "move down"),
-        (12, 0, 1, 20, 4, "move down"), (12, 1, 0, 8, 24, None), (2, 1, 0, 2, 2, "move right"),
+        (12, 1, 0, 2, 4, "move right"),
+        (12, 1, 0, 4, 16, "move right"),
+        (12, 0, 1, 6, 2, "move down"),
+        (12, 0, 1, 20, 4, "move down"),
+        (12, 1, 0, 8, 24, None),
+        (2, 1, 0, 2, 2, "move right"),
     ]
     records = []
     for i, (n, dx, dy, x0, y0, lang) in enumerate(specs):
         mp4 = write_video(tmp / f"c{i}.mp4", square_clip(n, dx, dy, x0, y0), fps=10).read_bytes()
         key = clip_key(f"{i + 1:016x}", 0, n, {"t": 1})
         members = {"lang.txt": lang} if lang else {}
-        records.append(write_clip_sample(writers, 0, key, mp4, n, 10.0, SIZE, uri=f"file://c{i}.mp4",
-                                         members=members, language=lang))
+        records.append(write_clip_sample(writers, 0, key, mp4, n, 10.0, SIZE, uri=f"file://c{i}.mp4", members=members, language=lang))
     writers[0].close()
     c.write_part("clips", clips_table(records), part="batch0")
     return str(tmp / "corpus")
 
 
 def _args(root, out, *extra):
-    return ["gfdm", "--root", root, "--select", SELECT, "--out", str(out), "--gap-frames", "3", "--size", str(SIZE),
-            "--model.block_out_channels", "16,32", "--model.down_block_types", "DownBlock2D,CrossAttnDownBlock2D",
-            "--model.up_block_types", "CrossAttnUpBlock2D,UpBlock2D", "--model.cross_attention_dim", "16",
-            "--model.text_dim", "16", "--text.width", "16", "--train.batch_size", "8", "--train.lr", "2e-3",
-            "--train.warmup_steps", "2", "--train.log_every", "1", "--train.ckpt_every", "10",
-            "--train.grid_every", "10", "--data.shuffle_buffer", "32", "--no-progress", *extra]
+    return [
+        "gfdm",
+        "--root",
+        root,
+        "--select",
+        SELECT,
+        "--out",
+        str(out),
+        "--gap-frames",
+        "3",
+        "--size",
+        str(SIZE),
+        "--model.block_out_channels",
+        "16,32",
+        "--model.down_block_types",
+        "DownBlock2D,CrossAttnDownBlock2D",
+        "--model.up_block_types",
+        "CrossAttnUpBlock2D,UpBlock2D",
+        "--model.cross_attention_dim",
+        "16",
+        "--model.text_dim",
+        "16",
+        "--text.width",
+        "16",
+        "--train.batch_size",
+        "8",
+        "--train.lr",
+        "2e-3",
+        "--train.warmup_steps",
+        "2",
+        "--train.log_every",
+        "1",
+        "--train.ckpt_every",
+        "10",
+        "--train.grid_every",
+        "10",
+        "--data.shuffle_buffer",
+        "32",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # ~2 min on the shared 2-core box
@@ -87,8 +125,7 @@ def test_train_gfdm_embeds_texts_writes_grids_checkpoints_and_resumes(corpus, tm
     assert cfg.image_size == SIZE and cfg.text_dim == 16
     text_cfg = load_text_config(out)
     assert text_cfg.name == "tiny" and text_cfg.width == 16
-    np.testing.assert_array_equal(embed_instructions(corpus, ["move down"], text_cfg)[0],
-                                  TextEncoder(text_cfg).encode(["move down"])[0])
+    np.testing.assert_array_equal(embed_instructions(corpus, ["move down"], text_cfg)[0], TextEncoder(text_cfg).encode(["move down"])[0])
     state = json.loads((out / "checkpoints" / "step-00000020" / "state.json").read_text())
     assert state["extra"]["data"]["gap_frames"] == 3
     with torch.no_grad():
@@ -119,11 +156,22 @@ def test_bad_input_is_one_line(corpus, tmp_path, capsys):
     assert "fewer than batch_size" in err_of(args)
     missing = tmp_path / "no-svd"
     assert f"pretrained SVD weights not found: {missing}" in err_of(
-        ["gfdm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r3"), "--model", "svd",
-         "--pretrained", str(missing)])
+        ["gfdm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r3"), "--model", "svd", "--pretrained", str(missing)]
+    )
     assert "objective='magic'" in err_of(_args(corpus, tmp_path / "r4", "--model.objective", "magic"))
-    assert "backbone='nope'" in err_of(["gfdm", "--root", corpus, "--select", SELECT, "--out", str(tmp_path / "r5"),
-                                        "--config", str(_write(tmp_path, {"model": {"backbone": "nope"}}))])
+    assert "backbone='nope'" in err_of(
+        [
+            "gfdm",
+            "--root",
+            corpus,
+            "--select",
+            SELECT,
+            "--out",
+            str(tmp_path / "r5"),
+            "--config",
+            str(_write(tmp_path, {"model": {"backbone": "nope"}})),
+        ]
+    )
 
 
 def _write(tmp_path, obj):

@@ -34,7 +34,7 @@ def frames(n, seed):
     for i in range(n):
         f = np.full((S, S, 3), 40, np.uint8)
         x = (x0 + 2 * i) % (S - 8)
-        f[10:18, x:x + 8] = 220
+        f[10:18, x : x + 8] = 220
         yield f
 
 
@@ -49,13 +49,32 @@ def setup(tmp_path_factory):
         rows = np.stack([np.full(2 * n, 0.5), np.linspace(-1, 1, 2 * n), np.zeros(2 * n), np.full(2 * n, e)], 1)
         key = clip_key(f"{e + 1:016x}", 0, n, {})
         mp4 = write_video(tmp / f"ep{e}.mp4", frames(n, e), fps=10).read_bytes()
-        recs.append(write_clip_sample(
-            writers, 0, key, mp4, n, 10.0, S, uri=f"file://ep{e}.mp4",
-            members={"actions.npy": npy(rows[::2].astype(np.float32)), "rows.actions.npy": npy(rows.astype(np.float32)),
-                     "lang.txt": "push the block"},
-            meta={"action_dim": 4, "row_fps": 20.0, "frame_rows": list(range(0, 2 * n, 2)),
-                  "row_times_s": [i / 20 for i in range(2 * n)]},
-            has_actions=True, language="push the block", kind="robot"))
+        recs.append(
+            write_clip_sample(
+                writers,
+                0,
+                key,
+                mp4,
+                n,
+                10.0,
+                S,
+                uri=f"file://ep{e}.mp4",
+                members={
+                    "actions.npy": npy(rows[::2].astype(np.float32)),
+                    "rows.actions.npy": npy(rows.astype(np.float32)),
+                    "lang.txt": "push the block",
+                },
+                meta={
+                    "action_dim": 4,
+                    "row_fps": 20.0,
+                    "frame_rows": list(range(0, 2 * n, 2)),
+                    "row_times_s": [i / 20 for i in range(2 * n)],
+                },
+                has_actions=True,
+                language="push the block",
+                kind="robot",
+            )
+        )
     key = clip_key("f" * 16, 0, 8, {})  # a clip without actions
     mp4 = write_video(tmp / "human.mp4", frames(8, 9), fps=10).read_bytes()
     recs.append(write_clip_sample(writers, 0, key, mp4, 8, 10.0, S, uri="file://human.mp4", has_actions=False))
@@ -70,9 +89,30 @@ def setup(tmp_path_factory):
 
 
 def argv(tmp, root, out, *more):
-    return ["train", "policy", "--root", root, "--select", "SELECT key FROM clips WHERE has_actions",
-            "--gfdm", str(tmp / "gfdm"), "--gidm", str(tmp / "gidm"), "--out", str(out), "--horizon", "4",
-            "--train.batch_size", "4", "--train.log_every", "1", "--train.ckpt_every", "2", "--no-progress", *more]
+    return [
+        "train",
+        "policy",
+        "--root",
+        root,
+        "--select",
+        "SELECT key FROM clips WHERE has_actions",
+        "--gfdm",
+        str(tmp / "gfdm"),
+        "--gidm",
+        str(tmp / "gidm"),
+        "--out",
+        str(out),
+        "--horizon",
+        "4",
+        "--train.batch_size",
+        "4",
+        "--train.log_every",
+        "1",
+        "--train.ckpt_every",
+        "2",
+        "--no-progress",
+        *more,
+    ]
 
 
 def test_train_policy_trains_resumes_and_records(setup, capsys):
@@ -116,8 +156,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
         return e
 
     base = argv(tmp, root, tmp_path / "x", "--steps", "1")
-    no_actions = [a if a != "SELECT key FROM clips WHERE has_actions" else "SELECT key FROM clips WHERE NOT has_actions"
-                  for a in base]
+    no_actions = [a if a != "SELECT key FROM clips WHERE has_actions" else "SELECT key FROM clips WHERE NOT has_actions" for a in base]
     assert "no clip in the selection has actions" in err(*no_actions)
     swapped = [str(tmp / "gidm") if a == str(tmp / "gfdm") else a for a in base]
     assert "a 'gidm' checkpoint where a 'gfdm' checkpoint is expected" in err(*swapped)

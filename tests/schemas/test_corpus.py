@@ -16,12 +16,22 @@ from defi.schemas.tables import FORMAT_VERSION, SchemaError
 
 
 def _clips(n, source="s" * 32, start=0):
-    return clips_table([
-        ClipRecord(key=f"k{i:06d}", source_id=source, start_frame=i * 10, end_frame=i * 10 + 10,
-                   start_s=i, end_s=i + 1.0, kept=i % 3 != 0, reject_reason=None if i % 3 else "low_motion",
-                   motion_mean=float(i))
-        for i in range(start, start + n)
-    ])
+    return clips_table(
+        [
+            ClipRecord(
+                key=f"k{i:06d}",
+                source_id=source,
+                start_frame=i * 10,
+                end_frame=i * 10 + 10,
+                start_s=i,
+                end_s=i + 1.0,
+                kept=i % 3 != 0,
+                reject_reason=None if i % 3 else "low_motion",
+                motion_mean=float(i),
+            )
+            for i in range(start, start + n)
+        ]
+    )
 
 
 def test_create_open_and_version(tmp_path):
@@ -76,8 +86,17 @@ def test_empty_corpus_queries_have_the_schema(tmp_path):
     assert c.query("SELECT count(*) AS n FROM latent_actions").to_pylist() == [{"n": 0}]
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM clips", "DROP VIEW clips", "COPY (SELECT 1) TO 'x.csv'",
-                                 "SELECT 1; DROP VIEW clips", "CREATE TABLE t AS SELECT 1", "ATTACH 'x.db'"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM clips",
+        "DROP VIEW clips",
+        "COPY (SELECT 1) TO 'x.csv'",
+        "SELECT 1; DROP VIEW clips",
+        "CREATE TABLE t AS SELECT 1",
+        "ATTACH 'x.db'",
+    ],
+)
 def test_write_statements_are_refused(tmp_path, sql):
     c = Corpus.create(str(tmp_path))
     with pytest.raises(CorpusError, match="only read-only queries"):
@@ -143,6 +162,7 @@ def test_million_clip_rows_filter_group_by(tmp_path):
     r_idx = rng.integers(0, 4, n)
     motion = rng.random(n).astype(np.float32) * 10
     from defi.schemas.tables import CLIPS
+
     cols = {}
     for f in CLIPS:
         if f.name == "key":
@@ -161,8 +181,9 @@ def test_million_clip_rows_filter_group_by(tmp_path):
     c = Corpus.create(str(tmp_path))
     for i in range(4):
         c.write_part("clips", table.slice(i * n // 4, n // 4), part=f"p{i}")
-    got = c.query("SELECT reject_reason, count(*) AS n, avg(motion_mean) AS m FROM clips "
-                  "WHERE motion_mean > 2.5 GROUP BY 1 ORDER BY 1 NULLS FIRST").to_pylist()
+    got = c.query(
+        "SELECT reject_reason, count(*) AS n, avg(motion_mean) AS m FROM clips WHERE motion_mean > 2.5 GROUP BY 1 ORDER BY 1 NULLS FIRST"
+    ).to_pylist()
     sel = motion > 2.5
     expect = []
     for j in range(4):

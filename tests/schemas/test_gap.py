@@ -23,11 +23,20 @@ def test_stored_form_round_trips_and_reads_old_checkpoints():
     assert Gap.of_frames(4).suffix() == "k4" and Gap.of_seconds(0.5).suffix() == "g0.5s"
 
 
-@pytest.mark.parametrize("value, unit, words", [
-    (0, "frames", ">= 1"), (-2, "frames", ">= 1"), (2.5, "frames", "whole number"),
-    (0.0, "seconds", "> 0"), (-1.0, "seconds", "> 0"), (math.nan, "seconds", "finite"),
-    (math.inf, "seconds", "finite"), ("3", "frames", "not a number"), (1, "hours", "unknown"),
-])
+@pytest.mark.parametrize(
+    "value, unit, words",
+    [
+        (0, "frames", ">= 1"),
+        (-2, "frames", ">= 1"),
+        (2.5, "frames", "whole number"),
+        (0.0, "seconds", "> 0"),
+        (-1.0, "seconds", "> 0"),
+        (math.nan, "seconds", "finite"),
+        (math.inf, "seconds", "finite"),
+        ("3", "frames", "not a number"),
+        (1, "hours", "unknown"),
+    ],
+)
 def test_bad_values_named(value, unit, words):
     with pytest.raises(ValueError, match=words):
         Gap(value, unit)

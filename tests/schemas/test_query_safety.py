@@ -18,9 +18,18 @@ DEFI = str(Path(sys.executable).with_name("defi"))
 def _corpus(root: Path) -> Corpus:
     c = Corpus.create(str(root))
     c.write_part("sources", sources_table([SourceRecord(source_id="a" * 32, uri="/a.mp4", duration_s=10.0)]), part="u")
-    c.write_part("clips", clips_table([
-        ClipRecord(key=f"k{i}", source_id="a" * 32, start_frame=0, end_frame=10, start_s=0, end_s=1.0,
-                   kept=True, motion_mean=float(i)) for i in range(3)]), part="u")
+    c.write_part(
+        "clips",
+        clips_table(
+            [
+                ClipRecord(
+                    key=f"k{i}", source_id="a" * 32, start_frame=0, end_frame=10, start_s=0, end_s=1.0, kept=True, motion_mean=float(i)
+                )
+                for i in range(3)
+            ]
+        ),
+        part="u",
+    )
     return c
 
 
@@ -102,8 +111,11 @@ def test_defi_query_and_browse_refuse_with_one_line(tmp_path, i):
 
 def test_browse_refuses_a_query_without_key_before_running_it(tmp_path):
     c = _corpus(tmp_path / "c")
-    p = subprocess.run([DEFI, "browse", "SELECT motion_mean FROM clips", "--root", c.root, "--out",
-                        str(tmp_path / "p.html")], capture_output=True, text=True)
+    p = subprocess.run(
+        [DEFI, "browse", "SELECT motion_mean FROM clips", "--root", c.root, "--out", str(tmp_path / "p.html")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "must return a `key` column" in p.stderr and "motion_mean" in p.stderr
     assert not (tmp_path / "p.html").exists()
 
@@ -119,8 +131,11 @@ def test_object_store_root_is_read_only_too():
     import fsspec
 
     c = Corpus.create("memory://bucket/qsafe")
-    c.write_part("clips", clips_table([ClipRecord(key="k", source_id="a" * 32, start_frame=0, end_frame=1, start_s=0,
-                                                  end_s=1.0, motion_mean=2.0)]), part="u")
+    c.write_part(
+        "clips",
+        clips_table([ClipRecord(key="k", source_id="a" * 32, start_frame=0, end_frame=1, start_s=0, end_s=1.0, motion_mean=2.0)]),
+        part="u",
+    )
     try:
         assert c.query("SELECT sum(motion_mean) AS m FROM clips").to_pylist() == [{"m": 2.0}]
         with pytest.raises(CorpusError, match="Permission"):

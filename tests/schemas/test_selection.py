@@ -29,9 +29,19 @@ def corpus(tmp_path_factory):
     c = Corpus.create(str(tmp_path_factory.mktemp("corpus")))
     recs = []
     for i in range(6):
-        recs.append(ClipRecord(key=_key(i), source_id=f"{i:016x}", start_frame=0, end_frame=10 + i,
-                               start_s=0.0, end_s=1.0, shard=f"shard-{i % 2:06d}.tar", out_fps=10.0 * (1 + i % 2),
-                               out_frames=10 + i))
+        recs.append(
+            ClipRecord(
+                key=_key(i),
+                source_id=f"{i:016x}",
+                start_frame=0,
+                end_frame=10 + i,
+                start_s=0.0,
+                end_s=1.0,
+                shard=f"shard-{i % 2:06d}.tar",
+                out_fps=10.0 * (1 + i % 2),
+                out_frames=10 + i,
+            )
+        )
     rejected = ClipRecord(key=_key(6), source_id=f"{6:016x}", start_frame=0, end_frame=16, start_s=0.0, end_s=1.0)
     rejected.reject("too_static")
     recs.append(rejected)

@@ -74,8 +74,20 @@ def test_clip_keys_are_deterministic_and_parameter_sensitive():
 
 
 def test_sample_meta_round_trip_and_member_names():
-    m = SampleMeta(key="k", source_id="s", uri="u", start_frame=0, end_frame=8, start_s=0, end_s=1,
-                   fps=8, width=64, height=64, num_frames=8, action_dim=4)
+    m = SampleMeta(
+        key="k",
+        source_id="s",
+        uri="u",
+        start_frame=0,
+        end_frame=8,
+        start_s=0,
+        end_s=1,
+        fps=8,
+        width=64,
+        height=64,
+        num_frames=8,
+        action_dim=4,
+    )
     assert SampleMeta.from_json(m.to_json()) == m
     assert member_name("k", "actions.npy") == "k.actions.npy"
     with pytest.raises(ValueError, match="valid"):

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from defi.training.checkpoint import (CheckpointError, checkpoint_hash, load_checkpoint, restore_rng,
-                                      save_checkpoint)
+from defi.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, restore_rng, save_checkpoint
 from defi.training.gidm import GIDM, gidm_tiny
 
 
@@ -19,7 +18,7 @@ def make(tmp_path, bottleneck="vq"):
     cfg = gidm_tiny(image_size=16, patch_size=4, bottleneck=bottleneck)
     m = GIDM(cfg)
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
     x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
     for _ in range(3):
         opt.zero_grad()
@@ -32,8 +31,7 @@ def make(tmp_path, bottleneck="vq"):
 
 def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path):
     m, cfg, opt, sched, (x, y), d = make(tmp_path)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "state.json",
-                                                    "state.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "state.json", "state.safetensors"]
     assert not list(tmp_path.glob(".tmp-*"))
     expected_rand = torch.rand(3)  # drawn right after the save
     m2, cfg2, state = load_checkpoint(d)
@@ -50,7 +48,7 @@ def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path):
     for pid, a in s1.items():
         b = s2[pid]
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and float(a["step"]) == float(b["step"]) == 3
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5**s)
     sched2.load_state_dict(state["scheduler"])
     assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
     random.random(), np.random.rand()
@@ -84,8 +82,7 @@ def test_garbage_config_is_a_clear_error(tmp_path):
     (d / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
         load_checkpoint(d)
-    (d / "config.json").write_text(json.dumps({"format_version": 1, "model_type": "gidm",
-                                               "config": {"bottleneck": "gumbel"}}))
+    (d / "config.json").write_text(json.dumps({"format_version": 1, "model_type": "gidm", "config": {"bottleneck": "gumbel"}}))
     with pytest.raises(CheckpointError, match=r"(?s)config\.json: invalid config.*bottleneck='gumbel'"):
         load_checkpoint(d)
     (d / "config.json").write_text(json.dumps({"format_version": 1, "model_type": "gan", "config": {}}))

@@ -74,13 +74,25 @@ def corpus(tmp_path_factory):
         members = {"actions.npy": npy(actions_for(name, n))} if has_actions else {}
         if lang:
             members["lang.txt"] = lang
-        records.append(write_clip_sample(writers, shard, KEYS[name], mp4, n, fps, SIZE, uri=f"file://{name}.mp4",
-                                         members=members, meta={"action_dim": ACTION_DIM if has_actions else None},
-                                         has_actions=has_actions, language=lang))
+        records.append(
+            write_clip_sample(
+                writers,
+                shard,
+                KEYS[name],
+                mp4,
+                n,
+                fps,
+                SIZE,
+                uri=f"file://{name}.mp4",
+                members=members,
+                meta={"action_dim": ACTION_DIM if has_actions else None},
+                has_actions=has_actions,
+                language=lang,
+            )
+        )
     for w in writers:
         w.close()
-    rejected = ClipRecord(key=clip_key("f" * 16, 0, 8, {}), source_id="f" * 16, start_frame=0, end_frame=8,
-                          start_s=0.0, end_s=1.0)
+    rejected = ClipRecord(key=clip_key("f" * 16, 0, 8, {}), source_id="f" * 16, start_frame=0, end_frame=8, start_s=0.0, end_s=1.0)
     rejected.reject("too_static")
     c.write_part("clips", clips_table([*records, rejected]), part="batch0")
     return c
@@ -193,8 +205,17 @@ def split_items(corpus, world_size, num_workers, **kw):
     """(key, t) of every item each (rank, worker) consumer yields, through real DataLoaders."""
     out = {}
     for rank in range(world_size):
-        loader = make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=4, num_workers=num_workers,
-                             size=OUT, gap_frames=2, rank=rank, world_size=world_size, **kw)
+        loader = make_loader(
+            corpus.root,
+            "SELECT key FROM clips WHERE kept",
+            batch_size=4,
+            num_workers=num_workers,
+            size=OUT,
+            gap_frames=2,
+            rank=rank,
+            world_size=world_size,
+            **kw,
+        )
         out[rank] = [(k, int(t)) for b in loader for k, t in zip(b["key"], b["t"], strict=False)]
     return out
 
@@ -271,7 +292,7 @@ def test_bad_samples_are_counted_not_raised(corpus, tmp_path):
     assert {i["key"] for i in items} == {good.key} and len(items) == 11
     assert ds.stats["error:decode"] == 1
     # a truncated shard yields what it can and counts the rest
-    data = (corpus.fs.cat_file(corpus.path("shards", "shard-000000.tar")))
+    data = corpus.fs.cat_file(corpus.path("shards", "shard-000000.tar"))
     trunc = tmp_path / "trunc.tar"
     trunc.write_bytes(data[: len(data) // 2])
     reader = ShardReader(str(trunc))
@@ -281,8 +302,7 @@ def test_bad_samples_are_counted_not_raised(corpus, tmp_path):
 
 
 def test_make_loader_with_two_workers_collates_batches(corpus):
-    loader = make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=8, num_workers=2,
-                         size=(OUT, 24), gap_s=0.1, seed=5)
+    loader = make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=8, num_workers=2, size=(OUT, 24), gap_s=0.1, seed=5)
     batches = list(loader)
     total = sum(len(b["key"]) for b in batches)
     # k = 1 for 10 fps clips, 2 for 20 fps
@@ -293,14 +313,14 @@ def test_make_loader_with_two_workers_collates_batches(corpus):
         for i, t in enumerate(batch["t"].tolist()):
             assert abs(float(batch["next_obs"][i].mean()) * 255 - 10 * (t + int(batch["k"][i]))) < 3
     # same seed, same worker count: same stream
-    again = list(make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=8, num_workers=2,
-                             size=(OUT, 24), gap_s=0.1, seed=5))
+    again = list(
+        make_loader(corpus.root, "SELECT key FROM clips WHERE kept", batch_size=8, num_workers=2, size=(OUT, 24), gap_s=0.1, seed=5)
+    )
     assert [b["key"] for b in again] == [b["key"] for b in batches]
 
 
 def test_collate_mixed_fields():
-    a = {"obs": torch.zeros(3, 2, 2), "key": "x", "t": 1, "fps": 10.0, "actions_window": torch.zeros(2, 2),
-         "actions": torch.ones(2)}
+    a = {"obs": torch.zeros(3, 2, 2), "key": "x", "t": 1, "fps": 10.0, "actions_window": torch.zeros(2, 2), "actions": torch.ones(2)}
     b = {"obs": torch.ones(3, 2, 2), "key": "y", "t": 2, "fps": 20.0, "actions_window": torch.zeros(4, 2)}
     out = collate_items([a, b])
     assert out["obs"].shape == (2, 3, 2, 2) and out["t"].tolist() == [1, 2] and out["key"] == ["x", "y"]

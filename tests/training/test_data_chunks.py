@@ -38,17 +38,37 @@ def corpus(tmp_path_factory):
     rows = np.stack([np.arange(2 * n), np.ones(2 * n)], 1).astype(np.float32)
     k1 = clip_key("1" * 16, 0, n, {})
     mp4 = write_video(tmp / "fast.mp4", grey_clip(n), fps=10).read_bytes()
-    r1 = write_clip_sample(writers, 0, k1, mp4, n, 10.0, SIZE, uri="file://fast.mp4",
-                           members={"actions.npy": npy(rows[::2]), "rows.actions.npy": npy(rows), "lang.txt": "reach"},
-                           meta={"action_dim": 2, "row_fps": 20.0, "frame_rows": list(range(0, 2 * n, 2)),
-                                 "row_times_s": [i / 20 for i in range(2 * n)]},
-                           has_actions=True, language="reach")
+    r1 = write_clip_sample(
+        writers,
+        0,
+        k1,
+        mp4,
+        n,
+        10.0,
+        SIZE,
+        uri="file://fast.mp4",
+        members={"actions.npy": npy(rows[::2]), "rows.actions.npy": npy(rows), "lang.txt": "reach"},
+        meta={"action_dim": 2, "row_fps": 20.0, "frame_rows": list(range(0, 2 * n, 2)), "row_times_s": [i / 20 for i in range(2 * n)]},
+        has_actions=True,
+        language="reach",
+    )
     # "old": a format-1.0 sample, one row per frame, no instruction
     k2 = clip_key("2" * 16, 0, 5, {})
     mp4 = write_video(tmp / "old.mp4", grey_clip(5), fps=10).read_bytes()
     old = np.stack([np.arange(5), np.full(5, 2.0)], 1).astype(np.float32)
-    r2 = write_clip_sample(writers, 0, k2, mp4, 5, 10.0, SIZE, uri="file://old.mp4", members={"actions.npy": npy(old)},
-                           meta={"action_dim": 2}, has_actions=True)
+    r2 = write_clip_sample(
+        writers,
+        0,
+        k2,
+        mp4,
+        5,
+        10.0,
+        SIZE,
+        uri="file://old.mp4",
+        members={"actions.npy": npy(old)},
+        meta={"action_dim": 2},
+        has_actions=True,
+    )
     writers[0].close()
     c.write_part("clips", clips_table([r1, r2]), part="b0")
     return c

@@ -26,8 +26,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     model(x).sum().backward()
     local = [p.grad.clone() for p in model.parameters()]
     sync_gradients(list(model.parameters()))
-    torch.save({"local": local, "synced": [p.grad.clone() for p in model.parameters()],
-                "params": [p.detach().clone() for p in model.parameters()]}, os.path.join(out_dir, f"r{rank}.pt"))
+    torch.save(
+        {
+            "local": local,
+            "synced": [p.grad.clone() for p in model.parameters()],
+            "params": [p.detach().clone() for p in model.parameters()],
+        },
+        os.path.join(out_dir, f"r{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 

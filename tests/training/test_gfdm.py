@@ -14,8 +14,14 @@ from defi.training.gidm import GIDM, gidm_tiny
 
 def small(**kw) -> GFDMConfig:
     """A tinier tiny for tests: 32 px, 4-px blocks (8x8 grid), 2 levels."""
-    base = dict(image_size=32, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, text_dim=16)
+    base = dict(
+        image_size=32,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        text_dim=16,
+    )
     return gfdm_tiny(**{**base, **kw})
 
 
@@ -85,9 +91,9 @@ def square_clips(n: int, size: int = 32, seed: int = 0):
     which = torch.randint(0, 2, (n,), generator=g)
     for i in range(n):
         x, y = (int(v) for v in torch.randint(4, size - 14, (2,), generator=g))
-        obs[i, :, y:y + 6, x:x + 6] = 1.0
+        obs[i, :, y : y + 6, x : x + 6] = 1.0
         dx, dy = (4, 0) if which[i] == 0 else (0, 4)
-        fut[i, :, y + dy:y + dy + 6, x + dx:x + dx + 6] = 1.0
+        fut[i, :, y + dy : y + dy + 6, x + dx : x + dx + 6] = 1.0
     return obs, fut.unsqueeze(1), which
 
 
@@ -143,15 +149,30 @@ def test_svd_builds_with_random_weights_and_steps(capsys):
 def test_svd_missing_weights_path_is_named(tmp_path):
     missing = tmp_path / "no-svd-here"
     with pytest.raises(FileNotFoundError, match=f"pretrained SVD weights not found: {missing}"):
-        GFDM(gfdm_svd(image_size=64, block_out_channels=(32, 32, 32, 32), attention_head_dim=8,
-                      vae_block_out_channels=(32, 32, 32, 32), norm_num_groups=32, cross_attention_dim=32,
-                      pretrained_path=str(missing)))
+        GFDM(
+            gfdm_svd(
+                image_size=64,
+                block_out_channels=(32, 32, 32, 32),
+                attention_head_dim=8,
+                vae_block_out_channels=(32, 32, 32, 32),
+                norm_num_groups=32,
+                cross_attention_dim=32,
+                pretrained_path=str(missing),
+            )
+        )
 
 
 def reduced_svd(**kw) -> GFDMConfig:
     """The svd family (spatio-temporal U-Net over SVD-VAE latents) at a CPU-test size."""
-    base = dict(image_size=64, future_frames=2, block_out_channels=(32, 32, 32, 32), attention_head_dim=8,
-                vae_block_out_channels=(32, 32, 32, 32), cross_attention_dim=32, text_dim=16)
+    base = dict(
+        image_size=64,
+        future_frames=2,
+        block_out_channels=(32, 32, 32, 32),
+        attention_head_dim=8,
+        vae_block_out_channels=(32, 32, 32, 32),
+        cross_attention_dim=32,
+        text_dim=16,
+    )
     return gfdm_svd(**{**base, **kw})
 
 
@@ -169,8 +190,9 @@ def test_reduced_svd_steps_and_returns_per_frame_features():
     with torch.no_grad():
         out = model.extract_features(obs, None, num_steps=2)
     assert out.prediction.shape == (2, 2, 3, 64, 64)
-    assert [tuple(f.shape) for f in out.features] == [(2, 2, c, s, s) for c, s in
-                                                       zip(model.feature_channels, cfg.feature_sizes, strict=True)]
+    assert [tuple(f.shape) for f in out.features] == [
+        (2, 2, c, s, s) for c, s in zip(model.feature_channels, cfg.feature_sizes, strict=True)
+    ]
 
 
 def test_svd_loads_weights_from_a_local_diffusers_folder(tmp_path):

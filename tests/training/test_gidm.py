@@ -62,8 +62,10 @@ def test_config_json_round_trip():
 
 
 # --- forward ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("bottleneck,width,ncodes,keypoints", [
-    ("continuous", 8, 0, 0), ("vq", 8, 16, 0), ("fsq", 4, 1000, 0), ("continuous", 8, 0, 3), ("vq", 8, 16, 3)])
+@pytest.mark.parametrize(
+    "bottleneck,width,ncodes,keypoints",
+    [("continuous", 8, 0, 0), ("vq", 8, 16, 0), ("fsq", 4, 1000, 0), ("continuous", 8, 0, 3), ("vq", 8, 16, 3)],
+)
 def test_forward_outputs_and_encode(bottleneck, width, ncodes, keypoints):
     torch.manual_seed(0)
     cfg = tiny(bottleneck=bottleneck, num_action_tokens=2, lang_dim=5, keypoints=keypoints)
@@ -166,9 +168,28 @@ def test_keypoint_encoder_latent_is_linear_in_the_move_from_any_start():
 # Recorded with torch 2.14.1 on CPU (seed 0, VQ tiny config). A change here means the forward
 # pass, the init or the data generator changed: update on purpose, never to make a test pass.
 GOLDEN_INIT_LOSS = 0.1538028120994568
-GOLDEN_CURVE = [0.155544, 1.274991, 0.249257, 0.146292, 0.022408, 0.068931, 0.072622, 0.06514,
-                0.043259, 0.028328, 0.029386, 0.028257, 0.033666, 0.029924, 0.025334, 0.025312,
-                0.022777, 0.027955, 0.024818, 0.017345]
+GOLDEN_CURVE = [
+    0.155544,
+    1.274991,
+    0.249257,
+    0.146292,
+    0.022408,
+    0.068931,
+    0.072622,
+    0.06514,
+    0.043259,
+    0.028328,
+    0.029386,
+    0.028257,
+    0.033666,
+    0.029924,
+    0.025334,
+    0.025312,
+    0.022777,
+    0.027955,
+    0.024818,
+    0.017345,
+]
 
 
 def _golden_run():
@@ -190,14 +211,15 @@ def test_golden_init_loss_and_20_step_curve():
 def test_features_input_with_tiny_open_clip_vit(tmp_path):
     import open_clip
 
-    cfg_json = {"embed_dim": 16,
-                "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 4, "head_width": 16},
-                "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    cfg_json = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 4, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
     (tmp_path / "defi-tiny-vit.json").write_text(json.dumps(cfg_json))
     open_clip.add_model_config(tmp_path)
     torch.manual_seed(0)
-    cfg = tiny(input_space="features", feature_encoder="open_clip:defi-tiny-vit", feature_dim=32,
-               bottleneck="vq")
+    cfg = tiny(input_space="features", feature_encoder="open_clip:defi-tiny-vit", feature_dim=32, bottleneck="vq")
     m = GIDM(cfg)
     o, n, _ = data(4, seed=0)
     out = m(o, n)
@@ -288,6 +310,5 @@ def test_additive_latents_window_loss_and_training():
 
     end_plain, end_additive = train(plain), train(additive)
     # measured (seed 0, 150 steps): 2.54 without the term, 0.38 with it
-    assert end_additive["additive_error"] < 0.3 * end_plain["additive_error"], (
-        end_additive["additive_error"], end_plain["additive_error"])
+    assert end_additive["additive_error"] < 0.3 * end_plain["additive_error"], (end_additive["additive_error"], end_plain["additive_error"])
     assert end_additive["delta_recon"] > 0  # the latent still carries the move

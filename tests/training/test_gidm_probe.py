@@ -15,8 +15,14 @@ def _pairs(n_episodes: int = 10, per: int = 40, seed: int = 0):
     disp = rng.normal(size=(n, 3))
     obs = rng.random((n, 3, 8, 8)).astype(np.float32)  # a scene unrelated to the motion
     nxt = np.clip(obs + 0.01 * rng.normal(size=obs.shape), 0, 1).astype(np.float32)
-    return {"obs": obs, "next_obs": nxt, "disp": disp, "cmd": disp + 0.1 * rng.normal(size=disp.shape),
-            "episode": np.repeat([f"ep{i}" for i in range(n_episodes)], per), "task": np.array(["t"] * n)}, rng
+    return {
+        "obs": obs,
+        "next_obs": nxt,
+        "disp": disp,
+        "cmd": disp + 0.1 * rng.normal(size=disp.shape),
+        "episode": np.repeat([f"ep{i}" for i in range(n_episodes)], per),
+        "task": np.array(["t"] * n),
+    }, rng
 
 
 def _enc(z):

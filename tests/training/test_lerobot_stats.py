@@ -42,9 +42,18 @@ def dataset(tmp_path_factory):
     for e, n in enumerate(LENGTHS):
         frames = np.stack(list(moving_square(n, 32, 48, size=8)))
         frames[..., 2] = rng.integers(0, 256, frames.shape[:3])  # a channel with a wide spread
-        w.add_episode(EpisodeBuffer({"front": frames}, {
-            "action": rng.normal(e, 1 + e, (n, 3)), "observation.state": rng.uniform(-1, 1, (n, 2)),
-            "next.reward": rng.exponential(1, n), "next.success": np.arange(n) > n // 2}, task=f"task {e % 2}"))
+        w.add_episode(
+            EpisodeBuffer(
+                {"front": frames},
+                {
+                    "action": rng.normal(e, 1 + e, (n, 3)),
+                    "observation.state": rng.uniform(-1, 1, (n, 2)),
+                    "next.reward": rng.exponential(1, n),
+                    "next.success": np.arange(n) > n // 2,
+                },
+                task=f"task {e % 2}",
+            )
+        )
     w.close()
     return root
 
@@ -65,8 +74,9 @@ def _column(rows, key):
 def _decoded(root, ep):
     """The episode's frames as the written mp4 decodes to them (PyAV rgb24), found by time."""
     info = json.loads((root / "meta/info.json").read_text())
-    path = root / info["video_path"].format(video_key=IMG, chunk_index=ep[f"videos/{IMG}/chunk_index"],
-                                            file_index=ep[f"videos/{IMG}/file_index"])
+    path = root / info["video_path"].format(
+        video_key=IMG, chunk_index=ep[f"videos/{IMG}/chunk_index"], file_index=ep[f"videos/{IMG}/file_index"]
+    )
     lo, hi = ep[f"videos/{IMG}/from_timestamp"], ep[f"videos/{IMG}/to_timestamp"]
     with av.open(str(path)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0) if lo - 1e-6 <= f.time < hi - 1e-6]
@@ -134,7 +144,7 @@ def test_every_key_and_shape_lerobot_reads(dataset):
     a = np.stack([loaded["action"]["q01"], loaded["action"]["q99"]])  # QUANTILES (pi05): q01 -> -1, q99 -> 1
     qn = 2 * (a - loaded["action"]["q01"]) / (loaded["action"]["q99"] - loaded["action"]["q01"]) - 1
     np.testing.assert_allclose(qn, [[-1] * 3, [1] * 3])
-    q10n = (loaded["observation.state"]["q90"] - loaded["observation.state"]["q10"])  # QUANTILE10
+    q10n = loaded["observation.state"]["q90"] - loaded["observation.state"]["q10"]  # QUANTILE10
     assert q10n.shape == (2,) and (q10n > 0).all()
 
 

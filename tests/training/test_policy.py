@@ -23,8 +23,17 @@ def parts(bottleneck="continuous", seed=0):
 
 def policy(init="defi", bottleneck="continuous", **kw):
     gfdm, gidm = parts(bottleneck)
-    cfg = PolicyConfig(init=init, horizon=H, action_dim=A, image_size=S, text_dim=D, head_dim=64,
-                       gfdm=gfdm.config.to_dict(), gidm=gidm.config.to_dict(), **kw)
+    cfg = PolicyConfig(
+        init=init,
+        horizon=H,
+        action_dim=A,
+        image_size=S,
+        text_dim=D,
+        head_dim=64,
+        gfdm=gfdm.config.to_dict(),
+        gidm=gidm.config.to_dict(),
+        **kw,
+    )
     keep = {"defi": (gfdm, gidm), "no-gfdm-pretrain": (None, gidm), "no-gidm-pretrain": (gfdm, None)}.get(init, (None, None))
     return DeFiPolicy(cfg, gfdm=keep[0], gidm=keep[1])
 
@@ -36,7 +45,7 @@ def demos(n=6, seed=1):
     acts = torch.zeros(n, H, A)
     for k in range(n):
         x, y = torch.randint(0, S - 6, (2,), generator=g).tolist()
-        obs[k, :, y:y + 6, x:x + 6] = 0.9
+        obs[k, :, y : y + 6, x : x + 6] = 0.9
         acts[k] = torch.tensor([x / S - 0.5, y / S - 0.5, 0.3, -0.2]) * torch.linspace(1, 2, H)[:, None]
     return obs, torch.randn(n, D, generator=g), acts
 

@@ -54,8 +54,10 @@ def test_layout_is_lerobot_v3(dataset):
     assert f["action"]["shape"] == [4] and f["observation.state"]["shape"] == [4]
     for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert k in f
-    assert info["video_path"].format(video_key="observation.images.corner", chunk_index=0, file_index=0) == \
-        "videos/observation.images.corner/chunk-000/file-000.mp4"
+    assert (
+        info["video_path"].format(video_key="observation.images.corner", chunk_index=0, file_index=0)
+        == "videos/observation.images.corner/chunk-000/file-000.mp4"
+    )
     assert (root / "videos/observation.images.corner/chunk-000/file-000.mp4").exists()
     tasks = pq.read_table(root / "meta/tasks.parquet").to_pydict()
     assert tasks == {"task_index": [0], "task": ["reach the red goal"]}
@@ -67,8 +69,9 @@ def test_layout_is_lerobot_v3(dataset):
     # LeRobot's stats for every feature (videos and bookkeeping columns too), per episode and overall
     stats = json.loads((root / "meta/stats.json").read_text())
     assert set(stats) == set(f)
-    assert {k for k in eps[0] if k.startswith("stats/observation.images.corner/")} == \
-        {f"stats/observation.images.corner/{s}" for s in stats["observation.images.corner"]}
+    assert {k for k in eps[0] if k.startswith("stats/observation.images.corner/")} == {
+        f"stats/observation.images.corner/{s}" for s in stats["observation.images.corner"]
+    }
     assert stats["next.success"]["max"] == [1.0] and stats["frame_index"]["count"] == [summary["frames"]]
 
 
@@ -99,7 +102,7 @@ def test_scripted_expert_succeeds(dataset):
     assert all(e["success"] for e in eps)
     data = pq.read_table(root / "data/chunk-000/file-000.parquet")
     for e in eps:
-        ok = data.column("next.success").to_numpy(zero_copy_only=False)[e["dataset_from_index"]:e["dataset_to_index"]]
+        ok = data.column("next.success").to_numpy(zero_copy_only=False)[e["dataset_from_index"] : e["dataset_to_index"]]
         # episode stops 10 steps after the first success, which is after step 0
         assert not ok[0] and ok[-1] and e["length"] < 80
 
@@ -164,7 +167,7 @@ def test_load_lerobot_and_align(dataset):
     clip = in_ep[10:30]  # a clip: frames 10..29 of episode 1, on the file's clock
     al = align_to_frames(e, clip)
     lo = len(eps[0])
-    assert np.array_equal(al.actions, all_actions[lo + 10: lo + 30])
+    assert np.array_equal(al.actions, all_actions[lo + 10 : lo + 30])
     assert al.max_error_s < 1e-4 and len(al.missed) == 0
 
 

@@ -34,8 +34,7 @@ def crash_after(n: int, stream):
 
 
 def cfg(tmp_path, name, **kw):
-    base = dict(steps=20, lr=3e-3, warmup_steps=3, log_every=5, ckpt_every=10, out_dir=str(tmp_path / name),
-                progress=False, seed=0)
+    base = dict(steps=20, lr=3e-3, warmup_steps=3, log_every=5, ckpt_every=10, out_dir=str(tmp_path / name), progress=False, seed=0)
     return TrainConfig(**{**base, **kw})
 
 

@@ -99,9 +99,19 @@ class GFDMConfig:
             bad("backbone", f"unknown; valid: {', '.join(BACKBONES)}")
         if self.objective not in OBJECTIVES:
             bad("objective", f"unknown; valid: {', '.join(OBJECTIVES)}")
-        for name in ("context_frames", "future_frames", "patch_size", "layers_per_block", "attention_head_dim",
-                     "norm_num_groups", "cross_attention_dim", "text_dim", "num_inference_steps",
-                     "latent_channels", "num_frames"):
+        for name in (
+            "context_frames",
+            "future_frames",
+            "patch_size",
+            "layers_per_block",
+            "attention_head_dim",
+            "norm_num_groups",
+            "cross_attention_dim",
+            "text_dim",
+            "num_inference_steps",
+            "latent_channels",
+            "num_frames",
+        ):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
         if not self.block_out_channels or any(c < 1 for c in self.block_out_channels):
@@ -109,8 +119,11 @@ class GFDMConfig:
         levels = len(self.block_out_channels)
         down = 2 ** (levels - 1) * (8 if self.backbone == "svd" else max(1, self.patch_size))  # svd: VAE 8x
         if self.image_size < 8 or self.image_size % down:
-            bad("image_size", f"must be >= 8 and a multiple of {down} ({levels} U-Net levels"
-                f"{', VAE 8x' if self.backbone == 'svd' else f', patch {self.patch_size}'})")
+            bad(
+                "image_size",
+                f"must be >= 8 and a multiple of {down} ({levels} U-Net levels"
+                f"{', VAE 8x' if self.backbone == 'svd' else f', patch {self.patch_size}'})",
+            )
         if self.norm_num_groups >= 1 and any(c % self.norm_num_groups for c in self.block_out_channels):
             bad("block_out_channels", f"each must be divisible by norm_num_groups={self.norm_num_groups}")
         self._check_backbone(bad, levels)
@@ -195,10 +208,23 @@ def gfdm_tiny(**overrides: Any) -> GFDMConfig:
     3 levels (32, 64, 64; 1.7 M parameters, the size bench/gfdm_quality.py measured) with
     cross-attention to the instruction on the two coarse levels (8x8, 4x4); predicts the change o_t+k - o_t; text from a 64-wide tower (the tiny test tower; give
     text_dim=512 for CLIP ViT-B/32). The 4x4 blocks keep self-attention to 64 and 16 tokens."""
-    base = dict(backbone="unet2d", image_size=64, context_frames=1, future_frames=1, patch_size=4,
-                block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=8,
-                norm_num_groups=8, cross_attention_dim=64, text_dim=64, residual=True,
-                p_mean=-1.2, p_std=1.2, sigma_data=0.5)
+    base = dict(
+        backbone="unet2d",
+        image_size=64,
+        context_frames=1,
+        future_frames=1,
+        patch_size=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        cross_attention_dim=64,
+        text_dim=64,
+        residual=True,
+        p_mean=-1.2,
+        p_std=1.2,
+        sigma_data=0.5,
+    )
     return GFDMConfig(**{**base, **overrides})
 
 
@@ -207,11 +233,27 @@ def gfdm_svd(**overrides: Any) -> GFDMConfig:
     block; heads of 64) over SVD VAE latents (4 channels, 8x down), 16 frames at 256 px, CLIP
     ViT-B/32 text (512) projected to SVD's 1024-wide cross-attention, EDM noise P_mean 0.7,
     P_std 1.6, 5% instruction dropout. ``pretrained_path``: a local SVD img2vid folder."""
-    base = dict(backbone="svd", image_size=256, context_frames=1, future_frames=16, num_frames=16, patch_size=1,
-                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=64,
-                norm_num_groups=32, cross_attention_dim=1024, text_dim=512, residual=False,
-                objective="diffusion", p_mean=0.7, p_std=1.6, sigma_data=0.5, lang_dropout=0.05,
-                changed_weight=0.0)
+    base = dict(
+        backbone="svd",
+        image_size=256,
+        context_frames=1,
+        future_frames=16,
+        num_frames=16,
+        patch_size=1,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        attention_head_dim=64,
+        norm_num_groups=32,
+        cross_attention_dim=1024,
+        text_dim=512,
+        residual=False,
+        objective="diffusion",
+        p_mean=0.7,
+        p_std=1.6,
+        sigma_data=0.5,
+        lang_dropout=0.05,
+        changed_weight=0.0,
+    )
     return GFDMConfig(**{**base, **overrides})
 
 

@@ -65,25 +65,40 @@ class GFDM(nn.Module):
             from diffusers import UNet2DConditionModel
 
             self.unet = UNet2DConditionModel(
-                sample_size=c.latent_size, in_channels=(3 * c.context_frames + 3 * c.future_frames) * c.patch_size**2,
-                out_channels=3 * c.future_frames * c.patch_size**2, down_block_types=c.down_block_types,
-                up_block_types=c.up_block_types, block_out_channels=c.block_out_channels,
-                layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
-                attention_head_dim=c.attention_head_dim, norm_num_groups=c.norm_num_groups)
+                sample_size=c.latent_size,
+                in_channels=(3 * c.context_frames + 3 * c.future_frames) * c.patch_size**2,
+                out_channels=3 * c.future_frames * c.patch_size**2,
+                down_block_types=c.down_block_types,
+                up_block_types=c.up_block_types,
+                block_out_channels=c.block_out_channels,
+                layers_per_block=c.layers_per_block,
+                cross_attention_dim=c.cross_attention_dim,
+                attention_head_dim=c.attention_head_dim,
+                norm_num_groups=c.norm_num_groups,
+            )
             self.vae = None
         else:
             from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
             self.unet = UNetSpatioTemporalConditionModel(
-                sample_size=c.latent_size, in_channels=2 * c.latent_channels, out_channels=c.latent_channels,
-                block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
-                cross_attention_dim=c.cross_attention_dim, num_frames=c.num_frames,
-                num_attention_heads=tuple(max(1, ch // c.attention_head_dim) for ch in c.block_out_channels))
+                sample_size=c.latent_size,
+                in_channels=2 * c.latent_channels,
+                out_channels=c.latent_channels,
+                block_out_channels=c.block_out_channels,
+                layers_per_block=c.layers_per_block,
+                cross_attention_dim=c.cross_attention_dim,
+                num_frames=c.num_frames,
+                num_attention_heads=tuple(max(1, ch // c.attention_head_dim) for ch in c.block_out_channels),
+            )
             # SVD's VAE: image encoder of Stable Diffusion, temporal decoder; frozen
             self.vae = AutoencoderKLTemporalDecoder(
-                block_out_channels=c.vae_block_out_channels, layers_per_block=2,
+                block_out_channels=c.vae_block_out_channels,
+                layers_per_block=2,
                 down_block_types=("DownEncoderBlock2D",) * len(c.vae_block_out_channels),
-                latent_channels=c.latent_channels, sample_size=c.image_size, scaling_factor=c.vae_scaling_factor)
+                latent_channels=c.latent_channels,
+                sample_size=c.image_size,
+                scaling_factor=c.vae_scaling_factor,
+            )
             self.vae.requires_grad_(False)
             if c.pretrained_path and load_pretrained:
                 self.load_svd_weights(c.pretrained_path)
@@ -183,8 +198,7 @@ class GFDM(nn.Module):
             T = x.shape[1]
             sample = torch.cat([x, cond.unsqueeze(1).expand(-1, T, -1, -1, -1)], dim=2)
             ids = torch.tensor([c.svd_fps, c.motion_bucket_id, c.noise_aug_strength], dtype=x.dtype, device=x.device)
-            return self.unet(sample, c_noise, encoder_hidden_states=text,
-                             added_time_ids=ids.expand(x.shape[0], -1)).sample
+            return self.unet(sample, c_noise, encoder_hidden_states=text, added_time_ids=ids.expand(x.shape[0], -1)).sample
         p = c.patch_size
         inp = torch.cat([cond, x], dim=1)
         if p > 1:
@@ -198,21 +212,28 @@ class GFDM(nn.Module):
         from diffusers import EDMEulerScheduler
 
         c = self.config
-        return EDMEulerScheduler(sigma_min=c.sigma_min, sigma_max=c.sigma_max, sigma_data=c.sigma_data,
-                                 prediction_type="epsilon", sigma_schedule="karras")
+        return EDMEulerScheduler(
+            sigma_min=c.sigma_min, sigma_max=c.sigma_max, sigma_data=c.sigma_data, prediction_type="epsilon", sigma_schedule="karras"
+        )
 
     def _changed_weight(self, obs: Tensor, future: Tensor, y: Tensor) -> Tensor | float:
         """Per-element loss weight in the target's shape: 1 + changed_weight where the frame changes."""
         c = self.config
         if c.changed_weight <= 0 or c.backbone == "svd":
             return 1.0
-        changed = ((future - obs[:, -3:].unsqueeze(1)).abs().amax(2, keepdim=True) > c.changed_threshold)
+        changed = (future - obs[:, -3:].unsqueeze(1)).abs().amax(2, keepdim=True) > c.changed_threshold
         w = 1 + c.changed_weight * changed.expand_as(future).to(y.dtype)
         return w.flatten(1, 2)
 
     # --- training --------------------------------------------------------------------------
-    def forward(self, obs: Tensor, future: Tensor, text_emb: Tensor | None = None,
-                has_text: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        obs: Tensor,
+        future: Tensor,
+        text_emb: Tensor | None = None,
+        has_text: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         """Training loss on a batch.
 
         obs [B, 3 * context_frames, H, W] and future [B, T, 3, H, W] in [0, 1]; text_emb
@@ -237,8 +258,7 @@ class GFDM(nn.Module):
         shape = (B,) + (1,) * (y.dim() - 1)
         sigma = torch.exp(c.p_mean + c.p_std * torch.randn(shape, device=obs.device, generator=generator))
         noisy = y + sigma * torch.randn(y.shape, device=y.device, generator=generator)
-        out = self.denoise_net(sched.precondition_inputs(noisy, sigma), cond,
-                               sched.precondition_noise(sigma.flatten()), text)
+        out = self.denoise_net(sched.precondition_inputs(noisy, sigma), cond, sched.precondition_noise(sigma.flatten()), text)
         denoised = sched.precondition_outputs(noisy, out.float(), sigma)
         weight = (sigma**2 + c.sigma_data**2) / (sigma * c.sigma_data) ** 2  # EDM's lambda(sigma)
         err = (denoised - y.float()) ** 2
@@ -263,15 +283,16 @@ class GFDM(nn.Module):
             for h in handles:
                 h.remove()
 
-    def predict(self, obs: Tensor, text_emb: Tensor | None = None, *, num_steps: int | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+    def predict(
+        self, obs: Tensor, text_emb: Tensor | None = None, *, num_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Predicted future frames [B, T, 3, H, W] in [0, 1] (``num_steps`` Euler steps for
         diffusion, default ``config.num_inference_steps``; one pass for regression)."""
-        return self.extract_features(obs, text_emb, num_steps=num_steps or self.config.num_inference_steps,
-                                     generator=generator).prediction
+        return self.extract_features(obs, text_emb, num_steps=num_steps or self.config.num_inference_steps, generator=generator).prediction
 
-    def extract_features(self, obs: Tensor, text_emb: Tensor | None, *, num_steps: int = 1,
-                         generator: torch.Generator | None = None) -> GFDMFeatures:
+    def extract_features(
+        self, obs: Tensor, text_emb: Tensor | None, *, num_steps: int = 1, generator: torch.Generator | None = None
+    ) -> GFDMFeatures:
         """Prediction and U-Net up-block features for a batch of (o_t, instruction).
 
         obs: float [B, 3 * context_frames, H, W] in [0, 1], o_t last. text_emb: [B, text_dim] or
@@ -284,16 +305,14 @@ class GFDM(nn.Module):
         c = self.config
         B = obs.shape[0]
         if obs.dim() != 4 or obs.shape[1] != 3 * c.context_frames or obs.shape[-1] != c.image_size:
-            raise ValueError(f"obs must be [B, {3 * c.context_frames}, {c.image_size}, {c.image_size}], "
-                             f"got {list(obs.shape)}")
+            raise ValueError(f"obs must be [B, {3 * c.context_frames}, {c.image_size}, {c.image_size}], got {list(obs.shape)}")
         text = self._text_tokens(text_emb, B)
         cond = self._condition(obs)
         passes: list[list[Tensor]] = []
         with self._capture_up_blocks(passes):
             if c.objective == "regression":
                 c_noise = torch.full((B,), 0.25 * torch.log(torch.tensor(_REGRESSION_SIGMA)).item(), device=obs.device)
-                y = self.denoise_net(torch.zeros(self._noise_shape(obs), device=obs.device, dtype=cond.dtype),
-                                     cond, c_noise, text)
+                y = self.denoise_net(torch.zeros(self._noise_shape(obs), device=obs.device, dtype=cond.dtype), cond, c_noise, text)
             else:
                 y = self._sample(cond, text, self._noise_shape(obs), num_steps, generator)
         frames = self._to_frames(y.float(), obs)
@@ -302,8 +321,7 @@ class GFDM(nn.Module):
         feats = [f.unflatten(0, (B, T)) if per_frame else f.unsqueeze(1) for f in passes[0]]
         return GFDMFeatures(prediction=frames, features=feats)
 
-    def _sample(self, cond: Tensor, text: Tensor, shape: tuple[int, ...], num_steps: int,
-                generator: torch.Generator | None) -> Tensor:
+    def _sample(self, cond: Tensor, text: Tensor, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None) -> Tensor:
         sched = self.scheduler()
         sched.set_timesteps(max(1, int(num_steps)), device=cond.device)
         x = torch.randn(shape, device=cond.device, generator=generator) * sched.init_noise_sigma

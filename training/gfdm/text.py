@@ -36,10 +36,8 @@ TEXT_TABLE = "text_embeddings"
 class TextModelConfig:
     """Which open_clip text tower embeds instructions."""
 
-    name: str = field(default="tiny", metadata={"help": "open_clip model name (e.g. ViT-B-32), or 'tiny' "
-                                                       "for a random 64-wide test tower"})
-    pretrained: str | None = field(default=None, metadata={"help": "open_clip pretrained tag or local weights file "
-                                                                   "(none: random weights)"})
+    name: str = field(default="tiny", metadata={"help": "open_clip model name (e.g. ViT-B-32), or 'tiny' for a random 64-wide test tower"})
+    pretrained: str | None = field(default=None, metadata={"help": "open_clip pretrained tag or local weights file (none: random weights)"})
     seed: int = field(default=0, metadata={"help": "seed of a random tower (tiny, or no pretrained)"})
     width: int = field(default=64, metadata={"help": "tiny tower: width = embedding dim"})
     layers: int = field(default=1, metadata={"help": "tiny tower: transformer layers"})
@@ -79,8 +77,7 @@ def build_tiny_text_tower(width: int = 64, layers: int = 1, seed: int = 0) -> to
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tower = _build_text_tower(width, CLIPTextCfg(context_length=77, width=width, heads=max(1, width // 32),
-                                                     layers=layers))
+        tower = _build_text_tower(width, CLIPTextCfg(context_length=77, width=width, heads=max(1, width // 32), layers=layers))
     finally:
         torch.random.set_rng_state(state)
     return tower.eval()
@@ -99,8 +96,11 @@ class TextEncoder:
             self.tower = build_tiny_text_tower(cfg.width, cfg.layers, cfg.seed)
             self.encode_fn = self.tower
         else:
-            if cfg.pretrained and not Path(cfg.pretrained).exists() and ("/" in cfg.pretrained or cfg.pretrained.endswith(
-                    (".bin", ".pt", ".safetensors"))):
+            if (
+                cfg.pretrained
+                and not Path(cfg.pretrained).exists()
+                and ("/" in cfg.pretrained or cfg.pretrained.endswith((".bin", ".pt", ".safetensors")))
+            ):
                 raise FileNotFoundError(f"text model weights not found: {cfg.pretrained}")
             torch.manual_seed(cfg.seed)
             model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained)
@@ -112,7 +112,7 @@ class TextEncoder:
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[i:i + batch_size]).to(self.cfg.device)
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.cfg.device)
             emb = self.encode_fn(tokens).float()
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
@@ -135,8 +135,9 @@ def cached_embeddings(root_or_corpus: Any, model_id: str) -> dict[str, np.ndarra
     return {h: np.asarray(e, np.float32) for h, e in zip(hashes, embs, strict=True)}
 
 
-def embed_instructions(root_or_corpus: Any, texts: list[str], text_model_cfg: TextModelConfig,
-                       encoder: TextEncoder | None = None) -> np.ndarray:
+def embed_instructions(
+    root_or_corpus: Any, texts: list[str], text_model_cfg: TextModelConfig, encoder: TextEncoder | None = None
+) -> np.ndarray:
     """Embeddings [len(texts), D] float32 of ``texts`` under ``text_model_cfg``, from the corpus'
     cache; texts without a cached row are encoded once (duplicates once) and their rows appended
     as one new part. ``encoder``: a ready ``TextEncoder`` for the same config (else built only if
@@ -157,12 +158,14 @@ def embed_instructions(root_or_corpus: Any, texts: list[str], text_model_cfg: Te
             raise ValueError(f"encoder is {enc.id}, config names {model_id}")
         new_texts = list(missing.values())
         embs = enc.encode(new_texts)
-        rows = pa.table({
-            "text_hash": pa.array(list(missing), pa.string()),
-            "text_model": pa.array([model_id] * len(missing), pa.string()),
-            "text": pa.array(new_texts, pa.string()),
-            "embedding": pa.array([e.tolist() for e in embs], pa.list_(pa.float32())),
-        })
+        rows = pa.table(
+            {
+                "text_hash": pa.array(list(missing), pa.string()),
+                "text_model": pa.array([model_id] * len(missing), pa.string()),
+                "text": pa.array(new_texts, pa.string()),
+                "embedding": pa.array([e.tolist() for e in embs], pa.list_(pa.float32())),
+            }
+        )
         # a part named by the model and its texts: writing the same texts again replaces it
         digest = hashlib.sha256((model_id + "\0" + "\0".join(sorted(missing))).encode()).hexdigest()[:16]
         corpus.write_part(TEXT_TABLE, rows, part=f"{digest}")

@@ -91,8 +91,16 @@ class GIDMConfig:
             bad("input_space", f"unknown; valid: {', '.join(INPUT_SPACES)}")
         if self.bottleneck not in BOTTLENECKS:
             bad("bottleneck", f"unknown; valid: {', '.join(BOTTLENECKS)}")
-        for name in ("image_size", "in_channels", "patch_size", "model_dim", "num_heads",
-                     "num_action_tokens", "latent_dim", "codebook_size"):
+        for name in (
+            "image_size",
+            "in_channels",
+            "patch_size",
+            "model_dim",
+            "num_heads",
+            "num_action_tokens",
+            "latent_dim",
+            "codebook_size",
+        ):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
         for name in ("enc_depth", "dec_depth"):
@@ -106,9 +114,13 @@ class GIDMConfig:
             bad("mlp_ratio", "must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
-        for name, why in (("commitment_beta", "must be >= 0"), ("kl_beta", "must be >= 0"),
-                          ("changed_weight", "must be >= 0"), ("dead_code_threshold", "must be >= 0"),
-                          ("restart_interval", "must be >= 0 (0 disables restarts)")):
+        for name, why in (
+            ("commitment_beta", "must be >= 0"),
+            ("kl_beta", "must be >= 0"),
+            ("changed_weight", "must be >= 0"),
+            ("dead_code_threshold", "must be >= 0"),
+            ("restart_interval", "must be >= 0 (0 disables restarts)"),
+        ):
             if getattr(self, name) < 0:
                 bad(name, why)
         if self.additive_weight < 0:
@@ -126,8 +138,7 @@ class GIDMConfig:
         if self.input_space == "features":
             kind = self.feature_encoder.split(":", 1)[0]
             if kind not in FEATURE_ENCODERS:
-                bad("feature_encoder", f"unknown; valid: {', '.join(FEATURE_ENCODERS)}"
-                    " (open_clip as 'open_clip:<model name>')")
+                bad("feature_encoder", f"unknown; valid: {', '.join(FEATURE_ENCODERS)} (open_clip as 'open_clip:<model name>')")
             if kind == "open_clip" and not self.feature_encoder.partition(":")[2]:
                 bad("feature_encoder", "open_clip needs a model name, e.g. 'open_clip:ViT-B-16'")
             if self.feature_dim < 1:
@@ -190,18 +201,38 @@ def gidm_tiny(**overrides: Any) -> GIDMConfig:
 
     Continuous is the default because a quick FSQ latent collapsed to nothing on Meta-World at
     64 px while a continuous one learned (measured by the project)."""
-    base = dict(input_space="pixels", image_size=64, patch_size=8, model_dim=64, enc_depth=2,
-                dec_depth=2, num_heads=4, num_action_tokens=1, bottleneck="continuous",
-                latent_dim=8, kl_beta=1e-4)
+    base = dict(
+        input_space="pixels",
+        image_size=64,
+        patch_size=8,
+        model_dim=64,
+        enc_depth=2,
+        dec_depth=2,
+        num_heads=4,
+        num_action_tokens=1,
+        bottleneck="continuous",
+        latent_dim=8,
+        kl_beta=1e-4,
+    )
     return GIDMConfig(**{**base, **overrides})
 
 
 def gidm_small(**overrides: Any) -> GIDMConfig:
     """A single-GPU size on pixels: 128 px, 8 px patches (256 tokens per frame), 256 wide, 6+6
     blocks, 4 action tokens, VQ with dead-code restart."""
-    base = dict(input_space="pixels", image_size=128, patch_size=8, model_dim=256, enc_depth=6,
-                dec_depth=6, num_heads=8, num_action_tokens=4, bottleneck="vq", latent_dim=32,
-                codebook_size=64)
+    base = dict(
+        input_space="pixels",
+        image_size=128,
+        patch_size=8,
+        model_dim=256,
+        enc_depth=6,
+        dec_depth=6,
+        num_heads=8,
+        num_action_tokens=4,
+        bottleneck="vq",
+        latent_dim=32,
+        codebook_size=64,
+    )
     return GIDMConfig(**{**base, **overrides})
 
 
@@ -210,10 +241,22 @@ def gidm_univla(**overrides: Any) -> GIDMConfig:
     (16x16 tokens of 768), 768-wide 12+12 block transformer with 12 heads, 4 action queries, VQ
     with 16 codes x 128 dims, commitment 0.25, dead codes restarted. ``feature_weights`` must
     point to DINOv2 weights on local disk (or pass ``feature_encoder="external"`` and a module)."""
-    base = dict(input_space="features", image_size=224, patch_size=14,
-                feature_encoder="dinov2_vitb14", feature_dim=768, model_dim=768, enc_depth=12,
-                dec_depth=12, num_heads=12, num_action_tokens=4, bottleneck="vq",
-                latent_dim=128, codebook_size=16, commitment_beta=0.25)
+    base = dict(
+        input_space="features",
+        image_size=224,
+        patch_size=14,
+        feature_encoder="dinov2_vitb14",
+        feature_dim=768,
+        model_dim=768,
+        enc_depth=12,
+        dec_depth=12,
+        num_heads=12,
+        num_action_tokens=4,
+        bottleneck="vq",
+        latent_dim=128,
+        codebook_size=16,
+        commitment_beta=0.25,
+    )
     return GIDMConfig(**{**base, **overrides})
 
 
@@ -224,9 +267,21 @@ def gidm_keypoint(**overrides: Any) -> GIDMConfig:
     displacement against 0.44 / 0.65 for same-size frame-difference / o_t-only controls (README).
     The default of ``defi train gidm``. Use it for robot or fixed-camera video; the keypoints move
     with the camera, so filter panning clips out of its selection (``camera_motion`` score)."""
-    base = dict(input_space="pixels", image_size=64, patch_size=4, model_dim=64, enc_depth=2,
-                dec_depth=2, num_heads=4, num_action_tokens=1, bottleneck="continuous",
-                latent_dim=16, kl_beta=1e-4, keypoints=32, changed_weight=30.0)
+    base = dict(
+        input_space="pixels",
+        image_size=64,
+        patch_size=4,
+        model_dim=64,
+        enc_depth=2,
+        dec_depth=2,
+        num_heads=4,
+        num_action_tokens=1,
+        bottleneck="continuous",
+        latent_dim=16,
+        kl_beta=1e-4,
+        keypoints=32,
+        changed_weight=30.0,
+    )
     return GIDMConfig(**{**base, **overrides})
 
 

@@ -37,8 +37,7 @@ from .configuration_gidm import GIDMConfig
 # ImageNet statistics.
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-TIMM_DINOV2 = {"dinov2_vitb14": "vit_base_patch14_dinov2",
-               "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2"}
+TIMM_DINOV2 = {"dinov2_vitb14": "vit_base_patch14_dinov2", "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +72,7 @@ class FrozenFeatureExtractor(nn.Module):
         if self.kind == "open_clip":
             _, tokens = self.backbone(x)  # output_tokens=True -> (pooled, patch tokens)
         elif self.kind == "timm":
-            tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
+            tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens :]
         else:
             tokens = self.backbone(x)
         return tokens.float()
@@ -98,15 +97,15 @@ def build_feature_extractor(config: GIDMConfig, load_weights: bool = True) -> Fr
     # DINOv2 through timm, weights from local disk only.
     import timm
 
-    backbone = timm.create_model(TIMM_DINOV2[kind], pretrained=False, img_size=config.image_size,
-                                 num_classes=0)
+    backbone = timm.create_model(TIMM_DINOV2[kind], pretrained=False, img_size=config.image_size, num_classes=0)
     if load_weights:
         path = Path(config.feature_weights) if config.feature_weights else None
         if path is None or not path.is_file():
             raise NotImplementedError(
                 f"feature_encoder={config.feature_encoder!r} needs DINOv2 weights on local disk: set "
                 f"feature_weights to a timm '{TIMM_DINOV2[kind]}' state dict (.safetensors); got "
-                f"{config.feature_weights!r}. Downloading from a hub is not supported here.")
+                f"{config.feature_weights!r}. Downloading from a hub is not supported here."
+            )
         from safetensors.torch import load_file
 
         backbone.load_state_dict(load_file(str(path)))
@@ -141,8 +140,7 @@ class VQBottleneck(nn.Module):
     ``restart_interval`` training steps is reset to a random encoder output of the current batch
     (UniVLA restarts dead codes the same way), so the codebook does not collapse to a few codes."""
 
-    def __init__(self, in_dim: int, num_codes: int, code_dim: int, beta: float,
-                 dead_threshold: float, restart_interval: int):
+    def __init__(self, in_dim: int, num_codes: int, code_dim: int, beta: float, dead_threshold: float, restart_interval: int):
         super().__init__()
         self.proj = nn.Linear(in_dim, code_dim)
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / math.sqrt(code_dim))
@@ -183,11 +181,16 @@ class VQBottleneck(nn.Module):
         if self.training and not self.frozen_codes:
             self.usage += torch.bincount(ids, minlength=self.codebook.shape[0]).to(self.usage.dtype)
         z_q = z + (q - z).detach()  # straight-through estimator
-        return z_q, ids.view(z.shape[:-1]), {
-            "vq_codebook": codebook_loss, "vq_commit": commit_loss,
-            "bottleneck_loss": codebook_loss + self.beta * commit_loss,
-            "dead_code_restarts": torch.tensor(float(restarts)),
-        }
+        return (
+            z_q,
+            ids.view(z.shape[:-1]),
+            {
+                "vq_codebook": codebook_loss,
+                "vq_commit": commit_loss,
+                "bottleneck_loss": codebook_loss + self.beta * commit_loss,
+                "dead_code_restarts": torch.tensor(float(restarts)),
+            },
+        )
 
 
 class FSQBottleneck(nn.Module):
@@ -219,8 +222,7 @@ def build_bottleneck(c: GIDMConfig) -> nn.Module:
     if c.bottleneck == "continuous":
         return ContinuousBottleneck(c.model_dim, c.latent_dim, c.kl_beta)
     if c.bottleneck == "vq":
-        return VQBottleneck(c.model_dim, c.codebook_size, c.latent_dim, c.commitment_beta,
-                            c.dead_code_threshold, c.restart_interval)
+        return VQBottleneck(c.model_dim, c.codebook_size, c.latent_dim, c.commitment_beta, c.dead_code_threshold, c.restart_interval)
     return FSQBottleneck(c.model_dim, c.fsq_levels)
 
 
@@ -236,10 +238,14 @@ class KeypointEncoder(nn.Module):
         super().__init__()
         k, w = c.keypoints, 32
         self.net = nn.Sequential(
-            nn.Conv2d(c.in_channels, w, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, k, 1))
+            nn.Conv2d(c.in_channels, w, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, k, 1),
+        )
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self.out = nn.Linear(4 * k, c.num_action_tokens * c.model_dim)
         self.q, self.d = c.num_action_tokens, c.model_dim
@@ -259,19 +265,17 @@ class KeypointEncoder(nn.Module):
 
 
 def transformer(c: GIDMConfig, depth: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(c.model_dim, c.num_heads, int(c.model_dim * c.mlp_ratio),
-                                       c.dropout, activation="gelu", batch_first=True,
-                                       norm_first=True)
-    return nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(c.model_dim),
-                                 enable_nested_tensor=False)
+    layer = nn.TransformerEncoderLayer(
+        c.model_dim, c.num_heads, int(c.model_dim * c.mlp_ratio), c.dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(c.model_dim), enable_nested_tensor=False)
 
 
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
 class GIDM(nn.Module):
-    def __init__(self, config: GIDMConfig, feature_extractor: nn.Module | None = None,
-                 load_feature_weights: bool = True):
+    def __init__(self, config: GIDMConfig, feature_extractor: nn.Module | None = None, load_feature_weights: bool = True):
         """feature_extractor: for input_space="features", a module mapping [0, 1] images
         [B, C, H, W] to patch tokens [B, N, feature_dim] (wrapped as frozen); by default built
         from ``config.feature_encoder``."""
@@ -321,14 +325,16 @@ class GIDM(nn.Module):
         c = self.config
         B, C, H, W = frames.shape
         assert (C, H, W) == (c.in_channels, c.image_size, c.image_size), (
-            f"expected frames [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(frames.shape)}")
+            f"expected frames [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(frames.shape)}"
+        )
         if self.features is None:
             g, p = c.grid, c.patch_size
             return frames.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)
         tok = self.features(frames)
         assert tok.shape[1:] == (c.num_patches, c.feature_dim), (
             f"feature extractor gave {tuple(tok.shape[1:])}, config expects "
-            f"({c.num_patches}, {c.feature_dim}) = ((image_size/patch_size)^2, feature_dim)")
+            f"({c.num_patches}, {c.feature_dim}) = ((image_size/patch_size)^2, feature_dim)"
+        )
         return tok
 
     def untokens(self, tokens: Tensor) -> Tensor:
@@ -336,8 +342,7 @@ class GIDM(nn.Module):
         c = self.config
         g, p = c.grid, c.patch_size
         B = tokens.shape[0]
-        return tokens.reshape(B, g, g, c.in_channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(
-            B, c.in_channels, c.image_size, c.image_size)
+        return tokens.reshape(B, g, g, c.in_channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, c.in_channels, c.image_size, c.image_size)
 
     # --- encoder / decoder ---------------------------------------------------------------------
     def _lang(self, proj: nn.Module | None, lang_emb: Tensor | None, B: int) -> list[Tensor]:
@@ -353,9 +358,14 @@ class GIDM(nn.Module):
             if self.lang_enc is not None:
                 h = h + self._lang(self.lang_enc, lang_emb, B)[0]
             return self.bottleneck(h, sample)
-        x = torch.cat([self.queries.expand(B, -1, -1),
-                       self.enc_in(torch.cat([tok_t, tok_k - tok_t], dim=-1)) + self.pos,
-                       *self._lang(self.lang_enc, lang_emb, B)], dim=1)
+        x = torch.cat(
+            [
+                self.queries.expand(B, -1, -1),
+                self.enc_in(torch.cat([tok_t, tok_k - tok_t], dim=-1)) + self.pos,
+                *self._lang(self.lang_enc, lang_emb, B),
+            ],
+            dim=1,
+        )
         h = self.encoder(x)[:, :q]
         return self.bottleneck(h, sample)
 
@@ -364,22 +374,21 @@ class GIDM(nn.Module):
         lat = self.latent_up(z)
         # z enters twice: as tokens (UniVLA) and added to every patch token, which lets a small
         # decoder use it from the first steps instead of learning to attend to it first.
-        x = torch.cat([lat + self.latent_pos,
-                       self.dec_in(tok_t) + self.pos + lat.mean(dim=1, keepdim=True),
-                       *self._lang(self.lang_dec, lang_emb, B)], dim=1)
-        y = self.decoder(x)[:, q:q + tok_t.shape[1]]
+        x = torch.cat(
+            [lat + self.latent_pos, self.dec_in(tok_t) + self.pos + lat.mean(dim=1, keepdim=True), *self._lang(self.lang_dec, lang_emb, B)],
+            dim=1,
+        )
+        y = self.decoder(x)[:, q : q + tok_t.shape[1]]
         return tok_t + self.head(y)  # predict the change; "nothing moved" is free
 
     # --- public API ----------------------------------------------------------------------------
-    def forward(self, obs: Tensor, next_obs: Tensor, lang_emb: Tensor | None = None,
-                diagnostics: bool = True) -> dict[str, Tensor]:
+    def forward(self, obs: Tensor, next_obs: Tensor, lang_emb: Tensor | None = None, diagnostics: bool = True) -> dict[str, Tensor]:
         """obs, next_obs: frames o_t and o_t+k [B, C, H, W] float in [0, 1]; lang_emb [B, lang_dim].
         Returns losses and diagnostics (0-dim tensors; only ``loss`` carries gradient) plus
         ``z`` [B, Q, W] and ``codes`` [B, Q] (VQ/FSQ)."""
         return self._forward_tokens(self.tokens(obs), self.tokens(next_obs), lang_emb, diagnostics)
 
-    def forward_window(self, frames: Tensor, lang_emb: Tensor | None = None,
-                       diagnostics: bool = True) -> dict[str, Tensor]:
+    def forward_window(self, frames: Tensor, lang_emb: Tensor | None = None, diagnostics: bool = True) -> dict[str, Tensor]:
         """frames [B, 3, C, H, W]: o_t, o_t+k, o_t+2k. Trains the three transitions t -> t+k,
         t+k -> t+2k and t -> t+2k as one batch of 3B pairs (outputs as ``forward``, over all of
         them) and adds ``additive_weight`` x ``additive_error``: |z02 - (z01 + z12)|^2 relative to
@@ -403,8 +412,9 @@ class GIDM(nn.Module):
         out["additive_error"] = additive.detach()
         return out
 
-    def _forward_tokens(self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, diagnostics: bool,
-                        keep_mean: bool = False) -> dict[str, Tensor]:
+    def _forward_tokens(
+        self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, diagnostics: bool, keep_mean: bool = False
+    ) -> dict[str, Tensor]:
         z, codes, extra = self._encode(tok_t, tok_k, lang_emb, sample=self.training)
         mean = extra.pop("mean", None)
         pred = self._decode(tok_t, z, lang_emb)

@@ -42,16 +42,22 @@ def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> d
         ts = np.arange(0, n - k, stride)
         obs.append(frames[ts])
         nxt.append(frames[ts + k])
-        cmd.append(np.stack([sample.actions[t:t + k, :3].sum(0) for t in ts]))
+        cmd.append(np.stack([sample.actions[t : t + k, :3].sum(0) for t in ts]))
         disp.append(sample.proprio[ts + k, :3] - sample.proprio[ts, :3])
         pos.append(sample.proprio[ts + k, :3])
         episode += [sample.meta.source_id] * len(ts)  # one source per episode
         task += [sample.lang or ""] * len(ts)
     if not obs:
         raise ValueError("no selected clip has actions, proprio and more than k frames")
-    return {"obs": np.concatenate(obs), "next_obs": np.concatenate(nxt), "cmd": np.concatenate(cmd).astype(np.float64),
-            "disp": np.concatenate(disp).astype(np.float64), "episode": np.array(episode), "task": np.array(task),
-            "pos_next": np.concatenate(pos).astype(np.float64)}
+    return {
+        "obs": np.concatenate(obs),
+        "next_obs": np.concatenate(nxt),
+        "cmd": np.concatenate(cmd).astype(np.float64),
+        "disp": np.concatenate(disp).astype(np.float64),
+        "episode": np.array(episode),
+        "task": np.array(task),
+        "pos_next": np.concatenate(pos).astype(np.float64),
+    }
 
 
 def ridge_r2(x_tr, y_tr, x_te, y_te, lam: float = 1.0, per_dim: bool = False):
@@ -108,8 +114,8 @@ def encode_all(model, obs: np.ndarray, nxt: np.ndarray, device, batch: int = 256
     rng = np.random.default_rng(0)
     model.eval()
     for i in range(0, len(obs), batch):
-        o = torch.from_numpy(obs[i:i + batch]).to(device)
-        n = torch.from_numpy(nxt[i:i + batch]).to(device)
+        o = torch.from_numpy(obs[i : i + batch]).to(device)
+        n = torch.from_numpy(nxt[i : i + batch]).to(device)
         with torch.no_grad():
             enc = model.encode(o, n)
         zs.append(enc["z"].flatten(1).cpu().numpy())
@@ -125,8 +131,12 @@ def encode_all(model, obs: np.ndarray, nxt: np.ndarray, device, batch: int = 256
     w = np.array([c for *_, c in recon], np.float64)
     mse_true = float(np.average([r for r, _, _ in recon], weights=w))
     mse_shuf = float(np.average([s for _, s, _ in recon], weights=w))
-    return {"z": np.concatenate(zs).astype(np.float64), "codes": np.concatenate(codes) if codes else None,
-            "mse_true": mse_true, "mse_shuffled": mse_shuf}
+    return {
+        "z": np.concatenate(zs).astype(np.float64),
+        "codes": np.concatenate(codes) if codes else None,
+        "mse_true": mse_true,
+        "mse_shuffled": mse_shuf,
+    }
 
 
 def psnr(mse: float) -> float:
@@ -175,11 +185,19 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
     r2_axes = {name: per_axis["disp"][name] for name in ("latent", "pca_diff", "pca_obs")}
     # ceiling of the commanded-action target: the true hand displacement as the feature
     r2["cmd"]["true_disp"] = ridge_r2(pairs["disp"][tr], pairs["cmd"][tr], pairs["disp"][te], pairs["cmd"][te])
-    res = {"r2": r2, "r2_disp_xyz": r2_axes, "pairs": n, "probe_train_pairs": int(tr.sum()), "probe_test_pairs": int(te.sum()),
-           "episodes": len(episodes), "latent_dims": dims,
-           "psnr_true": psnr(enc["mse_true"]), "psnr_shuffled": psnr(enc["mse_shuffled"]),
-           "delta_psnr": psnr(enc["mse_true"]) - psnr(enc["mse_shuffled"]),
-           "psnr_copy": psnr(float(np.mean(diff ** 2)))}
+    res = {
+        "r2": r2,
+        "r2_disp_xyz": r2_axes,
+        "pairs": n,
+        "probe_train_pairs": int(tr.sum()),
+        "probe_test_pairs": int(te.sum()),
+        "episodes": len(episodes),
+        "latent_dims": dims,
+        "psnr_true": psnr(enc["mse_true"]),
+        "psnr_shuffled": psnr(enc["mse_shuffled"]),
+        "delta_psnr": psnr(enc["mse_true"]) - psnr(enc["mse_shuffled"]),
+        "psnr_copy": psnr(float(np.mean(diff**2))),
+    }
     if enc["codes"] is not None:
         flat = enc["codes"].reshape(n, -1)
         ids = np.unique(flat, axis=0, return_inverse=True)[1].reshape(-1)
@@ -188,7 +206,9 @@ def probe(pairs: dict[str, np.ndarray], enc: dict, num_codes: int, wide: int = 6
         # displacement binned into terciles per axis -> 27 classes
         d = pairs["disp"]
         bins = np.stack([np.digitize(d[:, j], np.quantile(d[:, j], [1 / 3, 2 / 3])) for j in range(3)], 1)
-        res.update(code_usage=float((counts > 0).mean()),
-                   perplexity=float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
-                   nmi_codes_vs_binned_disp=nmi(ids, bins @ np.array([9, 3, 1])))
+        res.update(
+            code_usage=float((counts > 0).mean()),
+            perplexity=float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())),
+            nmi_codes_vs_binned_disp=nmi(ids, bins @ np.array([9, 3, 1])),
+        )
     return res

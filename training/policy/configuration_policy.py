@@ -20,10 +20,11 @@ HEADS = ("mlp", "transformer")
 
 @dataclass
 class PolicyConfig:
-    init: str = field(default="defi", metadata={"help": f"what starts pretrained: {' | '.join(INITS)} (bc: no "
-                                                        "future branch, image + instruction straight to the head)"})
-    horizon: int = field(default=10, metadata={"help": "H: actions predicted (and executed) per observation, at "
-                                                       "the robot's rate"})
+    init: str = field(
+        default="defi",
+        metadata={"help": f"what starts pretrained: {' | '.join(INITS)} (bc: no future branch, image + instruction straight to the head)"},
+    )
+    horizon: int = field(default=10, metadata={"help": "H: actions predicted (and executed) per observation, at the robot's rate"})
     action_dim: int = field(default=4, metadata={"help": "width of one action row"})
     image_size: int = field(default=64, metadata={"help": "side of the square observation frames, pixels"})
     context_frames: int = field(default=1, metadata={"help": "observation frames o_t-c+1 .. o_t (the GFDM's)"})
@@ -31,15 +32,19 @@ class PolicyConfig:
     head: str = field(default="mlp", metadata={"help": f"action head: {' | '.join(HEADS)}"})
     head_dim: int = field(default=256, metadata={"help": "hidden width of the action head"})
     head_depth: int = field(default=2, metadata={"help": "hidden layers (mlp) / transformer layers of the head"})
-    bc_width: int = field(default=32, metadata={"help": "bc: channels of its conv image encoder (sized to the "
-                                                        "projection + GIDM encoder it replaces)"})
+    bc_width: int = field(
+        default=32, metadata={"help": "bc: channels of its conv image encoder (sized to the projection + GIDM encoder it replaces)"}
+    )
     # what trains, and the optional losses (all off by default: the release's recipe)
-    forward_weight: float = field(default=0.0, metadata={"help": "weight of the GFDM's own loss on the true future "
-                                                                 "(useful once the GFDM is unfrozen)"})
-    consistency_weight: float = field(default=0.0, metadata={
-        "help": "weight of |GIDM(o_t, projected prediction) - GIDM(o_t, true future)|^2 (target detached)"})
-    unfreeze_gfdm_step: int = field(default=-1, metadata={"help": "step at which the GFDM starts training (-1: "
-                                                                  "frozen throughout, as released)"})
+    forward_weight: float = field(
+        default=0.0, metadata={"help": "weight of the GFDM's own loss on the true future (useful once the GFDM is unfrozen)"}
+    )
+    consistency_weight: float = field(
+        default=0.0, metadata={"help": "weight of |GIDM(o_t, projected prediction) - GIDM(o_t, true future)|^2 (target detached)"}
+    )
+    unfreeze_gfdm_step: int = field(
+        default=-1, metadata={"help": "step at which the GFDM starts training (-1: frozen throughout, as released)"}
+    )
     gfdm_steps: int = field(default=1, metadata={"help": "GFDM sampler steps when reading its features"})
     gfdm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GFDMConfig as a dict (filled from --gfdm)"})
     gidm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GIDMConfig as a dict (filled from --gidm)"})
@@ -55,8 +60,7 @@ class PolicyConfig:
             bad("init", f"unknown; valid: {', '.join(INITS)}")
         if self.head not in HEADS:
             bad("head", f"unknown; valid: {', '.join(HEADS)}")
-        for name in ("horizon", "action_dim", "image_size", "context_frames", "head_dim", "head_depth", "bc_width",
-                     "gfdm_steps"):
+        for name in ("horizon", "action_dim", "image_size", "context_frames", "head_dim", "head_depth", "bc_width", "gfdm_steps"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
         if self.text_dim < 0:
@@ -67,8 +71,7 @@ class PolicyConfig:
         if self.unfreeze_gfdm_step < -1:
             bad("unfreeze_gfdm_step", "must be -1 (never) or a step >= 0")
         if self.init == "bc" and (self.forward_weight or self.consistency_weight or self.unfreeze_gfdm_step >= 0):
-            errors.append("init='bc' has no future branch: forward_weight, consistency_weight and "
-                          "unfreeze_gfdm_step must stay off")
+            errors.append("init='bc' has no future branch: forward_weight, consistency_weight and unfreeze_gfdm_step must stay off")
         if self.init != "bc" and self.gidm:
             g = self.gidm
             if g.get("image_size", self.image_size) != self.image_size:

@@ -53,10 +53,16 @@ class ImageEncoder(nn.Module):
     def __init__(self, in_channels: int, width: int, dim: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * width, dim))
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * width, dim),
+        )
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
@@ -182,11 +188,23 @@ class DeFiPolicy(nn.Module):
         lang = text_emb if self.gidm.config.lang_dim else None
         z, _, extra = self.gidm.encode_tokens(tok_t, tok_future, lang)
         pooled = torch.cat([f.mean(dim=(1, 3, 4)) for f in feats], dim=-1)
-        return {"cond": [self.latent(z.flatten(1)), self.pooled(pooled), *cond], "z": z, "tok_t": tok_t,
-                "tok_future": tok_future, "prediction": pred, "bottleneck_loss": extra.get("bottleneck_loss")}
+        return {
+            "cond": [self.latent(z.flatten(1)), self.pooled(pooled), *cond],
+            "z": z,
+            "tok_t": tok_t,
+            "tok_future": tok_future,
+            "prediction": pred,
+            "bottleneck_loss": extra.get("bottleneck_loss"),
+        }
 
-    def forward(self, obs: Tensor, text_emb: Tensor | None = None, actions: Tensor | None = None,
-                mask: Tensor | None = None, future: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        obs: Tensor,
+        text_emb: Tensor | None = None,
+        actions: Tensor | None = None,
+        mask: Tensor | None = None,
+        future: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """obs [B, 3c, S, S] in [0, 1] (o_t last); text_emb [B, text_dim]; actions [B, H, A] (raw
         units) and mask [B, H] bool for the loss; future [B, 3, S, S] the true o_t+k (forward and
         consistency losses only). Returns ``actions`` [B, H, A] (raw units) and, with targets,
@@ -210,8 +228,9 @@ class DeFiPolicy(nn.Module):
             loss = loss + f["bottleneck_loss"]
         if c.consistency_weight and future is not None:
             with torch.no_grad():
-                z_true, _, _ = self.gidm.encode_tokens(f["tok_t"], self.gidm.tokens(future),
-                                                       text_emb if self.gidm.config.lang_dim else None)
+                z_true, _, _ = self.gidm.encode_tokens(
+                    f["tok_t"], self.gidm.tokens(future), text_emb if self.gidm.config.lang_dim else None
+                )
             cons = F.mse_loss(f["z"], z_true)
             out["consistency"] = cons.detach()
             loss = loss + c.consistency_weight * cons

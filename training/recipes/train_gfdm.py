@@ -112,8 +112,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.T
     return {k: batch[k].to(device, non_blocking=True) for k in ("obs", "future", "text_emb", "has_text") if k in batch}
 
 
-def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
-          batches: Iterable[dict] | Callable[[int], Iterable[dict]], extra: dict | None = None) -> dict[str, Any]:
+def train(
+    model_cfg: GFDMConfig, train_cfg: TrainConfig, batches: Iterable[dict] | Callable[[int], Iterable[dict]], extra: dict | None = None
+) -> dict[str, Any]:
     """Train (or resume training) a GFDM; returns a summary: steps run, start step, per-step
     losses of this call, first/last loss, seconds per step, last checkpoint and grid paths.
     ``extra`` (JSON-serialisable: the data facts, text model) is saved in every checkpoint.
@@ -123,8 +124,9 @@ def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
     # --- setup -------------------------------------------------------------------------------
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if train_cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if train_cfg.device == "auto" else train_cfg.device)
+    device = torch.device(
+        "cuda" if train_cfg.device == "auto" and torch.cuda.is_available() else "cpu" if train_cfg.device == "auto" else train_cfg.device
+    )
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
     rank, world_size = world()
     main = rank == 0
@@ -150,10 +152,10 @@ def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
     metrics_path = out / "metrics.jsonl"
     writer = None
     if main:
-        (out / "train_config.json").write_text(json.dumps(
-            {"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2))
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step] \
-            if metrics_path.exists() else []
+        (out / "train_config.json").write_text(
+            json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
+        )
+        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step] if metrics_path.exists() else []
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
     stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
@@ -163,9 +165,14 @@ def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
     last_ckpt, last_grid, grid_batch = ckpt, None, None
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start_step + 1, train_cfg.steps + 1), initial=start_step, total=train_cfg.steps,
-               disable=not (train_cfg.progress and main), desc="gfdm")
-    with (metrics_path.open("a") if main else open(os.devnull, "w")) as metrics:
+    bar = tqdm(
+        range(start_step + 1, train_cfg.steps + 1),
+        initial=start_step,
+        total=train_cfg.steps,
+        disable=not (train_cfg.progress and main),
+        desc="gfdm",
+    )
+    with metrics_path.open("a") if main else open(os.devnull, "w") as metrics:
         for step in bar:  # ``step`` counts optimizer steps from 1
             try:
                 batch = _to_device(next(stream), device)
@@ -179,7 +186,8 @@ def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
             result["loss"].backward()
             sync_gradients(model.trainable_parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+                model.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf")
+            )
             optimizer.step()
             scheduler.step()
 
@@ -201,18 +209,31 @@ def train(model_cfg: GFDMConfig, train_cfg: TrainConfig,
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                 path = out / "checkpoints" / f"step-{step:08d}"
                 if main:
-                    save_checkpoint(path, model, model_cfg, optimizer, scheduler, step=step,
-                                    extra={**(extra or {}), "train": dataclasses.asdict(train_cfg),
-                                           "world_size": world_size})
+                    save_checkpoint(
+                        path,
+                        model,
+                        model_cfg,
+                        optimizer,
+                        scheduler,
+                        step=step,
+                        extra={**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size},
+                    )
                 barrier()
                 last_ckpt = path
     if writer is not None:
         writer.close()
     seconds = time.perf_counter() - t0
     ran = len(losses)
-    return {"start_step": start_step, "resumed_from": resumed_from, "steps_run": ran,
-            "final_step": start_step + ran, "losses": losses,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "seconds_per_step": seconds / ran if ran else None,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "grid": str(last_grid) if last_grid else None,
-            "model": model}
+    return {
+        "start_step": start_step,
+        "resumed_from": resumed_from,
+        "steps_run": ran,
+        "final_step": start_step + ran,
+        "losses": losses,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "seconds_per_step": seconds / ran if ran else None,
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "grid": str(last_grid) if last_grid else None,
+        "model": model,
+    }

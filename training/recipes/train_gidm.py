@@ -100,9 +100,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
-          batches: Iterable[dict] | Callable[[int], Iterable[dict]],
-          feature_extractor: torch.nn.Module | None = None, extra: dict | None = None) -> dict[str, Any]:
+def train(
+    model_cfg: GIDMConfig,
+    train_cfg: TrainConfig,
+    batches: Iterable[dict] | Callable[[int], Iterable[dict]],
+    feature_extractor: torch.nn.Module | None = None,
+    extra: dict | None = None,
+) -> dict[str, Any]:
     """Train (or resume training) a GIDM; returns a summary: steps run, start step, per-step
     losses of this call, first/last loss, seconds per step, last checkpoint path. ``extra``
     (JSON-serialisable, e.g. ``{"data": {"gap_frames": 10, ...}}``) is saved in every checkpoint.
@@ -113,8 +117,9 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
     # --- setup -------------------------------------------------------------------------------
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if train_cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if train_cfg.device == "auto" else train_cfg.device)
+    device = torch.device(
+        "cuda" if train_cfg.device == "auto" and torch.cuda.is_available() else "cpu" if train_cfg.device == "auto" else train_cfg.device
+    )
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
     rank, world_size = world()
     main = rank == 0
@@ -122,15 +127,17 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
         device = torch.device("cuda", torch.cuda.current_device())
     _seed_all(train_cfg.seed)
     model = GIDM(model_cfg, feature_extractor=feature_extractor).to(device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=train_cfg.lr,
-                                  weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_cfg))
 
     start_step, resumed_from = 0, None
     ckpt = last_checkpoint(out)
     if ckpt is not None:
-        kwargs = {"feature_extractor": model.features.backbone} if model_cfg.feature_encoder == "external" \
-            and model_cfg.input_space == "features" else {}
+        kwargs = (
+            {"feature_extractor": model.features.backbone}
+            if model_cfg.feature_encoder == "external" and model_cfg.input_space == "features"
+            else {}
+        )
         loaded, saved_cfg, state = load_checkpoint(ckpt, **kwargs)
         if saved_cfg != model_cfg:
             raise ValueError(f"{ckpt}: saved model config differs from the one given; use a new out_dir")
@@ -143,12 +150,11 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
     metrics_path = out / "metrics.jsonl"
     writer = None
     if main:
-        (out / "train_config.json").write_text(json.dumps(
-            {"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
-             "world_size": world_size}, indent=2))
+        (out / "train_config.json").write_text(
+            json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
+        )
         # Logs hold exactly steps 1..start_step after a resume: drop what a killed run wrote later.
-        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= start_step] \
-            if metrics_path.exists() else []
+        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= start_step] if metrics_path.exists() else []
         metrics_path.write_text("".join(l + "\n" for l in kept))
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
 
@@ -162,9 +168,14 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
     last_ckpt = ckpt
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start_step + 1, train_cfg.steps + 1), initial=start_step, total=train_cfg.steps,
-               disable=not (train_cfg.progress and main), desc="gidm")
-    with (metrics_path.open("a") if main else open(os.devnull, "w")) as metrics:
+    bar = tqdm(
+        range(start_step + 1, train_cfg.steps + 1),
+        initial=start_step,
+        total=train_cfg.steps,
+        disable=not (train_cfg.progress and main),
+        desc="gidm",
+    )
+    with metrics_path.open("a") if main else open(os.devnull, "w") as metrics:
         for step in bar:  # ``step`` counts optimizer steps from 1
             try:
                 batch = next(stream)
@@ -179,16 +190,20 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
                 if model_cfg.additive_weight > 0:  # windows o_t, o_t+k, o_t+2k (see forward_window)
                     if "frames" not in batch:
                         raise ValueError("model.additive_weight > 0 needs windows of 3 frames (ClipDataset(window=3))")
-                    result = model.forward_window(batch["frames"].to(device, non_blocking=True), lang,
-                                                  diagnostics=log_now)
+                    result = model.forward_window(batch["frames"].to(device, non_blocking=True), lang, diagnostics=log_now)
                 else:
-                    result = model(batch["obs"].to(device, non_blocking=True),
-                                   batch["next_obs"].to(device, non_blocking=True), lang, diagnostics=log_now)
+                    result = model(
+                        batch["obs"].to(device, non_blocking=True),
+                        batch["next_obs"].to(device, non_blocking=True),
+                        lang,
+                        diagnostics=log_now,
+                    )
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             sync_gradients(model.trainable_parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+                model.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf")
+            )
             optimizer.step()
             scheduler.step()
             if world_size > 1 and model_cfg.bottleneck == "vq":
@@ -199,8 +214,7 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}")
             if log_now:
-                row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm),
-                       "lr": scheduler.get_last_lr()[0]}
+                row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(f"train/{k}", v, step)
@@ -210,17 +224,30 @@ def train(model_cfg: GIDMConfig, train_cfg: TrainConfig,
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                 path = out / "checkpoints" / f"step-{step:08d}"
                 if main:
-                    save_checkpoint(path, model, model_cfg, optimizer, scheduler, step=step,
-                                    extra={**(extra or {}), "train": dataclasses.asdict(train_cfg),
-                                           "world_size": world_size})
+                    save_checkpoint(
+                        path,
+                        model,
+                        model_cfg,
+                        optimizer,
+                        scheduler,
+                        step=step,
+                        extra={**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size},
+                    )
                 barrier()  # no rank runs ahead of a checkpoint it may need to resume from
                 last_ckpt = path
     if writer is not None:
         writer.close()
     seconds = time.perf_counter() - t0
     ran = len(losses)
-    return {"start_step": start_step, "resumed_from": resumed_from, "steps_run": ran,
-            "final_step": start_step + ran, "losses": losses,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "seconds_per_step": seconds / ran if ran else None,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model}
+    return {
+        "start_step": start_step,
+        "resumed_from": resumed_from,
+        "steps_run": ran,
+        "final_step": start_step + ran,
+        "losses": losses,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "seconds_per_step": seconds / ran if ran else None,
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "model": model,
+    }

@@ -50,8 +50,9 @@ def _to(v: Any, device: torch.device) -> torch.Tensor | None:
     return v.to(device, non_blocking=True) if torch.is_tensor(v) else None
 
 
-def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[dict] | Callable[[int], Iterable[dict]],
-                 extra: dict | None = None) -> dict[str, Any]:
+def train_policy(
+    policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[dict] | Callable[[int], Iterable[dict]], extra: dict | None = None
+) -> dict[str, Any]:
     """Train (or resume) ``policy``; returns a summary: steps run, start step, losses, first/last
     loss and action L1, seconds per step, last checkpoint, and the trained ``model``. ``extra``
     (JSON) is stored in every checkpoint's state.json (the data facts eval needs)."""
@@ -83,8 +84,9 @@ def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[d
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
     metrics_path = out / "metrics.jsonl"
-    kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start_step] \
-        if metrics_path.exists() else []
+    kept = (
+        [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start_step] if metrics_path.exists() else []
+    )
     metrics_path.write_text("".join(line + "\n" for line in kept))
     writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
     stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
@@ -95,8 +97,13 @@ def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[d
     last_ckpt = ckpt
     policy.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start_step + 1, train_cfg.steps + 1), initial=start_step, total=train_cfg.steps,
-               disable=not train_cfg.progress, desc=f"policy ({cfg.init})")
+    bar = tqdm(
+        range(start_step + 1, train_cfg.steps + 1),
+        initial=start_step,
+        total=train_cfg.steps,
+        disable=not train_cfg.progress,
+        desc=f"policy ({cfg.init})",
+    )
     with metrics_path.open("a") as metrics:
         for step in bar:
             if step - 1 == unfreeze_at:
@@ -106,14 +113,14 @@ def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[d
                 batch = next(stream)
             except StopIteration:
                 raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
-            obs, text, act, mask, future = (_to(batch.get(k), device) for k in
-                                            ("obs", "text_emb", "action_chunk", "action_mask", "future"))
+            obs, text, act, mask, future = (_to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future"))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 result = policy(obs, text, act, mask, future)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                policy.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+                policy.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf")
+            )
             optimizer.step()
             scheduler.step()
             loss = float(result["loss"].detach())
@@ -131,14 +138,24 @@ def train_policy(policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[d
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                 path = out / "checkpoints" / f"step-{step:08d}"
-                save_checkpoint(path, policy, cfg, optimizer, scheduler, step=step,
-                                extra={"train": dataclasses.asdict(train_cfg), **(extra or {})})
+                save_checkpoint(
+                    path, policy, cfg, optimizer, scheduler, step=step, extra={"train": dataclasses.asdict(train_cfg), **(extra or {})}
+                )
                 last_ckpt = path
     writer.close()
     seconds = time.perf_counter() - t0
     ran = len(losses)
-    return {"start_step": start_step, "resumed_from": resumed_from, "steps_run": ran, "final_step": start_step + ran,
-            "losses": losses, "first_loss": losses[0] if ran else None, "last_loss": losses[-1] if ran else None,
-            "first_l1": l1s[0] if ran else None, "last_l1": l1s[-1] if ran else None,
-            "seconds_per_step": seconds / ran if ran else None,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "model": policy}
+    return {
+        "start_step": start_step,
+        "resumed_from": resumed_from,
+        "steps_run": ran,
+        "final_step": start_step + ran,
+        "losses": losses,
+        "first_loss": losses[0] if ran else None,
+        "last_loss": losses[-1] if ran else None,
+        "first_l1": l1s[0] if ran else None,
+        "last_l1": l1s[-1] if ran else None,
+        "seconds_per_step": seconds / ran if ran else None,
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "model": policy,
+    }

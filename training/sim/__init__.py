@@ -6,5 +6,4 @@ Importing this package is cheap: mujoco and metaworld load when an env is made o
 from .lerobot_io import EpisodeBuffer, LeRobotV3Writer
 from .metaworld_env import TASK_INSTRUCTIONS, GenerateConfig, MetaWorldEnv, generate, instruction_for
 
-__all__ = ["EpisodeBuffer", "LeRobotV3Writer", "MetaWorldEnv", "GenerateConfig", "generate",
-           "instruction_for", "TASK_INSTRUCTIONS"]
+__all__ = ["EpisodeBuffer", "LeRobotV3Writer", "MetaWorldEnv", "GenerateConfig", "generate", "instruction_for", "TASK_INSTRUCTIONS"]

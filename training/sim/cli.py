@@ -22,16 +22,20 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera", default="corner", help="Meta-World camera (default corner; corner* frames are rotated upright)")
     p.add_argument("--seed", type=int, default=0, help="run seed; output is deterministic given it (default 0)")
     p.add_argument("--action-noise", type=float, default=0.0, help="std of Gaussian noise on expert actions (default 0)")
-    p.add_argument("--keep-failed-frac", type=float, default=1.0,
-                   help="fraction of unsuccessful episodes kept, marked success=false (default 1.0)")
+    p.add_argument(
+        "--keep-failed-frac", type=float, default=1.0, help="fraction of unsuccessful episodes kept, marked success=false (default 1.0)"
+    )
     p.add_argument("--max-steps", type=int, default=150, help="actions per episode at most (default 150)")
     p.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success (default 10)")
     p.add_argument("--action-free", action="store_true", help="write videos without action/state columns")
     p.add_argument("--workers", type=int, default=1, help="processes, one env each (default 1)")
-    p.add_argument("--slow-render", action="store_true",
-                   help="MuJoCo's default visual quality (shadows, 4x MSAA, reflections), ~10x slower. "
-                        "By default the fast render settings are used: shadowsize=0, offsamples=0, "
-                        "mat_reflectance=0")
+    p.add_argument(
+        "--slow-render",
+        action="store_true",
+        help="MuJoCo's default visual quality (shadows, 4x MSAA, reflections), ~10x slower. "
+        "By default the fast render settings are used: shadowsize=0, offsamples=0, "
+        "mat_reflectance=0",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -40,10 +44,12 @@ def add_sim_parser(subparsers) -> argparse.ArgumentParser:
     sim = subparsers.add_parser("sim", help="generate labeled robot episodes in a simulator")
     sub = sim.add_subparsers(dest="sim_command", required=True)
     gen = sub.add_parser(
-        "generate", help="roll scripted experts, write a LeRobot v3.0 dataset",
+        "generate",
+        help="roll scripted experts, write a LeRobot v3.0 dataset",
         description="Roll scripted experts and write a LeRobot v3.0 dataset (H.264 video + parquet). "
-                    "Rendering is headless (MUJOCO_GL=egl, else osmesa) with the fast render settings "
-                    "by default (no shadows, no multisampling, no reflections).")
+        "Rendering is headless (MUJOCO_GL=egl, else osmesa) with the fast render settings "
+        "by default (no shadows, no multisampling, no reflections).",
+    )
     _add_generate_args(gen)
     gen.set_defaults(func=cmd_generate)
     return sim
@@ -63,15 +69,28 @@ def run_generate(args: argparse.Namespace) -> dict:
     from .metaworld_env import generate  # loads mujoco/metaworld lazily, on first env
 
     summary = generate(
-        [t.strip() for t in args.tasks.split(",") if t.strip()], args.episodes, args.out, size=args.size,
-        fps=args.fps, camera=args.camera, seed=args.seed, action_noise=args.action_noise,
-        keep_failed_frac=args.keep_failed_frac, max_steps=args.max_steps, action_free=args.action_free,
-        workers=args.workers, steps_after_success=args.steps_after_success,
-        fast_render=not args.slow_render, progress=not args.no_progress)
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        args.episodes,
+        args.out,
+        size=args.size,
+        fps=args.fps,
+        camera=args.camera,
+        seed=args.seed,
+        action_noise=args.action_noise,
+        keep_failed_frac=args.keep_failed_frac,
+        max_steps=args.max_steps,
+        action_free=args.action_free,
+        workers=args.workers,
+        steps_after_success=args.steps_after_success,
+        fast_render=not args.slow_render,
+        progress=not args.no_progress,
+    )
     pt = summary["per_task"]
-    print(f"wrote {summary['episodes_written']}/{summary['episodes_attempted']} episodes, "
-          f"{summary['frames']} frames to {summary['out_dir']} in {summary['seconds']:.1f}s "
-          f"({summary['frames_per_second']:.0f} frames/s); success rate {summary['success_rate']:.2f}")
+    print(
+        f"wrote {summary['episodes_written']}/{summary['episodes_attempted']} episodes, "
+        f"{summary['frames']} frames to {summary['out_dir']} in {summary['seconds']:.1f}s "
+        f"({summary['frames_per_second']:.0f} frames/s); success rate {summary['success_rate']:.2f}"
+    )
     for task, s in pt.items():
         print(f"  {task}: {s['succeeded']}/{s['attempted']} succeeded, {s['kept']} kept, {s['frames']} frames")
     return summary
@@ -79,8 +98,10 @@ def run_generate(args: argparse.Namespace) -> dict:
 
 def sim_generate_main(argv: list[str] | None = None) -> int:
     """``defi sim generate ...`` as a standalone entry point (argv without ``sim generate``)."""
-    p = argparse.ArgumentParser(prog="defi sim generate", description=(
-        "Roll scripted experts and write a LeRobot v3.0 dataset. Fast render settings are the default."))
+    p = argparse.ArgumentParser(
+        prog="defi sim generate",
+        description=("Roll scripted experts and write a LeRobot v3.0 dataset. Fast render settings are the default."),
+    )
     _add_generate_args(p)
     args = p.parse_args(argv)
     try:

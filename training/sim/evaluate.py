@@ -44,15 +44,21 @@ class EvalConfig:
     workers: int = field(default=1, metadata={"help": "processes, one env each"})
     camera: str = field(default="corner", metadata={"help": "Meta-World camera (the training data's)"})
     render_size: int = field(default=0, metadata={"help": "rendered frame side, px (0: the policy's image size)"})
-    crf_chain: list[int] = field(default_factory=lambda: [20, 23], metadata={
-        "help": "H.264 round trips before the policy sees a frame (generator CRF, curate CRF)"})
+    crf_chain: list[int] = field(
+        default_factory=lambda: [20, 23], metadata={"help": "H.264 round trips before the policy sees a frame (generator CRF, curate CRF)"}
+    )
     preset: str = field(default="veryfast", metadata={"help": "libx264 preset of the round trips"})
-    frame_stride: int = field(default=0, metadata={"help": "env steps per encoded frame of the training clips "
-                                                           "(0: from the policy checkpoint)"})
+    frame_stride: int = field(
+        default=0, metadata={"help": "env steps per encoded frame of the training clips (0: from the policy checkpoint)"}
+    )
     execute: int = field(default=0, metadata={"help": "actions of each chunk executed before re-planning (0: all H)"})
-    full_stream: bool = field(default=False, metadata={
-        "help": "render and round-trip every frame of the training clips' rate (every frame_stride steps), as "
-                "they were encoded, not only the frames the policy reads (~H/stride x more renders)"})
+    full_stream: bool = field(
+        default=False,
+        metadata={
+            "help": "render and round-trip every frame of the training clips' rate (every frame_stride steps), as "
+            "they were encoded, not only the frames the policy reads (~H/stride x more renders)"
+        },
+    )
 
     def __post_init__(self) -> None:
         errors = []
@@ -121,8 +127,7 @@ class FramePipeline:
             import av
 
             f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            rgb = f.reformat(width=self.image_size, height=self.image_size, format="rgb24",
-                             interpolation="AREA").to_ndarray()
+            rgb = f.reformat(width=self.image_size, height=self.image_size, format="rgb24", interpolation="AREA").to_ndarray()
         return rgb
 
 
@@ -198,8 +203,7 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
     if key not in envs:
         envs[key] = MetaWorldEnv(task, cfg.camera, size, cfg.seed, True, cfg.max_steps)
         if envs[key].env.action_space.shape[0] != pc.action_dim:
-            raise ValueError(f"policy action_dim {pc.action_dim} does not match {task}'s "
-                             f"{envs[key].env.action_space.shape[0]}")
+            raise ValueError(f"policy action_dim {pc.action_dim} does not match {task}'s {envs[key].env.action_space.shape[0]}")
     env = envs[key]
     emb = instruction_embedding(policy, extra, instruction_for(task))
     text = None if emb is None else torch.as_tensor(emb, dtype=torch.float32)[None]
@@ -226,7 +230,7 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
             if stream:
                 t = time.perf_counter()
                 history.append(frames_pipe(img))
-                history = history[-pc.context_frames:]
+                history = history[-pc.context_frames :]
                 tm["round_trip"] += time.perf_counter() - t
         if need_obs:
             ctx = [history[0]] * (pc.context_frames - len(history)) + history
@@ -247,8 +251,7 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
     del obs
     if video:
         video_frames.append(env.render())
-    return EpisodeResult(task, episode, success_at is not None, steps, success_at,
-                         np.stack(video_frames) if video else None, tm)
+    return EpisodeResult(task, episode, success_at is not None, steps, success_at, np.stack(video_frames) if video else None, tm)
 
 
 def _job(args: tuple) -> EpisodeResult:
@@ -294,8 +297,18 @@ def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True) -> dict[s
         k = sum(r.success for r in rs)
         lo, hi = wilson(k, len(rs))
         ok = [r.steps_to_success for r in rs if r.success]
-        per_task[task] = {"episodes": len(rs), "successes": k, "success_rate": k / len(rs), "wilson95": [lo, hi],
-                          "mean_steps_to_success": float(np.mean(ok)) if ok else None}
+        per_task[task] = {
+            "episodes": len(rs),
+            "successes": k,
+            "success_rate": k / len(rs),
+            "wilson95": [lo, hi],
+            "mean_steps_to_success": float(np.mean(ok)) if ok else None,
+        }
     timings = {k: sum(r.timings.get(k, 0.0) for r in results) for k in ("env_step", "render", "round_trip", "inference")}
-    return {"per_task": per_task, "episodes": results, "timings": timings, "steps": sum(r.steps for r in results),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "per_task": per_task,
+        "episodes": results,
+        "timings": timings,
+        "steps": sum(r.steps for r in results),
+        "seconds": time.perf_counter() - t0,
+    }

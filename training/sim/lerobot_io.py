@@ -200,8 +200,9 @@ class LeRobotV3Writer:
         dtypes = {k: ft["dtype"] for k, ft in {**DEFAULT_FEATURES, **self.features}.items()}
         cols = {k: _arrow_column(v, dtypes[k]) for k, v in values.items()}
         # Stats of the values as written (cast to the feature's dtype); strings have none.
-        self._episode_stats.append({k: lerobot_stats.vector_stats(np.asarray(v).astype(dtypes[k]))
-                                    for k, v in values.items() if dtypes[k] != "string"})
+        self._episode_stats.append(
+            {k: lerobot_stats.vector_stats(np.asarray(v).astype(dtypes[k])) for k, v in values.items() if dtypes[k] != "string"}
+        )
         table = pa.table(cols)
         if self._data_tables and self._data_bytes + table.nbytes > self.data_budget:
             self._flush_data()
@@ -222,7 +223,8 @@ class LeRobotV3Writer:
             frames = ep.frames[cam]
             h, w = self.cameras[cam]
             assert frames.shape[1:] == (h, w, 3) and frames.dtype == np.uint8, (
-                f"camera {cam}: expected uint8 [N,{h},{w},3], got {frames.dtype} {frames.shape}")
+                f"camera {cam}: expected uint8 [N,{h},{w},3], got {frames.dtype} {frames.shape}"
+            )
             video = self._videos.get(key)
             if video is not None and video.bytes_written > self.video_budget:
                 video.close()
@@ -286,9 +288,14 @@ class LeRobotV3Writer:
                 "shape": [h, w, 3],
                 "names": ["height", "width", "channels"],
                 "info": {
-                    "video.height": h, "video.width": w, "video.codec": "h264",
-                    "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
-                    "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": "h264",
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": self.fps,
+                    "video.channels": 3,
+                    "has_audio": False,
                 },
             }
         features.update(self.features)

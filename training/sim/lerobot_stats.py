@@ -194,8 +194,13 @@ def aggregate(stats_list: list[dict[str, Stats]]) -> dict[str, Stats]:
         means = np.stack([p["mean"] for p in parts])
         mean = (means * w).sum(0) / total
         var = ((np.stack([p["std"] for p in parts]) ** 2 + (means - mean) ** 2) * w).sum(0) / total
-        agg: Stats = {"min": np.stack([p["min"] for p in parts]).min(0), "max": np.stack([p["max"] for p in parts]).max(0),
-                      "mean": mean, "std": np.sqrt(var), "count": np.array([int(total)])}
+        agg: Stats = {
+            "min": np.stack([p["min"] for p in parts]).min(0),
+            "max": np.stack([p["max"] for p in parts]).max(0),
+            "mean": mean,
+            "std": np.sqrt(var),
+            "count": np.array([int(total)]),
+        }
         for key in QUANTILE_KEYS:
             agg[key] = (np.stack([p[key] for p in parts]) * w).sum(0) / total
         out[feat] = agg

@@ -137,8 +137,7 @@ class MetaWorldEnv:
     float32 [4] (hand x, y, z in metres, gripper opening), ``state`` float64 [39] (full obs).
     """
 
-    def __init__(self, task: str, camera: str = "corner", size: int = 64, seed: int = 0,
-                 fast_render: bool = True, max_steps: int = 500):
+    def __init__(self, task: str, camera: str = "corner", size: int = 64, seed: int = 0, fast_render: bool = True, max_steps: int = 500):
         mujoco, envs, policies = _import_sim()
         key = f"{task}-goal-observable"
         if key not in envs:
@@ -177,8 +176,7 @@ class MetaWorldEnv:
 
     def _obs_dict(self, render: bool) -> dict[str, Any]:
         s = self._obs
-        return {"image": self.render() if render else None,
-                "proprio": s[:4].astype(np.float32), "state": s.copy()}
+        return {"image": self.render() if render else None, "proprio": s[:4].astype(np.float32), "state": s.copy()}
 
     def reset(self, seed: int | None = None, render: bool = True) -> dict[str, Any]:
         if seed is not None:
@@ -206,6 +204,7 @@ class MetaWorldEnv:
 
 
 # -- generation ---------------------------------------------------------------------------------
+
 
 @dataclass
 class GenerateConfig:
@@ -307,20 +306,43 @@ def rollout(cfg: GenerateConfig, task: str, episode: int) -> Rollout:
             break
     succeeded = first_success is not None
     keep = succeeded or bool(np.random.default_rng(keep_ss).random() < cfg.keep_failed_frac)
-    return Rollout(task, episode, np.stack(frames), np.stack(actions), np.stack(proprio), np.stack(state),
-                   np.asarray(reward, np.float32), np.asarray(success, bool), keep,
-                   time.perf_counter() - t0, {"first_success_step": -1 if first_success is None else first_success})
+    return Rollout(
+        task,
+        episode,
+        np.stack(frames),
+        np.stack(actions),
+        np.stack(proprio),
+        np.stack(state),
+        np.asarray(reward, np.float32),
+        np.asarray(success, bool),
+        keep,
+        time.perf_counter() - t0,
+        {"first_success_step": -1 if first_success is None else first_success},
+    )
 
 
 def _rollout_job(args: tuple[GenerateConfig, str, int]) -> Rollout:
     return rollout(*args)
 
 
-def generate(tasks: list[str] | str, episodes_per_task: int, out_dir: str | Path, size: int = 64,
-             fps: int = 20, camera: str = "corner", seed: int = 0, action_noise: float = 0.0,
-             keep_failed_frac: float = 1.0, max_steps: int = 150, action_free: bool = False,
-             workers: int = 1, steps_after_success: int = 10, fast_render: bool = True,
-             crf: int = 20, progress: bool = True) -> dict[str, Any]:
+def generate(
+    tasks: list[str] | str,
+    episodes_per_task: int,
+    out_dir: str | Path,
+    size: int = 64,
+    fps: int = 20,
+    camera: str = "corner",
+    seed: int = 0,
+    action_noise: float = 0.0,
+    keep_failed_frac: float = 1.0,
+    max_steps: int = 150,
+    action_free: bool = False,
+    workers: int = 1,
+    steps_after_success: int = 10,
+    fast_render: bool = True,
+    crf: int = 20,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Roll scripted experts and write a LeRobot v3.0 dataset to ``out_dir`` (must not exist
     or be empty). Returns a summary (counts, success rate, seconds).
 
@@ -338,9 +360,20 @@ def generate(tasks: list[str] | str, episodes_per_task: int, out_dir: str | Path
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     cfg = GenerateConfig(
-        tasks=list(tasks), episodes_per_task=episodes_per_task, size=size, fps=fps, camera=camera,
-        seed=seed, action_noise=action_noise, keep_failed_frac=keep_failed_frac, max_steps=max_steps,
-        steps_after_success=steps_after_success, action_free=action_free, fast_render=fast_render, crf=crf)
+        tasks=list(tasks),
+        episodes_per_task=episodes_per_task,
+        size=size,
+        fps=fps,
+        camera=camera,
+        seed=seed,
+        action_noise=action_noise,
+        keep_failed_frac=keep_failed_frac,
+        max_steps=max_steps,
+        steps_after_success=steps_after_success,
+        action_free=action_free,
+        fast_render=fast_render,
+        crf=crf,
+    )
     valid = available_tasks()
     unknown = [t for t in cfg.tasks if t not in valid]
     if unknown:
@@ -376,12 +409,22 @@ def generate(tasks: list[str] | str, episodes_per_task: int, out_dir: str | Path
             s["frames"] += len(r.frames)
             cols = {"next.success": r.success}
             if not action_free:
-                cols.update({"action": r.actions, "observation.state": r.proprio,
-                             "observation.environment_state": r.state, "next.reward": r.reward})
-            writer.add_episode(EpisodeBuffer(
-                frames={camera: r.frames}, columns=cols, task=instruction_for(r.task),
-                extra={"success": bool(r.success.any()), "env_task": r.task, "task_episode": r.episode,
-                       "first_success_step": r.extra["first_success_step"]}))
+                cols.update(
+                    {"action": r.actions, "observation.state": r.proprio, "observation.environment_state": r.state, "next.reward": r.reward}
+                )
+            writer.add_episode(
+                EpisodeBuffer(
+                    frames={camera: r.frames},
+                    columns=cols,
+                    task=instruction_for(r.task),
+                    extra={
+                        "success": bool(r.success.any()),
+                        "env_task": r.task,
+                        "task_episode": r.episode,
+                        "first_success_step": r.extra["first_success_step"],
+                    },
+                )
+            )
 
     if workers <= 1:
         consume(map(_rollout_job, jobs))
