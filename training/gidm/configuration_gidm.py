@@ -267,22 +267,8 @@ def gidm_keypoint(**overrides: Any) -> GIDMConfig:
     displacement against 0.44 / 0.65 for same-size frame-difference / o_t-only controls (README).
     The default of ``defi train gidm``. Use it for robot or fixed-camera video; the keypoints move
     with the camera, so filter panning clips out of its selection (``camera_motion`` score)."""
-    base = dict(
-        input_space="pixels",
-        image_size=64,
-        patch_size=4,
-        model_dim=64,
-        enc_depth=2,
-        dec_depth=2,
-        num_heads=4,
-        num_action_tokens=1,
-        bottleneck="continuous",
-        latent_dim=16,
-        kl_beta=1e-4,
-        keypoints=32,
-        changed_weight=30.0,
-    )
-    return GIDMConfig(**{**base, **overrides})
+    keypoint = dict(patch_size=4, latent_dim=16, keypoints=32, changed_weight=30.0)
+    return gidm_tiny(**{**keypoint, **overrides})
 
 
 # one explicit line per preset; `defi train gidm --model NAME` and gidm_config(NAME) read it

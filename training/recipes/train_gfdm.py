@@ -40,6 +40,7 @@ from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..distributed import barrier, broadcast_module, sync_gradients, world
 from ..gfdm import GFDM, GFDMConfig
 from .train_gidm import DEVICES, _scalars, _seed_all, last_checkpoint, lr_factor
+from .logs import log_row, open_logs, run_summary
 
 
 @dataclass
@@ -149,15 +150,13 @@ def train(
         restore_rng(state["rng"])
         start_step, resumed_from = state["step"], str(ckpt)
     broadcast_module(model)
-    metrics_path = out / "metrics.jsonl"
     writer = None
+    metrics_path = None
     if main:
         (out / "train_config.json").write_text(
             json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
         )
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step] if metrics_path.exists() else []
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+        metrics_path, writer = open_logs(out, start_step)
     stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
 
     # --- loop --------------------------------------------------------------------------------
@@ -197,11 +196,7 @@ def train(
                 raise FloatingPointError(f"loss is {loss} at step {step}")
             if main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", mse=f"{row.get('mse', 0):.3g}")
             if main and (step % train_cfg.grid_every == 0 or step == train_cfg.steps):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -222,18 +217,6 @@ def train(
                 last_ckpt = path
     if writer is not None:
         writer.close()
-    seconds = time.perf_counter() - t0
-    ran = len(losses)
-    return {
-        "start_step": start_step,
-        "resumed_from": resumed_from,
-        "steps_run": ran,
-        "final_step": start_step + ran,
-        "losses": losses,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "seconds_per_step": seconds / ran if ran else None,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "grid": str(last_grid) if last_grid else None,
-        "model": model,
-    }
+    return run_summary(
+        start_step, resumed_from, losses, time.perf_counter() - t0, last_ckpt, grid=str(last_grid) if last_grid else None, model=model
+    )

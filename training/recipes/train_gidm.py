@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..distributed import barrier, broadcast_module, sync_gradients, world
 from ..gidm import GIDM, GIDMConfig
+from .logs import log_row, open_logs, run_summary
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -147,16 +147,13 @@ def train(
         restore_rng(state["rng"])
         start_step, resumed_from = state["step"], str(ckpt)
     broadcast_module(model)  # identical replicas from the first step (no-op on one process)
-    metrics_path = out / "metrics.jsonl"
     writer = None
+    metrics_path = None
     if main:
         (out / "train_config.json").write_text(
             json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
         )
-        # Logs hold exactly steps 1..start_step after a resume: drop what a killed run wrote later.
-        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= start_step] if metrics_path.exists() else []
-        metrics_path.write_text("".join(l + "\n" for l in kept))
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+        metrics_path, writer = open_logs(out, start_step)
 
     if callable(batches):
         stream = iter(batches(start_step))
@@ -215,11 +212,7 @@ def train(
                 raise FloatingPointError(f"loss is {loss} at step {step}")
             if log_now:
                 row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", d_recon=f"{row.get('delta_recon', 0):.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                 path = out / "checkpoints" / f"step-{step:08d}"
@@ -237,17 +230,4 @@ def train(
                 last_ckpt = path
     if writer is not None:
         writer.close()
-    seconds = time.perf_counter() - t0
-    ran = len(losses)
-    return {
-        "start_step": start_step,
-        "resumed_from": resumed_from,
-        "steps_run": ran,
-        "final_step": start_step + ran,
-        "losses": losses,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "seconds_per_step": seconds / ran if ran else None,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "model": model,
-    }
+    return run_summary(start_step, resumed_from, losses, time.perf_counter() - t0, last_ckpt, model=model)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from pathlib import Path
@@ -30,12 +29,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..policy import DeFiPolicy
 from .train_gidm import TrainConfig, _scalars, _seed_all, last_checkpoint, lr_factor
+from .logs import log_row, open_logs, run_summary
 
 __all__ = ["TrainConfig", "train_policy", "last_checkpoint"]
 
@@ -83,12 +82,7 @@ def train_policy(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
-    metrics_path = out / "metrics.jsonl"
-    kept = (
-        [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= start_step] if metrics_path.exists() else []
-    )
-    metrics_path.write_text("".join(line + "\n" for line in kept))
-    writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+    metrics_path, writer = open_logs(out, start_step)
     stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
 
     # --- loop --------------------------------------------------------------------------------
@@ -130,11 +124,7 @@ def train_policy(
             l1s.append(float(result["action_l1"]))
             if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
                 row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                 path = out / "checkpoints" / f"step-{step:08d}"
@@ -143,19 +133,13 @@ def train_policy(
                 )
                 last_ckpt = path
     writer.close()
-    seconds = time.perf_counter() - t0
-    ran = len(losses)
-    return {
-        "start_step": start_step,
-        "resumed_from": resumed_from,
-        "steps_run": ran,
-        "final_step": start_step + ran,
-        "losses": losses,
-        "first_loss": losses[0] if ran else None,
-        "last_loss": losses[-1] if ran else None,
-        "first_l1": l1s[0] if ran else None,
-        "last_l1": l1s[-1] if ran else None,
-        "seconds_per_step": seconds / ran if ran else None,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "model": policy,
-    }
+    return run_summary(
+        start_step,
+        resumed_from,
+        losses,
+        time.perf_counter() - t0,
+        last_ckpt,
+        first_l1=l1s[0] if l1s else None,
+        last_l1=l1s[-1] if l1s else None,
+        model=policy,
+    )
