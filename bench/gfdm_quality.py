@@ -35,7 +35,8 @@ import numpy as np
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gidm_quality import EVAL_TASKS, TRAIN_TASKS, sql_for_tasks  # noqa: E402  (the GIDM bench's task split)
+from gidm_quality import EVAL_TASKS, TRAIN_TASKS, sql_for_tasks  # noqa: E402
+from gidm_quality import make_corpus as gidm_make_corpus  # noqa: E402  (the GIDM bench's task split)
 
 QUICK_TRAIN = ["reach-v3", "push-v3", "door-open-v3", "drawer-open-v3"]
 QUICK_EVAL = ["drawer-close-v3", "window-close-v3"]
@@ -45,54 +46,16 @@ QUICK_EVAL = ["drawer-close-v3", "window-close-v3"]
 # data
 # ---------------------------------------------------------------------------------------------
 def make_corpus(work: Path, a: argparse.Namespace) -> str:
-    from defi.pipelines.config import from_dict
-    from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.curate_video import CurateConfig
-    from defi.training.sim import generate
-
-    sets = [
-        ("train_ds", a.train_tasks, a.episodes, True, a.seed),
-        ("heldout_ep_ds", a.train_tasks, a.heldout_episodes, False, a.seed + 1),
-        ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 2),
-    ]
-    for name, tasks, eps, action_free, seed in sets:
-        out = work / name
-        if (out / "meta" / "info.json").exists():
-            print(f"[data] {name}: reusing {out}")
-            continue
-        t = time.time()
-        s = generate(
-            tasks,
-            eps,
-            out,
-            size=a.size,
-            fps=a.fps,
-            seed=seed,
-            action_noise=a.noise,
-            max_steps=a.max_steps,
-            action_free=action_free,
-            workers=a.gen_workers,
-            progress=False,
-        )
-        print(
-            f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
-            f"(action_free={action_free}) in {time.time() - t:.0f} s",
-            flush=True,
-        )
-    cfg = from_dict(
-        CurateConfig,
-        {
-            "windows": {"clip_len_s": a.clip_s, "stride_s": a.clip_s, "min_clip_s": 1.0, "max_clip_s": a.clip_s},
-            "encode": {"fps": a.fps, "short_side": a.size},
-            "use_dedup": False,
-            "ray": {"num_cpus": a.cpus},
-        },
+    """The GIDM bench's corpus builder with a third set: held-out episodes of the training tasks."""
+    return gidm_make_corpus(
+        work,
+        a,
+        sets=[
+            ("train_ds", a.train_tasks, a.episodes, True, a.seed),
+            ("heldout_ep_ds", a.train_tasks, a.heldout_episodes, False, a.seed + 1),
+            ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 2),
+        ],
     )
-    root = str(work / "corpus")
-    t = time.time()
-    rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
-    print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec), flush=True)
-    return root
 
 
 # ---------------------------------------------------------------------------------------------

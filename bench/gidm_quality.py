@@ -64,13 +64,17 @@ DEFAULT_MODEL_SET = ["patch_size=4", "changed_weight=30", "keypoints=32"]
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def make_corpus(work: Path, a: argparse.Namespace) -> str:
+def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = None) -> str:
+    """Generate each (name, tasks, episodes, action_free, seed) set under ``work`` (reused when
+    present) and curate them all into ``work/corpus``; default sets: action-free training tasks
+    and held-out tasks with actions."""
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.curate_video import CurateConfig
     from defi.training.sim import generate
 
-    sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed), ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
+    if sets is None:
+        sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed), ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
     for name, tasks, eps, action_free, seed in sets:
         out = work / name
         if (out / "meta" / "info.json").exists():
@@ -92,7 +96,8 @@ def make_corpus(work: Path, a: argparse.Namespace) -> str:
         )
         print(
             f"[data] {name}: {s['episodes_written']} episodes, {s['frames']} frames of {len(tasks)} tasks "
-            f"(action_free={action_free}, success {s['success_rate']:.2f}) in {time.time() - t:.0f} s"
+            f"(action_free={action_free}, success {s['success_rate']:.2f}) in {time.time() - t:.0f} s",
+            flush=True,
         )
     cfg = from_dict(
         CurateConfig,
@@ -106,7 +111,7 @@ def make_corpus(work: Path, a: argparse.Namespace) -> str:
     root = str(work / "corpus")
     t = time.time()
     rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
-    print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec))
+    print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec), flush=True)
     return root
 
 
