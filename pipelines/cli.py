@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("sql", help='SQL, e.g. "SELECT reject_reason, count(*) FROM clips GROUP BY 1"')
     q.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    q.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
+    q.add_argument(
+        "--format", default="table", choices=["table", "csv", "json", "parquet"], help="output format (parquet needs --out; default: table)"
+    )
     q.add_argument("--out", help="write the result to this file instead of stdout")
     q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
     q.set_defaults(func=cmd_query)
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "info", help="summarise a corpus", description="Videos, hours in and out, clips kept and rejected by reason, shards, labels."
     )
-    i.add_argument("root")
+    i.add_argument("root", help="corpus root (local folder or fsspec URL)")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(func=cmd_info)
 
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild ROOT/index.duckdb",
         description="Write index.duckdb with the corpus views, for DuckDB's own clients (local roots).",
     )
-    x.add_argument("root")
+    x.add_argument("root", help="local corpus root whose index.duckdb to (re)write")
     x.set_defaults(func=cmd_index)
 
     c = sub.add_parser(
@@ -270,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'uri' column), LeRobot v3 dataset folders or episode.mp4+episode.npz pairs. Re-running skips "
         "videos already committed; a killed run resumes where it stopped.",
     )
-    c.add_argument("sources", nargs="*", metavar="SOURCES")
+    c.add_argument(
+        "sources", nargs="*", metavar="SOURCES", help="video files, folders, globs, fsspec URLs, manifests or LeRobot dataset folders"
+    )
     c.add_argument("--root", help="corpus root (local folder or fsspec URL)")
     c.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
     c.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")

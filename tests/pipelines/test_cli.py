@@ -97,3 +97,29 @@ def test_index_and_help(corpus):
     assert "index.duckdb" in defi("index", corpus.root).stdout
     for cmd in ["query", "info", "index", "demo"]:
         assert "usage:" in defi(cmd, "--help").stdout
+
+
+def _commands(parser, path=("defi",)):
+    """(command path, parser) for `defi` and every nested sub-command."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_flag_of_every_command_has_a_help_sentence():
+    from defi.pipelines.cli import build_parser
+
+    seen, missing = 0, []
+    for path, parser in _commands(build_parser()):
+        for action in parser._actions:
+            if action.help == "==SUPPRESS==" or action.dest == "help" or action.__class__.__name__ == "_SubParsersAction":
+                continue
+            seen += 1
+            if not (action.help or "").strip():
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    assert seen > 100  # the generated --model.* / --train.* flags are in the walk
+    assert not missing, missing
