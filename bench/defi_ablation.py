@@ -339,6 +339,61 @@ def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespac
     return res
 
 
+def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
+    """Does a finetuned policy use its image? The standardised action MSE on its own labeled demos
+    (every clip, ``pairs_per_clip`` start frames each, in order) with the true observation, with
+    the observation of another sample of the same instruction, and with a blank (mean grey)
+    frame. A policy whose three numbers agree ignores the image: it outputs one chunk per
+    instruction (an open-loop, per-task mean). Cached as ``RUN/../reliance.json``."""
+    import torch
+
+    from defi.schemas.corpus import Corpus
+    from defi.schemas.gap import Gap
+    from defi.schemas.selection import resolve_selection
+    from defi.training.checkpoint import load_checkpoint
+    from defi.training.data import ClipDataset, collate_items
+    from defi.training.recipes.train_policy import last_checkpoint
+
+    cache = run.parent / "reliance.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    rc = json.loads((run / "run_config.json").read_text())
+    policy, pcfg, state = load_checkpoint(last_checkpoint(run))
+    policy.eval()
+    corpus = Corpus.open(rc["root"])
+    ds = ClipDataset(
+        resolve_selection(corpus, rc["select"]),
+        corpus.shard_url,
+        gap=Gap.of_frames(1),
+        size=pcfg.image_size,
+        pairs_per_clip=pairs_per_clip,
+        shuffle=False,
+        seed=seed,
+        chunk=pcfg.horizon,
+        context=pcfg.context_frames,
+    )
+    b = collate_items(list(ds))
+    obs = b["context"].flatten(1, 2) if pcfg.context_frames > 1 else b["obs"]
+    texts = state.get("instructions", {})
+    text = torch.tensor([texts.get(t, [0.0] * pcfg.text_dim) for t in b["lang"]], dtype=torch.float32) if pcfg.text_dim else None
+    langs = np.array(b["lang"])
+    perm, rng = np.arange(len(langs)), np.random.default_rng(seed)
+    for lang in sorted(set(langs)):
+        idx = np.flatnonzero(langs == lang)
+        perm[idx] = rng.permutation(idx)
+    out = {"samples": len(langs)}
+    with torch.no_grad():
+        for name, o in (("true", obs), ("other_same_task", obs[perm]), ("blank", torch.full_like(obs, float(obs.mean())))):
+            total = 0.0
+            for i in range(0, len(o), 64):
+                sl = slice(i, i + 64)
+                r = policy(o[sl], None if text is None else text[sl], b["action_chunk"][sl], b["action_mask"][sl])
+                total += float(r["action_mse"]) * len(o[sl])
+            out[name] = total / len(o)
+    atomic_json(cache, out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +449,9 @@ def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
                 "wilson95": list(wilson(k, n)),
                 "seeds": sorted(c["seed"] for c in mine),
             }
+        rel = [c["reliance"] for c in mine if c.get("reliance")]
+        if rel:
+            row["reliance"] = {k: float(np.mean([r[k] for r in rel])) for k in ("true", "other_same_task", "blank")}
         rows[v] = row
     out = {"rows": rows}
     done = [s for s in seeds if all(any(c["variant"] == v and c["seed"] == s for c in cells) for v in ("defi", "scratch"))]
@@ -415,7 +473,9 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
             r = row[c]
             lo, hi = r["wilson95"]
             cells.append(f"{100 * r['mean']:5.1f} [{100 * lo:4.1f},{100 * hi:5.1f}]")
-        lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}")
+        rel = row.get("reliance")
+        mse = f"   demo MSE {rel['true']:.2f} / {rel['other_same_task']:.2f} / {rel['blank']:.2f}" if rel else ""
+        lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}{mse}")
     d = t.get("defi_minus_scratch")
     if d:
         lines.append(
@@ -589,6 +649,10 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
     for s in a.settings:
         cells = [json.loads(p.read_text()) for p in sorted((work / "cells" / s).glob("*-s*.json"))]
         cells = [c for c in cells if c["seed"] in a.seeds]
+        for c in cells:
+            run = work / "cells" / s / f"{c['variant']}-s{c['seed']}" / "run"
+            if any((run / "checkpoints").glob("step-*")):
+                c["reliance"] = image_reliance(run)
         found += len(cells)
         if cells:
             res["settings"][s] = table(cells, a.target_tasks, a.seeds)
@@ -603,6 +667,11 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
     print(f"\nDeFI ablation, {res['status']} ({wall / 60:.1f} min this call)")
     for s, t in res["settings"].items():
         print(table_text(s, t, a.target_tasks))
+    if any("reliance" in r for t in res["settings"].values() for r in t["rows"].values()):
+        print(
+            "demo MSE: standardised action MSE on the labeled demos with the true image / another sample's image of the "
+            "same task / a blank frame (equal numbers: the policy ignores its image)"
+        )
     print(f"results {work / 'results.json'}\nreport  {work / 'report.html'}")
     return res
 

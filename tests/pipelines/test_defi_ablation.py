@@ -54,6 +54,8 @@ def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
             lo, hi = c["wilson95"]
             assert c["episodes"] == 2 and 0 <= c["successes"] <= 2
             assert 0 <= lo <= c["mean"] <= hi <= 1
+        rel = row["reliance"]  # the policy's demo MSE with its image, another sample's, a blank one
+        assert all(np.isfinite(rel[k]) and rel[k] >= 0 for k in ("true", "other_same_task", "blank"))
     d = t["defi_minus_scratch"]
     assert d["bootstrap95"][0] <= d["diff"] <= d["bootstrap95"][1] and d["seeds"] == [0]
     saved = json.loads((work / "results.json").read_text())
