@@ -53,7 +53,7 @@ def run_config_cls() -> type:
     if "GFDMRunConfig" in globals():
         return globals()["GFDMRunConfig"]
     from defi.training.gfdm import GFDMConfig, TextModelConfig
-    from defi.training.recipes.train_gfdm import TrainConfig
+    from defi.training.recipes.train_gfdm import GFDMTrainConfig as TrainConfig
 
     globals().update(GFDMConfig=GFDMConfig, TrainConfig=TrainConfig, TextModelConfig=TextModelConfig)
 

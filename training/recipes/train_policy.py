@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable
@@ -33,16 +32,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..policy import DeFiPolicy
-from .train_gidm import TrainConfig, _scalars, _seed_all, last_checkpoint, lr_factor
 from .logs import log_row, open_logs, run_summary
+from .loop import TrainConfig, finite_loss, last_checkpoint, lr_factor, optimizer_step, pick_device, scalars, seed_all
 
 __all__ = ["TrainConfig", "train_policy", "last_checkpoint"]
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _to(v: Any, device: torch.device) -> torch.Tensor | None:
@@ -59,9 +52,9 @@ def train_policy(
     cfg = policy.config
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(train_cfg)
+    device = pick_device(train_cfg)
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
-    _seed_all(train_cfg.seed)
+    seed_all(train_cfg.seed)
     start_step, resumed_from = 0, None
     ckpt = last_checkpoint(out)
     state = None
@@ -110,20 +103,12 @@ def train_policy(
             obs, text, act, mask, future = (_to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future"))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 result = policy(obs, text, act, mask, future)
-            optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                policy.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf")
-            )
-            optimizer.step()
-            scheduler.step()
-            loss = float(result["loss"].detach())
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}")
+            grad_norm = optimizer_step(result["loss"], policy.trainable_parameters(), optimizer, scheduler, train_cfg.grad_clip)
+            loss = finite_loss(result["loss"], step)
             losses.append(loss)
             l1s.append(float(result["action_l1"]))
             if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+                row = {"step": step, **scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
                 log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
