@@ -5,16 +5,20 @@ and calls these; none of them knows which model it trains.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..distributed import sync_gradients
+from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..distributed import barrier, sync_gradients
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -72,6 +76,51 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
     construction: save_checkpoint renames a folder into place only when fully written)."""
     found = sorted(Path(out_dir, "checkpoints").glob("step-*"))
     return found[-1] if found else None
+
+
+def resume(out: Path, model: torch.nn.Module, model_cfg: Any, optimizer, scheduler, **load_kwargs: Any) -> tuple[int, str | None]:
+    """Restore weights, optimizer, schedule and RNG from ``out``'s latest checkpoint, if any;
+    returns (its step, its path) or (0, None). A checkpoint of another model config is refused
+    (``load_kwargs`` go to ``load_checkpoint``, e.g. an external feature extractor)."""
+    ckpt = last_checkpoint(out)
+    if ckpt is None:
+        return 0, None
+    loaded, saved_cfg, state = load_checkpoint(ckpt, **load_kwargs)
+    if saved_cfg != model_cfg:
+        raise ValueError(f"{ckpt}: saved model config differs from the one given; use a new out_dir")
+    model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    return state["step"], str(ckpt)
+
+
+def save_step(out: Path, step: int, model, model_cfg: Any, optimizer, scheduler, extra: dict, main: bool = True) -> Path:
+    """Checkpoint ``out/checkpoints/step-NNNNNNNN`` (written by the main rank only); no rank runs
+    ahead of a checkpoint it may need to resume from. Returns its path."""
+    path = out / "checkpoints" / f"step-{step:08d}"
+    if main:
+        save_checkpoint(path, model, model_cfg, optimizer, scheduler, step=step, extra=extra)
+    barrier()
+    return path
+
+
+def batch_iterator(batches: Iterable[dict] | Callable[[int], Iterable[dict]], start_step: int) -> Iterator[dict]:
+    """The batches of steps ``start_step + 1`` on: ``batches(start_step)`` for a callable; a plain
+    iterable is assumed to restart from the beginning, so its first ``start_step`` are skipped."""
+    return iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
+
+
+def next_batch(stream: Iterator[dict], step: int, steps: int) -> dict:
+    try:
+        return next(stream)
+    except StopIteration:
+        raise ValueError(f"batches ran out at step {step} of {steps}") from None
+
+
+def step_bar(cfg: TrainConfig, start_step: int, desc: str, show: bool = True) -> tqdm:
+    """The steps ``start_step + 1 .. cfg.steps`` under a progress bar (shown if ``cfg.progress`` and ``show``)."""
+    return tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, disable=not (cfg.progress and show), desc=desc)
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:

@@ -21,7 +21,6 @@ states are restored from the latest (see train_gidm.py: same conventions, same h
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -33,13 +32,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from ..distributed import barrier, broadcast_module, world
+from ..distributed import broadcast_module, world
 from ..gfdm import GFDM, GFDMConfig
 from .logs import log_row, open_logs, run_summary
-from .loop import TrainConfig, finite_loss, last_checkpoint, lr_factor, optimizer_step, pick_device, scalars, seed_all
+from .loop import (
+    TrainConfig,
+    batch_iterator,
+    finite_loss,
+    last_checkpoint,
+    lr_factor,
+    next_batch,
+    optimizer_step,
+    pick_device,
+    resume,
+    save_step,
+    scalars,
+    seed_all,
+    step_bar,
+)
 
 __all__ = ["GFDMTrainConfig", "last_checkpoint", "prediction_grid", "train"]
 
@@ -117,17 +128,7 @@ def train(
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_cfg))
 
-    start_step, resumed_from = 0, None
-    ckpt = last_checkpoint(out)
-    if ckpt is not None:
-        loaded, saved_cfg, state = load_checkpoint(ckpt)
-        if saved_cfg != model_cfg:
-            raise ValueError(f"{ckpt}: saved model config differs from the one given; use a new out_dir")
-        model.load_state_dict(loaded.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        start_step, resumed_from = state["step"], str(ckpt)
+    start_step, resumed_from = resume(out, model, model_cfg, optimizer, scheduler)
     broadcast_module(model)
     writer = None
     metrics_path = None
@@ -136,26 +137,17 @@ def train(
             json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
         )
         metrics_path, writer = open_logs(out, start_step)
-    stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
+    stream = batch_iterator(batches, start_step)
 
     # --- loop --------------------------------------------------------------------------------
     losses: list[float] = []
-    last_ckpt, last_grid, grid_batch = ckpt, None, None
+    last_ckpt, last_grid, grid_batch = resumed_from, None, None
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(start_step + 1, train_cfg.steps + 1),
-        initial=start_step,
-        total=train_cfg.steps,
-        disable=not (train_cfg.progress and main),
-        desc="gfdm",
-    )
+    bar = step_bar(train_cfg, start_step, "gfdm", show=main)
     with metrics_path.open("a") if main else open(os.devnull, "w") as metrics:
         for step in bar:  # ``step`` counts optimizer steps from 1
-            try:
-                batch = _to_device(next(stream), device)
-            except StopIteration:
-                raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
+            batch = _to_device(next_batch(stream, step, train_cfg.steps), device)
             if grid_batch is None:
                 grid_batch = {k: v[: train_cfg.grid_rows] for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -171,19 +163,8 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     last_grid = write_grid(out, step, prediction_grid(model, grid_batch, train_cfg.seed), writer)
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                path = out / "checkpoints" / f"step-{step:08d}"
-                if main:
-                    save_checkpoint(
-                        path,
-                        model,
-                        model_cfg,
-                        optimizer,
-                        scheduler,
-                        step=step,
-                        extra={**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size},
-                    )
-                barrier()
-                last_ckpt = path
+                saved = {**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size}
+                last_ckpt = save_step(out, step, model, model_cfg, optimizer, scheduler, saved, main)
     if writer is not None:
         writer.close()
     return run_summary(

@@ -19,7 +19,6 @@ states are restored from the latest, so a run killed and restarted continues the
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -28,13 +27,26 @@ from typing import Any
 from collections.abc import Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from ..distributed import barrier, broadcast_module, world
+from ..distributed import broadcast_module, world
 from ..gidm import GIDM, GIDMConfig
 from .logs import log_row, open_logs, run_summary
-from .loop import DEVICES, TrainConfig, finite_loss, last_checkpoint, lr_factor, optimizer_step, pick_device, scalars, seed_all
+from .loop import (
+    DEVICES,
+    TrainConfig,
+    batch_iterator,
+    finite_loss,
+    last_checkpoint,
+    lr_factor,
+    next_batch,
+    optimizer_step,
+    pick_device,
+    resume,
+    save_step,
+    scalars,
+    seed_all,
+    step_bar,
+)
 
 __all__ = ["DEVICES", "TrainConfig", "last_checkpoint", "lr_factor", "train"]
 
@@ -67,22 +79,9 @@ def train(
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_cfg))
 
-    start_step, resumed_from = 0, None
-    ckpt = last_checkpoint(out)
-    if ckpt is not None:
-        kwargs = (
-            {"feature_extractor": model.features.backbone}
-            if model_cfg.feature_encoder == "external" and model_cfg.input_space == "features"
-            else {}
-        )
-        loaded, saved_cfg, state = load_checkpoint(ckpt, **kwargs)
-        if saved_cfg != model_cfg:
-            raise ValueError(f"{ckpt}: saved model config differs from the one given; use a new out_dir")
-        model.load_state_dict(loaded.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        start_step, resumed_from = state["step"], str(ckpt)
+    external = model_cfg.feature_encoder == "external" and model_cfg.input_space == "features"
+    load_kwargs = {"feature_extractor": model.features.backbone} if external else {}
+    start_step, resumed_from = resume(out, model, model_cfg, optimizer, scheduler, **load_kwargs)
     broadcast_module(model)  # identical replicas from the first step (no-op on one process)
     writer = None
     metrics_path = None
@@ -92,29 +91,17 @@ def train(
         )
         metrics_path, writer = open_logs(out, start_step)
 
-    if callable(batches):
-        stream = iter(batches(start_step))
-    else:
-        stream = itertools.islice(iter(batches), start_step, None)
+    stream = batch_iterator(batches, start_step)
 
     # --- loop --------------------------------------------------------------------------------
     losses: list[float] = []
-    last_ckpt = ckpt
+    last_ckpt = resumed_from
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(start_step + 1, train_cfg.steps + 1),
-        initial=start_step,
-        total=train_cfg.steps,
-        disable=not (train_cfg.progress and main),
-        desc="gidm",
-    )
+    bar = step_bar(train_cfg, start_step, "gidm", show=main)
     with metrics_path.open("a") if main else open(os.devnull, "w") as metrics:
         for step in bar:  # ``step`` counts optimizer steps from 1
-            try:
-                batch = next(stream)
-            except StopIteration:
-                raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
+            batch = next_batch(stream, step, train_cfg.steps)
             lang = batch.get("lang_emb")
             lang = lang.to(device) if lang is not None else None
             log_now = main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps)
@@ -143,19 +130,8 @@ def train(
                 log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", d_recon=f"{row.get('delta_recon', 0):.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                path = out / "checkpoints" / f"step-{step:08d}"
-                if main:
-                    save_checkpoint(
-                        path,
-                        model,
-                        model_cfg,
-                        optimizer,
-                        scheduler,
-                        step=step,
-                        extra={**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size},
-                    )
-                barrier()  # no rank runs ahead of a checkpoint it may need to resume from
-                last_ckpt = path
+                saved = {**(extra or {}), "train": dataclasses.asdict(train_cfg), "world_size": world_size}
+                last_ckpt = save_step(out, step, model, model_cfg, optimizer, scheduler, saved, main)
     if writer is not None:
         writer.close()
     return run_summary(start_step, resumed_from, losses, time.perf_counter() - t0, last_ckpt, model=model)

@@ -21,19 +21,30 @@ are restored from the latest; the GFDM unfreeze is re-applied from the step.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..checkpoint import load_checkpoint, restore_rng
 from ..policy import DeFiPolicy
 from .logs import log_row, open_logs, run_summary
-from .loop import TrainConfig, finite_loss, last_checkpoint, lr_factor, optimizer_step, pick_device, scalars, seed_all
+from .loop import (
+    TrainConfig,
+    batch_iterator,
+    finite_loss,
+    last_checkpoint,
+    lr_factor,
+    next_batch,
+    optimizer_step,
+    pick_device,
+    save_step,
+    scalars,
+    seed_all,
+    step_bar,
+)
 
 __all__ = ["TrainConfig", "train_policy", "last_checkpoint"]
 
@@ -76,7 +87,7 @@ def train_policy(
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
     metrics_path, writer = open_logs(out, start_step)
-    stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
+    stream = batch_iterator(batches, start_step)
 
     # --- loop --------------------------------------------------------------------------------
     losses: list[float] = []
@@ -84,22 +95,13 @@ def train_policy(
     last_ckpt = ckpt
     policy.train()
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(start_step + 1, train_cfg.steps + 1),
-        initial=start_step,
-        total=train_cfg.steps,
-        disable=not train_cfg.progress,
-        desc=f"policy ({cfg.init})",
-    )
+    bar = step_bar(train_cfg, start_step, f"policy ({cfg.init})")
     with metrics_path.open("a") as metrics:
         for step in bar:
             if step - 1 == unfreeze_at:
                 policy.set_gfdm_trainable(True)
                 policy.train()
-            try:
-                batch = next(stream)
-            except StopIteration:
-                raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
+            batch = next_batch(stream, step, train_cfg.steps)
             obs, text, act, mask, future = (_to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future"))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 result = policy(obs, text, act, mask, future)
@@ -112,11 +114,8 @@ def train_policy(
                 log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                path = out / "checkpoints" / f"step-{step:08d}"
-                save_checkpoint(
-                    path, policy, cfg, optimizer, scheduler, step=step, extra={"train": dataclasses.asdict(train_cfg), **(extra or {})}
-                )
-                last_ckpt = path
+                saved = {"train": dataclasses.asdict(train_cfg), **(extra or {})}
+                last_ckpt = save_step(out, step, policy, cfg, optimizer, scheduler, saved)
     writer.close()
     return run_summary(
         start_step,
