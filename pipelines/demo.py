@@ -267,7 +267,6 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
 
 # -- curate ------------------------------------------------------------------------------------
 def step_curate(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.cli import corpus_summary
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.curate_video import CurateConfig
@@ -293,7 +292,7 @@ def step_curate(ctx: Context) -> dict[str, Any]:
         raise RuntimeError(f"curate ended with status {rec['status']}")
     corpus = Corpus.open(ctx.root)
     corpus.build_index()
-    return {"run_id": rec["run_id"], "summary": corpus_summary(corpus), "wall_s": rec["wall_s"]}
+    return {"run_id": rec["run_id"], "summary": corpus.summary(), "wall_s": rec["wall_s"]}
 
 
 # -- train -------------------------------------------------------------------------------------

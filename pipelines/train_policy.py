@@ -182,7 +182,7 @@ def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
     median over those clips."""
     import numpy as np
 
-    from defi.training.data import ShardReader
+    from defi.schemas.shards import ShardReader
 
     keys = set(dataset.keys[:limit])
     reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
