@@ -1,7 +1,7 @@
 """Robot episodes with actions: read them, check their timestamps, align actions to clip frames.
 
 Two sources:
-- a LeRobot v3.0 dataset (``load_lerobot``): ``meta/info.json``, ``meta/tasks.parquet``,
+- a LeRobot v3.0 dataset (``defi.curate.lerobot.load_lerobot``, beside its writer): ``meta/info.json``, ``meta/tasks.parquet``,
   ``meta/episodes/*/*.parquet``, ``data/*/*.parquet`` and one mp4 per camera per file, with
   several episodes one after another in a file (each episode's span is
   ``[from_s, to_s)`` seconds inside its file);
@@ -20,7 +20,6 @@ here imports ray or a simulator.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +35,7 @@ class RobotEpisode:
     exclusive; ``to_s`` is None when unknown). ``timestamps``: float64 [N] seconds from the
     episode's start, one per row. ``actions``: float32 [N, A] or None (action-free data);
     ``proprio``: float32 [N, P] or None. ``success``: None when unknown. ``video_frames``: the
-    video frames in the episode's span, when counted (``load_lerobot(check_video=True)``).
+    video frames in the episode's span, when counted (``lerobot.load_lerobot(check_video=True)``).
     """
 
     uri: str
@@ -109,129 +108,6 @@ def video_frame_times(path: str | Path, from_s: float = 0.0, to_s: float | None 
     if to_s is not None:
         m &= pts < to_s - eps
     return pts[m]
-
-
-def _column(table, name: str, dtype) -> np.ndarray:
-    """A parquet column as a numpy array; list columns become [N, D]."""
-    import pyarrow as pa
-
-    col = table.column(name).combine_chunks()
-    if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(col), col.type.list_size)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        return np.stack([np.asarray(v, dtype) for v in col.to_pylist()]) if len(col) else np.zeros((0, 0), dtype)
-    return col.to_numpy(zero_copy_only=False).astype(dtype)
-
-
-def _read_tasks(root: Path) -> dict[int, str]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(root / "meta" / "tasks.parquet")
-    names = t.column_names
-    # LeRobot writes a pandas frame whose index is the task text ("task" when named, else
-    # "__index_level_0__"); some converters write a plain "task" column.
-    text_col = next((c for c in ("task", "__index_level_0__") if c in names), None)
-    if text_col is None or "task_index" not in names:
-        return {}
-    return dict(zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist(), strict=False))
-
-
-def load_lerobot(
-    root: str | Path,
-    cameras: list[str] | None = None,
-    check_video: bool = True,
-    state_key: str = "observation.state",
-    action_key: str = "action",
-) -> list[RobotEpisode]:
-    """Every (episode, camera) of a LeRobot v3.0 dataset at ``root``.
-
-    ``cameras``: camera names (``corner`` for ``observation.images.corner``), default all video
-    features. ``check_video``: count each episode's frames in its mp4 (packet pts, no decoding)
-    and report a mismatch with the row count. Missing action/state columns give ``None``
-    (action-free datasets). Raises ``ValueError`` for a dataset that is not v3.0.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = Path(root)
-    info = json.loads((root / "meta" / "info.json").read_text())
-    version = str(info.get("codebase_version", ""))
-    if not version.startswith("v3"):
-        raise ValueError(f"{root}: codebase_version {version!r} is not v3.x (convert v2.x datasets with LeRobot first)")
-    fps = float(info["fps"])
-    feats = info["features"]
-    video_keys = [k for k, f in feats.items() if f.get("dtype") == "video"]
-    if cameras is not None:
-        wanted = {f"observation.images.{c}" if not c.startswith("observation.") else c for c in cameras}
-        unknown = wanted - set(video_keys)
-        if unknown:
-            raise ValueError(f"cameras {sorted(unknown)} not in dataset; valid: {video_keys}")
-        video_keys = [k for k in video_keys if k in wanted]
-    tasks = _read_tasks(root)
-
-    ep_files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
-    episodes = pa.concat_tables([pq.read_table(p) for p in ep_files]).to_pylist() if ep_files else []
-    data_cache: dict[tuple[int, int], object] = {}
-    frame_cache: dict[Path, np.ndarray] = {}
-    out: list[RobotEpisode] = []
-    for ep in sorted(episodes, key=lambda r: r["episode_index"]):
-        cf = (int(ep["data/chunk_index"]), int(ep["data/file_index"]))
-        if cf not in data_cache:
-            data_cache[cf] = pq.read_table(root / info["data_path"].format(chunk_index=cf[0], file_index=cf[1]))
-        table = data_cache[cf]
-        idx = table.column("index").to_numpy()
-        lo, hi = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
-        rows = table.filter(pa.array((idx >= lo) & (idx < hi)))
-        order = np.argsort(rows.column("frame_index").to_numpy(), kind="stable")
-        rows = rows.take(pa.array(order))
-        ts = _column(rows, "timestamp", np.float64)
-        actions = _column(rows, action_key, np.float32) if action_key in rows.column_names else None
-        proprio = _column(rows, state_key, np.float32) if state_key in rows.column_names else None
-        ep_tasks = ep.get("tasks") or []
-        if not ep_tasks and "task_index" in rows.column_names and len(rows):
-            ep_tasks = [tasks.get(int(rows.column("task_index")[0].as_py()), "")]
-        language = "; ".join(str(t) for t in ep_tasks)
-        success = ep.get("success")
-        base_issues = []
-        if len(rows) != int(ep["length"]):
-            base_issues.append(f"row count: episode length {ep['length']}, data has {len(rows)} rows")
-        for key in video_keys:
-            vpath = root / info["video_path"].format(
-                video_key=key, chunk_index=int(ep[f"videos/{key}/chunk_index"]), file_index=int(ep[f"videos/{key}/file_index"])
-            )
-            from_s = float(ep.get(f"videos/{key}/from_timestamp") or 0.0)
-            to_s = ep.get(f"videos/{key}/to_timestamp")
-            to_s = None if to_s is None else float(to_s)
-            n_video = None
-            issues = list(base_issues)
-            if check_video:
-                if not vpath.exists():
-                    issues.append(f"missing video: {vpath.name}")
-                else:
-                    if vpath not in frame_cache:
-                        frame_cache[vpath] = video_frame_times(vpath)
-                    pts = frame_cache[vpath]
-                    eps = 1e-6
-                    n_video = int(((pts >= from_s - eps) & (pts < (np.inf if to_s is None else to_s) - eps)).sum())
-            issues += check_timestamps(ts, fps, n_video)
-            out.append(
-                RobotEpisode(
-                    uri=str(vpath),
-                    camera=key.removeprefix("observation.images."),
-                    episode_index=int(ep["episode_index"]),
-                    fps=fps,
-                    timestamps=ts,
-                    actions=actions,
-                    proprio=proprio,
-                    language=language,
-                    success=None if success is None else bool(success),
-                    from_s=from_s,
-                    to_s=to_s,
-                    timestamp_issues=issues,
-                    video_frames=n_video,
-                )
-            )
-    return out
 
 
 class SidecarError(ValueError):

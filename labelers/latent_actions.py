@@ -39,7 +39,6 @@ float rounding differences between batch sizes and devices).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 from collections.abc import Sequence
 
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 
 from defi.schemas.gap import Gap
-from defi.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
+from defi.training.checkpoint import checkpoint_dir, checkpoint_hash, load_checkpoint
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -94,16 +93,7 @@ def clip_stats(z: np.ndarray, codes: np.ndarray | None, num_codes: int) -> dict[
     return out
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (holds config.json), or a training run folder whose latest
-    ``checkpoints/step-*`` is used. Raises ``CheckpointError`` naming what was looked for."""
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    found = sorted((p / "checkpoints").glob("step-*")) if p.is_dir() else []
-    if found:
-        return found[-1]
-    raise CheckpointError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
+resolve_checkpoint = checkpoint_dir  # a checkpoint folder, or a run folder's latest checkpoint
 
 
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:

@@ -8,17 +8,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-EXIT_USAGE = 2
+from .usage import EXIT_USAGE, UsageError, one_line, run_args, run_standalone
+from .usage import Parser as _Parser
 
-
-class UsageError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage too; keep it short)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
+__all__ = ["EXIT_USAGE", "UsageError", "build_parser", "main", "one_line", "run_args", "run_standalone"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,46 +116,8 @@ def cmd_query(args) -> int:
     return 0
 
 
-def corpus_summary(corpus) -> dict:
-    """The numbers ``defi info`` prints: videos, hours in/out, clips by reason, shards, labels."""
-    q = corpus.query
-    src = q(
-        "SELECT count(*) AS n, count(*) FILTER (WHERE error IS NULL) AS ok, "
-        "coalesce(sum(duration_s) FILTER (WHERE error IS NULL), 0) / 3600 AS hours FROM sources"
-    ).to_pylist()[0]
-    errors = {
-        r["error"]: r["n"]
-        for r in q("SELECT error, count(*) AS n FROM sources WHERE error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").to_pylist()
-    }
-    clips = q(
-        "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE NOT kept) AS rejected, "
-        "coalesce(sum(duration_s) FILTER (WHERE kept), 0) / 3600 AS hours_kept FROM clips"
-    ).to_pylist()[0]
-    reasons = {
-        r["reject_reason"]: r["n"]
-        for r in q("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC").to_pylist()
-    }
-    shards = q("SELECT count(*) AS n, coalesce(sum(size_bytes), 0)::BIGINT AS bytes FROM shards").to_pylist()[0]
-    labels = {r["labeler"]: r["n"] for r in q("SELECT labeler, count(*) AS n FROM latent_actions GROUP BY 1 ORDER BY 1").to_pylist()}
-    return {
-        "root": corpus.root,
-        "format_version": corpus.info.get("format_version"),
-        "videos": src["n"],
-        "videos_ok": src["ok"],
-        "video_errors": errors,
-        "hours_in": src["hours"],
-        "clips_kept": clips["kept"],
-        "clips_rejected": clips["rejected"],
-        "reject_reasons": reasons,
-        "hours_out": clips["hours_kept"],
-        "shards": shards["n"],
-        "shard_bytes": shards["bytes"],
-        "labels": labels,
-    }
-
-
 def cmd_info(args) -> int:
-    s = corpus_summary(_open(args.root))
+    s = _open(args.root).summary()
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -338,52 +293,12 @@ def _extra_commands() -> list[Callable]:
 _EXTRA_COMMANDS = _extra_commands()
 
 
-def one_line(e: BaseException) -> str:
-    """A multi-line message (config validation lists one bad field per line) as one line."""
-    parts = [p.strip() for p in str(e).splitlines() if p.strip()]
-    return " ".join(p if p.endswith(":") else p + ";" for p in parts).rstrip(";")
-
-
-def run_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    """Parse ``argv`` and run the chosen command. A user error prints one line,
-    ``defi COMMAND [SUBCOMMAND]: error: ...``, and returns 2; Ctrl-C returns 130."""
-    from defi.pipelines.config import ConfigError
-    from defi.schemas.corpus import CorpusError
-    from defi.schemas.tables import SchemaError
-
-    args = parser.parse_args(argv)
-    args.argv = list(argv)
-    try:
-        rc = args.func(args)
-        # a command returns its exit code; some return their summary (a dict) or None: success
-        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
-    except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
-        nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
-        name = f"{args.command} {nested}" if nested else args.command
-        sys.stderr.write(f"defi {name}: error: {one_line(e)}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
-
-
-def run_standalone(registrars: Sequence[Callable], argv: Sequence[str] | None, prefix: Sequence[str] = ()) -> int:
-    """A module's own ``main``: a ``defi`` parser with only the subcommands ``registrars`` add,
-    run on ``prefix + argv`` (argv defaults to ``sys.argv[1:]``)."""
-    p = _Parser(prog="defi")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
-    for register in registrars:
-        register(sub)
-    return run_args(p, [*prefix, *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
-    # run the imported module's main, not __main__'s copy, so UsageError raised by other modules
-    # (which import defi.pipelines.cli) is the class main() catches
+    # run the imported module's main, not __main__'s copy: one copy of the registered commands
     from defi.pipelines.cli import main as _main
 
     raise SystemExit(_main())

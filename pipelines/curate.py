@@ -33,7 +33,7 @@ from defi.schemas.tables import SHARDS, table_from_rows
 
 from .config import to_dict
 from .lock import WriterLock
-from .shards import Sample, orphan_shards, remove_orphans, write_shard
+from defi.schemas.shards import Sample, orphan_shards, remove_orphans, write_shard
 from .sources import SourceSpec, list_sources
 from .curate_video import ClipItem, CurateConfig, VideoDone, dedup_video
 

@@ -169,7 +169,7 @@ def source_id_for(spec: SourceSpec, file_hash: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _lerobot_episodes(root: str) -> dict[tuple[int, str], Any]:
-    from defi.curate.robot import load_lerobot
+    from defi.curate.lerobot import load_lerobot
 
     return {(ep.episode_index, ep.camera): ep for ep in load_lerobot(root)}
 

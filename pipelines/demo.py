@@ -42,6 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import add_flags, resolve
+from .usage import UsageError
+
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +267,6 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
 
 # -- curate ------------------------------------------------------------------------------------
 def step_curate(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.cli import corpus_summary
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.curate_video import CurateConfig
@@ -290,7 +292,7 @@ def step_curate(ctx: Context) -> dict[str, Any]:
         raise RuntimeError(f"curate ended with status {rec['status']}")
     corpus = Corpus.open(ctx.root)
     corpus.build_index()
-    return {"run_id": rec["run_id"], "summary": corpus_summary(corpus), "wall_s": rec["wall_s"]}
+    return {"run_id": rec["run_id"], "summary": corpus.summary(), "wall_s": rec["wall_s"]}
 
 
 # -- train -------------------------------------------------------------------------------------
@@ -298,64 +300,66 @@ TRAIN_SELECT = "SELECT key FROM clips WHERE kept AND NOT has_actions"
 PROBE_SELECT = "SELECT key FROM clips WHERE kept AND has_actions"
 
 
-def step_train_gidm(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train import main as train_main
+GIDM_PRESET = "tiny"  # `defi train gidm --model`: the demo's GIDM is this preset with gidm_layers() over it
 
+
+def _flags(layer: dict[str, Any], prefix: str = "") -> list[str]:
+    """A config layer as the `--section.field value` flags that give it on the command line."""
+    out: list[str] = []
+    for k, v in layer.items():
+        if isinstance(v, dict):
+            out += _flags(v, f"{prefix}{k}.")
+        else:
+            out += [f"--{prefix}{k}", str(v)]
+    return out
+
+
+def _say_command(command: str, layer: dict[str, Any]) -> None:
+    _say(f"  {command} " + " ".join(f'"{a}"' if " " in a else a for a in _flags(layer)))
+
+
+def _losses(run: Path, *names: str) -> dict[str, Any]:
+    """``steps`` (the last logged) and, per metric name, its [step, value] rows from metrics.jsonl."""
+    metrics = _metrics(run)
+    res: dict[str, Any] = {"steps": metrics[-1].get("step") if metrics else 0}
+    for name in names:
+        res[name] = [[m.get("step"), m.get(name)] for m in metrics if name in m]
+    return res
+
+
+def gidm_layer(ctx: Context) -> dict[str, Any]:
+    """The demo's GIDM run config over the ``GIDM_PRESET`` preset, from the DemoConfig."""
     c = ctx.cfg
-    args = [
-        "gidm",
-        "--root",
-        ctx.root,
-        "--select",
-        TRAIN_SELECT,
-        "--out",
-        str(ctx.gidm_run),
-        "--model",
-        "tiny",
-        "--model.bottleneck",
-        "vq",
-        "--model.codebook_size",
-        str(c.codebook_size),
-        "--model.restart_interval",
-        "50",
-        "--model.changed_weight",
-        str(c.changed_weight),
-        "--model.keypoints",
-        str(c.keypoints),
-        "--gap-frames",
-        str(c.gap_frames),
-        "--size",
-        str(c.gidm_size),
-        "--steps",
-        str(c.gidm_steps),
-        "--train.batch_size",
-        "32",
-        "--train.lr",
-        "1e-3",
-        "--train.log_every",
-        "25",
-        "--train.ckpt_every",
-        str(max(c.gidm_steps // 2, 1)),
-        "--train.warmup_steps",
-        str(min(50, c.gidm_steps // 10)),
-        "--data.pairs_per_clip",
-        "8",
-        "--data.shuffle_buffer",
-        "256",
-        "--train.seed",
-        str(c.seed),
-    ]
-    _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
-    rc = train_main(args)
-    if rc:
-        raise RuntimeError(f"defi train gidm exited with {rc}")
-    metrics = [json.loads(line) for line in (ctx.gidm_run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
-        "run": str(ctx.gidm_run),
-        "select": TRAIN_SELECT,
-        "steps": metrics[-1].get("step") if metrics else 0,
-        "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m],
+        "model": {
+            "bottleneck": "vq",
+            "codebook_size": c.codebook_size,
+            "restart_interval": 50,
+            "changed_weight": c.changed_weight,
+            "keypoints": c.keypoints,
+        },
+        "data": {"gap_frames": c.gap_frames, "size": c.gidm_size, "pairs_per_clip": 8, "shuffle_buffer": 256},
+        "train": {
+            "steps": c.gidm_steps,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "log_every": 25,
+            "ckpt_every": max(c.gidm_steps // 2, 1),
+            "warmup_steps": min(50, c.gidm_steps // 10),
+            "seed": c.seed,
+            "out_dir": str(ctx.gidm_run),
+        },
     }
+
+
+def step_train_gidm(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.train import gidm_run_config, run_train_gidm, summary_text
+
+    layer = gidm_layer(ctx)
+    _say_command(f"defi train gidm --root {ctx.root} --select \"{TRAIN_SELECT}\" --model {GIDM_PRESET}", layer)
+    res = run_train_gidm(ctx.root, TRAIN_SELECT, gidm_run_config(GIDM_PRESET, layer))
+    print(summary_text(res))
+    return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, **_losses(ctx.gidm_run, "loss")}
 
 
 # -- label -------------------------------------------------------------------------------------
@@ -495,56 +499,32 @@ def _no_robot_clips(ctx: Context) -> str | None:
     return None if n else "no kept robot clip with actions in the corpus"
 
 
-def step_train_gfdm(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train import main as train_main
-
+def gfdm_layer(ctx: Context) -> dict[str, Any]:
+    """The demo's GFDM run config over the tiny preset, from the DemoConfig."""
     c = ctx.cfg
-    args = [
-        "gfdm",
-        "--root",
-        ctx.root,
-        "--select",
-        TRAIN_SELECT,
-        "--out",
-        str(ctx.gfdm_run),
-        "--model",
-        "tiny",
-        "--gap-frames",
-        str(c.gap_frames),
-        "--size",
-        str(c.gidm_size),
-        "--steps",
-        str(c.gfdm_steps),
-        "--train.batch_size",
-        "8",
-        "--train.lr",
-        "1e-3",
-        "--train.log_every",
-        "5",
-        "--train.warmup_steps",
-        str(min(50, c.gfdm_steps // 10)),
-        "--train.ckpt_every",
-        str(c.gfdm_steps),
-        "--train.grid_every",
-        str(c.gfdm_steps),
-        "--data.pairs_per_clip",
-        "8",
-        "--data.shuffle_buffer",
-        "256",
-        "--train.seed",
-        str(c.seed),
-    ]
-    _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
-    rc = train_main(args)
-    if rc:
-        raise RuntimeError(f"defi train gfdm exited with {rc}")
-    metrics = _metrics(ctx.gfdm_run)
-    res: dict[str, Any] = {
-        "run": str(ctx.gfdm_run),
-        "select": TRAIN_SELECT,
-        "steps": metrics[-1].get("step") if metrics else 0,
-        "loss": [[m.get("step"), m.get("loss")] for m in metrics if "loss" in m],
+    return {
+        "data": {"gap_frames": c.gap_frames, "size": c.gidm_size, "pairs_per_clip": 8, "shuffle_buffer": 256},
+        "train": {
+            "steps": c.gfdm_steps,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "log_every": 5,
+            "warmup_steps": min(50, c.gfdm_steps // 10),
+            "ckpt_every": c.gfdm_steps,
+            "grid_every": c.gfdm_steps,
+            "seed": c.seed,
+            "out_dir": str(ctx.gfdm_run),
+        },
     }
+
+
+def step_train_gfdm(ctx: Context) -> dict[str, Any]:
+    from defi.pipelines.train_gfdm import gfdm_run_config, run_train_gfdm, summary_text
+
+    layer = gfdm_layer(ctx)
+    _say_command(f"defi train gfdm --root {ctx.root} --select \"{TRAIN_SELECT}\" --model tiny", layer)
+    print(summary_text(run_train_gfdm(ctx.root, TRAIN_SELECT, gfdm_run_config("tiny", layer))))
+    res: dict[str, Any] = {"run": str(ctx.gfdm_run), "select": TRAIN_SELECT, **_losses(ctx.gfdm_run, "loss")}
     why = _no_robot_clips(ctx)
     if why:
         res["heldout"] = {"skipped": why}
@@ -604,56 +584,43 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
 
 
 # -- train_policy ------------------------------------------------------------------------------
+def policy_layer(ctx: Context, variant: str) -> dict[str, Any]:
+    """The demo's policy run config (``--init variant``), from the DemoConfig."""
+    c = ctx.cfg
+    return {
+        "root": ctx.root,
+        "select": PROBE_SELECT,
+        "gfdm": str(ctx.gfdm_run),
+        "gidm": str(ctx.gidm_run),
+        "out": str(ctx.policy_run(variant)),
+        "policy": {"init": variant},
+        "train": {
+            "steps": c.policy_steps,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "warmup_steps": min(50, c.policy_steps // 10),
+            "log_every": 5,
+            "ckpt_every": c.policy_steps,
+            "seed": c.seed,
+        },
+    }
+
+
 def step_train_policy(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train import main as train_main
+    from defi.pipelines.train_policy import policy_run_config, run_train_policy, summary_text
 
     why = _no_robot_clips(ctx)
     if why:
         _say(f"  no policy: {why}")
         return {"skipped": why}
-    c = ctx.cfg
-    out: dict[str, Any] = {"select": PROBE_SELECT, "steps": c.policy_steps}
+    out: dict[str, Any] = {"select": PROBE_SELECT, "steps": ctx.cfg.policy_steps}
     for variant, _ in POLICY_VARIANTS:
+        layer = policy_layer(ctx, variant)
+        _say_command("defi train policy", layer)
+        print(summary_text(run_train_policy(policy_run_config(layer))))
         run = ctx.policy_run(variant)
-        args = [
-            "policy",
-            "--root",
-            ctx.root,
-            "--select",
-            PROBE_SELECT,
-            "--gfdm",
-            str(ctx.gfdm_run),
-            "--gidm",
-            str(ctx.gidm_run),
-            "--out",
-            str(run),
-            "--init",
-            variant,
-            "--steps",
-            str(c.policy_steps),
-            "--train.batch_size",
-            "16",
-            "--train.lr",
-            "1e-3",
-            "--train.warmup_steps",
-            str(min(50, c.policy_steps // 10)),
-            "--train.log_every",
-            "5",
-            "--train.ckpt_every",
-            str(c.policy_steps),
-            "--train.seed",
-            str(c.seed),
-        ]
-        _say("  defi train " + " ".join(f'"{a}"' if " " in a else a for a in args))
-        rc = train_main(args)
-        if rc:
-            raise RuntimeError(f"defi train policy --init {variant} exited with {rc}")
-        metrics = _metrics(run)
-        out[variant] = {
-            "run": str(run),
-            "loss": [[m["step"], m["loss"]] for m in metrics if "loss" in m],
-            "action_l1": [[m["step"], m["action_l1"]] for m in metrics if "action_l1" in m],
-        }
+        losses = _losses(run, "loss", "action_l1")
+        out[variant] = {"run": str(run), "loss": losses["loss"], "action_l1": losses["action_l1"]}
     return out
 
 
@@ -800,8 +767,6 @@ BIGGER = (
 
 
 def add_demo_arguments(p) -> None:
-    from defi.pipelines.config import add_flags
-
     p.epilog = BIGGER
 
     p.add_argument("--out", default="demo", help="output folder: inputs/, corpus/, gidm/, steps/, report.html (default: demo)")
@@ -812,9 +777,6 @@ def add_demo_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from defi.pipelines.cli import UsageError
-    from defi.pipelines.config import resolve
-
     try:
         cfg = resolve(DemoConfig, args.config, args)
     except ValueError as e:

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError, add_flags, flag_overrides, from_dict
+from .usage import UsageError, one_line, run_standalone
+
 ENVS = ("metaworld",)
 
 
@@ -138,8 +141,6 @@ def summary_text(s: dict[str, Any]) -> str:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from .config import add_flags
-
     p = subparsers.add_parser(
         "eval",
         help="roll a trained policy out in a simulator and report success",
@@ -168,9 +169,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from defi.training.checkpoint import CheckpointError
     from defi.training.sim.evaluate import EvalConfig
 
-    from .cli import UsageError, one_line
-    from .config import ConfigError, from_dict, flag_overrides
-
     t0 = time.time()
     try:
         cfg = from_dict(EvalConfig, flag_overrides(args))
@@ -183,8 +181,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_standalone
-
     return run_standalone([add_eval_parser], argv, prefix=("eval",))
 
 

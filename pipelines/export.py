@@ -5,7 +5,7 @@ One selected clip becomes one episode: its frames are the clip's encoded mp4 dec
 at the robot's rate, each frame held over the rows it spans when the clip was encoded at a lower
 fps; clips curated before format 1.1: ``<key>.actions.npy``, one row per frame), its task is the clip's language and the
 dataset's fps is the clips' encoded fps. Writing goes through the same v3 writer that
-``defi sim generate`` uses (``defi.training.sim.lerobot_io.LeRobotV3Writer``), into a temporary
+``defi sim generate`` uses (``defi.curate.lerobot.LeRobotV3Writer``), into a temporary
 folder beside ``out`` that is renamed into place when complete, so a killed export never leaves a
 half dataset that looks finished.
 
@@ -88,8 +88,9 @@ def export_lerobot(
 
     from defi.schemas.corpus import Corpus
     from defi.schemas.selection import resolve_selection
-    from defi.training.data import DecodeError, ShardReader, decode_frames
-    from defi.training.sim.lerobot_io import EpisodeBuffer, LeRobotV3Writer
+    from defi.schemas.shards import ShardReader
+    from defi.training.data import DecodeError, decode_frames
+    from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 
     t0 = time.time()
     out_path = Path(out)

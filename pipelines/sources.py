@@ -149,7 +149,7 @@ def _video_or_npz_episode(path: str) -> SourceSpec:
 
 
 def _lerobot_sources(root: str) -> list[SourceSpec]:
-    from defi.curate.robot import load_lerobot
+    from defi.curate.lerobot import load_lerobot
 
     specs = []
     for ep in load_lerobot(root):

@@ -6,7 +6,10 @@ selection's distinct instructions once (open_clip text tower, cached in ROOT/tex
 frames at gap k), runs the GFDM recipe (``training.recipes.train_gfdm``) and prints a summary.
 Re-running with the same RUN_DIR resumes from its latest checkpoint.
 
-Config: one ``GFDMRunConfig`` (model = ``GFDMConfig``, train = ``TrainConfig``, data =
+Python: ``run_train_gfdm(root, select, gfdm_run_config(preset, *layers))``, what the command and
+``defi demo`` both call.
+
+Config: one ``GFDMRunConfig`` (model = ``GFDMConfig``, train = ``GFDMTrainConfig``, data =
 ``DataConfig`` shared with ``defi train gidm``, text = ``TextModelConfig``), resolved as: the
 ``--model`` size's builder defaults <- ``--config`` file <- generated ``--model.*/--train.*/
 --data.*/--text.*`` flags <- shortcut flags. Saved to ``RUN_DIR/run_config.json``; counts (clips
@@ -19,107 +22,72 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Iterator
+from dataclasses import field
+from pathlib import Path
 from typing import Any
 
-from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+from defi.schemas.corpus import Corpus, CorpusError
+from defi.schemas.selection import SelectionError
 
-from .train import RUN_CONFIG_FILE, DataConfig, _check_resume, batch_stream, process_group, torchrun_argv
+from .config import ConfigError, add_flags, from_dict, to_dict
+from .train_common import (
+    RUN_CONFIG_FILE,
+    DataConfig,
+    add_run_flags,
+    batch_stream,
+    build_dataset,
+    check_resume,
+    flush_denormals,
+    merge_layers,
+    process_group,
+    progress_lines,
+    run_config_class,
+    train_command,
+)
+from .usage import UsageError, one_line
 
 MODEL_SIZES = ("tiny", "svd")
 RUN_RECORD_FILE = "run_record.json"
 
 
-def _gfdm_default():
-    from defi.training.gfdm import GFDMConfig
-
-    return GFDMConfig()  # replaced by the --model size's builder in resolve_run_config
-
-
-def _text_default():
-    from defi.training.gfdm import TextModelConfig
-
-    return TextModelConfig()
-
-
 def run_config_cls() -> type:
-    """``GFDMRunConfig``, built on first use so that building the ``defi`` parser does not import
-    torch."""
-    if "GFDMRunConfig" in globals():
-        return globals()["GFDMRunConfig"]
-    from defi.training.gfdm import GFDMConfig, TextModelConfig
-    from defi.training.recipes.train_gfdm import TrainConfig
+    """``GFDMRunConfig``: a whole ``defi train gfdm`` run (the model, the loop, the data, the text tower)."""
 
-    globals().update(GFDMConfig=GFDMConfig, TrainConfig=TrainConfig, TextModelConfig=TextModelConfig)
+    def sections():
+        from defi.training.gfdm import GFDMConfig, TextModelConfig
+        from defi.training.recipes.train_gfdm import GFDMTrainConfig
 
-    @dataclass
-    class GFDMRunConfig:
-        """A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower."""
+        return [
+            ("model", GFDMConfig, field(default_factory=GFDMConfig)),  # replaced by the preset's builder
+            ("train", GFDMTrainConfig, field(default_factory=GFDMTrainConfig)),
+            ("data", DataConfig, field(default_factory=DataConfig)),
+            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
+        ]
 
-        model: GFDMConfig = field(default_factory=_gfdm_default)
-        train: TrainConfig = field(default_factory=TrainConfig)
-        data: DataConfig = field(default_factory=DataConfig)
-        text: TextModelConfig = field(default_factory=_text_default)
-
-    globals()["GFDMRunConfig"] = GFDMRunConfig
-    return GFDMRunConfig
+    return run_config_class("GFDMRunConfig", "A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower.", sections)
 
 
-# ---------------------------------------------------------------------------------------------
-# config
-# ---------------------------------------------------------------------------------------------
-def resolve_run_config(args: argparse.Namespace):
-    """Builder defaults of ``--model`` <- ``--config`` file <- generated flags <- shortcut flags."""
+def gfdm_run_config(preset: str = "tiny", *layers: dict[str, Any]):
+    """The ``GFDMRunConfig`` of the GFDM preset ``preset`` (``defi train gfdm --model``; svd also
+    picks the released text tower, CLIP ViT-B/32) with ``layers`` (nested dicts like a ``--config``
+    file, lowest first) over it. Raises ``ConfigError`` naming what is wrong."""
     from defi.training.gfdm import gfdm_config
 
-    from .cli import UsageError
-
-    cls = run_config_cls()
     try:
-        base_model = gfdm_config(args.model).to_dict()
+        base: dict[str, Any] = {"model": gfdm_config(preset).to_dict()}
     except ValueError as e:
-        raise UsageError(str(e)) from None
-    data: dict[str, Any] = {"model": base_model}
-    if args.model == "svd":  # the released text tower: CLIP ViT-B/32 (512 wide)
-        data["text"] = {"name": "ViT-B-32", "pretrained": "openai"}
-    if args.config:
-        data = merge(data, load_file(args.config))
-    flags = flag_overrides(args)
-    data = merge(data, flags)
-    short: dict[str, Any] = {}
-    if args.gap_s is not None:
-        short.update(gap_s=args.gap_s, gap_frames=None)
-    if args.gap_frames is not None:
-        short["gap_frames"] = args.gap_frames
-    if args.size is not None:
-        short["size"] = args.size
-    if args.loader_workers is not None:
-        short["num_workers"] = args.loader_workers
-    data = merge(data, {"data": short, "train": {"out_dir": args.out}})
-    if args.steps is not None:
-        data = merge(data, {"train": {"steps": args.steps}})
-    if args.no_progress:
-        data = merge(data, {"train": {"progress": False}})
-    if args.pretrained:
-        data = merge(data, {"model": {"pretrained_path": args.pretrained}})
-    d, m = data.get("data") or {}, data["model"]
-    explicit = "image_size" in (flags.get("model") or {}) or (args.config and "image_size" in (load_file(args.config).get("model") or {}))
-    if d.get("size") is not None:
-        if explicit and int(m["image_size"]) != int(d["size"]):
-            raise UsageError(f"--size {d['size']} disagrees with model.image_size={m['image_size']}")
-        m["image_size"] = int(d["size"])
-    cfg = from_dict(cls, data)
+        raise ConfigError(str(e)) from None
+    if preset == "svd":  # the released text tower: CLIP ViT-B/32 (512 wide)
+        base["text"] = {"name": "ViT-B-32", "pretrained": "openai"}
+    cfg = from_dict(run_config_cls(), merge_layers(base, layers))
     if cfg.data.size is None:
         cfg.data.size = cfg.model.image_size
     if cfg.data.size != cfg.model.image_size:
-        raise UsageError(f"data.size={cfg.data.size} disagrees with model.image_size={cfg.model.image_size}")
+        raise ConfigError(f"data.size={cfg.data.size} disagrees with model.image_size={cfg.model.image_size}")
     if cfg.text.name == "tiny" and cfg.text.width != cfg.model.text_dim:
-        raise UsageError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with model.text_dim={cfg.model.text_dim}")
+        raise ConfigError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with model.text_dim={cfg.model.text_dim}")
     return cfg
 
 
@@ -152,8 +120,6 @@ class TextLookup:
     def add(self, texts: list[str], embed) -> None:
         embs = embed(self.corpus, texts, self.cfg, encoder=self.encoder)
         if embs.shape[1] != self.text_dim:
-            from .cli import UsageError
-
             raise UsageError(
                 f"the text model gives {embs.shape[1]}-dim embeddings but model.text_dim="
                 f"{self.text_dim}; set --model.text_dim {embs.shape[1]}"
@@ -190,43 +156,24 @@ def gfdm_batches(stream: Iterator[dict], context: int, lookup: TextLookup) -> It
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
-def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
-    """Train (or resume) a GFDM run described by ``cfg`` (a resolved ``GFDMRunConfig``) on the
-    clips ``select`` picks from the corpus at ``root``. Returns the recipe's summary plus
+def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
+    """Train (or resume) the GFDM run ``cfg`` (a ``GFDMRunConfig``, see ``gfdm_run_config``) on
+    the clips ``select`` picks from the corpus at ``root``. Returns the recipe's summary plus
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
-    import torch
-
-    from defi.schemas.corpus import Corpus, CorpusError
-    from defi.schemas.selection import SelectionError
-    from defi.training.data import ClipDataset
     from defi.training.gfdm import text_model_id
     from defi.training.recipes.train_gfdm import last_checkpoint, train
-
-    from .cli import UsageError, one_line
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
         raise UsageError(f"pretrained SVD weights not found: {cfg.model.pretrained_path}")
     rank, world = process_group()
     out = Path(cfg.train.out_dir)
-    _check_resume(out, cfg)
+    check_resume(out, cfg)
     d, m = cfg.data, cfg.model
     try:
         corpus = Corpus.open(root)
-        dataset = ClipDataset.from_corpus(
-            corpus,
-            select,
-            gap=d.gap,
-            size=d.size,
-            pairs_per_clip=d.pairs_per_clip,
-            window=m.context_frames + m.future_frames,
-            shuffle=True,
-            shuffle_buffer=d.shuffle_buffer,
-            seed=cfg.train.seed,
-            rank=rank,
-            world_size=world,
-        )
+        dataset = build_dataset(corpus, select, d, cfg.train.seed, m.context_frames + m.future_frames, rank, world)
         texts = selection_texts(corpus, dataset.keys)
         lookup = TextLookup(corpus, cfg.text, texts, m.text_dim)
     except SelectionError as e:
@@ -253,15 +200,12 @@ def run_train_gfdm(cfg, root: str, select: str) -> dict[str, Any]:
         stream = batch_stream(dataset, cfg.train.batch_size, d.num_workers, start_step)
         return gfdm_batches(stream, m.context_frames, lookup)
 
-    flushed = torch.set_flush_denormal(True)  # see pipelines/train.py: denormals slow CPU steps 10x
     t0 = time.perf_counter()
     try:
-        result = train(m, cfg.train, make_batches, extra={"data": facts})  # a labeler/policy reads them back
+        with flush_denormals():
+            result = train(m, cfg.train, make_batches, extra={"data": facts})  # a labeler/policy reads them back
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
     stats = dict(dataset.stats)
     if main_rank:
         record = {
@@ -310,16 +254,7 @@ def summary_text(res: dict[str, Any]) -> str:
     skipped = res["data_stats"].get("skipped:too_short", 0)
     if skipped:
         lines.append(f"  skipped  {skipped} clip reads too short for the gap")
-    if res["resumed_from"]:
-        lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
-    if res["steps_run"]:
-        lines.append(
-            f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} "
-            f"in {res['wall_s']:.1f} s ({res['seconds_per_step'] * 1000:.0f} ms/step)"
-        )
-        lines.append(f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
-    else:
-        lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
+    lines += progress_lines(res, cfg.train.steps, lambda: f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
     if res.get("grid"):
         lines.append(f"  grid     {res['grid']}  (o_t | predicted | true)")
     lines.append(f"  checkpoint {res['last_checkpoint']}")
@@ -327,32 +262,12 @@ def summary_text(res: dict[str, Any]) -> str:
 
 
 def cmd_train_gfdm(args: argparse.Namespace) -> int:
-    from .cli import UsageError
-
-    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1 and not args.dry_run:
-        import subprocess
-
-        full = getattr(args, "argv", None) or sys.argv[1:]
-        argv = full[full.index("gfdm") + 1 :]
-        cmd = torchrun_argv(args.workers, ["gfdm", *argv])
-        print(f"launching {args.workers} processes: {' '.join(cmd[1:])}", file=sys.stderr)
-        return subprocess.run(cmd).returncode
-    try:
-        cfg = resolve_run_config(args)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    res = run_train_gfdm(cfg, args.root, args.select)
-    if res.get("rank", 0) == 0:
-        print(summary_text(res))
-    return 0
+    return train_command(args, "gfdm", gfdm_run_config, run_train_gfdm, summary_text)
 
 
 def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     """Add ``gfdm`` to the ``train`` subparsers (a subparsers action whose parser class adds the
-    generated flags on first use, see pipelines/train.py)."""
+    generated flags on first use, see ``usage.LazyFlagsParser``)."""
     g = sub.add_parser(
         "gfdm",
         help="train a language-conditioned forward dynamics model (predicts o_t+k from o_t + instruction)",
@@ -370,19 +285,8 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
         choices=MODEL_SIZES,
         help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px",
     )
-    g.add_argument("--config", help="YAML/TOML/JSON file with model/train/data/text sections")
-    gap = g.add_mutually_exclusive_group()
-    gap.add_argument("--gap-s", type=float, help="gap o_t -> o_t+k in seconds (same as --data.gap_s; default 1.0)")
-    gap.add_argument("--gap-frames", type=int, help="gap in encoded frames (same as --data.gap_frames)")
-    g.add_argument("--size", type=int, help="square frame side in px; sets model.image_size too")
-    g.add_argument("--steps", type=int, help="total optimizer steps (same as --train.steps)")
     g.add_argument("--pretrained", help="svd: local folder of SVD img2vid weights (diffusers layout: unet/, vae/)")
-    g.add_argument("--loader-workers", type=int, help="DataLoader worker processes (same as --data.num_workers)")
-    g.add_argument(
-        "--workers", type=int, default=1, help="training processes on this machine (data-parallel under torchrun: a GPU each, else gloo)"
-    )
-    g.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(g)
     g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*, text.*)")
     g.set_defaults(func=cmd_train_gfdm)
     return g

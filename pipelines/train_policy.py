@@ -7,6 +7,9 @@ once (the corpus' text-embedding cache), builds the shard loader with action chu
 (``ClipDataset(chunk=H)``: every recorded row, at the robot's rate) and runs the recipe
 ``training.recipes.train_policy``. Re-running with the same RUN_DIR resumes.
 
+Python: ``run_train_policy(policy_run_config(*layers))``, what the command and ``defi demo`` both
+call.
+
 Config: one ``PolicyRunConfig`` (policy = ``PolicyConfig``, train = ``TrainConfig``, data =
 ``PolicyDataConfig``, text = the GFDM's ``TextModelConfig``), resolved as defaults <- ``--config``
 file <- generated flags <- shortcut flags (``--init``, ``--steps``, ``--horizon``). The resolved
@@ -24,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.gap import Gap
-from defi.pipelines.config import ConfigError, add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+from defi.schemas.selection import SelectionError, resolve_selection
 
-RUN_CONFIG_FILE = "run_config.json"
+from .config import ConfigError, add_flags, from_dict, merge, to_dict
+from .train_common import RUN_CONFIG_FILE, add_run_flags, batch_stream, cli_layers, flush_denormals, print_config, progress_lines, run_config_class
+from .usage import UsageError, one_line
 
 
 @dataclass
@@ -56,54 +62,43 @@ class PolicyDataConfig:
             raise ValueError("invalid PolicyDataConfig: " + "; ".join(errors))
 
 
-def _run_config_cls() -> type:
-    """``PolicyRunConfig``, built on first use (the model configs live beside torch code)."""
-    if "PolicyRunConfig" in globals():
-        return globals()["PolicyRunConfig"]
-    from defi.training.gfdm import TextModelConfig
-    from defi.training.policy import PolicyConfig
-    from defi.training.recipes.train_policy import TrainConfig
+def run_config_cls() -> type:
+    """``PolicyRunConfig``: a whole ``defi train policy`` run (its inputs, the policy, the loop,
+    the data, the GFDM's text tower)."""
 
-    globals().update(PolicyConfig=PolicyConfig, TrainConfig=TrainConfig, TextModelConfig=TextModelConfig)
+    def sections():
+        from defi.training.gfdm import TextModelConfig
+        from defi.training.policy import PolicyConfig
+        from defi.training.recipes.train_policy import TrainConfig
 
-    def _train_default():
-        return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
+        def train_default():
+            return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
 
-    @dataclass
-    class PolicyRunConfig:
-        """A whole ``defi train policy`` run."""
+        def path(help_: str):
+            return field(default="", metadata={"help": help_})
 
-        root: str = field(default="", metadata={"help": "corpus root (local folder or fsspec URL)"})
-        select: str = field(default="", metadata={"help": "clips with actions: SQL returning key[, weight] or a manifest"})
-        gfdm: str = field(default="", metadata={"help": "GFDM run or checkpoint folder (not used by --init bc)"})
-        gidm: str = field(default="", metadata={"help": "GIDM run or checkpoint folder (not used by --init bc)"})
-        out: str = field(default="", metadata={"help": "run folder: checkpoints/, metrics.jsonl, tb/, run_config.json"})
-        policy: PolicyConfig = field(default_factory=PolicyConfig)
-        train: TrainConfig = field(default_factory=_train_default)
-        data: PolicyDataConfig = field(default_factory=PolicyDataConfig)
-        text: TextModelConfig = field(default_factory=TextModelConfig)
+        return [
+            ("root", str, path("corpus root (local folder or fsspec URL)")),
+            ("select", str, path("clips with actions: SQL returning key[, weight] or a manifest")),
+            ("gfdm", str, path("GFDM run or checkpoint folder (not used by --init bc)")),
+            ("gidm", str, path("GIDM run or checkpoint folder (not used by --init bc)")),
+            ("out", str, path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")),
+            ("policy", PolicyConfig, field(default_factory=PolicyConfig)),
+            ("train", TrainConfig, field(default_factory=train_default)),
+            ("data", PolicyDataConfig, field(default_factory=PolicyDataConfig)),
+            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
+        ]
 
-    globals()["PolicyRunConfig"] = PolicyRunConfig
-    return PolicyRunConfig
+    return run_config_class("PolicyRunConfig", "A whole ``defi train policy`` run.", sections)
 
 
-def resolve_run_config(args: argparse.Namespace):
-    """Defaults <- ``--config`` file <- generated flags <- shortcut flags."""
+def policy_run_config(*layers: dict[str, Any]):
+    """The ``PolicyRunConfig`` of the defaults with ``layers`` (nested dicts like a ``--config``
+    file, lowest first) over them; ``train.out_dir`` is ``out``. Raises ``ConfigError``."""
     data: dict[str, Any] = {}
-    if args.config:
-        data = merge(data, load_file(args.config))
-    data = merge(data, flag_overrides(args))
-    short: dict[str, Any] = {}
-    if args.init is not None:
-        short["init"] = args.init
-    if args.horizon is not None:
-        short["horizon"] = args.horizon
-    data = merge(data, {"policy": short})
-    if args.steps is not None:
-        data = merge(data, {"train": {"steps": args.steps}})
-    if args.no_progress:
-        data = merge(data, {"train": {"progress": False}})
-    cfg = from_dict(_run_config_cls(), data)
+    for layer in layers:
+        data = merge(data, layer)
+    cfg = from_dict(run_config_cls(), data)
     cfg.train.out_dir = cfg.out
     return cfg
 
@@ -111,22 +106,11 @@ def resolve_run_config(args: argparse.Namespace):
 # ---------------------------------------------------------------------------------------------
 # the pieces: pretrained parts, instruction embeddings, action statistics
 # ---------------------------------------------------------------------------------------------
-def checkpoint_dir(path: str) -> Path:
-    """A checkpoint folder, or a run folder's latest ``checkpoints/step-*``."""
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    found = sorted((p / "checkpoints").glob("step-*"))
-    if found:
-        return found[-1]
-    raise ValueError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
-
-
 def load_part(path: str, want: str, pretrained: bool):
     """(module or None, config) of a GFDM/GIDM checkpoint; a checkpoint of another model type is
     refused naming both. ``pretrained=False`` returns only its config (the ablations keep the
     architecture, not the weights)."""
-    from defi.training.checkpoint import load_checkpoint, load_config
+    from defi.training.checkpoint import checkpoint_dir, load_checkpoint, load_config
 
     ckpt = checkpoint_dir(path)
     mtype, config = load_config(ckpt)
@@ -198,7 +182,7 @@ def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
     median over those clips."""
     import numpy as np
 
-    from defi.training.data import ShardReader
+    from defi.schemas.shards import ShardReader
 
     keys = set(dataset.keys[:limit])
     reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
@@ -214,34 +198,18 @@ def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
     return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
 
 
-def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int, texts: dict, text_dim: int, context: int):
-    """Endless policy batches (``obs``, ``text_emb``, ``action_chunk``, ``action_mask``, ``future``)."""
-    import itertools
-
+def policy_batches(stream, texts: dict, text_dim: int, context: int):
+    """ClipDataset batches -> the recipe's policy batches (``obs``, ``text_emb``, ``action_chunk``,
+    ``action_mask``, ``future``)."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from defi.training.data import collate_items
-
-    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
     zero = [0.0] * text_dim
-    for epoch in itertools.count(first_epoch):
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
-        )
-        n = 0
-        for b in loader:
-            n += 1
-            obs = b["context"].flatten(1, 2) if context > 1 else b["obs"]
-            out = {"obs": obs, "action_chunk": b["action_chunk"], "action_mask": b["action_mask"], "future": b["next_obs"]}
-            if text_dim:
-                out["text_emb"] = torch.tensor([texts.get(t, zero) for t in b["lang"]], dtype=torch.float32)
-            yield out
-        if n == 0:
-            raise ValueError(
-                f"the selection yields fewer than batch_size={batch_size} items per epoch ({dict(dataset.stats)}); lower --train.batch_size"
-            )
+    for b in stream:
+        obs = b["context"].flatten(1, 2) if context > 1 else b["obs"]
+        out = {"obs": obs, "action_chunk": b["action_chunk"], "action_mask": b["action_mask"], "future": b["next_obs"]}
+        if text_dim:
+            out["text_emb"] = torch.tensor([texts.get(t, zero) for t in b["lang"]], dtype=torch.float32)
+        yield out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +222,6 @@ def run_train_policy(cfg) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from defi.schemas.corpus import Corpus
-    from defi.schemas.selection import resolve_selection
     from defi.training.data import ClipDataset
     from defi.training.recipes.train_policy import train_policy
 
@@ -311,15 +277,12 @@ def run_train_policy(cfg) -> dict[str, Any]:
     }
 
     def make_batches(start_step: int):
-        return batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step, texts, pc.text_dim, pc.context_frames)
+        stream = batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
+        return policy_batches(stream, texts, pc.text_dim, pc.context_frames)
 
-    flushed = torch.set_flush_denormal(True)  # see pipelines/train.py: denormals made CPU steps ~10x slower
     t0 = time.perf_counter()
-    try:
+    with flush_denormals():
         result = train_policy(policy, cfg.train, make_batches, extra=extra)
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
     result.update(
         config=cfg, selected_clips=len(dataset.keys), action_rows=n_rows, wall_s=time.perf_counter() - t0, data_stats=dict(dataset.stats)
     )
@@ -335,33 +298,22 @@ def summary_text(res: dict[str, Any]) -> str:
         f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
         f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters"
     ]
-    if res["resumed_from"]:
-        lines.append(f"  resumed  from {res['resumed_from']} (step {res['start_step']})")
-    if res["steps_run"]:
-        lines.append(
-            f"  steps    {res['start_step'] + 1}..{res['final_step']} of {cfg.train.steps} in {res['wall_s']:.1f} s "
-            f"({res['seconds_per_step'] * 1000:.0f} ms/step)"
-        )
-        lines.append(
-            f"  loss     {res['first_loss']:.4g} -> {res['last_loss']:.4g}; action L1 {res['first_l1']:.4g} -> {res['last_l1']:.4g}"
-        )
-    else:
-        lines.append(f"  steps    none to run: already at step {res['final_step']} of {cfg.train.steps}")
+    lines += progress_lines(
+        res,
+        cfg.train.steps,
+        lambda: f"  loss     {res['first_loss']:.4g} -> {res['last_loss']:.4g}; action L1 {res['first_l1']:.4g} -> {res['last_l1']:.4g}",
+    )
     lines.append(f"  checkpoint {res['checkpoint']}")
     return "\n".join(lines)
 
 
 def cmd_train_policy(args: argparse.Namespace) -> int:
-    from defi.schemas.corpus import CorpusError
-    from defi.schemas.selection import SelectionError
     from defi.training.checkpoint import CheckpointError
 
-    from .cli import UsageError, one_line
-
     try:
-        cfg = resolve_run_config(args)
+        cfg = policy_run_config(*cli_layers(args))
         if args.dry_run:
-            print(json.dumps(to_dict(cfg), indent=2))
+            print_config(cfg)
             return 0
         res = run_train_policy(cfg)
     except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:
@@ -382,12 +334,9 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
         "head -> H actions. Re-running with the same --out resumes. Config: defaults <- --config <- "
         "--policy.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
     )
-    p.add_argument("--config", help="YAML/TOML/JSON file with the run config's sections")
     p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
     p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
-    p.add_argument("--steps", type=int, help="optimizer steps (same as --train.steps)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.lazy = lambda parser: add_flags(parser, _run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
+    add_run_flags(p, data_flags=False, workers=False)
+    p.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
     p.set_defaults(func=cmd_train_policy)
     return p

@@ -329,6 +329,43 @@ class Corpus:
         os.replace(tmp, final)
         return final
 
+    def summary(self) -> dict[str, Any]:
+        """The numbers ``defi info`` prints: videos, hours in/out, clips by reason, shards, labels."""
+        q = self.query
+        src = q(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE error IS NULL) AS ok, "
+            "coalesce(sum(duration_s) FILTER (WHERE error IS NULL), 0) / 3600 AS hours FROM sources"
+        ).to_pylist()[0]
+        errors = {
+            r["error"]: r["n"]
+            for r in q("SELECT error, count(*) AS n FROM sources WHERE error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").to_pylist()
+        }
+        clips = q(
+            "SELECT count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE NOT kept) AS rejected, "
+            "coalesce(sum(duration_s) FILTER (WHERE kept), 0) / 3600 AS hours_kept FROM clips"
+        ).to_pylist()[0]
+        reasons = {
+            r["reject_reason"]: r["n"]
+            for r in q("SELECT reject_reason, count(*) AS n FROM clips WHERE NOT kept GROUP BY 1 ORDER BY 2 DESC").to_pylist()
+        }
+        shards = q("SELECT count(*) AS n, coalesce(sum(size_bytes), 0)::BIGINT AS bytes FROM shards").to_pylist()[0]
+        labels = {r["labeler"]: r["n"] for r in q("SELECT labeler, count(*) AS n FROM latent_actions GROUP BY 1 ORDER BY 1").to_pylist()}
+        return {
+            "root": self.root,
+            "format_version": self.info.get("format_version"),
+            "videos": src["n"],
+            "videos_ok": src["ok"],
+            "video_errors": errors,
+            "hours_in": src["hours"],
+            "clips_kept": clips["kept"],
+            "clips_rejected": clips["rejected"],
+            "reject_reasons": reasons,
+            "hours_out": clips["hours_kept"],
+            "shards": shards["n"],
+            "shard_bytes": shards["bytes"],
+            "labels": labels,
+        }
+
 
 def label_view_name(labeler: str) -> str:
     return "labels_" + re.sub(r"[^A-Za-z0-9_]", "_", labeler)

@@ -12,7 +12,7 @@ import pytest
 from factories import moving_square, write_video
 
 from defi.pipelines.cli import build_parser
-from defi.pipelines.shards import Sample, write_shard
+from defi.schemas.shards import Sample, write_shard
 from defi.schemas.corpus import Corpus
 from defi.schemas.records import ClipRecord, SourceRecord, clips_table, sources_table
 from defi.schemas.samples import SampleMeta

@@ -47,6 +47,18 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, truncated, corrupt or does not match its config."""
 
 
+def checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint folder (holds config.json), or a training run folder whose latest
+    ``checkpoints/step-*`` is used. Raises ``CheckpointError`` naming what was looked for."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return p
+    found = sorted((p / "checkpoints").glob("step-*"))
+    if found:
+        return found[-1]
+    raise CheckpointError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
+
+
 def model_type_of(config: Any) -> str:
     for name, (cls, _) in MODEL_TYPES.items():
         if isinstance(config, cls):

@@ -267,7 +267,7 @@ def fetch_previews(
     """key -> ``(mp4, origin)`` with origin ``"shard"`` or ``"source"``, or ``(None, reason)``.
     Kept clips are read from their shard (each shard opened once, only the wanted members read);
     the others, and kept clips missing from their shard, are cut from the source."""
-    from defi.training.data import ShardReader
+    from defi.schemas.shards import ShardReader
 
     out: dict[str, tuple[bytes | None, str]] = {}
     by_shard: dict[str, set[str]] = defaultdict(set)

@@ -118,13 +118,12 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
 def write_report(ctx, path: Path) -> dict[str, Any]:
     """Write the demo report for the finished steps in ``ctx.results``; returns what it holds."""
     from defi.pipelines.views.browse import clip_cards_html, render_page
-    from defi.pipelines.cli import corpus_summary
     from defi.schemas.corpus import Corpus
 
     from ..demo import STEPS, step_seconds
 
     corpus = Corpus.open(ctx.root)
-    summary = corpus_summary(corpus)
+    summary = corpus.summary()
     res = ctx.results
     sections: list[str] = []
     shown: dict[str, Any] = {}

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from factories import moving_square, write_video
 
-from defi.curate.robot import align_to_frames, check_timestamps, load_lerobot, load_npz_episode
-from defi.training.sim.lerobot_io import EpisodeBuffer, LeRobotV3Writer
+from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer, load_lerobot
+from defi.curate.robot import align_to_frames, check_timestamps, load_npz_episode
 
 FPS = 10
 

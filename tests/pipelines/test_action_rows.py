@@ -10,13 +10,14 @@ import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first i
 
 pytest.importorskip("metaworld")
 
-from defi.curate.robot import load_lerobot, rows_to_frames
+from defi.curate.lerobot import load_lerobot
+from defi.curate.robot import rows_to_frames
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.export import export_lerobot
 from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
-from defi.training.data import ShardReader
+from defi.schemas.shards import ShardReader
 
 SQL = "SELECT key FROM clips WHERE kept AND has_actions ORDER BY key"
 

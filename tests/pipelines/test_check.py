@@ -15,7 +15,7 @@ from factories import moving_square, write_video
 
 from defi.pipelines.check import check_corpus
 from defi.pipelines.label import LabelConfig, run_label
-from defi.pipelines.shards import Sample, write_shard
+from defi.schemas.shards import Sample, write_shard
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.records import ClipRecord, SourceRecord, clips_table, sources_table
 from defi.schemas.samples import SampleMeta

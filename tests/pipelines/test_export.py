@@ -1,5 +1,5 @@
 """``defi export lerobot``: generated Meta-World episodes, curated into a corpus, exported back to
-LeRobot v3.0 and read with ``curate.robot.load_lerobot``: the episodes carry exactly the shard's
+LeRobot v3.0 and read with ``curate.lerobot.load_lerobot``: the episodes carry exactly the shard's
 actions, one per decoded frame, in LeRobot's v3 layout."""
 
 import json
@@ -13,13 +13,14 @@ import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first i
 
 pytest.importorskip("metaworld")
 
-from defi.curate.robot import load_lerobot
+from defi.curate.lerobot import load_lerobot
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.export import export_lerobot, main
 from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
-from defi.training.data import ShardReader, decode_frames
+from defi.schemas.shards import ShardReader
+from defi.training.data import decode_frames
 
 SQL = "SELECT key FROM clips WHERE kept AND has_actions ORDER BY key"
 

@@ -10,7 +10,7 @@ from defi.curate.probe import Probe
 from defi.pipelines.config import from_dict
 from defi.pipelines.sources import list_sources
 from defi.pipelines.curate_video import CurateConfig, VideoDone, process_source
-from defi.training.sim.lerobot_io import EpisodeBuffer, LeRobotV3Writer
+from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 
 FPS = 10
 LENGTHS = (12, 17, 9)

@@ -219,7 +219,7 @@ def test_shards_read_back_from_s3(curated):
         k = kept[key]
         assert shard == k["shard"] and shape == (k["out_frames"], k["out_height"], k["out_width"], 3)
     # the training reader opens the same URLs through fsspec (seekable range reads)
-    from defi.training.data import ShardReader
+    from defi.schemas.shards import ShardReader
 
     reader = ShardReader([c.shard_url(s["shard"]) for s in shards])
     assert sorted(x.key for x in reader) == sorted(kept) and not any(k.startswith("error:") for k in reader.stats)

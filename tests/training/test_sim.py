@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from defi.curate.robot import align_to_frames, load_lerobot
+from defi.curate.lerobot import load_lerobot
+from defi.curate.robot import align_to_frames
 from defi.training.sim import MetaWorldEnv, generate  # sets MUJOCO_GL before mujoco loads
 from defi.training.sim.metaworld_env import episode_seed
 

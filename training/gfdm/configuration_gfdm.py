@@ -18,10 +18,10 @@ Units: ``image_size`` is the side of the square frames in pixels; ``context_fram
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from ..configuration import ConfigDict
 
 BACKBONES = ("unet2d", "svd")
 # "diffusion": EDM-preconditioned denoiser, sampled with diffusers' EDMEulerScheduler in a few
@@ -33,7 +33,7 @@ _UP_2D = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D")
 
 
 @dataclass
-class GFDMConfig:
+class GFDMConfig(ConfigDict):
     # --- frames ----------------------------------------------------------------------------
     backbone: str = "unet2d"  # see BACKBONES
     image_size: int = 64  # side of the square input and predicted frames, pixels
@@ -177,29 +177,6 @@ class GFDMConfig:
         upsample, so block i of L outputs latent_size / 2^(L-2-i) (the last two: full size)."""
         levels = len(self.block_out_channels)
         return [self.latent_size // 2 ** max(0, levels - 2 - i) for i in range(levels)]
-
-    # --- serialisation ---------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GFDMConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown GFDMConfig field(s) {unknown}; valid: {', '.join(sorted(valid))}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> GFDMConfig:
-        return cls.from_dict(json.loads(text))
 
 
 # --- builders per size (keyword overrides replace any field) -----------------------------------

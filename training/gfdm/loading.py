@@ -10,15 +10,9 @@ from .modeling_gfdm import GFDM
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint folder (has config.json), or a run folder's latest ``checkpoints/step-*``."""
-    from ..checkpoint import CheckpointError
+    from ..checkpoint import checkpoint_dir  # here: checkpoint.py imports this package's model
 
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    found = sorted((p / "checkpoints").glob("step-*"))
-    if found:
-        return found[-1]
-    raise CheckpointError(f"{p}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
+    return checkpoint_dir(path)
 
 
 def load_gfdm(run_dir_or_checkpoint_dir: str | Path, map_location: str = "cpu") -> tuple[GFDM, GFDMConfig]:

@@ -9,10 +9,10 @@ VQ with 16 codes x 128 dims).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from ..configuration import ConfigDict
 
 INPUT_SPACES = ("pixels", "features")
 BOTTLENECKS = ("continuous", "vq", "fsq")
@@ -26,7 +26,7 @@ FEATURE_ENCODERS = ("open_clip", "dinov2_vitb14", "dinov2_vitb14_reg", "external
 
 
 @dataclass
-class GIDMConfig:
+class GIDMConfig(ConfigDict):
     # --- input -----------------------------------------------------------------------------
     input_space: str = "pixels"
     image_size: int = 64  # side of the square input frames, pixels
@@ -172,27 +172,6 @@ class GIDMConfig:
                 n *= v
             return n
         return 0
-
-    # --- serialisation ---------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fsq_levels"] = list(self.fsq_levels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GIDMConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown GIDMConfig field(s) {unknown}; valid: {', '.join(sorted(valid))}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> GIDMConfig:
-        return cls.from_dict(json.loads(text))
 
 
 # --- builders per size (keyword overrides replace any field) -----------------------------------

@@ -28,7 +28,8 @@ def probe_pairs(root: str, select: str, k: int, size: int, stride: int = 1) -> d
     Raises ValueError when no selected clip has actions, proprio and more than k frames."""
     from defi.schemas.corpus import Corpus
     from defi.schemas.selection import resolve_selection
-    from defi.training.data import ShardReader, decode_frames, to_chw_float
+    from defi.schemas.shards import ShardReader
+    from defi.training.data import decode_frames, to_chw_float
 
     corpus = Corpus.open(root)
     sel = resolve_selection(corpus, select)

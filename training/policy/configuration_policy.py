@@ -7,10 +7,10 @@ policy checkpoint rebuilds the whole model from its config.json alone.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..configuration import ConfigDict
 
 # --init: what starts pretrained. Every variant goes through the same code path and trains the
 # same parts (projection, GIDM encoder + codebook, head; GFDM frozen unless unfrozen by config).
@@ -19,7 +19,7 @@ HEADS = ("mlp", "transformer")
 
 
 @dataclass
-class PolicyConfig:
+class PolicyConfig(ConfigDict):
     init: str = field(
         default="defi",
         metadata={"help": f"what starts pretrained: {' | '.join(INITS)} (bc: no future branch, image + instruction straight to the head)"},
@@ -87,20 +87,3 @@ class PolicyConfig:
     def future_branch(self) -> bool:
         return self.init != "bc"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown PolicyConfig fields {unknown}; valid: {sorted(valid)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PolicyConfig:
-        return cls.from_dict(json.loads(text))

@@ -21,28 +21,32 @@ are restored from the latest; the GFDM unfreeze is re-applied from the step.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from ..checkpoint import load_checkpoint, restore_rng
 from ..policy import DeFiPolicy
-from .train_gidm import TrainConfig, _scalars, _seed_all, last_checkpoint, lr_factor
 from .logs import log_row, open_logs, run_summary
+from .loop import (
+    TrainConfig,
+    batch_iterator,
+    finite_loss,
+    last_checkpoint,
+    lr_factor,
+    next_batch,
+    optimizer_step,
+    pick_device,
+    save_step,
+    scalars,
+    seed_all,
+    step_bar,
+)
 
 __all__ = ["TrainConfig", "train_policy", "last_checkpoint"]
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _to(v: Any, device: torch.device) -> torch.Tensor | None:
@@ -59,9 +63,9 @@ def train_policy(
     cfg = policy.config
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(train_cfg)
+    device = pick_device(train_cfg)
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
-    _seed_all(train_cfg.seed)
+    seed_all(train_cfg.seed)
     start_step, resumed_from = 0, None
     ckpt = last_checkpoint(out)
     state = None
@@ -83,7 +87,7 @@ def train_policy(
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
     metrics_path, writer = open_logs(out, start_step)
-    stream = iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
+    stream = batch_iterator(batches, start_step)
 
     # --- loop --------------------------------------------------------------------------------
     losses: list[float] = []
@@ -91,47 +95,27 @@ def train_policy(
     last_ckpt = ckpt
     policy.train()
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(start_step + 1, train_cfg.steps + 1),
-        initial=start_step,
-        total=train_cfg.steps,
-        disable=not train_cfg.progress,
-        desc=f"policy ({cfg.init})",
-    )
+    bar = step_bar(train_cfg, start_step, f"policy ({cfg.init})")
     with metrics_path.open("a") as metrics:
         for step in bar:
             if step - 1 == unfreeze_at:
                 policy.set_gfdm_trainable(True)
                 policy.train()
-            try:
-                batch = next(stream)
-            except StopIteration:
-                raise ValueError(f"batches ran out at step {step} of {train_cfg.steps}") from None
+            batch = next_batch(stream, step, train_cfg.steps)
             obs, text, act, mask, future = (_to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future"))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 result = policy(obs, text, act, mask, future)
-            optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                policy.trainable_parameters(), train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf")
-            )
-            optimizer.step()
-            scheduler.step()
-            loss = float(result["loss"].detach())
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}")
+            grad_norm = optimizer_step(result["loss"], policy.trainable_parameters(), optimizer, scheduler, train_cfg.grad_clip)
+            loss = finite_loss(result["loss"], step)
             losses.append(loss)
             l1s.append(float(result["action_l1"]))
             if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                row = {"step": step, **_scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+                row = {"step": step, **scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
                 log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                path = out / "checkpoints" / f"step-{step:08d}"
-                save_checkpoint(
-                    path, policy, cfg, optimizer, scheduler, step=step, extra={"train": dataclasses.asdict(train_cfg), **(extra or {})}
-                )
-                last_ckpt = path
+                saved = {"train": dataclasses.asdict(train_cfg), **(extra or {})}
+                last_ckpt = save_step(out, step, policy, cfg, optimizer, scheduler, saved)
     writer.close()
     return run_summary(
         start_step,

@@ -3,7 +3,7 @@
 Importing this package is cheap: mujoco and metaworld load when an env is made or ``generate`` runs.
 """
 
-from .lerobot_io import EpisodeBuffer, LeRobotV3Writer
+from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 from .metaworld_env import TASK_INSTRUCTIONS, GenerateConfig, MetaWorldEnv, generate, instruction_for
 
 __all__ = ["EpisodeBuffer", "LeRobotV3Writer", "MetaWorldEnv", "GenerateConfig", "generate", "instruction_for", "TASK_INSTRUCTIONS"]

@@ -134,14 +134,12 @@ class FramePipeline:
 def load_policy(path: str | Path):
     """(policy in eval mode, its checkpoint's ``extra``) from a run folder's latest checkpoint or a
     checkpoint folder; refuses another model type naming it."""
-    from defi.training.checkpoint import CheckpointError, load_checkpoint, load_config
+    from defi.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, load_config
 
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        found = sorted((p / "checkpoints").glob("step-*"))
-        if not found:
-            raise CheckpointError(f"--policy {path}: neither a checkpoint folder nor a run folder with checkpoints/step-*")
-        p = found[-1]
+    try:
+        p = checkpoint_dir(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"--policy {e}") from None
     mtype, _ = load_config(p)
     if mtype != "policy":
         raise CheckpointError(f"--policy {path}: a {mtype!r} checkpoint where a 'policy' checkpoint is expected")

@@ -2,7 +2,7 @@
 
 ``MetaWorldEnv`` wraps one Meta-World task with an offscreen MuJoCo renderer and returns upright
 frames; ``generate`` rolls the task's scripted expert (``metaworld.policies``) for many episodes in
-parallel and writes a LeRobot v3.0 dataset (see ``lerobot_io``).
+parallel and writes a LeRobot v3.0 dataset (see ``defi.curate.lerobot``).
 
 Rendering facts this module relies on (measured on Meta-World 3.1.1 / MuJoCo 3.3):
 - Headless GL through EGL (``MUJOCO_GL=egl``), OSMesa when no EGL library is found. The choice
@@ -355,7 +355,7 @@ def generate(
     """
     from tqdm import tqdm
 
-    from .lerobot_io import EpisodeBuffer, LeRobotV3Writer
+    from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from factories import moving_square
 
-from defi.training.sim import lerobot_stats as ls
-from defi.training.sim.lerobot_io import EpisodeBuffer, LeRobotV3Writer
+from defi.curate import lerobot as ls
+from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 
 FPS = 10
 LENGTHS = (12, 1, 130)  # one episode of a single row, one long enough to be sampled (> 100 frames)

@@ -1,0 +1,73 @@
+"""The Python entries of ``defi train`` resolve a run config exactly as the command line does: the
+demo's layers given as flags to ``defi train ... --dry-run`` print the config the demo trains
+with, and the shortcut flags, the preset and the size rule behave the same through both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from defi.pipelines import demo
+from defi.pipelines.config import ConfigError, to_dict
+from defi.pipelines.train import gidm_run_config, main
+from defi.pipelines.train_gfdm import gfdm_run_config
+from defi.pipelines.train_policy import policy_run_config
+
+
+def _dry_run(capsys, argv: list[str]) -> dict:
+    assert main([*argv, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_steps=40, gap_frames=3, gidm_size=32, codebook_size=5, seed=7))
+
+
+def test_demo_layers_give_the_cli_config(ctx, capsys):
+    layer = demo.gidm_layer(ctx)
+    out = str(ctx.gidm_run)  # --out sets train.out_dir, as the layer does
+    cli = _dry_run(capsys, ["gidm", "--root", "r", "--select", "s", "--out", out, "--model", demo.GIDM_PRESET, *demo._flags(layer)])
+    cfg = gidm_run_config(demo.GIDM_PRESET, layer)
+    assert to_dict(cfg) == cli
+    assert (cfg.model.image_size, cfg.data.size, cfg.data.gap_frames, cfg.data.gap_s) == (32, 32, 3, None)
+    assert (cfg.model.codebook_size, cfg.train.steps, cfg.train.ckpt_every, cfg.train.seed) == (5, 40, 20, 7)
+
+    layer = demo.gfdm_layer(ctx)
+    out = str(ctx.gfdm_run)
+    cli = _dry_run(capsys, ["gfdm", "--root", "r", "--select", "s", "--out", out, "--model", "tiny", *demo._flags(layer)])
+    assert to_dict(gfdm_run_config("tiny", layer)) == cli
+
+    layer = demo.policy_layer(ctx, "scratch")
+    cli = _dry_run(capsys, ["policy", *demo._flags(layer)])
+    cfg = policy_run_config(layer)
+    assert to_dict(cfg) == cli
+    assert cfg.policy.init == "scratch" and cfg.train.out_dir == str(ctx.policy_run("scratch"))
+
+
+def test_shortcut_flags_are_the_layers_they_name(capsys, tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"data": {"gap_frames": 4}, "train": {"lr": 0.01}}))
+    argv = ["gidm", "--root", "r", "--select", "s", "--out", "o", "--config", str(file), "--gap-s", "0.5", "--size", "48", "--steps", "9"]
+    cli = _dry_run(capsys, argv)
+    layers = [
+        {"data": {"gap_frames": 4}, "train": {"lr": 0.01}},
+        {"data": {"gap_s": 0.5, "gap_frames": None, "size": 48}, "train": {"steps": 9, "out_dir": "o"}},
+    ]
+    assert to_dict(gidm_run_config("keypoint", *layers)) == cli
+    # the seconds flag replaces the file's frames; --size sets the model's side too
+    assert (cli["data"]["gap_s"], cli["data"]["gap_frames"], cli["model"]["image_size"], cli["train"]["lr"]) == (0.5, None, 48, 0.01)
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(ConfigError, match="disagrees with model.image_size=32"):
+        gidm_run_config("tiny", {"model": {"image_size": 32}}, {"data": {"size": 48}})
+    with pytest.raises(ConfigError, match="unknown GIDM size|valid"):
+        gidm_run_config("huge")
+    with pytest.raises(ConfigError, match="text.width=32"):
+        gfdm_run_config("tiny", {"text": {"width": 32}})
+    with pytest.raises(ConfigError, match="bottleneck='bogus'"):
+        gidm_run_config("tiny", {"model": {"bottleneck": "bogus"}})
+    assert Path(policy_run_config({"out": "x"}).train.out_dir) == Path("x")
