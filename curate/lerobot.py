@@ -424,9 +424,7 @@ class LeRobotV3Writer:
         dtypes = {k: ft["dtype"] for k, ft in {**DEFAULT_FEATURES, **self.features}.items()}
         cols = {k: _arrow_column(v, dtypes[k]) for k, v in values.items()}
         # Stats of the values as written (cast to the feature's dtype); strings have none.
-        self._episode_stats.append(
-            {k: vector_stats(np.asarray(v).astype(dtypes[k])) for k, v in values.items() if dtypes[k] != "string"}
-        )
+        self._episode_stats.append({k: vector_stats(np.asarray(v).astype(dtypes[k])) for k, v in values.items() if dtypes[k] != "string"})
         table = pa.table(cols)
         if self._data_tables and self._data_bytes + table.nbytes > self.data_budget:
             self._flush_data()

@@ -356,7 +356,7 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.train import gidm_run_config, run_train_gidm, summary_text
 
     layer = gidm_layer(ctx)
-    _say_command(f"defi train gidm --root {ctx.root} --select \"{TRAIN_SELECT}\" --model {GIDM_PRESET}", layer)
+    _say_command(f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {GIDM_PRESET}', layer)
     res = run_train_gidm(ctx.root, TRAIN_SELECT, gidm_run_config(GIDM_PRESET, layer))
     print(summary_text(res))
     return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, **_losses(ctx.gidm_run, "loss")}
@@ -522,7 +522,7 @@ def step_train_gfdm(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.train_gfdm import gfdm_run_config, run_train_gfdm, summary_text
 
     layer = gfdm_layer(ctx)
-    _say_command(f"defi train gfdm --root {ctx.root} --select \"{TRAIN_SELECT}\" --model tiny", layer)
+    _say_command(f'defi train gfdm --root {ctx.root} --select "{TRAIN_SELECT}" --model tiny', layer)
     print(summary_text(run_train_gfdm(ctx.root, TRAIN_SELECT, gfdm_run_config("tiny", layer))))
     res: dict[str, Any] = {"run": str(ctx.gfdm_run), "select": TRAIN_SELECT, **_losses(ctx.gfdm_run, "loss")}
     why = _no_robot_clips(ctx)

@@ -32,7 +32,16 @@ from defi.schemas.gap import Gap
 from defi.schemas.selection import SelectionError, resolve_selection
 
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
-from .train_common import RUN_CONFIG_FILE, add_run_flags, batch_stream, cli_layers, flush_denormals, print_config, progress_lines, run_config_class
+from .train_common import (
+    RUN_CONFIG_FILE,
+    add_run_flags,
+    batch_stream,
+    cli_layers,
+    flush_denormals,
+    print_config,
+    progress_lines,
+    run_config_class,
+)
 from .usage import UsageError, one_line
 
 

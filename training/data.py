@@ -47,6 +47,7 @@ __all__ = ["ShardReader", "ShardSample", "DecodeError", "decode_frames", "ClipDa
 
 log = logging.getLogger(__name__)
 
+
 class DecodeError(RuntimeError):
     """An mp4 could not be decoded, or has fewer frames than asked for."""
 

@@ -86,4 +86,3 @@ class PolicyConfig(ConfigDict):
     @property
     def future_branch(self) -> bool:
         return self.init != "bc"
-
