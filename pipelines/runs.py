@@ -59,6 +59,8 @@ def start_record(corpus: Corpus, run_id: str, command: str, t_start: float, **fi
 
 def finish_record(corpus: Corpus, record: dict[str, Any], status: str, t_start: float, **fields: Any) -> dict[str, Any]:
     """Close ``record``: its status, finish time, wall time since ``t_start`` and ``fields``; saved."""
-    record.update({"status": status, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "wall_s": time.time() - t_start, **fields})
+    record.update(
+        {"status": status, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "wall_s": time.time() - t_start, **fields}
+    )
     corpus.write_json(record_path(record["run_id"]), record)
     return record
