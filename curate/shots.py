@@ -128,7 +128,7 @@ class HSVScores:
     conversion and one vectorised difference per block of frames: about 3x less CPU per frame).
     Only for detectors without the edge component (its Canny pass is per frame)."""
 
-    BLOCK = 64  # frames converted at once: bounds the int16 differences to ~12 MB at 128 px
+    BLOCK = 64  # frames converted at once (about 6 MB of HSV at 128 px)
 
     def __init__(self, weights):
         self.weights = tuple(float(w) for w in weights)
@@ -148,20 +148,18 @@ class HSVScores:
         # HSV is per pixel: one conversion of the frames stacked into one tall image; RGB2HSV is
         # OpenCV's BGR2HSV with the other channel order (the same code, the same values)
         hsv = cv2.cvtColor(rgb.reshape(t * h, w, 3), cv2.COLOR_RGB2HSV).reshape(t, h, w, 3)
-        out = []
-        if self.last is None:
-            out.append(0.0)
-            seq = hsv
-        else:
-            seq = np.concatenate([self.last[None], hsv])
-        self.last = hsv[-1].copy()
-        if len(seq) < 2:
-            return out
-        sums = np.abs(np.diff(seq.astype(np.int16), axis=0)).sum(axis=(1, 2), dtype=np.int64)  # [n, 3] exact
+        prev, out = self.last, []
         num_pixels = float(h * w)
-        for dh, ds, dv in sums.tolist():
-            components = (dh / num_pixels, ds / num_pixels, dv / num_pixels, 0.0)
-            out.append(sum(c * wt for c, wt in zip(components, self.weights, strict=True)) / self.denom)
+        for cur in hsv:
+            if prev is None:
+                out.append(0.0)
+            else:
+                # |a - b| of uint8 planes fits uint8; the per-plane sums are exact integers
+                dh, ds, dv, _ = cv2.sumElems(cv2.absdiff(cur, prev))
+                components = (dh / num_pixels, ds / num_pixels, dv / num_pixels, 0.0)
+                out.append(sum(c * wt for c, wt in zip(components, self.weights, strict=True)) / self.denom)
+            prev = cur
+        self.last = None if prev is None else prev.copy()
         return out
 
 

@@ -57,6 +57,22 @@ def unit_id(specs: list[SourceSpec]) -> str:
     return f"u{h[:16]}"
 
 
+def largest_first(units: dict[str, list[SourceSpec]]) -> list[SourceSpec]:
+    """The order videos are handed to the runner: unit by unit (units commit in order), and in a
+    unit the largest local files first, so the workers do not end a unit waiting on one long
+    video begun last. Sizes are a hint only: URLs and robot episodes keep their listed order."""
+
+    def size(s: SourceSpec) -> int:
+        if s.robot or "://" in s.uri:
+            return 0
+        try:
+            return os.path.getsize(s.uri)
+        except OSError:
+            return 0
+
+    return [s for specs in units.values() for s in sorted(specs, key=size, reverse=True)]
+
+
 def done_specs(corpus: Corpus) -> set[tuple]:
     """Sort keys of sources already committed (uri, episode, camera)."""
     t = corpus.read_table("sources")
@@ -273,10 +289,11 @@ def _run_locked(
         corpus, run_id, "curate", t_start, inputs=inputs, root=root, config=to_dict(cfg), cleaned=cleaned, runner={"backend": backend, "why": why}
     )
     n = cfg.shards.videos_per_unit
-    units = {}
+    groups = {}
     for i in range(0, len(pending), n):
         group = pending[i : i + n]
-        units[unit_id(group)] = [s.sort_key for s in group]
+        groups[unit_id(group)] = group
+    units = {u: [s.sort_key for s in group] for u, group in groups.items()}
     committer = Committer(corpus, cfg, units, run_id, stats)
     status = "failed"
     try:
@@ -287,7 +304,7 @@ def _run_locked(
                 if runner.ray_info is not None:
                     record["ray"] = runner.ray_info
                     stats.timings["ray_start"] += runner.start_s
-                for item in runner.stream(pending, stages):
+                for item in runner.stream(largest_first(groups), stages):
                     if isinstance(item, VideoDone):
                         committer.add_done(item)
                         if on_video is not None:
