@@ -517,7 +517,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     gap = p.add_mutually_exclusive_group()
     gap.add_argument("--gap-s", type=float, help="same as --gap_s")
     gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
-    p.add_argument("--local", action="store_true", help="same as --engine local: run in this process, without Ray")
+    p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int, help="label at most this many pending clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -536,7 +536,7 @@ def resolve_label_config(args) -> LabelConfig:
     if args.gap_frames is not None:
         short.update(gap_frames=args.gap_frames, gap_s=None)
     if args.local:
-        short["engine"] = "local"
+        short["runner"] = "local"
     if args.address:
         short["ray"] = {"address": args.address}
     return from_dict(LabelConfig, merge(data, short))

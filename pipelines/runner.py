@@ -30,6 +30,7 @@ import os
 import pickle
 import platform
 import queue
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -193,8 +194,23 @@ def _chain(stages: list[Stage], item: Any) -> Iterator[Any]:
         yield from _chain(rest, out)
 
 
-def _worker(stages: list[Stage], tasks, results) -> None:
+def limit_threads(n: int) -> None:
+    """Cap this process's compute thread pools at ``n`` (OpenMP, BLAS, OpenCV, torch), as Ray does
+    for its workers (``OMP_NUM_THREADS`` = the task's CPUs): W workers on W cores then do not each
+    run a pool as wide as the machine. Codec threads (FFmpeg's own) are left as they are."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def _worker(stages: list[Stage], tasks, results, threads: int) -> None:
     """A local worker: take (index, item) until None; send each output pickled, then done."""
+    limit_threads(threads)
     while True:
         msg = tasks.get()
         if msg is None:
@@ -218,7 +234,8 @@ def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any
         tasks.put((i, x))
     for _ in range(workers):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker, args=(stages, tasks, results), daemon=True, name=f"defi-local-{k}") for k in range(workers)]
+    threads = max(1, int(max(s.cpus or 1 for s in stages)))
+    procs = [ctx.Process(target=_worker, args=(stages, tasks, results, threads), daemon=True, name=f"defi-local-{k}") for k in range(workers)]
     for p in procs:
         p.start()
     left = len(items)
