@@ -58,12 +58,19 @@ def make_video(path: str, seconds: float, h: int, fps: int, seed: int) -> int:
     return n
 
 
-def peer_decode(paths: list[str]) -> tuple[str, float]:
-    t0 = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds (user + sys) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def peer_decode(paths: list[str]) -> tuple[str, float, float | None]:
+    """(what, wall s, CPU s or None) of decoding ``paths`` at full resolution."""
+    t0, c0 = time.perf_counter(), children_cpu()
     if shutil.which("ffmpeg"):
         for p in paths:
             subprocess.run(["ffmpeg", "-v", "error", "-threads", "2", "-i", p, "-f", "null", "-"], check=True)
-        return "ffmpeg -f null (full res)", time.perf_counter() - t0
+        return "ffmpeg -f null (full res)", time.perf_counter() - t0, children_cpu() - c0
     import av
 
     for p in paths:
@@ -71,7 +78,7 @@ def peer_decode(paths: list[str]) -> tuple[str, float]:
             c.streams.video[0].thread_type = "AUTO"
             for _ in c.decode(video=0):
                 pass
-    return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0
+    return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0, None
 
 
 def rss_of_one_video(path: str) -> tuple[float, float, int]:
@@ -93,13 +100,14 @@ def rss_of_one_video(path: str) -> tuple[float, float, int]:
 CFG = {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1}}
 
 
-def run_cli(inputs: str, root: str, runner: str) -> float:
-    """Wall seconds of ``defi curate`` in a fresh process (start-up included)."""
+def run_cli(inputs: str, root: str, runner: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``defi curate`` in a fresh process (start-up included; the CPU of
+    processes it waits for, so not that of Ray's workers)."""
     cmd = [sys.executable, "-m", "defi.pipelines.cli", "curate", inputs, "--root", root, "--no-progress", "--runner", runner]
     cmd += ["--encode.fps", "10", "--encode.short_side", "256", "--motion.min_frame_diff", "0.1"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, children_cpu() - c0
 
 
 def parse_formats(text: str) -> list[tuple[int, int]]:
@@ -148,30 +156,32 @@ def main() -> None:
             p = os.path.join(inputs, f"v{i}_{h}p{fps}.mp4")
             frames += make_video(p, args.seconds, h, fps, i)
             paths.append(p)
-        peer, peer_s = peer_decode(paths)
+        peer, peer_s, peer_cpu = peer_decode(paths)
         peer_fps = frames / peer_s
-        rows, ratios, work = [(peer, peer_s)], {}, {}
+        rows, ratios, work, cpus = [(peer, peer_s, peer_cpu)], {}, {}, {}
         for runner in runners:
-            cli_s = run_cli(inputs, os.path.join(d, f"cli-{runner}"), runner)
+            cli_s, cli_cpu = run_cli(inputs, os.path.join(d, f"cli-{runner}"), runner)
             cfg = from_dict(CurateConfig, {**CFG, "runner": runner})
             t0 = time.perf_counter()
             rec = run_curate([inputs], os.path.join(d, f"corpus-{runner}"), cfg, progress=False)
             wall = time.perf_counter() - t0
             assert rec["frames_in"] == frames and rec["runner"]["backend"] == runner, (rec["frames_in"], frames, rec["runner"])
             rows += [
-                (f"defi curate --runner {runner}: the command, start-up included", cli_s),
-                (f"defi curate --runner {runner}: in this process (imports paid)", wall),
-                (f"defi curate --runner {runner}: processing window", rec["processing_window_s"]),
+                (f"defi curate --runner {runner}: the command, start-up included", cli_s, cli_cpu),
+                (f"defi curate --runner {runner}: in this process (imports paid)", wall, None),
+                (f"defi curate --runner {runner}: processing window", rec["processing_window_s"], None),
             ]
             ratios[runner] = peer_s / cli_s
+            cpus[runner] = cli_cpu
             work[runner] = (rec["timings_s"], rec["counts"])
         total_s = args.videos * args.seconds
         print(
             f"inputs: {args.videos} x {args.seconds:g} s ({total_s:g} s) of {args.formats} H.264 = {frames} frames; {os.cpu_count()} cores"
         )
-        print(f"{'path':<66} {'wall s':>7} {'frames/s':>9} {'x peer':>7}")
-        for label, t in rows:
-            print(f"{label:<66} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f}")
+        print(f"{'path':<66} {'wall s':>7} {'frames/s':>9} {'x peer':>7} {'CPU s':>7}")
+        for label, t, cpu in rows:
+            shown = f"{cpu:>7.2f}" if cpu is not None else f"{'':>7}"
+            print(f"{label:<66} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f} {shown}")
         for runner, (st, counts) in work.items():
             tot = st.get("total", 0.0)
             print(
