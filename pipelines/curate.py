@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -304,7 +305,9 @@ def _run_locked(
                 if runner.ray_info is not None:
                     record["ray"] = runner.ray_info
                     stats.timings["ray_start"] += runner.start_s
+                warm = None
                 for item in runner.stream(largest_first(groups), stages):
+                    warm = warm or warm_arrow()  # the first output: the workers are running
                     if isinstance(item, VideoDone):
                         committer.add_done(item)
                         if on_video is not None:
@@ -333,6 +336,18 @@ def _run_locked(
             processing_window_s=(round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
         )
     return record
+
+
+def warm_arrow() -> threading.Thread:
+    """Build a small Arrow table in a background thread: pyarrow imports pandas the first time it
+    builds a table from Python objects (~1.5 s of CPU), which would otherwise fall on the driver's
+    first commit, often the last thing a short run does. Started once the workers run (never
+    before the local runner forks them: a fork during an import could inherit its locks)."""
+    import pyarrow as pa
+
+    t = threading.Thread(target=pa.table, args=({"warm": [0]},), daemon=True, name="defi-warm-arrow")
+    t.start()
+    return t
 
 
 def _bar(total: int, enabled: bool):
