@@ -14,7 +14,9 @@ them (``curate.Committer``, ``label.LabelCommitter``); a stage never commits and
 
 On the local backend the leading task stages run fused in ``workers`` processes (one per CPU by
 default), each taking the next item when it finishes one; actor stages run in the driver, one
-instance each, fed in batches (one machine: one model). Outputs of one item arrive in the order the
+instance each, fed in batches (one machine: one model). Workers are forked (they start at once,
+with the driver's imports), so a task stage must not use a library whose thread pool breaks in a
+forked child (torch's OpenMP pool): model work belongs in actor stages, which run in the driver. Outputs of one item arrive in the order the
 stage yields them (a video's clips before its ``VideoDone``), on both backends.
 
 Backend choice (``--runner``, see ``RUNNER_HELP``): ``auto`` picks Ray for what needs it (a
@@ -195,17 +197,27 @@ def _chain(stages: list[Stage], item: Any) -> Iterator[Any]:
 
 
 def limit_threads(n: int) -> None:
-    """Cap this process's compute thread pools at ``n`` (OpenMP, BLAS, OpenCV, torch), as Ray does
-    for its workers (``OMP_NUM_THREADS`` = the task's CPUs): W workers on W cores then do not each
-    run a pool as wide as the machine. Codec threads (FFmpeg's own) are left as they are."""
+    """In a worker: cap the compute thread pools that read the environment when they start
+    (OpenMP, BLAS) at ``n``, as Ray does for its workers (``OMP_NUM_THREADS`` = the task's CPUs).
+    OpenCV's pool is set in the driver around the fork (``_forked``): reconfiguring it in a forked
+    child can wait forever on the parent's pool threads, which the child does not have."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
+
+
+@contextlib.contextmanager
+def _forked(threads: int):
+    """While worker processes are forked: OpenCV's thread pool at ``threads`` (what the workers
+    inherit), back to the driver's setting afterwards."""
     cv2 = sys.modules.get("cv2")
+    before = cv2.getNumThreads() if cv2 is not None else None
     if cv2 is not None:
-        cv2.setNumThreads(n)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(n)
+        cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        if cv2 is not None:
+            cv2.setNumThreads(before)
 
 
 def _worker(stages: list[Stage], tasks, results, threads: int) -> None:
@@ -236,8 +248,9 @@ def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any
         tasks.put(None)
     threads = max(1, int(max(s.cpus or 1 for s in stages)))
     procs = [ctx.Process(target=_worker, args=(stages, tasks, results, threads), daemon=True, name=f"defi-local-{k}") for k in range(workers)]
-    for p in procs:
-        p.start()
+    with _forked(threads):
+        for p in procs:
+            p.start()
     left = len(items)
     try:
         while left:

@@ -227,3 +227,27 @@ def test_label_gives_the_same_rows_on_both_backends(both, tmp_path):
         if r["norm_mean"] is not None:
             assert r["norm_mean"] == pytest.approx(other["norm_mean"], rel=1e-5)
             np.testing.assert_allclose(r["mean_vector"], other["mean_vector"], rtol=1e-5, atol=1e-6)
+
+
+def _blur_sum(seed: int):
+    import cv2
+
+    img = np.random.default_rng(seed).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    yield (seed, int(cv2.GaussianBlur(img, (9, 9), 0).sum()), cv2.getNumThreads())
+
+
+def test_forked_workers_use_opencv_after_the_driver_did():
+    """The driver's OpenCV pool is busy before the fork (as after curating in process); the
+    workers get a one-thread pool without reconfiguring the parent's (which could hang them),
+    compute what the driver computes, and the driver keeps its own setting."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    big = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    for _ in range(5):
+        cv2.GaussianBlur(big, (9, 9), 0)
+    want = {s: v for s, v, _ in (next(_blur_sum(s)) for s in range(6))}
+    for _ in range(2):
+        out = list(local_stream(list(range(6)), [Stage("blur", _blur_sum, cpus=1)], workers=2))
+        assert {s: v for s, v, _ in out} == want and {n for *_, n in out} == {1}
+    assert cv2.getNumThreads() == before
