@@ -305,6 +305,8 @@ def _run_locked(
                 if runner.ray_info is not None:
                     record["ray"] = runner.ray_info
                     stats.timings["ray_start"] += runner.start_s
+                slots = runner.ray_info["cpus"] if runner.ray_info is not None else runner.workers
+                stages = curate_stages(cfg, run_id, videos=len(pending), slots=slots)
                 warm = None
                 for item in runner.stream(largest_first(groups), stages):
                     warm = warm or warm_arrow()  # the first output: the workers are running

@@ -13,6 +13,7 @@ forced cut).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -58,6 +59,13 @@ class AnalysisConfig:
             "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"
         },
     )
+    decode_threads: int = field(
+        default=0,
+        metadata={
+            "help": "FFmpeg decoder threads per video; 0: 1 when the run has at least as many videos as worker slots "
+            "(every core busy with a video: frame threading would only add CPU), else FFmpeg's choice"
+        },
+    )
     pix_fmt: str = field(
         default="yuv420p",
         metadata={
@@ -75,6 +83,8 @@ class AnalysisConfig:
             raise ValueError(f"segment_s must be > 0 seconds, got {self.segment_s}")
         if self.short_side < 16:
             raise ValueError(f"short_side must be >= 16 px, got {self.short_side}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 (0: auto), got {self.decode_threads}")
 
 
 @dataclass
@@ -278,6 +288,7 @@ def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig) -> Iterato
         end_s=end_s,
         chunk_frames=cfg.analysis.chunk_frames,
         skip_loop_filter=cfg.analysis.skip_loop_filter,
+        threads=cfg.analysis.decode_threads,
         pix_fmt=cfg.analysis.pix_fmt,
     ):
         while len(chunk) and chunk.pts_s[-1] >= boundary - 1e-6:
@@ -505,9 +516,13 @@ class ClipActor:
         return items
 
 
-def curate_stages(cfg: CurateConfig, run_id: str) -> list[Stage]:
+def curate_stages(cfg: CurateConfig, run_id: str, videos: int | None = None, slots: float | None = None) -> list[Stage]:
     """The stages of ``defi curate``: one task per video (1 CPU), then CLIP scoring when on (an
-    actor pool of ``ray.clip_actors``, 32 clips a batch, a GPU each when there is one)."""
+    actor pool of ``ray.clip_actors``, 32 clips a batch, a GPU each when there is one).
+    ``videos``/``slots``: the run's video count and worker slots (CPUs), which resolve
+    ``analysis.decode_threads=0`` (the saved config keeps the 0)."""
+    if cfg.analysis.decode_threads == 0 and videos is not None and slots is not None and videos >= slots:
+        cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, decode_threads=1))
     stages = [Stage("video", video_items, (cfg, run_id), cpus=1)]
     if cfg.use_clip:
         stages.append(Stage("clip", ClipActor, (cfg,), gpus="auto", actors=max(1, cfg.ray.clip_actors), batch_size=32))

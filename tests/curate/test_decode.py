@@ -294,3 +294,11 @@ def test_yuv420p_frames_and_times_are_pyavs_own(videos, size):
             want.append(f.reformat(width=w, height=h, format="yuv420p", interpolation="AREA").to_ndarray())
             pts.append(float((f.pts - (v.start_time or 0)) * v.time_base))
     assert np.array_equal(got.frames, np.stack(want)) and got.pts_s.tolist() == pts
+
+
+def test_decoder_threads_do_not_change_the_pictures(videos):
+    one = decode_all(videos["square"], size=32, pix_fmt="yuv420p", threads=1)
+    auto = decode_all(videos["square"], size=32, pix_fmt="yuv420p")
+    assert np.array_equal(one.frames, auto.frames) and np.array_equal(one.pts_s, auto.pts_s) and len(one) == 60
+    with pytest.raises(ValueError, match="threads"):
+        next(decode(videos["square"], threads=-1))
