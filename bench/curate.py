@@ -1,17 +1,20 @@
-"""End-to-end `defi curate` throughput on generated inputs, beside a full-resolution decode of
-the same files, in one run; plus peak RSS.
+"""End-to-end `defi curate` throughput on generated inputs (by default about one minute of
+720p60 and 360p30 H.264), with the local runner and with Ray, beside a full-resolution decode of
+the same files by ``ffmpeg -f null``, in one run; plus peak RSS.
 
-Goal (pipeline issue): pipeline input frames/s >= 0.5 x ffmpeg's full-resolution decode rate on
-2 cores, with shots + motion + encode on. Uses the `ffmpeg` binary when on PATH (`make bench`
-installs it), else PyAV's full-resolution decode as the stand-in peer (said in the output).
+Goal (issue 17): `defi curate` end to end, start-up included, >= 0.5 x ffmpeg's full-resolution
+decode of the same files on 2 cores, with shots + motion + encode on. Uses the `ffmpeg` binary
+when on PATH (`make bench` installs it), else PyAV's full-resolution decode as the stand-in peer
+(said in the output).
 
-Prints three rates of one run beside the peer's: end to end (includes the run's fixed cost: Ray
-and Ray Data start-up, worker warm-up, the last commit, shutdown; several seconds on 2 cores),
-without ray.init, and over the processing window (the run record's ``processing_window_s``: first
-video begun to last video done, on the workers' clocks), and while all workers are busy and warm
-(``warm_rate``), which is the rate a corpus of hours sees.
+Per backend (``--runner local`` and ``--runner ray``) it prints: the ``defi curate`` command in a
+fresh process (Python start-up, imports, Ray start and shutdown: what a user waits for), the same
+run in this process (imports already paid), and the processing window (the run record's
+``processing_window_s``: first video begun to last video done, on the workers' clocks), which
+excludes the run's fixed costs. Then where each backend's per-video work went (decode, shots,
+score, encode: seconds summed over workers).
 
-Run: .venv/bin/python bench/curate.py [--videos 12] [--seconds 20] [--height 720]
+Run: .venv/bin/python bench/curate.py [--videos 6] [--seconds 10] [--formats 720p60,360p30] [--runners local,ray]
 """
 
 from __future__ import annotations
@@ -55,12 +58,19 @@ def make_video(path: str, seconds: float, h: int, fps: int, seed: int) -> int:
     return n
 
 
-def peer_decode(paths: list[str]) -> tuple[str, float]:
-    t0 = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds (user + sys) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def peer_decode(paths: list[str]) -> tuple[str, float, float | None]:
+    """(what, wall s, CPU s or None) of decoding ``paths`` at full resolution."""
+    t0, c0 = time.perf_counter(), children_cpu()
     if shutil.which("ffmpeg"):
         for p in paths:
             subprocess.run(["ffmpeg", "-v", "error", "-threads", "2", "-i", p, "-f", "null", "-"], check=True)
-        return "ffmpeg -f null (full res)", time.perf_counter() - t0
+        return "ffmpeg -f null (full res)", time.perf_counter() - t0, children_cpu() - c0
     import av
 
     for p in paths:
@@ -68,7 +78,7 @@ def peer_decode(paths: list[str]) -> tuple[str, float]:
             c.streams.video[0].thread_type = "AUTO"
             for _ in c.decode(video=0):
                 pass
-    return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0
+    return "PyAV decode (full res; ffmpeg not on PATH)", time.perf_counter() - t0, None
 
 
 def rss_of_one_video(path: str) -> tuple[float, float, int]:
@@ -87,35 +97,40 @@ def rss_of_one_video(path: str) -> tuple[float, float, int]:
     return float(out[0]), float(out[1]), int(out[2])
 
 
-def warm_rate(done: list, workers: int) -> float | None:
-    """Input frames/s while every worker is busy and past its first video: from the time the
-    ``workers``-th video finished (each worker has then finished one, warm-up included) to the
-    last video's start (after it, workers run out of work). Frames in that window are counted
-    pro rata of each video's [begin, finish] span on the workers' clocks. None when the run is
-    too short to have such a window."""
-    spans = [(d.started_at, d.finished_at, int(d.source.num_frames or 0)) for d in done if d.source.error is None]
-    if len(spans) <= workers:
-        return None
-    a = sorted(f for _, f, _ in spans)[workers - 1]
-    b = max(s for s, _, _ in spans)
-    if b <= a:
-        return None
-    frames = sum(n * max(0.0, min(f, b) - max(s, a)) / (f - s) for s, f, n in spans if f > s)
-    return frames / (b - a)
+CFG = {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1}}
+
+
+def run_cli(inputs: str, root: str, runner: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``defi curate`` in a fresh process (start-up included; the CPU of
+    processes it waits for, so not that of Ray's workers)."""
+    cmd = [sys.executable, "-m", "defi.pipelines.cli", "curate", inputs, "--root", root, "--no-progress", "--runner", runner]
+    cmd += ["--encode.fps", "10", "--encode.short_side", "256", "--motion.min_frame_diff", "0.1"]
+    t0, c0 = time.perf_counter(), children_cpu()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0, children_cpu() - c0
+
+
+def parse_formats(text: str) -> list[tuple[int, int]]:
+    """``720p60,360p30`` -> [(720, 60), (360, 30)]"""
+    out = []
+    for f in text.split(","):
+        h, fps = f.strip().split("p")
+        out.append((int(h), int(fps)))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=12)
-    ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--videos", type=int, default=6, help="input videos (formats alternate)")
+    ap.add_argument("--seconds", type=float, default=10, help="length of each video")
+    ap.add_argument("--formats", default="720p60,360p30", help="HEIGHTpFPS list the videos cycle through")
+    ap.add_argument("--runners", default="local,ray", help="backends to time, in this order")
     ap.add_argument(
         "--rss-minutes",
         type=float,
         nargs="*",
-        default=[1, 10],
-        help="also measure one worker's peak RSS on videos of these lengths (360p); none to skip",
+        default=[],
+        help="also measure one worker's peak RSS on videos of these lengths (360p), e.g. 1 10",
     )
     args = ap.parse_args()
     if args.rss_minutes:
@@ -130,52 +145,56 @@ def main() -> None:
     from defi.pipelines.curate import run_curate
     from defi.pipelines.curate_video import CurateConfig
 
-    cfg = from_dict(
-        CurateConfig, {"encode": {"fps": 10, "short_side": 256}, "motion": {"min_frame_diff": 0.1}, "ray": {"num_cpus": os.cpu_count()}}
-    )
+    formats = parse_formats(args.formats)
+    runners = [r.strip() for r in args.runners.split(",") if r.strip()]
     with tempfile.TemporaryDirectory() as d:
+        inputs = os.path.join(d, "in")
+        os.makedirs(inputs)
         paths, frames = [], 0
         for i in range(args.videos):
-            p = os.path.join(d, f"v{i}.mp4")
-            frames += make_video(p, args.seconds, args.height, args.fps, i)
+            h, fps = formats[i % len(formats)]
+            p = os.path.join(inputs, f"v{i}_{h}p{fps}.mp4")
+            frames += make_video(p, args.seconds, h, fps, i)
             paths.append(p)
-        peer, peer_s = peer_decode(paths)
+        peer, peer_s, peer_cpu = peer_decode(paths)
         peer_fps = frames / peer_s
-        done = []
-        t0 = time.perf_counter()
-        rec = run_curate([d], os.path.join(d, "corpus"), cfg, progress=False, on_video=done.append)
-        wall = time.perf_counter() - t0
-        st = rec["timings_s"]
-        no_init = wall - st.get("ray_start", 0.0)
-        window = rec["processing_window_s"]
-        assert rec["frames_in"] == frames, (rec["frames_in"], frames)
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"inputs: {args.videos} x {args.seconds:.0f} s {args.height}p {args.fps} fps H.264 = {frames} frames; {os.cpu_count()} cores")
-        print(f"{'path':<62} {'wall s':>7} {'frames/s':>9} {'x peer':>7}")
-        rows = [
-            (peer, peer_s),
-            ("defi curate, end to end (Ray start to shutdown)", wall),
-            ("defi curate, without ray.init", no_init),
-            ("defi curate, processing window (first video begun -> last done)", window),
-        ]
-        warm = warm_rate(done, int(rec["ray"]["cpus"]))
-        if warm:
-            rows.append(("defi curate, all workers busy and warm (see warm_rate)", frames / warm))
-        for label, t in rows:
-            print(f"{label:<62} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f}")
-        # (the warm row's "wall s" is the time the whole input would take at that rate)
+        rows, ratios, work, cpus = [(peer, peer_s, peer_cpu)], {}, {}, {}
+        for runner in runners:
+            cli_s, cli_cpu = run_cli(inputs, os.path.join(d, f"cli-{runner}"), runner)
+            cfg = from_dict(CurateConfig, {**CFG, "runner": runner})
+            t0 = time.perf_counter()
+            rec = run_curate([inputs], os.path.join(d, f"corpus-{runner}"), cfg, progress=False)
+            wall = time.perf_counter() - t0
+            assert rec["frames_in"] == frames and rec["runner"]["backend"] == runner, (rec["frames_in"], frames, rec["runner"])
+            rows += [
+                (f"defi curate --runner {runner}: the command, start-up included", cli_s, cli_cpu),
+                (f"defi curate --runner {runner}: in this process (imports paid)", wall, None),
+                (f"defi curate --runner {runner}: processing window", rec["processing_window_s"], None),
+            ]
+            ratios[runner] = peer_s / cli_s
+            cpus[runner] = cli_cpu
+            work[runner] = (rec["timings_s"], rec["counts"])
+        total_s = args.videos * args.seconds
         print(
-            f"goal: >= 0.5 x peer. The window excludes the run's fixed costs (ray.init {st.get('ray_start', 0):.1f} s, "
-            f"then Ray Data's executor and workers starting, the last commit and shutdown: "
-            f"{wall - st.get('ray_start', 0) - window:.1f} s here), which a corpus of hours amortises."
+            f"inputs: {args.videos} x {args.seconds:g} s ({total_s:g} s) of {args.formats} H.264 = {frames} frames; {os.cpu_count()} cores"
         )
-        work = st.get("total", 0.0)
+        print(f"{'path':<66} {'wall s':>7} {'frames/s':>9} {'x peer':>7} {'CPU s':>7}")
+        for label, t, cpu in rows:
+            shown = f"{cpu:>7.2f}" if cpu is not None else f"{'':>7}"
+            print(f"{label:<66} {t:>7.2f} {frames / t:>9.0f} {frames / t / peer_fps:>7.2f} {shown}")
+        for runner, (st, counts) in work.items():
+            tot = st.get("total", 0.0)
+            print(
+                f"{runner}: {counts.get('clips', 0)} clips, {counts.get('kept', 0)} kept; per-video work {tot:.1f} s summed over "
+                f"workers = {1000 * tot / frames:.2f} ms/frame (probe {st.get('probe', 0):.1f}, decode {st.get('decode', 0):.1f}, "
+                f"shots {st.get('shots', 0):.1f}, score {st.get('score', 0):.1f}, encode {st.get('encode', 0):.1f})"
+                + (f", ray start {st['ray_start']:.1f} s" if "ray_start" in st else "")
+            )
+        print("end to end, start-up included (x peer, goal >= 0.5): " + ", ".join(f"{r} {v:.2f}x" for r, v in ratios.items()))
         print(
-            f"clips: {rec['counts'].get('clips', 0)} candidates, {rec['counts'].get('kept', 0)} kept; per-video work "
-            f"{work:.1f} s summed over workers = {1000 * work / frames:.2f} ms/frame (decode {st.get('decode', 0):.1f}, "
-            f"shots {st.get('shots', 0):.1f}, score {st.get('score', 0):.1f}, encode {st.get('encode', 0):.1f})"
+            f"peak RSS of a worker process: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB; "
+            f"driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
-        print(f"peak RSS of a worker process: {rss:.0f} MiB; driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

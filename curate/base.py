@@ -71,13 +71,22 @@ class Frames:
     def _with(self, m) -> Frames:
         return Frames(self.frames[m], self.pts_s[m], self.indices[m], self.layout)
 
+    def _between(self, values: np.ndarray, lo: float, hi: float) -> Frames:
+        """Frames whose ``values`` lie in [lo, hi): a view (no copy of the pictures) when the
+        values increase, as pts and indices of decoded frames do; else a masked copy."""
+        if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+            a, b = np.searchsorted(values, [lo, hi], side="left")
+            b = max(a, b)
+            return Frames(self.frames[a:b], self.pts_s[a:b], self.indices[a:b], self.layout)
+        return self._with((values >= lo) & (values < hi))
+
     def slice_time(self, start_s: float, end_s: float) -> Frames:
         """Frames whose pts lies in [start_s, end_s)."""
-        return self._with((self.pts_s >= start_s - 1e-6) & (self.pts_s < end_s - 1e-6))
+        return self._between(self.pts_s, start_s - 1e-6, end_s - 1e-6)
 
     def slice_frames(self, start_frame: int, end_frame: int) -> Frames:
         """Frames whose source index lies in [start_frame, end_frame)."""
-        return self._with((self.indices >= start_frame) & (self.indices < end_frame))
+        return self._between(self.indices, start_frame, end_frame)
 
     def take(self, positions) -> Frames:
         """The frames at these positions (0-based, into this ``Frames``)."""

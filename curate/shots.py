@@ -13,6 +13,7 @@ between the previous analysis frame and this one, so the reported ``start_frame`
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,17 +94,18 @@ class Shots(Operator):
         if self.window_width < 1:
             raise ValueError(f"window_width must be >= 1 frame, got {self.window_width}")
 
-    def detector_instance(self):
-        """A fresh PySceneDetect detector with our parameters (its own min length disabled)."""
+    def detector_instance(self, fed: bool = False):
+        """A fresh PySceneDetect detector with our parameters (its own min length disabled).
+        ``fed``: one that takes each frame's score from its ``scores`` queue (see ``HSVScores``)."""
         if self.detector == "adaptive":
-            return AdaptiveDetector(
+            return (_FedAdaptive if fed else AdaptiveDetector)(
                 adaptive_threshold=self.adaptive_threshold,
                 min_scene_len=0,
                 window_width=self.window_width,
                 min_content_val=self.min_content_val,
                 luma_only=self.luma_only,
             )
-        return ContentDetector(threshold=self.content_threshold, min_scene_len=0, luma_only=self.luma_only)
+        return (_FedContent if fed else ContentDetector)(threshold=self.content_threshold, min_scene_len=0, luma_only=self.luma_only)
 
     def stream(self, context: Frames | None = None) -> ShotDetector:
         """A streaming detector: ``push`` chunks, then ``finish``."""
@@ -117,16 +119,86 @@ class Shots(Operator):
         return det.finish(end_frame=end_frame, end_s=end_s)
 
 
+class HSVScores:
+    """ContentDetector's frame score, many frames at a time: the mean absolute change of hue,
+    saturation and value from the previous frame (``_mean_pixel_distance`` of each HSV plane),
+    weighted by the detector's component weights. The same integer sums and the same float
+    operations in the same order as ``ContentDetector._calculate_frame_score``, so the same
+    scores (a test compares them), without its per-frame conversions and copies (one HSV
+    conversion and one vectorised difference per block of frames: about 3x less CPU per frame).
+    Only for detectors without the edge component (its Canny pass is per frame)."""
+
+    BLOCK = 64  # frames converted at once (about 6 MB of HSV at 128 px)
+
+    def __init__(self, weights):
+        self.weights = tuple(float(w) for w in weights)
+        self.denom = sum(abs(w) for w in self.weights)
+        self.last: np.ndarray | None = None  # HSV of the previous frame
+
+    def __call__(self, rgb: np.ndarray) -> list[float]:
+        """Scores of RGB frames [T, H, W, 3] (uint8), continuing from the frames of earlier calls
+        (the first frame ever scores 0.0, as in PySceneDetect)."""
+        out: list[float] = []
+        for i in range(0, len(rgb), self.BLOCK):
+            out += self._block(np.ascontiguousarray(rgb[i : i + self.BLOCK]))
+        return out
+
+    def _block(self, rgb: np.ndarray) -> list[float]:
+        t, h, w = rgb.shape[:3]
+        # HSV is per pixel: one conversion of the frames stacked into one tall image; RGB2HSV is
+        # OpenCV's BGR2HSV with the other channel order (the same code, the same values)
+        hsv = cv2.cvtColor(rgb.reshape(t * h, w, 3), cv2.COLOR_RGB2HSV).reshape(t, h, w, 3)
+        prev, out = self.last, []
+        num_pixels = float(h * w)
+        for cur in hsv:
+            if prev is None:
+                out.append(0.0)
+            else:
+                # |a - b| of uint8 planes fits uint8; the per-plane sums are exact integers
+                dh, ds, dv, _ = cv2.sumElems(cv2.absdiff(cur, prev))
+                components = (dh / num_pixels, ds / num_pixels, dv / num_pixels, 0.0)
+                out.append(sum(c * wt for c, wt in zip(components, self.weights, strict=True)) / self.denom)
+            prev = cur
+        self.last = None if prev is None else prev.copy()
+        return out
+
+
+class _Fed:
+    """A PySceneDetect detector that takes each frame's score from ``scores`` (filled by the
+    caller with ``HSVScores``) instead of converting the frame itself."""
+
+    scores: deque
+
+    def _calculate_frame_score(self, timecode, frame_img) -> float:  # noqa: ARG002 - PySceneDetect's signature
+        return self.scores.popleft()
+
+
+class _FedAdaptive(_Fed, AdaptiveDetector):
+    pass
+
+
+class _FedContent(_Fed, ContentDetector):
+    pass
+
+
 class ShotDetector:
     """Streaming shot detection: ``push`` decode chunks in order, then ``finish`` returns shots.
 
     Memory: keeps only the source index and pts of each analysis frame (16 bytes a frame, about
     1.4 MB for two hours at 12 fps), never the frames.
+
+    Frame scores are computed in blocks (``HSVScores``) and fed to the detector, unless its edge
+    component is weighted (then the detector converts each frame itself, as PySceneDetect does).
     """
 
     def __init__(self, params: Shots, context: Frames | None = None):
         self.params = params
-        self._det = params.detector_instance()
+        plain = params.detector_instance()
+        self._batched = plain._weights.delta_edges == 0.0
+        self._det = params.detector_instance(fed=True) if self._batched else plain
+        if self._batched:
+            self._det.scores = deque()
+            self._hsv = HSVScores(self._det._weights)
         self._indices: list[int] = []
         self._pts: list[float] = []
         self._cuts: list[int] = []  # detector ordinals where a new shot starts
@@ -134,8 +206,7 @@ class ShotDetector:
         self._offset = 0  # ordinal of the first real frame
         self._last_bgr: np.ndarray | None = None
         if context is not None and len(context):
-            for img in context.frames:
-                self._feed(img)
+            self._feed_all(context.frames)
             self._offset = self._pushed
 
     def _feed(self, img: np.ndarray) -> None:
@@ -145,12 +216,35 @@ class ShotDetector:
         self._pushed += 1
         self._last_bgr = bgr
 
+    def _feed_all(self, frames: np.ndarray) -> None:
+        if not self._batched:
+            for img in frames:
+                self._feed(img)
+            return
+        self._det.scores.extend(self._hsv(frames))
+        for _ in range(len(frames)):
+            for tc in self._det.process_frame(FrameTimecode(self._pushed, fps=_NOMINAL_FPS), None):
+                self._cuts.append(tc.frame_num)
+            self._pushed += 1
+
+    def _feed_last_again(self) -> None:
+        """A copy of the last frame (no content change: score 0 against it)."""
+        if self._batched:
+            self._det.scores.append(0.0)  # what HSVScores gives a frame equal to the previous one
+            frame = None
+        else:
+            frame = self._last_bgr
+        for tc in self._det.process_frame(FrameTimecode(self._pushed, fps=_NOMINAL_FPS), frame):
+            self._cuts.append(tc.frame_num)
+        self._pushed += 1
+
     def push(self, chunk: Frames) -> None:
         """Feed the next decoded chunk (frames in presentation order, after the previous chunk)."""
-        for img, idx, t in zip(chunk.frames, chunk.indices, chunk.pts_s, strict=True):
-            self._indices.append(int(idx))
-            self._pts.append(float(t))
-            self._feed(img)
+        if not len(chunk):
+            return
+        self._indices += [int(i) for i in chunk.indices]
+        self._pts += [float(t) for t in chunk.pts_s]
+        self._feed_all(chunk.frames)
 
     def finish(self, end_frame: int | None = None, end_s: float | None = None) -> list[Shot]:
         """Shots covering every pushed frame.
@@ -166,9 +260,7 @@ class ShotDetector:
         # copies of the last frame let the detector judge the last real frames (no content change
         # among the copies, so they add no cut of their own; any cut reported on them is dropped)
         for _ in range(self.params.window_width + 1):
-            for tc in self._det.process_frame(FrameTimecode(self._pushed, fps=_NOMINAL_FPS), self._last_bgr):
-                self._cuts.append(tc.frame_num)
-            self._pushed += 1
+            self._feed_last_again()
         for tc in self._det.post_process(FrameTimecode(self._pushed - 1, fps=_NOMINAL_FPS)):
             self._cuts.append(tc.frame_num)
         idx = np.asarray(self._indices, np.int64)

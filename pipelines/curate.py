@@ -1,5 +1,7 @@
-"""`defi curate`: sources -> probe/decode/shots/windows/scores/encode (Ray Data, per video) ->
-CLIP (Ray actor pool, optional) -> per-video dedup + shard packing + atomic commit (driver).
+"""`defi curate`: sources -> probe/decode/shots/windows/scores/encode (one task per video) ->
+CLIP (an actor stage, optional) -> per-video dedup + shard packing + atomic commit (driver). The
+stages (``curate_video.curate_stages``) run on the runner (``runner.py``): a local process pool or
+Ray Data, by ``--runner``.
 
 Units of work: the pending videos, in sorted order, are grouped ``shards.videos_per_unit`` at a
 time. A unit commits in this order: shard tars (each atomic), then its ``clips`` and ``shards``
@@ -8,8 +10,6 @@ parts, then its ``sources`` part, which is the commit marker. At start, parts of
 videos with a committed ``sources`` row are skipped. Clip keys are deterministic and dedup looks
 within one video only, so a killed and resumed run keeps exactly the clips an uninterrupted one
 would.
-
-Only pipelines/ imports ray: this module, ``ray_adapter.py`` and ``label.py``.
 """
 
 from __future__ import annotations
@@ -18,24 +18,25 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import sys
+import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from defi.schemas.corpus import SHARDS_DIR, Corpus, CorpusError, defi_version
+from defi.schemas.corpus import SHARDS_DIR, Corpus, CorpusError
 from defi.schemas.records import clips_table, sources_table
 from defi.schemas.tables import SHARDS, table_from_rows
 
 from .config import to_dict
+from .curate_video import ClipItem, CurateConfig, VideoDone, curate_stages, dedup_video
 from .lock import WriterLock
+from .runner import Runner, pick_backend
+from .runs import finish_record, new_run_id, start_record
 from defi.schemas.shards import Sample, orphan_shards, remove_orphans, write_shard
 from .sources import SourceSpec, list_sources
-from .curate_video import ClipItem, CurateConfig, VideoDone, dedup_video
 
 
 @dataclass
@@ -55,6 +56,22 @@ class RunStats:
 def unit_id(specs: list[SourceSpec]) -> str:
     h = hashlib.sha1(json.dumps([list(map(str, s.sort_key)) for s in specs]).encode()).hexdigest()
     return f"u{h[:16]}"
+
+
+def largest_first(units: dict[str, list[SourceSpec]]) -> list[SourceSpec]:
+    """The order videos are handed to the runner: unit by unit (units commit in order), and in a
+    unit the largest local files first, so the workers do not end a unit waiting on one long
+    video begun last. Sizes are a hint only: URLs and robot episodes keep their listed order."""
+
+    def size(s: SourceSpec) -> int:
+        if s.robot or "://" in s.uri:
+            return 0
+        try:
+            return os.path.getsize(s.uri)
+        except OSError:
+            return 0
+
+    return [s for specs in units.values() for s in sorted(specs, key=size, reverse=True)]
 
 
 def done_specs(corpus: Corpus) -> set[tuple]:
@@ -221,18 +238,6 @@ class Committer:
         st.counts["units"] += 1
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "defi": defi_version()}
-    for pkg in ("ray", "av", "pyarrow", "duckdb", "torch", "open-clip-torch", "scenedetect-headless", "webdataset"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def run_curate(
     inputs: list[str],
     root: str,
@@ -250,7 +255,7 @@ def run_curate(
     t_start = time.time()
     specs = list_sources(inputs, kind=cfg.kind, dataset=cfg.dataset)  # a bad input is refused before anything is created
     corpus = Corpus.create(root)
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     with WriterLock(corpus, "curate", run_id) as lock:
         return _run_locked(corpus, specs, inputs, root, cfg, run_id, t_start, lock, progress, limit, on_video, repair)
 
@@ -269,8 +274,6 @@ def _run_locked(
     on_video: Callable[[VideoDone], None] | None,
     repair: bool,
 ) -> dict[str, Any]:
-    from .ray_adapter import curate_stream, ray_session
-
     cleaned = clean_uncommitted(corpus, repair=repair)
     if lock.took_over:
         cleaned["took_over_lock_of"] = lock.took_over
@@ -281,34 +284,40 @@ def _run_locked(
     stats = RunStats()
     stats.counts["listed"] = len(specs)
     stats.counts["skipped_done"] = len(specs) - len([s for s in specs if s.sort_key not in done])
-    record: dict[str, Any] = {
-        "run_id": run_id,
-        "command": "curate",
-        "status": "running",
-        "inputs": inputs,
-        "root": root,
-        "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
-        "config": to_dict(cfg),
-        "versions": _versions(),
-        "argv": sys.argv,
-        "cleaned": cleaned,
-    }
-    corpus.write_json(f"runs/{run_id}.json", record)
+    stages = curate_stages(cfg, run_id)
+    backend, why = pick_backend(cfg.runner, cfg.ray, len(pending), stages)
+    record = start_record(
+        corpus,
+        run_id,
+        "curate",
+        t_start,
+        inputs=inputs,
+        root=root,
+        config=to_dict(cfg),
+        cleaned=cleaned,
+        runner={"backend": backend, "why": why},
+    )
     n = cfg.shards.videos_per_unit
-    units = {}
+    groups = {}
     for i in range(0, len(pending), n):
         group = pending[i : i + n]
-        units[unit_id(group)] = [s.sort_key for s in group]
+        groups[unit_id(group)] = group
+    units = {u: [s.sort_key for s in group] for u, group in groups.items()}
     committer = Committer(corpus, cfg, units, run_id, stats)
     status = "failed"
     try:
         if pending:
             bar = _bar(len(pending), progress)
-            t_ray = time.time()
-            with ray_session(cfg.ray, scratch=None) as info:
-                record["ray"] = info
-                stats.timings["ray_start"] += time.time() - t_ray
-                for item in curate_stream(pending, cfg, run_id):
+            with Runner(backend, cfg.ray, cfg.workers, why) as runner:
+                record["runner"] = runner.info
+                if runner.ray_info is not None:
+                    record["ray"] = runner.ray_info
+                    stats.timings["ray_start"] += runner.start_s
+                slots = runner.ray_info["cpus"] if runner.ray_info is not None else runner.workers
+                stages = curate_stages(cfg, run_id, videos=len(pending), slots=slots)
+                warm = None
+                for item in runner.stream(largest_first(groups), stages):
+                    warm = warm or warm_arrow()  # the first output: the workers are running
                     if isinstance(item, VideoDone):
                         committer.add_done(item)
                         if on_video is not None:
@@ -321,24 +330,34 @@ def _run_locked(
             bar.close()
         status = "done"
     finally:
-        record.update(
-            {
-                "status": status,
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "wall_s": time.time() - t_start,
-                "counts": dict(stats.counts),
-                "source_errors": dict(stats.source_errors),
-                "reject_reasons": dict(stats.reject_reasons),
-                "timings_s": {k: round(v, 3) for k, v in stats.timings.items()},
-                "nodes": dict(stats.nodes),
-                "hours_in": stats.hours_in,
-                "hours_out": stats.hours_out,
-                "frames_in": stats.frames_in,
-                "processing_window_s": (round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
-            }
+        finish_record(
+            corpus,
+            record,
+            status,
+            t_start,
+            counts=dict(stats.counts),
+            source_errors=dict(stats.source_errors),
+            reject_reasons=dict(stats.reject_reasons),
+            timings_s={k: round(v, 3) for k, v in stats.timings.items()},
+            nodes=dict(stats.nodes),
+            hours_in=stats.hours_in,
+            hours_out=stats.hours_out,
+            frames_in=stats.frames_in,
+            processing_window_s=(round(stats.last_finished_at - stats.first_started_at, 3) if stats.first_started_at else None),
         )
-        corpus.write_json(f"runs/{run_id}.json", record)
     return record
+
+
+def warm_arrow() -> threading.Thread:
+    """Build a small Arrow table in a background thread: pyarrow imports pandas the first time it
+    builds a table from Python objects (~1.5 s of CPU), which would otherwise fall on the driver's
+    first commit, often the last thing a short run does. Started once the workers run (never
+    before the local runner forks them: a fork during an import could inherit its locks)."""
+    import pyarrow as pa
+
+    t = threading.Thread(target=pa.table, args=({"warm": [0]},), daemon=True, name="defi-warm-arrow")
+    t.start()
+    return t
 
 
 def _bar(total: int, enabled: bool):

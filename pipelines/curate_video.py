@@ -1,6 +1,7 @@
 """One source video through the curate operators, with no Ray: probe -> decode once -> shots ->
-windows -> scores/filters -> encode kept clips (+ robot actions). The Ray adapter
-(``ray_adapter.py``) runs this per video; tests call it directly.
+windows -> scores/filters -> encode kept clips (+ robot actions). ``curate_stages`` hands it
+to the runner (``runner.py``: a local process pool or Ray) as one task per video, with CLIP
+scoring as an actor stage; tests call it directly.
 
 Memory is bounded by ``AnalysisConfig.segment_s``, not by video length: the video is decoded once,
 streaming, at the *output* size, and processed in segments of ``segment_s`` seconds. Each segment's
@@ -12,6 +13,7 @@ forced cut).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -37,7 +39,11 @@ from defi.schemas.records import ClipRecord, SourceRecord
 from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO, SampleMeta
 from defi.schemas.tables import FORMAT_VERSION
 
+from .ray_adapter import RayConfig
+from .runner import RUNNER_HELP, WORKERS_HELP, Stage, node_id, runner_field_errors
 from .sources import SourceSpec
+
+__all__ = ["RayConfig"]  # here too, where run configs import it from
 
 
 @dataclass
@@ -51,6 +57,13 @@ class AnalysisConfig:
         default="auto",
         metadata={
             "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"
+        },
+    )
+    decode_threads: int = field(
+        default=0,
+        metadata={
+            "help": "FFmpeg decoder threads per video; 0: 1 when the run has at least as many videos as worker slots "
+            "(every core busy with a video: frame threading would only add CPU), else FFmpeg's choice"
         },
     )
     pix_fmt: str = field(
@@ -70,6 +83,8 @@ class AnalysisConfig:
             raise ValueError(f"segment_s must be > 0 seconds, got {self.segment_s}")
         if self.short_side < 16:
             raise ValueError(f"short_side must be >= 16 px, got {self.short_side}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 (0: auto), got {self.decode_threads}")
 
 
 @dataclass
@@ -82,14 +97,6 @@ class ShardConfig:
             raise ValueError(f"target_mb must be > 0, got {self.target_mb}")
         if self.videos_per_unit < 1:
             raise ValueError(f"videos_per_unit must be >= 1, got {self.videos_per_unit}")
-
-
-@dataclass
-class RayConfig:
-    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: start a local Ray)"})
-    num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
-    temp_dir: str | None = field(default=None, metadata={"help": "Ray temp dir (default: a fresh dir under /tmp)"})
-    clip_actors: int = field(default=1, metadata={"help": "CLIP scoring actors (each takes a GPU when present)"})
 
 
 def _clip_default() -> ClipScorer:
@@ -118,7 +125,14 @@ class CurateConfig:
     dedup: Dedup = field(default_factory=Dedup)
     encode: ClipEncoder = field(default_factory=ClipEncoder)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    runner: str = field(default="auto", metadata={"help": RUNNER_HELP})
+    workers: int | None = field(default=None, metadata={"help": WORKERS_HELP})
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        errors = runner_field_errors(self.runner, self.workers)
+        if errors:
+            raise ValueError("; ".join(errors))
 
     def scorers(self) -> list:
         """Frame scorers in the order they run; the first to reject names the reason."""
@@ -274,6 +288,7 @@ def _segments(spec: SourceSpec, rec: SourceRecord, cfg: CurateConfig) -> Iterato
         end_s=end_s,
         chunk_frames=cfg.analysis.chunk_frames,
         skip_loop_filter=cfg.analysis.skip_loop_filter,
+        threads=cfg.analysis.decode_threads,
         pix_fmt=cfg.analysis.pix_fmt,
     ):
         while len(chunk) and chunk.pts_s[-1] >= boundary - 1e-6:
@@ -476,6 +491,42 @@ def score_clip_batch(items: list[ClipItem], scorer: ClipScorer) -> None:
             it.record.reject(reason)
             it.members = {}
         it.keyframes = None
+
+
+def video_items(spec: SourceSpec, cfg: CurateConfig, run_id: str) -> Iterator[VideoDone | tuple[tuple, ClipItem]]:
+    """The curate task stage: ``process_source``'s clips as ``(spec.sort_key, clip)``, then its
+    ``VideoDone`` stamped with the node that ran it."""
+    for item in process_source(spec, cfg, run_id):
+        if isinstance(item, VideoDone):
+            item.node = node_id()
+            yield item
+        else:
+            yield (spec.sort_key, item)
+
+
+class ClipActor:
+    """The CLIP actor stage: one model; scores the clips of each batch that carry keyframes
+    (``VideoDone`` items pass through in place)."""
+
+    def __init__(self, cfg: CurateConfig):
+        self.scorer = cfg.clip
+
+    def __call__(self, items: list) -> list:
+        score_clip_batch([it[1] for it in items if isinstance(it, tuple)], self.scorer)
+        return items
+
+
+def curate_stages(cfg: CurateConfig, run_id: str, videos: int | None = None, slots: float | None = None) -> list[Stage]:
+    """The stages of ``defi curate``: one task per video (1 CPU), then CLIP scoring when on (an
+    actor pool of ``ray.clip_actors``, 32 clips a batch, a GPU each when there is one).
+    ``videos``/``slots``: the run's video count and worker slots (CPUs), which resolve
+    ``analysis.decode_threads=0`` (the saved config keeps the 0)."""
+    if cfg.analysis.decode_threads == 0 and videos is not None and slots is not None and videos >= slots:
+        cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, decode_threads=1))
+    stages = [Stage("video", video_items, (cfg, run_id), cpus=1)]
+    if cfg.use_clip:
+        stages.append(Stage("clip", ClipActor, (cfg,), gpus="auto", actors=max(1, cfg.ray.clip_actors), batch_size=32))
+    return stages
 
 
 def dedup_video(items: list[ClipItem], dedup: Dedup) -> None:

@@ -4,11 +4,12 @@
 Labeling
     The selected kept clips (SQL or a manifest; default: every kept clip with a shard), minus the
     clips this labeler has already labeled, sorted by (shard, key), are cut into units of
-    ``clips_per_unit`` clips. Ray Data reads and decodes the clips of each (unit, shard) in CPU
-    tasks (frames resized to the model's input size), an actor pool labels them
-    ``clips_per_batch`` clips at a time (one model per actor, a GPU each when the cluster has
-    GPUs), and the driver writes ``labels/<labeler>/part-<unit>.parquet`` atomically once every
-    clip of a unit is in. A killed run loses at most its unfinished units; a re-run skips every
+    ``clips_per_unit`` clips. The runner (``runner.py``: a local process pool or Ray Data, by
+    ``--runner``) reads and decodes the clips of each (unit, shard) in CPU tasks (frames resized
+    to the model's input size), an actor stage labels them ``clips_per_batch`` clips at a time
+    (one model per actor, a GPU each when there are GPUs; locally one model, in the driver), and
+    the driver's ``LabelCommitter`` writes ``labels/<labeler>/part-<unit>.parquet`` atomically
+    once every clip of a unit is in. A killed run loses at most its unfinished units; a re-run skips every
     labeled key (the labeler's table is read first), so nothing is labeled or written twice.
 
 Failures are rows: a clip that cannot be decoded, is missing from its shard, or fails in the
@@ -25,13 +26,10 @@ Run records go to ``runs/<run_id>.json`` like curate's.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
-import pickle
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +42,13 @@ from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
-from .curate_video import RayConfig
+from .lock import WriterLock
+from .ray_adapter import RayConfig
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
+from .runs import finish_record, new_run_id, start_record
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
-ENGINES = ("ray", "local")
+ENGINES = ("ray", "local")  # the values of the old `engine` field (now `runner`)
 _EXAMPLES = 20  # error examples kept in a run record
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +113,9 @@ class LabelConfig:
     clips_per_batch: int = field(default=16, metadata={"help": "clips per actor call"})
     clips_per_unit: int = field(default=256, metadata={"help": "clips committed together in one parquet part"})
     actors: int = field(default=1, metadata={"help": "labeling actors (each takes a GPU when present)"})
-    engine: str = field(default="ray", metadata={"help": "ray | local (in-process, no Ray)"})
+    runner: str = field(default="auto", metadata={"help": RUNNER_HELP})
+    workers: int | None = field(default=None, metadata={"help": WORKERS_HELP})
+    engine: str | None = field(default=None, metadata={"help": "ray | local: the old name of --runner"})
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -120,8 +123,14 @@ class LabelConfig:
         for name in ("clips_per_batch", "clips_per_unit", "actors"):
             if int(getattr(self, name)) < 1:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
-        if self.engine not in ENGINES:
-            errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
+        errors += runner_field_errors(self.runner, self.workers)
+        if self.engine is not None:
+            if self.engine not in ENGINES:
+                errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
+            elif self.runner not in ("auto", self.engine):
+                errors.append(f"engine={self.engine!r} and runner={self.runner!r}: give one (engine is runner's old name)")
+            else:
+                self.runner = self.engine
         if self.gap_frames is not None and self.gap_s is not None:
             errors.append("give gap_frames or gap_s, not both")
         else:
@@ -209,56 +218,25 @@ def label_items(labeler, items: list[dict[str, Any]], run_id: str) -> list[dict[
     return out
 
 
-class _LabelActor:
-    """One model per actor; labels batches of pickled clip items."""
+class LabelActor:
+    """The labeling actor stage: one model (built from the checkpoint, or the driver's own
+    ``labeler`` on the local runner); labels batches of clip items."""
 
-    def __init__(self, cfg: LabelConfig, ckpt: str, run_id: str):
-        self.labeler, self.run_id = cfg.labeler(ckpt), run_id
+    def __init__(self, cfg: LabelConfig, ckpt: str, run_id: str, labeler=None):
+        self.labeler, self.run_id = labeler or cfg.labeler(ckpt), run_id
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        items = [pickle.loads(b) for b in batch["item"]]
-        out = label_items(self.labeler, items, self.run_id)
-        return {"item": [pickle.dumps(o) for o in out]}
-
-
-def _read_row(row: dict[str, Any], labeler: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
-    for item in read_clips(pickle.loads(row["task"]), labeler, run_id, size):
-        yield {"item": pickle.dumps(item)}
+    def __call__(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return label_items(self.labeler, items, self.run_id)
 
 
-def _ray_stream(tasks, cfg: LabelConfig, ckpt: str, name: str, run_id: str, size: int) -> Iterator[dict[str, Any]]:
-    import ray
-
-    ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=max(1, len(tasks)))
-    ds = ds.flat_map(_read_row, fn_args=(name, run_id, size), num_cpus=1)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    ds = ds.map_batches(
-        _LabelActor,
-        fn_constructor_args=(cfg, ckpt, run_id),
-        batch_size=cfg.clips_per_batch,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_gpus=gpus,
-        batch_format="numpy",
-    )
-    import logging
-
-    # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar
-    for logger in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    for row in ds.iter_rows():
-        yield pickle.loads(row["item"])
-
-
-def _local_stream(tasks, cfg: LabelConfig, labeler, run_id: str) -> Iterator[dict[str, Any]]:
-    batch: list[dict] = []
-    for task in tasks:
-        for item in read_clips(task, labeler.name, run_id, labeler.size):
-            batch.append(item)
-            if len(batch) >= cfg.clips_per_batch:
-                yield from label_items(labeler, batch, run_id)
-                batch = []
-    if batch:
-        yield from label_items(labeler, batch, run_id)
+def label_stages(cfg: LabelConfig, ckpt: str, name: str, run_id: str, size: int, labeler=None) -> list[Stage]:
+    """The stages of ``defi label latent-actions``: read and decode each (unit, shard) task (1
+    CPU), then label ``clips_per_batch`` clips a call on ``actors`` actors (a GPU each when there
+    is one). ``labeler``: a model the driver already holds, used by the local runner."""
+    return [
+        Stage("read", read_clips, (name, run_id, size), cpus=1),
+        Stage("label", LabelActor, (cfg, ckpt, run_id, labeler), gpus="auto", actors=cfg.actors, batch_size=cfg.clips_per_batch),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,109 +277,114 @@ def run_label(
     cfg = cfg or LabelConfig()
     t_start = time.time()
     corpus = Corpus.open(root)
-    # the driver's copy names the labels and sizes the decode; it never labels on the ray engine
-    labeler = cfg.labeler(ckpt, device="cpu" if cfg.engine == "ray" else None)
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    from .lock import WriterLock
-
+    # the driver's copy names the labels and sizes the decode; on Ray it never labels (so it stays
+    # on the CPU), on the local runner it is the one model. Only the job's size, known after the
+    # selection, can still turn `auto` from local to Ray.
+    surely_ray = pick_backend(cfg.runner, cfg.ray, 0, [Stage("label", LabelActor, actors=cfg.actors)])[0] == "ray"
+    labeler = cfg.labeler(ckpt, device="cpu" if surely_ray else None)
+    run_id = new_run_id()
     with WriterLock(corpus, "label", run_id):  # one writer per root
         return _label_locked(corpus, root, labeler, run_id, select, cfg, progress, limit, t_start)
+
+
+class LabelCommitter:
+    """Buffers each unit's rows as they arrive and writes the unit's part once all its clips are
+    in (like ``curate.Committer``); counts rows, steps and failures by reason."""
+
+    def __init__(self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter):
+        self.corpus, self.name, self.units, self.counts = corpus, name, units, counts
+        self.errors: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.rows: dict[str, list[dict]] = defaultdict(list)
+
+    def add(self, item: dict[str, Any]) -> bool:
+        """Take one labeled (or failed) clip; returns True when this committed its unit."""
+        unit = item["unit"]
+        self.rows[unit].append(item["row"])
+        if item["kind"] == "error":
+            self.errors[item["reason"]] += 1
+            self.counts["errors"] += 1
+            if len(self.examples) < _EXAMPLES:
+                self.examples[item["key"]] = f"{item['reason']}: {item['detail']}"
+        else:
+            self.counts["labeled"] += 1
+            self.counts["steps"] += int(item["row"]["num_steps"])
+        if len(self.rows[unit]) == len(self.units[unit]):
+            self.commit(unit)
+            return True
+        return False
+
+    def commit(self, unit: str) -> None:
+        rows = sorted(self.rows.pop(unit), key=lambda r: r["key"])
+        table = f"labels/{self.name}"
+        self.corpus.write_part(table, table_from_rows(rows, LATENT_ACTIONS, table), part=unit)
+        self.counts["units"] += 1
+        del self.units[unit]
 
 
 def _label_locked(
     corpus: Corpus, root: str, labeler, run_id: str, select: str | None, cfg: LabelConfig, progress: bool, limit: int | None, t_start: float
 ) -> dict[str, Any]:
+    import pyarrow as pa
+
     from defi.schemas.selection import resolve_selection
 
     name = labeler.name
     resolved = resolve_selection(corpus, select or DEFAULT_SELECT)
     done = labeled_keys(corpus, name)
     keep = [k not in done for k in resolved.column("key").to_pylist()]
-    import pyarrow as pa
-
     pending = resolved.filter(pa.array(keep, type=pa.bool_()))
     if limit is not None:
         pending = pending.slice(0, limit)
     tasks, units = plan_units(pending, name, cfg.clips_per_unit, corpus.shard_url)
     counts: Counter = Counter(selected=len(resolved), skipped_done=len(resolved) - sum(keep), pending=len(pending))
-    errors: Counter = Counter()
-    examples: dict[str, str] = {}
-    record: dict[str, Any] = {
-        "run_id": run_id,
-        "command": "label latent-actions",
-        "status": "running",
-        "root": root,
-        "select": select,
-        "started_at": dt.datetime.fromtimestamp(t_start, dt.timezone.utc).isoformat(),
-        "labeler": labeler.params(),
-        "config": to_dict(cfg),
-        "argv": sys.argv,
-    }
-    from .curate import _versions
-
-    record["versions"] = _versions()
-    corpus.write_json(f"runs/{run_id}.json", record)
-    buffers: dict[str, list[dict]] = defaultdict(list)
+    ckpt = str(labeler.ckpt_path)
+    backend, why = pick_backend(cfg.runner, cfg.ray, len(tasks), label_stages(cfg, ckpt, name, run_id, labeler.size))
+    stages = label_stages(cfg, ckpt, name, run_id, labeler.size, labeler if backend == "local" else None)
+    record = start_record(
+        corpus,
+        run_id,
+        "label latent-actions",
+        t_start,
+        root=root,
+        select=select,
+        labeler=labeler.params(),
+        config=to_dict(cfg),
+        runner={"backend": backend, "why": why},
+    )
+    committer = LabelCommitter(corpus, name, units, counts)
     status, t_label, t_ray = "failed", 0.0, 0.0
     try:
         if tasks:
             bar = _bar(len(pending), progress)
-            t0 = time.time()
-            if cfg.engine == "ray":
-                from .ray_adapter import ray_session
-
-                with ray_session(cfg.ray) as info:
-                    record["ray"] = info
-                    t_ray = time.time() - t0
-                    t0 = time.time()  # clips/s counts from here: Ray's start-up is reported apart
-                    for item in _ray_stream(tasks, cfg, str(labeler.ckpt_path), name, run_id, labeler.size):
-                        _collect(item, buffers, units, corpus, name, counts, errors, examples, bar)
-            else:
-                for item in _local_stream(tasks, cfg, labeler, run_id):
-                    _collect(item, buffers, units, corpus, name, counts, errors, examples, bar)
-            t_label = time.time() - t0
+            with Runner(backend, cfg.ray, cfg.workers, why) as runner:
+                record["runner"] = runner.info
+                if runner.ray_info is not None:
+                    record["ray"], t_ray = runner.ray_info, runner.start_s
+                t0 = time.time()  # clips/s counts from here: Ray's start-up is reported apart
+                for item in runner.stream(tasks, stages):
+                    bar.update(1)
+                    if committer.add(item):
+                        bar.set_postfix(units=counts["units"], errors=counts["errors"])
+                t_label = time.time() - t0
             bar.close()
         if units:
             raise RuntimeError(f"{len(units)} units never completed (a reader lost clips); re-run to finish them")
         status = "done"
     finally:
-        wall = time.time() - t_start
-        record.update(
-            {
-                "status": status,
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "wall_s": wall,
-                "label_s": t_label,
-                "ray_start_s": t_ray,
-                "counts": dict(counts),
-                "errors": dict(errors),
-                "error_examples": examples,
-                "clips_per_s": counts["labeled"] / t_label if t_label > 0 else None,
-            }
+        finish_record(
+            corpus,
+            record,
+            status,
+            t_start,
+            label_s=t_label,
+            ray_start_s=t_ray,
+            counts=dict(counts),
+            errors=dict(committer.errors),
+            error_examples=committer.examples,
+            clips_per_s=counts["labeled"] / t_label if t_label > 0 else None,
         )
-        corpus.write_json(f"runs/{run_id}.json", record)
     return record
-
-
-def _collect(item, buffers, units, corpus: Corpus, name: str, counts: Counter, errors: Counter, examples, bar) -> None:
-    unit = item["unit"]
-    buffers[unit].append(item["row"])
-    if item["kind"] == "error":
-        errors[item["reason"]] += 1
-        counts["errors"] += 1
-        if len(examples) < _EXAMPLES:
-            examples[item["key"]] = f"{item['reason']}: {item['detail']}"
-    else:
-        counts["labeled"] += 1
-        counts["steps"] += int(item["row"]["num_steps"])
-    bar.update(1)
-    rows = buffers[unit]
-    if len(rows) == len(units[unit]):
-        rows.sort(key=lambda r: r["key"])
-        corpus.write_part(f"labels/{name}", table_from_rows(rows, LATENT_ACTIONS, f"labels/{name}"), part=unit)
-        counts["units"] += 1
-        del buffers[unit], units[unit]
-        bar.set_postfix(units=counts["units"], errors=counts["errors"])
 
 
 def _bar(total: int, enabled: bool):
@@ -534,7 +517,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     gap = p.add_mutually_exclusive_group()
     gap.add_argument("--gap-s", type=float, help="same as --gap_s")
     gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
-    p.add_argument("--local", action="store_true", help="same as --engine local: run in this process, without Ray")
+    p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int, help="label at most this many pending clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -553,7 +536,7 @@ def resolve_label_config(args) -> LabelConfig:
     if args.gap_frames is not None:
         short.update(gap_frames=args.gap_frames, gap_s=None)
     if args.local:
-        short["engine"] = "local"
+        short["runner"] = "local"
     if args.address:
         short["ray"] = {"address": args.address}
     return from_dict(LabelConfig, merge(data, short))

@@ -1,32 +1,50 @@
-"""Maps the curate operators onto Ray Data (``defi label`` wires its own actor pool in label.py).
+"""The Ray backend of the runner (``runner.py``): a Ray session for a run and the mapping of a
+chain of stages onto Ray Data. Nothing here knows curate or label; their stages are plain
+functions and classes (``curate_video.curate_stages``, ``label.label_stages``).
 
-Stage 1 (tasks): ``process_source`` per video -> one row per clip plus one per finished video.
-Stage 2 (actor pool, optional): CLIP scoring in batches, one model per actor, a GPU each when the
-cluster has GPUs. The driver consumes the stream and commits units (``curate.Committer``).
-
-Rows carry pickled Python objects in one binary column (``item``): clip records, encoded sample
-bytes and keyframes stay as they are, and blocks stay small because a video yields one clip at a
-time (Ray Data splits generator output into blocks), so memory is bounded by the block size.
+A task stage becomes ``flat_map`` (one Ray task per input item, as many as the cluster's CPUs
+allow); an actor stage becomes ``map_batches`` over an ``ActorPoolStrategy`` of ``actors``
+actors, each holding one instance of the stage's class (one model), a GPU each when the stage
+asks for one. Rows carry pickled Python objects in one binary column (``item``): records,
+encoded sample bytes and frames stay as they are, and blocks stay small because a stage yields
+one output at a time (Ray Data splits generator output into blocks), so memory is bounded by the
+block size. Only this module and ``runner.py`` import ray, and only inside functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
-from typing import Any
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from .sources import SourceSpec
-from .curate_video import ClipItem, CurateConfig, VideoDone, process_source, score_clip_batch
+
+@dataclass
+class RayConfig:
+    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: start a local Ray)"})
+    num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
+    temp_dir: str | None = field(default=None, metadata={"help": "Ray temp dir (default: a fresh dir under /tmp)"})
+    clip_actors: int = field(default=1, metadata={"help": "CLIP scoring actors (each takes a GPU when present)"})
+
+    def wants_ray(self) -> str | None:
+        """Why these settings ask for Ray (an address, or a local Ray's CPUs or temp dir), or None."""
+        for name in ("address", "num_cpus", "temp_dir"):
+            if getattr(self, name) is not None:
+                return f"--ray.{name} given"
+        return None
 
 
 @contextlib.contextmanager
-def ray_session(rcfg, scratch: str | None = None):
+def ray_session(rcfg: RayConfig, scratch: str | None = None):
     """``ray.init`` for a run: joins ``address`` or starts a local Ray whose temp dir lives under
-    the run's scratch space (not ~/.ray or /tmp/ray), with auth and usage stats off."""
+    the run's scratch space (not ~/.ray or /tmp/ray), with auth and usage stats off. Yields what
+    the run record keeps of it (address, temp dir, CPUs, GPUs, live nodes)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -53,8 +71,6 @@ def ray_session(rcfg, scratch: str | None = None):
                 kwargs["num_cpus"] = rcfg.num_cpus
         ray.init(**kwargs)
         started = True
-    import logging
-
     for name in ("ray.data", "ray"):  # our own progress bar and summary say what matters
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
@@ -75,8 +91,6 @@ def ray_session(rcfg, scratch: str | None = None):
         if tmp is not None and not rcfg.temp_dir:
             # our own fresh dir (sockets, logs of this one session): gone with the session, so
             # runs do not leave a directory each under /tmp; a --ray.temp_dir given is kept
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -97,56 +111,62 @@ def storage_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def _process_row(row: dict[str, Any], cfg: CurateConfig, run_id: str) -> Iterator[dict[str, Any]]:
+def ray_gpus() -> float:
+    """GPUs of the Ray cluster this process has joined."""
     import ray
 
-    spec: SourceSpec = pickle.loads(row["spec"])
-    node = ray.get_runtime_context().get_node_id()
-    for item in process_source(spec, cfg, run_id):
-        if isinstance(item, VideoDone):
-            item.node = node
-            yield {"kind": "done", "item": pickle.dumps(item)}
-        else:
-            yield {"kind": "clip", "item": pickle.dumps((spec.sort_key, item))}
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
-class _ClipActor:
-    """Holds one CLIP model; scores the clip rows of each batch that carry keyframes."""
+def _task_rows(row: dict[str, Any], stage) -> Iterator[dict[str, Any]]:
+    for out in stage.fn(pickle.loads(row["item"]), *stage.args):
+        yield {"item": pickle.dumps(out)}
 
-    def __init__(self, cfg: CurateConfig):
-        self.scorer = cfg.clip
+
+class _Actor:
+    """One instance of an actor stage's class per Ray actor; maps batches of pickled items."""
+
+    def __init__(self, stage):
+        self.obj = stage.fn(*stage.args)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        kinds = list(batch["kind"])
-        items = [pickle.loads(b) for b in batch["item"]]
-        clips: list[ClipItem] = [it[1] for k, it in zip(kinds, items, strict=False) if k == "clip"]
-        score_clip_batch(clips, self.scorer)
-        return {"kind": kinds, "item": [pickle.dumps(it) for it in items]}
+        outs = self.obj([pickle.loads(b) for b in batch["item"]])
+        return {"item": [pickle.dumps(o) for o in outs]}
 
 
-def curate_stream(specs: list[SourceSpec], cfg: CurateConfig, run_id: str) -> Iterator[VideoDone | tuple[tuple, ClipItem]]:
-    """Run the per-video stages on Ray Data; yield finished videos and their clips as they come."""
+def ray_stream(items: list[Any], stages: list, gpus: list[int]) -> Iterator[Any]:
+    """Run ``stages`` over ``items`` on Ray Data (``gpus``: GPUs per actor of each stage, already
+    resolved); yield the last stage's outputs as they come."""
     import ray
 
-    items = [{"spec": pickle.dumps(s)} for s in specs]
-    # one video per block, so tasks spread over every CPU (and every node) from the start
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(_process_row, fn_args=(cfg, run_id), num_cpus=1)
-    if cfg.use_clip:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        ds = ds.map_batches(
-            _ClipActor,
-            fn_constructor_args=(cfg,),
-            batch_size=32,
-            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.clip_actors)),
-            num_gpus=gpus,
-            batch_format="numpy",
-        )
-    import logging
-
+    # one item per block, so tasks spread over every CPU (and every node) from the start
+    ds = ray.data.from_items([{"item": pickle.dumps(x)} for x in items], override_num_blocks=max(1, len(items)))
+    for stage, g in zip(stages, gpus, strict=True):
+        remote: dict[str, Any] = {} if stage.cpus is None else {"num_cpus": stage.cpus}
+        if stage.actors:
+            ds = ds.map_batches(
+                _Actor,
+                fn_constructor_args=(stage,),
+                batch_size=stage.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=stage.actors),
+                num_gpus=g,
+                batch_format="numpy",
+                **remote,
+            )
+        else:
+            ds = ds.flat_map(_task_rows, fn_args=(stage,), **remote)
     # Ray Data configures its loggers lazily; quiet the two that talk over our progress bar
     for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for row in ds.iter_rows():
-        obj = pickle.loads(row["item"])
-        yield obj
+        yield pickle.loads(row["item"])
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on, when it is a Ray worker or driver; else None."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()

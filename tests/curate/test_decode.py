@@ -276,3 +276,29 @@ def test_rot90_i420_matches_rotating_the_rgb(h, w):
         np.testing.assert_array_equal(cv2.cvtColor(turned, cv2.COLOR_YUV2RGB_I420), np.rot90(cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), k))
     with pytest.raises(ValueError, match="rgb24 only"):
         next(decode("x.mp4", backend="decord", pix_fmt="yuv420p"))
+
+
+@pytest.mark.parametrize("size", [None, 32, (30, 18)])
+def test_yuv420p_frames_and_times_are_pyavs_own(videos, size):
+    """The planes copied straight into the chunk and the int-arithmetic pts equal PyAV's
+    ``reformat(...).to_ndarray()`` and ``float(pts * time_base)``, byte for byte."""
+    import av
+
+    got = decode_all(videos["square"], size=size, pix_fmt="yuv420p")
+    want, pts = [], []
+    with av.open(str(videos["square"])) as c:
+        v = c.streams.video[0]
+        for f in c.decode(v):
+            w, h = output_size(f.width, f.height, size)
+            w, h = max(2, w // 2 * 2), max(2, h // 2 * 2)
+            want.append(f.reformat(width=w, height=h, format="yuv420p", interpolation="AREA").to_ndarray())
+            pts.append(float((f.pts - (v.start_time or 0)) * v.time_base))
+    assert np.array_equal(got.frames, np.stack(want)) and got.pts_s.tolist() == pts
+
+
+def test_decoder_threads_do_not_change_the_pictures(videos):
+    one = decode_all(videos["square"], size=32, pix_fmt="yuv420p", threads=1)
+    auto = decode_all(videos["square"], size=32, pix_fmt="yuv420p")
+    assert np.array_equal(one.frames, auto.frames) and np.array_equal(one.pts_s, auto.pts_s) and len(one) == 60
+    with pytest.raises(ValueError, match="threads"):
+        next(decode(videos["square"], threads=-1))

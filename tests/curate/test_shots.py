@@ -8,7 +8,7 @@ import pytest
 
 from defi.curate.base import Frames
 from defi.curate.shots import Shot, Shots
-from factories import moving_square, pan, scenes, smooth_pan, static_color, write_video
+from factories import moving_square, noise, pan, scenes, smooth_pan, static_color, write_video
 
 FPS = 24
 DETECTORS = ["adaptive", "content"]
@@ -161,3 +161,22 @@ def test_empty_input_and_bad_detector_name():
         Shots(detector="hist")
     assert Shots().lineage()["name"] == "shots"
     assert Shot(0, 10, 34, 1.0, 2.0).num_frames == 24
+
+
+@pytest.mark.parametrize("luma_only", [False, True])
+def test_batched_scores_equal_pyscenedetects(luma_only):
+    """HSVScores gives ContentDetector's own frame scores, bit for bit, across uneven blocks."""
+    import cv2
+    from scenedetect.common import FrameTimecode
+    from scenedetect.detectors import ContentDetector
+
+    from defi.curate.shots import HSVScores
+
+    frames = np.stack(
+        [*scenes([5, 7], h=48, w=80, seed=3), *pan(9, h=48, w=80, speed=3), *noise(70, h=48, w=80, seed=1), *static_color(3, h=48, w=80)]
+    )
+    ref = ContentDetector(luma_only=luma_only)
+    want = [ref._calculate_frame_score(FrameTimecode(i, fps=1000.0), cv2.cvtColor(f, cv2.COLOR_RGB2BGR)) for i, f in enumerate(frames)]
+    scorer = HSVScores(ref._weights)
+    got = scorer(frames[:1]) + scorer(frames[1:6]) + scorer(frames[6:90]) + scorer(frames[90:])
+    assert got == want and len(set(got)) > 10
