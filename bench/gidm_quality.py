@@ -155,7 +155,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--model", default="tiny", choices=["keypoint", "tiny", "small"])
-    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"], help="override the model size's bottleneck")
+    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq", "rvq", "nsvq"], help="override the model size's bottleneck")
     p.add_argument("--latent-dim", type=int, default=16, help="latent width (default 16)")
     p.add_argument(
         "--model-set",

@@ -203,7 +203,7 @@ def train(
             )
             optimizer.step()
             scheduler.step()
-            if world_size > 1 and model_cfg.bottleneck == "vq":
+            if world_size > 1 and model_cfg.bottleneck in ("vq", "rvq", "nsvq"):
                 broadcast_module(model.bottleneck)  # dead-code restarts drew from rank-local batches
 
             loss = float(result["loss"].detach())
