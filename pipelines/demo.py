@@ -64,13 +64,15 @@ class DemoConfig:
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
     fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
     short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
-    gidm_steps: int = field(default=1200, metadata={"help": "GIDM training steps"})
+    gidm_steps: int = field(default=600, metadata={"help": "GIDM training steps"})
     gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
+    gidm_model: str = field(default="keypoint", metadata={"help": "GIDM preset (defi train gidm --model): keypoint, tiny, small, univla"})
+    gidm_bottleneck: str = field(default="continuous", metadata={"help": "GIDM latent: continuous, vq, fsq, rvq or nsvq"})
     codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
-    changed_weight: float = field(default=10.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
+    changed_weight: float = field(default=30.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
     keypoints: int = field(
-        default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
+        default=32, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
     )
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
     seed: int = 0
@@ -311,9 +313,9 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
         "--out",
         str(ctx.gidm_run),
         "--model",
-        "tiny",
+        c.gidm_model,
         "--model.bottleneck",
-        "vq",
+        c.gidm_bottleneck,
         "--model.codebook_size",
         str(c.codebook_size),
         "--model.restart_interval",
