@@ -3,6 +3,8 @@
     .venv/bin/python bench/gidm_quality.py --quick            # ~2 min on a 2-core CPU (a smoke run)
     .venv/bin/python bench/gidm_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
+    (--bottleneck fsq | rvq | nsvq likewise; --camera-shift 4 [--stabilize] adds camera motion to
+    the held-out pairs [and takes it out]; --eval-camera corner2 probes an unseen viewpoint)
 
 1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise. Training
    tasks are written *action-free* (video only); held-out tasks (other tasks) with actions and
