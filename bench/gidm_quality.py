@@ -3,6 +3,8 @@
     .venv/bin/python bench/gidm_quality.py --quick            # ~2 min on a 2-core CPU (a smoke run)
     .venv/bin/python bench/gidm_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
+    (--bottleneck fsq | rvq | nsvq likewise; --camera-shift 4 [--stabilize] adds camera motion to
+    the held-out pairs [and takes it out]; --eval-camera corner2 probes an unseen viewpoint)
 
 1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise. Training
    tasks are written *action-free* (video only); held-out tasks (other tasks) with actions and
@@ -65,9 +67,9 @@ DEFAULT_MODEL_SET = ["patch_size=4", "changed_weight=30", "keypoints=32"]
 # data
 # ---------------------------------------------------------------------------------------------
 def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = None) -> str:
-    """Generate each (name, tasks, episodes, action_free, seed) set under ``work`` (reused when
-    present) and curate them all into ``work/corpus``; default sets: action-free training tasks
-    and held-out tasks with actions."""
+    """Generate each (name, tasks, episodes, action_free, seed[, camera]) set under ``work``
+    (reused when present) and curate them all into ``work/corpus``; default sets: action-free
+    training tasks and held-out tasks with actions, camera "corner"."""
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.curate_video import CurateConfig
@@ -75,7 +77,7 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
 
     if sets is None:
         sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed), ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
-    for name, tasks, eps, action_free, seed in sets:
+    for name, tasks, eps, action_free, seed, *camera in sets:
         out = work / name
         if (out / "meta" / "info.json").exists():
             print(f"[data] {name}: reusing {out}")
@@ -91,6 +93,7 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
             action_noise=a.noise,
             max_steps=a.max_steps,
             action_free=action_free,
+            camera=camera[0] if camera else "corner",
             workers=a.gen_workers,
             progress=False,
         )
@@ -113,6 +116,22 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
     rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
     print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec), flush=True)
     return root
+
+
+def camera_motion(pairs: dict[str, np.ndarray], a: argparse.Namespace) -> dict:
+    """--camera-shift / --stabilize on the held-out pairs, in place; what was done, for the report."""
+    from defi.training.gidm.camera import camera_shift, stabilize
+
+    out: dict = {"eval_camera": a.eval_camera or "corner", "shift_px": a.camera_shift, "stabilized": a.stabilize}
+    if a.camera_shift:
+        pairs["obs"], pairs["next_obs"], d = camera_shift(pairs["obs"], pairs["next_obs"], a.camera_shift, seed=a.seed)
+        out["mean_abs_shift_px"] = float(np.abs(d).mean())
+    if a.stabilize:
+        pairs["next_obs"], est = stabilize(pairs["obs"], pairs["next_obs"], max_px=max(8, 2 * a.camera_shift))
+        out["mean_abs_estimated_px"] = float(np.abs(est).mean())
+        if a.camera_shift:
+            out["shift_recovered"] = float((est == d).all(1).mean())
+    return out
 
 
 def sql_for_tasks(tasks: list[str]) -> str:
@@ -155,7 +174,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--model", default="tiny", choices=["keypoint", "tiny", "small"])
-    p.add_argument("--bottleneck", default=None, choices=["continuous", "vq", "fsq"], help="override the model size's bottleneck")
+    p.add_argument(
+        "--bottleneck", default=None, choices=["continuous", "vq", "fsq", "rvq", "nsvq"], help="override the model size's bottleneck"
+    )
     p.add_argument("--latent-dim", type=int, default=16, help="latent width (default 16)")
     p.add_argument(
         "--model-set",
@@ -175,6 +196,22 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fresh-run", action="store_true", help="delete WORK/run first (else training resumes)")
     p.add_argument("--corpus", help="use this curated corpus (made by an earlier run) instead of generating one")
     p.add_argument("--data-only", action="store_true", help="generate and curate, then stop")
+    p.add_argument(
+        "--camera-shift",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="add camera motion to the held-out pairs: o_t moved by s, o_t+k by s + d, s and d uniform in [-PX, PX] px per axis",
+    )
+    p.add_argument(
+        "--stabilize",
+        action="store_true",
+        help="the remedy: shift o_t+k back by its global translation from o_t (the shift most pixels agree on)",
+    )
+    p.add_argument(
+        "--eval-camera",
+        help="probe on held-out episodes rendered from this Meta-World camera (e.g. corner2, corner3), generated into WORK/eval_CAMERA",
+    )
     p.add_argument(
         "--nonlinear", action="store_true", help="also kernel probes (ridge on random Fourier features) of the latent and the two controls"
     )
@@ -268,7 +305,12 @@ def main(argv=None) -> dict:
     model, cfg, state = load_checkpoint(last_checkpoint(run))
     device = torch.device("cuda" if a.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     model.to(device)
-    pairs = eval_pairs(root, a.eval_tasks, a.gap_frames, a.size, a.stride)
+    probe_root = root
+    if a.eval_camera:
+        cam_work = work / f"eval_{a.eval_camera}"
+        probe_root = make_corpus(cam_work, a, [("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1, a.eval_camera)])
+    pairs = eval_pairs(probe_root, a.eval_tasks, a.gap_frames, a.size, a.stride)
+    camera = camera_motion(pairs, a)
     enc = encode_all(model, pairs["obs"], pairs["next_obs"], device)
     res = probe(pairs, enc, cfg.num_codes, nonlinear=a.nonlinear)
     t_probe = time.time() - t
@@ -285,6 +327,7 @@ def main(argv=None) -> dict:
             "steps": state["step"],
             "train_seed": a.train_seed,
             "data_seed": a.seed,
+            "camera": camera,
             "model": cfg.to_dict(),
         },
         train_loss_first=metrics[0]["loss"],
@@ -305,6 +348,9 @@ def print_report(res: dict) -> None:
         f"{c['size']} px, k={c['gap_frames']} frames, noise {c['noise']} on {res['device']}"
     )
     print(f"  trained on (action-free) {', '.join(c['train_tasks'])}")
+    cam = c.get("camera") or {}
+    if cam.get("shift_px") or cam.get("stabilized") or cam.get("eval_camera", "corner") != "corner":
+        print(f"  camera: {cam}")
     print(
         f"  probed on held-out       {', '.join(c['eval_tasks'])}: {res['pairs']} pairs of {res['episodes']} "
         f"episodes ({res['probe_train_pairs']} fit / {res['probe_test_pairs']} test, split by episode)"

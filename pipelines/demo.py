@@ -67,15 +67,17 @@ class DemoConfig:
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
     fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
     short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
-    gidm_steps: int = field(default=1200, metadata={"help": "GIDM training steps"})
+    gidm_steps: int = field(default=600, metadata={"help": "GIDM training steps"})
     gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
+    gidm_model: str = field(default="keypoint", metadata={"help": "GIDM preset (defi train gidm --model): keypoint, tiny, small, univla"})
+    gidm_bottleneck: str = field(default="continuous", metadata={"help": "GIDM latent: continuous, vq, fsq, rvq or nsvq"})
     codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
-    changed_weight: float = field(default=10.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
+    changed_weight: float = field(default=30.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
     keypoints: int = field(
-        default=0, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
+        default=32, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
     )
-    num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
+    num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
     seed: int = 0
     gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
     policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
@@ -281,7 +283,8 @@ def step_curate(ctx: Context) -> dict[str, Any]:
             "black": {"max_black_frac": 0.5},
             "motion": {"min_frame_diff": 0.1},
             "camera": {"max_camera_motion": 1.0},
-            "ray": {"num_cpus": c.num_cpus},
+            "runner": "local",
+            "workers": c.num_cpus,
         },
     )
     inputs = [str(p) for p in sorted(ctx.inputs.iterdir()) if p.is_dir()]
@@ -298,9 +301,6 @@ def step_curate(ctx: Context) -> dict[str, Any]:
 # -- train -------------------------------------------------------------------------------------
 TRAIN_SELECT = "SELECT key FROM clips WHERE kept AND NOT has_actions"
 PROBE_SELECT = "SELECT key FROM clips WHERE kept AND has_actions"
-
-
-GIDM_PRESET = "tiny"  # `defi train gidm --model`: the demo's GIDM is this preset with gidm_layers() over it
 
 
 def _flags(layer: dict[str, Any], prefix: str = "") -> list[str]:
@@ -328,11 +328,11 @@ def _losses(run: Path, *names: str) -> dict[str, Any]:
 
 
 def gidm_layer(ctx: Context) -> dict[str, Any]:
-    """The demo's GIDM run config over the ``GIDM_PRESET`` preset, from the DemoConfig."""
+    """The demo's GIDM run config over the ``DemoConfig.gidm_model`` preset, from the DemoConfig."""
     c = ctx.cfg
     return {
         "model": {
-            "bottleneck": "vq",
+            "bottleneck": c.gidm_bottleneck,
             "codebook_size": c.codebook_size,
             "restart_interval": 50,
             "changed_weight": c.changed_weight,
@@ -355,9 +355,9 @@ def gidm_layer(ctx: Context) -> dict[str, Any]:
 def step_train_gidm(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.train import gidm_run_config, run_train_gidm, summary_text
 
-    layer = gidm_layer(ctx)
-    _say_command(f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {GIDM_PRESET}', layer)
-    res = run_train_gidm(ctx.root, TRAIN_SELECT, gidm_run_config(GIDM_PRESET, layer))
+    layer, preset = gidm_layer(ctx), ctx.cfg.gidm_model
+    _say_command(f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {preset}', layer)
+    res = run_train_gidm(ctx.root, TRAIN_SELECT, gidm_run_config(preset, layer))
     print(summary_text(res))
     return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, **_losses(ctx.gidm_run, "loss")}
 
@@ -366,9 +366,8 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
 def step_label(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.label import LabelConfig, run_label
     from defi.pipelines.label import summary_text as label_summary
-    from defi.pipelines.curate_video import RayConfig
 
-    rec = run_label(ctx.root, str(ctx.gidm_run), cfg=LabelConfig(ray=RayConfig(num_cpus=ctx.cfg.num_cpus)))
+    rec = run_label(ctx.root, str(ctx.gidm_run), cfg=LabelConfig(runner="local", workers=ctx.cfg.num_cpus))
     print(label_summary(rec))
     if rec["status"] != "done":
         raise RuntimeError(f"labeling ended with status {rec['status']}")

@@ -175,7 +175,8 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     if train.get("loss"):
         losses = [float(v) for _, v in train["loss"]]
         body = (
-            f"<p>Tiny GIDM (VQ latent) trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
+            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(getattr(ctx.cfg, 'gidm_bottleneck', 'vq'))} latent) "
+            f"trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
             f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
         )
         if all(v > 0 for v in losses):
@@ -233,6 +234,12 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
             f"<b>{verdict}</b> the observation-only controls of the same size here "
             f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
             f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
+            + (
+                ""
+                if verdict == "above"
+                else "<p>At this budget the latent does not clear its controls; <code>.venv/bin/python bench/gidm_quality.py</code> "
+                "(8 training tasks, 3000 steps, ~15 min on 2 cores) trains the same preset to where it does.</p>"
+            )
             + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
         )
         if "perplexity" in probe:

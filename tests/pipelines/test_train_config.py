@@ -29,8 +29,8 @@ def ctx(tmp_path):
 def test_demo_layers_give_the_cli_config(ctx, capsys):
     layer = demo.gidm_layer(ctx)
     out = str(ctx.gidm_run)  # --out sets train.out_dir, as the layer does
-    cli = _dry_run(capsys, ["gidm", "--root", "r", "--select", "s", "--out", out, "--model", demo.GIDM_PRESET, *demo._flags(layer)])
-    cfg = gidm_run_config(demo.GIDM_PRESET, layer)
+    cli = _dry_run(capsys, ["gidm", "--root", "r", "--select", "s", "--out", out, "--model", ctx.cfg.gidm_model, *demo._flags(layer)])
+    cfg = gidm_run_config(ctx.cfg.gidm_model, layer)
     assert to_dict(cfg) == cli
     assert (cfg.model.image_size, cfg.data.size, cfg.data.gap_frames, cfg.data.gap_s) == (32, 32, 3, None)
     assert (cfg.model.codebook_size, cfg.train.steps, cfg.train.ckpt_every, cfg.train.seed) == (5, 40, 20, 7)

@@ -15,7 +15,9 @@ from typing import Any
 from ..configuration import ConfigDict
 
 INPUT_SPACES = ("pixels", "features")
-BOTTLENECKS = ("continuous", "vq", "fsq")
+# vq: nearest code, straight-through; nsvq: the same codebook trained by noise substitution
+# (LAPA); rvq: residual VQ, vq_stages codebooks; fsq: finite scalar quantisation
+BOTTLENECKS = ("continuous", "vq", "fsq", "rvq", "nsvq")
 # Frozen image encoders for input_space="features":
 #   "open_clip:<model name>"  an open_clip ViT's patch tokens (weights: feature_weights, a local
 #                             file or an open_clip pretrained tag; none = random, tests only)
@@ -57,6 +59,7 @@ class GIDMConfig(ConfigDict):
     # steps) is re-initialised from a random encoder output of the current batch
     dead_code_threshold: float = 1.0
     restart_interval: int = 50  # training steps; 0 disables restarts
+    vq_stages: int = 4  # rvq: residual codebooks of codebook_size codes each
     # fsq
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     # continuous (beta-VAE): KL per latent element, weighted by kl_beta
@@ -100,6 +103,7 @@ class GIDMConfig(ConfigDict):
             "num_action_tokens",
             "latent_dim",
             "codebook_size",
+            "vq_stages",
         ):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
@@ -164,8 +168,8 @@ class GIDMConfig(ConfigDict):
     @property
     def num_codes(self) -> int:
         """Distinct code ids per token (0 for the continuous bottleneck)."""
-        if self.bottleneck == "vq":
-            return self.codebook_size
+        if self.bottleneck in ("vq", "rvq", "nsvq"):
+            return self.codebook_size  # rvq: the first stage's codes
         if self.bottleneck == "fsq":
             n = 1
             for v in self.fsq_levels:

@@ -140,8 +140,22 @@ class VQBottleneck(nn.Module):
     ``restart_interval`` training steps is reset to a random encoder output of the current batch
     (UniVLA restarts dead codes the same way), so the codebook does not collapse to a few codes."""
 
-    def __init__(self, in_dim: int, num_codes: int, code_dim: int, beta: float, dead_threshold: float, restart_interval: int):
+    def __init__(
+        self,
+        in_dim: int,
+        num_codes: int,
+        code_dim: int,
+        beta: float,
+        dead_threshold: float,
+        restart_interval: int,
+        noise_substitution: bool = False,
+    ):
         super().__init__()
+        # NSVQ (Vali & Bäckström 2022; LAPA's quantiser): while training, z + |z - q| * v / |v|
+        # with v ~ N(0, I) replaces the straight-through estimator: the decoder sees a vector as
+        # far from z as the code is, the encoder gets its gradient through z, the codebook
+        # through |z - q|; no commitment loss. Outside training the code q itself.
+        self.noise_substitution = noise_substitution
         self.proj = nn.Linear(in_dim, code_dim)
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / math.sqrt(code_dim))
         self.beta, self.dead_threshold, self.restart_interval = beta, dead_threshold, restart_interval
@@ -180,15 +194,81 @@ class VQBottleneck(nn.Module):
         commit_loss = F.mse_loss(z, q.detach())
         if self.training and not self.frozen_codes:
             self.usage += torch.bincount(ids, minlength=self.codebook.shape[0]).to(self.usage.dtype)
+        extra = {"vq_codebook": codebook_loss, "vq_commit": commit_loss, "dead_code_restarts": torch.tensor(float(restarts))}
+        if self.noise_substitution:
+            if self.training:
+                v = torch.randn_like(z)
+                z_q = z + (z - q).norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(1e-8) * v
+            else:
+                z_q = q
+            return z_q, ids.view(z.shape[:-1]), {**extra, "bottleneck_loss": z.new_zeros(())}
         z_q = z + (q - z).detach()  # straight-through estimator
+        return z_q, ids.view(z.shape[:-1]), {**extra, "bottleneck_loss": codebook_loss + self.beta * commit_loss}
+
+
+class ResidualVQBottleneck(VQBottleneck):
+    """Residual VQ: ``stages`` codebooks of ``num_codes`` each; stage s quantises what stages
+    0..s-1 left (z - q_0 - ... - q_s-1) and the code vector is q_0 + ... + q_S-1, so S stages of K
+    codes name K^S vectors at the cost of S x K. Codebook loss per stage, commitment and
+    straight-through on the sum, dead codes restarted per stage from that stage's residuals.
+    ``codes`` are the first stage's ids (the coarse action, what ``dominant_code`` counts);
+    ``stage_codes`` [B, Q, S] all of them."""
+
+    def __init__(self, in_dim: int, num_codes: int, code_dim: int, beta: float, dead_threshold: float, restart_interval: int, stages: int):
+        super().__init__(in_dim, num_codes, code_dim, beta, dead_threshold, restart_interval)
+        # later stages start small: they code what the first one left
+        scale = torch.tensor([1.0] + [0.3**s for s in range(1, stages)]).view(stages, 1, 1)
+        self.codebook = nn.Parameter(torch.randn(stages, num_codes, code_dim) / math.sqrt(code_dim) * scale)
+        self.register_buffer("usage", torch.zeros(stages, num_codes))
+
+    @torch.no_grad()
+    def _residual_ids(self, r: Tensor, s: int) -> Tensor:
+        return torch.cdist(r.float(), self.codebook[s].float()).argmin(dim=-1)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z_flat: Tensor) -> int:
+        n, r = 0, z_flat
+        for s in range(self.codebook.shape[0]):
+            dead = self.usage[s] < self.dead_threshold
+            k = int(dead.sum())
+            if k:
+                pick = torch.randint(0, r.shape[0], (k,), device=r.device)
+                self.codebook.data[s, dead] = r[pick].to(self.codebook.dtype)
+            n += k
+            r = r - self.codebook[s][self._residual_ids(r, s)]
+        self.usage.zero_()
+        return n
+
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
+        z = self.proj(h)
+        z_flat = z.reshape(-1, z.shape[-1])
+        restarts = 0
+        if self.training and not self.frozen_codes:
+            if self.restart_interval and int(self.steps) > 0 and int(self.steps) % self.restart_interval == 0:
+                restarts = self._restart_dead_codes(z_flat.detach())
+            self.steps += 1
+        r, q, ids, codebook_loss = z_flat.detach(), 0, [], 0
+        for s in range(self.codebook.shape[0]):
+            i = self._residual_ids(r, s)
+            qs = self.codebook[s][i]
+            codebook_loss = codebook_loss + F.mse_loss(qs, r)
+            r, q = r - qs.detach(), q + qs
+            ids.append(i)
+            if self.training and not self.frozen_codes:
+                self.usage[s] += torch.bincount(i, minlength=self.codebook.shape[1]).to(self.usage.dtype)
+        q = q.view_as(z)
+        commit_loss = F.mse_loss(z, q.detach())
+        z_q = z + (q - z).detach()
+        stage_ids = torch.stack(ids, dim=-1).view(*z.shape[:-1], -1)
         return (
             z_q,
-            ids.view(z.shape[:-1]),
+            stage_ids[..., 0],
             {
                 "vq_codebook": codebook_loss,
                 "vq_commit": commit_loss,
                 "bottleneck_loss": codebook_loss + self.beta * commit_loss,
                 "dead_code_restarts": torch.tensor(float(restarts)),
+                "stage_codes": stage_ids,
             },
         )
 
@@ -221,8 +301,19 @@ class FSQBottleneck(nn.Module):
 def build_bottleneck(c: GIDMConfig) -> nn.Module:
     if c.bottleneck == "continuous":
         return ContinuousBottleneck(c.model_dim, c.latent_dim, c.kl_beta)
-    if c.bottleneck == "vq":
-        return VQBottleneck(c.model_dim, c.codebook_size, c.latent_dim, c.commitment_beta, c.dead_code_threshold, c.restart_interval)
+    if c.bottleneck in ("vq", "nsvq"):
+        return VQBottleneck(
+            c.model_dim,
+            c.codebook_size,
+            c.latent_dim,
+            c.commitment_beta,
+            c.dead_code_threshold,
+            c.restart_interval,
+            noise_substitution=c.bottleneck == "nsvq",
+        )
+    if c.bottleneck == "rvq":
+        args = (c.model_dim, c.codebook_size, c.latent_dim, c.commitment_beta, c.dead_code_threshold, c.restart_interval)
+        return ResidualVQBottleneck(*args, stages=c.vq_stages)
     return FSQBottleneck(c.model_dim, c.fsq_levels)
 
 

@@ -120,7 +120,7 @@ def train(
                         diagnostics=log_now,
                     )
             grad_norm = optimizer_step(result["loss"], model.trainable_parameters(), optimizer, scheduler, train_cfg.grad_clip)
-            if world_size > 1 and model_cfg.bottleneck == "vq":
+            if world_size > 1 and model_cfg.bottleneck in ("vq", "rvq", "nsvq"):
                 broadcast_module(model.bottleneck)  # dead-code restarts drew from rank-local batches
 
             loss = finite_loss(result["loss"], step)
