@@ -67,7 +67,7 @@ class DemoConfig:
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
     fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
     short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
-    gidm_steps: int = field(default=600, metadata={"help": "GIDM training steps"})
+    gidm_steps: int = field(default=400, metadata={"help": "GIDM training steps"})
     gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
     gidm_model: str = field(default="keypoint", metadata={"help": "GIDM preset (defi train gidm --model): keypoint, tiny, small, univla"})
