@@ -178,14 +178,20 @@ class VQBottleneck(nn.Module):
         self.usage.zero_()
         return n
 
-    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
-        z = self.proj(h)
-        z_flat = z.reshape(-1, z.shape[-1])
+    def _count_step(self, z_flat: Tensor) -> int:
+        """In training (codes not frozen): every ``restart_interval`` steps, restart the dead codes
+        from this batch; count the step. Returns the number of codes restarted."""
         restarts = 0
         if self.training and not self.frozen_codes:
             if self.restart_interval and int(self.steps) > 0 and int(self.steps) % self.restart_interval == 0:
                 restarts = self._restart_dead_codes(z_flat.detach())
             self.steps += 1
+        return restarts
+
+    def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
+        z = self.proj(h)
+        z_flat = z.reshape(-1, z.shape[-1])
+        restarts = self._count_step(z_flat)
         with torch.no_grad():
             dist = torch.cdist(z_flat.float(), self.codebook.float())
             ids = dist.argmin(dim=-1)
@@ -242,11 +248,7 @@ class ResidualVQBottleneck(VQBottleneck):
     def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, dict]:  # noqa: ARG002 (the bottlenecks' one signature)
         z = self.proj(h)
         z_flat = z.reshape(-1, z.shape[-1])
-        restarts = 0
-        if self.training and not self.frozen_codes:
-            if self.restart_interval and int(self.steps) > 0 and int(self.steps) % self.restart_interval == 0:
-                restarts = self._restart_dead_codes(z_flat.detach())
-            self.steps += 1
+        restarts = self._count_step(z_flat)
         r, q, ids, codebook_loss = z_flat.detach(), 0, [], 0
         for s in range(self.codebook.shape[0]):
             i = self._residual_ids(r, s)
