@@ -388,6 +388,8 @@ def summary_text(rec: dict[str, Any]) -> str:
             f"  rate     {rec['frames_in']} input frames in {w:.1f} s from the first video begun to the last "
             f"done: {rec['frames_in'] / max(w, 1e-9):.0f} frames/s"
         )
+    if rec.get("runner"):
+        lines.append(f"  runner   {rec['runner']['backend']} ({rec['runner']['why']})")
     if rec.get("nodes"):
         lines.append(f"  nodes    {len(rec['nodes'])}: " + ", ".join(f"{k[:12]}={v}" for k, v in rec["nodes"].items()))
     return "\n".join(lines)

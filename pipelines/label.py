@@ -407,6 +407,8 @@ def summary_text(rec: dict[str, Any]) -> str:
     for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    error  {k:<20} {v}")
     lines.append(f"  parts    {c.get('units', 0)} written to labels/{lab['name']}/ (query it as {label_view_name(lab['name'])})")
+    if rec.get("runner"):
+        lines.append(f"  runner   {rec['runner']['backend']} ({rec['runner']['why']})")
     return "\n".join(lines)
 
 
