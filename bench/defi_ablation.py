@@ -27,6 +27,13 @@
 
 Tasks, seeds and sizes are fixed below, chosen before any result was seen; they are not to be
 changed after looking at results.
+
+5. Follow-ups (``--followups NAME,...`` or ``all``): extra cells named in ``FOLLOWUPS``, written
+   *after* the quick run's result (defi below scratch, split by the pretrained GIDM) to test what
+   might explain it: a slower or frozen pretrained GIDM, 4x finetuning steps (for defi and for
+   scratch), a 5-step action chunk (both). They run after the main cells in the same folder, with
+   the same seeds and env seed; each is compared with its own baseline (``vs``) by the same paired
+   bootstrap. They are not part of the main table's count of cells.
 """
 
 from __future__ import annotations
@@ -48,6 +55,17 @@ from gidm_quality import DEFAULT_MODEL_SET as GIDM_MODEL_SET  # noqa: E402  (the
 from gidm_quality import EVAL_TASKS, TRAIN_TASKS, make_corpus, sql_for_tasks  # noqa: E402
 
 VARIANTS = ("defi", "scratch", "no-gfdm-pretrain", "no-gidm-pretrain", "bc")
+# Follow-ups, fixed after the quick result and before any of theirs: name -> (init, extra `defi
+# train policy` flags, factor on the finetuning steps, action chunk H or None for the config's,
+# baseline it is compared with).
+FOLLOWUPS = {
+    "defi-gidm-lr0.1": ("defi", ["--policy.gidm_lr_scale", "0.1"], 1, None, "scratch"),
+    "defi-gidm-frozen": ("defi", ["--policy.gidm_lr_scale", "0"], 1, None, "scratch"),
+    "defi-4x-steps": ("defi", [], 4, None, "scratch-4x-steps"),
+    "scratch-4x-steps": ("scratch", [], 4, None, None),
+    "defi-h5": ("defi", [], 1, 5, "scratch-h5"),
+    "scratch-h5": ("scratch", [], 1, 5, None),
+}
 SETTINGS = {"A": "target tasks not in pretraining", "B": "target tasks' action-free video added to pretraining"}
 EVAL_SEED = 1000  # layouts of the evaluation episodes: neither the pretraining (seed) nor the demos' (seed+1)
 
@@ -264,6 +282,8 @@ def pretrain(work: Path, root: str, a: argparse.Namespace, setting: str) -> tupl
 def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespace, setting: str, variant: str, seed: int) -> dict:
     gidm, gfdm = parts
     cell = work / "cells" / setting / f"{variant}-s{seed}"
+    init, extra, steps_factor, horizon, _ = FOLLOWUPS.get(variant, (variant, [], 1, None, None))
+    steps, horizon = a.policy_steps * steps_factor, horizon or a.horizon
     t0 = time.time()
     cli(
         [
@@ -280,11 +300,11 @@ def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespac
             "--out",
             str(cell / "run"),
             "--init",
-            variant,
+            init,
             "--horizon",
-            str(a.horizon),
+            str(horizon),
             "--steps",
-            str(a.policy_steps),
+            str(steps),
             "--train.batch_size",
             str(a.batch_size),
             "--train.seed",
@@ -292,7 +312,7 @@ def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespac
             "--train.log_every",
             "25",
             "--train.ckpt_every",
-            str(a.policy_steps),
+            str(steps),
             "--train.warmup_steps",
             str(min(50, a.policy_steps // 10)),
             "--data.shuffle_buffer",
@@ -300,6 +320,7 @@ def run_cell(work: Path, root: str, parts: tuple[str, str], a: argparse.Namespac
             "--no-progress",
         ]
         + (["--policy.head_dim", "64"] if a.size < 64 else [])
+        + extra
     )
     t_train = time.time() - t0
     cli(
@@ -428,7 +449,7 @@ def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
     from defi.training.sim.evaluate import wilson
 
     rows = {}
-    for v in VARIANTS:
+    for v in (*VARIANTS, *FOLLOWUPS):
         mine = [c for c in cells if c["variant"] == v]
         if not mine:
             continue
@@ -454,10 +475,13 @@ def table(cells: list[dict], tasks: list[str], seeds: list[int]) -> dict:
             row["reliance"] = {k: float(np.mean([r[k] for r in rel])) for k in ("true", "other_same_task", "blank")}
         rows[v] = row
     out = {"rows": rows}
-    done = [s for s in seeds if all(any(c["variant"] == v and c["seed"] == s for c in cells) for v in ("defi", "scratch"))]
-    if done:
-        d, lo, hi = bootstrap_diff(_matrix(cells, "defi", done, tasks), _matrix(cells, "scratch", done, tasks))
-        out["defi_minus_scratch"] = {"diff": d, "bootstrap95": [lo, hi], "seeds": done}
+    pairs = [("defi", "scratch")] + [(v, f[4]) for v, f in FOLLOWUPS.items() if f[4] and v in rows]
+    for v, base in pairs:
+        done = [s for s in seeds if all(any(c["variant"] == x and c["seed"] == s for c in cells) for x in (v, base))]
+        if done:
+            d, lo, hi = bootstrap_diff(_matrix(cells, v, done, tasks), _matrix(cells, base, done, tasks))
+            key = "defi_minus_scratch" if v == "defi" else f"{v}_minus_{base}"
+            out[key] = {"diff": d, "bootstrap95": [lo, hi], "seeds": done, "variant": v, "baseline": base}
     return out
 
 
@@ -476,12 +500,13 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
         rel = row.get("reliance")
         mse = f"   demo MSE {rel['true']:.2f} / {rel['other_same_task']:.2f} / {rel['blank']:.2f}" if rel else ""
         lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}{mse}")
-    d = t.get("defi_minus_scratch")
-    if d:
-        lines.append(
-            f"  defi - scratch: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
-            f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})"
-        )
+    for key, d in t.items():
+        if key.endswith("_minus_scratch") or "_minus_" in key:
+            v, base = d.get("variant", "defi"), d.get("baseline", "scratch")
+            lines.append(
+                f"  {v} - {base}: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
+                f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})" + ("" if v in VARIANTS else "   (follow-up)")
+            )
     return "\n".join(lines)
 
 
@@ -568,6 +593,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
+        "--followups",
+        default="",
+        help=f"after the main cells, also run these follow-up variants (comma list, or all): {', '.join(FOLLOWUPS)}",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="write the table, results.json and report.html from the finished cells, run nothing "
@@ -583,6 +613,9 @@ def parse(argv=None) -> argparse.Namespace:
     bad = [s for s in a.settings if s not in SETTINGS]
     if bad:
         p.error(f"--settings {bad}: valid are A, B")
+    a.followups = list(FOLLOWUPS) if a.followups == "all" else [f.strip() for f in a.followups.split(",") if f.strip()]
+    if unknown := [f for f in a.followups if f not in FOLLOWUPS]:
+        p.error(f"--followups {unknown}: valid are {', '.join(FOLLOWUPS)} or all")
     a.work = a.work or str(Path(tempfile.gettempdir()) / ("defi_ablation" + ("" if a.config_name == "full" else "_" + a.config_name)))
     return a
 
@@ -639,6 +672,10 @@ def main(argv=None) -> dict:
                 t = time.time()
                 run_cell(work, root, parts, a, s, v, seed)
                 ran, t_cells = ran + 1, t_cells + time.time() - t
+        extra = [(seed, v) for seed in a.seeds for v in a.followups if not (work / "cells" / s / f"{v}-s{seed}.json").exists()]
+        for i, (seed, v) in enumerate(extra, 1):
+            print(f"[follow-up {i}/{len(extra)}] setting {s} {v} seed {seed}: running", flush=True)
+            run_cell(work, root, parts, a, s, v, seed)
     return summarise(work, a, config, cmd, time.time() - t0)
 
 
@@ -653,7 +690,7 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
             run = work / "cells" / s / f"{c['variant']}-s{c['seed']}" / "run"
             if any((run / "checkpoints").glob("step-*")):
                 c["reliance"] = image_reliance(run)
-        found += len(cells)
+        found += sum(c["variant"] in VARIANTS for c in cells)
         if cells:
             res["settings"][s] = table(cells, a.target_tasks, a.seeds)
     res["cells_done"], res["cells_expected"] = found, expected

@@ -31,6 +31,16 @@ Row columns (see LATENT_ACTIONS)
     id (the lowest on ties). Statistics are null when the clip has no step; code statistics are
     null for a continuous bottleneck.
 
+Camera motion (``stabilize_px``)
+    A keypoint GIDM reads how image points moved, so a panning or shaking camera reads as an
+    action. With ``stabilize_px = P > 0`` each window's o_t+k is first shifted back by its global
+    translation from o_t (``training.gidm.camera.stabilize``: the integer shift within P pixels
+    per axis under which the grey frames agree best) before the encoder sees it: the latent then
+    carries motion relative to the scene. A stabilised o_t+k differs per window, so those frames
+    are tokenized per window, not once per frame. Measured in docs/gidm-discrete-2026-11-26.md
+    (section D): shake of up to 4 px takes the probe R^2 of the hand displacement from 0.52 to
+    0.15, stabilising brings it back to 0.34; on a still camera it costs 0.016.
+
 Determinism: the model runs in eval mode under ``torch.inference_mode``; ``encode`` takes the
 posterior mean / nearest code, so the same checkpoint and frames give the same labels (up to
 float rounding differences between batch sizes and devices).
@@ -117,9 +127,12 @@ class LatentActionLabeler:
         batch_size: frames per tokenizer batch and transitions per encoder batch.
         device: "auto" (cuda when available), "cpu" or "cuda".
         window_stride: frames between the starts of consecutive windows (>= 1).
+        stabilize_px: 0 (off) or the largest camera shift, pixels per axis at the model's frame
+            size, taken out of each window's o_t+k before encoding (see the module doc).
 
     ``name`` = ``gidm-<checkpoint hash>``, plus ``-k<frames>`` / ``-g<seconds>s`` when the gap
-    differs from the checkpoint's default and ``-s<stride>`` when the stride is not 1, so labels of
+    differs from the checkpoint's default, ``-s<stride>`` when the stride is not 1 and
+    ``-st<pixels>`` when stabilising, so labels of
     two models (or two settings) live side by side under ``labels/<name>/``.
     """
 
@@ -129,6 +142,7 @@ class LatentActionLabeler:
     batch_size: int = 64
     device: str = "auto"
     window_stride: int = 1
+    stabilize_px: int = 0
     version: ClassVar[str] = "1"
     model: Any = field(init=False, repr=False)
     config: Any = field(init=False, repr=False)
@@ -147,6 +161,8 @@ class LatentActionLabeler:
             errors.append(f"batch_size={self.batch_size!r}: must be >= 1")
         if int(self.window_stride) < 1:
             errors.append(f"window_stride={self.window_stride!r}: must be >= 1 frame")
+        if not 0 <= int(self.stabilize_px) <= 32:
+            errors.append(f"stabilize_px={self.stabilize_px!r}: must be 0 (off) to 32 pixels")
         if self.device not in DEVICES:
             errors.append(f"device={self.device!r}: unknown; valid: {', '.join(DEVICES)}")
         if errors:
@@ -170,6 +186,8 @@ class LatentActionLabeler:
             name += "-" + self.gap_spec.suffix()
         if self.window_stride != 1:
             name += f"-s{int(self.window_stride)}"
+        if self.stabilize_px:
+            name += f"-st{int(self.stabilize_px)}"
         self.name = name
 
     # -- facts -------------------------------------------------------------------------------
@@ -194,6 +212,7 @@ class LatentActionLabeler:
             "checkpoint_hash": self.hash,
             "gap": {self.gap_spec.unit: self.gap_spec.value},
             "window_stride": int(self.window_stride),
+            "stabilize_px": int(self.stabilize_px),
             "image_size": self.size,
             "bottleneck": self.config.bottleneck,
             "num_action_tokens": int(self.config.num_action_tokens),
@@ -244,20 +263,28 @@ class LatentActionLabeler:
             return np.zeros((0, q, w), np.float32), (None if cfg.num_codes == 0 else np.zeros((0, q), np.int64))
         frames = np.concatenate([f for f in frames_all if len(f)])
         # tokens of every frame once; frames no window uses (clip tails past the last window,
-        # skipped by window_stride) are not tokenized
-        used = np.unique(np.concatenate([t_idx, k_idx]))
+        # skipped by window_stride) are not tokenized. Stabilised o_t+k frames differ per window:
+        # they are appended after the clip frames and each window points at its own.
+        used = np.unique(t_idx if self.stabilize_px else np.concatenate([t_idx, k_idx]))
         row_of = np.full(len(frames), -1, np.int64)
         row_of[used] = np.arange(len(used))
+        a_rows, b_rows = row_of[t_idx], row_of[k_idx]
+        source = frames[used]
+        if self.stabilize_px:
+            from defi.training.gidm.camera import stabilize
+
+            nxt, _ = stabilize(frames[t_idx].transpose(0, 3, 1, 2), frames[k_idx].transpose(0, 3, 1, 2), int(self.stabilize_px))
+            b_rows = len(used) + np.arange(len(k_idx))
+            source = np.concatenate([source, nxt.transpose(0, 2, 3, 1)])
         tokens = []
-        for i in range(0, len(used), bs):
-            chunk = frames[used[i : i + bs]]
-            x = torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(dev).float().div_(255.0)
+        for i in range(0, len(source), bs):
+            x = torch.from_numpy(np.ascontiguousarray(source[i : i + bs].transpose(0, 3, 1, 2))).to(dev).float().div_(255.0)
             tokens.append(self.model.tokens(x))
         tokens = torch.cat(tokens)
         zs, cs = [], []
         for i in range(0, len(t_idx), bs):
-            a = torch.from_numpy(row_of[t_idx[i : i + bs]]).to(dev)
-            b = torch.from_numpy(row_of[k_idx[i : i + bs]]).to(dev)
+            a = torch.from_numpy(a_rows[i : i + bs]).to(dev)
+            b = torch.from_numpy(b_rows[i : i + bs]).to(dev)
             # GIDM.encode(obs, next_obs) is tokens() of each frame then _encode(); calling the two
             # halves lets each frame be tokenized once instead of twice (the frozen ViT of a
             # features model is most of the cost). tests check it equals encode().

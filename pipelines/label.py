@@ -108,6 +108,10 @@ class LabelConfig:
     gap_frames: int | None = field(default=None, metadata={"help": "gap k in frames (default: the checkpoint's, else 1)"})
     gap_s: float | None = field(default=None, metadata={"help": "gap in seconds, k = max(1, round(gap_s * fps)) per clip"})
     window_stride: int = field(default=1, metadata={"help": "frames between consecutive windows"})
+    stabilize_px: int = field(
+        default=0,
+        metadata={"help": "take camera motion of up to this many pixels (at the model's size) out of each window before encoding (0: off)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "frames / transitions per model batch"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     clips_per_batch: int = field(default=16, metadata={"help": "clips per actor call"})
@@ -151,6 +155,7 @@ class LabelConfig:
             batch_size=self.batch_size,
             device=device or self.device,
             window_stride=self.window_stride,
+            stabilize_px=self.stabilize_px,
         )
 
 

@@ -15,7 +15,7 @@ from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 from defi.training.checkpoint import CheckpointError, save_checkpoint
 from defi.training.data import decode_frames
 from defi.training.gidm import GIDM, gidm_tiny
-from factories import moving_square, write_video
+from factories import moving_square, textured_image, write_video
 
 SIZE = 32
 
@@ -167,3 +167,26 @@ def test_features_model_labels_match_encode(tmp_path, clip):
     ref = lab.model.encode(x[:-2], x[2:])
     assert row["num_steps"] == 10 and np.array_equal(np.array(row["codes"]), ref["codes"].numpy())
     np.testing.assert_allclose(np.array(row["vectors"]), ref["z"].reshape(10, -1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_stabilize_takes_a_camera_pan_out_of_the_labels(ckpts):
+    """A still textured scene seen by a panning camera (2 px/frame right, 1 px/frame down): with
+    ``stabilize_px`` each window's latent is close to the latent of a pair with no motion at all
+    (o_t, o_t); without it, the pan reads as an action. On a still camera it changes nothing."""
+    scene = textured_image(64, 64, seed=3)
+    pan = np.stack([scene[10 + i : 10 + i + SIZE, 8 + 2 * i : 8 + 2 * i + SIZE] for i in range(8)])
+    plain = LatentActionLabeler(str(ckpts["cont"]))
+    steady = LatentActionLabeler(str(ckpts["cont"]), stabilize_px=4, batch_size=5)
+    assert steady.name == f"gidm-{steady.hash}-st4" and steady.params()["stabilize_px"] == 4
+    x = torch.from_numpy(pan.transpose(0, 3, 1, 2).copy()).float() / 255
+    still = plain.model.encode(x[:-1], x[:-1])["z"].reshape(7, -1).numpy()  # o_t paired with itself
+    z_plain = np.array(plain.label_clip(pan, fps=10.0)["vectors"])
+    z_steady = np.array(steady.label_clip(pan, fps=10.0)["vectors"])
+    err_plain, err_steady = np.abs(z_plain - still).mean(), np.abs(z_steady - still).mean()
+    assert err_plain > 0 and err_steady < 0.25 * err_plain, (err_plain, err_steady)
+    # a still camera: nothing to take out, the same labels
+    calm = np.repeat(pan[:1], 6, axis=0)
+    calm[3:, 10:16, 10:16] = 255  # something moves in the scene, not the camera
+    np.testing.assert_allclose(steady.label_clip(calm, 10.0)["vectors"], plain.label_clip(calm, 10.0)["vectors"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="stabilize_px=-1"):
+        LatentActionLabeler(str(ckpts["cont"]), stabilize_px=-1)

@@ -90,6 +90,32 @@ def test_frozen_gfdm_has_no_grads_and_keeps_weights_trained_parts_change():
     assert torch.equal(before["gidm.bottleneck.steps"], after["gidm.bottleneck.steps"])
 
 
+def test_gidm_lr_scale_slows_or_freezes_the_gidm_only():
+    """gidm_lr_scale: the GIDM's optimizer group runs at lr * scale; 0 keeps it where it started
+    while projection and head still learn; 0.1 moves it less than 1 does."""
+    from defi.training.recipes.train_policy import param_groups
+
+    def moved(scale):
+        p = policy("defi", gidm_lr_scale=scale)
+        before = {n: t.detach().clone() for n, t in p.named_parameters()}
+        opt = torch.optim.AdamW(param_groups(p, 3e-3), lr=3e-3, weight_decay=0.01)
+        obs, text, acts = demos()
+        for _ in range(3):
+            r = p(obs, text, acts)
+            opt.zero_grad()
+            r["loss"].backward()
+            opt.step()
+        delta = {n: (t.detach() - before[n]).abs().sum().item() for n, t in p.named_parameters()}
+        part = lambda prefix: sum(v for n, v in delta.items() if n.startswith(prefix))  # noqa: E731
+        return part("gidm.encoder."), part("head.") + part("project.")
+
+    gidm_1, rest_1 = moved(1.0)
+    gidm_01, _ = moved(0.1)
+    gidm_0, rest_0 = moved(0.0)
+    assert gidm_1 > 0 and rest_1 > 0 and rest_0 > 0
+    assert gidm_0 == 0.0 and 0 < gidm_01 < 0.5 * gidm_1
+
+
 def test_gidm_encoder_takes_gradients_through_encode_tokens():
     _, gidm = parts("vq")
     gidm.train()
@@ -154,6 +180,8 @@ def test_bad_configs_name_the_value():
         PolicyConfig(init="dagger")
     with pytest.raises(ValueError, match="no future branch"):
         PolicyConfig(init="bc", consistency_weight=1.0)
+    with pytest.raises(ValueError, match="gidm_lr_scale=-1"):
+        PolicyConfig(gidm_lr_scale=-1)
     gfdm, gidm = parts()
     cfg = PolicyConfig(image_size=S, text_dim=D, gfdm=gfdm.config.to_dict(), gidm=gidm.config.to_dict())
     with pytest.raises(ValueError, match="image sizes differ"):

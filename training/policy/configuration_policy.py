@@ -45,6 +45,10 @@ class PolicyConfig(ConfigDict):
     unfreeze_gfdm_step: int = field(
         default=-1, metadata={"help": "step at which the GFDM starts training (-1: frozen throughout, as released)"}
     )
+    gidm_lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "learning-rate multiplier of the GIDM encoder (0.1: a pretrained GIDM moves slowly; 0: frozen throughout)"},
+    )
     gfdm_steps: int = field(default=1, metadata={"help": "GFDM sampler steps when reading its features"})
     gfdm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GFDMConfig as a dict (filled from --gfdm)"})
     gidm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GIDMConfig as a dict (filled from --gidm)"})
@@ -68,10 +72,16 @@ class PolicyConfig(ConfigDict):
         for name in ("forward_weight", "consistency_weight"):
             if not getattr(self, name) >= 0:
                 bad(name, "must be >= 0")
+        if not self.gidm_lr_scale >= 0:
+            bad("gidm_lr_scale", "must be >= 0")
         if self.unfreeze_gfdm_step < -1:
             bad("unfreeze_gfdm_step", "must be -1 (never) or a step >= 0")
-        if self.init == "bc" and (self.forward_weight or self.consistency_weight or self.unfreeze_gfdm_step >= 0):
-            errors.append("init='bc' has no future branch: forward_weight, consistency_weight and unfreeze_gfdm_step must stay off")
+        if self.init == "bc" and (
+            self.forward_weight or self.consistency_weight or self.unfreeze_gfdm_step >= 0 or self.gidm_lr_scale != 1
+        ):
+            errors.append(
+                "init='bc' has no future branch: forward_weight, consistency_weight, unfreeze_gfdm_step and gidm_lr_scale must stay off"
+            )
         if self.init != "bc" and self.gidm:
             g = self.gidm
             if g.get("image_size", self.image_size) != self.image_size:

@@ -53,6 +53,17 @@ def _to(v: Any, device: torch.device) -> torch.Tensor | None:
     return v.to(device, non_blocking=True) if torch.is_tensor(v) else None
 
 
+def param_groups(policy, lr: float) -> list[dict]:
+    """The optimizer's groups: the GIDM at ``lr * gidm_lr_scale`` (PolicyConfig), the rest at ``lr``
+    (the scheduler scales both alike). A scale of 0 keeps the GIDM where it started."""
+    scale = policy.config.gidm_lr_scale
+    gidm = {id(p) for p in policy.gidm.parameters()} if policy.gidm is not None and scale != 1 else set()
+    groups = [{"params": [p for p in policy.parameters() if id(p) not in gidm], "lr": lr}]
+    if gidm:
+        groups.append({"params": [p for p in policy.gidm.parameters()], "lr": lr * scale, "name": "gidm"})
+    return groups
+
+
 def train_policy(
     policy: DeFiPolicy, train_cfg: TrainConfig, batches: Iterable[dict] | Callable[[int], Iterable[dict]], extra: dict | None = None
 ) -> dict[str, Any]:
@@ -80,7 +91,7 @@ def train_policy(
     policy.to(device)
     # every parameter that may ever train is in the optimizer; frozen ones have no grad, which
     # AdamW skips, so a staged unfreeze needs no second optimizer
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(policy, train_cfg.lr), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train_cfg))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
