@@ -74,6 +74,18 @@ def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     assert out.count("done, skipped") == 5 and "[run] defi" not in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert res2["settings"]["A"]["rows"] == t["rows"]
+    # a follow-up variant runs after the main cells, beside them, against its own baseline
+    res3 = mod.main(["--smoke", "--work", str(work), "--followups", "defi-gidm-frozen"])
+    out = capsys.readouterr().out
+    assert out.count("done, skipped") == 5 and "[follow-up 1/1] setting A defi-gidm-frozen seed 0" in out
+    assert res3["cells_done"] == 5 and res3["status"].startswith("complete")
+    t3 = res3["settings"]["A"]
+    assert list(t3["rows"]) == [*mod.VARIANTS, "defi-gidm-frozen"] and t3["rows"]["defi"] == t["rows"]["defi"]
+    f = t3["defi-gidm-frozen_minus_scratch"]
+    assert f["baseline"] == "scratch" and f["bootstrap95"][0] <= f["diff"] <= f["bootstrap95"][1]
+    assert "defi-gidm-frozen - scratch" in out and "(follow-up)" in out
+    cfg = json.loads((work / "cells" / "A" / "defi-gidm-frozen-s0" / "run" / "run_config.json").read_text())
+    assert cfg["policy"]["init"] == "defi" and cfg["policy"]["gidm_lr_scale"] == 0.0
     # a different configuration in the same folder is refused
     with pytest.raises(SystemExit, match="another configuration"):
         mod.main(["--quick", "--work", str(work)])
