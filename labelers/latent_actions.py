@@ -177,6 +177,8 @@ class LatentActionLabeler:
                 "labeling without instructions is not supported"
             )
         self.model, self.config = model.eval(), config
+        if 4 * int(self.stabilize_px) > self.size:
+            raise ValueError(f"stabilize_px={self.stabilize_px}: at most a quarter of the model's {self.size}-px frames")
         self.hash = checkpoint_hash(self.ckpt_path)
         # the gap the training recipe saved with the checkpoint (extra["data"]), else 1 frame
         default = Gap.from_dict((state.get("extra") or {}).get("data"), default=Gap.of_frames(1))

@@ -190,3 +190,5 @@ def test_stabilize_takes_a_camera_pan_out_of_the_labels(ckpts):
     np.testing.assert_allclose(steady.label_clip(calm, 10.0)["vectors"], plain.label_clip(calm, 10.0)["vectors"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="stabilize_px=-1"):
         LatentActionLabeler(str(ckpts["cont"]), stabilize_px=-1)
+    with pytest.raises(ValueError, match="at most a quarter"):
+        LatentActionLabeler(str(ckpts["cont"]), stabilize_px=12)  # 32-px model
