@@ -32,7 +32,7 @@ changed after looking at results.
    *after* the quick run's result (defi below scratch, split by the pretrained GIDM) to test what
    might explain it: a slower or frozen pretrained GIDM, 4x finetuning steps (for defi and for
    scratch), a 5-step action chunk (both). They run after the main cells in the same folder, with
-   the same seeds and env seed; each is compared with its own baseline (``vs``) by the same paired
+   the same seeds and env seed; each is compared with its own baseline (its entry's last field) by the same paired
    bootstrap. They are not part of the main table's count of cells.
 """
 
@@ -501,7 +501,7 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
         mse = f"   demo MSE {rel['true']:.2f} / {rel['other_same_task']:.2f} / {rel['blank']:.2f}" if rel else ""
         lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}{mse}")
     for key, d in t.items():
-        if key.endswith("_minus_scratch") or "_minus_" in key:
+        if "_minus_" in key:
             v, base = d.get("variant", "defi"), d.get("baseline", "scratch")
             lines.append(
                 f"  {v} - {base}: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
