@@ -666,6 +666,10 @@ def main(argv=None) -> dict:
                 if path.exists():
                     print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: done, skipped", flush=True)
                     continue
+                if reuse_cell(work, a, s, v, seed):
+                    done_before += 1
+                    print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: reused from setting {a.settings[0]}", flush=True)
+                    continue
                 left = len(cells_all) - done_before - ran
                 eta = f"ETA {t_cells / ran * left / 60:.0f} min" if ran else "ETA after the first cell"
                 print(f"[cell {i}/{len(cells_all)}] setting {s} {v} seed {seed}: running ({left} cells left, {eta})", flush=True)
@@ -679,6 +683,35 @@ def main(argv=None) -> dict:
     return summarise(work, a, config, cmd, time.time() - t0)
 
 
+# variants that load no pretrained weights: the same seed trains the same policy in every setting
+NO_PRETRAINED = ("scratch", "bc")
+
+
+def _model_configs(work: Path, setting: str) -> list:
+    """The pretrained GIDM's and GFDM's config objects (defaults filled in, so a config saved
+    before a field existed equals one saved after)."""
+    from defi.training.checkpoint import load_config
+    from defi.training.recipes.train_policy import last_checkpoint
+
+    return [load_config(last_checkpoint(work / f"pretrain-{setting}" / m)) for m in ("gidm", "gfdm")]
+
+
+def reuse_cell(work: Path, a: argparse.Namespace, setting: str, variant: str, seed: int) -> bool:
+    """A ``scratch`` or ``bc`` cell of a later setting is the first setting's cell of the same seed
+    when both settings' pretrained models have the same configs (only their shapes reach these
+    variants): copied with ``reused_from``, not re-run. Checked on the full run: setting B's
+    scratch seed 0, run in both, has the same training log and the same 150 episode outcomes."""
+    first = a.settings[0]
+    src = work / "cells" / first / f"{variant}-s{seed}.json"
+    if variant not in NO_PRETRAINED or setting == first or not src.exists():
+        return False
+    if _model_configs(work, first) != _model_configs(work, setting):
+        return False
+    cell = json.loads(src.read_text()) | {"setting": setting, "reused_from": first}
+    atomic_json(work / "cells" / setting / f"{variant}-s{seed}.json", cell)
+    return True
+
+
 def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: float) -> dict:
     res = {"config_name": a.config_name, "config": config, "command": cmd, "settings": {}, "wall_s_this_call": wall}
     expected = len(a.settings) * len(a.seeds) * len(VARIANTS)
@@ -687,7 +720,7 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
         cells = [json.loads(p.read_text()) for p in sorted((work / "cells" / s).glob("*-s*.json"))]
         cells = [c for c in cells if c["seed"] in a.seeds]
         for c in cells:
-            run = work / "cells" / s / f"{c['variant']}-s{c['seed']}" / "run"
+            run = work / "cells" / c.get("reused_from", s) / f"{c['variant']}-s{c['seed']}" / "run"
             if any((run / "checkpoints").glob("step-*")):
                 c["reliance"] = image_reliance(run)
         found += sum(c["variant"] in VARIANTS for c in cells)

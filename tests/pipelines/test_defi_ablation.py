@@ -39,6 +39,37 @@ def test_bootstrap_is_paired_and_covers_the_difference():
     assert d0 == lo0 == hi0 == 0
 
 
+def test_scratch_and_bc_cells_are_reused_only_when_the_model_shapes_match(tmp_path):
+    mod = load_bench()
+    a = mod.parse(["--smoke", "--settings", "A,B", "--work", str(tmp_path)])
+    from defi.training.checkpoint import save_checkpoint
+    from defi.training.gfdm import GFDM, gfdm_tiny
+    from defi.training.gidm import GIDM, gidm_tiny
+
+    def save(setting, gidm_dim):
+        base = tmp_path / f"pretrain-{setting}"
+        g, f = gidm_tiny(image_size=32, model_dim=gidm_dim), gfdm_tiny(image_size=32)
+        save_checkpoint(base / "gidm" / "checkpoints" / "step-00000002", GIDM(g), g, step=2)
+        save_checkpoint(base / "gfdm" / "checkpoints" / "step-00000002", GFDM(f, load_pretrained=False), f, step=2)
+
+    save("A", 32)
+    save("B", 32)
+    cell = {"setting": "A", "variant": "scratch", "seed": 0, "per_task": {}, "episodes": []}
+    (tmp_path / "cells" / "A").mkdir(parents=True)
+    for v in ("scratch", "defi", "bc"):
+        (tmp_path / "cells" / "A" / f"{v}-s0.json").write_text(json.dumps(cell | {"variant": v}))
+    assert not mod.reuse_cell(tmp_path, a, "B", "defi", 0)  # loads pretrained weights: always run
+    assert not mod.reuse_cell(tmp_path, a, "B", "scratch", 1)  # no cell of that seed in A
+    assert not mod.reuse_cell(tmp_path, a, "A", "scratch", 0)  # the first setting runs its own
+    assert mod.reuse_cell(tmp_path, a, "B", "scratch", 0)
+    got = json.loads((tmp_path / "cells" / "B" / "scratch-s0.json").read_text())
+    assert got == cell | {"setting": "B", "reused_from": "A"}
+    # another model shape in B: scratch there is another network, so it runs
+    save("B", 64)
+    assert not mod.reuse_cell(tmp_path, a, "B", "bc", 0)
+    assert not (tmp_path / "cells" / "B" / "bc-s0.json").exists()
+
+
 def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     mod = load_bench()
     work = tmp_path / "abl"
