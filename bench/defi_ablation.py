@@ -502,7 +502,7 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
         lines.append(f"  {v:<18}" + "".join(f"{x:>24}" for x in cells) + f"   seeds {row['all']['seeds']}{mse}")
     for key, d in t.items():
         if "_minus_" in key:
-            v, base = d.get("variant", "defi"), d.get("baseline", "scratch")
+            v, base = d["variant"], d["baseline"]  # table() writes both into every comparison
             lines.append(
                 f"  {v} - {base}: {100 * d['diff']:+.1f} points, bootstrap 95% [{100 * d['bootstrap95'][0]:+.1f}, "
                 f"{100 * d['bootstrap95'][1]:+.1f}] (seeds {d['seeds']})" + ("" if v in VARIANTS else "   (follow-up)")

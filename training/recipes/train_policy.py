@@ -60,7 +60,7 @@ def param_groups(policy, lr: float) -> list[dict]:
     gidm = {id(p) for p in policy.gidm.parameters()} if policy.gidm is not None and scale != 1 else set()
     groups = [{"params": [p for p in policy.parameters() if id(p) not in gidm], "lr": lr}]
     if gidm:
-        groups.append({"params": [p for p in policy.gidm.parameters()], "lr": lr * scale, "name": "gidm"})
+        groups.append({"params": list(policy.gidm.parameters()), "lr": lr * scale, "name": "gidm"})
     return groups
 
 
