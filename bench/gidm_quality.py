@@ -4,7 +4,8 @@
     .venv/bin/python bench/gidm_quality.py                    # ~15 min on a 2-core CPU
     .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
     (--bottleneck fsq | rvq | nsvq likewise; --camera-shift 4 [--stabilize] adds camera motion to
-    the held-out pairs [and takes it out]; --eval-camera corner2 probes an unseen viewpoint)
+    the held-out pairs [and takes it out]; --eval-camera corner2 probes an unseen viewpoint;
+    --train-cameras corner,corner4,topview trains on three viewpoints, the remedy for new ones)
 
 1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise. Training
    tasks are written *action-free* (video only); held-out tasks (other tasks) with actions and
@@ -76,7 +77,7 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
     from defi.training.sim import generate
 
     if sets is None:
-        sets = [("train_ds", a.train_tasks, a.episodes, True, a.seed), ("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
+        sets = train_sets(a) + [("eval_ds", a.eval_tasks, a.eval_episodes, False, a.seed + 1)]
     for name, tasks, eps, action_free, seed, *camera in sets:
         out = work / name
         if (out / "meta" / "info.json").exists():
@@ -116,6 +117,15 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
     rec = run_curate([str(work / n) for n, *_ in sets], root, cfg, progress=False)
     print(f"[curate] {time.time() - t:.0f} s\n" + summary_text(rec), flush=True)
     return root
+
+
+def train_sets(a: argparse.Namespace) -> list[tuple]:
+    """The action-free training set(s): one camera ("corner"), or with --train-cameras the same
+    total episodes split evenly over the listed cameras, each with its own layout seed."""
+    if a.train_cameras == ["corner"]:
+        return [("train_ds", a.train_tasks, a.episodes, True, a.seed)]
+    n = len(a.train_cameras)
+    return [(f"train_ds_{cam}", a.train_tasks, max(1, a.episodes // n), True, a.seed + 2 + i, cam) for i, cam in enumerate(a.train_cameras)]
 
 
 def camera_motion(pairs: dict[str, np.ndarray], a: argparse.Namespace) -> dict:
@@ -213,12 +223,19 @@ def parse(argv=None) -> argparse.Namespace:
         help="probe on held-out episodes rendered from this Meta-World camera (e.g. corner2, corner3), generated into WORK/eval_CAMERA",
     )
     p.add_argument(
+        "--train-cameras",
+        default="corner",
+        help="comma-separated Meta-World cameras of the training videos; the --episodes are split evenly over them "
+        "(e.g. corner,corner4,topview: the remedy for unseen viewpoints; use a new --work)",
+    )
+    p.add_argument(
         "--nonlinear", action="store_true", help="also kernel probes (ridge on random Fourier features) of the latent and the two controls"
     )
     a = p.parse_args(argv)
     split = lambda s: [t.strip() for t in s.split(",") if t.strip()]  # noqa: E731
     a.train_tasks = split(a.train_tasks) if a.train_tasks else (QUICK_TRAIN if a.quick else TRAIN_TASKS)
     a.eval_tasks = split(a.eval_tasks) if a.eval_tasks else (QUICK_EVAL if a.quick else EVAL_TASKS)
+    a.train_cameras = split(a.train_cameras) or ["corner"]
     a.episodes = a.episodes or (6 if a.quick else 30)
     a.eval_episodes = a.eval_episodes or (6 if a.quick else 12)
     a.steps = a.steps or (400 if a.quick else 3000)
@@ -328,6 +345,7 @@ def main(argv=None) -> dict:
             "train_seed": a.train_seed,
             "data_seed": a.seed,
             "camera": camera,
+            "train_cameras": a.train_cameras,
             "model": cfg.to_dict(),
         },
         train_loss_first=metrics[0]["loss"],

@@ -22,10 +22,10 @@ that was not finished. A failing step is named and leaves the earlier steps' out
 
 Sizes: the new steps' defaults (GFDM 30 steps at batch 8, two policies of 30 steps at batch 16, 2
 episodes x 3 held-out tasks x 2 policies of at most 80 actions) are meant for `make demo` on a 2-core
-machine. Measured on the 2-core box shared by four engineers (load average 6-9, a test run beside):
-train_gfdm 615 s (~20 s/step), train_policy 461 s (two policies, ~7 s/step), eval 88 s (12
-episodes): ~19 minutes for the three, far over 10 minutes there; an idle box was not measured. ``BIGGER`` (in ``defi demo --help``)
-names the flags that run it bigger. Everything is generated locally; nothing is downloaded.
+machine. Measured on a quiet 2-core box (2026-11-26): train_gfdm 14 s, train_policy 15 s, eval 17 s,
+the whole demo 275 s (Meta-World episodes 50 s, the GIDM 155 s). Under a heavy load (average 6-9,
+a test run beside) the same three steps took 615 s, 461 s and 88 s. ``BIGGER`` (in ``defi demo
+--help``) names the flags that run it bigger. Everything is generated locally; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -48,7 +48,20 @@ from .usage import UsageError
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
 # ---------------------------------------------------------------------------------------------
-ACTION_FREE_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
+# The action-free tasks are bench/gidm_quality.py's 8 training tasks, 4 episodes each: at the
+# same number of episodes (and the same time), 8 tasks x 4 gave the demo GIDM's latent more of the
+# held-out hand motion than the former 4 tasks x 8 on two data seeds (R^2 0.618 vs 0.567 and
+# 0.765 vs 0.588; 8 x 8 gave 0.661 and 0.536): docs/gidm-discrete-2026-11-26.md, section E.
+ACTION_FREE_TASKS = [
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "button-press-topdown-v3",
+    "window-open-v3",
+    "plate-slide-v3",
+]
 PROBE_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
 
 
@@ -61,7 +74,7 @@ class DemoConfig:
     probe_tasks: str = field(
         default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"}
     )
-    episodes: int = field(default=8, metadata={"help": "episodes per action-free task"})
+    episodes: int = field(default=4, metadata={"help": "episodes per action-free task"})
     probe_episodes: int = field(default=6, metadata={"help": "episodes per probe task"})
     robot_size: int = field(default=96, metadata={"help": "rendered frame side, pixels"})
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
