@@ -45,18 +45,10 @@ import numpy as np
 
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
 from defi.training.gidm.probe import encode_all, probe, probe_pairs
+from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS
 
-TRAIN_TASKS = [
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "button-press-topdown-v3",
-    "window-open-v3",
-    "plate-slide-v3",
-]
-EVAL_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3", "sweep-into-v3", "door-close-v3"]
+TRAIN_TASKS = list(PRETRAIN_TASKS)  # the project's standard split (training/sim/metaworld_env.py)
+EVAL_TASKS = list(HELD_OUT_TASKS)
 QUICK_TRAIN = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
 QUICK_EVAL = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
 # The best measured setting (README): 4-px patches, reconstruction weighted towards changed

@@ -42,27 +42,20 @@ from typing import Any
 
 import numpy as np
 
+from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
+
 from .config import add_flags, resolve
 from .usage import UsageError
 
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
 # ---------------------------------------------------------------------------------------------
-# The action-free tasks are bench/gidm_quality.py's 8 training tasks, 4 episodes each: at the
-# same number of episodes (and the same time), 8 tasks x 4 gave the demo GIDM's latent more of the
-# held-out hand motion than the former 4 tasks x 8 on two data seeds (R^2 0.618 vs 0.567 and
-# 0.765 vs 0.588; 8 x 8 gave 0.661 and 0.536): docs/gidm-discrete-2026-11-26.md, section E.
-ACTION_FREE_TASKS = [
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "button-press-topdown-v3",
-    "window-open-v3",
-    "plate-slide-v3",
-]
-PROBE_TASKS = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
+# The action-free tasks are the project's 8 pretraining tasks (bench/gidm_quality.py's), 4 episodes
+# each: at the same number of episodes (and the same time), 8 tasks x 4 gave the demo GIDM's latent
+# more of the held-out hand motion than the former 4 tasks x 8 on two data seeds (R^2 0.618 vs
+# 0.567 and 0.765 vs 0.588; 8 x 8 gave 0.661 and 0.536): docs/gidm-discrete-2026-11-26.md, section E.
+ACTION_FREE_TASKS = list(PRETRAIN_TASKS)
+PROBE_TASKS = list(HELD_OUT_TASKS[:3])
 
 
 @dataclass

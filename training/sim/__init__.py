@@ -4,6 +4,16 @@ Importing this package is cheap: mujoco and metaworld load when an env is made o
 """
 
 from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
-from .metaworld_env import TASK_INSTRUCTIONS, GenerateConfig, MetaWorldEnv, generate, instruction_for
+from .metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS, TASK_INSTRUCTIONS, GenerateConfig, MetaWorldEnv, generate, instruction_for
 
-__all__ = ["EpisodeBuffer", "LeRobotV3Writer", "MetaWorldEnv", "GenerateConfig", "generate", "instruction_for", "TASK_INSTRUCTIONS"]
+__all__ = [
+    "EpisodeBuffer",
+    "LeRobotV3Writer",
+    "MetaWorldEnv",
+    "GenerateConfig",
+    "generate",
+    "instruction_for",
+    "TASK_INSTRUCTIONS",
+    "PRETRAIN_TASKS",
+    "HELD_OUT_TASKS",
+]

@@ -35,6 +35,21 @@ from typing import Any
 
 import numpy as np
 
+# The project's standard split of Meta-World tasks (bench/gidm_quality.py and the benches built on
+# it, `defi demo`): action-free pretraining video of 8 tasks, and 5 other tasks held out for probes
+# and finetuning.
+PRETRAIN_TASKS = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "button-press-topdown-v3",
+    "window-open-v3",
+    "plate-slide-v3",
+)
+HELD_OUT_TASKS = ("drawer-close-v3", "window-close-v3", "button-press-v3", "sweep-into-v3", "door-close-v3")
+
 # Short instructions for the tasks we generate most; other tasks get their name in words
 # ("button-press-topdown-v3" -> "button press topdown").
 TASK_INSTRUCTIONS: dict[str, str] = {
