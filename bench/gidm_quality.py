@@ -43,14 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
-import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
 from defi.training.gidm.probe import encode_all, probe, probe_pairs
-from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS
+from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS  # (importing it sets MUJOCO_GL before mujoco loads)
 
 TRAIN_TASKS = list(PRETRAIN_TASKS)  # the project's standard split (training/sim/metaworld_env.py)
 EVAL_TASKS = list(HELD_OUT_TASKS)
-QUICK_TRAIN = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3"]
-QUICK_EVAL = ["drawer-close-v3", "window-close-v3", "button-press-v3"]
+QUICK_TRAIN = TRAIN_TASKS[:4]
+QUICK_EVAL = EVAL_TASKS[:3]
 # The best measured setting (README): 4-px patches, reconstruction weighted towards changed
 # patches, keypoint encoder with 32 soft-argmax keypoints. --model-set overrides any of them.
 DEFAULT_MODEL_SET = ["patch_size=4", "changed_weight=30", "keypoints=32"]
