@@ -1,7 +1,7 @@
 """Does the GIDM's latent action carry the action? Linear probes on held-out Meta-World tasks.
 
     .venv/bin/python bench/gidm_quality.py --quick            # ~2 min on a 2-core CPU (a smoke run)
-    .venv/bin/python bench/gidm_quality.py                    # ~15 min on a 2-core CPU
+    .venv/bin/python bench/gidm_quality.py                    # ~27 min on a quiet 2-core CPU
     .venv/bin/python bench/gidm_quality.py --bottleneck vq    # also: code usage, perplexity, NMI
     (--bottleneck fsq | rvq | nsvq likewise; --camera-shift 4 [--stabilize] adds camera motion to
     the held-out pairs [and takes it out]; --eval-camera corner2 probes an unseen viewpoint;

@@ -240,7 +240,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
                 else "<p>The latent does not clear its controls here. On the default demo data, training it 7.5 times "
                 "longer did not either (docs/gidm-discrete-2026-11-26.md, section F). "
                 "<code>.venv/bin/python bench/gidm_quality.py</code> (240 episodes of 8 training tasks, 3000 steps, "
-                "~25 min on 2 cores) trains the same preset to where it clears them on its held-out tasks.</p>"
+                "~27 min on 2 cores) trains the same preset to where it clears them on its held-out tasks.</p>"
             )
             + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
         )
