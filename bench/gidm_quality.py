@@ -174,7 +174,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="GIDM training steps (default 3000, quick 400)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--model", default="tiny", choices=["keypoint", "tiny", "small"])
+    p.add_argument(
+        "--model",
+        default="tiny",
+        choices=["keypoint", "keypoint-rvq", "tiny", "small"],
+        help="GIDM preset under the defaults below (tiny + them = keypoint; keypoint-rvq: its residual-VQ codes)",
+    )
     p.add_argument(
         "--bottleneck", default=None, choices=["continuous", "vq", "fsq", "rvq", "nsvq"], help="override the model size's bottleneck"
     )

@@ -76,9 +76,12 @@ class DemoConfig:
     gidm_steps: int = field(default=400, metadata={"help": "GIDM training steps"})
     gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
     gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
-    gidm_model: str = field(default="keypoint", metadata={"help": "GIDM preset (defi train gidm --model): keypoint, tiny, small, univla"})
-    gidm_bottleneck: str = field(default="continuous", metadata={"help": "GIDM latent: continuous, vq, fsq, rvq or nsvq"})
-    codebook_size: int = field(default=8, metadata={"help": "latent-action codes (VQ)"})
+    gidm_model: str = field(
+        default="keypoint",
+        metadata={"help": "GIDM preset (defi train gidm --model): keypoint, keypoint-rvq (codes), tiny, small, univla"},
+    )
+    gidm_bottleneck: str = field(default="", metadata={"help": "GIDM latent: continuous, vq, fsq, rvq or nsvq (default: the preset's)"})
+    codebook_size: int = field(default=0, metadata={"help": "latent-action codes per codebook (default 0: the preset's)"})
     changed_weight: float = field(default=30.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
     keypoints: int = field(
         default=32, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
@@ -336,14 +339,13 @@ def _losses(run: Path, *names: str) -> dict[str, Any]:
 def gidm_layer(ctx: Context) -> dict[str, Any]:
     """The demo's GIDM run config over the ``DemoConfig.gidm_model`` preset, from the DemoConfig."""
     c = ctx.cfg
+    model: dict[str, Any] = {"restart_interval": 50, "changed_weight": c.changed_weight, "keypoints": c.keypoints}
+    if c.gidm_bottleneck:  # else the preset's
+        model["bottleneck"] = c.gidm_bottleneck
+    if c.codebook_size:
+        model["codebook_size"] = c.codebook_size
     return {
-        "model": {
-            "bottleneck": c.gidm_bottleneck,
-            "codebook_size": c.codebook_size,
-            "restart_interval": 50,
-            "changed_weight": c.changed_weight,
-            "keypoints": c.keypoints,
-        },
+        "model": model,
         "data": {"gap_frames": c.gap_frames, "size": c.gidm_size, "pairs_per_clip": 8, "shuffle_buffer": 256},
         "train": {
             "steps": c.gidm_steps,
@@ -363,9 +365,11 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
 
     layer, preset = gidm_layer(ctx), ctx.cfg.gidm_model
     _say_command(f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {preset}', layer)
-    res = run_train_gidm(ctx.root, TRAIN_SELECT, gidm_run_config(preset, layer))
+    cfg = gidm_run_config(preset, layer)
+    res = run_train_gidm(ctx.root, TRAIN_SELECT, cfg)
     print(summary_text(res))
-    return {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, **_losses(ctx.gidm_run, "loss")}
+    out = {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, "bottleneck": cfg.model.bottleneck}
+    return {**out, **_losses(ctx.gidm_run, "loss")}
 
 
 # -- label -------------------------------------------------------------------------------------

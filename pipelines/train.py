@@ -53,7 +53,7 @@ from .usage import LazyFlagsParser, UsageError, one_line, run_standalone
 
 __all__ = ["DataConfig", "RUN_CONFIG_FILE", "gidm_run_config", "run_train_gidm", "add_train_parser", "main"]
 
-MODEL_SIZES = ("keypoint", "tiny", "small", "univla")  # training/gidm/configuration_gidm.py GIDM_SIZES
+MODEL_SIZES = ("keypoint", "keypoint-rvq", "tiny", "small", "univla")  # training/gidm/configuration_gidm.py GIDM_SIZES
 
 
 def run_config_cls() -> type:
@@ -182,7 +182,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         default="keypoint",
         choices=MODEL_SIZES,
         help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
-        "video, 64 px), tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
+        "video, 64 px), keypoint-rvq (the same with residual-VQ codes: the best measured discrete latent), "
+        "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
     )
     add_run_flags(g)
     g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*)")

@@ -175,7 +175,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     if train.get("loss"):
         losses = [float(v) for _, v in train["loss"]]
         body = (
-            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(getattr(ctx.cfg, 'gidm_bottleneck', 'vq'))} latent) "
+            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(train.get('bottleneck') or getattr(ctx.cfg, 'gidm_bottleneck', ''))} latent) "
             f"trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
             f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
         )

@@ -74,6 +74,27 @@ def test_vq_labels_match_the_model_encode(ckpts, clip):
     assert table.column("labeler")[0].as_py() == lab.name == f"gidm-{lab.hash}"
 
 
+def test_keypoint_rvq_preset_labels_first_stage_codes_and_summed_vectors(tmp_path, clip):
+    from defi.training.gidm import gidm_keypoint_rvq
+
+    torch.manual_seed(3)
+    cfg = gidm_keypoint_rvq(image_size=SIZE, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1, keypoints=8)
+    path = save_checkpoint(tmp_path / "rvq", GIDM(cfg), cfg, step=1)
+    lab = LatentActionLabeler(str(path), batch_size=4, gap_frames=2)
+    row = lab.label_clip(clip, fps=10.0)
+    x = torch.from_numpy(clip.transpose(0, 3, 1, 2).copy()).float() / 255
+    ref = lab.model.encode(x[:-2], x[2:])
+    codes, z = np.array(row["codes"]), np.array(row["vectors"])
+    assert codes.shape == (10, 1) and np.array_equal(codes, ref["codes"].numpy())
+    np.testing.assert_allclose(z, ref["z"].reshape(10, 16).numpy(), rtol=1e-5, atol=1e-6)
+    # codes are the first stage's ids (what dominant_code counts), vectors the sum of all 8 stages'
+    book = lab.model.bottleneck.codebook.detach().numpy()
+    assert book.shape == (8, 16, 16) and np.abs(z - book[0][codes[:, 0]]).max() > 1e-4
+    hist = np.array(row["code_hist"])
+    assert len(hist) == 16 and hist.sum() == 10 and row["dominant_code"] == int(np.argmax(hist))
+    table_from_rows([row], LATENT_ACTIONS)
+
+
 def test_continuous_has_no_codes_and_short_clips_have_no_steps(ckpts, clip):
     lab = LatentActionLabeler(str(ckpts["cont"]), gap_frames=3)
     row = lab.label_clip(clip, fps=10.0)

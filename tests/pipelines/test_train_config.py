@@ -71,3 +71,20 @@ def test_bad_configs_name_the_problem():
     with pytest.raises(ConfigError, match="bottleneck='bogus'"):
         gidm_run_config("tiny", {"model": {"bottleneck": "bogus"}})
     assert Path(policy_run_config({"out": "x"}).train.out_dir) == Path("x")
+
+
+def test_every_gidm_preset_is_a_cli_choice_and_the_demo_keeps_its_bottleneck(capsys, tmp_path):
+    from defi.pipelines.train import MODEL_SIZES
+    from defi.training.gidm import GIDM_SIZES
+
+    assert MODEL_SIZES == tuple(GIDM_SIZES)
+    argv = ["gidm", "--root", "r", "--select", "s", "--out", "o", "--model", "keypoint-rvq"]
+    m = _dry_run(capsys, argv)["model"]
+    assert (m["bottleneck"], m["codebook_size"], m["vq_stages"], m["keypoints"], m["latent_dim"]) == ("rvq", 16, 8, 32, 16)
+    # the demo's GIDM over that preset trains its codes unless a flag names another bottleneck
+    ctx = demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_model="keypoint-rvq"))
+    m = gidm_run_config("keypoint-rvq", demo.gidm_layer(ctx)).model
+    assert (m.bottleneck, m.codebook_size, m.vq_stages) == ("rvq", 16, 8)
+    ctx = demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_model="keypoint-rvq", gidm_bottleneck="continuous"))
+    assert gidm_run_config("keypoint-rvq", demo.gidm_layer(ctx)).model.bottleneck == "continuous"
+    assert gidm_run_config("keypoint", demo.gidm_layer(demo.Context(out=tmp_path, cfg=demo.DemoConfig()))).model.bottleneck == "continuous"

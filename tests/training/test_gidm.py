@@ -46,7 +46,7 @@ def test_config_names_every_bad_value_and_lists_valid_names():
         GIDMConfig(input_space="video")
     with pytest.raises(ValueError, match="feature_dim"):
         GIDMConfig(input_space="features", feature_dim=0)
-    with pytest.raises(ValueError, match="valid: keypoint, tiny, small, univla"):
+    with pytest.raises(ValueError, match="valid: keypoint, keypoint-rvq, tiny, small, univla"):
         gidm_config("huge")
     with pytest.raises(ValueError, match="unknown GIDMConfig field"):
         GIDMConfig.from_dict({"bottlenek": "vq"})

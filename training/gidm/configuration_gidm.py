@@ -254,8 +254,26 @@ def gidm_keypoint(**overrides: Any) -> GIDMConfig:
     return gidm_tiny(**{**keypoint, **overrides})
 
 
+def gidm_keypoint_rvq(**overrides: Any) -> GIDMConfig:
+    """``gidm_keypoint`` with discrete codes: residual VQ, 8 stages of 16 codes over its 16 dims.
+    The best measured discrete latent (``bench/gidm_quality.py --bottleneck rvq --model-set
+    codebook_size=16 --model-set vq_stages=8``, 3000 steps): its code vectors explained 0.56 / 0.66
+    / 0.76 of held-out end-effector displacement over three training seeds (mean 0.66) against
+    0.44 / 0.63 for the same-size controls, all 16 first-stage codes in use (perplexity ~10).
+    ``codes`` (so ``dominant_code``, ``code_hist``) are the first stage's ids; the labels'
+    vectors are the sum of all stages. Seeds vary: train more than one and keep the best probe."""
+    rvq = dict(bottleneck="rvq", codebook_size=16, vq_stages=8)
+    return gidm_keypoint(**{**rvq, **overrides})
+
+
 # one explicit line per preset; `defi train gidm --model NAME` and gidm_config(NAME) read it
-GIDM_SIZES = {"keypoint": gidm_keypoint, "tiny": gidm_tiny, "small": gidm_small, "univla": gidm_univla}
+GIDM_SIZES = {
+    "keypoint": gidm_keypoint,
+    "keypoint-rvq": gidm_keypoint_rvq,
+    "tiny": gidm_tiny,
+    "small": gidm_small,
+    "univla": gidm_univla,
+}
 DEFAULT_GIDM = "keypoint"
 
 
