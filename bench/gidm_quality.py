@@ -241,27 +241,9 @@ def parse(argv=None) -> argparse.Namespace:
     return a
 
 
-def main(argv=None) -> dict:
-    import shutil
-
-    import torch
-
-    from defi.pipelines.train import main as train_main
-    from defi.training.checkpoint import load_checkpoint
-    from defi.training.recipes.train_gidm import last_checkpoint
-
-    a = parse(argv)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    root = a.corpus or make_corpus(work, a)
-    t_data = time.time() - t0
-    if a.data_only:
-        return {"corpus": root}
-
-    run = work / "run"
-    if a.fresh_run and run.exists():
-        shutil.rmtree(run)
+def train_args(a: argparse.Namespace, root: str, run: Path) -> list[str]:
+    """The ``defi train gidm`` arguments of the bench's training run (``--model`` preset, then
+    ``--bottleneck`` / ``--latent-dim``, then ``DEFAULT_MODEL_SET`` and ``--model-set``)."""
     args = [
         "gidm",
         "--root",
@@ -307,6 +289,31 @@ def main(argv=None) -> dict:
     for kv in DEFAULT_MODEL_SET + a.model_set:
         field, _, value = kv.partition("=")
         args += [f"--model.{field}", value]
+    return args
+
+
+def main(argv=None) -> dict:
+    import shutil
+
+    import torch
+
+    from defi.pipelines.train import main as train_main
+    from defi.training.checkpoint import load_checkpoint
+    from defi.training.recipes.train_gidm import last_checkpoint
+
+    a = parse(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root = a.corpus or make_corpus(work, a)
+    t_data = time.time() - t0
+    if a.data_only:
+        return {"corpus": root}
+
+    run = work / "run"
+    if a.fresh_run and run.exists():
+        shutil.rmtree(run)
+    args = train_args(a, root, run)
     print("[train] defi train " + " ".join(f'"{x}"' if " " in x else x for x in args))
     t = time.time()
     rc = train_main(args)

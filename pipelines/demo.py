@@ -401,7 +401,9 @@ def demo_queries(view: str) -> list[tuple[str, str]]:
         (
             "clips per dominant code",
             f"SELECT l.dominant_code, count(*) AS clips, round(avg(l.norm_mean), 3) AS norm_mean, "
-            f"round(avg(c.motion_mean), 3) AS motion_mean FROM {view} l JOIN clips c USING (key) "
+            f"round(avg(c.motion_mean), 3) AS motion_mean, "
+            f"mode(coalesce(c.language, regexp_extract(c.uri, '[^/]+$'))) AS most_common_content, "
+            f"count(DISTINCT coalesce(c.language, c.uri)) AS contents FROM {view} l JOIN clips c USING (key) "
             f"WHERE c.kept AND l.dominant_code IS NOT NULL GROUP BY 1 ORDER BY clips DESC",
         ),
         (
@@ -415,10 +417,15 @@ def demo_queries(view: str) -> list[tuple[str, str]]:
 
 
 def nearest_query(view: str, key: str) -> str:
+    """The clips nearest to ``key`` by the cosine of their centred mean latents (``defi.pipelines.
+    label.nearest_clips_sql``), with each clip's content."""
+    from defi.pipelines.label import centred_vectors_sql
+
     return (
-        f"SELECT l.key, round(list_cosine_similarity(l.mean_vector, q.mean_vector), 3) AS cosine, "
-        f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM {view} l JOIN clips c USING (key), "
-        f"(SELECT mean_vector FROM {view} WHERE key = '{key}') q WHERE l.mean_vector IS NOT NULL "
+        f"WITH vecs AS {centred_vectors_sql(view)}\n"
+        f"SELECT a.key, round(list_cosine_similarity(a.v, q.v), 3) AS cosine, "
+        f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM vecs a JOIN clips c USING (key), "
+        f"(SELECT v FROM vecs WHERE key = '{key}') q "
         f"ORDER BY isnan(cosine), cosine DESC LIMIT 6"
     )
 

@@ -183,13 +183,23 @@ def test_two_checkpoints_side_by_side_and_queries(root, base):
         near = corpus.query(nearest_clips_sql(KEYS[n], C, limit=3)).to_pylist()
         assert near[0]["key"] == KEYS[n] and near[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
         assert len(near) == 3 and near[1]["cosine"] <= near[0]["cosine"] + 1e-6
-    # the fixed-size array form agrees (D = latent width, 8 for the continuous tiny model)
+    # raw: the fixed-size array form agrees (D = latent width, 8 for the continuous tiny model)
     arr = corpus.query(
         f"SELECT l.key, array_cosine_similarity(l.mean_vector::FLOAT[8], "
         f"(SELECT mean_vector FROM {C} WHERE key = '{KEYS['b']}')::FLOAT[8]) AS cos FROM {C} l ORDER BY cos DESC"
     ).to_pylist()
-    lst = {r["key"]: r["cosine"] for r in corpus.query(nearest_clips_sql(KEYS["b"], C, limit=10)).to_pylist()}
+    lst = {r["key"]: r["cosine"] for r in corpus.query(nearest_clips_sql(KEYS["b"], C, limit=10, centred=False)).to_pylist()}
     assert arr[0]["key"] == KEYS["b"] and all(r["cos"] == pytest.approx(lst[r["key"]], abs=1e-5) for r in arr)
+    # centred (the default): the cosine of each mean vector minus the mean of the view's
+    rows = corpus.query(f"SELECT key, mean_vector FROM {C}").to_pylist()
+    X = np.array([r["mean_vector"] for r in rows], dtype=np.float64)
+    X -= X.mean(0)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    want = dict(zip([r["key"] for r in rows], X @ X[[r["key"] for r in rows].index(KEYS["b"])], strict=True))
+    got = corpus.query(nearest_clips_sql(KEYS["b"], C, limit=10)).to_pylist()
+    assert [r["key"] for r in got] == sorted(want, key=lambda k: -want[k])
+    assert all(r["cosine"] == pytest.approx(want[r["key"]], abs=1e-5) for r in got)
+    assert min(want.values()) < 0 < max(want.values())  # centred cosines spread over both signs
 
 
 def test_balanced_weights_equalise_groups():

@@ -88,3 +88,43 @@ def test_every_gidm_preset_is_a_cli_choice_and_the_demo_keeps_its_bottleneck(cap
     ctx = demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_model="keypoint-rvq", gidm_bottleneck="continuous"))
     assert gidm_run_config("keypoint-rvq", demo.gidm_layer(ctx)).model.bottleneck == "continuous"
     assert gidm_run_config("keypoint", demo.gidm_layer(demo.Context(out=tmp_path, cfg=demo.DemoConfig()))).model.bottleneck == "continuous"
+
+
+def _load_gidm_bench():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gidm_quality.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("gidm_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_trains_the_presets_the_report_points_to(capsys):
+    """bench/gidm_quality.py with no model flags trains the keypoint preset, ``--model
+    keypoint-rvq`` its residual-VQ recipe, and every command the demo report's one line names
+    (when the latent is short of its controls) is one the bench accepts."""
+    import re
+
+    from defi.pipelines.views.report import _short_of_controls
+
+    bench = _load_gidm_bench()
+
+    def model(argv: list[str]) -> dict:
+        a = bench.parse(argv)
+        return _dry_run(capsys, bench.train_args(a, "r", Path("o")))["model"]
+
+    keys = ("bottleneck", "keypoints", "latent_dim", "patch_size", "changed_weight", "codebook_size", "vq_stages")
+    default, rvq = model([]), model(["--model", "keypoint-rvq"])
+    preset = to_dict(gidm_run_config("keypoint-rvq").model)
+    assert {k: rvq[k] for k in keys} == {k: preset[k] for k in keys}
+    assert {k: default[k] for k in keys[:5]} == {k: to_dict(gidm_run_config("keypoint").model)[k] for k in keys[:5]}
+    assert (default["bottleneck"], rvq["bottleneck"], rvq["vq_stages"]) == ("continuous", "rvq", 8)
+
+    for p, b in (("keypoint", "continuous"), ("keypoint-rvq", "rvq"), ("tiny", "vq")):
+        cmds = re.findall(r"<code>\.venv/bin/python bench/gidm_quality\.py([^<]*)</code>", _short_of_controls(p, b))
+        assert len(cmds) == 1
+        bench.parse(cmds[0].split())  # exits on a flag the bench does not have
+        assert ("--model keypoint-rvq" in cmds[0]) == (p == "keypoint-rvq")
