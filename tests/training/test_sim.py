@@ -201,3 +201,20 @@ def test_deterministic_across_spawn_workers(dataset, tmp_path):
     b = pq.read_table(out / "data/chunk-000/file-000.parquet")
     assert a.equals(b)
     assert _frames_equal(root, out)
+
+
+def test_first_frame_after_reset_does_not_depend_on_the_episode_before():
+    """Frame 0 of an episode shows the scene as reset left it, not as the env's previous episode
+    did (else an episode's first frame depends on which worker ran it)."""
+    used, fresh = MetaWorldEnv("push-v3", size=64), MetaWorldEnv("push-v3", size=64)
+    try:
+        used.reset(seed=11)
+        for _ in range(60):  # the expert moves the arm and the puck
+            used.step(used.expert_action())
+        after_other = used.reset(seed=12)["image"]
+        first = fresh.reset(seed=12)
+        assert np.array_equal(after_other, first["image"])
+        assert np.array_equal(used.reset(seed=12)["state"], first["state"])
+    finally:
+        used.close()
+        fresh.close()

@@ -159,6 +159,7 @@ class MetaWorldEnv:
             valid = sorted(k.removesuffix("-goal-observable") for k in envs)
             raise ValueError(f"unknown Meta-World task {task!r}; valid: {valid}")
         self.task, self.camera, self.size, self.fast_render = task, camera, size, fast_render
+        self._mujoco = mujoco
         self.env = envs[key](seed=seed)
         # The goal-observable constructor freezes the first random goal; unfreeze so every
         # reset(seed) draws its own goal/object layout from the env's seeded generator.
@@ -197,6 +198,11 @@ class MetaWorldEnv:
         if seed is not None:
             self.env.seed(int(seed))
         self._obs, _ = self.env.reset()
+        # reset leaves some of what the renderer reads as the previous episode left it: frame 0
+        # depended on which episode the env ran before (so on which worker ran it; measured: up
+        # to 169 levels on push-v3 at 96 px). mj_forward recomputes it without advancing time;
+        # later states then differ from before this line by solver round-off, amplified by contacts.
+        self._mujoco.mj_forward(self.env.model, self.env.data)
         return self._obs_dict(render)
 
     def expert_action(self) -> np.ndarray:
