@@ -154,7 +154,10 @@ def _write(path: Path, frames, fps: int, codec: str = "libx264") -> None:
     frames = list(frames)
     h, w = frames[0].shape[:2]
     tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), "w", format={".mp4": "mp4", ".mkv": "matroska", ".webm": "webm"}[path.suffix]) as out:
+    fmt = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm"}[path.suffix]
+    # bitexact: no random segment UID or date in the container, so the same seed writes the same
+    # bytes, hence the same source ids and clip keys (and the same training order downstream)
+    with av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
         s = out.add_stream(codec, rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
