@@ -420,16 +420,14 @@ def demo_queries(view: str) -> list[tuple[str, str]]:
 
 
 def nearest_query(view: str, key: str) -> str:
-    """The clips nearest to ``key`` by the cosine of their centred mean latents (``defi.pipelines.
-    label.nearest_clips_sql``), with each clip's content."""
-    from defi.pipelines.label import centred_vectors_sql
+    """``defi.pipelines.label.nearest_clips_sql`` (centred cosine) for the 6 clips nearest to
+    ``key``, with each clip's content."""
+    from defi.pipelines.label import nearest_clips_sql
 
     return (
-        f"WITH vecs AS {centred_vectors_sql(view)}\n"
-        f"SELECT a.key, round(list_cosine_similarity(a.v, q.v), 3) AS cosine, "
-        f"coalesce(c.language, regexp_extract(c.uri, '[^/]+$')) AS content FROM vecs a JOIN clips c USING (key), "
-        f"(SELECT v FROM vecs WHERE key = '{key}') q "
-        f"ORDER BY isnan(cosine), cosine DESC LIMIT 6"
+        f"SELECT n.key, round(n.cosine, 3) AS cosine, coalesce(c.language, regexp_extract(n.uri, '[^/]+$')) AS content "
+        f"FROM ({nearest_clips_sql(key, view, limit=6)}) n JOIN clips c USING (key) "
+        f"ORDER BY isnan(n.cosine), n.cosine DESC"
     )
 
 

@@ -172,10 +172,11 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
 
     # -- GIDM training ---------------------------------------------------------------------------------
     train = res.get("train_gidm") or {}
+    bottleneck = train.get("bottleneck") or getattr(ctx.cfg, "gidm_bottleneck", "")
     if train.get("loss"):
         losses = [float(v) for _, v in train["loss"]]
         body = (
-            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(train.get('bottleneck') or getattr(ctx.cfg, 'gidm_bottleneck', ''))} latent) "
+            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(bottleneck)} latent) "
             f"trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
             f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
         )
@@ -234,13 +235,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
             f"<b>{verdict}</b> the observation-only controls of the same size here "
             f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
             f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
-            + (
-                ""
-                if verdict == "above"
-                else _short_of_controls(
-                    getattr(ctx.cfg, "gidm_model", ""), train.get("bottleneck") or getattr(ctx.cfg, "gidm_bottleneck", None)
-                )
-            )
+            + ("" if verdict == "above" else _short_of_controls(getattr(ctx.cfg, "gidm_model", ""), bottleneck))
             + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
         )
         if "perplexity" in probe:
@@ -456,7 +451,7 @@ def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return _section("Evaluation: DeFI beside scratch", body, "eval"), {"verdict": verdict, "rollout_videos": len(cards)}
 
 
-def _short_of_controls(preset: str, bottleneck: str | None) -> str:
+def _short_of_controls(preset: str, bottleneck: str) -> str:
     """The report's one line when the demo's latent does not clear its controls: what was measured
     for this preset and the bench command that trains it at a size where it does."""
     bench = "(240 episodes of 8 training tasks, 3000 steps, ~27 min on 2 cores)"
