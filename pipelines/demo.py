@@ -86,6 +86,10 @@ class DemoConfig:
     keypoints: int = field(
         default=32, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
     )
+    keypoint_temperature: float = field(
+        default=0.3,
+        metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; sharper maps below 1)"},
+    )
     num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
     seed: int = 0
     gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
@@ -100,6 +104,8 @@ class DemoConfig:
             for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
             if getattr(self, n) < 1
         ]
+        if not self.keypoint_temperature > 0:
+            bad.append(f"keypoint_temperature={self.keypoint_temperature!r}: must be > 0")
         if bad:
             raise ValueError("invalid DemoConfig: " + "; ".join(bad))
 
@@ -342,7 +348,12 @@ def _losses(run: Path, *names: str) -> dict[str, Any]:
 def gidm_layer(ctx: Context) -> dict[str, Any]:
     """The demo's GIDM run config over the ``DemoConfig.gidm_model`` preset, from the DemoConfig."""
     c = ctx.cfg
-    model: dict[str, Any] = {"restart_interval": 50, "changed_weight": c.changed_weight, "keypoints": c.keypoints}
+    model: dict[str, Any] = {
+        "restart_interval": 50,
+        "changed_weight": c.changed_weight,
+        "keypoints": c.keypoints,
+        "keypoint_temperature": c.keypoint_temperature,
+    }
     if c.gidm_bottleneck:  # else the preset's
         model["bottleneck"] = c.gidm_bottleneck
     if c.codebook_size:

@@ -236,6 +236,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
             f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
             f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
             + ("" if verdict == "above" else _short_of_controls(getattr(ctx.cfg, "gidm_model", ""), bottleneck))
+            + _per_axis(probe.get("r2_disp_xyz"))
             + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
         )
         if "perplexity" in probe:
@@ -451,6 +452,19 @@ def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return _section("Evaluation: DeFI beside scratch", body, "eval"), {"verdict": verdict, "rollout_videos": len(cards)}
 
 
+def _per_axis(axes: dict | None) -> str:
+    """The probe's R² of the hand displacement per axis (x, y, z) for the latent and its two
+    same-size controls, naming the axis where the latent is furthest below the better control."""
+    names = (("latent", "latent"), ("pca_diff", "frame difference"), ("pca_obs", "o_t alone"))
+    if not axes or any(len(axes.get(n) or []) != 3 for n, _ in names):
+        return ""
+    parts = ", ".join(f"{label} {' / '.join(f'{v:.2f}' for v in axes[n])}" for n, label in names)
+    gap = [axes["latent"][i] - max(axes["pca_diff"][i], axes["pca_obs"][i]) for i in range(3)]
+    worst = min(range(3), key=gap.__getitem__)
+    tail = f" The latent is furthest below its controls on {'xyz'[worst]} ({gap[worst]:+.2f})." if gap[worst] < 0 else ""
+    return f"<p>Per axis of the hand displacement (x / y / z): {parts}.{tail}</p>"
+
+
 def _short_of_controls(preset: str, bottleneck: str) -> str:
     """The report's one line when the demo's latent does not clear its controls: what was measured
     for this preset and the bench command that trains it at a size where it does."""
@@ -458,7 +472,8 @@ def _short_of_controls(preset: str, bottleneck: str) -> str:
     if preset == "keypoint" and bottleneck == "continuous":
         return (
             "<p>The latent does not clear its controls here. On the default demo data, training it 7.5 times "
-            "longer did not either (docs/gidm-discrete-2026-11-26.md, section F). "
+            "longer did not either (docs/gidm-discrete-2026-11-26.md, section F), and at the demo's size its R² "
+            "is one draw: the order of the training data alone moved it by 0.09 (section G). "
             f"<code>.venv/bin/python bench/gidm_quality.py</code> {bench} trains the same preset to where it "
             "clears them on its held-out tasks.</p>"
         )

@@ -124,6 +124,8 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(ValueError, match="keypoint_temperature=0.0: must be > 0"):
+        DemoConfig(keypoint_temperature=0.0)
 
 
 @pytest.mark.timeout(1500)  # measured 10 min on the 2-core box shared by four engineers (load 6-8): over the default 600 s

@@ -34,6 +34,7 @@ def test_demo_layers_give_the_cli_config(ctx, capsys):
     assert to_dict(cfg) == cli
     assert (cfg.model.image_size, cfg.data.size, cfg.data.gap_frames, cfg.data.gap_s) == (32, 32, 3, None)
     assert (cfg.model.codebook_size, cfg.train.steps, cfg.train.ckpt_every, cfg.train.seed) == (5, 40, 20, 7)
+    assert cfg.model.keypoint_temperature == ctx.cfg.keypoint_temperature == 0.3  # the printed command carries it too
 
     layer = demo.gfdm_layer(ctx)
     out = str(ctx.gfdm_run)

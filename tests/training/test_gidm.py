@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -162,6 +163,31 @@ def test_keypoint_encoder_latent_is_linear_in_the_move_from_any_start():
     assert hist[-1]["delta_recon"].item() > 0
     _, _, r2_tf = probe_r2(tiny())
     assert (r2_kp > 0.9).all() and (r2_tf < 0.6).all(), (r2_kp, r2_tf)
+
+
+def test_keypoint_temperature_makes_the_keypoints_localise_sooner():
+    """keypoint_temperature sets where the learned soft-argmax temperature starts. At init the
+    conv's logits are near zero, so both start as uniform maps; the temperature divides them, so at
+    0.3 the maps sharpen and the keypoints follow the square within 60 steps, where at 1.0 they
+    still sit in the middle. Measured (seed 0): entropy 2.81 vs 4.15 nats (uniform 4.16), keypoint
+    spread over frames 0.14 vs 0.014. A temperature <= 0 is refused."""
+    with pytest.raises(ValueError, match="keypoint_temperature"):
+        tiny(keypoints=4, keypoint_temperature=0.0)
+    frames, _ = square_windows(256, seed=1)
+    o, n = torch.from_numpy(frames[:, 0]), torch.from_numpy(frames[:, 1])
+
+    def after_fit(temperature):
+        torch.manual_seed(0)
+        m = GIDM(tiny(keypoints=8, keypoint_temperature=temperature))
+        ke = m.keypoint_encoder
+        assert ke.log_temperature.item() == pytest.approx(math.log(temperature))
+        fit(m, o, n, steps=60, lr=2e-3)
+        with torch.no_grad():
+            p = torch.softmax(ke.net(o[:64]).flatten(2) / ke.log_temperature.exp(), -1)
+            return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()), ke.points(o[:64]).std(0).mean().item()
+
+    (h1, spread1), (h3, spread3) = after_fit(1.0), after_fit(0.3)
+    assert h3 < h1 - 0.5 and spread3 > 3 * spread1, (h1, h3, spread1, spread3)
 
 
 # --- golden numbers --------------------------------------------------------------------------

@@ -74,3 +74,21 @@ def test_nonlinear_probe_finds_what_a_linear_one_cannot():
     assert r2["latent"] < 0.1 and r2["rff_latent"] > 0.5, r2
     assert r2["rff_obs"] < 0.1  # controls get the same treatment: the scene still says nothing
     assert "rff_latent" not in probe(pairs, _enc(d), num_codes=0)["r2"]["disp"]
+
+
+def test_report_names_the_axis_where_the_latent_is_short_of_the_scene():
+    """A latent with the x and y displacement but not z, beside a scene whose brightness gives z:
+    the demo report's per-axis line shows the three axes and names z as where the latent falls short."""
+    from defi.pipelines.views.report import _per_axis
+
+    pairs, rng = _pairs()
+    disp = pairs["disp"]
+    pairs["obs"] = np.clip(0.5 + 0.1 * disp[:, 2, None, None, None] + 0.01 * rng.random(pairs["obs"].shape), 0, 1).astype(np.float32)
+    pairs["next_obs"] = pairs["obs"].copy()
+    res = probe(pairs, _enc(disp[:, :2] + 0.05 * rng.normal(size=(len(disp), 2))), num_codes=0)
+    line = _per_axis(res["r2_disp_xyz"])
+    lat = res["r2_disp_xyz"]["latent"]
+    assert lat[0] > 0.9 and lat[1] > 0.9 and lat[2] < 0.05 and res["r2_disp_xyz"]["pca_obs"][2] > 0.9
+    assert line.count(" / ") == 2 + 6 and f"latent {lat[0]:.2f} / {lat[1]:.2f} / {lat[2]:.2f}" in line
+    assert "furthest below its controls on z" in line
+    assert _per_axis(None) == "" and _per_axis({"latent": [0.5]}) == ""

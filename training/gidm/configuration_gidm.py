@@ -78,6 +78,9 @@ class GIDMConfig(ConfigDict):
     # how far they moved by o_t+k, so it is linear in image-space motion, not a code of how the
     # changed pixels look. Pixels only; the decoder is unchanged.
     keypoints: int = 0
+    # The soft-argmax temperature the keypoint encoder starts from (it is learned). Below 1 the
+    # heat maps start sharper, so keypoints move with small parts such as the gripper sooner.
+    keypoint_temperature: float = 1.0
     # --- language conditioning -------------------------------------------------------------
     # >0: an instruction embedding [B, lang_dim] enters encoder and decoder as one token, so the
     # latent only needs to carry what language cannot explain.
@@ -114,8 +117,9 @@ class GIDMConfig(ConfigDict):
             bad("image_size", f"must be a multiple of patch_size={self.patch_size}")
         if self.num_heads >= 1 and self.model_dim % self.num_heads:
             bad("model_dim", f"must be divisible by num_heads={self.num_heads}")
-        if self.mlp_ratio <= 0:
-            bad("mlp_ratio", "must be > 0")
+        for name in ("mlp_ratio", "keypoint_temperature"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
         for name, why in (
@@ -140,15 +144,19 @@ class GIDMConfig(ConfigDict):
         if self.lang_dim < 0:
             bad("lang_dim", "must be >= 0 (0 disables language conditioning)")
         if self.input_space == "features":
-            kind = self.feature_encoder.split(":", 1)[0]
-            if kind not in FEATURE_ENCODERS:
-                bad("feature_encoder", f"unknown; valid: {', '.join(FEATURE_ENCODERS)} (open_clip as 'open_clip:<model name>')")
-            if kind == "open_clip" and not self.feature_encoder.partition(":")[2]:
-                bad("feature_encoder", "open_clip needs a model name, e.g. 'open_clip:ViT-B-16'")
-            if self.feature_dim < 1:
-                bad("feature_dim", "must be >= 1 with input_space='features'")
+            self._check_features(bad)
         if errors:
             raise ValueError("invalid GIDMConfig:\n  " + "\n  ".join(errors))
+
+    def _check_features(self, bad) -> None:
+        """The checks of input_space='features': a known feature encoder and its width."""
+        kind = self.feature_encoder.split(":", 1)[0]
+        if kind not in FEATURE_ENCODERS:
+            bad("feature_encoder", f"unknown; valid: {', '.join(FEATURE_ENCODERS)} (open_clip as 'open_clip:<model name>')")
+        if kind == "open_clip" and not self.feature_encoder.partition(":")[2]:
+            bad("feature_encoder", "open_clip needs a model name, e.g. 'open_clip:ViT-B-16'")
+        if self.feature_dim < 1:
+            bad("feature_dim", "must be >= 1 with input_space='features'")
 
     # --- derived ---------------------------------------------------------------------------
     @property

@@ -339,7 +339,7 @@ class KeypointEncoder(nn.Module):
             nn.GELU(),
             nn.Conv2d(w, k, 1),
         )
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(c.keypoint_temperature)))
         self.out = nn.Linear(4 * k, c.num_action_tokens * c.model_dim)
         self.q, self.d = c.num_action_tokens, c.model_dim
 
