@@ -88,7 +88,7 @@ class DemoConfig:
     )
     keypoint_temperature: float = field(
         default=0.3,
-        metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; sharper maps below 1)"},
+        metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; below 1 they localise in fewer steps)"},
     )
     num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
     seed: int = 0
