@@ -45,7 +45,7 @@ import numpy as np
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
 from .config import add_flags, resolve
-from .usage import UsageError
+from .usage import UsageError, one_line
 
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
@@ -104,8 +104,6 @@ class DemoConfig:
             for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
             if getattr(self, n) < 1
         ]
-        if not self.keypoint_temperature > 0:
-            bad.append(f"keypoint_temperature={self.keypoint_temperature!r}: must be > 0")
         if bad:
             raise ValueError("invalid DemoConfig: " + "; ".join(bad))
 
@@ -805,11 +803,16 @@ def add_demo_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from defi.pipelines.train import gidm_run_config
+
+    out = Path(args.out)
     try:
         cfg = resolve(DemoConfig, args.config, args)
+        # the GIDM knobs (preset, bottleneck, keypoints, ...) checked by GIDMConfig itself, before
+        # any step runs: a bad one is a one-line error now, not a failed train_gidm step later
+        gidm_run_config(cfg.gidm_model, gidm_layer(Context(out=out, cfg=cfg)))
     except ValueError as e:
-        raise UsageError(str(e)) from None
-    out = Path(args.out)
+        raise UsageError(one_line(e)) from None
     if args.fresh and out.exists():
         shutil.rmtree(out)
     t = time.time()

@@ -124,8 +124,28 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
-    with pytest.raises(ValueError, match="keypoint_temperature=0.0: must be > 0"):
-        DemoConfig(keypoint_temperature=0.0)
+    # a bad GIDM knob is checked by GIDMConfig before any step runs: one line, nothing written
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defi.pipelines.cli",
+            "demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--keypoint_temperature",
+            "0",
+            "--changed_weight",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "keypoint_temperature=0.0: must be > 0" in r.stderr and "changed_weight=-1.0: must be >= 0" in r.stderr
+    assert not (tmp_path / "d" / "steps").exists()
 
 
 @pytest.mark.timeout(1500)  # measured 10 min on the 2-core box shared by four engineers (load 6-8): over the default 600 s
