@@ -472,8 +472,8 @@ def _short_of_controls(preset: str, bottleneck: str) -> str:
     if preset == "keypoint" and bottleneck == "continuous":
         return (
             "<p>The latent does not clear its controls here. On the default demo data, training it 7.5 times "
-            "longer did not either (docs/gidm-discrete-2026-11-26.md, section F), and at the demo's size its R² "
-            "is one draw: the order of the training data alone moved it by 0.09 (section G). "
+            "longer did not either, nor did twice the tasks (docs/gidm-discrete-2026-11-26.md, section I), and at "
+            "the demo's size its R² is one draw: the order of the training data alone moved it by 0.09 (section G). "
             f"<code>.venv/bin/python bench/gidm_quality.py</code> {bench} trains the same preset to where it "
             "clears them on its held-out tasks.</p>"
         )
