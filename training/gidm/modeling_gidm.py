@@ -343,13 +343,18 @@ class KeypointEncoder(nn.Module):
         self.out = nn.Linear(4 * k, c.num_action_tokens * c.model_dim)
         self.q, self.d = c.num_action_tokens, c.model_dim
 
-    def points(self, images: Tensor) -> Tensor:
-        """[B, C, H, W] -> keypoints [B, K, 2] as (x, y) in [-1, 1]."""
+    def heatmaps(self, images: Tensor) -> Tensor:
+        """[B, C, H, W] -> the keypoints' soft-argmax distributions [B, K, h, w] (each sums to 1)."""
         maps = self.net(images).float()  # soft-argmax in float32 (bf16 would round positions)
         B, K, h, w = maps.shape
-        p = torch.softmax(maps.flatten(2) / self.log_temperature.float().exp(), dim=-1).view(B, K, h, w)
-        xs = torch.linspace(-1, 1, w, device=maps.device, dtype=p.dtype)
-        ys = torch.linspace(-1, 1, h, device=maps.device, dtype=p.dtype)
+        return torch.softmax(maps.flatten(2) / self.log_temperature.float().exp(), dim=-1).view(B, K, h, w)
+
+    def points(self, images: Tensor) -> Tensor:
+        """[B, C, H, W] -> keypoints [B, K, 2] as (x, y) in [-1, 1]."""
+        p = self.heatmaps(images)
+        h, w = p.shape[-2:]
+        xs = torch.linspace(-1, 1, w, device=p.device, dtype=p.dtype)
+        ys = torch.linspace(-1, 1, h, device=p.device, dtype=p.dtype)
         return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
 
     def forward(self, img_t: Tensor, img_k: Tensor) -> Tensor:
