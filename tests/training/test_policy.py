@@ -186,3 +186,84 @@ def test_bad_configs_name_the_value():
     cfg = PolicyConfig(image_size=S, text_dim=D, gfdm=gfdm.config.to_dict(), gidm=gidm.config.to_dict())
     with pytest.raises(ValueError, match="image sizes differ"):
         DeFiPolicy(cfg, gfdm=gfdm, gidm=GIDM(gidm_tiny(image_size=64)))
+
+
+# --- the release-shaped parts: diffusion head, Perceiver resampler, proprioception -------------
+def sample_error(p, seed=0):
+    obs, text, acts = demos()
+    g = torch.Generator().manual_seed(seed)
+    return float((p.predict(obs, text, generator=g) - acts).abs().mean())
+
+
+def test_diffusion_head_overfits_a_few_demos():
+    """Sampled chunks (DDIM, 10 steps) land closer to the demos' than predicting each step's mean
+    action would, after training on the noise-prediction loss alone."""
+    torch.manual_seed(0)
+    p = policy("defi", head="diffusion", diffusion_train_steps=50, diffusion_infer_steps=10)
+    _, _, acts = demos()
+    p.action_mean.copy_(acts.mean((0, 1)))
+    p.action_std.copy_(acts.std((0, 1)))
+    mean_error = float((acts - acts.mean(0, keepdim=True)).abs().mean())
+    before = sample_error(p)
+    steps(p, 300)
+    after = sample_error(p)
+    assert after < 0.1 * before and after < 0.75 * mean_error, (before, after, mean_error)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_diffusion_sampling_is_deterministic_given_the_seed(sampler):
+    p = policy("defi", head="diffusion", diffusion_sampler=sampler, diffusion_infer_steps=4)
+    obs, text, _ = demos()
+    a = p.predict(obs, text, generator=torch.Generator().manual_seed(7))
+    b = p.predict(obs, text, generator=torch.Generator().manual_seed(7))
+    c = p.predict(obs, text, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_resampler_output_shape_does_not_depend_on_the_feature_map_size():
+    from defi.training.policy import PerceiverResampler
+
+    r = PerceiverResampler([16, 32], dim=24, num_queries=5)
+    for side in (4, 7, 16):
+        feats = [torch.randn(2, 3, 16, side, side), torch.randn(2, 3, 32, 2 * side, side)]
+        assert r(feats).shape == (2, 5, 24)
+
+
+@pytest.mark.parametrize("head", ["mlp", "transformer", "diffusion"])
+def test_resampled_latent_tokens_and_state_feed_every_head(head):
+    p = policy("defi", head=head, resampler_queries=6, latent_tokens=True, state_dim=3, diffusion_infer_steps=2)
+    obs, text, acts = demos()
+    state = torch.randn(len(obs), 3)
+    n_latent = p.gidm.config.num_action_tokens
+    assert p.features(obs, text, state)["cond"].shape == (len(obs), n_latent + 6 + 2, 64)
+    r = p(obs, text, acts, state=state)
+    r["loss"].backward()
+    for name in ("resampler.", "state.", "latent.", "head."):
+        grads = [q.grad for n, q in p.named_parameters() if n.startswith(name)]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+    with pytest.raises(ValueError, match="takes proprioception"):
+        p.predict(obs, text)
+
+
+def test_proprio_policy_round_trips_through_a_checkpoint(tmp_path):
+    p = policy("defi", state_dim=3)
+    p.state_mean.fill_(0.25)
+    p.state_std.fill_(2.0)
+    save_checkpoint(tmp_path / "ck", p, p.config, step=1)
+    q, cfg, _ = load_checkpoint(tmp_path / "ck")
+    assert cfg.state_dim == 3 and torch.equal(q.state_mean, p.state_mean) and torch.equal(q.state_std, p.state_std)
+    obs, text, _ = demos()
+    state = torch.randn(len(obs), 3)
+    assert torch.allclose(p.predict(obs, text, state), q.predict(obs, text, state))
+    assert not torch.allclose(q.predict(obs, text, state), q.predict(obs, text, state + 1.0))
+
+
+def test_bad_head_configs_name_the_value():
+    with pytest.raises(ValueError, match="diffusion_infer_steps=0: a diffusion head needs >= 1"):
+        PolicyConfig(head="diffusion", diffusion_infer_steps=0)
+    with pytest.raises(ValueError, match="diffusion_sampler='euler'.*valid: ddim, ddpm"):
+        PolicyConfig(diffusion_sampler="euler")
+    with pytest.raises(ValueError, match="preset='huge'.*valid: release"):
+        PolicyConfig(preset="huge")
+    with pytest.raises(ValueError, match="init='bc' has no GFDM features"):
+        PolicyConfig(init="bc", resampler_queries=4)

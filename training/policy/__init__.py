@@ -1,9 +1,9 @@
 """The DeFI policy: GFDM features -> projection -> GIDM encoder -> action head. See modeling_policy.py."""
 
-from .configuration_policy import HEADS, INITS, PolicyConfig
+from .configuration_policy import HEADS, INITS, PRESETS, PolicyConfig
 
-__all__ = ["HEADS", "INITS", "PolicyConfig", "DeFiPolicy", "FeatureProjection", "num_parameters"]
-_MODELING = ("DeFiPolicy", "FeatureProjection", "num_parameters")
+__all__ = ["HEADS", "INITS", "PRESETS", "PolicyConfig", "DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters"]
+_MODELING = ("DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters")
 
 
 def __getattr__(name: str):

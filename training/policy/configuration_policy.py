@@ -15,7 +15,29 @@ from ..configuration import ConfigDict
 # --init: what starts pretrained. Every variant goes through the same code path and trains the
 # same parts (projection, GIDM encoder + codebook, head; GFDM frozen unless unfrozen by config).
 INITS = ("defi", "scratch", "no-gfdm-pretrain", "no-gidm-pretrain", "bc")
-HEADS = ("mlp", "transformer")
+HEADS = ("mlp", "transformer", "diffusion")
+SAMPLERS = ("ddim", "ddpm")
+
+# Named starting points for ``--policy.preset``: a preset fills the fields a run does not set
+# (``policy_run_config`` merges it beneath every layer), and may require a GFDM backbone.
+# ``release``: the shape of the released DeFI policy (LogosRoboticsGroup/DeFi, ``VPP_policy.py``):
+# the SVD img2vid GFDM, its up-block features resampled by a Perceiver, the GIDM's latent
+# action tokens kept as tokens, and a diffusion-transformer head over 10-step chunks.
+PRESETS: dict[str, dict] = {
+    "release": {
+        "head": "diffusion",
+        "head_dim": 384,
+        "head_depth": 6,
+        "horizon": 10,
+        "latent_tokens": True,
+        "resampler_queries": 64,
+        "resampler_depth": 2,
+        "diffusion_train_steps": 100,
+        "diffusion_infer_steps": 10,
+        "diffusion_sampler": "ddim",
+    },
+}
+PRESET_BACKBONE = {"release": "svd"}
 
 
 @dataclass
@@ -32,6 +54,33 @@ class PolicyConfig(ConfigDict):
     head: str = field(default="mlp", metadata={"help": f"action head: {' | '.join(HEADS)}"})
     head_dim: int = field(default=256, metadata={"help": "hidden width of the action head"})
     head_depth: int = field(default=2, metadata={"help": "hidden layers (mlp) / transformer layers of the head"})
+    latent_tokens: bool = field(
+        default=False,
+        metadata={"help": "give the head the GIDM's Q latent action tokens one by one (the release) instead of one flattened vector"},
+    )
+    resampler_queries: int = field(
+        default=0,
+        metadata={
+            "help": "Perceiver resampler over the GFDM's up-block features: its number of latent queries, "
+            "the head's GFDM tokens (0: one mean-pooled vector)"
+        },
+    )
+    resampler_depth: int = field(default=2, metadata={"help": "cross-attention layers of the Perceiver resampler"})
+    state_dim: int = field(
+        default=0,
+        metadata={"help": "width of the proprioception input (observation.state) given to the head as one token; 0: none"},
+    )
+    diffusion_train_steps: int = field(
+        default=100, metadata={"help": "diffusion head: noise levels of its DDPM training schedule (squared-cosine betas)"}
+    )
+    diffusion_infer_steps: int = field(default=10, metadata={"help": "diffusion head: denoising steps when sampling an action chunk"})
+    diffusion_sampler: str = field(
+        default="ddim", metadata={"help": f"diffusion head: sampler at inference, {' | '.join(SAMPLERS)} (diffusers schedulers)"}
+    )
+    preset: str = field(
+        default="",
+        metadata={"help": f"named starting point whose values fill the fields a run leaves unset: {' | '.join(PRESETS)} ('': none)"},
+    )
     bc_width: int = field(
         default=32, metadata={"help": "bc: channels of its conv image encoder (sized to the projection + GIDM encoder it replaces)"}
     )
@@ -64,7 +113,31 @@ class PolicyConfig(ConfigDict):
             bad("init", f"unknown; valid: {', '.join(INITS)}")
         if self.head not in HEADS:
             bad("head", f"unknown; valid: {', '.join(HEADS)}")
-        for name in ("horizon", "action_dim", "image_size", "context_frames", "head_dim", "head_depth", "bc_width", "gfdm_steps"):
+        if self.diffusion_sampler not in SAMPLERS:
+            bad("diffusion_sampler", f"unknown; valid: {', '.join(SAMPLERS)}")
+        if self.preset and self.preset not in PRESETS:
+            bad("preset", f"unknown; valid: {', '.join(PRESETS)}")
+        if self.diffusion_infer_steps < 1:
+            bad("diffusion_infer_steps", "a diffusion head needs >= 1 denoising step")
+        elif self.diffusion_infer_steps > self.diffusion_train_steps:
+            bad("diffusion_infer_steps", f"must be <= diffusion_train_steps ({self.diffusion_train_steps})")
+        for name in ("resampler_queries", "state_dim"):
+            if int(getattr(self, name)) < 0:
+                bad(name, "must be >= 0")
+        if self.init == "bc" and (self.resampler_queries or self.latent_tokens):
+            errors.append("init='bc' has no GFDM features or latent tokens: resampler_queries and latent_tokens must stay off")
+        for name in (
+            "horizon",
+            "action_dim",
+            "image_size",
+            "context_frames",
+            "head_dim",
+            "head_depth",
+            "bc_width",
+            "gfdm_steps",
+            "resampler_depth",
+            "diffusion_train_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
         if self.text_dim < 0:
