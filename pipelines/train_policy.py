@@ -56,6 +56,13 @@ class PolicyDataConfig:
     shuffle_buffer: int = field(default=512, metadata={"help": "items mixed in the shuffle buffer"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     stats_clips: int = field(default=500, metadata={"help": "clips read for the action mean/std"})
+    proprio: bool = field(
+        default=False,
+        metadata={
+            "help": "give the policy the robot's proprioception (observation.state) at o_t as an input token; "
+            "every selected clip must carry it, and its width sets policy.state_dim"
+        },
+    )
 
     def __post_init__(self) -> None:
         errors = []
@@ -107,9 +114,27 @@ def policy_run_config(*layers: dict[str, Any]):
     data: dict[str, Any] = {}
     for layer in layers:
         data = merge(data, layer)
+    data = with_policy_preset(data)
     cfg = from_dict(run_config_cls(), data)
     cfg.train.out_dir = cfg.out
     return cfg
+
+
+def with_policy_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the values of its ``policy.preset`` (``PRESETS``) beneath it: the preset fills
+    what no layer sets, so every explicit value wins. ``bc`` has no future branch, so a preset's
+    GFDM-feature and latent-token settings do not apply to it."""
+    from defi.training.policy.configuration_policy import PRESETS
+
+    policy = data.get("policy") or {}
+    name = policy.get("preset") if isinstance(policy, dict) else None
+    if not name or name not in PRESETS:  # an unknown name is refused by PolicyConfig, naming the valid ones
+        return data
+    values = dict(PRESETS[name])
+    if policy.get("init") == "bc":
+        for key in ("resampler_queries", "resampler_depth", "latent_tokens"):
+            values.pop(key, None)
+    return merge({"policy": values}, data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +168,14 @@ def fill_policy_config(cfg) -> None:
         _, gidm_cfg = load_part(cfg.gidm, "gidm", False)
         if gfdm_cfg.image_size != gidm_cfg.image_size:
             raise ValueError(f"GFDM image_size {gfdm_cfg.image_size} differs from GIDM image_size {gidm_cfg.image_size}")
+        from defi.training.policy.configuration_policy import PRESET_BACKBONE
+
+        want = PRESET_BACKBONE.get(pc.preset)
+        if want and gfdm_cfg.backbone != want:
+            raise ValueError(
+                f"--policy.preset {pc.preset} needs a {want!r} GFDM; --gfdm {cfg.gfdm} is a {gfdm_cfg.backbone!r} one "
+                f"(train it with `defi train gfdm --model {want}`)"
+            )
         pc.gfdm, pc.gidm = gfdm_cfg.to_dict(), gidm_cfg.to_dict()
         pc.image_size, pc.context_frames, pc.text_dim = gfdm_cfg.image_size, gfdm_cfg.context_frames, gfdm_cfg.text_dim
     pc.text_model = dataclasses.asdict(cfg.text)
@@ -184,6 +217,28 @@ def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     return {t: [float(x) for x in e] for t, e in zip(ordered, embs, strict=True)}
 
 
+def state_stats(dataset, limit: int) -> tuple[Any, Any, int]:
+    """(mean [P], std [P], P) of the proprioception over every recorded row of up to ``limit``
+    selected clips (std floored at 1e-3); ValueError naming a clip that has none."""
+    import numpy as np
+
+    from defi.schemas.shards import ShardReader
+
+    keys = set(dataset.keys[:limit])
+    reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
+    rows = []
+    for s in reader:
+        a, p, _, _ = s.rows()
+        if a is not None and p is None:
+            raise ValueError(f"--data.proprio: clip {s.key} has actions but no proprioception (observation.state)")
+        if p is not None and len(p):
+            rows.append(p[np.isfinite(p).all(1)])
+    if not rows:
+        raise ValueError("--data.proprio: no selected clip carries proprioception (observation.state)")
+    allr = np.concatenate(rows)
+    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1])
+
+
 def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
     """(mean [A], std [A], action_dim, rows, frame stride) over every recorded row of up to
     ``limit`` selected clips (std floored at 1e-3 so a constant dimension does not blow up); the
@@ -207,9 +262,9 @@ def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
     return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
 
 
-def policy_batches(stream, texts: dict, text_dim: int, context: int):
+def policy_batches(stream, texts: dict, text_dim: int, context: int, state: bool = False):
     """ClipDataset batches -> the recipe's policy batches (``obs``, ``text_emb``, ``action_chunk``,
-    ``action_mask``, ``future``)."""
+    ``action_mask``, ``future``, and ``state`` when the policy takes proprioception)."""
     import torch
 
     zero = [0.0] * text_dim
@@ -218,6 +273,10 @@ def policy_batches(stream, texts: dict, text_dim: int, context: int):
         out = {"obs": obs, "action_chunk": b["action_chunk"], "action_mask": b["action_mask"], "future": b["next_obs"]}
         if text_dim:
             out["text_emb"] = torch.tensor([texts.get(t, zero) for t in b["lang"]], dtype=torch.float32)
+        if state:
+            if not torch.is_tensor(b.get("state")):
+                raise ValueError("--data.proprio: a batch holds clips without proprioception (observation.state)")
+            out["state"] = b["state"]
         yield out
 
 
@@ -242,7 +301,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
     fill_policy_config(cfg)
     if saved.is_file() and any((out / "checkpoints").glob("step-*")):
         old = json.loads(saved.read_text()).get("policy", {})
-        diff = [k for k, v in to_dict(cfg.policy).items() if k != "action_dim" and old.get(k) != v]
+        diff = [k for k, v in to_dict(cfg.policy).items() if k not in ("action_dim", "state_dim") and old.get(k) != v]
         if diff:
             raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); use a new --out")
     corpus = Corpus.open(cfg.root)
@@ -261,10 +320,18 @@ def run_train_policy(cfg) -> dict[str, Any]:
         context=pc.context_frames,
     )
     mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
-    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": action_dim})  # the data decides it
+    decided = {"action_dim": action_dim}  # the data decides them
+    if cfg.data.proprio:
+        s_mean, s_std, decided["state_dim"] = state_stats(dataset, cfg.data.stats_clips)
+    elif pc.state_dim:
+        raise ValueError(f"policy.state_dim={pc.state_dim} needs --data.proprio (the data sets the width)")
+    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), **decided})
     policy = build_policy(cfg)
     policy.action_mean.copy_(torch.as_tensor(mean))
     policy.action_std.copy_(torch.as_tensor(std))
+    if cfg.data.proprio:
+        policy.state_mean.copy_(torch.as_tensor(s_mean))
+        policy.state_std.copy_(torch.as_tensor(s_std))
     texts = instruction_table(corpus, selection, cfg.text) if pc.text_dim else {}
     if texts and len(next(iter(texts.values()))) != pc.text_dim:
         raise ValueError(
@@ -287,7 +354,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
 
     def make_batches(start_step: int):
         stream = batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
-        return policy_batches(stream, texts, pc.text_dim, pc.context_frames)
+        return policy_batches(stream, texts, pc.text_dim, pc.context_frames, state=bool(pc.state_dim))
 
     t0 = time.perf_counter()
     with flush_denormals():

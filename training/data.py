@@ -418,6 +418,8 @@ class ClipDataset(IterableDataset):
             if rows is not None:
                 item.update(action_chunk(rows[0], int(rows[2][t]), self.chunk))
                 item["lang"] = sample.lang or ""
+                if rows[1] is not None:  # the proprioception of the row recorded at o_t
+                    item["state"] = torch.from_numpy(np.ascontiguousarray(rows[1][int(rows[2][t])]))
             out.append(item)
         self.stats["clips"] += 1
         self.stats["items"] += len(out)

@@ -56,6 +56,28 @@ def policy_run(tmp_path_factory):
     return run
 
 
+def test_diffusion_proprio_policy_evaluates_deterministically_given_seed(tmp_path):
+    """A diffusion head samples each chunk from its episode's own seeded stream, and the env's
+    proprioception is fed to a policy that takes it; a policy wanting another width is refused."""
+    torch.manual_seed(0)
+    run = tmp_path / "diff"
+    cfg = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=0, head_dim=32, bc_width=8, head="diffusion", state_dim=4)
+    cfg.diffusion_infer_steps = 2
+    save_checkpoint(run / "checkpoints" / "step-00000001", DeFiPolicy(cfg), cfg, step=1, extra={"data": {"frame_stride": 2}})
+    ecfg = EvalConfig(tasks=["reach-v3"], episodes=2, max_steps=8, videos=2, seed=3, workers=1)
+    a = evaluate(str(run), ecfg, progress=False)
+    b = evaluate(str(run), ecfg, progress=False)
+    assert [r.steps for r in a["episodes"]] == [r.steps for r in b["episodes"]] == [8, 8]
+    for ra, rb in zip(a["episodes"], b["episodes"], strict=True):
+        assert np.array_equal(ra.frames, rb.frames)  # the same sampled actions moved the arm alike
+        assert not np.array_equal(ra.frames[0], ra.frames[-1])  # and they did move it
+    bad = tmp_path / "bad"
+    cfg3 = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=0, head_dim=32, bc_width=8, state_dim=3)
+    save_checkpoint(bad / "checkpoints" / "step-00000001", DeFiPolicy(cfg3), cfg3, step=1, extra={"data": {"frame_stride": 2}})
+    with pytest.raises(ValueError, match="takes 3-wide proprioception; reach-v3's env gives 4"):
+        evaluate(str(bad), ecfg, progress=False)
+
+
 def test_eval_is_deterministic_given_seed(policy_run):
     cfg = EvalConfig(tasks=["reach-v3"], episodes=2, max_steps=12, videos=0, seed=3)
     a = evaluate(str(policy_run), cfg, progress=False)

@@ -62,6 +62,7 @@ def setup(tmp_path_factory):
                 members={
                     "actions.npy": npy(rows[::2].astype(np.float32)),
                     "rows.actions.npy": npy(rows.astype(np.float32)),
+                    "rows.proprio.npy": npy(np.stack([np.linspace(0, 1, 2 * n), np.full(2 * n, e), np.zeros(2 * n)], 1).astype(np.float32)),
                     "lang.txt": "push the block",
                 },
                 meta={
@@ -161,3 +162,29 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     swapped = [str(tmp / "gidm") if a == str(tmp / "gfdm") else a for a in base]
     assert "a 'gidm' checkpoint where a 'gfdm' checkpoint is expected" in err(*swapped)
     assert "init='dagger'" in err(*base, "--policy.init", "dagger")
+
+
+def test_diffusion_head_with_proprio_through_the_cli(setup, tmp_path, capsys):
+    """--policy.head diffusion --data.proprio: the data sets state_dim and the state statistics,
+    the checkpoint keeps them, and the saved policy samples the same chunk for the same seed."""
+    tmp, root = setup
+    out = tmp_path / "diff"
+    more = ("--steps", "2", "--policy.head", "diffusion", "--policy.diffusion_infer_steps", "3", "--data.proprio", "true")
+    assert defi_main(argv(tmp, root, out, *more)) == 0
+    assert "diffusion head" in capsys.readouterr().out
+    model, cfg, _ = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])
+    assert cfg.head == "diffusion" and cfg.state_dim == 3
+    # rows' proprio: column 0 a ramp 0..1 per episode, column 1 the episode index 0, 1, 2
+    assert model.state_mean[1].item() == pytest.approx(1.0) and model.state_std[1].item() == pytest.approx(np.std([0, 1, 2]), rel=1e-4)
+    obs, text, state = torch.rand(2, 3, S, S), None, torch.rand(2, 3)
+    a = model.predict(obs, text, state, torch.Generator().manual_seed(1))
+    b = model.predict(obs, text, state, torch.Generator().manual_seed(1))
+    assert a.shape == (2, 4, 4) and torch.equal(a, b)
+
+
+def test_release_preset_needs_an_svd_gfdm(setup, tmp_path, capsys):
+    tmp, root = setup
+    rc = defi_main(argv(tmp, root, tmp_path / "rel", "--steps", "1", "--policy.preset", "release"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "--policy.preset release needs a 'svd' GFDM" in err and "'unet2d'" in err

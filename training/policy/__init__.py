@@ -2,7 +2,17 @@
 
 from .configuration_policy import HEADS, INITS, PRESETS, PolicyConfig
 
-__all__ = ["HEADS", "INITS", "PRESETS", "PolicyConfig", "DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters"]
+__all__ = [
+    "HEADS",
+    "INITS",
+    "PRESETS",
+    "PolicyConfig",
+    "DeFiPolicy",
+    "FeatureProjection",
+    "PerceiverResampler",
+    "DiffusionHead",
+    "num_parameters",
+]
 _MODELING = ("DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters")
 
 

@@ -13,6 +13,7 @@ a dict
     action_chunk  float [B, H, A]                  the next H action rows at the robot's rate
     action_mask   bool  [B, H]                     False past the end of the clip
     future        float [B, 3, S, S]               optional: the true o_t+k (forward/consistency losses)
+    state         float [B, P]                     the proprioception at o_t (policies with state_dim)
 
 Resume: if ``out_dir/checkpoints`` holds a checkpoint, weights, optimizer, scheduler, step and RNG
 are restored from the latest; the GFDM unfreeze is re-applied from the step.
@@ -113,9 +114,11 @@ def train_policy(
                 policy.set_gfdm_trainable(True)
                 policy.train()
             batch = next_batch(stream, step, train_cfg.steps)
-            obs, text, act, mask, future = (_to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future"))
+            obs, text, act, mask, future, state = (
+                _to(batch.get(k), device) for k in ("obs", "text_emb", "action_chunk", "action_mask", "future", "state")
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                result = policy(obs, text, act, mask, future)
+                result = policy(obs, text, act, mask, future, state=state)
             grad_norm = optimizer_step(result["loss"], policy.trainable_parameters(), optimizer, scheduler, train_cfg.grad_clip)
             loss = finite_loss(result["loss"], step)
             losses.append(loss)

@@ -207,10 +207,16 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
     text = None if emb is None else torch.as_tensor(emb, dtype=torch.float32)[None]
     frames_pipe = FramePipeline(size, pc.image_size, cfg.crf_chain, cfg.preset)
     tm = {"env_step": 0.0, "render": 0.0, "round_trip": 0.0, "inference": 0.0}
-    env_seed = episode_seed(cfg.seed, task, episode).spawn(3)[0]
+    env_seed, _, sample_seed = episode_seed(cfg.seed, task, episode).spawn(3)
+    # a diffusion head's samples: their own stream per episode, so results do not depend on
+    # which worker ran the episode or in what order
+    generator = torch.Generator().manual_seed(int(sample_seed.generate_state(1)[0]))
     t = time.perf_counter()
     obs = env.reset(int(env_seed.generate_state(1)[0]), render=False)
     tm["env_step"] += time.perf_counter() - t
+    if pc.state_dim and (obs.get("proprio") is None or len(obs["proprio"]) != pc.state_dim):
+        got = "none" if obs.get("proprio") is None else len(obs["proprio"])
+        raise ValueError(f"the policy takes {pc.state_dim}-wide proprioception; {task}'s env gives {got}")
     history: list[np.ndarray] = []  # processed frames at the training clips' frame rate
     video_frames: list[np.ndarray] = []
     plan: list[np.ndarray] = []
@@ -234,7 +240,8 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
             ctx = [history[0]] * (pc.context_frames - len(history)) + history
             x = torch.from_numpy(np.concatenate([f.transpose(2, 0, 1) for f in ctx]).astype(np.float32) / 255.0)[None]
             t = time.perf_counter()
-            chunk = policy.predict(x, text)[0].numpy()
+            state = torch.as_tensor(obs["proprio"], dtype=torch.float32)[None] if pc.state_dim else None
+            chunk = policy.predict(x, text, state, generator)[0].numpy()
             tm["inference"] += time.perf_counter() - t
             plan = list(chunk[:execute])
         t = time.perf_counter()
