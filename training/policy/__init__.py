@@ -13,7 +13,7 @@ __all__ = [
     "DiffusionHead",
     "num_parameters",
 ]
-_MODELING = ("DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters")
+_MODELING = ("DeFiPolicy", "FeatureProjection", "PerceiverResampler", "DiffusionHead", "num_parameters", "parameter_counts")
 
 
 def __getattr__(name: str):

@@ -327,11 +327,13 @@ class DeFiPolicy(nn.Module):
             out.append(self.state((state.float() - self.state_mean) / self.state_std)[:, None])
         return out
 
-    def features(self, obs: Tensor, text_emb: Tensor | None, state: Tensor | None = None) -> dict[str, Any]:
+    def features(
+        self, obs: Tensor, text_emb: Tensor | None, state: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
         """The conditioning of the head: ``cond`` [B, n_cond, head_dim] (tokens: latent action,
         GFDM features, instruction, state) and, with the future branch, ``z`` [B, Q, W],
         ``tok_t``, ``tok_future`` (GIDM input tokens), ``prediction`` and the bottleneck's
-        ``bottleneck_loss``."""
+        ``bottleneck_loss``. ``generator``: the noise a diffusion GFDM starts its pass from."""
         c = self.config
         B = obs.shape[0]
         if obs.shape[1:] != (3 * c.context_frames, c.image_size, c.image_size):
@@ -341,7 +343,7 @@ class DeFiPolicy(nn.Module):
             return {"cond": torch.cat([self.image(obs)[:, None], *cond], dim=1)}
         g_text = text_emb if self.gfdm.config.text_dim == c.text_dim else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.gfdm_trainable):
-            out = self.gfdm.extract_features(obs, g_text, num_steps=c.gfdm_steps)
+            out = self.gfdm.extract_features(obs, g_text, num_steps=c.gfdm_steps, generator=generator)
         feats = [f.float() for f in out.features]
         pred = out.prediction[:, 0].float().clamp(0, 1)  # the first predicted frame: o_t+k
         tok_t = self.gidm.tokens(obs[:, -3:])
@@ -375,13 +377,14 @@ class DeFiPolicy(nn.Module):
         """obs [B, 3c, S, S] in [0, 1] (o_t last); text_emb [B, text_dim]; actions [B, H, A] (raw
         units) and mask [B, H] bool for the loss; future [B, 3, S, S] the true o_t+k (forward and
         consistency losses only); state [B, state_dim] the proprioception (when the policy takes
-        it); generator: the noise of a diffusion head's sample. Returns ``actions`` [B, H, A] (raw
+        it); generator: the noise of a diffusion GFDM's pass and a diffusion head's sample when
+        predicting (training draws from the global generator the recipe seeds). Returns ``actions`` [B, H, A] (raw
         units) and, with targets, ``loss``, ``action_mse`` (standardised) and ``action_l1`` (raw
         units), all 0-dim. A diffusion head's loss is the masked MSE of its predicted noise, and
         its ``actions``/``action_mse``/``action_l1`` with targets are the one-step estimate of the
         clean chunk at the sampled noise level (a training signal, not a sample)."""
         c = self.config
-        f = self.features(obs, text_emb, state)
+        f = self.features(obs, text_emb, state, generator if actions is None else None)
         diffusion = c.head == "diffusion"
         if actions is None:
             norm = self.head.sample(f["cond"], generator) if diffusion else self.head(f["cond"])
@@ -437,3 +440,25 @@ def num_parameters(module: nn.Module | None, trainable_only: bool = False) -> in
     if module is None:
         return 0
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_counts(policy: DeFiPolicy) -> dict[str, tuple[int, int]]:
+    """Part -> (parameters, trainable parameters), parts in data-flow order: ``gfdm``,
+    ``project``, ``gidm`` (encoder, tokenizer and codebook; its decoder is not in the policy's
+    graph but is counted), ``resampler``, ``image`` (bc), ``conditioning`` (the head's input
+    projections: latent, pooled GFDM features, instruction, state), ``head``."""
+    parts: dict[str, list[nn.Module | None]] = {
+        "gfdm": [policy.gfdm],
+        "project": [getattr(policy, "project", None)],
+        "gidm": [policy.gidm],
+        "resampler": [getattr(policy, "resampler", None)],
+        "image": [getattr(policy, "image", None)],
+        "conditioning": [getattr(policy, n, None) for n in ("latent", "pooled", "text", "state")],
+        "head": [policy.head],
+    }
+    out = {}
+    for name, mods in parts.items():
+        total = sum(num_parameters(m) for m in mods)
+        if total:
+            out[name] = (total, sum(num_parameters(m, trainable_only=True) for m in mods))
+    return out
