@@ -39,6 +39,8 @@ from .train_common import (
     cli_layers,
     flush_denormals,
     print_config,
+    process_group,
+    relaunch,
     progress_lines,
     run_config_class,
 )
@@ -304,6 +306,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
         diff = [k for k, v in to_dict(cfg.policy).items() if k not in ("action_dim", "state_dim") and old.get(k) != v]
         if diff:
             raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); use a new --out")
+    rank, world_size = process_group()
     corpus = Corpus.open(cfg.root)
     selection = resolve_selection(corpus, cfg.select)
     pc = cfg.policy
@@ -318,6 +321,8 @@ def run_train_policy(cfg) -> dict[str, Any]:
         seed=cfg.train.seed,
         chunk=pc.horizon,
         context=pc.context_frames,
+        rank=rank,
+        world_size=world_size,
     )
     mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
     decided = {"action_dim": action_dim}  # the data decides them
@@ -332,14 +337,25 @@ def run_train_policy(cfg) -> dict[str, Any]:
     if cfg.data.proprio:
         policy.state_mean.copy_(torch.as_tensor(s_mean))
         policy.state_std.copy_(torch.as_tensor(s_std))
-    texts = instruction_table(corpus, selection, cfg.text) if pc.text_dim else {}
+    texts = {}
+    if pc.text_dim:  # rank 0 fills the corpus' embedding cache first; the others then read it
+        from defi.training.distributed import barrier
+
+        if rank == 0:
+            texts = instruction_table(corpus, selection, cfg.text)
+        barrier()
+        if rank != 0:
+            texts = instruction_table(corpus, selection, cfg.text)
     if texts and len(next(iter(texts.values()))) != pc.text_dim:
         raise ValueError(
             f"instruction embeddings are {len(next(iter(texts.values())))} wide, the policy wants "
             f"{pc.text_dim} (--text.* must be the GFDM's text model)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows}, indent=2))
+    if rank == 0:
+        saved.write_text(
+            json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows, "world_size": world_size}, indent=2)
+        )
     extra = {
         "data": {
             "image_size": pc.image_size,
@@ -360,7 +376,13 @@ def run_train_policy(cfg) -> dict[str, Any]:
     with flush_denormals():
         result = train_policy(policy, cfg.train, make_batches, extra=extra)
     result.update(
-        config=cfg, selected_clips=len(dataset.keys), action_rows=n_rows, wall_s=time.perf_counter() - t0, data_stats=dict(dataset.stats)
+        config=cfg,
+        selected_clips=len(dataset.keys),
+        action_rows=n_rows,
+        wall_s=time.perf_counter() - t0,
+        data_stats=dict(dataset.stats),
+        rank=rank,
+        world_size=world_size,
     )
     return result
 
@@ -386,6 +408,11 @@ def summary_text(res: dict[str, Any]) -> str:
 def cmd_train_policy(args: argparse.Namespace) -> int:
     from defi.training.checkpoint import CheckpointError
 
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
+    rc = relaunch(args, "policy")
+    if rc is not None:
+        return rc
     try:
         cfg = policy_run_config(*cli_layers(args))
         if args.dry_run:
@@ -394,7 +421,8 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         res = run_train_policy(cfg)
     except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:
         raise UsageError(one_line(e)) from None
-    print(summary_text(res))
+    if res["rank"] == 0:
+        print(summary_text(res))
     return 0
 
 
@@ -412,7 +440,7 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
     p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
-    add_run_flags(p, data_flags=False, workers=False)
+    add_run_flags(p, data_flags=False, workers=True)
     p.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
     p.set_defaults(func=cmd_train_policy)
     return p

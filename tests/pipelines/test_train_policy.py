@@ -188,3 +188,15 @@ def test_release_preset_needs_an_svd_gfdm(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "--policy.preset release needs a 'svd' GFDM" in err and "'unet2d'" in err
+
+
+def test_two_workers_under_torchrun(setup, tmp_path, capfd):
+    """--workers 2 relaunches the same command as two gloo processes; rank 0 alone writes the run."""
+    tmp, root = setup
+    out = tmp_path / "ddp"
+    assert defi_main(argv(tmp, root, out, "--steps", "2", "--workers", "2")) == 0
+    printed = capfd.readouterr()
+    assert "launching 2 processes" in printed.err and printed.out.count("policy (defi") == 1
+    _, _, state = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])
+    assert state["extra"]["world_size"] == 2
+    assert json.loads((out / "run_config.json").read_text())["world_size"] == 2

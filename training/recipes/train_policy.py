@@ -15,6 +15,10 @@ a dict
     future        float [B, 3, S, S]               optional: the true o_t+k (forward/consistency losses)
     state         float [B, P]                     the proprioception at o_t (policies with state_dim)
 
+Under torchrun (a process group initialised, see ``training.distributed``) every rank trains on
+its own share of the data; gradients are averaged each step and rank 0 alone writes logs and
+checkpoints.
+
 Resume: if ``out_dir/checkpoints`` holds a checkpoint, weights, optimizer, scheduler, step and RNG
 are restored from the latest; the GFDM unfreeze is re-applied from the step.
 """
@@ -22,6 +26,7 @@ are restored from the latest; the GFDM unfreeze is re-applied from the step.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable
@@ -30,6 +35,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint, restore_rng
+from ..distributed import broadcast_module, world
 from ..policy import DeFiPolicy
 from .logs import log_row, open_logs, run_summary
 from .loop import (
@@ -77,6 +83,10 @@ def train_policy(
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(train_cfg)
     use_bf16 = train_cfg.bf16 and device.type == "cuda"
+    rank, world_size = world()
+    main = rank == 0
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     seed_all(train_cfg.seed)
     start_step, resumed_from = 0, None
     ckpt = last_checkpoint(out)
@@ -90,6 +100,7 @@ def train_policy(
     unfreeze_at = cfg.unfreeze_gfdm_step
     policy.set_gfdm_trainable(0 <= unfreeze_at <= start_step)
     policy.to(device)
+    broadcast_module(policy)  # identical replicas from the first step (no-op on one process)
     # every parameter that may ever train is in the optimizer; frozen ones have no grad, which
     # AdamW skips, so a staged unfreeze needs no second optimizer
     optimizer = torch.optim.AdamW(param_groups(policy, train_cfg.lr), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -98,7 +109,7 @@ def train_policy(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
-    metrics_path, writer = open_logs(out, start_step)
+    metrics_path, writer = open_logs(out, start_step) if main else (Path(os.devnull), None)
     stream = batch_iterator(batches, start_step)
 
     # --- loop --------------------------------------------------------------------------------
@@ -107,7 +118,7 @@ def train_policy(
     last_ckpt = ckpt
     policy.train()
     t0 = time.perf_counter()
-    bar = step_bar(train_cfg, start_step, f"policy ({cfg.init})")
+    bar = step_bar(train_cfg, start_step, f"policy ({cfg.init})", show=main)
     with metrics_path.open("a") as metrics:
         for step in bar:
             if step - 1 == unfreeze_at:
@@ -123,14 +134,15 @@ def train_policy(
             loss = finite_loss(result["loss"], step)
             losses.append(loss)
             l1s.append(float(result["action_l1"]))
-            if step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps:
+            if main and (step == 1 or step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 row = {"step": step, **scalars(result), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
                 log_row(row, metrics, writer)
                 bar.set_postfix(loss=f"{loss:.4g}", l1=f"{l1s[-1]:.3g}")
             if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                saved = {"train": dataclasses.asdict(train_cfg), **(extra or {})}
-                last_ckpt = save_step(out, step, policy, cfg, optimizer, scheduler, saved)
-    writer.close()
+                saved = {"train": dataclasses.asdict(train_cfg), "world_size": world_size, **(extra or {})}
+                last_ckpt = save_step(out, step, policy, cfg, optimizer, scheduler, saved, main)
+    if writer is not None:
+        writer.close()
     return run_summary(
         start_step,
         resumed_from,
