@@ -65,6 +65,9 @@ FOLLOWUPS = {
     "scratch-4x-steps": ("scratch", [], 4, None, None),
     "defi-h5": ("defi", [], 1, 5, "scratch-h5"),
     "scratch-h5": ("scratch", [], 1, 5, None),
+    # issue 38, fixed before any run of it: does the release's diffusion head beat the MLP head at
+    # this size? Same data, steps and seeds as defi; compared with defi itself.
+    "defi-diffusion-head": ("defi", ["--policy.head", "diffusion"], 1, None, "defi"),
 }
 SETTINGS = {"A": "target tasks not in pretraining", "B": "target tasks' action-free video added to pretraining"}
 EVAL_SEED = 1000  # layouts of the evaluation episodes: neither the pretraining (seed) nor the demos' (seed+1)
