@@ -388,13 +388,14 @@ def run_train_policy(cfg) -> dict[str, Any]:
 
 
 def summary_text(res: dict[str, Any]) -> str:
-    from defi.training.policy import num_parameters
+    from defi.training.policy import num_parameters, parameter_counts
 
     cfg = res["config"]
     m = res["model"]
     lines = [
         f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
-        f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters"
+        f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters",
+        "  parameters (trainable) by part: " + ", ".join(f"{k} {n:,} ({t:,})" for k, (n, t) in parameter_counts(m).items()),
     ]
     lines += progress_lines(
         res,

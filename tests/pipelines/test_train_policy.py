@@ -171,7 +171,8 @@ def test_diffusion_head_with_proprio_through_the_cli(setup, tmp_path, capsys):
     out = tmp_path / "diff"
     more = ("--steps", "2", "--policy.head", "diffusion", "--policy.diffusion_infer_steps", "3", "--data.proprio", "true")
     assert defi_main(argv(tmp, root, out, *more)) == 0
-    assert "diffusion head" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "diffusion head" in printed and "by part: gfdm" in printed and "head " in printed
     model, cfg, _ = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])
     assert cfg.head == "diffusion" and cfg.state_dim == 3
     # rows' proprio: column 0 a ramp 0..1 per episode, column 1 the episode index 0, 1, 2
