@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gidm_quality import DEFAULT_MODEL_SET as GIDM_MODEL_SET  # noqa: E402  (the GIDM bench's best setting)
 from gidm_quality import EVAL_TASKS, TRAIN_TASKS, make_corpus, sql_for_tasks  # noqa: E402
 
-VARIANTS = ("defi", "scratch", "no-gfdm-pretrain", "no-gidm-pretrain", "bc")
+from defi.training.policy.configuration_policy import INITS as VARIANTS  # noqa: E402  (every --init variant)
+
 # Follow-ups, fixed after the quick result and before any of theirs: name -> (init, extra `defi
 # train policy` flags, factor on the finetuning steps, action chunk H or None for the config's,
 # baseline it is compared with).

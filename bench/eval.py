@@ -24,11 +24,11 @@ def random_policy(init: str, out: Path) -> Path:
     import torch
 
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.policy import DeFiPolicy, PolicyConfig
+    from defi.training.policy import INIT_VARIANTS, DeFiPolicy, PolicyConfig
 
     torch.manual_seed(0)
     kw = {}
-    if init != "bc":
+    if INIT_VARIANTS[init].future_branch:
         from defi.training.gfdm import gfdm_tiny
         from defi.training.gidm import gidm_tiny
 

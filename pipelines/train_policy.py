@@ -126,14 +126,15 @@ def with_policy_preset(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the values of its ``policy.preset`` (``PRESETS``) beneath it: the preset fills
     what no layer sets, so every explicit value wins. ``bc`` has no future branch, so a preset's
     GFDM-feature and latent-token settings do not apply to it."""
-    from defi.training.policy.configuration_policy import PRESETS
+    from defi.training.policy.configuration_policy import INIT_VARIANTS, PRESETS
 
     policy = data.get("policy") or {}
     name = policy.get("preset") if isinstance(policy, dict) else None
     if not name or name not in PRESETS:  # an unknown name is refused by PolicyConfig, naming the valid ones
         return data
     values = dict(PRESETS[name])
-    if policy.get("init") == "bc":
+    init = INIT_VARIANTS.get(policy.get("init") or "defi")
+    if init is not None and not init.future_branch:
         for key in ("resampler_queries", "resampler_depth", "latent_tokens"):
             values.pop(key, None)
     return merge({"policy": values}, data)
@@ -162,7 +163,7 @@ def fill_policy_config(cfg) -> None:
     """Set ``cfg.policy.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
     GIDM checkpoints' configs (and check them: types, image sizes), without loading weights."""
     pc = cfg.policy
-    if pc.init != "bc":
+    if pc.future_branch:
         for flag in ("gfdm", "gidm"):
             if not getattr(cfg, flag):
                 raise ValueError(f"--init {pc.init} needs --{flag} (a run or checkpoint folder)")
@@ -192,9 +193,9 @@ def build_policy(cfg) -> Any:
 
     pc = cfg.policy
     gfdm = gidm = None
-    if pc.init != "bc":
-        gfdm, _ = load_part(cfg.gfdm, "gfdm", pc.init in ("defi", "no-gidm-pretrain"))
-        gidm, _ = load_part(cfg.gidm, "gidm", pc.init in ("defi", "no-gfdm-pretrain"))
+    if pc.future_branch:
+        gfdm, _ = load_part(cfg.gfdm, "gfdm", pc.variant.pretrained_gfdm)
+        gidm, _ = load_part(cfg.gidm, "gidm", pc.variant.pretrained_gidm)
     return DeFiPolicy(pc, gfdm=gfdm, gidm=gidm)
 
 

@@ -1,10 +1,12 @@
 """The DeFI policy: GFDM features -> projection -> GIDM encoder -> action head. See modeling_policy.py."""
 
-from .configuration_policy import HEADS, INITS, PRESETS, PolicyConfig
+from .configuration_policy import HEADS, INIT_VARIANTS, INITS, PRESETS, Init, PolicyConfig
 
 __all__ = [
     "HEADS",
     "INITS",
+    "INIT_VARIANTS",
+    "Init",
     "PRESETS",
     "PolicyConfig",
     "DeFiPolicy",
