@@ -523,7 +523,9 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
 def add_label_parser(subparsers) -> argparse.ArgumentParser:
     """``defi label latent-actions ...``"""
     label = subparsers.add_parser(
-        "label", help="attach labels to clips (latent actions from a GIDM)", description="Attach labels to the clips of a corpus."
+        "label",
+        help="attach labels to clips (latent actions from a GIDM, captions from a CoCa)",
+        description="Attach labels to the clips of a corpus.",
     )
     sub = label.add_subparsers(dest="label_command", metavar="LABELER", parser_class=type(label))
     sub.required = True
@@ -548,6 +550,9 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_flags(p, LabelConfig, "label config (LabelConfig: defaults <- --config file <- these flags <- shortcuts)")
     p.set_defaults(func=cmd_label_latent_actions)
+    from .captions import add_captions_parser
+
+    add_captions_parser(sub)  # `defi label captions` (pipelines/captions.py)
     return label
 
 
