@@ -32,8 +32,10 @@ rule and ``version``. Another model or setting writes its own ``labels/caption-<
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,17 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+@contextlib.contextmanager
+def _quiet_logs():
+    """open_clip logs a failed download as an ERROR on the root logger before raising; the
+    exception becomes the one line the user sees, so the log line is held back meanwhile."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def load_captioner(model: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Load the CoCa ``model`` (see the module doc); returns ``(net in eval mode, facts)`` with
     facts ``model`` (the name rows carry), ``identity`` (what the config hash reads),
@@ -170,7 +183,8 @@ def load_captioner(model: str, device: str = "cpu") -> tuple[Any, dict[str, Any]
             raise CaptionModelError(f"captioning model {model}: no {WEIGHTS_FILE} (weights are read from safetensors only)")
         preprocess = saved.get("preprocess_cfg") or {}
         try:
-            net = open_clip.create_model(f"local-dir:{folder}", device="cpu")
+            with _quiet_logs():
+                net = open_clip.create_model(f"local-dir:{folder}", device="cpu")
         except Exception as e:  # noqa: BLE001 - a broken folder: say which, in one line
             raise CaptionModelError(f"captioning model {model}: cannot load ({_first_line(e)})") from None
         identity = {"config": hashlib.sha256(cfg_path.read_bytes()).hexdigest(), "weights": _sha256(weights)}
@@ -192,7 +206,8 @@ def load_captioner(model: str, device: str = "cpu") -> tuple[Any, dict[str, Any]
                 tags = open_clip.list_pretrained_tags_by_model(arch)
                 raise CaptionModelError(f"captioning model {model}: give its weights as {arch}:TAG (tags: {', '.join(tags) or 'none'})")
         try:
-            net = open_clip.create_model(arch, pretrained=tag or None, device="cpu")
+            with _quiet_logs():
+                net = open_clip.create_model(arch, pretrained=tag or None, device="cpu")
         except Exception as e:  # noqa: BLE001 - offline without a cache, unknown repo ...: one line
             raise CaptionModelError(f"captioning model {model}: cannot load ({_first_line(e)})") from None
         identity = {"hub": model}
