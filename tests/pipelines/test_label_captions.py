@@ -184,3 +184,21 @@ def test_cli_captions_then_resolved_config_records_the_rule(root, base, capsys):
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["data"]["language"] == "auto" and resolved["data"]["captions"] is None
     assert Corpus.open(root).query("SELECT count(caption) AS n FROM captions").column("n").to_pylist() == [4]
+
+
+@pytest.mark.slow  # a real (tiny) GFDM run of 2 steps: ~40 s on the shared 2-core box
+def test_train_gfdm_under_auto_embeds_captions_and_records_them(root, base, tmp_path, capsys):
+    name = run_captions(root, base[1]["a"], cfg=local(), progress=False)["labeler"]["name"]
+    out = tmp_path / "run"
+    argv = ["train", "gfdm", "--root", root, "--select", "SELECT key FROM clips WHERE kept", "--out", str(out), "--steps", "2"]
+    argv += ["--gap-frames", "1", "--size", "32", "--data.language", "auto", "--train.batch_size", "4", "--no-progress"]
+    argv += ["--model.block_out_channels", "16,32", "--model.cross_attention_dim", "16", "--model.text_dim", "16", "--text.width", "16"]
+    argv += ["--model.down_block_types", "DownBlock2D,CrossAttnDownBlock2D", "--model.up_block_types", "CrossAttnUpBlock2D,UpBlock2D"]
+    assert main(argv) == 0
+    assert f"language auto: captions from {name}" in capsys.readouterr().out
+    saved = json.loads((out / "run_config.json").read_text())
+    assert saved["data"]["language"] == "auto" and saved["captions_used"] == name
+    assert json.loads((out / "run_record.json").read_text())["captions_used"] == name
+    caption = {r["key"]: r["caption"] for r in Corpus.open(root).query("SELECT key, caption FROM captions").to_pylist()}
+    embedded = set(Corpus.open(root).query("SELECT text FROM text_embeddings").column("text").to_pylist())
+    assert embedded == {"push the square", "stop", caption[KEYS["b"]], caption[KEYS["c"]]}  # instructions kept, captions elsewhere
