@@ -115,3 +115,24 @@ def test_two_clip_models_need_a_choice(corpus, tmp_path, capsys):
     sql = "SELECT key FROM text_scores ORDER BY text_score DESC"
     assert main(["query", sql, "--root", str(tmp_path / "mixed"), "--text", TEXT, "--clip-model", "defi-tiny-64", "--format", "json"]) == 0
     assert [json.loads(ln)["key"] for ln in capsys.readouterr().out.splitlines()] == ["big"]  # only the clips that model embedded
+
+
+def test_text_score_of_a_prompt_equals_curates_own_clip_score(tmp_path, capsys):
+    """Through a real `defi curate --use_clip true`: the model is found from the clips' lineage, and
+    the text_score of one of curate's prompts is the score curate stored for it."""
+    from factories import moving_square, scenes, write_video
+
+    (tmp_path / "v").mkdir()
+    write_video(tmp_path / "v" / "a.mp4", scenes([48, 48], h=96, w=128), fps=24)
+    write_video(tmp_path / "v" / "b.mp4", moving_square(72, h=96, w=128), fps=24)
+    root = str(tmp_path / "corpus")
+    flags = ["--use_clip", "true", "--clip.model", "defi-tiny", "--clip.pretrained", "none", "--runner", "local", "--no-progress"]
+    assert main(["curate", str(tmp_path / "v"), "--root", root, *flags]) == 0
+    capsys.readouterr()
+    prompt = "hands manipulating objects"  # one of curate's default prompts
+    sql = f"SELECT t.text_score, c.clip_scores['{prompt}'] AS stored FROM text_scores t JOIN clips c USING (key)"
+    assert main(["query", sql, "--root", root, "--text", prompt, "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) >= 2
+    for r in rows:
+        assert r["text_score"] == pytest.approx(r["stored"], abs=1e-5)
