@@ -282,3 +282,14 @@ class ClipScorer(Scorer):
         reason = self.reject_reason(scores)
         if reason:
             record.reject(reason)
+
+
+def embed_texts(texts: list[str], model: str, pretrained: str | None, seed: int = 0, device: str = "cpu") -> np.ndarray:
+    """Unit-norm text embeddings float32 [N, D] of ``texts`` from the CLIP ``model`` built as
+    ``ClipScorer`` builds it (``load_clip_model``: same name, weights and seed give the same
+    tower), so they compare with the ``clip_embedding`` column that scorer wrote."""
+    import torch
+
+    net, tokenizer = load_clip_model(model, pretrained, device, seed)
+    with torch.inference_mode():
+        return net.encode_text(tokenizer(list(texts)).to(device), normalize=True).float().cpu().numpy()

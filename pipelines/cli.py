@@ -103,10 +103,15 @@ def write_result(table, fmt: str, out: str | None) -> None:
 
 
 def cmd_query(args) -> int:
+    from defi.pipelines.text_search import DEFAULT_SQL, search_tables
+
     if args.out is not None:
         check_out_file(args.out)
+    if args.sql is None and args.text is None:
+        raise UsageError("give SQL to run (or --text to rank clips by a text)")
     corpus = _open(args.root)
-    table = corpus.query(args.sql, threads=args.threads)
+    tables = search_tables(args.root, args.text, args.clip_model, args.clip_pretrained)  # --text: the text_scores table
+    table = corpus.query(args.sql or DEFAULT_SQL, threads=args.threads, tables=tables)
     try:
         write_result(table, args.format, args.out)
     except OSError as e:  # permission denied, disk full ...
@@ -193,15 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         "query",
         help="run read-only SQL over a corpus index",
         description="Run read-only SQL over the views sources, clips, shards, latent_actions "
-        "(and labels_<labeler> per labeler). Only SELECT/EXPLAIN are accepted.",
+        "(and labels_<labeler> per labeler, captions). Only SELECT/EXPLAIN are accepted. With --text, the table "
+        "text_scores(key, text_score) holds each clip's CLIP similarity to the text.",
     )
-    q.add_argument("sql", help='SQL, e.g. "SELECT reject_reason, count(*) FROM clips GROUP BY 1"')
+    q.add_argument(
+        "sql", nargs="?", help='SQL, e.g. "SELECT reject_reason, count(*) FROM clips GROUP BY 1" (with --text: default the 20 best matches)'
+    )
     q.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     q.add_argument(
         "--format", default="table", choices=["table", "csv", "json", "parquet"], help="output format (parquet needs --out; default: table)"
     )
     q.add_argument("--out", help="write the result to this file instead of stdout")
     q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+    from defi.pipelines.text_search import add_text_flags
+
+    add_text_flags(q, "for the SQL to join")
     q.set_defaults(func=cmd_query)
 
     i = sub.add_parser(

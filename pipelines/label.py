@@ -462,38 +462,62 @@ def pick_labeler(corpus: Corpus, labeler: str | None) -> str | None:
     return have[0] if have else None
 
 
-def select_sql(where: str, balance_by: str | None, labels_view: str | None) -> str:
+def select_sql(where: str, balance_by: str | None, labels_view: str | None, text_scores: bool = False) -> str:
     """SQL returning (key, __group) over kept clips joined with a labeler's rows (when any).
     ``where`` is a predicate over the columns of ``clips`` and the labeler's table (``run_id`` of
     the labels is ``label_run_id``), or a full SELECT returning ``key``; ``balance_by`` a column
-    or SQL expression over the same columns."""
+    or SQL expression over the same columns. ``text_scores``: join the ``text_scores`` table of
+    ``--text`` too (its ``text_score`` joins those columns, and is returned as ``__text_score``)."""
     from defi.schemas.selection import is_sql
 
     if labels_view:
         base = f"(SELECT c.*, l.* EXCLUDE (key, run_id), l.run_id AS label_run_id FROM clips c JOIN {labels_view} l ON c.key = l.key)"
     else:
         base = "clips"
+    if text_scores:
+        base = f"(SELECT b.*, t.text_score FROM {base} b LEFT JOIN text_scores t ON b.key = t.key)"
     group = f"({balance_by})" if balance_by else "NULL"
+    score = ", x.text_score AS __text_score" if text_scores else ""
     if is_sql(where):
         return (
-            f"SELECT DISTINCT s.key, {group} AS __group\n"
+            f"SELECT DISTINCT s.key, {group} AS __group{score}\n"
             f"FROM (SELECT DISTINCT key FROM ({where})) s JOIN (SELECT * FROM {base} WHERE kept) x "
             "ON s.key = x.key ORDER BY s.key"
         )
-    return f"SELECT DISTINCT key, {group} AS __group FROM {base} x\nWHERE kept AND ({where or 'true'}) ORDER BY key"
+    return f"SELECT DISTINCT key, {group} AS __group{score} FROM {base} x\nWHERE kept AND ({where or 'true'}) ORDER BY key"
 
 
-def run_select(root: str, where: str, out: str, balance_by: str | None = None, labeler: str | None = None) -> dict[str, Any]:
+def run_select(
+    root: str,
+    where: str,
+    out: str,
+    balance_by: str | None = None,
+    labeler: str | None = None,
+    *,
+    text: str | None = None,
+    top: int | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+) -> dict[str, Any]:
     """Write a selection manifest of the clips matching ``where``, weighted by
-    ``balanced_weights`` of ``balance_by`` (all 1.0 without it). Returns a summary dict."""
+    ``balanced_weights`` of ``balance_by`` (all 1.0 without it). Returns a summary dict.
+    ``text``: score clips by CLIP similarity to it (``text_search``), a ``text_score`` column
+    for ``where``/``balance_by``; ``top``: keep the ``top`` best-scoring matches."""
     from defi.schemas.selection import write_selection
 
     from .cli import UsageError
 
+    from .text_search import search_tables
+
+    if top is not None and (text is None or top < 1):
+        raise UsageError("--top N (N >= 1) keeps the N clips most similar to --text; give --text")
     corpus = Corpus.open(root)
     name = pick_labeler(corpus, labeler)
-    sql = select_sql(where, balance_by, label_view_name(name) if name else None)
-    table = corpus.query(sql)
+    tables = search_tables(root, text, clip_model, clip_pretrained)
+    sql = select_sql(where, balance_by, label_view_name(name) if name else None, text_scores=bool(tables))
+    if top is not None:
+        sql = f"SELECT * FROM ({sql}) ORDER BY __text_score DESC NULLS LAST, key LIMIT {int(top)}"
+    table = corpus.query(sql, tables=tables)
     keys = table.column("key").to_pylist()
     if not keys:
         raise UsageError(f"the selection is empty; SQL:\n{sql}")
@@ -502,6 +526,8 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
     groups = table.column("__group").to_pylist()
     weights = balanced_weights(groups) if balance_by else np.ones(len(keys))
     stored = sql + (f"\n-- weights: balanced by {balance_by} (each group's total weight = N / groups)" if balance_by else "")
+    if text is not None:
+        stored += f"\n-- text_scores: CLIP similarity to {text!r}"
     write_selection(out, keys, weights, sql=stored)
     per_group = Counter(groups)
     return {
@@ -510,6 +536,7 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
         "labeler": name,
         "balance_by": balance_by,
         "sql": sql,
+        "text": text,
         "groups": {
             str(g): {"clips": n, "weight_each": (len(keys) / len(per_group)) / n if balance_by else 1.0}
             for g, n in sorted(per_group.items(), key=lambda kv: -kv[1])
@@ -523,7 +550,9 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
 def add_label_parser(subparsers) -> argparse.ArgumentParser:
     """``defi label latent-actions ...``"""
     label = subparsers.add_parser(
-        "label", help="attach labels to clips (latent actions from a GIDM)", description="Attach labels to the clips of a corpus."
+        "label",
+        help="attach labels to clips (latent actions from a GIDM, captions from a CoCa)",
+        description="Attach labels to the clips of a corpus.",
     )
     sub = label.add_subparsers(dest="label_command", metavar="LABELER", parser_class=type(label))
     sub.required = True
@@ -548,6 +577,9 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_flags(p, LabelConfig, "label config (LabelConfig: defaults <- --config file <- these flags <- shortcuts)")
     p.set_defaults(func=cmd_label_latent_actions)
+    from .captions import add_captions_parser
+
+    add_captions_parser(sub)  # `defi label captions` (pipelines/captions.py)
     return label
 
 
@@ -602,6 +634,10 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--balance-by", help="column or SQL expression to balance over, e.g. dominant_code")
     p.add_argument("--labeler", help="labeler whose columns to join (default: the only one, if any)")
     p.add_argument("--out", required=True, help="manifest path (.parquet)")
+    from .text_search import add_text_flags
+
+    add_text_flags(p, "whose text_score --where and --balance-by can read")
+    p.add_argument("--top", type=int, help="with --text: keep the N matching clips most similar to the text")
     p.set_defaults(func=cmd_select)
     return p
 
@@ -612,10 +648,22 @@ def cmd_select(args) -> int:
     from .cli import UsageError
 
     try:
-        s = run_select(args.root, args.where, args.out, args.balance_by, args.labeler)
+        s = run_select(
+            args.root,
+            args.where,
+            args.out,
+            args.balance_by,
+            args.labeler,
+            text=args.text,
+            top=args.top,
+            clip_model=args.clip_model,
+            clip_pretrained=args.clip_pretrained,
+        )
     except SelectionError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {s['clips']} clips to {s['out']}" + (f" (labeler {s['labeler']})" if s["labeler"] else ""))
+    if s["text"] is not None:
+        print(f"  ranked by CLIP similarity to {s['text']!r} (text_score)")
     if s["balance_by"]:
         print(f"  balanced by {s['balance_by']}: {len(s['groups'])} groups")
         for g, v in list(s["groups"].items())[:20]:

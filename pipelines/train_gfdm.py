@@ -10,10 +10,17 @@ Python: ``run_train_gfdm(root, select, gfdm_run_config(preset, *layers))``, what
 ``defi demo`` both call.
 
 Config: one ``GFDMRunConfig`` (model = ``GFDMConfig``, train = ``GFDMTrainConfig``, data =
-``DataConfig`` shared with ``defi train gidm``, text = ``TextModelConfig``), resolved as: the
+``GFDMDataConfig``: ``defi train gidm``'s ``DataConfig`` plus which text a clip trains with,
+text = ``TextModelConfig``), resolved as: the
 ``--model`` size's builder defaults <- ``--config`` file <- generated ``--model.*/--train.*/
 --data.*/--text.*`` flags <- shortcut flags. Saved to ``RUN_DIR/run_config.json``; counts (clips
 skipped as too short for the gap, undecodable, ...) to ``RUN_DIR/run_record.json``.
+
+Language (``--data.language``): ``instruction`` (the clip's own, from its shard's lang.txt; none
+for web clips), ``caption`` (the caption `defi label captions` wrote for it) or ``auto`` (the
+instruction where there is one, else the caption). Captions come from the last finished
+`defi label captions` run (``labels/captions.json``), or the folder ``--data.captions`` names;
+the folder used is saved in run_config.json (``captions_used``).
 
 Units: ``gap_s`` seconds, ``gap_frames`` encoded frames (k); ``size`` pixels.
 """
@@ -24,7 +31,7 @@ import argparse
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,28 @@ from .usage import UsageError, one_line
 
 MODEL_SIZES = ("tiny", "svd")
 RUN_RECORD_FILE = "run_record.json"
+LANGUAGES = ("instruction", "caption", "auto")  # training.gfdm.text.LANGUAGE_MODES (not imported: --help stays free of torch)
+
+
+@dataclass
+class GFDMDataConfig(DataConfig):
+    """``DataConfig`` plus the text each clip trains with."""
+
+    language: str = field(
+        default="instruction",
+        metadata={
+            "help": "text a clip trains with: instruction (its own, else none), caption (from `defi label captions`), "
+            "auto (the instruction, else the caption)"
+        },
+    )
+    captions: str | None = field(
+        default=None, metadata={"help": "caption labels to read, labels/caption-<hash> (default: the last `defi label captions` run's)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.language not in LANGUAGES:
+            raise ValueError(f"invalid GFDMDataConfig: language={self.language!r}: unknown; valid: {', '.join(LANGUAGES)}")
 
 
 def run_config_cls() -> type:
@@ -62,7 +91,7 @@ def run_config_cls() -> type:
         return [
             ("model", GFDMConfig, field(default_factory=GFDMConfig)),  # replaced by the preset's builder
             ("train", GFDMTrainConfig, field(default_factory=GFDMTrainConfig)),
-            ("data", DataConfig, field(default_factory=DataConfig)),
+            ("data", GFDMDataConfig, field(default_factory=GFDMDataConfig)),
             ("text", TextModelConfig, field(default_factory=TextModelConfig)),
         ]
 
@@ -94,14 +123,60 @@ def gfdm_run_config(preset: str = "tiny", *layers: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def selection_texts(corpus, keys: list[str]) -> list[str]:
-    """Distinct non-empty instructions (clips.language) of the selected clips, sorted."""
+class ClipLanguage:
+    """The text each clip trains with under ``mode`` (``training.gfdm.text.pick_language``):
+    ``captions`` maps clip keys to their captions, read from ``labels/<source>/``."""
+
+    def __init__(self, mode: str = "instruction", captions: dict[str, str] | None = None, source: str | None = None):
+        self.mode, self.captions, self.source = mode, captions or {}, source
+
+    def __call__(self, keys: list[str], instructions: list[str | None]) -> list[str | None]:
+        from defi.training.gfdm import pick_language
+
+        return [pick_language(self.mode, t, self.captions.get(k)) for k, t in zip(keys, instructions, strict=True)]
+
+
+def caption_folder(corpus, given: str | None, mode: str) -> str:
+    """The ``labels/`` folder of captions to read: the one ``given`` names (``labels/caption-<hash>``
+    or ``caption-<hash>``), else the last finished `defi label captions` run's."""
+    have = [n for n in corpus.label_folders() if n.startswith("caption-")]
+    if given:
+        name = given.rstrip("/").rsplit("/", 1)[-1]
+        if name not in have:
+            raise UsageError(f"--data.captions {given}: no such caption labels in {corpus.root}; have: {', '.join(have) or 'none'}")
+        return name
+    current = corpus.current_captions()
+    if current is None:
+        raise UsageError(
+            f"--data.language {mode}: corpus {corpus.root} has no caption labels; "
+            f"run `defi label captions --root {corpus.root}` first (or name some with --data.captions)"
+        )
+    return current
+
+
+def clip_language(corpus, d) -> ClipLanguage:
+    """The ``ClipLanguage`` of a run's data config (``language``, ``captions``)."""
+    mode = getattr(d, "language", "instruction")
+    if mode == "instruction":
+        return ClipLanguage()
+    name = caption_folder(corpus, getattr(d, "captions", None), mode)
+    table = corpus.read_table(f"labels/{name}").select(["key", "caption"])
+    captions = {k: c for k, c in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True) if c}
+    return ClipLanguage(mode, captions, name)
+
+
+def selection_texts(corpus, keys: list[str], language: ClipLanguage | None = None) -> list[str]:
+    """Distinct non-empty texts of the selected clips, sorted: their instructions
+    (clips.language), or what ``language`` picks from instructions and captions."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     clips = corpus.read_table("clips").select(["key", "language"])
     clips = clips.filter(pc.is_in(clips.column("key"), value_set=pa.array(keys, pa.string())))
-    return sorted({t for t in clips.column("language").to_pylist() if t})
+    texts = clips.column("language").to_pylist()
+    if language is not None:
+        texts = language(clips.column("key").to_pylist(), texts)
+    return sorted({t for t in texts if t})
 
 
 class TextLookup:
@@ -140,16 +215,19 @@ class TextLookup:
         return torch.from_numpy(emb), torch.tensor([bool(t) for t in langs])
 
 
-def gfdm_batches(stream: Iterator[dict], context: int, lookup: TextLookup) -> Iterator[dict]:
-    """ClipDataset batches -> the recipe's batches (obs, future, text_emb, has_text)."""
+def gfdm_batches(stream: Iterator[dict], context: int, lookup: TextLookup, language: ClipLanguage | None = None) -> Iterator[dict]:
+    """ClipDataset batches -> the recipe's batches (obs, future, text_emb, has_text); the text
+    of each item is its instruction, or what ``language`` picks."""
     for batch in stream:
         if "frames" in batch:  # [B, context + T, 3, H, W] at stride k
             frames = batch["frames"]
             obs, future = frames[:, :context].flatten(1, 2), frames[:, context:]
         else:
             obs, future = batch["obs"], batch["next_obs"].unsqueeze(1)
-        langs = batch.get("lang") or [None] * obs.shape[0]
-        text_emb, has_text = lookup(list(langs))
+        langs = list(batch.get("lang") or [None] * obs.shape[0])
+        if language is not None:
+            langs = language(list(batch["key"]), langs)
+        text_emb, has_text = lookup(langs)
         yield {"obs": obs, "future": future, "text_emb": text_emb, "has_text": has_text}
 
 
@@ -174,7 +252,8 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     try:
         corpus = Corpus.open(root)
         dataset = build_dataset(corpus, select, d, cfg.train.seed, m.context_frames + m.future_frames, rank, world)
-        texts = selection_texts(corpus, dataset.keys)
+        language = clip_language(corpus, d)
+        texts = selection_texts(corpus, dataset.keys, language)
         lookup = TextLookup(corpus, cfg.text, texts, m.text_dim)
     except SelectionError as e:
         raise UsageError(f"--select: {one_line(e)}") from None
@@ -193,12 +272,22 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     }
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(
-            json.dumps({**to_dict(cfg), "root": root, "select": select, "selected_clips": len(dataset.keys), "world_size": world}, indent=2)
+            json.dumps(
+                {
+                    **to_dict(cfg),
+                    "root": root,
+                    "select": select,
+                    "selected_clips": len(dataset.keys),
+                    "world_size": world,
+                    "captions_used": language.source,
+                },
+                indent=2,
+            )
         )
 
     def make_batches(start_step: int):
         stream = batch_stream(dataset, cfg.train.batch_size, d.num_workers, start_step)
-        return gfdm_batches(stream, m.context_frames, lookup)
+        return gfdm_batches(stream, m.context_frames, lookup, language)
 
     t0 = time.perf_counter()
     try:
@@ -214,6 +303,8 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
             "select": select,
             "selected_clips": len(dataset.keys),
             "texts": len(texts),
+            "language": d.language,
+            "captions_used": language.source,
             "text_model_id": facts["text_model_id"],
             "data_stats": stats,
             "clips_skipped_too_short": stats.get("skipped:too_short", 0),
@@ -232,6 +323,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
         config=cfg,
         selected_clips=len(dataset.keys),
         texts=len(texts),
+        captions_used=language.source,
         wall_s=time.perf_counter() - t0,
         data_stats=stats,
         last_checkpoint=str(last_checkpoint(out) or ""),
@@ -244,11 +336,16 @@ def summary_text(res: dict[str, Any]) -> str:
     m = cfg.model
     gap = f"{cfg.data.gap_s} s" if cfg.data.gap_s is not None else f"{cfg.data.gap_frames} frames"
     model = res["model"]
+    texts = (
+        "instructions"
+        if cfg.data.language == "instruction"
+        else f"texts (language {cfg.data.language}: captions from {res['captions_used']})"
+    )
     params = sum(p.numel() for p in model.parameters())
     unet = sum(p.numel() for p in model.unet.parameters())
     lines = [
         f"gfdm ({m.backbone}, {m.objective}): {res['selected_clips']} clips selected, {res['texts']} distinct "
-        f"instructions, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}",
+        f"{texts}, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}",
         f"  model    {params:,} parameters (U-Net {unet:,})",
     ]
     skipped = res["data_stats"].get("skipped:too_short", 0)

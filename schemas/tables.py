@@ -141,6 +141,36 @@ LATENT_ACTIONS = _schema(
     ],
 )
 
+# One row per clip for one captioning config (labels/caption-<config hash>/, `defi label captions`,
+# pipelines/captions.py): a caption, or the reason there is none.
+CAPTIONS = _schema(
+    "captions",
+    [
+        pa.field("key", _str, nullable=False),
+        pa.field("labeler", _str, nullable=False),  # caption-<config hash>
+        pa.field("caption", _str),  # null when the clip could not be captioned
+        pa.field("model", _str),  # the captioning model: a local folder's name or a hub name
+        pa.field("config_hash", _str),  # hash of what shaped the caption (model weights, decoding, frame rule)
+        pa.field("version", _str),  # the labeler's code version
+        pa.field("error", _str),  # null, or why there is no caption (decode, missing_sample, caption_failed)
+        pa.field("error_detail", _str),
+        pa.field("run_id", _str),
+    ],
+)
+
+# A labels/<name>/ folder's schema by the name's prefix (first match); any other name holds
+# latent actions. The prefixes are the commands that write them.
+LABEL_SCHEMAS: tuple[tuple[str, pa.Schema], ...] = (("caption-", CAPTIONS),)
+
+
+def label_schema(name: str) -> pa.Schema:
+    """The schema of the parts under ``labels/<name>/``."""
+    for prefix, schema in LABEL_SCHEMAS:
+        if name.startswith(prefix):
+            return schema
+    return LATENT_ACTIONS
+
+
 RUNS = _schema(
     "runs",
     [

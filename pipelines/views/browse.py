@@ -518,11 +518,13 @@ def run_browse(
     previews: bool = True,
     preview_seconds: float = DEFAULT_PREVIEW_SECONDS,
     progress: bool = False,
+    tables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render the clips ``sql`` returns into ``out`` (and ``out-2.html`` ... past ``per_page``
     clips). Returns ``{"pages": [paths], "clips", "kept", "rejected", "unknown", "previews",
     "no_preview", "bytes", "labeler"}``. Raises ``UsageError`` for a query without ``key``
-    and ``CorpusError`` for a missing root or bad/non-read-only SQL."""
+    and ``CorpusError`` for a missing root or bad/non-read-only SQL. ``tables``: extra Arrow
+    tables the SQL may read (``text_scores`` of ``--text``)."""
     from ..cli import UsageError
 
     from ..cli import check_out_file
@@ -534,10 +536,10 @@ def run_browse(
         raise UsageError(f"--preview-seconds must be > 0, got {preview_seconds}")
     corpus = Corpus.open(root)
     name = resolve_labeler(corpus, labeler)
-    columns = corpus.columns(sql)  # bound, not run: a query without `key` is refused before it runs
+    columns = corpus.columns(sql, tables=tables)  # bound, not run: a query without `key` is refused before it runs
     if "key" not in columns:
         raise UsageError(f"the query must return a `key` column (clip key); it returned: {', '.join(columns) or 'no columns'}")
-    table = corpus.query(sql)
+    table = corpus.query(sql, tables=tables)
     keys, extra, seen, notes = [], {}, set(), []
     others = [c for c in table.column_names if c != "key"]
     null_keys = dups = 0
@@ -633,7 +635,11 @@ def add_browse_parser(subparsers) -> argparse.ArgumentParser:
         "and magnitude plot when labels exist. Pages past --per-page clips go to OUT-2.html, OUT-3.html ... "
         "The pages work offline (everything inline).",
     )
-    p.add_argument("sql", help='SQL returning key, e.g. "SELECT key FROM clips ORDER BY motion_mean DESC LIMIT 50"')
+    p.add_argument(
+        "sql",
+        nargs="?",
+        help='SQL returning key, e.g. "SELECT key FROM clips ORDER BY motion_mean DESC LIMIT 50" (with --text: default the 20 best matches)',
+    )
     p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument("--out", required=True, help="HTML file to write (more pages go beside it)")
     p.add_argument("--per-page", type=int, default=48, help="clips per page (default 48)")
@@ -646,20 +652,30 @@ def add_browse_parser(subparsers) -> argparse.ArgumentParser:
         help=f"longest preview cut from a source for rejected clips, seconds (default {DEFAULT_PREVIEW_SECONDS:g})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..text_search import add_text_flags
+
+    add_text_flags(p, "for the SQL to join; each card shows its text_score")
     p.set_defaults(func=cmd_browse)
     return p
 
 
 def cmd_browse(args) -> int:
+    from ..cli import UsageError
+    from ..text_search import DEFAULT_SQL, search_tables
+
+    if args.sql is None and args.text is None:
+        raise UsageError("give SQL returning key (or --text to rank clips by a text)")
+    tables = search_tables(args.root, args.text, args.clip_model, args.clip_pretrained)
     s = run_browse(
         args.root,
-        args.sql,
+        args.sql or DEFAULT_SQL,
         args.out,
         per_page=args.per_page,
         labeler=args.labeler,
         previews=not args.no_previews,
         preview_seconds=args.preview_seconds,
         progress=not args.no_progress,
+        tables=tables,
     )
     print(
         f"wrote {len(s['pages'])} page{'s' if len(s['pages']) != 1 else ''} to {s['pages'][0]}: {s['clips']} clips "

@@ -4,7 +4,17 @@ modeling_gfdm.py; instruction embeddings and their corpus cache in text.py."""
 from .configuration_gfdm import BACKBONES, GFDM_SIZES, OBJECTIVES, GFDMConfig, gfdm_config, gfdm_svd, gfdm_tiny
 from .loading import load_gfdm, load_text_config, resolve_checkpoint_dir
 from .modeling_gfdm import GFDM, GFDMFeatures, changed_mask, num_parameters, psnr
-from .text import TextEncoder, TextModelConfig, build_tiny_text_tower, cached_embeddings, embed_instructions, text_hash, text_model_id
+from .text import (
+    LANGUAGE_MODES,
+    TextEncoder,
+    TextModelConfig,
+    build_tiny_text_tower,
+    cached_embeddings,
+    embed_instructions,
+    pick_language,
+    text_hash,
+    text_model_id,
+)
 
 __all__ = [
     "BACKBONES",
@@ -22,11 +32,13 @@ __all__ = [
     "changed_mask",
     "num_parameters",
     "psnr",
+    "LANGUAGE_MODES",
     "TextEncoder",
     "TextModelConfig",
     "build_tiny_text_tower",
     "cached_embeddings",
     "embed_instructions",
+    "pick_language",
     "text_hash",
     "text_model_id",
 ]

@@ -173,3 +173,20 @@ def embed_instructions(
     if not texts:
         return np.zeros((0, 0), np.float32)
     return np.stack([cache[h] for h in hashes]).astype(np.float32)
+
+
+# The text a clip trains with (``defi train gfdm --data.language``): its own instruction (robot
+# episodes, manifests with a language column), the caption `defi label captions` wrote for it, or
+# the instruction where there is one and the caption elsewhere.
+LANGUAGE_MODES = ("instruction", "caption", "auto")
+
+
+def pick_language(mode: str, instruction: str | None, caption: str | None) -> str | None:
+    """The text of one clip under ``mode`` (``LANGUAGE_MODES``); None when it has none."""
+    if mode == "instruction":
+        return instruction or None
+    if mode == "caption":
+        return caption or None
+    if mode == "auto":
+        return instruction or caption or None
+    raise ValueError(f"language={mode!r}: unknown; valid: {', '.join(LANGUAGE_MODES)}")
