@@ -111,6 +111,28 @@ def select_ticks(
         i += 1
 
 
+_M_PERTURB = -6  # glibc mallopt: fill each new allocation with a fixed byte
+
+
+def _malloc_perturb(byte: int) -> None:
+    """glibc only (elsewhere a no-op): ``mallopt(M_PERTURB, byte)``; 0 turns it off."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+            _libc.mallopt  # noqa: B018 - raises AttributeError where libc has no mallopt
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.mallopt(_M_PERTURB, byte)
+
+
+_libc = None
+
+
 class _Writer:
     """An H.264 MP4 writer taking ``av.VideoFrame``s already at the output size.
 
@@ -134,6 +156,18 @@ class _Writer:
         self.stream = self.container.add_stream("libx264", rate=self.rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = {"crf": str(crf), "preset": preset}
+        # one encoder thread, whatever the machine: libx264's output depends on its thread count
+        # (frame threads change rate-control and lookahead decisions), and its default follows the
+        # CPUs this process may use, so a clip re-encoded by a resumed run, another --workers or
+        # another machine would differ in bytes. Runs parallelise across videos instead.
+        self.stream.codec_context.thread_count = 1
+        self.stream.codec_context.thread_type = "NONE"
+        # libx264 reads some of its own buffers before writing them (padding around the planes it
+        # allocates, not the picture), so the bytes of a clip depended on what the process had freed
+        # before: a resumed run, another --workers or another video order changed them. While this
+        # writer lives, glibc fills every new allocation with one fixed byte, which makes those
+        # reads, and the encode, a function of the pixels alone. (Off again in close/abort.)
+        _malloc_perturb(0x5A)
         self.width, self.height = width, height
         self.n = 0
 
@@ -169,6 +203,7 @@ class _Writer:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        _malloc_perturb(0)
         if self.tmp is not None and os.path.exists(self.tmp):
             os.unlink(self.tmp)
 

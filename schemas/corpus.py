@@ -291,13 +291,15 @@ class Corpus:
             msg += " (queries are read-only: no file may be read or written except the corpus's own tables)"
         return CorpusError(f"SQL error: {msg}")
 
-    def unreadable_parts(self, limit: int | None = None) -> list[tuple[str, str]]:
-        """(path, reason) for every committed parquet part whose footer cannot be read or whose
-        columns do not fit the table's schema."""
+    def unreadable_parts(self, limit: int | None = None, tables: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        """(path, reason) for every committed parquet part (of the views ``tables``, default all)
+        whose footer cannot be read or whose columns do not fit the table's schema."""
         out = []
         for view, parts in self.views().items():
             if view.startswith("labels_"):
                 continue  # the same parts as latent_actions
+            if tables is not None and view not in tables:
+                continue
             schema = LATENT_ACTIONS if view == "latent_actions" else TABLES[view]
             for p in parts:
                 why = _part_problem(self.fs, p, schema)
@@ -312,9 +314,11 @@ class Corpus:
         open the index directly. Views name absolute parquet globs: re-run after moving the root."""
         if not self.is_local:
             raise CorpusError("index.duckdb is built for local roots only; query remote roots with `defi query`")
+        self.refuse_unreadable()  # a view over a damaged part would fail to bind, deep in DuckDB
         final = self.path(INDEX_FILE)
         tmp = self.path(f".tmp-index-{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(tmp)
+        ok = False
         try:
             for view, parts in self.views().items():
                 schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
@@ -324,10 +328,26 @@ class Corpus:
                 else:
                     cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
                     con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
+            ok = True
+        except duckdb.Error as e:
+            raise self.sql_error(e) from None
         finally:
             con.close()
+            if not ok:
+                for p in (tmp, f"{tmp}.wal"):
+                    if os.path.exists(p):
+                        os.unlink(p)
         os.replace(tmp, final)
         return final
+
+    def refuse_unreadable(self, tables: tuple[str, ...] | None = None) -> None:
+        """Raise ``CorpusError`` naming the first committed part (of ``tables``; default every
+        view's) that cannot be read: a command that reads or rewrites the index must not start on
+        a damaged corpus."""
+        bad = self.unreadable_parts(limit=1, tables=tables)
+        if bad:
+            path, why = bad[0]
+            raise CorpusError(f"unreadable corpus file {path}: {why} (run `defi check {self.root}`)")
 
     def summary(self) -> dict[str, Any]:
         """The numbers ``defi info`` prints: videos, hours in/out, clips by reason, shards, labels."""
