@@ -227,9 +227,10 @@ class Corpus:
         ``enable_external_access=false`` (no COPY TO/FROM, ATTACH, EXPORT, read_csv/read_parquet
         of any path, extension install or load), extension autoload/autoinstall off, spilling to a
         private temp folder removed on ``close`` and ``lock_configuration=true`` (no SET/RESET can
-        undo any of it). DuckDB's ``allowed_paths`` would let a statement read the parts but also
-        overwrite them (``COPY ... TO part (USE_TMP_FILE false)``), so it is not used. What a
-        statement can still change is this connection's own in-memory catalog, which dies with it."""
+        undo any of it). DuckDB's ``allowed_paths`` and ``allowed_directories`` would let a
+        statement read the parts but also overwrite them (they grant writing too: ``COPY ... TO
+        part``), so neither is used. What a statement can still change is this connection's own
+        in-memory catalog, which dies with it."""
         import shutil
         import tempfile
 
