@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -112,9 +113,13 @@ def select_ticks(
 
 
 _M_PERTURB = -6  # glibc mallopt: fill each new allocation with a fixed byte
+_PERTURB_BYTE = 0x5A
+_perturb_lock = threading.Lock()
+_perturb_users = 0  # open writers (browse encodes previews in threads): the fill is off when none is
+_libc: Any = None
 
 
-def _malloc_perturb(byte: int) -> None:
+def _mallopt_perturb(byte: int) -> None:
     """glibc only (elsewhere a no-op): ``mallopt(M_PERTURB, byte)``; 0 turns it off."""
     global _libc
     if _libc is None:
@@ -130,7 +135,12 @@ def _malloc_perturb(byte: int) -> None:
         _libc.mallopt(_M_PERTURB, byte)
 
 
-_libc = None
+def _perturb(on: bool) -> None:
+    global _perturb_users
+    with _perturb_lock:
+        _perturb_users += 1 if on else -1
+        if (on and _perturb_users == 1) or (not on and _perturb_users == 0):
+            _mallopt_perturb(_PERTURB_BYTE if on else 0)
 
 
 class _Writer:
@@ -162,12 +172,13 @@ class _Writer:
         # another machine would differ in bytes. Runs parallelise across videos instead.
         self.stream.codec_context.thread_count = 1
         self.stream.codec_context.thread_type = "NONE"
-        # libx264 reads some of its own buffers before writing them (padding around the planes it
-        # allocates, not the picture), so the bytes of a clip depended on what the process had freed
-        # before: a resumed run, another --workers or another video order changed them. While this
-        # writer lives, glibc fills every new allocation with one fixed byte, which makes those
-        # reads, and the encode, a function of the pixels alone. (Off again in close/abort.)
-        _malloc_perturb(0x5A)
+        # libx264 reads some memory it allocated before writing it, so without this the bytes of
+        # a clip would depend on what the process freed before (another --workers, a resumed run,
+        # another order of videos). While a writer is open, glibc fills every new allocation with
+        # one fixed byte, which makes those reads, and the encode, a function of the pixels alone
+        # (off again once the last open writer closes or aborts).
+        _perturb(True)
+        self._perturbing = True
         self.width, self.height = width, height
         self.n = 0
 
@@ -203,7 +214,9 @@ class _Writer:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        _malloc_perturb(0)
+        if self._perturbing:
+            self._perturbing = False
+            _perturb(False)
         if self.tmp is not None and os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
