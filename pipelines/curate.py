@@ -142,7 +142,10 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False, run_id: str = "repai
     if repair:
         quarantine = _to_quarantine(corpus, damaged)
     else:
-        corpus.refuse_unreadable(("sources", "clips", "shards"))  # read below, and by the commits
+        try:
+            corpus.refuse_unreadable(("sources", "clips", "shards"))  # read below, and by the commits
+        except CorpusError as e:
+            raise CorpusError(f"{e}; `defi curate --repair` moves it and its unit to {corpus.path(QUARANTINE_DIR)}/") from None
     lost = _lost_shards(corpus, set(quarantine))
     if lost and not repair:
         raise CorpusError(

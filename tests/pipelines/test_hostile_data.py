@@ -120,6 +120,25 @@ def test_deleted_clips_part_is_refused_reported_and_rebuilt(made, tmp_path):
     assert _defi("check", str(root), "--no-progress").returncode == 0
 
 
+@pytest.mark.parametrize("damage", ["shards part deleted", "sources part garbage"])
+def test_repair_quarantines_a_damaged_unit_and_rebuilds_it(made, tmp_path, damage):
+    inputs, root = _copy(made, tmp_path)
+    keys = _keys(root)
+    part = _unit_with_clips(root)
+    if damage == "shards part deleted":
+        (root / "shards" / part).unlink()
+    else:
+        (root / "sources" / part).write_bytes(b"PAR1 garbage")
+    before = _hashes(root)
+    assert _defi("check", str(root), "--no-progress").returncode == 1
+    _one_line_exit_2(_defi("curate", str(inputs), "--root", str(root), *FLAGS), "--repair")
+    p = _defi("curate", str(inputs), "--root", str(root), *FLAGS, "--repair")
+    assert p.returncode == 0 and "repair   moved" in p.stdout, p.stderr
+    assert set(before) <= set(_hashes(root))
+    assert _keys(root) == keys
+    assert _defi("check", str(root), "--no-progress").returncode == 0
+
+
 def test_npz_instruction_reaches_sources_clips_and_shards(made):
     _, root = made
     c = Corpus.open(str(root))
