@@ -5,6 +5,7 @@ Reported, one line each (``KIND  PATH  detail``), exit 1 when anything is wrong,
 - ``uncommitted``: a clips/shards part of a unit whose commit a killed run left unfinished (the
   next `defi curate` removes it); ``orphan_part``: one with no sources part and no run committing it
   (a sources part was deleted or renamed; `defi curate --repair` moves it to quarantine/);
+- ``unexplained_clips``: a committed clips part holding clips of a source no ``sources`` row names;
 - ``lost_clips``: a committed sources part whose readable, error-free sources have no row in any
   committed clips part (every source that decodes yields at least one clip row, kept or not): the
   clips part was deleted, or sits in an orphan part;
@@ -98,19 +99,34 @@ def _uncommitted_parts(corpus: Corpus) -> list[tuple[str, str, str]]:
 
 
 def _lost_clips(corpus: Corpus, bad: set[str]) -> list[tuple[str, str, str]]:
-    """Committed sources parts whose error-free sources have no clip row in a committed part."""
+    """Committed sources parts whose error-free sources have no clip row in a committed part, and
+    committed clips parts with clips of no source."""
     import pyarrow.parquet as pq
 
     committed = {os.path.basename(p) for p in corpus.parts("sources")}
     have = set()
+    out = []
+    sources = {
+        p: pq.read_table(p, filesystem=corpus.fs, columns=["source_id", "error", "uri"]).to_pylist()
+        for p in corpus.parts("sources")
+        if p not in bad
+    }
+    known = {r["source_id"] for rows in sources.values() for r in rows}
     for p in corpus.parts("clips"):
         if p not in bad and os.path.basename(p) in committed:
-            have |= set(pq.read_table(p, filesystem=corpus.fs, columns=["source_id"]).column("source_id").to_pylist())
-    out = []
-    for p in corpus.parts("sources"):
-        if p in bad:
-            continue
-        t = pq.read_table(p, filesystem=corpus.fs, columns=["source_id", "error", "uri"]).to_pylist()
+            ids = pq.read_table(p, filesystem=corpus.fs, columns=["source_id"]).column("source_id").to_pylist()
+            have |= set(ids)
+            stray = [i for i in ids if i not in known]
+            if stray:
+                out.append(
+                    (
+                        "unexplained_clips",
+                        p,
+                        f"{len(stray)} clips of source {stray[0]}{' and others' if len(set(stray)) > 1 else ''}, which no sources row "
+                        "names (a sources part was replaced?); `defi curate --repair` moves the unit to quarantine/",
+                    )
+                )
+    for p, t in sources.items():
         lost = [r for r in t if r["error"] is None and r["source_id"] not in have]
         if lost:
             out.append(

@@ -107,18 +107,21 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False, run_id: str = "repai
     Refused without ``repair`` (``CorpusError`` naming the file; see `defi check`): a committed
     part that cannot be read; a clips or shards part with no ``sources`` part of its unit and no
     pending marker (the unit's commit marker was deleted or renamed); a shard tar that committed
-    clips rows name but no ``shards`` row does (a shards part was deleted).
+    clips rows name but no ``shards`` row does (a shards part was deleted); clips of a source no
+    ``sources`` row names (a sources part replaced); error-free sources with no clip row (a clips
+    part deleted: every source that decodes has at least one, see ``process_source``).
 
     With ``repair`` (``defi curate --repair``) nothing is deleted that no commit explains: each
     such file is *moved* to ``ROOT/quarantine/<run_id>/<its path in the root>`` (out of every
     table: no query, training run or check reads it), with ``ROOT/quarantine/<run_id>/why.json``
     saying why, and listed in the return value (the CLI prints each). Whole units go together, so
     the videos behind them are no longer "done" and the same run re-curates them (clip keys are
-    deterministic: the rebuilt clips have the same keys). Quarantined: unreadable committed parts;
-    parts of a unit with no readable sources part; the tars those parts name (unless a live shards
-    row names them too); every part of a unit whose clips name a tar no shards row names, and that
-    tar; a sources part whose error-free sources have clips only in quarantined parts (a renamed
-    commit marker). Restoring is moving the files back (then `defi check`)."""
+    deterministic: the rebuilt clips have the same keys). Quarantined: unreadable committed parts,
+    with the rest of their unit when it is the sources part; clips/shards parts with no sources
+    part; every part of a unit whose clips name a tar no shards row names, and that tar; every part
+    of a unit with clips of no source, or with error-free sources that have no live clip row left
+    (also when their clips went to quarantine above: a renamed sources part); last, the tars only
+    quarantined rows name. Restoring is moving the files back (then `defi check`)."""
     committed = {_unit(p) for p in corpus.parts("sources")}
     pending_dir = corpus.path(PENDING_DIR)
     markers = corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else []
@@ -154,6 +157,13 @@ def clean_uncommitted(corpus: Corpus, repair: bool = False, run_id: str = "repai
             f"{corpus.path(QUARANTINE_DIR)}/ and re-curates their videos"
         )
     if not repair:
+        stray = _clips_without_sources(corpus, set())
+        if stray:
+            raise CorpusError(
+                f"{stray[0]} holds clips of a source no sources row names (a sources part was replaced?); see "
+                f"`defi check {corpus.root}`; `defi curate --repair` moves the unit to {corpus.path(QUARANTINE_DIR)}/ "
+                "and curates its videos again"
+            )
         without = _sources_without_clips(corpus, set())
         if without:
             raise CorpusError(
@@ -202,6 +212,20 @@ def _sources_without_clips(corpus: Corpus, skip: set[str]) -> list[tuple[str, in
     return sorted(missing.items())
 
 
+def _clips_without_sources(corpus: Corpus, skip: set[str]) -> list[str]:
+    """Live clips parts with a row whose source no live sources row names."""
+    known = {r["source_id"] for _, r in _live(corpus, "sources", ["source_id"], skip)}
+    return sorted({p for p, r in _live(corpus, "clips", ["source_id"], skip) if r["source_id"] not in known})
+
+
+def _quarantine_unit(corpus: Corpus, q: dict[str, str], unit: str, why: str) -> None:
+    """Add every part of ``unit`` (sources, clips, shards) to ``q``, each with ``why``."""
+    for table in ("sources", "clips", "shards"):
+        for part in corpus.parts(table):
+            if _unit(part) == unit:
+                q.setdefault(part, why)
+
+
 def _to_quarantine(corpus: Corpus, damaged: list[str]) -> dict[str, str]:
     """Every file ``--repair`` moves out of the live tables, with why (see ``clean_uncommitted``)."""
     from defi.schemas.corpus import _part_problem
@@ -213,30 +237,23 @@ def _to_quarantine(corpus: Corpus, damaged: list[str]) -> dict[str, str]:
             why = _part_problem(corpus.fs, p, TABLES[table])
             if why:
                 q[p] = f"unreadable ({why})"
-    dead_units = {_unit(p) for p in q if _in(corpus, "sources", p)}
+    for p in [p for p in q if _in(corpus, "sources", p)]:
+        _quarantine_unit(corpus, q, _unit(p), f"its unit's sources part {os.path.basename(p)} is unreadable")
     for p in damaged:
         q.setdefault(p, "no sources part commits its unit (the commit marker was deleted or renamed)")
-    for table in ("clips", "shards"):
-        for p in corpus.parts(table):
-            if _unit(p) in dead_units:
-                q.setdefault(p, f"its unit's sources part is quarantined ({q.get(corpus.path('sources', os.path.basename(p)), '')})")
     # a tar no shards row names while its clips rows are live: its whole unit goes, to be re-curated
     for name in _lost_shards(corpus, set(q)):
         q[corpus.path(SHARDS_DIR, name)] = "committed clips name it but no shards row does (a shards part was deleted)"
         for p, r in _live(corpus, "clips", ["shard"], set(q)):
             if r["shard"] == name:
-                for table in ("sources", "clips", "shards"):
-                    for part in corpus.parts(table):
-                        if _unit(part) == _unit(p):
-                            q.setdefault(part, f"its unit's clips are in {name}, which no shards row names")
+                _quarantine_unit(corpus, q, _unit(p), f"its unit's clips are in {name}, which no shards row names")
+    # clips of no live source (a sources part replaced by another): the whole unit goes
+    for p in _clips_without_sources(corpus, set(q)):
+        _quarantine_unit(corpus, q, _unit(p), f"clips in {os.path.basename(p)} belong to no source a sources row names")
     # sources whose clips went (a deleted clips part, or one quarantined above): the whole unit
     # goes, so the videos are curated again
     for p, n in _sources_without_clips(corpus, set(q)):
-        why = f"{n} of its sources have no clips left (a deleted or renamed part): their videos are curated again"
-        for table in ("sources", "clips", "shards"):
-            for part in corpus.parts(table):
-                if _unit(part) == _unit(p):
-                    q.setdefault(part, why if part == p else f"its unit's sources part {os.path.basename(p)} is quarantined")
+        _quarantine_unit(corpus, q, _unit(p), f"{n} source(s) of {os.path.basename(p)} have no clips left (a deleted or renamed part)")
     # the tars that only quarantined rows name
     live_names = {r["shard"] for _, r in _live(corpus, "shards", ["shard"], set(q))}
     live_names |= {r["shard"] for _, r in _live(corpus, "clips", ["shard"], set(q)) if r["shard"]}

@@ -120,15 +120,18 @@ def test_deleted_clips_part_is_refused_reported_and_rebuilt(made, tmp_path):
     assert _defi("check", str(root), "--no-progress").returncode == 0
 
 
-@pytest.mark.parametrize("damage", ["shards part deleted", "sources part garbage"])
+@pytest.mark.parametrize("damage", ["shards part deleted", "sources part garbage", "sources part replaced"])
 def test_repair_quarantines_a_damaged_unit_and_rebuilds_it(made, tmp_path, damage):
     inputs, root = _copy(made, tmp_path)
     keys = _keys(root)
     part = _unit_with_clips(root)
     if damage == "shards part deleted":
         (root / "shards" / part).unlink()
-    else:
+    elif damage == "sources part garbage":
         (root / "sources" / part).write_bytes(b"PAR1 garbage")
+    else:  # another unit's sources part under this unit's name: its clips belong to no source
+        other = next(p for p in sorted((root / "sources").glob("part-*.parquet")) if p.name != part)
+        shutil.copyfile(other, root / "sources" / part)
     before = _hashes(root)
     assert _defi("check", str(root), "--no-progress").returncode == 1
     _one_line_exit_2(_defi("curate", str(inputs), "--root", str(root), *FLAGS), "--repair")
