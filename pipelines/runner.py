@@ -227,7 +227,9 @@ def die_with_parent(parent: int) -> None:
     """In a forked worker: end this process when ``parent`` (the driver) ends, however it ends
     (SIGKILL included), so a killed run leaves no worker behind. Linux: the kernel sends SIGKILL
     on the parent's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the
-    parent pid once a second. Either way, a parent already gone ends the worker at once."""
+    parent pid once a second. Either way, a parent already gone ends the worker at once. (Linux
+    sends the signal when the driver *thread* that forked the worker ends: ``_pooled`` starts and
+    drains its workers in one thread.)"""
     import signal
     import threading
 
