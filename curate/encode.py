@@ -115,7 +115,7 @@ def select_ticks(
 _M_PERTURB = -6  # glibc mallopt: fill each new allocation with a fixed byte
 _PERTURB_BYTE = 0x5A
 _perturb_lock = threading.Lock()
-_perturb_users = 0  # open writers (browse encodes previews in threads): the fill is off when none is
+_perturb_users = 0  # open writers (a program may encode from several threads): the fill is off when none is
 _libc: Any = None
 
 
