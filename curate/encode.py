@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -111,6 +112,37 @@ def select_ticks(
         i += 1
 
 
+_M_PERTURB = -6  # glibc mallopt: fill each new allocation with a fixed byte
+_PERTURB_BYTE = 0x5A
+_perturb_lock = threading.Lock()
+_perturb_users = 0  # open writers (a program may encode from several threads): the fill is off when none is
+_libc: Any = None
+
+
+def _mallopt_perturb(byte: int) -> None:
+    """glibc only (elsewhere a no-op): ``mallopt(M_PERTURB, byte)``; 0 turns it off."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+            _libc.mallopt  # noqa: B018 - raises AttributeError where libc has no mallopt
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.mallopt(_M_PERTURB, byte)
+
+
+def _perturb(on: bool) -> None:
+    global _perturb_users
+    with _perturb_lock:
+        _perturb_users += 1 if on else -1
+        if (on and _perturb_users == 1) or (not on and _perturb_users == 0):
+            _mallopt_perturb(_PERTURB_BYTE if on else 0)
+
+
 class _Writer:
     """An H.264 MP4 writer taking ``av.VideoFrame``s already at the output size.
 
@@ -134,6 +166,19 @@ class _Writer:
         self.stream = self.container.add_stream("libx264", rate=self.rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = {"crf": str(crf), "preset": preset}
+        # one encoder thread, whatever the machine: libx264's output depends on its thread count
+        # (frame threads change rate-control and lookahead decisions), and its default follows the
+        # CPUs this process may use, so a clip re-encoded by a resumed run, another --workers or
+        # another machine would differ in bytes. Runs parallelise across videos instead.
+        self.stream.codec_context.thread_count = 1
+        self.stream.codec_context.thread_type = "NONE"
+        # libx264 reads some memory it allocated before writing it, so without this the bytes of
+        # a clip would depend on what the process freed before (another --workers, a resumed run,
+        # another order of videos). While a writer is open, glibc fills every new allocation with
+        # one fixed byte, which makes those reads, and the encode, a function of the pixels alone
+        # (off again once the last open writer closes or aborts).
+        _perturb(True)
+        self._perturbing = True
         self.width, self.height = width, height
         self.n = 0
 
@@ -169,6 +214,9 @@ class _Writer:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._perturbing:
+            self._perturbing = False
+            _perturb(False)
         if self.tmp is not None and os.path.exists(self.tmp):
             os.unlink(self.tmp)
 

@@ -4,7 +4,11 @@ Reported, one line each (``KIND  PATH  detail``), exit 1 when anything is wrong,
 - ``unreadable``: a parquet part whose footer or columns cannot be read (queries fail on it);
 - ``uncommitted``: a clips/shards part of a unit whose commit a killed run left unfinished (the
   next `defi curate` removes it); ``orphan_part``: one with no sources part and no run committing it
-  (a sources part was deleted; `defi curate --repair` deletes it);
+  (a sources part was deleted or renamed; `defi curate --repair` moves it to quarantine/);
+- ``unexplained_clips``: a committed clips part holding clips of a source no ``sources`` row names;
+- ``lost_clips``: a committed sources part whose readable, error-free sources have no row in any
+  committed clips part (every source that decodes yields at least one clip row, kept or not): the
+  clips part was deleted, or sits in an orphan part;
 - ``missing_shard``: a shard a ``shards`` row or a kept clip names that is not on storage;
 - ``bad_shard``: a shard whose size, sha256 or sample count differs from its ``shards`` row, or
   that is not a readable tar;
@@ -90,7 +94,50 @@ def _uncommitted_parts(corpus: Corpus) -> list[tuple[str, str, str]]:
             if name in pending:
                 out.append(("uncommitted", p, "a killed run's unfinished commit; the next `defi curate` removes it"))
             else:
-                out.append(("orphan_part", p, "no sources part commits it; `defi curate --repair` deletes it"))
+                out.append(("orphan_part", p, "no sources part commits it; `defi curate --repair` moves it to quarantine/"))
+    return out
+
+
+def _lost_clips(corpus: Corpus, bad: set[str]) -> list[tuple[str, str, str]]:
+    """Committed sources parts whose error-free sources have no clip row in a committed part, and
+    committed clips parts with clips of no source."""
+    import pyarrow.parquet as pq
+
+    committed = {os.path.basename(p) for p in corpus.parts("sources")}
+    have = set()
+    out = []
+    sources = {
+        p: pq.read_table(p, filesystem=corpus.fs, columns=["source_id", "error", "uri"]).to_pylist()
+        for p in corpus.parts("sources")
+        if p not in bad
+    }
+    known = {r["source_id"] for rows in sources.values() for r in rows}
+    for p in corpus.parts("clips"):
+        if p not in bad and os.path.basename(p) in committed:
+            ids = pq.read_table(p, filesystem=corpus.fs, columns=["source_id"]).column("source_id").to_pylist()
+            have |= set(ids)
+            stray = [i for i in ids if i not in known]
+            if stray:
+                out.append(
+                    (
+                        "unexplained_clips",
+                        p,
+                        f"{len(stray)} clips of source {stray[0]}{' and others' if len(set(stray)) > 1 else ''}, which no sources row "
+                        "names (a sources part was replaced?); `defi curate --repair` moves the unit to quarantine/",
+                    )
+                )
+    for p, t in sources.items():
+        lost = [r for r in t if r["error"] is None and r["source_id"] not in have]
+        if lost:
+            out.append(
+                (
+                    "lost_clips",
+                    p,
+                    f"{len(lost)} source{'s' if len(lost) > 1 else ''} ({lost[0]['uri']}{', ...' if len(lost) > 1 else ''}) "
+                    "have no clips in any committed clips part (deleted, or in an orphan part); "
+                    "`defi curate --repair` moves them to quarantine/ and curates the videos again",
+                )
+            )
     return out
 
 
@@ -106,6 +153,7 @@ def check_corpus(root: str, progress: bool = False) -> dict[str, Any]:
     n_parts = sum(len(corpus.parts(t)) for t in ("sources", "clips", "shards"))
     n_parts += sum(len(corpus.parts(f"{LABELS_DIR}/{name}")) for name in corpus.labelers())
     problems += _uncommitted_parts(corpus)
+    problems += _lost_clips(corpus, bad)
     shards = _read_ok(corpus, "shards", bad).to_pylist()
     clips = _read_ok(corpus, "clips", bad).select(["key", "kept", "shard"]).to_pylist()
     by_shard: dict[str, list[str]] = defaultdict(list)
@@ -141,7 +189,9 @@ def check_corpus(root: str, progress: bool = False) -> dict[str, Any]:
     for name in sorted(on_disk - known - set(by_shard)):
         if name.endswith(".tar"):
             problems.append(("orphan_shard", corpus.path(SHARDS_DIR, name), "no shards row or clip names it"))
-    return {"problems": problems, "shards": len(shards), "clips": len(clips), "parts": n_parts}
+    qdir = corpus.path("quarantine")
+    quarantined = [p for p in corpus.fs.find(qdir) if not p.endswith("/why.json")] if corpus.fs.exists(qdir) else []
+    return {"problems": problems, "shards": len(shards), "clips": len(clips), "parts": n_parts, "quarantined": len(quarantined)}
 
 
 def add_check_parser(subparsers) -> argparse.ArgumentParser:
@@ -164,6 +214,12 @@ def cmd_check(args) -> int:
     for kind, path, detail in r["problems"]:
         print(f"{kind:<15} {path}  {detail}")
     n = len(r["problems"])
+    if r["quarantined"]:
+        print(
+            f"note: {r['quarantined']} file{'s' if r['quarantined'] != 1 else ''} in {args.root.rstrip('/')}/quarantine/, moved "
+            "there by `defi curate --repair` (each run's why.json says why; move one back to restore it)",
+            file=sys.stderr,
+        )
     print(
         f"checked {r['parts']} parts, {r['clips']} clips, {r['shards']} shards: "
         + (f"{n} problem{'s' if n != 1 else ''}" if n else "no problems"),

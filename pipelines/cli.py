@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--repair",
         action="store_true",
-        help="delete clips/shards parts and shards that no commit explains "
-        "(a damaged corpus: a sources or shards part was deleted); without it such a corpus is refused",
+        help="move what no commit explains (parts of a unit whose sources or shards part was deleted or renamed, "
+        "unreadable parts, the shards they name) to ROOT/quarantine/<run_id>/, print each, and curate those "
+        "videos again; without it such a corpus is refused",
     )
     from defi.pipelines.config import add_flags
     from defi.pipelines.curate_video import CurateConfig

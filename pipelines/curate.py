@@ -4,16 +4,19 @@ stages (``curate_video.curate_stages``) run on the runner (``runner.py``): a loc
 Ray Data, by ``--runner``.
 
 Units of work: the pending videos, in sorted order, are grouped ``shards.videos_per_unit`` at a
-time. A unit commits in this order: shard tars (each atomic), then its ``clips`` and ``shards``
-parts, then its ``sources`` part, which is the commit marker. At start, parts of a unit with no
-``sources`` part and shards with no ``shards`` row are leftovers of a killed run and are removed;
-videos with a committed ``sources`` row are skipped. Clip keys are deterministic and dedup looks
+time. A unit commits in this order: a ``pending/<unit>.json`` marker, shard tars (each atomic),
+its ``clips`` and ``shards`` parts, then its ``sources`` part, which is the commit marker. At
+start (``clean_uncommitted``), parts of a unit that a pending marker names and shard tars no row
+names are leftovers of a killed run and are removed; parts no commit explains are refused, or
+with ``--repair`` moved to ``quarantine/`` (never deleted); videos with a committed ``sources``
+row are skipped. Clip keys are deterministic and dedup looks
 within one video only, so a killed and resumed run keeps exactly the clips an uninterrupted one
 would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -35,7 +38,7 @@ from .curate_video import ClipItem, CurateConfig, VideoDone, curate_stages, dedu
 from .lock import WriterLock
 from .runner import Runner, pick_backend
 from .runs import finish_record, new_run_id, start_record
-from defi.schemas.shards import Sample, orphan_shards, remove_orphans, write_shard
+from defi.schemas.shards import Sample, remove_orphans, write_shard
 from .sources import SourceSpec, list_sources
 
 
@@ -85,46 +88,211 @@ def done_specs(corpus: Corpus) -> set[tuple]:
 
 
 PENDING_DIR = "pending"  # ROOT/pending/<unit>.json: a unit whose commit has begun and not ended
+QUARANTINE_DIR = "quarantine"  # ROOT/quarantine/<run_id>/...: what `--repair` moved out of the live tables
 
 
-def clean_uncommitted(corpus: Corpus, repair: bool = False) -> dict[str, Any]:
-    """Before a run (under the writer lock): remove what a killed run left of the units it was
-    committing (``pending/<unit>.json`` names them: their clips/shards parts, and shard tars no
-    committed row names), never committed data. A clips or shards part with no ``sources`` part
-    and no pending marker, or a shard tar that committed clips rows name but no ``shards`` row
-    does, means the corpus was damaged (a part deleted): refused with a ``CorpusError`` naming the
-    file, unless ``repair`` (``defi curate --repair``), which deletes those too and lists them."""
-    committed = {os.path.basename(p) for p in corpus.parts("sources")}
+def _unit(path: str) -> str:
+    """The unit a part belongs to: ``.../part-<unit>.parquet`` -> ``<unit>``."""
+    return os.path.basename(path)[len("part-") : -len(".parquet")]
+
+
+def clean_uncommitted(corpus: Corpus, repair: bool = False, run_id: str = "repair") -> dict[str, Any]:
+    """Before a run (under the writer lock), make the live tables consistent. Returns what was done
+    (``parts``, ``shards``: leftovers removed; ``quarantined``: ``[{"path", "to", "why"}]``).
+
+    Removed (explained): what a killed run left of the units it was committing
+    (``pending/<unit>.json`` names them: their clips/shards parts), and shard tars and temp files
+    that no row of any table names.
+
+    Refused without ``repair`` (``CorpusError`` naming the file; see `defi check`): a committed
+    part that cannot be read; a clips or shards part with no ``sources`` part of its unit and no
+    pending marker (the unit's commit marker was deleted or renamed); a shard tar that committed
+    clips rows name but no ``shards`` row does (a shards part was deleted); clips of a source no
+    ``sources`` row names (a sources part replaced); error-free sources with no clip row (a clips
+    part deleted: every source that decodes has at least one, see ``process_source``).
+
+    With ``repair`` (``defi curate --repair``) nothing is deleted that no commit explains: each
+    such file is *moved* to ``ROOT/quarantine/<run_id>/<its path in the root>`` (out of every
+    table: no query, training run or check reads it), with ``ROOT/quarantine/<run_id>/why.json``
+    saying why, and listed in the return value (the CLI prints each). Whole units go together, so
+    the videos behind them are no longer "done" and the same run re-curates them (clip keys are
+    deterministic: the rebuilt clips have the same keys). Quarantined: unreadable committed parts,
+    with the rest of their unit when it is the sources part; clips/shards parts with no sources
+    part; every part of a unit whose clips name a tar no shards row names, and that tar; every part
+    of a unit with clips of no source, or with error-free sources that have no live clip row left
+    (also when their clips went to quarantine above: a renamed sources part); last, the tars only
+    quarantined rows name. Restoring is moving the files back (then `defi check`)."""
+    committed = {_unit(p) for p in corpus.parts("sources")}
     pending_dir = corpus.path(PENDING_DIR)
     markers = corpus.fs.glob(f"{pending_dir}/*.json") if corpus.fs.exists(pending_dir) else []
-    pending = {f"part-{os.path.basename(m)[: -len('.json')]}.parquet" for m in markers}
+    pending = {os.path.basename(m)[: -len(".json")] for m in markers}
     removed, damaged = [], []
     for table in ("clips", "shards"):
         for p in corpus.parts(table):
-            name = os.path.basename(p)
-            if name in committed:
+            u = _unit(p)
+            if u in committed:
                 continue
-            (removed if name in pending else damaged).append(p)
+            (removed if u in pending else damaged).append(p)
     if damaged and not repair:
         raise CorpusError(
             f"{damaged[0]} has no matching sources part (the unit's commit marker) and no run was committing it: "
             f"the corpus was changed outside defi ({len(damaged)} such part{'s' if len(damaged) > 1 else ''}); "
-            f"see `defi check {corpus.root}`; `defi curate --repair` deletes them"
+            f"see `defi check {corpus.root}`; `defi curate --repair` moves them to {corpus.path(QUARANTINE_DIR)}/"
         )
-    for p in removed + damaged:
+    for p in removed:
         corpus.fs.rm(p)
-    orphans = orphan_shards(corpus)
-    referenced = set(corpus.read_table("clips").column("shard").to_pylist())
-    lost = [n for n in orphans if n in referenced]
+    quarantine: dict[str, str] = {}  # path -> why
+    if repair:
+        quarantine = _to_quarantine(corpus, damaged)
+    else:
+        try:
+            corpus.refuse_unreadable(("sources", "clips", "shards"))  # read below, and by the commits
+        except CorpusError as e:
+            raise CorpusError(f"{e}; `defi curate --repair` moves it and its unit to {corpus.path(QUARANTINE_DIR)}/") from None
+    lost = _lost_shards(corpus, set(quarantine))
     if lost and not repair:
         raise CorpusError(
             f"shard {corpus.path(SHARDS_DIR, lost[0])} holds committed clips but no shards row names it (a shards part "
-            f"was deleted?); see `defi check {corpus.root}`; `defi curate --repair` deletes it"
+            f"was deleted?); see `defi check {corpus.root}`; `defi curate --repair` moves it and its units to "
+            f"{corpus.path(QUARANTINE_DIR)}/ and re-curates their videos"
         )
-    gone = remove_orphans(corpus, keep=set() if repair else set(lost))
+    if not repair:
+        stray = _clips_without_sources(corpus, set())
+        if stray:
+            raise CorpusError(
+                f"{stray[0]} holds clips of a source no sources row names (a sources part was replaced?); see "
+                f"`defi check {corpus.root}`; `defi curate --repair` moves the unit to {corpus.path(QUARANTINE_DIR)}/ "
+                "and curates its videos again"
+            )
+        without = _sources_without_clips(corpus, set())
+        if without:
+            raise CorpusError(
+                f"{without[0][0]} holds {without[0][1]} committed source(s) with no clips in any committed clips part "
+                f"(a clips part was deleted or renamed); see `defi check {corpus.root}`; `defi curate --repair` moves "
+                f"the unit to {corpus.path(QUARANTINE_DIR)}/ and curates its videos again"
+            )
+    moved = _move_to_quarantine(corpus, quarantine, run_id)
+    gone = remove_orphans(corpus)
     for m in markers:
         corpus.fs.rm(m)
-    return {"parts": len(removed), "shards": len(gone), "repaired": [os.path.basename(p) for p in damaged] + lost}
+    out: dict[str, Any] = {"parts": len(removed), "shards": len(gone)}
+    if moved:
+        out["quarantined"] = moved
+    return out
+
+
+def _live(corpus: Corpus, table: str, columns: list[str], skip: set[str]) -> list[tuple[str, dict]]:
+    """(part, row) of every readable ``table`` part not in ``skip``."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for p in corpus.parts(table):
+        if p in skip:
+            continue
+        for row in pq.read_table(p, filesystem=corpus.fs, columns=columns).to_pylist():
+            out.append((p, row))
+    return out
+
+
+def _lost_shards(corpus: Corpus, skip: set[str]) -> list[str]:
+    """Shard tars that clips rows of live parts name but no live shards row does."""
+    named = {r["shard"] for _, r in _live(corpus, "shards", ["shard"], skip)}
+    return sorted({r["shard"] for _, r in _live(corpus, "clips", ["shard"], skip) if r["shard"]} - named)
+
+
+def _sources_without_clips(corpus: Corpus, skip: set[str]) -> list[tuple[str, int]]:
+    """(sources part, count) of live sources parts whose error-free sources have no live clip
+    row: every source that decodes yields at least one clip row (kept or rejected), so those
+    clips were lost."""
+    have = {r["source_id"] for _, r in _live(corpus, "clips", ["source_id"], skip)}
+    missing: Counter = Counter()
+    for p, r in _live(corpus, "sources", ["source_id", "error"], skip):
+        if r["error"] is None and r["source_id"] not in have:
+            missing[p] += 1
+    return sorted(missing.items())
+
+
+def _clips_without_sources(corpus: Corpus, skip: set[str]) -> list[str]:
+    """Live clips parts with a row whose source no live sources row names."""
+    known = {r["source_id"] for _, r in _live(corpus, "sources", ["source_id"], skip)}
+    return sorted({p for p, r in _live(corpus, "clips", ["source_id"], skip) if r["source_id"] not in known})
+
+
+def _quarantine_unit(corpus: Corpus, q: dict[str, str], unit: str, why: str) -> None:
+    """Add every part of ``unit`` (sources, clips, shards) to ``q``, each with ``why``."""
+    for table in ("sources", "clips", "shards"):
+        for part in corpus.parts(table):
+            if _unit(part) == unit:
+                q.setdefault(part, why)
+
+
+def _to_quarantine(corpus: Corpus, damaged: list[str]) -> dict[str, str]:
+    """Every file ``--repair`` moves out of the live tables, with why (see ``clean_uncommitted``)."""
+    from defi.schemas.corpus import _part_problem
+    from defi.schemas.tables import TABLES
+
+    q: dict[str, str] = {}
+    for table in ("sources", "clips", "shards"):
+        for p in corpus.parts(table):
+            why = _part_problem(corpus.fs, p, TABLES[table])
+            if why:
+                q[p] = f"unreadable ({why})"
+    for p in [p for p in q if _in(corpus, "sources", p)]:
+        _quarantine_unit(corpus, q, _unit(p), f"its unit's sources part {os.path.basename(p)} is unreadable")
+    for p in damaged:
+        q.setdefault(p, "no sources part commits its unit (the commit marker was deleted or renamed)")
+    # a tar no shards row names while its clips rows are live: its whole unit goes, to be re-curated
+    for name in _lost_shards(corpus, set(q)):
+        q[corpus.path(SHARDS_DIR, name)] = "committed clips name it but no shards row does (a shards part was deleted)"
+        for p, r in _live(corpus, "clips", ["shard"], set(q)):
+            if r["shard"] == name:
+                _quarantine_unit(corpus, q, _unit(p), f"its unit's clips are in {name}, which no shards row names")
+    # clips of no live source (a sources part replaced by another): the whole unit goes
+    for p in _clips_without_sources(corpus, set(q)):
+        _quarantine_unit(corpus, q, _unit(p), f"clips in {os.path.basename(p)} belong to no source a sources row names")
+    # sources whose clips went (a deleted clips part, or one quarantined above): the whole unit
+    # goes, so the videos are curated again
+    for p, n in _sources_without_clips(corpus, set(q)):
+        _quarantine_unit(corpus, q, _unit(p), f"{n} source(s) of {os.path.basename(p)} have no clips left (a deleted or renamed part)")
+    # the tars that only quarantined rows name
+    live_names = {r["shard"] for _, r in _live(corpus, "shards", ["shard"], set(q))}
+    live_names |= {r["shard"] for _, r in _live(corpus, "clips", ["shard"], set(q)) if r["shard"]}
+    for p in list(q):
+        if (_in(corpus, "clips", p) or _in(corpus, "shards", p)) and p.endswith(".parquet"):
+            for r in _rows_or_none(corpus, p, ["shard"]):
+                name = r["shard"]
+                if name and name not in live_names and corpus.fs.exists(corpus.path(SHARDS_DIR, name)):
+                    q.setdefault(corpus.path(SHARDS_DIR, name), f"only quarantined rows name it ({os.path.basename(p)})")
+    return q
+
+
+def _in(corpus: Corpus, table: str, path: str) -> bool:
+    return path.startswith(corpus.path(table) + "/")
+
+
+def _rows_or_none(corpus: Corpus, path: str, columns: list[str]) -> list[dict]:
+    """The rows of a part, or none when it cannot be read (an unreadable part names nothing)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, filesystem=corpus.fs, columns=columns).to_pylist()
+    except Exception:  # noqa: BLE001 - a damaged part: it is quarantined whole, its rows unknown
+        return []
+
+
+def _move_to_quarantine(corpus: Corpus, q: dict[str, str], run_id: str) -> list[dict[str, str]]:
+    if not q:
+        return []
+    base = corpus.path(QUARANTINE_DIR, run_id)
+    moved = []
+    for p in sorted(q):
+        rel = p[len(corpus.path_root) + 1 :]
+        to = f"{base}/{rel}"
+        corpus.fs.makedirs(to.rsplit("/", 1)[0], exist_ok=True)
+        corpus.fs.mv(p, to)
+        moved.append({"path": p, "to": to, "why": q[p]})
+    corpus.write_json(f"{QUARANTINE_DIR}/{run_id}/why.json", moved)
+    return moved
 
 
 def _next_shard_index(corpus: Corpus) -> int:
@@ -250,14 +418,39 @@ def run_curate(
     """Curate ``inputs`` into the corpus at ``root``; returns the run record (also saved).
     ``on_video``: called in the driver with each video's ``VideoDone`` as it arrives (its source
     row, clip count, per-stage timings, node, and the worker's begin/finish wall-clock times).
-    Holds the root's writer lock (a second writer is refused, ``LockHeld``); ``repair``: delete
-    parts and shards that a damaged corpus holds outside any commit (see ``clean_uncommitted``)."""
+    Holds the root's writer lock (a second writer is refused, ``LockHeld``); ``repair``: move
+    what a damaged corpus holds outside any commit to ``ROOT/quarantine/<run_id>/`` and curate
+    the videos whose clips went there again (see ``clean_uncommitted``)."""
     t_start = time.time()
     specs = list_sources(inputs, kind=cfg.kind, dataset=cfg.dataset)  # a bad input is refused before anything is created
     corpus = Corpus.create(root)
     run_id = new_run_id()
-    with WriterLock(corpus, "curate", run_id) as lock:
+    with _sigterm_interrupts(), WriterLock(corpus, "curate", run_id) as lock:
         return _run_locked(corpus, specs, inputs, root, cfg, run_id, t_start, lock, progress, limit, on_video, repair)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached a running curate: raised in the driver like Ctrl-C, so the run stops the
+    same way (workers stopped, the run record says ``interrupted``, the lock released; committed
+    units stay and a rerun resumes after them; a unit caught mid-commit is cleaned by its marker)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; an embedding program keeps its own
+        return
+
+    def handler(signum, _frame):
+        raise Terminated(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _run_locked(
@@ -274,7 +467,7 @@ def _run_locked(
     on_video: Callable[[VideoDone], None] | None,
     repair: bool,
 ) -> dict[str, Any]:
-    cleaned = clean_uncommitted(corpus, repair=repair)
+    cleaned = clean_uncommitted(corpus, repair=repair, run_id=run_id)
     if lock.took_over:
         cleaned["took_over_lock_of"] = lock.took_over
     done = done_specs(corpus)
@@ -329,6 +522,9 @@ def _run_locked(
                         committer.add_clip(spec_key, clip)
             bar.close()
         status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         finish_record(
             corpus,
@@ -388,6 +584,8 @@ def summary_text(rec: dict[str, Any]) -> str:
             f"  rate     {rec['frames_in']} input frames in {w:.1f} s from the first video begun to the last "
             f"done: {rec['frames_in'] / max(w, 1e-9):.0f} frames/s"
         )
+    for m in (rec.get("cleaned") or {}).get("quarantined", []):
+        lines.append(f"  repair   moved {m['path']} to {m['to']}: {m['why']}")
     if rec.get("runner"):
         lines.append(f"  runner   {rec['runner']['backend']} ({rec['runner']['why']})")
     if rec.get("nodes"):

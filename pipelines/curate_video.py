@@ -227,6 +227,10 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
         except Exception as e:  # a broken episode file: the source says why, the run goes on
             rec.error, rec.error_detail, episode = "robot_episode_unreadable", f"{type(e).__name__}: {e}"[:500], None
         _episode_meta(rec, episode, sidecar)
+        if episode is not None and episode.language and not rec.language:
+            # the episode's task instruction (an npz sidecar's ``language``, a LeRobot task) unless
+            # the listing named one: it goes to the source and clip rows and each sample's .lang.txt
+            rec.language = episode.language
         if rec.error is None:
             if episode is not None and spec.robot.get("format") == "lerobot":
                 _describe_episode(rec, episode)
@@ -240,6 +244,9 @@ def process_source(spec: SourceSpec, cfg: CurateConfig, run_id: str | None = Non
                 rec.error, rec.error_detail = "decode_failed", str(e)[:500]
             except Exception as e:  # an odd file tripping an operator: the source says why, the run goes on
                 rec.error, rec.error_detail = "processing_failed", f"{type(e).__name__}: {e}"[:500]
+    if rec.error is None and n == 0:
+        # every readable source yields at least one clip row (`defi check` relies on it to find lost clips)
+        rec.error, rec.error_detail = "no_clips", "decoding gave no frames in the source's time range"
     timings["total"] = time.perf_counter() - t0
     yield VideoDone(rec, n, timings, spec_key=spec.sort_key, started_at=started_at, finished_at=time.time())
 

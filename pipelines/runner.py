@@ -220,8 +220,48 @@ def _forked(threads: int):
             cv2.setNumThreads(before)
 
 
-def _worker(stages: list[Stage], tasks, results, threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked worker: end this process when ``parent`` (the driver) ends, however it ends
+    (SIGKILL included), so a killed run leaves no worker behind. Linux: the kernel sends SIGKILL
+    on the parent's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the
+    parent pid once a second. Either way, a parent already gone ends the worker at once. (Linux
+    sends the signal when the driver *thread* that forked the worker ends: ``_pooled`` starts and
+    drains its workers in one thread.)"""
+    import signal
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the driver died before the signal was armed
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="defi-parent-watch").start()
+
+
+def _worker(stages: list[Stage], tasks, results, threads: int, parent: int) -> None:
     """A local worker: take (index, item) until None; send each output pickled, then done."""
+    die_with_parent(parent)
+    import signal
+
+    # the driver's handlers are not ours: SIGTERM (what the driver's cleanup sends) ends a worker
+    # at once, and Ctrl-C, which reaches the whole process group, is the driver's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads(threads)
     while True:
         msg = tasks.get()
@@ -248,7 +288,8 @@ def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any
         tasks.put(None)
     threads = max(1, int(max(s.cpus or 1 for s in stages)))
     procs = [
-        ctx.Process(target=_worker, args=(stages, tasks, results, threads), daemon=True, name=f"defi-local-{k}") for k in range(workers)
+        ctx.Process(target=_worker, args=(stages, tasks, results, threads, os.getpid()), daemon=True, name=f"defi-local-{k}")
+        for k in range(workers)
     ]
     with _forked(threads):
         for p in procs:

@@ -253,9 +253,10 @@ class Corpus:
         ``enable_external_access=false`` (no COPY TO/FROM, ATTACH, EXPORT, read_csv/read_parquet
         of any path, extension install or load), extension autoload/autoinstall off, spilling to a
         private temp folder removed on ``close`` and ``lock_configuration=true`` (no SET/RESET can
-        undo any of it). DuckDB's ``allowed_paths`` would let a statement read the parts but also
-        overwrite them (``COPY ... TO part (USE_TMP_FILE false)``), so it is not used. What a
-        statement can still change is this connection's own in-memory catalog, which dies with it.
+        undo any of it). DuckDB's ``allowed_paths`` and ``allowed_directories`` would let a
+        statement read the parts but also overwrite them (they grant writing too: ``COPY ... TO
+        part``), so neither is used. What a statement can still change is this connection's own
+        in-memory catalog, which dies with it.
 
         ``tables``: extra in-memory Arrow tables to expose by name (e.g. ``text_scores`` of a
         text search), registered before the configuration is locked."""
@@ -321,11 +322,13 @@ class Corpus:
             msg += " (queries are read-only: no file may be read or written except the corpus's own tables)"
         return CorpusError(f"SQL error: {msg}")
 
-    def unreadable_parts(self, limit: int | None = None) -> list[tuple[str, str]]:
-        """(path, reason) for every committed parquet part whose footer cannot be read or whose
-        columns do not fit the table's schema."""
+    def unreadable_parts(self, limit: int | None = None, tables: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        """(path, reason) for every committed parquet part (of the views ``tables``, default all)
+        whose footer cannot be read or whose columns do not fit the table's schema."""
         out, seen = [], set()
-        for parts, schema in self.view_tables().values():
+        for view, (parts, schema) in self.view_tables().items():
+            if tables is not None and view not in tables:
+                continue
             for p in parts:
                 if p in seen:  # a labeler's parts are in latent_actions and its own view
                     continue
@@ -342,9 +345,11 @@ class Corpus:
         open the index directly. Views name absolute parquet globs: re-run after moving the root."""
         if not self.is_local:
             raise CorpusError("index.duckdb is built for local roots only; query remote roots with `defi query`")
+        self.refuse_unreadable()  # a view over a damaged part would fail to bind, deep in DuckDB
         final = self.path(INDEX_FILE)
         tmp = self.path(f".tmp-index-{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(tmp)
+        ok = False
         try:
             for view, (parts, schema) in self.view_tables().items():
                 if parts:
@@ -353,10 +358,26 @@ class Corpus:
                 else:
                     cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
                     con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
+            ok = True
+        except duckdb.Error as e:
+            raise self.sql_error(e) from None
         finally:
             con.close()
+            if not ok:
+                for p in (tmp, f"{tmp}.wal"):
+                    if os.path.exists(p):
+                        os.unlink(p)
         os.replace(tmp, final)
         return final
+
+    def refuse_unreadable(self, tables: tuple[str, ...] | None = None) -> None:
+        """Raise ``CorpusError`` naming the first committed part (of ``tables``; default every
+        view's) that cannot be read: a command that reads or rewrites the index must not start on
+        a damaged corpus."""
+        bad = self.unreadable_parts(limit=1, tables=tables)
+        if bad:
+            path, why = bad[0]
+            raise CorpusError(f"unreadable corpus file {path}: {why} (run `defi check {self.root}`)")
 
     def summary(self) -> dict[str, Any]:
         """The numbers ``defi info`` prints: videos, hours in/out, clips by reason, shards, labels."""
