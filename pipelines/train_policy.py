@@ -115,32 +115,22 @@ def policy_run_config(*layers: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 # the pieces: pretrained parts, instruction embeddings, action statistics
 # ---------------------------------------------------------------------------------------------
-def load_part(path: str, want: str, pretrained: bool):
-    """(module or None, config) of a GFDM/GIDM checkpoint; a checkpoint of another model type is
-    refused naming both. ``pretrained=False`` returns only its config (the ablations keep the
-    architecture, not the weights)."""
-    from defi.training.checkpoint import checkpoint_dir, load_checkpoint, load_config
-
-    ckpt = checkpoint_dir(path)
-    mtype, config = load_config(ckpt)
-    if mtype != want:
-        raise ValueError(f"--{want} {path}: a {mtype!r} checkpoint where a {want!r} checkpoint is expected")
-    if not pretrained:
-        return None, config
-    model, config, _ = load_checkpoint(ckpt)
-    return model, config
-
-
 def fill_policy_config(cfg) -> None:
     """Set ``cfg.policy.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
     GIDM checkpoints' configs (and check them: types, image sizes), without loading weights."""
+    from defi.training.checkpoint import CheckpointError, load_model_config
+
     pc = cfg.policy
     if pc.init != "bc":
+        parts = {}
         for flag in ("gfdm", "gidm"):
             if not getattr(cfg, flag):
                 raise ValueError(f"--init {pc.init} needs --{flag} (a run or checkpoint folder)")
-        _, gfdm_cfg = load_part(cfg.gfdm, "gfdm", False)
-        _, gidm_cfg = load_part(cfg.gidm, "gidm", False)
+            try:
+                parts[flag] = load_model_config(getattr(cfg, flag), expect=flag)
+            except CheckpointError as e:
+                raise CheckpointError(f"--{flag} {e}") from None
+        gfdm_cfg, gidm_cfg = parts["gfdm"], parts["gidm"]
         if gfdm_cfg.image_size != gidm_cfg.image_size:
             raise ValueError(f"GFDM image_size {gfdm_cfg.image_size} differs from GIDM image_size {gidm_cfg.image_size}")
         pc.gfdm, pc.gidm = gfdm_cfg.to_dict(), gidm_cfg.to_dict()
@@ -153,13 +143,15 @@ def build_policy(cfg) -> Any:
     """The ``DeFiPolicy`` of ``cfg.policy`` (filled by ``fill_policy_config``): pretrained parts
     loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
     architecture elsewhere."""
+    from defi.training.checkpoint import load_model
     from defi.training.policy import DeFiPolicy
 
     pc = cfg.policy
     gfdm = gidm = None
-    if pc.init != "bc":
-        gfdm, _ = load_part(cfg.gfdm, "gfdm", pc.init in ("defi", "no-gidm-pretrain"))
-        gidm, _ = load_part(cfg.gidm, "gidm", pc.init in ("defi", "no-gfdm-pretrain"))
+    if pc.init in ("defi", "no-gidm-pretrain"):
+        gfdm = load_model(cfg.gfdm, expect="gfdm", inference=False)[0]
+    if pc.init in ("defi", "no-gfdm-pretrain"):
+        gidm = load_model(cfg.gidm, expect="gidm", inference=False)[0]
     return DeFiPolicy(pc, gfdm=gfdm, gidm=gidm)
 
 

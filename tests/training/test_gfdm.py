@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defi.training.checkpoint import CheckpointError, save_checkpoint
-from defi.training.gfdm import GFDM, GFDMConfig, GFDMFeatures, changed_mask, gfdm_config, gfdm_svd, gfdm_tiny, load_gfdm
+from defi.training.checkpoint import CheckpointError, load_model, save_checkpoint
+from defi.training.gfdm import GFDM, GFDMConfig, GFDMFeatures, changed_mask, gfdm_config, gfdm_svd, gfdm_tiny
 from defi.training.gidm import GIDM, gidm_tiny
 
 
@@ -69,7 +69,7 @@ def test_checkpoint_round_trip_and_type_refusal(tmp_path):
     cfg = small()
     model = GFDM(cfg)
     save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001", model, cfg, step=1)
-    loaded, loaded_cfg = load_gfdm(tmp_path / "run")
+    loaded, loaded_cfg, _ = load_model(tmp_path / "run", expect="gfdm")
     assert loaded_cfg == cfg
     obs, text = torch.rand(2, 3, 32, 32), torch.randn(2, cfg.text_dim)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_and_type_refusal(tmp_path):
     gcfg = gidm_tiny(image_size=32)
     save_checkpoint(tmp_path / "gidm", GIDM(gcfg), gcfg)
     with pytest.raises(CheckpointError, match="a 'gidm' checkpoint where a 'gfdm' checkpoint is expected"):
-        load_gfdm(tmp_path / "gidm")
+        load_model(tmp_path / "gidm", expect="gfdm")
 
 
 def square_clips(n: int, size: int = 32, seed: int = 0):

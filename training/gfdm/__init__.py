@@ -2,7 +2,7 @@
 modeling_gfdm.py; instruction embeddings and their corpus cache in text.py."""
 
 from .configuration_gfdm import BACKBONES, GFDM_SIZES, OBJECTIVES, GFDMConfig, gfdm_config, gfdm_svd, gfdm_tiny
-from .loading import load_gfdm, load_text_config, resolve_checkpoint_dir
+from .loading import load_text_config
 from .modeling_gfdm import GFDM, GFDMFeatures, changed_mask, num_parameters, psnr
 from .text import TextEncoder, TextModelConfig, build_tiny_text_tower, cached_embeddings, embed_instructions, text_hash, text_model_id
 
@@ -14,9 +14,7 @@ __all__ = [
     "gfdm_config",
     "gfdm_svd",
     "gfdm_tiny",
-    "load_gfdm",
     "load_text_config",
-    "resolve_checkpoint_dir",
     "GFDM",
     "GFDMFeatures",
     "changed_mask",

@@ -133,18 +133,14 @@ class FramePipeline:
 
 def load_policy(path: str | Path):
     """(policy in eval mode, its checkpoint's ``extra``) from a run folder's latest checkpoint or a
-    checkpoint folder; refuses another model type naming it."""
-    from defi.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, load_config
+    checkpoint folder; refuses another model type naming both."""
+    from defi.training.checkpoint import CheckpointError, load_model
 
     try:
-        p = checkpoint_dir(path)
+        model, _, state = load_model(path, expect="policy")
     except CheckpointError as e:
         raise CheckpointError(f"--policy {e}") from None
-    mtype, _ = load_config(p)
-    if mtype != "policy":
-        raise CheckpointError(f"--policy {path}: a {mtype!r} checkpoint where a 'policy' checkpoint is expected")
-    model, _, state = load_checkpoint(p)
-    return model.eval(), state.get("extra", {})
+    return model, state.get("extra", {})
 
 
 def instruction_embedding(policy, extra: dict, text: str) -> np.ndarray | None:
