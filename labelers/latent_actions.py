@@ -147,13 +147,10 @@ class LatentActionLabeler:
     def __post_init__(self) -> None:
         errors = []
         given = None
-        if self.gap_frames is not None and self.gap_s is not None:
-            errors.append(f"give gap_frames or gap_s, not both (got {self.gap_frames} and {self.gap_s})")
-        else:
-            try:
-                given = Gap.from_fields(self.gap_s, self.gap_frames)
-            except ValueError as e:
-                errors.append(str(e))
+        try:
+            given = Gap.from_fields(self.gap_s, self.gap_frames)
+        except ValueError as e:
+            errors.append(str(e))
         if int(self.batch_size) < 1:
             errors.append(f"batch_size={self.batch_size!r}: must be >= 1")
         if int(self.window_stride) < 1:
@@ -177,8 +174,9 @@ class LatentActionLabeler:
         if 4 * int(self.stabilize_px) > self.size:
             raise ValueError(f"stabilize_px={self.stabilize_px}: at most a quarter of the model's {self.size}-px frames")
         self.hash = checkpoint_hash(self.ckpt_path)
-        # the gap the training recipe saved with the checkpoint (extra["data"]), else 1 frame
-        default = Gap.from_dict((state.get("extra") or {}).get("data"), default=Gap.of_frames(1))
+        # the gap the training recipe saved with the checkpoint (its DataContract), else 1 frame
+        contract = state["contract"]
+        default = (contract.gap if contract else None) or Gap.of_frames(1)
         self.gap_spec: Gap = given or default
         name = f"gidm-{self.hash}"
         if self.gap_spec != default:

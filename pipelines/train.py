@@ -12,8 +12,8 @@ Config: one ``GIDMRunConfig`` (model = ``GIDMConfig``, train = ``TrainConfig``, 
 generated ``--model.*/--train.*/--data.*`` flags <- the shortcut flags (``--gap-s``,
 ``--gap-frames``, ``--size``, ``--loader-workers``, ``--steps``; see ``train_common``). The resolved config is written to
 ``RUN_DIR/run_config.json``; the data facts a labeler needs to read clips the way the model was
-trained (gap in seconds or frames, input size) are written by the recipe into every checkpoint's
-``state.json`` ``extra["data"]`` (``defi.schemas.gap.Gap`` reads the gap back).
+trained (gap in seconds or frames, input size) are a ``defi.schemas.contract.DataContract`` the
+recipe writes into every checkpoint's ``state.json`` ``extra["data"]``.
 
 Units: ``gap_s`` is seconds (k = max(1, round(gap_s * fps)) frames per clip), ``gap_frames`` is
 encoded frames; ``size`` is the square input side in pixels.
@@ -29,6 +29,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus
 from defi.schemas.selection import SelectionError
 
@@ -89,9 +90,9 @@ def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
     return cfg
 
 
-def data_facts(cfg) -> dict[str, Any]:
+def data_contract(cfg) -> DataContract:
     """What a labeler needs to read clips the way the model saw them (saved in every checkpoint)."""
-    return {**cfg.data.gap.to_dict(), "size": cfg.data.size, "image_size": cfg.model.image_size}
+    return DataContract(image_size=cfg.model.image_size, gap=cfg.data.gap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def run_train_gidm(root: str, select: str, cfg) -> dict[str, Any]:
     try:
         with flush_denormals():
             # the data facts go into every checkpoint the recipe writes (a labeler reads the gap back)
-            result = train(cfg.model, cfg.train, make_batches, extra={"data": data_facts(cfg)})
+            result = train(cfg.model, cfg.train, make_batches, extra={"data": data_contract(cfg).to_dict()})
     except ValueError as e:  # e.g. a RUN_DIR whose saved model config differs
         raise UsageError(one_line(e)) from None
     result.update(

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from defi.schemas.gap import Gap
+from defi.schemas.gap import DEFAULT_GAP, Gap
 
 from .config import ConfigError, flag_overrides, load_file, merge, to_dict
 from .usage import UsageError
@@ -43,7 +43,7 @@ class DataConfig:
     """How frame pairs are drawn from the selected clips (see ``training.data.ClipDataset``)."""
 
     gap_s: float | None = field(
-        default=1.0, metadata={"help": "gap between o_t and o_t+k in seconds (k = max(1, round(gap_s * fps)) frames per clip)"}
+        default=None, metadata={"help": "gap between o_t and o_t+k in seconds (k = max(1, round(gap_s * fps)) frames per clip)"}
     )
     gap_frames: int | None = field(default=None, metadata={"help": "gap in encoded frames; replaces gap_s"})
     size: int | None = field(default=None, metadata={"help": "square input side, px (default: model.image_size)"})
@@ -53,11 +53,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         errors = []
-        if self.gap_frames is not None:
-            self.gap_s = None  # one gap only: frames win over the seconds default
         try:
-            if Gap.from_fields(self.gap_s, self.gap_frames) is None:
-                errors.append("gap_s=None: give gap_s (seconds) or gap_frames")
+            gap = Gap.from_fields(self.gap_s, self.gap_frames, default=DEFAULT_GAP)
+            self.gap_s, self.gap_frames = gap.to_dict()["gap_s"], gap.to_dict()["gap_frames"]  # the default, filled in
         except ValueError as e:
             errors.append(str(e))
         if self.size is not None and self.size < 8:
@@ -120,7 +118,8 @@ SHORTCUTS = {
     "init": "policy.init",
     "horizon": "policy.horizon",
 }
-IMPLIED = {"gap_s": {"data.gap_frames": None}}  # a gap in seconds replaces a gap in frames from a file
+# a gap flag replaces the other unit's gap from a lower layer (a --config file): the one given last wins
+IMPLIED = {"gap_s": {"data.gap_frames": None}, "gap_frames": {"data.gap_s": None}}
 
 
 def _put(layer: dict[str, Any], dotted: str, value: Any) -> None:

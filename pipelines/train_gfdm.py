@@ -28,6 +28,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.selection import SelectionError
 
@@ -182,15 +183,14 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
         raise UsageError(one_line(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
-    facts = {
-        **d.gap.to_dict(),
-        "size": d.size,
-        "image_size": m.image_size,
-        "context_frames": m.context_frames,
-        "future_frames": m.future_frames,
-        "text": to_dict(cfg.text),
-        "text_model_id": text_model_id(cfg.text),
-    }
+    contract = DataContract(
+        image_size=m.image_size,
+        gap=d.gap,
+        context_frames=m.context_frames,
+        future_frames=m.future_frames,
+        text=to_dict(cfg.text),
+        text_model_id=text_model_id(cfg.text),
+    )
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(
             json.dumps({**to_dict(cfg), "root": root, "select": select, "selected_clips": len(dataset.keys), "world_size": world}, indent=2)
@@ -203,7 +203,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         with flush_denormals():
-            result = train(m, cfg.train, make_batches, extra={"data": facts})  # a labeler/policy reads them back
+            result = train(m, cfg.train, make_batches, extra={"data": contract.to_dict()})  # a labeler/policy reads it back
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
     stats = dict(dataset.stats)
@@ -214,7 +214,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
             "select": select,
             "selected_clips": len(dataset.keys),
             "texts": len(texts),
-            "text_model_id": facts["text_model_id"],
+            "text_model_id": contract.text_model_id,
             "data_stats": stats,
             "clips_skipped_too_short": stats.get("skipped:too_short", 0),
             "steps_run": result["steps_run"],

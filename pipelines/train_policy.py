@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.gap import Gap
 from defi.schemas.selection import SelectionError, resolve_selection
@@ -265,17 +266,15 @@ def run_train_policy(cfg) -> dict[str, Any]:
         )
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows}, indent=2))
-    extra = {
-        "data": {
-            "image_size": pc.image_size,
-            "context_frames": pc.context_frames,
-            "horizon": pc.horizon,
-            "frame_stride": stride,
-            "action_mean": np.asarray(mean).tolist(),
-            "action_std": np.asarray(std).tolist(),
-        },
-        "instructions": texts,
-    }
+    contract = DataContract(
+        image_size=pc.image_size,
+        context_frames=pc.context_frames,
+        horizon=pc.horizon,
+        frame_stride=stride,
+        action_mean=np.asarray(mean).tolist(),
+        action_std=np.asarray(std).tolist(),
+    )
+    extra = {"data": contract.to_dict(), "instructions": texts}
 
     def make_batches(start_step: int):
         stream = batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)

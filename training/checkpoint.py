@@ -30,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from defi.schemas.contract import DataContract
+
 from .registry import MODEL_TYPES, config_class, config_class_name, model_class, model_type_of
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "load_config",
     "load_model",
     "load_model_config",
+    "read_contract",
     "model_type_of",
     "restore_rng",
     "save_checkpoint",
@@ -299,11 +302,28 @@ def load_model(
     whose latest ``checkpoints/step-*`` is used. A checkpoint of another type than ``expect`` (a
     ``MODEL_TYPES`` name; None accepts any) is refused naming both, before any weight is read.
     ``inference`` puts the model in eval mode (else it stays as its constructor left it, for a
-    caller that trains it). ``state`` is ``load_checkpoint``'s, ``state["dir"]`` the folder
-    loaded."""
+    caller that trains it). ``state`` is ``load_checkpoint``'s plus ``dir`` (the folder loaded)
+    and ``contract`` (its ``DataContract``, None when saved without one)."""
     if expect is not None and expect not in MODEL_TYPES:
         raise ValueError(f"expect={expect!r}: unknown model type; registered: {', '.join(MODEL_TYPES)}")
     ckpt, _, _ = _expected_dir(path, expect)
     model, config, state = load_checkpoint(ckpt, map_location=map_location, **model_kwargs)
     state["dir"] = ckpt
+    state["contract"] = _contract(ckpt, state)
     return (model.eval() if inference else model), config, state
+
+
+def _contract(ckpt: Path, state: dict) -> DataContract | None:
+    try:
+        return DataContract.from_state(state)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt / 'state.json'}: {e}") from None
+
+
+def read_contract(path: str | Path) -> DataContract | None:
+    """The ``DataContract`` saved with the checkpoint at ``path`` (a checkpoint folder, or a run
+    folder's latest checkpoint), without loading its weights; None when saved without one."""
+    ckpt = checkpoint_dir(path)
+    if not (ckpt / "state.json").is_file():
+        return None
+    return _contract(ckpt, {"extra": _read_json(ckpt / "state.json").get("extra")})

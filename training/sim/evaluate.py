@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from defi.schemas.contract import DataContract
+
 
 @dataclass
 class EvalConfig:
@@ -188,9 +190,9 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
 
     policy, extra = _policy(policy_path)
     pc = policy.config
-    data = extra.get("data", {})
+    contract = DataContract.from_state({"extra": extra})
     size = cfg.render_size or pc.image_size
-    stride = cfg.frame_stride or int(data.get("frame_stride", 1))
+    stride = cfg.frame_stride or (contract and contract.frame_stride) or 1
     execute = min(cfg.execute or pc.horizon, pc.horizon)
     key = (task, cfg.camera, size, cfg.max_steps)
     envs = _CACHE["envs"]
