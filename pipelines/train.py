@@ -25,13 +25,15 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus
 from defi.schemas.selection import SelectionError
+from defi.training.gidm import GIDM_SIZES, GIDMConfig, gidm_config
+from defi.training.recipes.configuration import TrainConfig
 
 from .config import ConfigError, add_flags, from_dict, to_dict
 from .train_common import (
@@ -45,32 +47,22 @@ from .train_common import (
     merge_layers,
     process_group,
     progress_lines,
-    run_config_class,
     train_command,
 )
 from .train_gfdm import add_gfdm_parser
 from .train_policy import add_policy_parser
-from .usage import LazyFlagsParser, UsageError, one_line, run_standalone
+from .usage import Parser, UsageError, one_line, run_standalone
 
-__all__ = ["DataConfig", "RUN_CONFIG_FILE", "gidm_run_config", "run_train_gidm", "add_train_parser", "main"]
-
-MODEL_SIZES = ("keypoint", "keypoint-rvq", "tiny", "small", "univla")  # training/gidm/configuration_gidm.py GIDM_SIZES
+__all__ = ["DataConfig", "GIDMRunConfig", "RUN_CONFIG_FILE", "gidm_run_config", "run_train_gidm", "add_train_parser", "main"]
 
 
-def run_config_cls() -> type:
-    """``GIDMRunConfig``: a whole ``defi train gidm`` run (the model, the loop, the data)."""
+@dataclass
+class GIDMRunConfig:
+    """A whole ``defi train gidm`` run: the model, the loop, the data."""
 
-    def sections():
-        from defi.training.gidm import GIDMConfig
-        from defi.training.recipes.train_gidm import TrainConfig
-
-        return [
-            ("model", GIDMConfig, field(default_factory=GIDMConfig)),  # replaced by the preset's builder
-            ("train", TrainConfig, field(default_factory=TrainConfig)),
-            ("data", DataConfig, field(default_factory=DataConfig)),
-        ]
-
-    return run_config_class("GIDMRunConfig", "A whole ``defi train gidm`` run: the model, the loop, the data.", sections)
+    model: GIDMConfig = field(default_factory=GIDMConfig)  # replaced by the preset's builder
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
@@ -78,13 +70,11 @@ def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
     ``layers`` (nested dicts like a ``--config`` file, lowest first) over it. ``data.size`` sets
     ``model.image_size`` too; ``data.size`` defaults to it. Raises ``ConfigError`` naming every bad
     entry."""
-    from defi.training.gidm import gidm_config
-
     try:
         base = {"model": gidm_config(preset).to_dict()}
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    cfg = from_dict(run_config_cls(), merge_layers(base, layers))
+    cfg = from_dict(GIDMRunConfig, merge_layers(base, layers))
     if cfg.data.size is None:
         cfg.data.size = cfg.model.image_size
     return cfg
@@ -162,7 +152,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t = subparsers.add_parser(
         "train", help="train a model on a selection of curated clips", description="Train GIDM / GFDM / policy models on curated shards."
     )
-    sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=LazyFlagsParser)
+    sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=Parser)
     sub.required = True
     g = sub.add_parser(
         "gidm",
@@ -181,13 +171,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="keypoint",
-        choices=MODEL_SIZES,
+        choices=tuple(GIDM_SIZES),
         help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
         "video, 64 px), keypoint-rvq (the same with residual-VQ codes: the best measured discrete latent), "
         "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
     )
     add_run_flags(g)
-    g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*)")
+    add_flags(g, GIDMRunConfig, "run config (model.*, train.*, data.*)")
     g.set_defaults(func=cmd_train_gidm)
     add_gfdm_parser(sub)
     add_policy_parser(sub)

@@ -1,8 +1,7 @@
 """What the ``defi train`` commands (gidm, gfdm, policy) share, in one place.
 
 - Run configs: a command's whole config (``GIDMRunConfig``...) is a dataclass of sections (model,
-  train, data...), built on first use by ``run_config_class`` (the model configs live beside torch
-  code, and ``defi --help`` must not import torch). It is resolved from layers, each a nested dict
+  train, data...; each a torch-free config class). It is resolved from layers, each a nested dict
   like a ``--config`` file: the preset's defaults <- ``--config`` file <- generated
   ``--section.field`` flags <- the shortcut flags (``shortcut_layer``). The Python entries
   (``gidm_run_config(preset, *layers)``...) take the same layers, so the CLI and the demo resolve a
@@ -75,20 +74,6 @@ class DataConfig:
 # ---------------------------------------------------------------------------------------------
 # run configs
 # ---------------------------------------------------------------------------------------------
-_RUN_CONFIG_CLASSES: dict[str, type] = {}
-
-
-def run_config_class(name: str, doc: str, sections: Callable[[], list[tuple[str, type, Any]]]) -> type:
-    """The dataclass ``name`` whose fields are ``sections()``: (name, type, ``dataclasses.field``)
-    triples. Built on first use and cached, so that building the ``defi`` parser imports nothing
-    ``sections`` imports (torch, for the model configs)."""
-    if name not in _RUN_CONFIG_CLASSES:
-        cls = dataclasses.make_dataclass(name, sections(), namespace={"__doc__": doc})
-        cls.__module__ = __name__
-        _RUN_CONFIG_CLASSES[name] = cls
-    return _RUN_CONFIG_CLASSES[name]
-
-
 def merge_layers(base: dict[str, Any], layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``base`` (the preset's defaults) <- each of ``layers`` in turn. ``data.size`` sets the
     model's ``image_size`` too, unless a layer gives ``model.image_size`` explicitly (then the two

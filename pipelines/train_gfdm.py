@@ -24,13 +24,15 @@ import argparse
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.selection import SelectionError
+from defi.training.gfdm import GFDM_SIZES, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
+from defi.training.recipes.configuration import GFDMTrainConfig
 
 from .config import ConfigError, add_flags, from_dict, to_dict
 from .train_common import (
@@ -44,45 +46,34 @@ from .train_common import (
     merge_layers,
     process_group,
     progress_lines,
-    run_config_class,
     train_command,
 )
 from .usage import UsageError, one_line
 
-MODEL_SIZES = ("tiny", "svd")
 RUN_RECORD_FILE = "run_record.json"
 
 
-def run_config_cls() -> type:
-    """``GFDMRunConfig``: a whole ``defi train gfdm`` run (the model, the loop, the data, the text tower)."""
+@dataclass
+class GFDMRunConfig:
+    """A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower."""
 
-    def sections():
-        from defi.training.gfdm import GFDMConfig, TextModelConfig
-        from defi.training.recipes.train_gfdm import GFDMTrainConfig
-
-        return [
-            ("model", GFDMConfig, field(default_factory=GFDMConfig)),  # replaced by the preset's builder
-            ("train", GFDMTrainConfig, field(default_factory=GFDMTrainConfig)),
-            ("data", DataConfig, field(default_factory=DataConfig)),
-            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
-        ]
-
-    return run_config_class("GFDMRunConfig", "A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower.", sections)
+    model: GFDMConfig = field(default_factory=GFDMConfig)  # replaced by the preset's builder
+    train: GFDMTrainConfig = field(default_factory=GFDMTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
 
 
 def gfdm_run_config(preset: str = "tiny", *layers: dict[str, Any]):
     """The ``GFDMRunConfig`` of the GFDM preset ``preset`` (``defi train gfdm --model``; svd also
     picks the released text tower, CLIP ViT-B/32) with ``layers`` (nested dicts like a ``--config``
     file, lowest first) over it. Raises ``ConfigError`` naming what is wrong."""
-    from defi.training.gfdm import gfdm_config
-
     try:
         base: dict[str, Any] = {"model": gfdm_config(preset).to_dict()}
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if preset == "svd":  # the released text tower: CLIP ViT-B/32 (512 wide)
         base["text"] = {"name": "ViT-B-32", "pretrained": "openai"}
-    cfg = from_dict(run_config_cls(), merge_layers(base, layers))
+    cfg = from_dict(GFDMRunConfig, merge_layers(base, layers))
     if cfg.data.size is None:
         cfg.data.size = cfg.model.image_size
     if cfg.data.size != cfg.model.image_size:
@@ -110,7 +101,7 @@ class TextLookup:
     <key>.lang.txt that differs from clips.language, are embedded and cached on the fly)."""
 
     def __init__(self, corpus, text_cfg, texts: list[str], text_dim: int):
-        from defi.training.gfdm import embed_instructions
+        from defi.training.gfdm.text import embed_instructions
 
         self.corpus, self.cfg, self.text_dim = corpus, text_cfg, text_dim
         self.table: dict[str, Any] = {}
@@ -131,7 +122,7 @@ class TextLookup:
         import numpy as np
         import torch
 
-        from defi.training.gfdm import embed_instructions
+        from defi.training.gfdm.text import embed_instructions
 
         new = sorted({t for t in langs if t and t not in self.table})
         if new:
@@ -163,7 +154,6 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
-    from defi.training.gfdm import text_model_id
     from defi.training.recipes.train_gfdm import last_checkpoint, train
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
@@ -266,8 +256,7 @@ def cmd_train_gfdm(args: argparse.Namespace) -> int:
 
 
 def add_gfdm_parser(sub) -> argparse.ArgumentParser:
-    """Add ``gfdm`` to the ``train`` subparsers (a subparsers action whose parser class adds the
-    generated flags on first use, see ``usage.LazyFlagsParser``)."""
+    """Add ``gfdm`` to the ``train`` subparsers."""
     g = sub.add_parser(
         "gfdm",
         help="train a language-conditioned forward dynamics model (predicts o_t+k from o_t + instruction)",
@@ -282,11 +271,11 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="tiny",
-        choices=MODEL_SIZES,
+        choices=tuple(GFDM_SIZES),
         help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px",
     )
     g.add_argument("--pretrained", help="svd: local folder of SVD img2vid weights (diffusers layout: unet/, vae/)")
     add_run_flags(g)
-    g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*, text.*)")
+    add_flags(g, GFDMRunConfig, "run config (model.*, train.*, data.*, text.*)")
     g.set_defaults(func=cmd_train_gfdm)
     return g

@@ -31,6 +31,9 @@ from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.gap import Gap
 from defi.schemas.selection import SelectionError, resolve_selection
+from defi.training.gfdm import TextModelConfig
+from defi.training.policy import INITS, PolicyConfig
+from defi.training.recipes.configuration import TrainConfig
 
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
 from .train_common import (
@@ -41,7 +44,6 @@ from .train_common import (
     flush_denormals,
     print_config,
     progress_lines,
-    run_config_class,
 )
 from .usage import UsageError, one_line
 
@@ -72,34 +74,27 @@ class PolicyDataConfig:
             raise ValueError("invalid PolicyDataConfig: " + "; ".join(errors))
 
 
-def run_config_cls() -> type:
-    """``PolicyRunConfig``: a whole ``defi train policy`` run (its inputs, the policy, the loop,
-    the data, the GFDM's text tower)."""
+def _policy_train_default() -> TrainConfig:
+    return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
 
-    def sections():
-        from defi.training.gfdm import TextModelConfig
-        from defi.training.policy import PolicyConfig
-        from defi.training.recipes.train_policy import TrainConfig
 
-        def train_default():
-            return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
+def _path(help_: str):
+    return field(default="", metadata={"help": help_})
 
-        def path(help_: str):
-            return field(default="", metadata={"help": help_})
 
-        return [
-            ("root", str, path("corpus root (local folder or fsspec URL)")),
-            ("select", str, path("clips with actions: SQL returning key[, weight] or a manifest")),
-            ("gfdm", str, path("GFDM run or checkpoint folder (not used by --init bc)")),
-            ("gidm", str, path("GIDM run or checkpoint folder (not used by --init bc)")),
-            ("out", str, path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")),
-            ("policy", PolicyConfig, field(default_factory=PolicyConfig)),
-            ("train", TrainConfig, field(default_factory=train_default)),
-            ("data", PolicyDataConfig, field(default_factory=PolicyDataConfig)),
-            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
-        ]
+@dataclass
+class PolicyRunConfig:
+    """A whole ``defi train policy`` run: its inputs, the policy, the loop, the data, the GFDM's text tower."""
 
-    return run_config_class("PolicyRunConfig", "A whole ``defi train policy`` run.", sections)
+    root: str = _path("corpus root (local folder or fsspec URL)")
+    select: str = _path("clips with actions: SQL returning key[, weight] or a manifest")
+    gfdm: str = _path("GFDM run or checkpoint folder (not used by --init bc)")
+    gidm: str = _path("GIDM run or checkpoint folder (not used by --init bc)")
+    out: str = _path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=_policy_train_default)
+    data: PolicyDataConfig = field(default_factory=PolicyDataConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
 
 
 def policy_run_config(*layers: dict[str, Any]):
@@ -108,7 +103,7 @@ def policy_run_config(*layers: dict[str, Any]):
     data: dict[str, Any] = {}
     for layer in layers:
         data = merge(data, layer)
-    cfg = from_dict(run_config_cls(), data)
+    cfg = from_dict(PolicyRunConfig, data)
     cfg.train.out_dir = cfg.out
     return cfg
 
@@ -145,7 +140,7 @@ def build_policy(cfg) -> Any:
     loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
     architecture elsewhere."""
     from defi.training.checkpoint import load_model
-    from defi.training.policy import DeFiPolicy
+    from defi.training.policy.modeling_policy import DeFiPolicy
 
     pc = cfg.policy
     gfdm = gidm = None
@@ -159,7 +154,7 @@ def build_policy(cfg) -> Any:
 def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     """Instruction text -> embedding for every distinct instruction of the selected clips
     (``""`` -> zeros is added by the caller), from the corpus cache."""
-    from defi.training.gfdm import embed_instructions
+    from defi.training.gfdm.text import embed_instructions
 
     keys = selection.column("key").to_pylist()
     texts: set[str] = set()
@@ -290,7 +285,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
 
 
 def summary_text(res: dict[str, Any]) -> str:
-    from defi.training.policy import num_parameters
+    from defi.training.policy.modeling_policy import num_parameters
 
     cfg = res["config"]
     m = res["model"]
@@ -323,9 +318,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
 
 def add_policy_parser(sub) -> argparse.ArgumentParser:
-    """Add ``policy`` to ``defi train``'s subparsers (their parser class generates flags lazily)."""
-    from defi.training.policy.configuration_policy import INITS
-
+    """Add ``policy`` to ``defi train``'s subparsers."""
     p = sub.add_parser(
         "policy",
         help="finetune the DeFI policy (GFDM + GIDM + action head) on labeled robot clips",
@@ -337,6 +330,6 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
     p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
     add_run_flags(p, data_flags=False, workers=False)
-    p.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
+    add_flags(p, PolicyRunConfig, "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
     p.set_defaults(func=cmd_train_policy)
     return p

@@ -14,7 +14,8 @@ from defi.labelers.latent_actions import LatentActionLabeler, clip_stats, window
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 from defi.training.checkpoint import CheckpointError, save_checkpoint
 from defi.training.data import decode_frames
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, textured_image, write_video
 
 SIZE = 32

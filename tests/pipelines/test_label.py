@@ -20,7 +20,8 @@ from defi.schemas.samples import SampleMeta
 from defi.schemas.selection import read_selection, selection_sql
 from defi.training.checkpoint import save_checkpoint
 from defi.training.data import ClipDataset
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, shard_writers, write_clip_sample, write_video
 
 SIZE = 32
@@ -300,7 +301,8 @@ def test_cli_on_ray_matches_local(root, base, capsys):
 
 
 def test_label_refuses_a_checkpoint_of_another_model_in_one_line(root, tmp_path, capsys):
-    from defi.training.gfdm import GFDM, gfdm_tiny
+    from defi.training.gfdm.modeling_gfdm import GFDM
+    from defi.training.gfdm import gfdm_tiny
 
     cfg = gfdm_tiny(
         image_size=32,

@@ -75,10 +75,6 @@ def test_bad_configs_name_the_problem():
 
 
 def test_every_gidm_preset_is_a_cli_choice_and_the_demo_keeps_its_bottleneck(capsys, tmp_path):
-    from defi.pipelines.train import MODEL_SIZES
-    from defi.training.gidm import GIDM_SIZES
-
-    assert MODEL_SIZES == tuple(GIDM_SIZES)
     argv = ["gidm", "--root", "r", "--select", "s", "--out", "o", "--model", "keypoint-rvq"]
     m = _dry_run(capsys, argv)["model"]
     assert (m["bottleneck"], m["codebook_size"], m["vq_stages"], m["keypoints"], m["latent_dim"]) == ("rvq", 16, 8, 32, 16)

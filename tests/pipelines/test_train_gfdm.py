@@ -17,7 +17,8 @@ from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import clips_table
 from defi.training.checkpoint import load_model
-from defi.training.gfdm import TextEncoder, embed_instructions, load_text_config
+from defi.training.gfdm.text import TextEncoder, embed_instructions
+from defi.training.gfdm.loading import load_text_config
 
 SELECT = "SELECT key FROM clips WHERE kept"
 SIZE = 32

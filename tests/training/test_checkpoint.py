@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from defi.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, restore_rng, save_checkpoint
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 
 def make(tmp_path, bottleneck="vq"):

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from defi.training.checkpoint import CheckpointError, load_model, save_checkpoint
-from defi.training.gfdm import GFDM, GFDMConfig, GFDMFeatures, changed_mask, gfdm_config, gfdm_svd, gfdm_tiny
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gfdm.modeling_gfdm import GFDM, GFDMFeatures, changed_mask
+from defi.training.gfdm import GFDMConfig, gfdm_config, gfdm_svd, gfdm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 
 def small(**kw) -> GFDMConfig:
@@ -121,7 +123,7 @@ def test_tiny_overfits_generated_clips_beyond_copying():
 
 @pytest.mark.slow
 def test_svd_builds_with_random_weights_and_steps(capsys):
-    from defi.training.gfdm import num_parameters
+    from defi.training.gfdm.modeling_gfdm import num_parameters
 
     cfg = gfdm_svd(image_size=64, future_frames=2)  # the released U-Net, reduced inputs: 2 frames at 64 px
     torch.manual_seed(0)

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint, restore_rng
-from ..policy import DeFiPolicy
+from ..policy.modeling_policy import DeFiPolicy
 from .logs import log_row, open_logs, run_summary
+from .configuration import TrainConfig
 from .loop import (
-    TrainConfig,
     batch_iterator,
     finite_loss,
     last_checkpoint,

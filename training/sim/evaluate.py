@@ -154,7 +154,8 @@ def instruction_embedding(policy, extra: dict, text: str) -> np.ndarray | None:
     table = extra.get("instructions") or {}
     if text in table:
         return np.asarray(table[text], np.float32)
-    from defi.training.gfdm import TextEncoder, TextModelConfig
+    from defi.training.gfdm.text import TextEncoder
+    from defi.training.gfdm import TextModelConfig
 
     return TextEncoder(TextModelConfig(**c.text_model)).encode([text])[0]
 
