@@ -35,7 +35,7 @@ from defi.schemas.selection import SelectionError
 from defi.training.gidm import GIDM_SIZES, GIDMConfig, gidm_config
 from defi.training.recipes.configuration import TrainConfig
 
-from .config import ConfigError, add_flags, from_dict, to_dict
+from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
@@ -44,7 +44,7 @@ from .train_common import (
     build_dataset,
     check_resume,
     flush_denormals,
-    merge_layers,
+    resolve_run_config,
     process_group,
     progress_lines,
     train_command,
@@ -74,10 +74,7 @@ def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
         base = {"model": gidm_config(preset).to_dict()}
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    cfg = from_dict(GIDMRunConfig, merge_layers(base, layers))
-    if cfg.data.size is None:
-        cfg.data.size = cfg.model.image_size
-    return cfg
+    return resolve_run_config(GIDMRunConfig, base, layers)
 
 
 def data_contract(cfg) -> DataContract:

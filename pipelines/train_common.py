@@ -31,7 +31,7 @@ from typing import Any
 
 from defi.schemas.gap import DEFAULT_GAP, Gap
 
-from .config import ConfigError, flag_overrides, load_file, merge, to_dict
+from .config import ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
 from .usage import UsageError
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -74,9 +74,18 @@ class DataConfig:
 # ---------------------------------------------------------------------------------------------
 # run configs
 # ---------------------------------------------------------------------------------------------
+def resolve_run_config(cls: type, base: dict[str, Any], layers: Sequence[dict[str, Any]]):
+    """The run config ``cls`` (with ``model`` and ``data`` sections) of ``base`` (the preset's
+    defaults) <- each of ``layers``. The image size has one source, ``model.image_size``:
+    ``data.size`` (``--size``) only sets it, and is filled from it for display."""
+    cfg = from_dict(cls, merge_layers(base, layers))
+    cfg.data.size = cfg.model.image_size
+    return cfg
+
+
 def merge_layers(base: dict[str, Any], layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``base`` (the preset's defaults) <- each of ``layers`` in turn. ``data.size`` sets the
-    model's ``image_size`` too, unless a layer gives ``model.image_size`` explicitly (then the two
+    model's ``image_size``, unless a layer gives ``model.image_size`` explicitly (then the two
     must agree)."""
     data = dict(base)
     for layer in layers:
@@ -242,7 +251,7 @@ def build_dataset(corpus, select: str, d: DataConfig, seed: int, window: int, ra
         corpus,
         select,
         gap=d.gap,
-        size=d.size,
+        size=d.size,  # = model.image_size (resolve_run_config)
         pairs_per_clip=d.pairs_per_clip,
         window=window,
         shuffle=True,

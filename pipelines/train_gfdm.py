@@ -34,7 +34,7 @@ from defi.schemas.selection import SelectionError
 from defi.training.gfdm import GFDM_SIZES, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
 from defi.training.recipes.configuration import GFDMTrainConfig
 
-from .config import ConfigError, add_flags, from_dict, to_dict
+from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
@@ -43,7 +43,7 @@ from .train_common import (
     build_dataset,
     check_resume,
     flush_denormals,
-    merge_layers,
+    resolve_run_config,
     process_group,
     progress_lines,
     train_command,
@@ -73,11 +73,7 @@ def gfdm_run_config(preset: str = "tiny", *layers: dict[str, Any]):
         raise ConfigError(str(e)) from None
     if preset == "svd":  # the released text tower: CLIP ViT-B/32 (512 wide)
         base["text"] = {"name": "ViT-B-32", "pretrained": "openai"}
-    cfg = from_dict(GFDMRunConfig, merge_layers(base, layers))
-    if cfg.data.size is None:
-        cfg.data.size = cfg.model.image_size
-    if cfg.data.size != cfg.model.image_size:
-        raise ConfigError(f"data.size={cfg.data.size} disagrees with model.image_size={cfg.model.image_size}")
+    cfg = resolve_run_config(GFDMRunConfig, base, layers)
     if cfg.text.name == "tiny" and cfg.text.width != cfg.model.text_dim:
         raise ConfigError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with model.text_dim={cfg.model.text_dim}")
     return cfg
