@@ -144,8 +144,8 @@ def cmd_train_gidm(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``train`` with ``gidm``, ``gfdm`` and ``policy`` to ``defi``'s subparsers (their
-    generated flags are added on first use: ``defi --help`` does not import torch)."""
+    """Add ``train`` with ``gidm``, ``gfdm`` and ``policy`` to ``defi``'s subparsers (their flags
+    come from torch-free config classes: ``defi --help`` does not import torch)."""
     t = subparsers.add_parser(
         "train", help="train a model on a selection of curated clips", description="Train GIDM / GFDM / policy models on curated shards."
     )
