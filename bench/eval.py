@@ -24,7 +24,8 @@ def random_policy(init: str, out: Path) -> Path:
     import torch
 
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.policy import INIT_VARIANTS, DeFiPolicy, PolicyConfig
+    from defi.training.policy.modeling_policy import DeFiPolicy
+    from defi.training.policy import INIT_VARIANTS, PolicyConfig
 
     torch.manual_seed(0)
     kw = {}

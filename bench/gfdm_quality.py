@@ -259,7 +259,7 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     import torch
 
-    from defi.training.gfdm import load_gfdm
+    from defi.training.checkpoint import load_model
     from defi.training.gfdm.text import TextModelConfig, embed_instructions
     from defi.training.gidm.probe import probe_pairs
 
@@ -278,7 +278,7 @@ def main(argv=None) -> dict:
     for objective in a.objectives:
         run = work / f"run-{objective}"
         t_train, record = train_run(root, run, objective, a)
-        model, cfg = load_gfdm(run)
+        model, cfg, _ = load_model(run, expect="gfdm")
         text_cfg = TextModelConfig(**{k: v for k, v in json.loads((run / "run_config.json").read_text())["text"].items()})
         texts = {name: embed_instructions(root, [str(t) for t in pairs["task"]], text_cfg) for name, pairs in splits.items()}
         t = time.time()

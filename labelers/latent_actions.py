@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from defi.schemas.gap import Gap
-from defi.training.checkpoint import checkpoint_dir, checkpoint_hash, load_checkpoint
+from defi.training.checkpoint import checkpoint_hash, load_model
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -101,9 +101,6 @@ def clip_stats(z: np.ndarray, codes: np.ndarray | None, num_codes: int) -> dict[
         out["norm_mean"] = float(norms.mean())
         out["norm_p90"] = float(np.percentile(norms, 90))
     return out
-
-
-resolve_checkpoint = checkpoint_dir  # a checkpoint folder, or a run folder's latest checkpoint
 
 
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:
@@ -150,13 +147,10 @@ class LatentActionLabeler:
     def __post_init__(self) -> None:
         errors = []
         given = None
-        if self.gap_frames is not None and self.gap_s is not None:
-            errors.append(f"give gap_frames or gap_s, not both (got {self.gap_frames} and {self.gap_s})")
-        else:
-            try:
-                given = Gap.from_fields(self.gap_s, self.gap_frames)
-            except ValueError as e:
-                errors.append(str(e))
+        try:
+            given = Gap.from_fields(self.gap_s, self.gap_frames)
+        except ValueError as e:
+            errors.append(str(e))
         if int(self.batch_size) < 1:
             errors.append(f"batch_size={self.batch_size!r}: must be >= 1")
         if int(self.window_stride) < 1:
@@ -167,21 +161,22 @@ class LatentActionLabeler:
             errors.append(f"device={self.device!r}: unknown; valid: {', '.join(DEVICES)}")
         if errors:
             raise ValueError("invalid LatentActionLabeler:\n  " + "\n  ".join(errors))
-        self.ckpt_path = resolve_checkpoint(self.ckpt_dir)
         dev = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         self.torch_device = torch.device("cpu" if dev == "auto" else dev)
-        model, config, state = load_checkpoint(self.ckpt_path, map_location=self.torch_device)
+        model, config, state = load_model(self.ckpt_dir, expect="gidm", map_location=self.torch_device)
+        self.ckpt_path = state["dir"]
         if getattr(config, "lang_dim", 0):
             raise ValueError(
                 f"{self.ckpt_path}: the model is language-conditioned (lang_dim={config.lang_dim}); "
                 "labeling without instructions is not supported"
             )
-        self.model, self.config = model.eval(), config
+        self.model, self.config = model, config
         if 4 * int(self.stabilize_px) > self.size:
             raise ValueError(f"stabilize_px={self.stabilize_px}: at most a quarter of the model's {self.size}-px frames")
         self.hash = checkpoint_hash(self.ckpt_path)
-        # the gap the training recipe saved with the checkpoint (extra["data"]), else 1 frame
-        default = Gap.from_dict((state.get("extra") or {}).get("data"), default=Gap.of_frames(1))
+        # the gap the training recipe saved with the checkpoint (its DataContract), else 1 frame
+        contract = state["contract"]
+        default = (contract.gap if contract else None) or Gap.of_frames(1)
         self.gap_spec: Gap = given or default
         name = f"gidm-{self.hash}"
         if self.gap_spec != default:

@@ -153,13 +153,10 @@ class LabelConfig:
                 errors.append(f"engine={self.engine!r} and runner={self.runner!r}: give one (engine is runner's old name)")
             else:
                 self.runner = self.engine
-        if self.gap_frames is not None and self.gap_s is not None:
-            errors.append("give gap_frames or gap_s, not both")
-        else:
-            try:  # checked here, when the flags are read, not when the labeler loads its model
-                Gap.from_fields(self.gap_s, self.gap_frames)
-            except ValueError as e:
-                errors.append(str(e))
+        try:  # checked here, when the flags are read, not when the labeler loads its model
+            Gap.from_fields(self.gap_s, self.gap_frames)
+        except ValueError as e:
+            errors.append(str(e))
         if errors:
             raise ValueError("invalid LabelConfig:\n  " + "\n  ".join(errors))
 

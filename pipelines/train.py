@@ -12,8 +12,8 @@ Config: one ``GIDMRunConfig`` (model = ``GIDMConfig``, train = ``TrainConfig``, 
 generated ``--model.*/--train.*/--data.*`` flags <- the shortcut flags (``--gap-s``,
 ``--gap-frames``, ``--size``, ``--loader-workers``, ``--steps``; see ``train_common``). The resolved config is written to
 ``RUN_DIR/run_config.json``; the data facts a labeler needs to read clips the way the model was
-trained (gap in seconds or frames, input size) are written by the recipe into every checkpoint's
-``state.json`` ``extra["data"]`` (``defi.schemas.gap.Gap`` reads the gap back).
+trained (gap in seconds or frames, input size) are a ``defi.schemas.contract.DataContract`` the
+recipe writes into every checkpoint's ``state.json`` ``extra["data"]``.
 
 Units: ``gap_s`` is seconds (k = max(1, round(gap_s * fps)) frames per clip), ``gap_frames`` is
 encoded frames; ``size`` is the square input side in pixels.
@@ -25,14 +25,17 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus
 from defi.schemas.selection import SelectionError
+from defi.training.gidm import GIDM_SIZES, GIDMConfig, gidm_config
+from defi.training.recipes.configuration import TrainConfig
 
-from .config import ConfigError, add_flags, from_dict, to_dict
+from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
@@ -41,35 +44,25 @@ from .train_common import (
     build_dataset,
     check_resume,
     flush_denormals,
-    merge_layers,
+    resolve_run_config,
     process_group,
     progress_lines,
-    run_config_class,
     train_command,
 )
 from .train_gfdm import add_gfdm_parser
 from .train_policy import add_policy_parser
-from .usage import LazyFlagsParser, UsageError, one_line, run_standalone
+from .usage import Parser, UsageError, one_line, run_standalone
 
-__all__ = ["DataConfig", "RUN_CONFIG_FILE", "gidm_run_config", "run_train_gidm", "add_train_parser", "main"]
-
-MODEL_SIZES = ("keypoint", "keypoint-rvq", "tiny", "small", "univla")  # training/gidm/configuration_gidm.py GIDM_SIZES
+__all__ = ["DataConfig", "GIDMRunConfig", "RUN_CONFIG_FILE", "gidm_run_config", "run_train_gidm", "add_train_parser", "main"]
 
 
-def run_config_cls() -> type:
-    """``GIDMRunConfig``: a whole ``defi train gidm`` run (the model, the loop, the data)."""
+@dataclass
+class GIDMRunConfig:
+    """A whole ``defi train gidm`` run: the model, the loop, the data."""
 
-    def sections():
-        from defi.training.gidm import GIDMConfig
-        from defi.training.recipes.train_gidm import TrainConfig
-
-        return [
-            ("model", GIDMConfig, field(default_factory=GIDMConfig)),  # replaced by the preset's builder
-            ("train", TrainConfig, field(default_factory=TrainConfig)),
-            ("data", DataConfig, field(default_factory=DataConfig)),
-        ]
-
-    return run_config_class("GIDMRunConfig", "A whole ``defi train gidm`` run: the model, the loop, the data.", sections)
+    model: GIDMConfig = field(default_factory=GIDMConfig)  # replaced by the preset's builder
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
@@ -77,21 +70,16 @@ def gidm_run_config(preset: str = "keypoint", *layers: dict[str, Any]):
     ``layers`` (nested dicts like a ``--config`` file, lowest first) over it. ``data.size`` sets
     ``model.image_size`` too; ``data.size`` defaults to it. Raises ``ConfigError`` naming every bad
     entry."""
-    from defi.training.gidm import gidm_config
-
     try:
         base = {"model": gidm_config(preset).to_dict()}
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    cfg = from_dict(run_config_cls(), merge_layers(base, layers))
-    if cfg.data.size is None:
-        cfg.data.size = cfg.model.image_size
-    return cfg
+    return resolve_run_config(GIDMRunConfig, base, layers)
 
 
-def data_facts(cfg) -> dict[str, Any]:
+def data_contract(cfg) -> DataContract:
     """What a labeler needs to read clips the way the model saw them (saved in every checkpoint)."""
-    return {**cfg.data.gap.to_dict(), "size": cfg.data.size, "image_size": cfg.model.image_size}
+    return DataContract(image_size=cfg.model.image_size, gap=cfg.data.gap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +115,7 @@ def run_train_gidm(root: str, select: str, cfg) -> dict[str, Any]:
     try:
         with flush_denormals():
             # the data facts go into every checkpoint the recipe writes (a labeler reads the gap back)
-            result = train(cfg.model, cfg.train, make_batches, extra={"data": data_facts(cfg)})
+            result = train(cfg.model, cfg.train, make_batches, extra={"data": data_contract(cfg).to_dict()})
     except ValueError as e:  # e.g. a RUN_DIR whose saved model config differs
         raise UsageError(one_line(e)) from None
     result.update(
@@ -156,12 +144,12 @@ def cmd_train_gidm(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``train`` with ``gidm``, ``gfdm`` and ``policy`` to ``defi``'s subparsers (their
-    generated flags are added on first use: ``defi --help`` does not import torch)."""
+    """Add ``train`` with ``gidm``, ``gfdm`` and ``policy`` to ``defi``'s subparsers (their flags
+    come from torch-free config classes: ``defi --help`` does not import torch)."""
     t = subparsers.add_parser(
         "train", help="train a model on a selection of curated clips", description="Train GIDM / GFDM / policy models on curated shards."
     )
-    sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=LazyFlagsParser)
+    sub = t.add_subparsers(dest="train_command", metavar="MODEL", parser_class=Parser)
     sub.required = True
     g = sub.add_parser(
         "gidm",
@@ -180,13 +168,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="keypoint",
-        choices=MODEL_SIZES,
+        choices=tuple(GIDM_SIZES),
         help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
         "video, 64 px), keypoint-rvq (the same with residual-VQ codes: the best measured discrete latent), "
         "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
     )
     add_run_flags(g)
-    g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*)")
+    add_flags(g, GIDMRunConfig, "run config (model.*, train.*, data.*)")
     g.set_defaults(func=cmd_train_gidm)
     add_gfdm_parser(sub)
     add_policy_parser(sub)

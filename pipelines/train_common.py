@@ -1,8 +1,7 @@
 """What the ``defi train`` commands (gidm, gfdm, policy) share, in one place.
 
 - Run configs: a command's whole config (``GIDMRunConfig``...) is a dataclass of sections (model,
-  train, data...), built on first use by ``run_config_class`` (the model configs live beside torch
-  code, and ``defi --help`` must not import torch). It is resolved from layers, each a nested dict
+  train, data...; each a torch-free config class). It is resolved from layers, each a nested dict
   like a ``--config`` file: the preset's defaults <- ``--config`` file <- generated
   ``--section.field`` flags <- the shortcut flags (``shortcut_layer``). The Python entries
   (``gidm_run_config(preset, *layers)``...) take the same layers, so the CLI and the demo resolve a
@@ -30,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from defi.schemas.gap import Gap
+from defi.schemas.gap import DEFAULT_GAP, Gap
 
-from .config import ConfigError, flag_overrides, load_file, merge, to_dict
+from .config import ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
 from .usage import UsageError
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -43,7 +42,7 @@ class DataConfig:
     """How frame pairs are drawn from the selected clips (see ``training.data.ClipDataset``)."""
 
     gap_s: float | None = field(
-        default=1.0, metadata={"help": "gap between o_t and o_t+k in seconds (k = max(1, round(gap_s * fps)) frames per clip)"}
+        default=None, metadata={"help": "gap between o_t and o_t+k in seconds (k = max(1, round(gap_s * fps)) frames per clip)"}
     )
     gap_frames: int | None = field(default=None, metadata={"help": "gap in encoded frames; replaces gap_s"})
     size: int | None = field(default=None, metadata={"help": "square input side, px (default: model.image_size)"})
@@ -53,11 +52,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         errors = []
-        if self.gap_frames is not None:
-            self.gap_s = None  # one gap only: frames win over the seconds default
         try:
-            if Gap.from_fields(self.gap_s, self.gap_frames) is None:
-                errors.append("gap_s=None: give gap_s (seconds) or gap_frames")
+            gap = Gap.from_fields(self.gap_s, self.gap_frames, default=DEFAULT_GAP)
+            self.gap_s, self.gap_frames = gap.to_dict()["gap_s"], gap.to_dict()["gap_frames"]  # the default, filled in
         except ValueError as e:
             errors.append(str(e))
         if self.size is not None and self.size < 8:
@@ -77,23 +74,18 @@ class DataConfig:
 # ---------------------------------------------------------------------------------------------
 # run configs
 # ---------------------------------------------------------------------------------------------
-_RUN_CONFIG_CLASSES: dict[str, type] = {}
-
-
-def run_config_class(name: str, doc: str, sections: Callable[[], list[tuple[str, type, Any]]]) -> type:
-    """The dataclass ``name`` whose fields are ``sections()``: (name, type, ``dataclasses.field``)
-    triples. Built on first use and cached, so that building the ``defi`` parser imports nothing
-    ``sections`` imports (torch, for the model configs)."""
-    if name not in _RUN_CONFIG_CLASSES:
-        cls = dataclasses.make_dataclass(name, sections(), namespace={"__doc__": doc})
-        cls.__module__ = __name__
-        _RUN_CONFIG_CLASSES[name] = cls
-    return _RUN_CONFIG_CLASSES[name]
+def resolve_run_config(cls: type, base: dict[str, Any], layers: Sequence[dict[str, Any]]):
+    """The run config ``cls`` (with ``model`` and ``data`` sections) of ``base`` (the preset's
+    defaults) <- each of ``layers``. The image size has one source, ``model.image_size``:
+    ``data.size`` (``--size``) only sets it, and is filled from it for display."""
+    cfg = from_dict(cls, merge_layers(base, layers))
+    cfg.data.size = cfg.model.image_size
+    return cfg
 
 
 def merge_layers(base: dict[str, Any], layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``base`` (the preset's defaults) <- each of ``layers`` in turn. ``data.size`` sets the
-    model's ``image_size`` too, unless a layer gives ``model.image_size`` explicitly (then the two
+    model's ``image_size``, unless a layer gives ``model.image_size`` explicitly (then the two
     must agree)."""
     data = dict(base)
     for layer in layers:
@@ -120,7 +112,8 @@ SHORTCUTS = {
     "init": "policy.init",
     "horizon": "policy.horizon",
 }
-IMPLIED = {"gap_s": {"data.gap_frames": None}}  # a gap in seconds replaces a gap in frames from a file
+# a gap flag replaces the other unit's gap from a lower layer (a --config file): the one given last wins
+IMPLIED = {"gap_s": {"data.gap_frames": None}, "gap_frames": {"data.gap_s": None}}
 
 
 def _put(layer: dict[str, Any], dotted: str, value: Any) -> None:
@@ -258,7 +251,7 @@ def build_dataset(corpus, select: str, d: DataConfig, seed: int, window: int, ra
         corpus,
         select,
         gap=d.gap,
-        size=d.size,
+        size=d.size,  # = model.image_size (resolve_run_config)
         pairs_per_clip=d.pairs_per_clip,
         window=window,
         shuffle=True,

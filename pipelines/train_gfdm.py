@@ -35,10 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.selection import SelectionError
+from defi.training.gfdm import GFDM_SIZES, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
+from defi.training.recipes.configuration import GFDMTrainConfig
 
-from .config import ConfigError, add_flags, from_dict, to_dict
+from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
@@ -47,15 +50,13 @@ from .train_common import (
     build_dataset,
     check_resume,
     flush_denormals,
-    merge_layers,
+    resolve_run_config,
     process_group,
     progress_lines,
-    run_config_class,
     train_command,
 )
 from .usage import UsageError, one_line
 
-MODEL_SIZES = ("tiny", "svd")
 RUN_RECORD_FILE = "run_record.json"
 LANGUAGES = ("instruction", "caption", "auto")  # training.gfdm.text.LANGUAGE_MODES (not imported: --help stays free of torch)
 
@@ -81,40 +82,27 @@ class GFDMDataConfig(DataConfig):
             raise ValueError(f"invalid GFDMDataConfig: language={self.language!r}: unknown; valid: {', '.join(LANGUAGES)}")
 
 
-def run_config_cls() -> type:
-    """``GFDMRunConfig``: a whole ``defi train gfdm`` run (the model, the loop, the data, the text tower)."""
+@dataclass
+class GFDMRunConfig:
+    """A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower."""
 
-    def sections():
-        from defi.training.gfdm import GFDMConfig, TextModelConfig
-        from defi.training.recipes.train_gfdm import GFDMTrainConfig
-
-        return [
-            ("model", GFDMConfig, field(default_factory=GFDMConfig)),  # replaced by the preset's builder
-            ("train", GFDMTrainConfig, field(default_factory=GFDMTrainConfig)),
-            ("data", GFDMDataConfig, field(default_factory=GFDMDataConfig)),
-            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
-        ]
-
-    return run_config_class("GFDMRunConfig", "A whole ``defi train gfdm`` run: the model, the loop, the data, the text tower.", sections)
+    model: GFDMConfig = field(default_factory=GFDMConfig)  # replaced by the preset's builder
+    train: GFDMTrainConfig = field(default_factory=GFDMTrainConfig)
+    data: GFDMDataConfig = field(default_factory=GFDMDataConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
 
 
 def gfdm_run_config(preset: str = "tiny", *layers: dict[str, Any]):
     """The ``GFDMRunConfig`` of the GFDM preset ``preset`` (``defi train gfdm --model``; svd also
     picks the released text tower, CLIP ViT-B/32) with ``layers`` (nested dicts like a ``--config``
     file, lowest first) over it. Raises ``ConfigError`` naming what is wrong."""
-    from defi.training.gfdm import gfdm_config
-
     try:
         base: dict[str, Any] = {"model": gfdm_config(preset).to_dict()}
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if preset == "svd":  # the released text tower: CLIP ViT-B/32 (512 wide)
         base["text"] = {"name": "ViT-B-32", "pretrained": "openai"}
-    cfg = from_dict(run_config_cls(), merge_layers(base, layers))
-    if cfg.data.size is None:
-        cfg.data.size = cfg.model.image_size
-    if cfg.data.size != cfg.model.image_size:
-        raise ConfigError(f"data.size={cfg.data.size} disagrees with model.image_size={cfg.model.image_size}")
+    cfg = resolve_run_config(GFDMRunConfig, base, layers)
     if cfg.text.name == "tiny" and cfg.text.width != cfg.model.text_dim:
         raise ConfigError(f"text.width={cfg.text.width} (the tiny tower's output) disagrees with model.text_dim={cfg.model.text_dim}")
     return cfg
@@ -131,7 +119,7 @@ class ClipLanguage:
         self.mode, self.captions, self.source = mode, captions or {}, source
 
     def __call__(self, keys: list[str], instructions: list[str | None]) -> list[str | None]:
-        from defi.training.gfdm import pick_language
+        from defi.training.gfdm.text import pick_language
 
         return [pick_language(self.mode, t, self.captions.get(k)) for k, t in zip(keys, instructions, strict=True)]
 
@@ -184,7 +172,7 @@ class TextLookup:
     <key>.lang.txt that differs from clips.language, are embedded and cached on the fly)."""
 
     def __init__(self, corpus, text_cfg, texts: list[str], text_dim: int):
-        from defi.training.gfdm import embed_instructions
+        from defi.training.gfdm.text import embed_instructions
 
         self.corpus, self.cfg, self.text_dim = corpus, text_cfg, text_dim
         self.table: dict[str, Any] = {}
@@ -205,7 +193,7 @@ class TextLookup:
         import numpy as np
         import torch
 
-        from defi.training.gfdm import embed_instructions
+        from defi.training.gfdm.text import embed_instructions
 
         new = sorted({t for t in langs if t and t not in self.table})
         if new:
@@ -240,7 +228,6 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
-    from defi.training.gfdm import text_model_id
     from defi.training.recipes.train_gfdm import last_checkpoint, train
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
@@ -261,15 +248,14 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
         raise UsageError(one_line(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
-    facts = {
-        **d.gap.to_dict(),
-        "size": d.size,
-        "image_size": m.image_size,
-        "context_frames": m.context_frames,
-        "future_frames": m.future_frames,
-        "text": to_dict(cfg.text),
-        "text_model_id": text_model_id(cfg.text),
-    }
+    contract = DataContract(
+        image_size=m.image_size,
+        gap=d.gap,
+        context_frames=m.context_frames,
+        future_frames=m.future_frames,
+        text=to_dict(cfg.text),
+        text_model_id=text_model_id(cfg.text),
+    )
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(
             json.dumps(
@@ -292,7 +278,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         with flush_denormals():
-            result = train(m, cfg.train, make_batches, extra={"data": facts})  # a labeler/policy reads them back
+            result = train(m, cfg.train, make_batches, extra={"data": contract.to_dict()})  # a labeler/policy reads it back
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
     stats = dict(dataset.stats)
@@ -305,7 +291,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
             "texts": len(texts),
             "language": d.language,
             "captions_used": language.source,
-            "text_model_id": facts["text_model_id"],
+            "text_model_id": contract.text_model_id,
             "data_stats": stats,
             "clips_skipped_too_short": stats.get("skipped:too_short", 0),
             "steps_run": result["steps_run"],
@@ -363,8 +349,7 @@ def cmd_train_gfdm(args: argparse.Namespace) -> int:
 
 
 def add_gfdm_parser(sub) -> argparse.ArgumentParser:
-    """Add ``gfdm`` to the ``train`` subparsers (a subparsers action whose parser class adds the
-    generated flags on first use, see ``usage.LazyFlagsParser``)."""
+    """Add ``gfdm`` to the ``train`` subparsers."""
     g = sub.add_parser(
         "gfdm",
         help="train a language-conditioned forward dynamics model (predicts o_t+k from o_t + instruction)",
@@ -379,11 +364,11 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="tiny",
-        choices=MODEL_SIZES,
+        choices=tuple(GFDM_SIZES),
         help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px",
     )
     g.add_argument("--pretrained", help="svd: local folder of SVD img2vid weights (diffusers layout: unet/, vae/)")
     add_run_flags(g)
-    g.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (model.*, train.*, data.*, text.*)")
+    add_flags(g, GFDMRunConfig, "run config (model.*, train.*, data.*, text.*)")
     g.set_defaults(func=cmd_train_gfdm)
     return g

@@ -27,9 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.gap import Gap
 from defi.schemas.selection import SelectionError, resolve_selection
+from defi.training.gfdm import TextModelConfig
+from defi.training.policy import INITS, PolicyConfig
+from defi.training.recipes.configuration import TrainConfig
 
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
 from .train_common import (
@@ -42,7 +46,6 @@ from .train_common import (
     process_group,
     relaunch,
     progress_lines,
-    run_config_class,
 )
 from .usage import UsageError, one_line
 
@@ -80,34 +83,27 @@ class PolicyDataConfig:
             raise ValueError("invalid PolicyDataConfig: " + "; ".join(errors))
 
 
-def run_config_cls() -> type:
-    """``PolicyRunConfig``: a whole ``defi train policy`` run (its inputs, the policy, the loop,
-    the data, the GFDM's text tower)."""
+def _policy_train_default() -> TrainConfig:
+    return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
 
-    def sections():
-        from defi.training.gfdm import TextModelConfig
-        from defi.training.policy import PolicyConfig
-        from defi.training.recipes.train_policy import TrainConfig
 
-        def train_default():
-            return TrainConfig(steps=2000, lr=3e-4, warmup_steps=100, batch_size=32, ckpt_every=500, out_dir="")
+def _path(help_: str):
+    return field(default="", metadata={"help": help_})
 
-        def path(help_: str):
-            return field(default="", metadata={"help": help_})
 
-        return [
-            ("root", str, path("corpus root (local folder or fsspec URL)")),
-            ("select", str, path("clips with actions: SQL returning key[, weight] or a manifest")),
-            ("gfdm", str, path("GFDM run or checkpoint folder (not used by --init bc)")),
-            ("gidm", str, path("GIDM run or checkpoint folder (not used by --init bc)")),
-            ("out", str, path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")),
-            ("policy", PolicyConfig, field(default_factory=PolicyConfig)),
-            ("train", TrainConfig, field(default_factory=train_default)),
-            ("data", PolicyDataConfig, field(default_factory=PolicyDataConfig)),
-            ("text", TextModelConfig, field(default_factory=TextModelConfig)),
-        ]
+@dataclass
+class PolicyRunConfig:
+    """A whole ``defi train policy`` run: its inputs, the policy, the loop, the data, the GFDM's text tower."""
 
-    return run_config_class("PolicyRunConfig", "A whole ``defi train policy`` run.", sections)
+    root: str = _path("corpus root (local folder or fsspec URL)")
+    select: str = _path("clips with actions: SQL returning key[, weight] or a manifest")
+    gfdm: str = _path("GFDM run or checkpoint folder (not used by --init bc)")
+    gidm: str = _path("GIDM run or checkpoint folder (not used by --init bc)")
+    out: str = _path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=_policy_train_default)
+    data: PolicyDataConfig = field(default_factory=PolicyDataConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
 
 
 def policy_run_config(*layers: dict[str, Any]):
@@ -117,7 +113,7 @@ def policy_run_config(*layers: dict[str, Any]):
     for layer in layers:
         data = merge(data, layer)
     data = with_policy_preset(data)
-    cfg = from_dict(run_config_cls(), data)
+    cfg = from_dict(PolicyRunConfig, data)
     cfg.train.out_dir = cfg.out
     return cfg
 
@@ -143,32 +139,22 @@ def with_policy_preset(data: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # the pieces: pretrained parts, instruction embeddings, action statistics
 # ---------------------------------------------------------------------------------------------
-def load_part(path: str, want: str, pretrained: bool):
-    """(module or None, config) of a GFDM/GIDM checkpoint; a checkpoint of another model type is
-    refused naming both. ``pretrained=False`` returns only its config (the ablations keep the
-    architecture, not the weights)."""
-    from defi.training.checkpoint import checkpoint_dir, load_checkpoint, load_config
-
-    ckpt = checkpoint_dir(path)
-    mtype, config = load_config(ckpt)
-    if mtype != want:
-        raise ValueError(f"--{want} {path}: a {mtype!r} checkpoint where a {want!r} checkpoint is expected")
-    if not pretrained:
-        return None, config
-    model, config, _ = load_checkpoint(ckpt)
-    return model, config
-
-
 def fill_policy_config(cfg) -> None:
     """Set ``cfg.policy.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
     GIDM checkpoints' configs (and check them: types, image sizes), without loading weights."""
+    from defi.training.checkpoint import CheckpointError, load_model_config
+
     pc = cfg.policy
     if pc.future_branch:
+        parts = {}
         for flag in ("gfdm", "gidm"):
             if not getattr(cfg, flag):
                 raise ValueError(f"--init {pc.init} needs --{flag} (a run or checkpoint folder)")
-        _, gfdm_cfg = load_part(cfg.gfdm, "gfdm", False)
-        _, gidm_cfg = load_part(cfg.gidm, "gidm", False)
+            try:
+                parts[flag] = load_model_config(getattr(cfg, flag), expect=flag)
+            except CheckpointError as e:
+                raise CheckpointError(f"--{flag} {e}") from None
+        gfdm_cfg, gidm_cfg = parts["gfdm"], parts["gidm"]
         if gfdm_cfg.image_size != gidm_cfg.image_size:
             raise ValueError(f"GFDM image_size {gfdm_cfg.image_size} differs from GIDM image_size {gidm_cfg.image_size}")
         from defi.training.policy.configuration_policy import PRESET_BACKBONE
@@ -189,20 +175,22 @@ def build_policy(cfg) -> Any:
     """The ``DeFiPolicy`` of ``cfg.policy`` (filled by ``fill_policy_config``): pretrained parts
     loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
     architecture elsewhere."""
-    from defi.training.policy import DeFiPolicy
+    from defi.training.checkpoint import load_model
+    from defi.training.policy.modeling_policy import DeFiPolicy
 
     pc = cfg.policy
     gfdm = gidm = None
-    if pc.future_branch:
-        gfdm, _ = load_part(cfg.gfdm, "gfdm", pc.variant.pretrained_gfdm)
-        gidm, _ = load_part(cfg.gidm, "gidm", pc.variant.pretrained_gidm)
+    if pc.future_branch and pc.variant.pretrained_gfdm:
+        gfdm = load_model(cfg.gfdm, expect="gfdm", inference=False)[0]
+    if pc.future_branch and pc.variant.pretrained_gidm:
+        gidm = load_model(cfg.gidm, expect="gidm", inference=False)[0]
     return DeFiPolicy(pc, gfdm=gfdm, gidm=gidm)
 
 
 def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     """Instruction text -> embedding for every distinct instruction of the selected clips
     (``""`` -> zeros is added by the caller), from the corpus cache."""
-    from defi.training.gfdm import embed_instructions
+    from defi.training.gfdm.text import embed_instructions
 
     keys = selection.column("key").to_pylist()
     texts: set[str] = set()
@@ -357,17 +345,15 @@ def run_train_policy(cfg) -> dict[str, Any]:
         saved.write_text(
             json.dumps({**to_dict(cfg), "selected_clips": len(dataset.keys), "action_rows": n_rows, "world_size": world_size}, indent=2)
         )
-    extra = {
-        "data": {
-            "image_size": pc.image_size,
-            "context_frames": pc.context_frames,
-            "horizon": pc.horizon,
-            "frame_stride": stride,
-            "action_mean": np.asarray(mean).tolist(),
-            "action_std": np.asarray(std).tolist(),
-        },
-        "instructions": texts,
-    }
+    contract = DataContract(
+        image_size=pc.image_size,
+        context_frames=pc.context_frames,
+        horizon=pc.horizon,
+        frame_stride=stride,
+        action_mean=np.asarray(mean).tolist(),
+        action_std=np.asarray(std).tolist(),
+    )
+    extra = {"data": contract.to_dict(), "instructions": texts}
 
     def make_batches(start_step: int):
         stream = batch_stream(dataset, cfg.train.batch_size, cfg.data.num_workers, start_step)
@@ -389,7 +375,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
 
 
 def summary_text(res: dict[str, Any]) -> str:
-    from defi.training.policy import num_parameters, parameter_counts
+    from defi.training.policy.modeling_policy import num_parameters, parameter_counts
 
     cfg = res["config"]
     m = res["model"]
@@ -429,9 +415,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
 
 
 def add_policy_parser(sub) -> argparse.ArgumentParser:
-    """Add ``policy`` to ``defi train``'s subparsers (their parser class generates flags lazily)."""
-    from defi.training.policy.configuration_policy import INITS
-
+    """Add ``policy`` to ``defi train``'s subparsers."""
     p = sub.add_parser(
         "policy",
         help="finetune the DeFI policy (GFDM + GIDM + action head) on labeled robot clips",
@@ -443,6 +427,6 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
     p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
     add_run_flags(p, data_flags=False, workers=True)
-    p.lazy = lambda parser: add_flags(parser, run_config_cls(), "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
+    add_flags(p, PolicyRunConfig, "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
     p.set_defaults(func=cmd_train_policy)
     return p

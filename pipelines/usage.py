@@ -25,27 +25,6 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-class LazyFlagsParser(Parser):
-    """A ``Parser`` whose generated flags are added when it is first used (parsing or --help):
-    set ``lazy`` to a callable(parser) adding them, so that ``defi --help`` and the other
-    subcommands do not import what those flags describe (torch, for the model configs)."""
-
-    lazy = None
-
-    def _materialise(self) -> None:
-        if self.lazy is not None:
-            add, self.lazy = self.lazy, None
-            add(self)
-
-    def parse_known_args(self, args=None, namespace=None):
-        self._materialise()
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self):
-        self._materialise()
-        return super().format_help()
-
-
 def one_line(e: BaseException) -> str:
     """A multi-line message (config validation lists one bad field per line) as one line."""
     parts = [p.strip() for p in str(e).splitlines() if p.strip()]

@@ -52,8 +52,10 @@ class Gap:
 
     @classmethod
     def from_fields(cls, gap_s: float | None = None, gap_frames: int | None = None, default: Gap | None = None) -> Gap | None:
-        """The gap two optional fields describe: frames win over seconds (a ``--gap-frames`` flag
-        overrides a seconds default); neither gives ``default``."""
+        """The gap two optional fields describe, by the one rule every command follows: give at
+        most one (both is a ``ValueError``); neither gives ``default``."""
+        if gap_s is not None and gap_frames is not None:
+            raise ValueError(f"give gap_s or gap_frames, not both (got gap_s={gap_s!r}, gap_frames={gap_frames!r})")
         if gap_frames is not None:
             return cls.of_frames(gap_frames)
         if gap_s is not None:

@@ -228,7 +228,8 @@ def test_curate_and_label_through_the_entry_point(tmp_path):
     import torch
 
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.gidm import GIDM, gidm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.gidm import gidm_tiny
 
     (tmp_path / "in").mkdir()
     write_video(tmp_path / "in" / "a.mp4", moving_square(24, h=48, w=64), fps=12)

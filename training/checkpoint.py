@@ -8,7 +8,9 @@
                               state, python/numpy RNG states and the caller's ``extra``
 
 Nothing here calls ``pickle`` or ``torch.load``: a checkpoint from elsewhere cannot run code.
-Each model type is registered by one explicit line in ``MODEL_TYPES``.
+Each model type is registered by one explicit line in ``registry.MODEL_TYPES`` (a name ->
+"module:Class" table imported on use). ``load_model(path, expect=...)`` is the one way to load a
+checkpoint of an expected type: another type is refused naming both.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,18 +30,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .gfdm import GFDM, GFDMConfig
-from .gidm import GIDM, GIDMConfig
-from .policy import DeFiPolicy, PolicyConfig
+from defi.schemas.contract import DataContract
+
+from .registry import MODEL_TYPES, config_class, config_class_name, model_class, model_type_of
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_TYPES",
+    "CheckpointError",
+    "checkpoint_dir",
+    "checkpoint_hash",
+    "load_checkpoint",
+    "load_config",
+    "load_model",
+    "load_model_config",
+    "read_contract",
+    "model_type_of",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
-
-# model_type -> (config class, model factory(config, **kwargs)). One line per model.
-MODEL_TYPES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
-    "gidm": (GIDMConfig, GIDM),
-    "gfdm": (GFDMConfig, GFDM),
-    "policy": (PolicyConfig, DeFiPolicy),
-}
 
 
 class CheckpointError(Exception):
@@ -57,13 +67,6 @@ def checkpoint_dir(path: str | Path) -> Path:
     if found:
         return found[-1]
     raise CheckpointError(f"{path}: neither a checkpoint folder (config.json) nor a run folder with checkpoints/step-*")
-
-
-def model_type_of(config: Any) -> str:
-    for name, (cls, _) in MODEL_TYPES.items():
-        if isinstance(config, cls):
-            return name
-    raise ValueError(f"no registered model type for {type(config).__name__}; registered: {', '.join(MODEL_TYPES)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def load_config(directory: str | Path) -> tuple[str, Any]:
     if mtype not in MODEL_TYPES:
         raise CheckpointError(f"{path}: unknown model_type {mtype!r}; registered: {', '.join(MODEL_TYPES)}")
     try:
-        config = MODEL_TYPES[mtype][0].from_dict(meta.get("config") or {})
+        config = config_class(mtype).from_dict(meta.get("config") or {})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config ({e})") from None
     return mtype, config
@@ -227,7 +230,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(f"{directory}: not a checkpoint folder")
     mtype, config = load_config(directory)
     weights = _read_safetensors(directory / "model.safetensors")
-    factory = MODEL_TYPES[mtype][1]
+    factory = model_class(mtype)
     if mtype == "gidm" and getattr(config, "input_space", "") == "features":
         model_kwargs.setdefault("load_feature_weights", False)  # they are in model.safetensors
     if mtype == "gfdm":
@@ -267,3 +270,60 @@ def checkpoint_hash(directory: str | Path, length: int = 12) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
+
+
+def _expected_dir(path: str | Path, expect: str | None) -> tuple[Path, str, Any]:
+    """(checkpoint folder, model type, config) of ``path``, refusing a type other than ``expect``."""
+    ckpt = checkpoint_dir(path)
+    mtype, config = load_config(ckpt)
+    if expect is not None and mtype != expect:
+        raise CheckpointError(
+            f"{path}: a {mtype!r} checkpoint where a {expect!r} checkpoint is expected "
+            f"({type(config).__name__}, not {config_class_name(expect)})"
+        )
+    return ckpt, mtype, config
+
+
+def load_model_config(path: str | Path, expect: str | None = None) -> Any:
+    """The config of the checkpoint at ``path`` (a checkpoint folder, or a run folder's latest
+    checkpoint) without its weights; one of another type than ``expect`` (a ``MODEL_TYPES`` name)
+    is refused naming both (``CheckpointError``, one line)."""
+    return _expected_dir(path, expect)[2]
+
+
+def load_model(
+    path: str | Path,
+    expect: str | None = None,
+    map_location: str | torch.device = "cpu",
+    inference: bool = True,
+    **model_kwargs: Any,
+) -> tuple[nn.Module, Any, dict]:
+    """(model, config, state) of the checkpoint at ``path``: a checkpoint folder, or a run folder
+    whose latest ``checkpoints/step-*`` is used. A checkpoint of another type than ``expect`` (a
+    ``MODEL_TYPES`` name; None accepts any) is refused naming both, before any weight is read.
+    ``inference`` puts the model in eval mode (else it stays as its constructor left it, for a
+    caller that trains it). ``state`` is ``load_checkpoint``'s plus ``dir`` (the folder loaded)
+    and ``contract`` (its ``DataContract``, None when saved without one)."""
+    if expect is not None and expect not in MODEL_TYPES:
+        raise ValueError(f"expect={expect!r}: unknown model type; registered: {', '.join(MODEL_TYPES)}")
+    ckpt, _, _ = _expected_dir(path, expect)
+    model, config, state = load_checkpoint(ckpt, map_location=map_location, **model_kwargs)
+    state["dir"] = ckpt
+    state["contract"] = _contract(ckpt, state)
+    return (model.eval() if inference else model), config, state
+
+
+def _contract(ckpt: Path, state: dict) -> DataContract | None:
+    try:
+        return DataContract.from_state(state)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt / 'state.json'}: {e}") from None
+
+
+def read_contract(path: str | Path) -> DataContract | None:
+    """The ``DataContract`` saved with the checkpoint at ``path`` (a checkpoint folder, or a run
+    folder's latest checkpoint), without loading its weights; None when saved without one."""
+    ckpt = checkpoint_dir(path)
+    if not (ckpt / "state.json").is_file():
+        return None
+    return _contract(ckpt, {"extra": _read_json(ckpt / "state.json").get("extra")})

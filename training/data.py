@@ -223,14 +223,13 @@ class ClipDataset(IterableDataset):
         for col in ("key", "shard", "weight"):
             if col not in selection.column_names:
                 problems.append(f"selection has no {col!r} column (resolve it with resolve_selection)")
-        given = [g for g in (gap, gap_frames, gap_s) if g is not None]
-        if len(given) > 1:
-            problems.append("give one gap (gap, gap_frames or gap_s), not both")
-        elif gap is None:
-            try:
-                gap = Gap.from_fields(gap_s, gap_frames, default=Gap.of_frames(1))
-            except ValueError as e:
-                problems.append(str(e))
+        try:
+            flags = Gap.from_fields(gap_s, gap_frames)
+            if gap is not None and flags is not None:
+                raise ValueError("give gap, or gap_s or gap_frames, not both")
+            gap = gap or flags or Gap.of_frames(1)
+        except ValueError as e:
+            problems.append(str(e))
         if window < 2:
             problems.append(f"window must be >= 2 frames, got {window}")
         if pairs_per_clip is not None and pairs_per_clip < 1:

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from defi.schemas.gap import Gap
-from defi.labelers.latent_actions import LatentActionLabeler, clip_stats, resolve_checkpoint, window_starts
+from defi.labelers.latent_actions import LatentActionLabeler, clip_stats, window_starts
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 from defi.training.checkpoint import CheckpointError, save_checkpoint
 from defi.training.data import decode_frames
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, textured_image, write_video
 
 SIZE = 32
@@ -140,9 +141,9 @@ def test_run_folder_and_bad_arguments(ckpts, tmp_path):
     run = tmp_path / "run"
     make_ckpt(run / "checkpoints" / "step-00000001", seed=5)
     last = make_ckpt(run / "checkpoints" / "step-00000010", seed=6)
-    assert resolve_checkpoint(run) == last
+    assert LatentActionLabeler(str(run)).ckpt_path == last
     with pytest.raises(CheckpointError, match="neither a checkpoint"):
-        resolve_checkpoint(tmp_path / "nothing")
+        LatentActionLabeler(str(tmp_path / "nothing"))
     with pytest.raises(ValueError) as e:
         LatentActionLabeler(str(ckpts["vq"]), gap_frames=1, gap_s=0.1, batch_size=0, device="tpu")
     for word in ("not both", "batch_size=0", "device='tpu'"):

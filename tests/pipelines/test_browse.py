@@ -30,7 +30,8 @@ from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord, clips_table, sources_table
 from defi.training.checkpoint import save_checkpoint
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, shard_writers, write_clip_sample, write_video
 
 SIZE = 32

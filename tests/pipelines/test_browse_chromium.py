@@ -23,7 +23,8 @@ from defi.pipelines.label import LabelConfig, run_label
 from defi.pipelines.curate_video import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.training.checkpoint import save_checkpoint
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, pan, scenes, static_color, write_video
 
 REPO = Path(__file__).resolve().parents[2]

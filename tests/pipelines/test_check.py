@@ -123,7 +123,8 @@ def test_garbage_parquet_part(tmp_path):
     assert not (tmp_path / "b.html").exists()
     # label: refused before anything is written
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.gidm import GIDM, gidm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.gidm import gidm_tiny
 
     torch.manual_seed(0)
     cfg = gidm_tiny(image_size=SIZE, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)

@@ -43,8 +43,10 @@ def test_scratch_and_bc_cells_are_reused_only_when_the_model_shapes_match(tmp_pa
     mod = load_bench()
     a = mod.parse(["--smoke", "--settings", "A,B", "--work", str(tmp_path)])
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.gfdm import GFDM, gfdm_tiny
-    from defi.training.gidm import GIDM, gidm_tiny
+    from defi.training.gfdm.modeling_gfdm import GFDM
+    from defi.training.gfdm import gfdm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.gidm import gidm_tiny
 
     def save(setting, gidm_dim):
         base = tmp_path / f"pretrain-{setting}"

@@ -15,7 +15,8 @@ pytest.importorskip("metaworld")
 
 from defi.pipelines.cli import main as defi_main
 from defi.training.checkpoint import save_checkpoint
-from defi.training.policy import DeFiPolicy, PolicyConfig
+from defi.training.policy.modeling_policy import DeFiPolicy
+from defi.training.policy import PolicyConfig
 from defi.training.sim import instruction_for
 from defi.training.sim.evaluate import EvalConfig, H264RoundTrip, evaluate, wilson
 

@@ -20,7 +20,8 @@ from defi.schemas.samples import SampleMeta
 from defi.schemas.selection import read_selection, selection_sql
 from defi.training.checkpoint import save_checkpoint
 from defi.training.data import ClipDataset
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 from factories import moving_square, shard_writers, write_clip_sample, write_video
 
 SIZE = 32
@@ -297,3 +298,24 @@ def test_cli_on_ray_matches_local(root, base, capsys):
     # a bad checkpoint is a one-line user error
     assert main(["label", "latent-actions", "--root", root, "--ckpt", root, "--local"]) == 2
     assert "neither a checkpoint" in capsys.readouterr().err
+
+
+def test_label_refuses_a_checkpoint_of_another_model_in_one_line(root, tmp_path, capsys):
+    from defi.training.gfdm.modeling_gfdm import GFDM
+    from defi.training.gfdm import gfdm_tiny
+
+    cfg = gfdm_tiny(
+        image_size=32,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        text_dim=16,
+    )
+    save_checkpoint(tmp_path / "gfdm-run" / "checkpoints" / "step-00000001", GFDM(cfg), cfg, step=1)
+    before = part_state(root)
+    assert main(["label", "latent-actions", "--root", root, "--ckpt", str(tmp_path / "gfdm-run"), "--local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "a 'gfdm' checkpoint where a 'gidm' checkpoint is expected (GFDMConfig, not GIDMConfig)" in err
+    assert part_state(root) == before  # nothing written

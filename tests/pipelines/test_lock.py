@@ -163,7 +163,8 @@ def test_label_is_refused_while_another_run_writes(tmp_path):
 
     from defi.pipelines.label import LabelConfig, run_label
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.gidm import GIDM, gidm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.gidm import gidm_tiny
 
     torch.manual_seed(0)
     cfg = gidm_tiny(image_size=32, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)

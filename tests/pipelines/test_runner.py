@@ -21,7 +21,8 @@ from defi.pipelines.ray_adapter import RayConfig
 from defi.pipelines.runner import LOCAL_MAX_TASKS, RunnerError, Stage, local_stream, pick_backend
 from defi.schemas.corpus import Corpus, label_view_name
 from defi.training.checkpoint import save_checkpoint
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 CFG = {
     "windows": {"clip_len_s": 10, "stride_s": 10, "max_clip_s": None, "min_clip_s": 0.5},

@@ -107,7 +107,7 @@ def test_train_gidm_learns_checkpoints_and_resumes(corpus, tmp_path, capsys):
     assert (out / "checkpoints" / "step-00000040").is_dir()  # ckpt_every
     model, cfg, state = load_checkpoint(ckpt)
     assert cfg.image_size == 32 and state["step"] == 60
-    assert state["extra"]["data"] == {"gap_s": None, "gap_frames": 2, "size": 32, "image_size": 32}
+    assert state["extra"]["data"] == {"version": 1, "gap_s": None, "gap_frames": 2, "image_size": 32}
     saved = json.loads((out / "run_config.json").read_text())
     assert saved["data"]["gap_frames"] == 2 and saved["train"]["steps"] == 60 and saved["selected_clips"] == 7
     recon, copy = _recon_vs_copy(corpus, model)
@@ -188,8 +188,8 @@ def test_two_processes_train_one_model(corpus, tmp_path):
     p = subprocess.run([sys.executable, "-m", "defi.pipelines.cli", "train", *args], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("gidm:") == 1  # one summary, from rank 0
-    cfg = json.loads((out / "train_config.json").read_text())
-    assert cfg["world_size"] == 2
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["world_size"] == 2 and sorted(p.name for p in out.glob("*.json")) == ["run_config.json"]
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len({r["step"] for r in rows}) == len(rows) and rows[-1]["step"] == 12  # logged once per step
     model, _, state = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])

@@ -75,10 +75,6 @@ def test_bad_configs_name_the_problem():
 
 
 def test_every_gidm_preset_is_a_cli_choice_and_the_demo_keeps_its_bottleneck(capsys, tmp_path):
-    from defi.pipelines.train import MODEL_SIZES
-    from defi.training.gidm import GIDM_SIZES
-
-    assert MODEL_SIZES == tuple(GIDM_SIZES)
     argv = ["gidm", "--root", "r", "--select", "s", "--out", "o", "--model", "keypoint-rvq"]
     m = _dry_run(capsys, argv)["model"]
     assert (m["bottleneck"], m["codebook_size"], m["vq_stages"], m["keypoints"], m["latent_dim"]) == ("rvq", 16, 8, 32, 16)
@@ -129,3 +125,22 @@ def test_bench_trains_the_presets_the_report_points_to(capsys):
         assert len(cmds) == 1
         bench.parse(cmds[0].split())  # exits on a flag the bench does not have
         assert ("--model keypoint-rvq" in cmds[0]) == (p == "keypoint-rvq")
+
+
+def test_one_gap_rule_for_the_train_commands(capsys, tmp_path):
+    """Seconds or frames, never both: the 1 s default when neither is given; a gap shortcut flag
+    replaces the other unit from a --config file; both in one layer is a one-line error."""
+    base = ["gidm", "--root", "r", "--select", "s", "--out", str(tmp_path / "o")]
+    gap = lambda argv: (lambda d: (d["gap_s"], d["gap_frames"]))(_dry_run(capsys, [*base, *argv])["data"])  # noqa: E731
+    assert gap([]) == (1.0, None)
+    assert gap(["--gap-frames", "4"]) == (None, 4)
+    seconds, frames = tmp_path / "s.json", tmp_path / "f.json"
+    seconds.write_text(json.dumps({"data": {"gap_s": 0.5}}))
+    frames.write_text(json.dumps({"data": {"gap_frames": 6}}))
+    assert gap(["--config", str(seconds), "--gap-frames", "3"]) == (None, 3)
+    assert gap(["--config", str(frames), "--gap-s", "0.25"]) == (0.25, None)
+    assert main([*base, "--data.gap_s", "0.5", "--data.gap_frames", "3", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "give gap_s or gap_frames, not both" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="not both"):
+        gidm_run_config("tiny", {"data": {"gap_s": 0.5, "gap_frames": 3}})

@@ -16,7 +16,9 @@ from defi.pipelines.train import main
 from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import clips_table
-from defi.training.gfdm import TextEncoder, embed_instructions, load_gfdm, load_text_config
+from defi.training.checkpoint import load_model
+from defi.training.gfdm.text import TextEncoder, embed_instructions
+from defi.training.gfdm.loading import load_text_config
 
 SELECT = "SELECT key FROM clips WHERE kept"
 SIZE = 32
@@ -121,7 +123,7 @@ def test_train_gfdm_embeds_texts_writes_grids_checkpoints_and_resumes(corpus, tm
     assert img.shape[1] == 3 * SIZE + 4 * 2  # o_t | predicted | true, 2-px padding
     assert (out / "tb").is_dir() and len((out / "metrics.jsonl").read_text().splitlines()) == 20
 
-    model, cfg = load_gfdm(out)
+    model, cfg, _ = load_model(out, expect="gfdm")
     assert cfg.image_size == SIZE and cfg.text_dim == 16
     text_cfg = load_text_config(out)
     assert text_cfg.name == "tiny" and text_cfg.width == 16

@@ -15,8 +15,10 @@ from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
 from defi.schemas.records import clips_table
 from defi.training.checkpoint import load_checkpoint, save_checkpoint
-from defi.training.gfdm import GFDM, gfdm_tiny
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gfdm.modeling_gfdm import GFDM
+from defi.training.gfdm import gfdm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 S = 32
 pytestmark = pytest.mark.slow  # GFDM/GIDM builds and CLI runs: ~90 s for the module on 2 busy cores

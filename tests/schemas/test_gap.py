@@ -19,7 +19,10 @@ def test_stored_form_round_trips_and_reads_old_checkpoints():
     assert Gap.from_dict({"gap_s": None, "gap_frames": 2, "size": 32}) == Gap.of_frames(2)
     assert Gap.from_dict({"gap_s": 0.2}) == Gap.of_seconds(0.2)
     assert Gap.from_dict({}) is None and Gap.from_dict(None, default=Gap.of_frames(1)) == Gap.of_frames(1)
-    assert Gap.from_fields(gap_s=1.0, gap_frames=4) == Gap.of_frames(4)  # frames win over a seconds default
+    assert Gap.from_fields(gap_frames=4, default=DEFAULT_GAP) == Gap.of_frames(4)
+    assert Gap.from_fields(default=DEFAULT_GAP) == DEFAULT_GAP
+    with pytest.raises(ValueError, match="not both"):  # one rule everywhere: both is an error
+        Gap.from_fields(gap_s=1.0, gap_frames=4)
     assert Gap.of_frames(4).suffix() == "k4" and Gap.of_seconds(0.5).suffix() == "g0.5s"
 
 

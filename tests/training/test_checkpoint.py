@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from defi.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, restore_rng, save_checkpoint
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 
 def make(tmp_path, bottleneck="vq"):
@@ -130,3 +131,28 @@ def test_keypoint_encoder_round_trip_and_config_without_the_field(tmp_path):
     (d_old / "config.json").write_text(json.dumps(saved))
     m3, cfg3, _ = load_checkpoint(d_old)
     assert cfg3.keypoints == 0 and m3.keypoint_encoder is None
+
+
+def test_checkpoints_in_the_old_data_layout_load_and_a_newer_one_is_refused(tmp_path):
+    """state.json extra["data"] as `defi train gidm` wrote it before ``DataContract``: the labeler
+    reads the same gap (and names its labels the same); a record of a newer version is refused
+    in one line naming the version."""
+    from defi.labelers.latent_actions import LatentActionLabeler
+    from defi.schemas.contract import DataContract
+    from defi.schemas.gap import Gap
+    from defi.training.checkpoint import load_model, read_contract
+
+    torch.manual_seed(0)
+    cfg = gidm_tiny(image_size=16, patch_size=4)
+    old = {"gap_s": None, "gap_frames": 3, "size": 16, "image_size": 16}
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "step-00000005", GIDM(cfg), cfg, step=5, extra={"data": old})
+    _, _, state = load_model(run, expect="gidm")
+    assert state["contract"] == read_contract(run) == DataContract(image_size=16, gap=Gap.of_frames(3))
+    labeler = LatentActionLabeler(str(run), device="cpu")
+    assert labeler.gap_spec == Gap.of_frames(3) and labeler.name == f"gidm-{labeler.hash}"
+    assert LatentActionLabeler(str(run), gap_frames=3, device="cpu").name == labeler.name
+    new = save_checkpoint(tmp_path / "new", GIDM(cfg), cfg, extra={"data": {"version": 7, "image_size": 16}})
+    with pytest.raises(CheckpointError) as e:
+        load_model(new, expect="gidm")
+    assert "data contract version 7: this code reads version 1" in str(e.value) and "\n" not in str(e.value)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defi.training.checkpoint import CheckpointError, save_checkpoint
-from defi.training.gfdm import GFDM, GFDMConfig, GFDMFeatures, changed_mask, gfdm_config, gfdm_svd, gfdm_tiny, load_gfdm
-from defi.training.gidm import GIDM, gidm_tiny
+from defi.training.checkpoint import CheckpointError, load_model, save_checkpoint
+from defi.training.gfdm.modeling_gfdm import GFDM, GFDMFeatures, changed_mask
+from defi.training.gfdm import GFDMConfig, gfdm_config, gfdm_svd, gfdm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
 
 
 def small(**kw) -> GFDMConfig:
@@ -69,7 +71,7 @@ def test_checkpoint_round_trip_and_type_refusal(tmp_path):
     cfg = small()
     model = GFDM(cfg)
     save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001", model, cfg, step=1)
-    loaded, loaded_cfg = load_gfdm(tmp_path / "run")
+    loaded, loaded_cfg, _ = load_model(tmp_path / "run", expect="gfdm")
     assert loaded_cfg == cfg
     obs, text = torch.rand(2, 3, 32, 32), torch.randn(2, cfg.text_dim)
     with torch.no_grad():
@@ -79,7 +81,7 @@ def test_checkpoint_round_trip_and_type_refusal(tmp_path):
     gcfg = gidm_tiny(image_size=32)
     save_checkpoint(tmp_path / "gidm", GIDM(gcfg), gcfg)
     with pytest.raises(CheckpointError, match="a 'gidm' checkpoint where a 'gfdm' checkpoint is expected"):
-        load_gfdm(tmp_path / "gidm")
+        load_model(tmp_path / "gidm", expect="gfdm")
 
 
 def square_clips(n: int, size: int = 32, seed: int = 0):
@@ -121,7 +123,7 @@ def test_tiny_overfits_generated_clips_beyond_copying():
 
 @pytest.mark.slow
 def test_svd_builds_with_random_weights_and_steps(capsys):
-    from defi.training.gfdm import num_parameters
+    from defi.training.gfdm.modeling_gfdm import num_parameters
 
     cfg = gfdm_svd(image_size=64, future_frames=2)  # the released U-Net, reduced inputs: 2 frames at 64 px
     torch.manual_seed(0)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from defi.schemas.corpus import Corpus
-from defi.training.gfdm import TextEncoder, TextModelConfig, build_tiny_text_tower, embed_instructions, text_model_id
+from defi.training.gfdm.text import TextEncoder, build_tiny_text_tower, embed_instructions
+from defi.training.gfdm import TextModelConfig, text_model_id
 
 
 def test_tiny_tower_is_deterministic_and_separates_texts():

@@ -10,7 +10,8 @@ import pytest
 import torch
 from factories import square_transitions, square_windows
 
-from defi.training.gidm import GIDM, GIDMConfig, gidm_config, gidm_tiny, gidm_univla
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import GIDMConfig, gidm_config, gidm_tiny, gidm_univla
 
 
 def tiny(**kw) -> GIDMConfig:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from defi.training.gidm import GIDM, GIDMConfig
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import GIDMConfig
 from defi.training.gidm.modeling_gidm import build_bottleneck
 
 

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from defi.training.checkpoint import load_checkpoint, save_checkpoint
-from defi.training.gfdm import GFDM, gfdm_tiny
-from defi.training.gidm import GIDM, gidm_tiny
-from defi.training.policy import INITS, DeFiPolicy, PolicyConfig
+from defi.training.gfdm.modeling_gfdm import GFDM
+from defi.training.gfdm import gfdm_tiny
+from defi.training.gidm.modeling_gidm import GIDM
+from defi.training.gidm import gidm_tiny
+from defi.training.policy import INITS, PolicyConfig
+from defi.training.policy.modeling_policy import DeFiPolicy
 
 S, H, A, D = 32, 4, 4, 16
 

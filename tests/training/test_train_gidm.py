@@ -89,7 +89,9 @@ def test_recipe_learns_and_logs(tmp_path):
     assert rows[0]["delta_recon"] == 0.0 and rows[-1]["delta_recon"] > 5e-4, rows[-1]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000100", "step-00000150"]
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["model"]["image_size"] == 16
+    assert not (tmp_path / "run" / "train_config.json").exists()  # the configs live in the checkpoints
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000150" / "state.json").read_text())
+    assert state["extra"]["train"]["steps"] == 150
 
 
 def test_vq_recipe_reports_code_usage(tmp_path):

@@ -1,4 +1,5 @@
-"""GIDM: general inverse-dynamics model (latent action model). See modeling_gidm.py."""
+"""GIDM: general inverse-dynamics model (latent action model). The configs and presets are here
+(torch-free); the model is ``modeling_gidm.GIDM``."""
 
 from .configuration_gidm import (
     BOTTLENECKS,
@@ -13,7 +14,6 @@ from .configuration_gidm import (
     gidm_tiny,
     gidm_univla,
 )
-from .modeling_gidm import GIDM, FrozenFeatureExtractor, build_feature_extractor, code_stats
 
 __all__ = [
     "BOTTLENECKS",
@@ -27,8 +27,4 @@ __all__ = [
     "gidm_small",
     "gidm_tiny",
     "gidm_univla",
-    "GIDM",
-    "FrozenFeatureExtractor",
-    "build_feature_extractor",
-    "code_stats",
 ]

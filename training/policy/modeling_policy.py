@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gidm import GIDM, GIDMConfig
+from ..gidm.modeling_gidm import GIDM
+from ..gidm import GIDMConfig
 from .configuration_policy import PolicyConfig
 
 
@@ -252,7 +253,8 @@ class DeFiPolicy(nn.Module):
             self.register_buffer("state_std", torch.ones(c.state_dim))
         n_cond = (1 if c.text_dim else 0) + (1 if c.state_dim else 0)
         if c.future_branch:
-            from ..gfdm import GFDM, GFDMConfig
+            from ..gfdm.modeling_gfdm import GFDM
+            from ..gfdm import GFDMConfig
 
             if gfdm is None:
                 gfdm = GFDM(GFDMConfig.from_dict(c.gfdm), load_pretrained=False)

@@ -1,6 +1,6 @@
-"""What every recipe's loop (gidm, gfdm, policy) shares: the loop config ``TrainConfig``, the
-learning-rate schedule, seeding, the device, and one optimizer step. A recipe reads top to bottom
-and calls these; none of them knows which model it trains.
+"""What every recipe's loop (gidm, gfdm, policy) shares: the learning-rate schedule of
+``TrainConfig`` (configuration.py), seeding, the device, and one optimizer step. A recipe reads
+top to bottom and calls these; none of them knows which model it trains.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,48 +18,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ..distributed import barrier, sync_gradients
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class TrainConfig:
-    """The loop of a training run (the GFDM adds its grid fields in ``GFDMTrainConfig``)."""
-
-    steps: int = field(default=1000, metadata={"help": "total optimizer steps"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps from 0, then cosine to min_lr_ratio * lr at steps"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a fraction of lr"})
-    batch_size: int = field(default=32, metadata={"help": "items per optimizer step (per process)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm; 0 disables"})
-    seed: int = field(default=0, metadata={"help": "seed of the model init, the data order and every draw"})
-    log_every: int = field(default=10, metadata={"help": "steps between metrics.jsonl / TensorBoard rows (step 1 always logs)"})
-    ckpt_every: int = field(default=500, metadata={"help": "steps between checkpoints; the last step always checkpoints"})
-    out_dir: str = field(default="runs/gidm", metadata={"help": "run folder (set by --out)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available) | cpu | cuda"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (CPU always runs fp32)"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
-
-    def errors(self) -> list[str]:
-        """Every bad field, one message each (subclasses add theirs)."""
-        errors = []
-        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
-        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name}={getattr(self, name)!r}: must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            errors.append(f"min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
-        if self.device not in DEVICES:
-            errors.append(f"device={self.device!r}: unknown; valid: {', '.join(DEVICES)}")
-        return errors
-
-    def __post_init__(self) -> None:
-        errors = self.errors()
-        if errors:
-            raise ValueError("invalid TrainConfig:\n  " + "\n  ".join(errors))
+from .configuration import TrainConfig
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -21,10 +21,8 @@ states are restored from the latest (see train_gidm.py: same conventions, same h
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,10 +32,11 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from ..distributed import broadcast_module, world
-from ..gfdm import GFDM, GFDMConfig
+from ..gfdm.modeling_gfdm import GFDM
+from ..gfdm import GFDMConfig
 from .logs import log_row, open_logs, run_summary
+from .configuration import GFDMTrainConfig
 from .loop import (
-    TrainConfig,
     batch_iterator,
     finite_loss,
     last_checkpoint,
@@ -53,21 +52,6 @@ from .loop import (
 )
 
 __all__ = ["GFDMTrainConfig", "last_checkpoint", "prediction_grid", "train"]
-
-
-@dataclass
-class GFDMTrainConfig(TrainConfig):
-    """The GIDM's loop config with the GFDM's defaults, plus the prediction grids."""
-
-    steps: int = field(default=1500, metadata={"help": "total optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "items per optimizer step (per process)"})
-    out_dir: str = field(default="runs/gfdm", metadata={"help": "run folder (set by --out)"})
-    grid_every: int = field(default=250, metadata={"help": "steps between prediction grids (PNG + TensorBoard); the last step always"})
-    grid_rows: int = field(default=4, metadata={"help": "items shown per grid"})
-
-    def errors(self) -> list[str]:
-        bad = [f"{n}={getattr(self, n)!r}: must be >= 1" for n in ("grid_every", "grid_rows") if getattr(self, n) < 1]
-        return super().errors() + bad
 
 
 def prediction_grid(model: GFDM, batch: dict[str, torch.Tensor], seed: int = 0) -> np.ndarray:
@@ -132,10 +116,7 @@ def train(
     broadcast_module(model)
     writer = None
     metrics_path = None
-    if main:
-        (out / "train_config.json").write_text(
-            json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
-        )
+    if main:  # the configs travel in each checkpoint (config.json, state.json): no separate file
         metrics_path, writer = open_logs(out, start_step)
     stream = batch_iterator(batches, start_step)
 

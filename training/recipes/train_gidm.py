@@ -19,7 +19,6 @@ states are restored from the latest, so a run killed and restarted continues the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -29,11 +28,11 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..distributed import broadcast_module, world
-from ..gidm import GIDM, GIDMConfig
+from ..gidm.modeling_gidm import GIDM
+from ..gidm import GIDMConfig
 from .logs import log_row, open_logs, run_summary
+from .configuration import DEVICES, TrainConfig
 from .loop import (
-    DEVICES,
-    TrainConfig,
     batch_iterator,
     finite_loss,
     last_checkpoint,
@@ -85,10 +84,7 @@ def train(
     broadcast_module(model)  # identical replicas from the first step (no-op on one process)
     writer = None
     metrics_path = None
-    if main:
-        (out / "train_config.json").write_text(
-            json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg), "world_size": world_size}, indent=2)
-        )
+    if main:  # the configs travel in each checkpoint (config.json, state.json): no separate file
         metrics_path, writer = open_logs(out, start_step)
 
     stream = batch_iterator(batches, start_step)

@@ -36,10 +36,10 @@ import torch
 
 from ..checkpoint import load_checkpoint, restore_rng
 from ..distributed import broadcast_module, world
-from ..policy import DeFiPolicy
+from ..policy.modeling_policy import DeFiPolicy
 from .logs import log_row, open_logs, run_summary
+from .configuration import TrainConfig
 from .loop import (
-    TrainConfig,
     batch_iterator,
     finite_loss,
     last_checkpoint,

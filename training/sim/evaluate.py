@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from defi.schemas.contract import DataContract
+
 
 @dataclass
 class EvalConfig:
@@ -133,18 +135,14 @@ class FramePipeline:
 
 def load_policy(path: str | Path):
     """(policy in eval mode, its checkpoint's ``extra``) from a run folder's latest checkpoint or a
-    checkpoint folder; refuses another model type naming it."""
-    from defi.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, load_config
+    checkpoint folder; refuses another model type naming both."""
+    from defi.training.checkpoint import CheckpointError, load_model
 
     try:
-        p = checkpoint_dir(path)
+        model, _, state = load_model(path, expect="policy")
     except CheckpointError as e:
         raise CheckpointError(f"--policy {e}") from None
-    mtype, _ = load_config(p)
-    if mtype != "policy":
-        raise CheckpointError(f"--policy {path}: a {mtype!r} checkpoint where a 'policy' checkpoint is expected")
-    model, _, state = load_checkpoint(p)
-    return model.eval(), state.get("extra", {})
+    return model, state.get("extra", {})
 
 
 def instruction_embedding(policy, extra: dict, text: str) -> np.ndarray | None:
@@ -156,7 +154,8 @@ def instruction_embedding(policy, extra: dict, text: str) -> np.ndarray | None:
     table = extra.get("instructions") or {}
     if text in table:
         return np.asarray(table[text], np.float32)
-    from defi.training.gfdm import TextEncoder, TextModelConfig
+    from defi.training.gfdm.text import TextEncoder
+    from defi.training.gfdm import TextModelConfig
 
     return TextEncoder(TextModelConfig(**c.text_model)).encode([text])[0]
 
@@ -192,9 +191,9 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
 
     policy, extra = _policy(policy_path)
     pc = policy.config
-    data = extra.get("data", {})
+    contract = DataContract.from_state({"extra": extra})
     size = cfg.render_size or pc.image_size
-    stride = cfg.frame_stride or int(data.get("frame_stride", 1))
+    stride = cfg.frame_stride or (contract and contract.frame_stride) or 1
     execute = min(cfg.execute or pc.horizon, pc.horizon)
     key = (task, cfg.camera, size, cfg.max_steps)
     envs = _CACHE["envs"]
