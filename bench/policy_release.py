@@ -30,9 +30,12 @@ def build(image_size: int, gidm_preset: str = "keypoint", num_frames: int = 16):
     """(policy, config) of the release preset: SVD GFDM and the GIDM preset at ``image_size``."""
     import torch
 
-    from defi.training.gfdm import GFDM, gfdm_svd
-    from defi.training.gidm import GIDM, gidm_config
-    from defi.training.policy import PRESETS, DeFiPolicy, PolicyConfig
+    from defi.training.gfdm import gfdm_svd
+    from defi.training.gfdm.modeling_gfdm import GFDM
+    from defi.training.gidm import gidm_config
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.policy import PRESETS, PolicyConfig
+    from defi.training.policy.modeling_policy import DeFiPolicy
 
     torch.manual_seed(0)
     gfdm = GFDM(gfdm_svd(image_size=image_size, num_frames=num_frames, future_frames=num_frames), load_pretrained=False)
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     ap.add_argument("--no-eval-step", action="store_true", help="skip the Meta-World step")
     a = ap.parse_args(argv)
-    from defi.training.policy import parameter_counts
+    from defi.training.policy.modeling_policy import parameter_counts
 
     t = time.perf_counter()
     policy, cfg = build(a.image_size, a.gidm, a.frames)

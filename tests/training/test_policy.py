@@ -224,7 +224,7 @@ def test_diffusion_sampling_is_deterministic_given_the_seed(sampler):
 
 
 def test_resampler_output_shape_does_not_depend_on_the_feature_map_size():
-    from defi.training.policy import PerceiverResampler
+    from defi.training.policy.modeling_policy import PerceiverResampler
 
     r = PerceiverResampler([16, 32], dim=24, num_queries=5)
     for side in (4, 7, 16):

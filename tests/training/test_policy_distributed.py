@@ -19,9 +19,12 @@ def _free_port() -> int:
 
 
 def _policy():
-    from defi.training.gfdm import GFDM, gfdm_tiny
-    from defi.training.gidm import GIDM, gidm_tiny
-    from defi.training.policy import DeFiPolicy, PolicyConfig
+    from defi.training.gfdm import gfdm_tiny
+    from defi.training.gfdm.modeling_gfdm import GFDM
+    from defi.training.gidm import gidm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
+    from defi.training.policy import PolicyConfig
+    from defi.training.policy.modeling_policy import DeFiPolicy
 
     torch.manual_seed(0)
     g = GFDM(gfdm_tiny(image_size=S, block_out_channels=(16, 32, 32), cross_attention_dim=32, text_dim=D, norm_num_groups=8))
