@@ -11,7 +11,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-all lint demo bench bench-peers bench-ablation clean sysdeps browser
+.PHONY: install test test-slow test-all lint demo bench bench-peers bench-ablation clean sysdeps browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ lint: $(STAMP)
 
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
+
+# The @pytest.mark.slow tests (sim, S3, Ray cluster, kill-and-resume, the ablation smoke run), all
+# in one pytest process as a user's session runs them: generate and curate, then train.
+test-slow: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "slow or not slow"

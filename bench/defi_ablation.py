@@ -165,13 +165,11 @@ def labeled_sql(a: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------------------
-def data(work: Path, a: argparse.Namespace) -> str:
-    done = work / "corpus.done"
-    if done.exists():
-        print(f"[data] reusing {work / 'corpus'}")
-        return str(work / "corpus")
-    ns = argparse.Namespace(
+def corpus_args(a: argparse.Namespace) -> argparse.Namespace:
+    """The arguments ``gidm_quality.make_corpus`` reads (its own command line's), from ours."""
+    return argparse.Namespace(
         train_tasks=a.pretrain_tasks + (a.target_tasks if "B" in a.settings else []),
+        train_cameras=["corner"],  # the policy is evaluated from the camera it was pretrained on
         eval_tasks=a.target_tasks,
         episodes=a.episodes,
         eval_episodes=a.demos,
@@ -184,7 +182,14 @@ def data(work: Path, a: argparse.Namespace) -> str:
         clip_s=3.0,
         cpus=a.cpus,
     )
-    root = make_corpus(work, ns)
+
+
+def data(work: Path, a: argparse.Namespace) -> str:
+    done = work / "corpus.done"
+    if done.exists():
+        print(f"[data] reusing {work / 'corpus'}")
+        return str(work / "corpus")
+    root = make_corpus(work, corpus_args(a))
     done.write_text("ok")
     return root
 

@@ -25,7 +25,8 @@ from factories import pan, scenes, write_video
 from defi.pipelines.ray_adapter import storage_env
 from defi.schemas.corpus import Corpus
 
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+# Ray's CLI through this interpreter: no dependence on a `ray` script beside it on PATH
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
 CFG = {
     "windows": {"clip_len_s": 10, "stride_s": 10, "max_clip_s": None, "min_clip_s": 0.5},
@@ -47,7 +48,7 @@ def _free_port() -> int:
 
 
 def _alive_nodes(address: str) -> int:
-    r = subprocess.run([RAY, "status", f"--address={address}"], env=ENV, capture_output=True, text=True)
+    r = subprocess.run([*RAY, "status", f"--address={address}"], env=ENV, capture_output=True, text=True)
     return r.stdout.count(" node_") if r.returncode == 0 else 0
 
 
@@ -63,7 +64,7 @@ def _start_node(args: list[str], temp_dir: str) -> subprocess.Popen:
         f"--runtime-env-agent-port={_free_port()}",
     ]
     cmd = [
-        RAY,
+        *RAY,
         "start",
         "--block",
         "--node-ip-address=127.0.0.1",

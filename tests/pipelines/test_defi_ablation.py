@@ -14,7 +14,6 @@ import pytest
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
 
 pytest.importorskip("metaworld")
-pytestmark = pytest.mark.slow  # ~4 min on the loaded 2-core box (data, 2 pretraining runs, 5 cells)
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "defi_ablation.py"
 
@@ -39,6 +38,16 @@ def test_bootstrap_is_paired_and_covers_the_difference():
     assert d0 == lo0 == hi0 == 0
 
 
+def test_corpus_arguments_are_the_ones_make_corpus_reads():
+    mod = load_bench()
+    a = mod.parse(["--smoke", "--work", "unused"])
+    from gidm_quality import train_sets
+
+    ns = mod.corpus_args(a)
+    assert train_sets(ns) == [("train_ds", ns.train_tasks, a.episodes, True, a.seed)]  # one camera: corner
+
+
+@pytest.mark.slow  # builds a GIDM and a GFDM twice
 def test_scratch_and_bc_cells_are_reused_only_when_the_model_shapes_match(tmp_path):
     mod = load_bench()
     a = mod.parse(["--smoke", "--settings", "A,B", "--work", str(tmp_path)])
@@ -72,6 +81,7 @@ def test_scratch_and_bc_cells_are_reused_only_when_the_model_shapes_match(tmp_pa
     assert not (tmp_path / "cells" / "B" / "bc-s0.json").exists()
 
 
+@pytest.mark.slow  # ~4 min on the loaded 2-core box (data, 2 pretraining runs, 5 cells)
 def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     mod = load_bench()
     work = tmp_path / "abl"

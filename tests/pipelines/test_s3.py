@@ -2,7 +2,8 @@
 S3-compatible server (moto's, on loopback): inputs read through fsspec, parts, shards and run
 records written to the bucket, `defi query` over the S3 root, shards read back with webdataset
 (`pipe:`) and with the training ShardReader, and a re-run that skips everything and removes what
-a killed run left behind.
+a killed run left behind (the parts of a unit its pending marker names), while a part that no
+sources part and no marker explain stops the run and stays where it is.
 
 The endpoint reaches every process (the CLI, its Ray workers, webdataset's pipe) through
 ``AWS_ENDPOINT_URL``, which botocore (hence s3fs) honours; nothing in defi knows about moto.
@@ -93,8 +94,16 @@ def s3():
 
 
 def _curate(tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
+    r = _curate_cli(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    url = r.stdout.split("run record: ")[1].strip()
+    assert url.startswith(ROOT + "/runs/")
+    return r, Corpus.open(ROOT).read_json(url[len(ROOT) + 1 :])
+
+
+def _curate_cli(tmp_path) -> subprocess.CompletedProcess:
     (tmp_path / "cfg.json").write_text(json.dumps(CFG))
-    r = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -113,10 +122,6 @@ def _curate(tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    url = r.stdout.split("run record: ")[1].strip()
-    assert url.startswith(ROOT + "/runs/")
-    return r, Corpus.open(ROOT).read_json(url[len(ROOT) + 1 :])
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +233,31 @@ def test_shards_read_back_from_s3(curated):
 def test_rerun_skips_everything_and_cleans_leftovers(curated):
     s3, work, r, rec = curated
     before = _keys(s3, "corpus/")
-    # what a killed run leaves: an uncommitted clips part, a shard with no row, a temp file
-    s3.put_object(Bucket=BUCKET, Key="corpus/clips/part-u00000000deadbeef.parquet", Body=b"PAR1 half written")
+    # a part no sources part and no pending marker explain: the corpus was changed outside defi;
+    # the rerun stops with one line and deletes nothing (on a bucket as on a disk)
+    stray = "corpus/clips/part-u0000000000000bad.parquet"
+    s3.put_object(Bucket=BUCKET, Key=stray, Body=b"PAR1 of unknown origin")
+    refused = _curate_cli(work)
+    assert refused.returncode == 2 and f"{BUCKET}/{stray}" in refused.stderr, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    assert {k: v for k, v in _keys(s3, "corpus/").items() if "/runs/" not in k} == {
+        **{k: v for k, v in before.items() if "/runs/" not in k},
+        stray: len(b"PAR1 of unknown origin"),
+    }
+    s3.delete_object(Bucket=BUCKET, Key=stray)
+    for k in set(_keys(s3, "corpus/runs/")) - set(before):  # the refused run's record, if it wrote one
+        s3.delete_object(Bucket=BUCKET, Key=k)
+    # what a killed run leaves: the pending marker of the unit it was committing, that unit's
+    # clips part (no sources part yet), a shard with no row, a temp file
+    unit = "u00000000deadbeef"
+    s3.put_object(Bucket=BUCKET, Key=f"corpus/pending/{unit}.json", Body=json.dumps({"unit": unit, "run_id": "killed"}).encode())
+    s3.put_object(Bucket=BUCKET, Key=f"corpus/clips/part-{unit}.parquet", Body=b"PAR1 half written")
     s3.put_object(Bucket=BUCKET, Key="corpus/shards/shard-000099.tar", Body=b"\0" * 1024)
     s3.put_object(Bucket=BUCKET, Key="corpus/shards/.tmp-0123-shard-000100.tar", Body=b"\0" * 10)
     r2, rec2 = _curate(work)
     assert rec2["status"] == "done" and rec2["counts"]["skipped_done"] == len(VIDEOS) + len(BAD)
-    assert rec2["counts"].get("videos", 0) == 0 and rec2["cleaned"] == {"parts": 1, "shards": 2}
+    assert rec2["counts"].get("videos", 0) == 0
+    assert {k: rec2["cleaned"][k] for k in ("parts", "shards")} == {"parts": 1, "shards": 2}
     after = _keys(s3, "corpus/")
     assert after == {**before, f"corpus/runs/{rec2['run_id']}.json": after[f"corpus/runs/{rec2['run_id']}.json"]}
     c = Corpus.open(ROOT)

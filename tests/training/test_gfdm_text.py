@@ -23,6 +23,17 @@ def test_tiny_tower_is_deterministic_and_separates_texts():
     assert sum(p.numel() for p in tower.parameters()) < 3_000_000
 
 
+def test_an_embedding_does_not_depend_on_the_texts_beside_it(tmp_path):
+    # the cache stores texts encoded together; a fresh encoding of one text must give the same bits
+    enc = TextEncoder(TextModelConfig(name="tiny", seed=0))
+    texts = ["move down", "move right", "pick up the red block and put it in the drawer", "x"]
+    together = enc.encode(texts)
+    for i, t in enumerate(texts):
+        np.testing.assert_array_equal(together[i], enc.encode([t])[0])
+    cached = embed_instructions(Corpus.create(str(tmp_path / "corpus")), texts, TextModelConfig(name="tiny", seed=0))
+    np.testing.assert_array_equal(cached, together)
+
+
 def test_cache_embeds_each_text_once_and_adds_rows_only_for_new_texts(tmp_path):
     corpus = Corpus.create(str(tmp_path / "corpus"))
     cfg = TextModelConfig(name="tiny", seed=0)

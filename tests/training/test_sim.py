@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -218,3 +220,19 @@ def test_first_frame_after_reset_does_not_depend_on_the_episode_before():
     finally:
         used.close()
         fresh.close()
+
+
+def test_rendering_then_loading_triton_in_one_process():
+    # A CPU GL context loads Mesa's LLVM; triton (imported by diffusers through torch._dynamo)
+    # loaded after it crashed the process. A fresh interpreter: this one may have triton loaded.
+    pytest.importorskip("triton")
+    code = (
+        "from defi.training.sim import MetaWorldEnv\n"
+        "env = MetaWorldEnv('reach-v3', size=32)\n"
+        "assert env.reset()['image'].shape == (32, 32, 3)\n"
+        "env.close()\n"
+        "import triton\n"
+        "print('survived')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "survived" in run.stdout, f"exit {run.returncode}: {run.stderr[-2000:]}"

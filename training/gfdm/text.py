@@ -16,7 +16,8 @@ Text models (``TextModelConfig``):
   its cache rows never mix with a real model's.
 
 Embeddings are the tower's pooled, projected output, L2-normalised (as CLIP compares them),
-float32 [N, D].
+float32 [N, D], each text encoded alone (``TextEncoder.encode``), so the cache holds exactly what
+a fresh encoding gives.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ class TextEncoder:
         self.tower.to(cfg.device)
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One text at a time: a text's embedding is then a function of the text alone, the same
+        bits whether it is cached beside other texts, looked up, or encoded at evaluation. In a
+        batch, the batch's size picks the matrix kernels and so the low bits (~1e-7)."""
         out = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.cfg.device)
-            emb = self.encode_fn(tokens).float()
+        for text in texts:
+            emb = self.encode_fn(self.tokenizer([text]).to(self.cfg.device)).float()
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 

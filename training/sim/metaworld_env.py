@@ -15,6 +15,11 @@ Rendering facts this module relies on (measured on Meta-World 3.1.1 / MuJoCo 3.3
   alone would mirror left and right).
 - ``mujoco.Renderer.render`` makes its own GL context current, so several envs in one process
   each render their own scene.
+- A CPU GL context (Mesa llvmpipe, EGL or OSMesa) loads Mesa's ``libLLVM`` into the process's
+  global symbol scope. triton's ``libtriton.so`` carries its own LLVM with exported symbols:
+  loaded after Mesa's, its static initialisers bind to the other LLVM and the process dies
+  (SIGSEGV) at ``import triton``, which ``import diffusers`` does (via ``torch._dynamo``). Loaded
+  first, each keeps its own, so ``_import_sim`` loads triton (when installed) before any context.
 - Meta-World's ``reset(seed=)`` ignores the seed; ``SawyerXYZEnv.seed`` reseeds the generator
   that draws the goal and object positions, so ``reset(seed)`` here calls it.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes.util
+import importlib.util
 import os
 import time
 import warnings
@@ -101,8 +107,20 @@ def _select_gl_backend() -> str:
 _select_gl_backend()
 
 
+def _load_triton_before_gl() -> None:
+    """Load triton's LLVM before a GL context loads Mesa's (see the module docstring): generating
+    episodes and then building a GFDM (diffusers) in one process must not crash."""
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # a triton that does not load here is one torch will not load either
+        pass
+
+
 def _import_sim():
     _select_gl_backend()
+    _load_triton_before_gl()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import metaworld  # noqa: F401  (registers envs; imports mujoco with the chosen backend)
