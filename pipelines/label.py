@@ -46,6 +46,7 @@ from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
+from .usage import int_at_least
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
 ENGINES = ("ray", "local")  # the values of the old `engine` field (now `runner`)
@@ -544,7 +545,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
-    p.add_argument("--limit", type=int, help="label at most this many pending clips")
+    p.add_argument("--limit", type=int_at_least(1), help="label at most this many pending clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_flags(p, LabelConfig, "label config (LabelConfig: defaults <- --config file <- these flags <- shortcuts)")
     p.set_defaults(func=cmd_label_latent_actions)
@@ -609,8 +610,9 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_select(args) -> int:
     from defi.schemas.selection import SelectionError
 
-    from .cli import UsageError
+    from .usage import UsageError, check_out_file
 
+    check_out_file(args.out, make_parents=True, root=args.root)
     try:
         s = run_select(args.root, args.where, args.out, args.balance_by, args.labeler)
     except SelectionError as e:
