@@ -326,7 +326,7 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         if args.dry_run:
             print_config(cfg)
             return 0
-        if cfg.out is not None:  # (a missing --out is run_train_policy's one line)
+        if cfg.out:  # (a missing or empty --out is run_train_policy's one line)
             check_run_dir(cfg.out, cfg.root)
         res = run_train_policy(cfg)
     except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:

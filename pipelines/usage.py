@@ -150,7 +150,7 @@ def check_out_dir(out: str, flag: str = "--out", root: str | None = None, reuse:
         raise UsageError(f"{flag} {out}: {blocker} is a file, not a folder")
     refuse_inside_corpus(out, flag, root)
     if os.path.isdir(out) and any(os.scandir(out)) and not (reuse and reuse(out)):
-        raise UsageError(f"{flag} {out} is a folder that is not empty; give a new or empty folder")
+        raise UsageError(f"{flag} {out} is not an empty folder; give a new or empty one")
     return out
 
 

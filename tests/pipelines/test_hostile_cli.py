@@ -270,3 +270,122 @@ def test_label_with_its_shard_gone_exits_1_and_a_rerun_retries(made, gidm_ckpt, 
     assert check_corpus(root)["problems"] == []
     rc, out, err = defi(capsys, *label)  # nothing pending is not a failure
     assert rc == 0 and f"{kept} already labeled" in out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. training writes its text cache under the writer lock; a read-only root is one line
+# ---------------------------------------------------------------------------------------------
+HOLD = """
+import sys, time
+from defi.schemas.corpus import Corpus
+from defi.pipelines.lock import WriterLock
+lock = WriterLock(Corpus.open(sys.argv[1]), "curate", "holder-run", heartbeat_s=0.2).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(scope="module")
+def lang_root(tmp_path_factory):
+    """A corpus of four 12-frame 32 px clips with instructions (the GFDM's text input)."""
+    import numpy as np
+    from factories import shard_writers, write_clip_sample
+
+    from defi.schemas.corpus import Corpus
+    from defi.schemas.keys import clip_key
+    from defi.schemas.records import clips_table
+
+    tmp = tmp_path_factory.mktemp("lang")
+    c = Corpus.create(str(tmp / "L"))
+    writers = shard_writers(c, 1)
+    records = []
+    for i, (dx, dy, lang) in enumerate([(1, 0, "move right"), (0, 1, "move down"), (1, 0, "move right"), (0, 1, "move down")]):
+        frames = []
+        for t in range(12):
+            f = np.full((32, 32, 3), 60, np.uint8)
+            x, y = 2 + 4 * i * dy + dx * t, 2 + 4 * i * dx + dy * t
+            f[y : y + 6, x : x + 6] = 230
+            frames.append(f)
+        mp4 = write_video(tmp / f"c{i}.mp4", frames, fps=10).read_bytes()
+        key = clip_key(f"{i + 1:016x}", 0, 12, {"t": 1})
+        records.append(
+            write_clip_sample(writers, 0, key, mp4, 12, 10.0, 32, uri=f"file://c{i}.mp4", members={"lang.txt": lang}, language=lang)
+        )
+    writers[0].close()
+    c.write_part("clips", clips_table(records), part="batch0")
+    return str(tmp / "L")
+
+
+def gfdm_args(root: str, out) -> list[str]:
+    """`defi train gfdm` of one step of a tiny GFDM with a 16-wide random text tower."""
+    return [
+        *("train", "gfdm", "--root", root, "--select", SQL, "--out", str(out), "--gap-frames", "3", "--size", "32", "--steps", "1"),
+        *("--model.block_out_channels", "16,32", "--model.down_block_types", "DownBlock2D,CrossAttnDownBlock2D"),
+        *("--model.up_block_types", "CrossAttnUpBlock2D,UpBlock2D", "--model.cross_attention_dim", "16", "--model.text_dim", "16"),
+        *("--text.width", "16", "--train.batch_size", "4", "--train.ckpt_every", "10", "--train.grid_every", "10"),
+        *("--data.shuffle_buffer", "8", "--no-progress"),
+    ]
+
+
+def test_train_gfdm_writes_its_text_cache_only_under_the_writer_lock(lang_root, tmp_path, capsys):
+    root = str(tmp_path / "L")
+    shutil.copytree(lang_root, root)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, root], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # another writer holds the root: the run trains on embeddings kept in memory, and says so
+        rc, out, err = defi(capsys, *gfdm_args(root, tmp_path / "run1"))
+        assert rc == 0, err
+        notes = [line for line in err.splitlines() if line.startswith("note: instruction embeddings not cached")]
+        assert len(notes) == 1 and f"{root}/text_embeddings" in notes[0] and "is being written by `defi curate`" in notes[0], err
+        assert not Path(root, "text_embeddings").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, out, err = defi(capsys, *gfdm_args(root, tmp_path / "run2"))
+    assert rc == 0 and "not cached" not in err, err
+    assert len(list(Path(root, "text_embeddings").glob("part-*.parquet"))) == 1
+    assert not Path(root, "writer.lock").exists()  # taken for the write, given back
+    assert check_corpus(root)["problems"] == []
+
+
+def _read_only(root: str, *args: str) -> subprocess.CompletedProcess:
+    """``args`` run in a private mount namespace where ``root`` is a read-only bind mount of
+    itself (chmod does not stop root; a read-only mount does)."""
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", root, *args], capture_output=True, text=True, env=ENV)
+
+
+def _can_mount_read_only(tmp: Path) -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    tmp.mkdir(exist_ok=True)
+    p = _read_only(str(tmp), "touch", str(tmp / "x"))
+    return p.returncode != 0 and "Read-only file system" in p.stderr and not (tmp / "x").exists()
+
+
+@pytest.mark.slow  # a dozen processes, each importing the CLI (~40 s on the shared 2-core box)
+def test_a_read_only_root_ends_each_writer_in_one_line(made, lang_root, gidm_ckpt, tmp_path):
+    if not _can_mount_read_only(tmp_path / "probe"):
+        pytest.skip("needs root and unshare to make a read-only bind mount")
+    root = made[0]
+    label = ["label", "latent-actions", "--root", root, "--ckpt", gidm_ckpt, "--local", "--no-progress"]
+    for args in (
+        ["index", root],
+        ["curate", str(made[1]), "--root", root, "--runner", "local", "--no-progress"],
+        label,
+        ["browse", SQL, "--root", root, "--out", f"{root}/page.html", "--no-previews"],
+    ):
+        p = _read_only(root, DEFI, *args)
+        one_line(p.returncode, p.stderr, root)
+        assert "Read-only file system" in p.stderr or "inside the corpus root" in p.stderr, p.stderr
+    p = _read_only(root, DEFI, "query", "SELECT count(*) AS n FROM clips", "--root", root, "--format", "csv")
+    assert p.returncode == 0 and p.stdout.split()[0] == "n", p.stderr  # reading still works
+
+    lang = str(tmp_path / "L")
+    shutil.copytree(lang_root, lang)
+    p = _read_only(lang, DEFI, *gfdm_args(lang, tmp_path / "run"))
+    assert p.returncode == 0, p.stderr
+    assert f"note: instruction embeddings not cached in {lang}/text_embeddings: cannot write to {lang}: Read-only file system" in p.stderr
+    assert (tmp_path / "run" / "run_config.json").is_file() and not Path(lang, "text_embeddings").exists()
+    assert _digest(root) == made[2] and check_corpus(root)["problems"] == []

@@ -40,7 +40,7 @@ def check_out(out: str) -> None:
     if inside:
         raise ValueError(f"--out {out} is inside the corpus root {inside}; write outputs outside it")
     if path.is_dir() and any(path.iterdir()):
-        raise ValueError(f"--out {out} is a folder that is not empty; give a new or empty folder")
+        raise ValueError(f"--out {out} is not an empty folder; give a new or empty one")
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
