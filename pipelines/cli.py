@@ -9,7 +9,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .usage import EXIT_USAGE, UsageError, check_out_file, corpus_root_of, int_at_least, one_line, refuse_inside_corpus, run_args, run_standalone
+from .usage import (
+    EXIT_USAGE,
+    UsageError,
+    check_out_file,
+    corpus_root_of,
+    int_at_least,
+    one_line,
+    refuse_inside_corpus,
+    run_args,
+    run_standalone,
+)
 from .usage import Parser as _Parser
 
 __all__ = ["EXIT_USAGE", "UsageError", "build_parser", "check_out_file", "main", "one_line", "run_args", "run_standalone"]

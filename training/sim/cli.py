@@ -13,6 +13,8 @@ from pathlib import Path
 ENVS = ("metaworld",)
 
 
+# The rules of ``defi.pipelines.usage.int_at_least`` and ``check_out_dir``, restated here because
+# training/ does not import pipelines/; the corpus-root test itself is the one in schemas.
 def _at_least_1(text: str) -> int:
     try:
         value = int(text)
