@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .usage import EXIT_USAGE, UsageError, one_line, run_args, run_standalone
+from .usage import (
+    EXIT_USAGE,
+    UsageError,
+    check_out_file,
+    corpus_root_of,
+    int_at_least,
+    one_line,
+    refuse_inside_corpus,
+    run_args,
+    run_standalone,
+)
 from .usage import Parser as _Parser
 
-__all__ = ["EXIT_USAGE", "UsageError", "build_parser", "main", "one_line", "run_args", "run_standalone"]
+__all__ = ["EXIT_USAGE", "UsageError", "build_parser", "check_out_file", "main", "one_line", "run_args", "run_standalone"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,26 +55,6 @@ def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
     more = table.num_rows - len(rows)
     lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}" + (f", {more} not shown)" if more > 0 else ")"))
     return "\n".join(lines)
-
-
-def check_out_file(out: str, flag: str = "--out", make_parents: bool = False) -> str:
-    """Refuse an output path that cannot be a file: empty, an existing folder, under a file, or
-    (unless ``make_parents``) in a folder that does not exist. Returns it unchanged."""
-    import os
-
-    if not out or not out.strip():
-        raise UsageError(f"{flag} is empty; give a file name")
-    if os.path.isdir(out) or out.endswith(("/", os.sep)):
-        raise UsageError(f"{flag} {out} is a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(out))
-    p = parent
-    while p and not os.path.exists(p):
-        p = os.path.dirname(p) if os.path.dirname(p) != p else ""
-    if p and not os.path.isdir(p):
-        raise UsageError(f"{flag} {out}: {p} is a file, not a folder")
-    if not make_parents and not os.path.isdir(parent):
-        raise UsageError(f"{flag} {out}: folder {parent} does not exist")
-    return out
 
 
 def write_result(table, fmt: str, out: str | None) -> None:
@@ -106,7 +97,7 @@ def cmd_query(args) -> int:
     from defi.pipelines.text_search import DEFAULT_SQL, search_tables
 
     if args.out is not None:
-        check_out_file(args.out)
+        check_out_file(args.out, root=args.root)
     if args.sql is None and args.text is None:
         raise UsageError("give SQL to run (or --text to rank clips by a text)")
     corpus = _open(args.root)
@@ -172,6 +163,9 @@ def cmd_curate(args) -> int:
             raise UsageError("no SOURCES given")
         if not args.root:
             raise UsageError("--root is required")
+        outer = None if "://" in args.root else corpus_root_of(os.path.dirname(os.path.abspath(args.root)))
+        if outer:  # its parts would land in another corpus' folders
+            raise UsageError(f"--root {args.root} is inside the corpus root {outer}; put a new corpus outside it")
         rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit, repair=args.repair)
     except (ConfigError, SourceError) as e:
         raise UsageError(str(e)) from None
@@ -182,6 +176,8 @@ def cmd_curate(args) -> int:
 
 def cmd_demo(args) -> int:
     from defi.pipelines import demo
+
+    refuse_inside_corpus(args.out)
 
     return demo.run(args)
 
@@ -246,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     c.add_argument("--address", help="join this Ray cluster (same as --ray.address)")
     c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
-    c.add_argument("--limit", type=int, help="process at most this many pending videos")
+    c.add_argument("--limit", type=int_at_least(1), help="process at most this many pending videos")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument(
         "--repair",

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, add_flags, flag_overrides, from_dict
-from .usage import UsageError, one_line, run_standalone
+from .usage import UsageError, check_out_dir, one_line, run_standalone
 
 ENVS = ("metaworld",)
 
@@ -172,6 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         cfg = from_dict(EvalConfig, flag_overrides(args))
+        # a folder holding results.json is an earlier evaluation: a rerun replaces it
+        check_out_dir(args.out, reuse=lambda d: os.path.isfile(os.path.join(d, "results.json")))
         s = run_eval(args.policy, cfg, args.out, env=args.env, progress=not args.no_progress, command="defi " + " ".join(sys.argv[1:]))
     except (ConfigError, CheckpointError, ValueError) as e:
         raise UsageError(one_line(e)) from None

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .usage import check_out_dir, int_in_range
+
 DEFAULT_CAMERA = "main"  # video key observation.images.main when the clips' camera is unknown or mixed
 
 
@@ -60,6 +62,13 @@ def _int_fps(fps: float | None) -> int | None:
     if fps is None or not np.isfinite(fps) or fps <= 0 or abs(fps - round(fps)) > 1e-3:
         return None
     return int(round(fps))
+
+
+def _check_out_and_crf(out: Path, crf: int) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder")
+    if not 0 <= int(crf) <= 51:
+        raise ValueError(f"crf={crf!r}: x264's CRF is 0-51")
 
 
 def export_lerobot(
@@ -94,8 +103,7 @@ def export_lerobot(
 
     t0 = time.time()
     out_path = Path(out)
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        raise ValueError(f"--out {out} exists and is not an empty folder")
+    _check_out_and_crf(out_path, crf)
     corpus = Corpus.open(root, storage_options=storage_options)
     resolved = resolve_selection(corpus, select)
     keys = resolved.column("key").to_pylist()
@@ -284,7 +292,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     )
     lr.add_argument("--out", required=True, help="output folder (new or empty, local)")
     lr.add_argument("--camera", help="camera name of the video feature (default: the sources' camera, else 'main')")
-    lr.add_argument("--crf", type=int, default=20, help="x264 CRF of the episode videos (default 20)")
+    lr.add_argument("--crf", type=int_in_range(0, 51), default=20, help="x264 CRF of the episode videos, 0-51 (default 20)")
     lr.add_argument("--robot-type", help="robot_type written to meta/info.json")
     lr.add_argument("--no-progress", action="store_true", help="no progress bar")
     lr.set_defaults(func=cmd_export_lerobot)
@@ -295,6 +303,7 @@ def cmd_export_lerobot(args: argparse.Namespace) -> int:
     from defi.pipelines.cli import UsageError
     from defi.schemas.selection import SelectionError
 
+    check_out_dir(args.out, root=args.root)
     try:
         s = export_lerobot(
             args.root, args.select, args.out, camera=args.camera, crf=args.crf, robot_type=args.robot_type, progress=not args.no_progress

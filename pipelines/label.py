@@ -15,10 +15,12 @@ Labeling
 Failures are rows: a clip that cannot be decoded, is missing from its shard, or fails in the
 model gets a row with only ``key``, ``labeler`` and ``run_id`` (``num_steps`` and every statistic
 null), and is counted by reason in the run record (``errors``, with a few ``error_examples``).
-Such a clip counts as labeled: a re-run does not retry it (decoding is deterministic); delete the
-part, or label under a new name, to retry. Find them with
-``SELECT key FROM latent_actions WHERE num_steps IS NULL``. A clip too short for one window
-(frames <= gap) is not a failure: its row has ``num_steps = 0``.
+Find them with ``SELECT key FROM latent_actions WHERE num_steps IS NULL``. A re-run retries them
+(a shard restored since, a transient model failure): each is labeled again within the unit whose
+part holds its failed row, and that part is rewritten (same name: atomic, no duplicate rows) only
+when a retried clip got its label. A clip too short for one window (frames <= gap) is not a
+failure: its row has ``num_steps = 0``. `defi label` exits 1 when clips were pending and none got
+a label.
 
 Run records go to ``runs/<run_id>.json`` like curate's.
 """
@@ -46,6 +48,7 @@ from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
+from .usage import int_at_least
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
 ENGINES = ("ray", "local")  # the values of the old `engine` field (now `runner`)
@@ -262,9 +265,44 @@ def label_stages(cfg: LabelConfig, ckpt: str, name: str, run_id: str, size: int,
 # ----------------------------------------------------------------------------------------------
 # the driver
 # ----------------------------------------------------------------------------------------------
-def labeled_keys(corpus: Corpus, labeler: str) -> set[str]:
-    """Keys this labeler already has rows for (failed rows included)."""
-    return set(corpus.read_table(f"labels/{labeler}").column("key").to_pylist())
+def label_state(corpus: Corpus, labeler: str) -> tuple[set[str], dict[str, str]]:
+    """(keys this labeler has a label for, failed key -> the unit whose part holds its failed
+    row): a re-run skips the first and retries the second in their units."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    failed: dict[str, str] = {}
+    for path in corpus.parts(f"labels/{labeler}"):
+        unit = path.rsplit("/", 1)[-1][len("part-") : -len(".parquet")]
+        t = pq.read_table(path, filesystem=corpus.fs, columns=["key", "num_steps"])
+        for key, steps in zip(t.column("key").to_pylist(), t.column("num_steps").to_pylist(), strict=True):
+            if steps is None:
+                failed.setdefault(key, unit)
+            else:
+                done.add(key)
+    return done, {k: u for k, u in failed.items() if k not in done}
+
+
+def retry_units(corpus: Corpus, labeler: str, rows: list[tuple[str, str]], unit_of: dict[str, str], shard_url):
+    """Read tasks that label the failed clips ``rows`` ((key, shard)) again, each in the unit
+    whose part holds its failed row; returns (tasks, unit -> keys, unit -> the part's other rows,
+    which the rewritten part carries over)."""
+    import pyarrow.parquet as pq
+
+    by_unit: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for k, sh in rows:
+        by_unit[unit_of[k]].append((k, sh))
+    tasks, units, carried = [], {}, {}
+    for unit, group in sorted(by_unit.items()):
+        keys = {k for k, _ in group}
+        part = corpus.table_dir(f"labels/{labeler}") + f"/part-{unit}.parquet"
+        carried[unit] = [r for r in pq.read_table(part, filesystem=corpus.fs).to_pylist() if r["key"] not in keys]
+        units[unit] = keys
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for k, sh in group:
+            by_shard[sh].append(k)
+        tasks += [{"unit": unit, "url": shard_url(sh), "shard": sh, "keys": ks} for sh, ks in sorted(by_shard.items())]
+    return tasks, units, carried
 
 
 def plan_units(resolved, labeler: str, clips_per_unit: int, shard_url) -> tuple[list[dict], dict[str, set[str]]]:
@@ -311,8 +349,11 @@ class LabelCommitter:
     """Buffers each unit's rows as they arrive and writes the unit's part once all its clips are
     in (like ``curate.Committer``); counts rows, steps and failures by reason."""
 
-    def __init__(self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter):
+    def __init__(
+        self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter, carried: dict[str, list[dict]] | None = None
+    ):
         self.corpus, self.name, self.units, self.counts = corpus, name, units, counts
+        self.carried = carried or {}  # a retried unit: the rows of its part that are not retried
         self.errors: Counter = Counter()
         self.examples: dict[str, str] = {}
         self.rows: dict[str, list[dict]] = defaultdict(list)
@@ -335,29 +376,39 @@ class LabelCommitter:
         return False
 
     def commit(self, unit: str) -> None:
-        rows = sorted(self.rows.pop(unit), key=lambda r: r["key"])
+        new = self.rows.pop(unit)
+        del self.units[unit]
+        if unit in self.carried and all(r.get("num_steps") is None for r in new):
+            return  # every retried clip failed again: its part already says so
+        rows = sorted(new + self.carried.pop(unit, []), key=lambda r: r["key"])
         table = f"labels/{self.name}"
         self.corpus.write_part(table, table_from_rows(rows, LATENT_ACTIONS, table), part=unit)
         self.counts["units"] += 1
-        del self.units[unit]
 
 
 def _label_locked(
     corpus: Corpus, root: str, labeler, run_id: str, select: str | None, cfg: LabelConfig, progress: bool, limit: int | None, t_start: float
 ) -> dict[str, Any]:
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from defi.schemas.selection import resolve_selection
 
     name = labeler.name
     resolved = resolve_selection(corpus, select or DEFAULT_SELECT)
-    done = labeled_keys(corpus, name)
+    done, failed = label_state(corpus, name)
     keep = [k not in done for k in resolved.column("key").to_pylist()]
     pending = resolved.filter(pa.array(keep, type=pa.bool_()))
     if limit is not None:
         pending = pending.slice(0, limit)
-    tasks, units = plan_units(pending, name, cfg.clips_per_unit, corpus.shard_url)
-    counts: Counter = Counter(selected=len(resolved), skipped_done=len(resolved) - sum(keep), pending=len(pending))
+    retry = pa.array([k in failed for k in pending.column("key").to_pylist()], type=pa.bool_())
+    tasks, units = plan_units(pending.filter(pc.invert(retry)), name, cfg.clips_per_unit, corpus.shard_url)
+    again = pending.filter(retry)
+    rtasks, runits, carried = retry_units(
+        corpus, name, list(zip(again.column("key").to_pylist(), again.column("shard").to_pylist(), strict=True)), failed, corpus.shard_url
+    )
+    tasks, units = tasks + rtasks, {**units, **runits}
+    counts: Counter = Counter(selected=len(resolved), skipped_done=len(resolved) - sum(keep), pending=len(pending), retried=len(again))
     ckpt = str(labeler.ckpt_path)
     backend, why = pick_backend(cfg.runner, cfg.ray, len(tasks), label_stages(cfg, ckpt, name, run_id, labeler.size))
     stages = label_stages(cfg, ckpt, name, run_id, labeler.size, labeler if backend == "local" else None)
@@ -372,7 +423,7 @@ def _label_locked(
         config=to_dict(cfg),
         runner={"backend": backend, "why": why},
     )
-    committer = LabelCommitter(corpus, name, units, counts)
+    committer = LabelCommitter(corpus, name, units, counts, carried)
     status, t_label, t_ray = "failed", 0.0, 0.0
     try:
         if tasks:
@@ -422,7 +473,9 @@ def summary_text(rec: dict[str, Any]) -> str:
         f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s{rate}",
         f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {lab['gap']})",
         f"  clips    {c.get('selected', 0)} selected, {c.get('skipped_done', 0)} already labeled, "
-        f"{c.get('labeled', 0)} labeled ({c.get('steps', 0)} steps), {c.get('errors', 0)} failed",
+        + (f"{c['retried']} failed before and retried, " if c.get("retried") else "")
+        + f"{c.get('labeled', 0)} labeled ({c.get('steps', 0)} steps), "
+        f"{c.get('errors', 0)} failed",
     ]
     for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    error  {k:<20} {v}")
@@ -558,7 +611,8 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
         help="per-step latent actions of every selected clip from a GIDM checkpoint",
         description="Label the selected kept clips with a GIDM checkpoint: per-step latent actions and clip "
         "statistics go to labels/gidm-<checkpoint hash>/ (view labels_gidm_<hash>, and the union view "
-        "latent_actions). Re-running skips clips already labeled; a killed run resumes.",
+        "latent_actions). Re-running skips clips already labeled and retries those that failed; a killed run resumes. "
+        "Exits 1 when clips were pending and none got a label.",
     )
     p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument("--ckpt", required=True, help="GIDM checkpoint folder, or a training run folder (latest checkpoint)")
@@ -570,7 +624,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
-    p.add_argument("--limit", type=int, help="label at most this many pending clips")
+    p.add_argument("--limit", type=int_at_least(1), help="label at most this many pending clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_flags(p, LabelConfig, "label config (LabelConfig: defaults <- --config file <- these flags <- shortcuts)")
     p.set_defaults(func=cmd_label_latent_actions)
@@ -609,6 +663,14 @@ def cmd_label_latent_actions(args) -> int:
         raise UsageError(" ".join(str(e).split())) from None
     print(summary_text(rec))
     print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    c = rec["counts"]
+    if c.get("pending", 0) and not c.get("labeled", 0):
+        why = ", ".join(f"{k} {v}" for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"defi label latent-actions: error: none of the {c['pending']} pending clips got a label ({why}); a rerun retries them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -642,8 +704,9 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_select(args) -> int:
     from defi.schemas.selection import SelectionError
 
-    from .cli import UsageError
+    from .usage import UsageError, check_out_file
 
+    check_out_file(args.out, make_parents=True, root=args.root)
     try:
         s = run_select(
             args.root,

@@ -130,7 +130,11 @@ class WriterLock:
     # -- taking and giving back ----------------------------------------------------------------
     def acquire(self) -> WriterLock:
         for _ in range(5):
-            if self._create():
+            try:
+                created = self._create()
+            except OSError as e:  # a read-only root (or no permission): nothing can be written there
+                raise CorpusError(f"cannot write to {self.corpus.root}: {e.strerror or e}") from None
+            if created:
                 self._start_heartbeat()
                 return self
             holder = self.read()

@@ -32,7 +32,7 @@ from typing import Any
 from defi.schemas.gap import DEFAULT_GAP, Gap
 
 from .config import ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
-from .usage import UsageError
+from .usage import UsageError, check_out_dir, int_at_least, one_line
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -157,7 +157,7 @@ def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: 
     if workers:
         p.add_argument(
             "--workers",
-            type=int,
+            type=int_at_least(1),
             default=1,
             help="training processes on this machine (data-parallel under torchrun: a GPU each when "
             "present, else gloo on CPU); under torchrun itself, WORLD_SIZE decides",
@@ -171,12 +171,9 @@ def print_config(cfg) -> None:
 
 
 def train_command(args: argparse.Namespace, model: str, make_config: Callable, run: Callable, summary: Callable) -> int:
-    """``defi train gidm|gfdm``: relaunch under torchrun for ``--workers N``, else resolve the config
-    (``make_config(args.model, *cli_layers(args))``), print it (``--dry-run``) or ``run(root,
-    select, cfg)`` and print rank 0's ``summary``."""
-    rc = relaunch(args, model)
-    if rc is not None:
-        return rc
+    """``defi train gidm|gfdm``: resolve the config (``make_config(args.model,
+    *cli_layers(args))``), print it (``--dry-run``), check the run folder, then relaunch under
+    torchrun for ``--workers N`` or ``run(root, select, cfg)`` and print rank 0's ``summary``."""
     try:
         cfg = make_config(args.model, *cli_layers(args))
     except ConfigError as e:
@@ -184,6 +181,10 @@ def train_command(args: argparse.Namespace, model: str, make_config: Callable, r
     if args.dry_run:
         print_config(cfg)
         return 0
+    check_run_dir(cfg.train.out_dir, args.root)
+    rc = relaunch(args, model)
+    if rc is not None:
+        return rc
     res = run(args.root, args.select, cfg)
     if res["rank"] == 0:
         print(summary(res))
@@ -290,9 +291,45 @@ def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) ->
             )
 
 
+def text_cache_saver(command: str, enabled: bool = True) -> Callable[[Any, Any, str], None]:
+    """``save`` for ``training.gfdm.embed_instructions``: new instruction embeddings go to
+    ROOT/text_embeddings under the root's writer lock (a training run writes into the corpus
+    only there). When the root is read-only, another writer holds it, or ``enabled`` is False
+    (the ranks but the first of a distributed run), the run keeps them in memory and a cache it
+    could not write is said once, in one line."""
+    import uuid
+
+    from defi.schemas.corpus import CorpusError
+
+    from .lock import WriterLock
+
+    said = False
+
+    def save(corpus, rows, part: str) -> None:
+        nonlocal said
+        if not enabled:
+            return
+        try:
+            with WriterLock(corpus, command, f"{command.replace(' ', '-')}-{uuid.uuid4().hex[:6]}"):
+                corpus.write_part("text_embeddings", rows, part=part)
+        except (CorpusError, OSError) as e:  # LockHeld is a CorpusError
+            if not said:
+                print(f"note: instruction embeddings not cached in {corpus.path('text_embeddings')}: {one_line(e)}", file=sys.stderr)
+                said = True
+
+    return save
+
+
 # ---------------------------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------------------------
+def check_run_dir(out: str, root: str | None) -> None:
+    """Refuse a run folder that cannot be one (empty, a file, under a file, inside a corpus root)
+    or that is a non-empty folder without a run to resume (no run_config.json): a run writes
+    checkpoints/, metrics.jsonl and tb/ into it, and would mix them into unrelated files."""
+    check_out_dir(out, "--out", root=root, reuse=lambda d: (Path(d) / RUN_CONFIG_FILE).is_file())
+
+
 def check_resume(out: Path, cfg) -> None:
     """A RUN_DIR holds one model trained on one kind of pair: refuse another model config or
     another gap/size (the recipe compares the model config too, with a longer message)."""

@@ -53,6 +53,7 @@ from .train_common import (
     resolve_run_config,
     process_group,
     progress_lines,
+    text_cache_saver,
     train_command,
 )
 from .usage import UsageError, one_line
@@ -171,17 +172,17 @@ class TextLookup:
     """Instruction -> embedding, from the corpus cache (texts seen for the first time, e.g. a
     <key>.lang.txt that differs from clips.language, are embedded and cached on the fly)."""
 
-    def __init__(self, corpus, text_cfg, texts: list[str], text_dim: int):
+    def __init__(self, corpus, text_cfg, texts: list[str], text_dim: int, save=None):
         from defi.training.gfdm.text import embed_instructions
 
-        self.corpus, self.cfg, self.text_dim = corpus, text_cfg, text_dim
+        self.corpus, self.cfg, self.text_dim, self.save = corpus, text_cfg, text_dim, save
         self.table: dict[str, Any] = {}
         self.encoder = None
         if texts:
             self.add(texts, embed_instructions)
 
     def add(self, texts: list[str], embed) -> None:
-        embs = embed(self.corpus, texts, self.cfg, encoder=self.encoder)
+        embs = embed(self.corpus, texts, self.cfg, encoder=self.encoder, save=self.save)
         if embs.shape[1] != self.text_dim:
             raise UsageError(
                 f"the text model gives {embs.shape[1]}-dim embeddings but model.text_dim="
@@ -241,7 +242,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
         dataset = build_dataset(corpus, select, d, cfg.train.seed, m.context_frames + m.future_frames, rank, world)
         language = clip_language(corpus, d)
         texts = selection_texts(corpus, dataset.keys, language)
-        lookup = TextLookup(corpus, cfg.text, texts, m.text_dim)
+        lookup = TextLookup(corpus, cfg.text, texts, m.text_dim, save=text_cache_saver("train gfdm", enabled=rank == 0))
     except SelectionError as e:
         raise UsageError(f"--select: {one_line(e)}") from None
     except (CorpusError, ValueError, FileNotFoundError) as e:

@@ -40,12 +40,14 @@ from .train_common import (
     RUN_CONFIG_FILE,
     add_run_flags,
     batch_stream,
+    check_run_dir,
     cli_layers,
     flush_denormals,
     print_config,
     process_group,
     relaunch,
     progress_lines,
+    text_cache_saver,
 )
 from .usage import UsageError, one_line
 
@@ -204,7 +206,7 @@ def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     ordered = sorted(texts)
     if not ordered:
         return {}
-    embs = embed_instructions(corpus, ordered, text_cfg)
+    embs = embed_instructions(corpus, ordered, text_cfg, save=text_cache_saver("train policy"))
     return {t: [float(x) for x in e] for t, e in zip(ordered, embs, strict=True)}
 
 
@@ -406,6 +408,8 @@ def cmd_train_policy(args: argparse.Namespace) -> int:
         if args.dry_run:
             print_config(cfg)
             return 0
+        if cfg.out:  # (a missing or empty --out is run_train_policy's one line)
+            check_run_dir(cfg.out, cfg.root)
         res = run_train_policy(cfg)
     except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:
         raise UsageError(one_line(e)) from None

@@ -7,6 +7,8 @@ command module's own ``main``)."""
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -25,6 +27,116 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+# ---------------------------------------------------------------------------------------------
+# checks of the values users type, before anything runs
+# ---------------------------------------------------------------------------------------------
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (``--limit -1`` is refused, not taken as "all
+    but the last")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [``low``, ``high``] (e.g. x264's CRF, 0-51)."""
+
+    def parse(text: str) -> int:
+        value = int_at_least(low)(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = f"int in [{low}, {high}]"
+    return parse
+
+
+def _local(path: str) -> str | None:
+    """``path`` as a local absolute real path, or None for a remote URL (s3://, gs://, ...)."""
+    if "://" in path:
+        if not path.startswith("file://"):
+            return None
+        path = path[len("file://") :]
+    return os.path.realpath(os.path.abspath(path))
+
+
+def corpus_root_of(path: str) -> str | None:
+    """``defi.schemas.corpus.corpus_root_of``, imported when used (``defi --help`` loads no duckdb)."""
+    from defi.schemas.corpus import corpus_root_of as find
+
+    return find(path)
+
+
+def refuse_inside_corpus(path: str, flag: str = "--out", root: str | None = None) -> None:
+    """Refuse an output ``path`` that is a corpus root or lies inside one (found by walking up
+    from it, or the command's ``--root``): what a command writes goes outside every root, except
+    the parts a command writes in its own place there (curate, label, index)."""
+    inside = corpus_root_of(path)
+    if inside is None and root:
+        r, p = _local(root), _local(path)
+        if r and p and (p == r or p.startswith(r.rstrip(os.sep) + os.sep)):
+            inside = r
+    if inside is not None:
+        raise UsageError(f"{flag} {path} is inside the corpus root {inside}; write outputs outside it")
+
+
+def _parent_file(path: str) -> str | None:
+    """The nearest existing ancestor of ``path`` when it is a file (so ``path`` cannot be made)."""
+    p = os.path.dirname(os.path.abspath(path))
+    while p and not os.path.exists(p):
+        parent = os.path.dirname(p)
+        p = "" if parent == p else parent
+    return p if p and not os.path.isdir(p) else None
+
+
+def check_out_file(out: str, flag: str = "--out", make_parents: bool = False, root: str | None = None) -> str:
+    """Refuse an output path that cannot be a file: empty, an existing folder, under a file,
+    inside a corpus root, or (unless ``make_parents``) in a folder that does not exist. Returns it
+    unchanged."""
+    if not out or not out.strip():
+        raise UsageError(f"{flag} is empty; give a file name")
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        raise UsageError(f"{flag} {out} is a folder; give a file name")
+    blocker = _parent_file(out)
+    if blocker:
+        raise UsageError(f"{flag} {out}: {blocker} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not make_parents and not os.path.isdir(parent):
+        raise UsageError(f"{flag} {out}: folder {parent} does not exist")
+    refuse_inside_corpus(out, flag, root)
+    return out
+
+
+def check_out_dir(out: str, flag: str = "--out", root: str | None = None, reuse: Callable[[str], bool] | None = None) -> str:
+    """Refuse an output folder that cannot be one: empty, a file, under a file, inside a corpus
+    root, or an existing non-empty folder, unless ``reuse(out)`` says this command may write into
+    it again (a training run it resumes, an evaluation it redoes). Returns it unchanged."""
+    if not out or not out.strip():
+        raise UsageError(f"{flag} is empty; give a folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"{flag} {out} is a file, not a folder")
+    blocker = _parent_file(out)
+    if blocker:
+        raise UsageError(f"{flag} {out}: {blocker} is a file, not a folder")
+    refuse_inside_corpus(out, flag, root)
+    if os.path.isdir(out) and any(os.scandir(out)) and not (reuse and reuse(out)):
+        raise UsageError(f"{flag} {out} is not an empty folder; give a new or empty one")
+    return out
+
+
+# an OSError with one of these is the machine's answer to a write, not a bug: one line, exit 2
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
 def one_line(e: BaseException) -> str:
     """A multi-line message (config validation lists one bad field per line) as one line."""
     parts = [p.strip() for p in str(e).splitlines() if p.strip()]
@@ -40,14 +152,19 @@ def run_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     args = parser.parse_args(argv)
     args.argv = list(argv)
+    nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
+    name = f"{args.command} {nested}" if nested else args.command
     try:
         rc = args.func(args)
         # a command returns its exit code; some return their summary (a dict) or None: success
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except (UsageError, CorpusError, SchemaError, ConfigError, FileNotFoundError) as e:
-        nested = getattr(args, f"{args.command}_command", None)  # e.g. train_command = "gidm"
-        name = f"{args.command} {nested}" if nested else args.command
         sys.stderr.write(f"defi {name}: error: {one_line(e)}\n")
+        return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        sys.stderr.write(f"defi {name}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else "") + "\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -430,6 +430,24 @@ def label_view_name(labeler: str) -> str:
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?", re.IGNORECASE)
 
 
+def corpus_root_of(path: str) -> str | None:
+    """The corpus root that the local ``path`` is or lies inside: the nearest folder at or above
+    its real path (symlinks resolved) holding ``corpus.json``. None when there is none, and for a
+    remote URL (s3://, gs://...). Outputs of commands go outside every root (see DESIGN.md)."""
+    if "://" in path:
+        if not path.startswith("file://"):
+            return None
+        path = path[len("file://") :]
+    p = os.path.realpath(os.path.abspath(path))
+    while True:
+        if os.path.isfile(os.path.join(p, CORPUS_FILE)):
+            return p
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse anything but SELECT statements, also when wrapped in EXPLAIN [ANALYZE] (which runs
     what it wraps). A first, friendlier refusal: what guarantees that no file is written is the

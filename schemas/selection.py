@@ -163,6 +163,27 @@ def is_sql(select: str) -> bool:
     return bool(_SQL_START.match(select))
 
 
+def _not_a_path(select: str) -> bool:
+    """A selection that names no file and has words in it (``SELEC key FROM clips``) is read as
+    SQL, so the engine's error says what is wrong with it."""
+    if len(select.split()) < 2:
+        return False
+    try:
+        fs, p = fsspec.core.url_to_fs(select)
+        return not fs.exists(p)
+    except (ValueError, ImportError, OSError):  # not even a URL fsspec can read
+        return True
+
+
+def _query_words(corpus: Corpus, sql: str) -> pa.Table:
+    from .corpus import CorpusError
+
+    try:
+        return corpus.query(sql)
+    except CorpusError as e:
+        raise SelectionError(f"{sql!r} is no selection manifest, and as SQL: {e}") from None
+
+
 def resolve_selection(corpus: Corpus, select: str | pa.Table) -> pa.Table:
     """Resolve a selection against ``corpus``: ``pa.Table(key, shard, weight)`` sorted by
     (shard, key).
@@ -177,6 +198,8 @@ def resolve_selection(corpus: Corpus, select: str | pa.Table) -> pa.Table:
         sel, sql = _validate(select), selection_sql(select)
     elif is_sql(select):
         sel, sql = _validate(corpus.query(select)), select
+    elif _not_a_path(select):
+        sel, sql = _validate(_query_words(corpus, select)), select
     else:
         sel = read_selection(select)
         sql = selection_sql(sel)

@@ -525,11 +525,9 @@ def run_browse(
     "no_preview", "bytes", "labeler"}``. Raises ``UsageError`` for a query without ``key``
     and ``CorpusError`` for a missing root or bad/non-read-only SQL. ``tables``: extra Arrow
     tables the SQL may read (``text_scores`` of ``--text``)."""
-    from ..cli import UsageError
+    from ..usage import UsageError, check_out_file
 
-    from ..cli import check_out_file
-
-    check_out_file(out, make_parents=True)
+    check_out_file(out, make_parents=True, root=root)
     if per_page < 1:
         raise UsageError(f"--per-page must be >= 1, got {per_page}")
     if not preview_seconds > 0:

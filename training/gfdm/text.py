@@ -23,6 +23,7 @@ a fresh encoding gives.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,22 @@ def cached_embeddings(root_or_corpus: Any, model_id: str) -> dict[str, np.ndarra
     return {h: np.asarray(e, np.float32) for h, e in zip(hashes, embs, strict=True)}
 
 
+def _write_part(corpus: Any, rows: Any, part: str) -> None:
+    corpus.write_part(TEXT_TABLE, rows, part=part)
+
+
 def embed_instructions(
-    root_or_corpus: Any, texts: list[str], text_model_cfg: TextModelConfig, encoder: TextEncoder | None = None
+    root_or_corpus: Any,
+    texts: list[str],
+    text_model_cfg: TextModelConfig,
+    encoder: TextEncoder | None = None,
+    save: Callable[[Any, Any, str], None] | None = None,
 ) -> np.ndarray:
     """Embeddings [len(texts), D] float32 of ``texts`` under ``text_model_cfg``, from the corpus'
     cache; texts without a cached row are encoded once (duplicates once) and their rows appended
     as one new part. ``encoder``: a ready ``TextEncoder`` for the same config (else built only if
-    something needs encoding)."""
+    something needs encoding). ``save(corpus, rows, part)`` stores the new rows (default: write
+    the part; a command passes one that holds the root's writer lock)."""
     import pyarrow as pa
 
     corpus = _corpus(root_or_corpus)
@@ -139,7 +149,7 @@ def embed_instructions(
         )
         # a part named by the model and its texts: writing the same texts again replaces it
         digest = hashlib.sha256((model_id + "\0" + "\0".join(sorted(missing))).encode()).hexdigest()[:16]
-        corpus.write_part(TEXT_TABLE, rows, part=f"{digest}")
+        (save or _write_part)(corpus, rows, digest)
         cache.update(zip(missing, embs, strict=True))
     if not texts:
         return np.zeros((0, 0), np.float32)

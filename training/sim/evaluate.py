@@ -70,6 +70,9 @@ class EvalConfig:
         for name in ("videos", "render_size", "frame_stride", "execute"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 0")
+        repeated = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if repeated:  # the same seeded episodes twice would count twice and narrow the interval
+            errors.append(f"tasks={self.tasks!r}: {', '.join(repeated)} given more than once")
         if any(not 0 <= c <= 51 for c in self.crf_chain):
             errors.append(f"crf_chain={self.crf_chain!r}: each CRF must be in [0, 51]")
         if errors:
