@@ -34,13 +34,19 @@ from defi.schemas.corpus import CAPTIONS_POINTER, Corpus
 from defi.schemas.tables import CAPTIONS, table_from_rows
 
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
-from .label import DEFAULT_SELECT, _bar, labeled_keys, plan_units
+from .label import DEFAULT_SELECT, _bar, plan_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
 
 _EXAMPLES = 20  # error examples kept in a run record
+
+
+def captioned_keys(corpus, name: str) -> set[str]:
+    """Keys this caption folder already has rows for (failed rows included: a rerun does not
+    retry them, unlike ``defi label latent-actions``)."""
+    return set(corpus.read_table(f"labels/{name}").column("key").to_pylist())
 
 
 @dataclass
@@ -204,7 +210,7 @@ def _captions_locked(corpus, root, model, labeler, run_id, select, cfg, progress
 
     name = labeler.name
     resolved = resolve_selection(corpus, select or DEFAULT_SELECT)
-    done = labeled_keys(corpus, name)
+    done = captioned_keys(corpus, name)
     keep = [k not in done for k in resolved.column("key").to_pylist()]
     pending = resolved.filter(pa.array(keep, type=pa.bool_()))
     if limit is not None:

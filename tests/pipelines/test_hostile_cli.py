@@ -237,7 +237,8 @@ def gidm_ckpt(tmp_path_factory):
     import torch
 
     from defi.training.checkpoint import save_checkpoint
-    from defi.training.gidm import GIDM, gidm_tiny
+    from defi.training.gidm import gidm_tiny
+    from defi.training.gidm.modeling_gidm import GIDM
 
     torch.manual_seed(0)
     cfg = gidm_tiny(image_size=32, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)
