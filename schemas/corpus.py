@@ -7,6 +7,7 @@ ROOT/
   clips/part-*.parquet             one row per candidate clip, kept or rejected
   shards/shard-NNNNNN.tar          WebDataset samples (see samples.py)
   labels/<labeler>/part-*.parquet  one row per labeled clip
+  labels/dedup-<hash>/             near-duplicate groups of `defi dedup` (labels/dedup.json names the current one)
   runs/<run_id>.json               one record per run
   index.duckdb                     (local roots) views over the parquet, for DuckDB's own clients
 ```
@@ -36,7 +37,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tables import FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, validate_table
+from .tables import DEDUP, FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, label_schema, validate_table
 
 CORPUS_FILE = "corpus.json"
 INDEX_FILE = "index.duckdb"
@@ -44,6 +45,9 @@ LABELS_DIR = "labels"
 RUNS_DIR = "runs"
 SHARDS_DIR = "shards"
 PART_GLOB = "part-*.parquet"
+DEDUP_POINTER = f"{LABELS_DIR}/dedup.json"  # {"current": "dedup-<hash>", ...}: what the `dedup` view reads
+# Kept clips minus the near-duplicates `defi dedup` did not keep (all kept clips before any dedup).
+CLIPS_DEDUP_SQL = "SELECT * FROM clips WHERE kept AND key NOT IN (SELECT key FROM dedup WHERE NOT keeper)"
 
 # Statement types `query` accepts (a friendlier first refusal; the engine settings in
 # `Corpus.connect` are what make a query unable to write).
@@ -156,7 +160,7 @@ class Corpus:
     def write_part(self, table: str, data: pa.Table, part: str | None = None) -> str:
         """Atomically write one parquet part of ``table`` ("sources", "clips", "shards" or
         "labels/<labeler>"); ``part`` names it (same name = replace, for idempotent commits)."""
-        schema = LATENT_ACTIONS if table.startswith(LABELS_DIR + "/") else TABLES[table]
+        schema = _table_schema(table)
         validate_table(data, schema, table)
         data = data.select(schema.names).cast(schema)
         part = part or uuid.uuid4().hex
@@ -185,14 +189,29 @@ class Corpus:
         return sorted(p for p in self.fs.glob(f"{d}/{PART_GLOB}"))
 
     def labelers(self) -> list[str]:
+        """The latent-action labelers (folders under ``labels/`` that hold LATENT_ACTIONS rows)."""
+        return [n for n in self.label_folders() if label_schema(n) is LATENT_ACTIONS]
+
+    def label_folders(self) -> list[str]:
+        """Every folder under ``labels/`` (labelers, dedup results and signatures)."""
         d = self.path(LABELS_DIR)
         if not self.fs.exists(d):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(d, detail=False) if self.fs.isdir(p))
 
+    def current_dedup(self) -> str | None:
+        """The ``labels/`` folder the ``dedup`` view reads (the last `defi dedup` run's), or None."""
+        if not self.fs.exists(self.path(DEDUP_POINTER)):
+            return None
+        try:
+            name = str(self.read_json(DEDUP_POINTER)["current"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CorpusError(f"{self.path(DEDUP_POINTER)} is unreadable: {e}") from None
+        return name if label_schema(name) is DEDUP else None
+
     def read_table(self, table: str) -> pa.Table:
         """All committed parts of a table as one Arrow table (empty, with schema, if none)."""
-        schema = LATENT_ACTIONS if table.startswith(LABELS_DIR + "/") else TABLES[table]
+        schema = _table_schema(table)
         parts = self.parts(table)
         if not parts:
             return pa.Table.from_batches([], schema=schema)  # (Schema.empty_table imports pandas: ~1.5 s of start-up)
@@ -210,13 +229,22 @@ class Corpus:
     # -- querying ------------------------------------------------------------------------------
     def views(self) -> dict[str, list[str]]:
         """View name -> parquet parts behind it. ``latent_actions`` unions every labeler's parts;
-        each labeler also gets its own view ``labels_<name>`` (non-alphanumerics -> ``_``)."""
-        out = {t: self.parts(t) for t in ("sources", "clips", "shards", "text_embeddings")}
-        out["latent_actions"] = []
-        for name in self.labelers():
-            ps = self.parts(f"{LABELS_DIR}/{name}")
-            out["latent_actions"] += ps
-            out[label_view_name(name)] = ps
+        each ``labels/`` folder also gets its own view ``labels_<name>`` (non-alphanumerics ->
+        ``_``); ``dedup`` reads the current dedup result (``current_dedup``). SQL views over these
+        (``clips_dedup``) are not listed."""
+        return {v: parts for v, (parts, _) in self.view_tables().items()}
+
+    def view_tables(self) -> dict[str, tuple[list[str], pa.Schema]]:
+        """View name -> (parquet parts, schema); see ``views``."""
+        out = {t: (self.parts(t), TABLES[t]) for t in ("sources", "clips", "shards", "text_embeddings")}
+        out["latent_actions"] = ([], LATENT_ACTIONS)
+        for name in self.label_folders():
+            ps, schema = self.parts(f"{LABELS_DIR}/{name}"), label_schema(name)
+            if schema is LATENT_ACTIONS:
+                out["latent_actions"][0].extend(ps)
+            out[label_view_name(name)] = (ps, schema)
+        current = self.current_dedup()
+        out["dedup"] = (self.parts(f"{LABELS_DIR}/{current}") if current else [], DEDUP)
         return out
 
     def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -246,9 +274,9 @@ class Corpus:
             config["threads"] = int(threads)
         con = duckdb.connect(":memory:", config=config)
         try:
-            for view, parts in self.views().items():
-                schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
+            for view, (parts, schema) in self.view_tables().items():
                 _define_view(con, view, parts, schema, self)
+            con.execute(f"CREATE VIEW clips_dedup AS {CLIPS_DEDUP_SQL}")
             con.execute("SET lock_configuration = true")
         except (duckdb.Error, OSError, pa.ArrowException) as e:
             con.close()
@@ -294,12 +322,12 @@ class Corpus:
     def unreadable_parts(self, limit: int | None = None) -> list[tuple[str, str]]:
         """(path, reason) for every committed parquet part whose footer cannot be read or whose
         columns do not fit the table's schema."""
-        out = []
-        for view, parts in self.views().items():
-            if view.startswith("labels_"):
-                continue  # the same parts as latent_actions
-            schema = LATENT_ACTIONS if view == "latent_actions" else TABLES[view]
+        out, seen = [], set()
+        for parts, schema in self.view_tables().values():
             for p in parts:
+                if p in seen:  # a labeler's parts are in latent_actions and its own view
+                    continue
+                seen.add(p)
                 why = _part_problem(self.fs, p, schema)
                 if why:
                     out.append((p, why))
@@ -316,14 +344,14 @@ class Corpus:
         tmp = self.path(f".tmp-index-{uuid.uuid4().hex}.duckdb")
         con = duckdb.connect(tmp)
         try:
-            for view, parts in self.views().items():
-                schema = LATENT_ACTIONS if (view == "latent_actions" or view.startswith("labels_")) else TABLES[view]
+            for view, (parts, schema) in self.view_tables().items():
                 if parts:
                     files = ", ".join(_sql_str(os.path.abspath(p)) for p in parts)
                     con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
                 else:
                     cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
                     con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
+            con.execute(f"CREATE VIEW clips_dedup AS {CLIPS_DEDUP_SQL}")
         finally:
             con.close()
         os.replace(tmp, final)
@@ -365,6 +393,12 @@ class Corpus:
             "shard_bytes": shards["bytes"],
             "labels": labels,
         }
+
+
+def _table_schema(table: str) -> pa.Schema:
+    if table.startswith(LABELS_DIR + "/"):
+        return label_schema(table.split("/", 1)[1])
+    return TABLES[table]
 
 
 def label_view_name(labeler: str) -> str:
