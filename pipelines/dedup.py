@@ -198,6 +198,7 @@ def _dedup_locked(corpus: Corpus, root: str, kept, run_id: str, cfg: DedupConfig
     keys = kept.column("key").to_pylist()
     pending = kept.filter(pa.array([k not in have for k in keys], type=pa.bool_()))
     counts: Counter = Counter(kept=len(keys), signatures_cached=len(keys) - pending.num_rows, signatures_pending=pending.num_rows)
+    counts.update(signatures=0, signature_errors=0)
     tasks, units = plan_units(pending.select(["key", "shard"]), sig_name, cfg.clips_per_unit, corpus.shard_url)
     stages = [Stage("signature", signature_task, (cfg.signature, run_id), cpus=1)]
     backend, why = pick_backend(cfg.runner, cfg.ray, len(tasks), stages)

@@ -483,9 +483,13 @@ def select_sql(where: str, balance_by: str | None, labels_view: str | None) -> s
     return f"SELECT DISTINCT key, {group} AS __group FROM {base} x\nWHERE kept AND ({where or 'true'}) ORDER BY key"
 
 
-def run_select(root: str, where: str, out: str, balance_by: str | None = None, labeler: str | None = None) -> dict[str, Any]:
+def run_select(
+    root: str, where: str, out: str, balance_by: str | None = None, labeler: str | None = None, exclude_duplicates: bool = False
+) -> dict[str, Any]:
     """Write a selection manifest of the clips matching ``where``, weighted by
-    ``balanced_weights`` of ``balance_by`` (all 1.0 without it). Returns a summary dict."""
+    ``balanced_weights`` of ``balance_by`` (all 1.0 without it). ``exclude_duplicates``: leave
+    out the clips `defi dedup` found to be near-duplicates of a keeper (the ``clips_dedup`` view).
+    Returns a summary dict."""
     from defi.schemas.selection import write_selection
 
     from .cli import UsageError
@@ -493,6 +497,10 @@ def run_select(root: str, where: str, out: str, balance_by: str | None = None, l
     corpus = Corpus.open(root)
     name = pick_labeler(corpus, labeler)
     sql = select_sql(where, balance_by, label_view_name(name) if name else None)
+    if exclude_duplicates:
+        if corpus.current_dedup() is None:
+            raise UsageError(f"--exclude-duplicates: corpus {root} has no dedup result; run `defi dedup --root {root}` first")
+        sql = f"SELECT * FROM ({sql}) WHERE key IN (SELECT key FROM clips_dedup) ORDER BY key"
     table = corpus.query(sql)
     keys = table.column("key").to_pylist()
     if not keys:
@@ -602,6 +610,11 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--balance-by", help="column or SQL expression to balance over, e.g. dominant_code")
     p.add_argument("--labeler", help="labeler whose columns to join (default: the only one, if any)")
     p.add_argument("--out", required=True, help="manifest path (.parquet)")
+    p.add_argument(
+        "--exclude-duplicates",
+        action="store_true",
+        help="leave out clips that the last `defi dedup` run found to be near-duplicates of a kept clip",
+    )
     p.set_defaults(func=cmd_select)
     return p
 
@@ -612,7 +625,7 @@ def cmd_select(args) -> int:
     from .cli import UsageError
 
     try:
-        s = run_select(args.root, args.where, args.out, args.balance_by, args.labeler)
+        s = run_select(args.root, args.where, args.out, args.balance_by, args.labeler, args.exclude_duplicates)
     except SelectionError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {s['clips']} clips to {s['out']}" + (f" (labeler {s['labeler']})" if s["labeler"] else ""))
