@@ -63,7 +63,7 @@ class SignatureConfig:
     max_keyframes: int = 32
     decode_size: int = 96
     hash_size: int = 32
-    coeffs: int = 8
+    coeffs: int = 6
     centre_crop: float = 0.9
     bar_level: int = 40
     min_texture: float = 2.0
@@ -111,11 +111,11 @@ def grey_frames(frames: Frames) -> np.ndarray:
 
 def content_box(grey: np.ndarray, bar_level: int) -> tuple[int, int, int, int]:
     """(top, bottom, left, right), half-open, of the picture inside letterbox/pillarbox bars:
-    border rows and columns whose brightest pixels (90th percentile over the row and every frame)
-    stay under ``bar_level``. At most a third of each side is trimmed (dark content is not a bar)."""
+    border rows and columns whose median (over the row and every frame) stays under ``bar_level``
+    (a median, so a caption drawn over a bar leaves it a bar). At most a third of each side is trimmed (dark content is not a bar)."""
     t, h, w = grey.shape
-    rows = np.percentile(grey.transpose(1, 0, 2).reshape(h, -1), 90, axis=1)
-    cols = np.percentile(grey.transpose(2, 0, 1).reshape(w, -1), 90, axis=1)
+    rows = np.percentile(grey.transpose(1, 0, 2).reshape(h, -1), 50, axis=1)
+    cols = np.percentile(grey.transpose(2, 0, 1).reshape(w, -1), 50, axis=1)
 
     def span(v: np.ndarray) -> tuple[int, int]:
         n, cap = len(v), len(v) // 3
@@ -308,7 +308,7 @@ class Grouping:
 
 def group_clips(
     clips: Sequence[ClipInfo],
-    min_similarity: float = 0.9,
+    min_similarity: float = 0.88,
     min_match_frac: float = 0.5,
     neighbours: int = 32,
     semantic_min_cosine: float | None = None,

@@ -60,7 +60,7 @@ class DedupError(ValueError):
 @dataclass
 class DedupConfig:
     min_similarity: float = field(
-        default=0.9,
+        default=0.88,
         metadata={"help": "keyframe cosine at which two keyframes match, and clip similarity at which two clips are near-duplicates"},
     )
     min_match_frac: float = field(

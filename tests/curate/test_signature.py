@@ -82,15 +82,15 @@ def test_copies_under_each_transform_match_the_original(source, sig):
     }
     for name, s in copies.items():
         sim = clip_similarity(orig, s)
-        assert sim >= 0.9, f"{name}: similarity {sim:.3f} < 0.9"
+        assert sim >= 0.88, f"{name}: similarity {sim:.3f} < 0.88"
 
 
 def test_other_content_and_other_moments_stay_apart(source, sig):
     orig = sig("orig", source[: 3 * FPS])
     later = sig("later", source[5 * FPS : 8 * FPS])  # the same pan, 5 s on
     other = sig("other", list(smooth_pan(3 * FPS, h=H, w=W, speed=1, seed=11)))
-    assert clip_similarity(orig, later) < 0.9
-    assert clip_similarity(orig, other) < 0.9
+    assert clip_similarity(orig, later) < 0.88
+    assert clip_similarity(orig, other) < 0.88
 
 
 def test_letterbox_bars_are_found_and_dark_content_is_not_cut():
