@@ -34,14 +34,14 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .base import Frames
 
-FLAT_MAX = 1_000_000  # vectors searched exactly; above, an IVF index (see ``build_index``)
+FLAT_MAX = 100_000  # vectors searched exactly (all pairs: seconds at this size); above, an IVF index
 
 
 class SignatureError(RuntimeError):
@@ -59,15 +59,15 @@ class SignatureConfig:
 
     version: ClassVar[str] = "1"
 
-    keyframes_per_s: float = 2.0
-    max_keyframes: int = 32
-    decode_size: int = 96
-    hash_size: int = 32
-    coeffs: int = 6
-    centre_crop: float = 0.9
-    bar_level: int = 40
-    min_texture: float = 2.0
-    rank: bool = True
+    keyframes_per_s: float = field(default=2.0, metadata={"help": "keyframes per second of clip, chosen by timestamp"})
+    max_keyframes: int = field(default=32, metadata={"help": "at most this many keyframes per clip (evenly spaced beyond)"})
+    decode_size: int = field(default=96, metadata={"help": "short side, px, the keyframes are decoded at"})
+    hash_size: int = field(default=32, metadata={"help": "side, px, of the square grey picture the DCT reads"})
+    coeffs: int = field(default=6, metadata={"help": "the coeffs x coeffs lowest DCT frequencies form the vector (minus DC)"})
+    centre_crop: float = field(default=0.9, metadata={"help": "fraction of each side kept around the centre (after bars)"})
+    bar_level: int = field(default=40, metadata={"help": "luma under which a border row/column counts as a letterbox bar"})
+    min_texture: float = field(default=2.0, metadata={"help": "grey levels RMS under which a keyframe is flat and left out"})
+    rank: bool = field(default=True, metadata={"help": "replace grey levels by their ranks before the DCT (robust to bright overlays)"})
 
     def __post_init__(self) -> None:
         errors = []
