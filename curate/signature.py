@@ -224,20 +224,27 @@ def clip_similarity(a: np.ndarray, b: np.ndarray, min_match_frac: float = 0.5) -
     return max(_score(s.max(axis=1), min_match_frac), _score(s.max(axis=0), min_match_frac))
 
 
-def build_index(vectors: np.ndarray, nlist: int | None = None, nprobe: int = 16, seed: int = 0):
+def build_index(vectors: np.ndarray, nlist: int | None = None, nprobe: int = 16, seed: int = 0, sq8: bool = False):
     """A faiss inner-product index holding ``vectors`` (float32 [N, D], searched in the order
     given). Up to ``FLAT_MAX`` vectors: exact (``IndexFlatIP``); above, ``IndexIVFFlat`` with
-    ``nlist`` k-means cells (default 4 sqrt(N)) trained on an evenly spaced sample of 64 vectors
-    per cell, ``nprobe`` cells searched per query."""
+    ``nlist`` k-means cells (default 2 sqrt(N)) trained on an evenly spaced sample of 64 vectors
+    per cell, ``nprobe`` cells searched per query. ``sq8``: store 8-bit scalar-quantised vectors
+    (``IndexIVFScalarQuantizer``, a quarter of the memory; the similarities it returns are
+    approximate, so candidates are to be checked on the float vectors)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, np.float32)
     n, d = x.shape
-    if n <= FLAT_MAX and nlist is None:
+    if n <= FLAT_MAX and nlist is None and not sq8:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = nlist or max(1, int(4 * math.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        nlist = nlist or max(1, int(2 * math.sqrt(n)))
+        if sq8:
+            index = faiss.IndexIVFScalarQuantizer(
+                faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         sample = x[np.linspace(0, n - 1, min(n, 64 * nlist)).astype(np.int64)]
         index.train(sample)

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import cv2
+import duckdb
 import pytest
 from factories import smooth_pan, write_video
 
@@ -89,6 +90,13 @@ def test_a_copy_from_another_run_is_grouped_and_one_is_kept(corpora):
     c = Corpus.open(str(fwd))
     left = {os.path.basename(u) for u in c.query("SELECT uri FROM clips_dedup").column("uri").to_pylist()}
     assert left == {"a.mp4", "b.mp4", "c.mp4"}
+    assert c.labelers() == [] and c.query("SELECT count(*) AS n FROM latent_actions").column("n")[0].as_py() == 0
+    con = duckdb.connect(c.build_index(), read_only=True)  # DuckDB's own clients see the same views
+    try:
+        assert con.execute("SELECT count(*) FROM clips_dedup").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM dedup WHERE NOT keeper").fetchone()[0] == 1
+    finally:
+        con.close()
 
 
 def test_order_of_runs_and_incremental_runs_do_not_change_the_result(corpora):
