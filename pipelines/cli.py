@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _EXTRA_COMMANDS:
         register(sub)
+    for register in _CORPUS_STEPS:
+        register(sub)
     return p
 
 
@@ -299,6 +301,16 @@ def _extra_commands() -> list[Callable]:
 
 
 _EXTRA_COMMANDS = _extra_commands()
+
+
+# Corpus-level steps over every kept clip (they write labels/<name>-<config hash>/ sidecars).
+def _corpus_steps() -> list[Callable]:
+    from defi.pipelines.dedup import add_dedup_parser
+
+    return [add_dedup_parser]
+
+
+_CORPUS_STEPS = _corpus_steps()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -544,6 +544,7 @@ def run_select(
     balance_by: str | None = None,
     labeler: str | None = None,
     *,
+    exclude_duplicates: bool = False,
     text: str | None = None,
     top: int | None = None,
     clip_model: str | None = None,
@@ -551,8 +552,10 @@ def run_select(
 ) -> dict[str, Any]:
     """Write a selection manifest of the clips matching ``where``, weighted by
     ``balanced_weights`` of ``balance_by`` (all 1.0 without it). Returns a summary dict.
-    ``text``: score clips by CLIP similarity to it (``text_search``), a ``text_score`` column
-    for ``where``/``balance_by``; ``top``: keep the ``top`` best-scoring matches."""
+    ``exclude_duplicates``: leave out the clips `defi dedup` found to be near-duplicates of a
+    keeper (the ``clips_dedup`` view). ``text``: score clips by CLIP similarity to it
+    (``text_search``), a ``text_score`` column for ``where``/``balance_by``; ``top``: keep the
+    ``top`` best-scoring matches."""
     from defi.schemas.selection import write_selection
 
     from .cli import UsageError
@@ -565,8 +568,14 @@ def run_select(
     name = pick_labeler(corpus, labeler)
     tables = search_tables(root, text, clip_model, clip_pretrained)
     sql = select_sql(where, balance_by, label_view_name(name) if name else None, text_scores=bool(tables))
+    if exclude_duplicates:
+        if corpus.current_dedup() is None:
+            raise UsageError(f"--exclude-duplicates: corpus {root} has no dedup result; run `defi dedup --root {root}` first")
+        sql = f"SELECT * FROM ({sql}) WHERE key IN (SELECT key FROM clips_dedup)"
     if top is not None:
         sql = f"SELECT * FROM ({sql}) ORDER BY __text_score DESC NULLS LAST, key LIMIT {int(top)}"
+    elif exclude_duplicates:
+        sql = f"SELECT * FROM ({sql}) ORDER BY key"
     table = corpus.query(sql, tables=tables)
     keys = table.column("key").to_pylist()
     if not keys:
@@ -697,6 +706,11 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
 
     add_text_flags(p, "whose text_score --where and --balance-by can read")
     p.add_argument("--top", type=int, help="with --text: keep the N matching clips most similar to the text")
+    p.add_argument(
+        "--exclude-duplicates",
+        action="store_true",
+        help="leave out clips that the last `defi dedup` run found to be near-duplicates of a kept clip",
+    )
     p.set_defaults(func=cmd_select)
     return p
 
@@ -714,6 +728,7 @@ def cmd_select(args) -> int:
             args.out,
             args.balance_by,
             args.labeler,
+            exclude_duplicates=args.exclude_duplicates,
             text=args.text,
             top=args.top,
             clip_model=args.clip_model,

@@ -8,6 +8,7 @@ ROOT/
   shards/shard-NNNNNN.tar          WebDataset samples (see samples.py)
   labels/<labeler>/part-*.parquet  one row per labeled clip
   labels/caption-<hash>/           captions of `defi label captions` (labels/captions.json names the current one)
+  labels/dedup-<hash>/             near-duplicate groups of `defi dedup` (labels/dedup.json names the current one)
   runs/<run_id>.json               one record per run
   index.duckdb                     (local roots) views over the parquet, for DuckDB's own clients
 ```
@@ -37,7 +38,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tables import CAPTIONS, FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, label_schema, validate_table
+from .tables import CAPTIONS, DEDUP, FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, label_schema, validate_table
 
 CORPUS_FILE = "corpus.json"
 INDEX_FILE = "index.duckdb"
@@ -46,6 +47,9 @@ RUNS_DIR = "runs"
 SHARDS_DIR = "shards"
 PART_GLOB = "part-*.parquet"
 CAPTIONS_POINTER = f"{LABELS_DIR}/captions.json"  # {"current": "caption-<hash>"}: what the `captions` view reads
+DEDUP_POINTER = f"{LABELS_DIR}/dedup.json"  # {"current": "dedup-<hash>", ...}: what the `dedup` view reads
+# Kept clips minus the near-duplicates `defi dedup` did not keep (all kept clips before any dedup).
+CLIPS_DEDUP_SQL = "SELECT * FROM clips WHERE kept AND key NOT IN (SELECT key FROM dedup WHERE NOT keeper)"
 
 # Statement types `query` accepts (a friendlier first refusal; the engine settings in
 # `Corpus.connect` are what make a query unable to write).
@@ -191,11 +195,21 @@ class Corpus:
         return [n for n in self.label_folders() if label_schema(n) is LATENT_ACTIONS]
 
     def label_folders(self) -> list[str]:
-        """Every folder under ``labels/`` (latent-action labelers, captions ...)."""
+        """Every folder under ``labels/`` (latent-action labelers, captions, dedup results and signatures)."""
         d = self.path(LABELS_DIR)
         if not self.fs.exists(d):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(d, detail=False) if self.fs.isdir(p))
+
+    def current_dedup(self) -> str | None:
+        """The ``labels/`` folder the ``dedup`` view reads (the last `defi dedup` run's), or None."""
+        if not self.fs.exists(self.path(DEDUP_POINTER)):
+            return None
+        try:
+            name = str(self.read_json(DEDUP_POINTER)["current"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CorpusError(f"{self.path(DEDUP_POINTER)} is unreadable: {e}") from None
+        return name if label_schema(name) is DEDUP else None
 
     def read_table(self, table: str) -> pa.Table:
         """All committed parts of a table as one Arrow table (empty, with schema, if none)."""
@@ -218,7 +232,8 @@ class Corpus:
     def views(self) -> dict[str, list[str]]:
         """View name -> parquet parts behind it. ``latent_actions`` unions every labeler's parts;
         each ``labels/`` folder also gets its own view ``labels_<name>`` (non-alphanumerics ->
-        ``_``); ``captions`` reads the current captions (``current_captions``)."""
+        ``_``); ``captions`` reads the current captions (``current_captions``), ``dedup`` the current
+        dedup result (``current_dedup``). SQL views over these (``clips_dedup``) are not listed."""
         return {v: parts for v, (parts, _) in self.view_tables().items()}
 
     def view_tables(self) -> dict[str, tuple[list[str], pa.Schema]]:
@@ -232,6 +247,8 @@ class Corpus:
             out[label_view_name(name)] = (ps, schema)
         current = self.current_captions()
         out["captions"] = (self.parts(f"{LABELS_DIR}/{current}") if current else [], CAPTIONS)
+        current = self.current_dedup()
+        out["dedup"] = (self.parts(f"{LABELS_DIR}/{current}") if current else [], DEDUP)
         return out
 
     def current_captions(self) -> str | None:
@@ -278,6 +295,7 @@ class Corpus:
         try:
             for view, (parts, schema) in self.view_tables().items():
                 _define_view(con, view, parts, schema, self)
+            con.execute(f"CREATE VIEW clips_dedup AS {CLIPS_DEDUP_SQL}")
             for name, table in (tables or {}).items():
                 con.register(name, table)
             con.execute("SET lock_configuration = true")
@@ -358,6 +376,7 @@ class Corpus:
                 else:
                     cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
                     con.execute(f"CREATE VIEW {view} AS SELECT {cols} WHERE false")
+            con.execute(f"CREATE VIEW clips_dedup AS {CLIPS_DEDUP_SQL}")
             ok = True
         except duckdb.Error as e:
             raise self.sql_error(e) from None

@@ -141,6 +141,37 @@ LATENT_ACTIONS = _schema(
     ],
 )
 
+# Corpus-level near-duplicates (`defi dedup`, pipelines/dedup.py). Signatures are cached per clip
+# under labels/dedup-signatures-<signature config hash>/; a clip whose signature could not be
+# computed has a row with ``error`` set and no vectors (it is not retried under the same config).
+DEDUP_SIGNATURES = _schema(
+    "dedup_signatures",
+    [
+        pa.field("key", _str, nullable=False),
+        pa.field("vectors", pa.list_(pa.list_(_f32))),  # [keyframe][dim], unit L2 norm
+        pa.field("times_s", pa.list_(_f32)),  # clip time of each keyframe, seconds
+        pa.field("error", _str),  # null, or why the clip has no signature (decode, missing_sample, flat)
+        pa.field("error_detail", _str),
+        pa.field("run_id", _str),
+    ],
+)
+
+# One row per kept clip of the corpus for one dedup config (labels/dedup-<config hash>/).
+DEDUP = _schema(
+    "dedup",
+    [
+        pa.field("key", _str, nullable=False),
+        pa.field("dup_group", _str),  # the keeper's key: clips with the same dup_group are near-duplicates
+        pa.field("keeper", _bool),  # the one clip of its group that a selection keeps
+        pa.field("group_size", _i32),
+        pa.field("neighbour", _str),  # the most similar other clip found, null when none matched
+        pa.field("distance", _f32),  # 1 - similarity to ``neighbour`` (see curate.signature.clip_similarity)
+        pa.field("match", _str),  # what joined it to ``neighbour``: keyframes | embedding
+        pa.field("error", _str),  # why the clip has no perceptual signature (it can still match by embedding)
+        pa.field("run_id", _str),
+    ],
+)
+
 # One row per clip for one captioning config (labels/caption-<config hash>/, `defi label captions`,
 # pipelines/captions.py): a caption, or the reason there is none.
 CAPTIONS = _schema(
@@ -160,7 +191,11 @@ CAPTIONS = _schema(
 
 # A labels/<name>/ folder's schema by the name's prefix (first match); any other name holds
 # latent actions. The prefixes are the commands that write them.
-LABEL_SCHEMAS: tuple[tuple[str, pa.Schema], ...] = (("caption-", CAPTIONS),)
+LABEL_SCHEMAS: tuple[tuple[str, pa.Schema], ...] = (
+    ("dedup-signatures-", DEDUP_SIGNATURES),
+    ("dedup-", DEDUP),
+    ("caption-", CAPTIONS),
+)
 
 
 def label_schema(name: str) -> pa.Schema:
