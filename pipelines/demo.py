@@ -51,9 +51,8 @@ from .usage import UsageError, one_line
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
 # ---------------------------------------------------------------------------------------------
 # The action-free tasks are the project's 8 pretraining tasks (bench/gidm_quality.py's), 4 episodes
-# each: at the same number of episodes (and the same time), 8 tasks x 4 gave the demo GIDM's latent
-# more of the held-out hand motion than the former 4 tasks x 8 on two data seeds (R^2 0.618 vs
-# 0.567 and 0.765 vs 0.588; 8 x 8 gave 0.661 and 0.536): docs/gidm-discrete-2026-11-26.md, section E.
+# each: spreading a fixed number of episodes over more tasks shows the GIDM more kinds of hand motion
+# for the same generation and training time (the comparison: docs/gidm-discrete-2026-11-26.md, section E).
 ACTION_FREE_TASKS = list(PRETRAIN_TASKS)
 PROBE_TASKS = list(HELD_OUT_TASKS[:3])
 
@@ -91,7 +90,7 @@ class DemoConfig:
         metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; below 1 they localise in fewer steps)"},
     )
     num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the generated inputs and of every training run (same seed, same demo)"})
     gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
     policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
     eval_episodes: int = field(default=2, metadata={"help": "evaluation episodes per held-out task, per policy"})
