@@ -149,7 +149,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "mean steps to success, rollout videos and a self-contained HTML report in --out.",
     )
     p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator (default metaworld)")
+    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the policy is rolled out in (default: metaworld)")
     p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from defi.training.sim.evaluate import EvalConfig

@@ -110,16 +110,32 @@ def _commands(parser, path=("defi",)):
                 yield from _commands(sub, (*path, name))
 
 
+def _own_sentence(help_: str | None) -> bool:
+    """A help text that says something besides its default: "(default: 8)" alone is not one."""
+    import re
+
+    text = re.sub(r"\(default:[^)]*\)", "", help_ or "").strip()
+    return len(re.findall(r"[A-Za-z]+", text)) >= 2
+
+
+def test_a_help_of_only_its_default_is_not_a_sentence():
+    assert not _own_sentence("(default: 8)") and not _own_sentence("  (default: a, b) ") and not _own_sentence(None)
+    assert _own_sentence("frames per decode chunk (default: 64)")
+
+
 def test_every_flag_of_every_command_has_a_help_sentence():
     from defi.pipelines.cli import build_parser
 
-    seen, missing = 0, []
+    seen, missing, commands = 0, [], set()
     for path, parser in _commands(build_parser()):
+        commands.add(" ".join(path[1:]))
         for action in parser._actions:
             if action.help == "==SUPPRESS==" or action.dest == "help" or action.__class__.__name__ == "_SubParsersAction":
                 continue
             seen += 1
-            if not (action.help or "").strip():
-                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
-    assert seen > 100  # the generated --model.* / --train.* flags are in the walk
+            if not _own_sentence(action.help):
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}: {action.help!r}")
+    assert {"curate", "label", "train gidm", "train gfdm", "train policy", "eval", "demo", "query", "browse", "select"} <= commands
+    assert {"export", "index", "check", "info", "sim generate"} <= commands
+    assert seen > 200  # the generated --model.* / --train.* / --probe.* flags are in the walk
     assert not missing, missing

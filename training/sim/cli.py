@@ -13,7 +13,7 @@ ENVS = ("metaworld",)
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator (default: metaworld)")
+    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the episodes are generated in (default: metaworld)")
     p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. reach-v3,push-v3")
     p.add_argument("--episodes", type=int, required=True, help="episodes per task")
     p.add_argument("--out", required=True, help="output folder (new or empty): a LeRobot v3.0 dataset")
