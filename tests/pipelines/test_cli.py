@@ -103,6 +103,7 @@ def _commands(parser, path=("defi",)):
     """(command path, parser) for `defi` and every nested sub-command."""
     import argparse
 
+    parser.format_help()  # a LazyFlagsParser (defi train MODEL) adds its generated flags on first use
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
