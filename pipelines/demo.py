@@ -44,7 +44,7 @@ import numpy as np
 
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
-from .config import add_flags, resolve
+from .config import add_flags, flag_name, resolve
 from .usage import UsageError, one_line
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def _flags(layer: dict[str, Any], prefix: str = "") -> list[str]:
         if isinstance(v, dict):
             out += _flags(v, f"{prefix}{k}.")
         else:
-            out += [f"--{prefix}{k}", str(v)]
+            out += [flag_name(prefix + k), str(v)]
     return out
 
 
@@ -784,9 +784,9 @@ def step_seconds(out: Path, steps: list[Step] | None = None) -> dict[str, float]
 
 BIGGER = (
     "The defaults are sized for `make demo` on a 2-core machine (under 10 minutes, set-up included), far too "
-    "small for a working policy. To run it bigger: --episodes 40 --probe_episodes 20 --robot_steps 150 "
-    "(more data), --gidm_steps 5000 --gfdm_steps 5000 --policy_steps 3000 (longer training), "
-    "--eval_episodes 20 --eval_max_steps 150 (tighter intervals), --num_cpus N; on a GPU the training "
+    "small for a working policy. To run it bigger: --episodes 40 --probe-episodes 20 --robot-steps 150 "
+    "(more data), --gidm-steps 5000 --gfdm-steps 5000 --policy-steps 3000 (longer training), "
+    "--eval-episodes 20 --eval-max-steps 150 (tighter intervals), --num-cpus N; on a GPU the training "
     "steps use it. Re-run with --from STEP to redo a step and everything after it."
 )
 

@@ -416,6 +416,18 @@ def _bar(total: int, enabled: bool):
     return tqdm(total=total, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
+def gap_text(gap: Any) -> str:
+    """The labeler's gap as a reader wants it (``5 frames``, ``0.5 s``); the run record stores it
+    as ``{unit: value}``."""
+    if isinstance(gap, dict) and len(gap) == 1:
+        ((unit, value),) = gap.items()
+        try:
+            return Gap(value, unit).label()
+        except ValueError:
+            pass
+    return str(gap)
+
+
 def summary_text(rec: dict[str, Any]) -> str:
     c, lab = rec["counts"], rec["labeler"]
     rate = f", {rec['clips_per_s']:.1f} clips/s" if rec.get("clips_per_s") else ""
@@ -423,7 +435,7 @@ def summary_text(rec: dict[str, Any]) -> str:
         rate += f" after {rec['ray_start_s']:.1f} s of Ray start-up"
     lines = [
         f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s{rate}",
-        f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {lab['gap']})",
+        f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {gap_text(lab['gap'])})",
         f"  clips    {c.get('selected', 0)} selected, {c.get('skipped_done', 0)} already labeled, "
         f"{c.get('labeled', 0)} labeled ({c.get('steps', 0)} steps), {c.get('errors', 0)} failed",
     ]
@@ -539,9 +551,6 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
     p.add_argument("--config", help="YAML/TOML/JSON file with LabelConfig fields (flags override it)")
     # shortcuts for the flags people type most; every LabelConfig field has its generated flag below
-    gap = p.add_mutually_exclusive_group()
-    gap.add_argument("--gap-s", type=float, help="same as --gap_s")
-    gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int, help="label at most this many pending clips")
@@ -554,12 +563,12 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
 def resolve_label_config(args) -> LabelConfig:
     """LabelConfig defaults <- ``--config`` file <- generated flags <- shortcut flags."""
     data = load_file(args.config) if args.config else {}
-    data = merge(data, flag_overrides(args))
+    flags = flag_overrides(args)
+    for given, other in (("gap_s", "gap_frames"), ("gap_frames", "gap_s")):
+        if given in flags and other not in flags:  # a gap flag replaces the file's gap, in either unit
+            data.pop(other, None)
+    data = merge(data, flags)
     short: dict[str, Any] = {}
-    if args.gap_s is not None:
-        short.update(gap_s=args.gap_s, gap_frames=None)
-    if args.gap_frames is not None:
-        short.update(gap_frames=args.gap_frames, gap_s=None)
     if args.local:
         short["runner"] = "local"
     if args.address:

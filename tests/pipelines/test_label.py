@@ -270,9 +270,9 @@ def test_cli_on_ray_matches_local(root, base, capsys):
                 base[1]["vq"],
                 "--ray.num_cpus",
                 "2",
-                "--clips_per_unit",
+                "--clips-per-unit",
                 "3",
-                "--batch_size",
+                "--batch-size",
                 "8",
                 "--no-progress",
             ]
