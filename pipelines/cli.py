@@ -23,21 +23,28 @@ def _open(root: str):
     return Corpus.open(root)
 
 
+def _identifies(column: str) -> bool:
+    """A column whose values are copied into the next command (``key``, ``clip_key``, ``run_id``):
+    shown whole, since a shortened key names no clip."""
+    return column == "key" or column.endswith(("_key", "_id"))
+
+
 def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
-    """Plain-text table of an Arrow table (first ``max_rows`` rows)."""
+    """Plain-text table of an Arrow table (first ``max_rows`` rows); cells longer than
+    ``max_width`` are shortened with "…", except in key and id columns."""
     cols = table.column_names
     rows = table.slice(0, max_rows).to_pylist()
 
-    def cell(v) -> str:
+    def cell(v, whole: bool) -> str:
         if isinstance(v, float):
             s = f"{v:.6g}"
         elif v is None:
             s = "NULL"
         else:
             s = str(v)
-        return s if len(s) <= max_width else s[: max_width - 1] + "…"
+        return s if whole or len(s) <= max_width else s[: max_width - 1] + "…"
 
-    cells = [[cell(r[c]) for c in cols] for r in rows]
+    cells = [[cell(r[c], _identifies(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) for r in cells]

@@ -173,6 +173,14 @@ def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def require(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a run without the inputs it needs; ``--dry-run`` (which only prints the config) does
+    not need them, so the parser cannot mark them required."""
+    missing = [f"--{n}" for n in names if not getattr(args, n, None)]
+    if missing:
+        raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (only --dry-run runs without)")
+
+
 def print_config(cfg) -> None:
     print(json.dumps(to_dict(cfg), indent=2))
 
@@ -181,6 +189,8 @@ def train_command(args: argparse.Namespace, model: str, make_config: Callable, r
     """``defi train gidm|gfdm``: relaunch under torchrun for ``--workers N``, else resolve the config
     (``make_config(args.model, *cli_layers(args))``), print it (``--dry-run``) or ``run(root,
     select, cfg)`` and print rank 0's ``summary``."""
+    if not args.dry_run:
+        require(args, "root", "select", "out")
     rc = relaunch(args, model)
     if rc is not None:
         return rc
