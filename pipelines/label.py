@@ -48,7 +48,6 @@ from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runn
 from .runs import finish_record, new_run_id, start_record
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
-ENGINES = ("ray", "local")  # the values of the old `engine` field (now `runner`)
 _EXAMPLES = 20  # error examples kept in a run record
 
 # ----------------------------------------------------------------------------------------------
@@ -85,9 +84,8 @@ QUERIES: dict[str, str] = {
 def centred_vectors_sql(labels: str) -> str:
     """A subquery of (key, v): each clip's ``mean_vector`` minus the mean of all of them in
     ``labels`` (one labeler's view). Raw mean vectors share a large common part, so their cosines
-    bunch near 1 (the demo's: median 0.91 continuous, 0.96 residual VQ); centred, they spread over
-    [-1, 1] and the 5 nearest clips share the clip's task more often (0.54 -> 0.59 continuous,
-    0.51 -> 0.55 residual VQ; docs/gidm-discrete-2026-11-26.md, section G)."""
+    bunch near 1 and rank neighbours poorly; centred, they spread over [-1, 1]
+    (docs/gidm-discrete-2026-11-26.md, section G)."""
     return (
         "(SELECT l.key, list_transform(list_zip(l.mean_vector, m.mu), lambda p: p[1] - p[2]) AS v\n"
         f" FROM {labels} l, (SELECT list(x ORDER BY i) AS mu FROM (SELECT i, avg(x) AS x FROM\n"
@@ -137,7 +135,6 @@ class LabelConfig:
     actors: int = field(default=1, metadata={"help": "labeling actors (each takes a GPU when present)"})
     runner: str = field(default="auto", metadata={"help": RUNNER_HELP})
     workers: int | None = field(default=None, metadata={"help": WORKERS_HELP})
-    engine: str | None = field(default=None, metadata={"help": "ray | local: the old name of --runner"})
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -146,13 +143,6 @@ class LabelConfig:
             if int(getattr(self, name)) < 1:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
         errors += runner_field_errors(self.runner, self.workers)
-        if self.engine is not None:
-            if self.engine not in ENGINES:
-                errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
-            elif self.runner not in ("auto", self.engine):
-                errors.append(f"engine={self.engine!r} and runner={self.runner!r}: give one (engine is runner's old name)")
-            else:
-                self.runner = self.engine
         if self.gap_frames is not None and self.gap_s is not None:
             errors.append("give gap_frames or gap_s, not both")
         else:

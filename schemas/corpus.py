@@ -41,7 +41,6 @@ from .tables import FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTIONS, TABLES, valida
 CORPUS_FILE = "corpus.json"
 INDEX_FILE = "index.duckdb"
 LABELS_DIR = "labels"
-RUNS_DIR = "runs"
 SHARDS_DIR = "shards"
 PART_GLOB = "part-*.parquet"
 

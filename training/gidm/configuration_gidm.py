@@ -234,8 +234,8 @@ class GIDMConfig(ConfigDict):
 def gidm_tiny(**overrides: Any) -> GIDMConfig:
     """CPU-sized: 64 px pixels, 8 px patches, 64-wide 2+2 block transformer, continuous latent.
 
-    Continuous is the default because a quick FSQ latent collapsed to nothing on Meta-World at
-    64 px while a continuous one learned (measured by the project)."""
+    Continuous, because on a short CPU run a quantised latent can collapse to a single code while
+    a continuous one keeps learning (bottlenecks compared: docs/gidm-discrete-2026-11-26.md)."""
     base = dict(
         input_space="pixels",
         image_size=64,
@@ -296,24 +296,23 @@ def gidm_univla(**overrides: Any) -> GIDMConfig:
 
 
 def gidm_keypoint(**overrides: Any) -> GIDMConfig:
-    """The best measured pixel-space configuration on CPU (``bench/gidm_quality.py`` defaults):
-    ``gidm_tiny`` with a 32-keypoint spatial soft-argmax encoder, 16 latent dims, 4-px patches and
-    changed_weight 30. Its continuous latent explained 0.78 of held-out tasks' end-effector
-    displacement against 0.44 / 0.65 for same-size frame-difference / o_t-only controls (README).
-    The default of ``defi train gidm``. Use it for robot or fixed-camera video; the keypoints move
-    with the camera, so filter panning clips out of its selection (``camera_motion`` score)."""
+    """``gidm_tiny`` with a 32-keypoint spatial soft-argmax encoder, 16 latent dims, 4-px patches and
+    changed_weight 30 (``bench/gidm_quality.py``'s defaults): keypoints make the latent a linear
+    map of where things moved, which is what a robot action is. The default of ``defi train
+    gidm``; its probe numbers against the controls are in docs/results.md. Use it for robot or
+    fixed-camera video; the keypoints move with the camera, so filter panning clips out of its
+    selection (``camera_motion`` score)."""
     keypoint = dict(patch_size=4, latent_dim=16, keypoints=32, changed_weight=30.0)
     return gidm_tiny(**{**keypoint, **overrides})
 
 
 def gidm_keypoint_rvq(**overrides: Any) -> GIDMConfig:
-    """``gidm_keypoint`` with discrete codes: residual VQ, 8 stages of 16 codes over its 16 dims.
-    The best measured discrete latent (``bench/gidm_quality.py --bottleneck rvq --model-set
-    codebook_size=16 --model-set vq_stages=8``, 3000 steps): its code vectors explained 0.56 / 0.66
-    / 0.76 of held-out end-effector displacement over three training seeds (mean 0.66) against
-    0.44 / 0.63 for the same-size controls, all 16 first-stage codes in use (perplexity ~10).
+    """``gidm_keypoint`` with discrete codes: residual VQ, 8 stages of 16 codes over its 16 dims,
+    for queries by code (``dominant_code``). Residual stages keep the displacement a single
+    16-code book would round away (the comparison of bottlenecks: docs/gidm-discrete-2026-11-26.md).
     ``codes`` (so ``dominant_code``, ``code_hist``) are the first stage's ids; the labels'
-    vectors are the sum of all stages. Seeds vary: train more than one and keep the best probe."""
+    vectors are the sum of all stages. Training seeds vary: train more than one and keep the
+    best probe."""
     rvq = dict(bottleneck="rvq", codebook_size=16, vq_stages=8)
     return gidm_keypoint(**{**rvq, **overrides})
 
@@ -326,7 +325,6 @@ GIDM_SIZES = {
     "small": gidm_small,
     "univla": gidm_univla,
 }
-DEFAULT_GIDM = "keypoint"
 
 
 def gidm_config(size: str, **overrides: Any) -> GIDMConfig:
