@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole recipe on an embedded default (curate, GIDM, label, GFDM, policy, eval, report)",
         description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
-        "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
+        "GIDM on the action-free clips, label every clip, run the latent-action queries of docs/models.md, probe "
         "the latent against true robot actions, train a tiny GFDM, finetune the DeFI policy and a scratch one on the "
         "held-out robot clips, evaluate both in Meta-World and write OUT/report.html. Re-running resumes.",
     )

@@ -6,7 +6,7 @@
     curate      `defi curate` of all of it into OUT/corpus
     train_gidm  `defi train gidm` of a tiny GIDM on the action-free clips only
     label       `defi label latent-actions` of every kept clip
-    queries     the latent-action queries from README
+    queries     the latent-action queries of docs/models.md
     probe       linear probes of the true robot action from the GIDM latent, beside controls
     train_gfdm  `defi train gfdm` of a tiny GFDM on the action-free clips; its predictions on held-out
                 robot clips (o_t | predicted | true) as a PNG grid
@@ -400,7 +400,7 @@ def step_label(ctx: Context) -> dict[str, Any]:
 
 # -- queries -----------------------------------------------------------------------------------
 def demo_queries(view: str) -> list[tuple[str, str]]:
-    """The README's latent-action queries, on the labels view ``view``."""
+    """The latent-action queries of docs/models.md, on the labels view ``view``."""
     return [
         (
             "biggest latent actions",
@@ -696,7 +696,7 @@ STEPS: list[Step] = [
     Step("curate", "curate everything into a corpus (defi curate)", step_curate),
     Step("train_gidm", "train a tiny GIDM on the action-free clips (defi train gidm)", step_train_gidm),
     Step("label", "label every kept clip with latent actions (defi label latent-actions)", step_label),
-    Step("queries", "run the README's latent-action queries (defi query)", step_queries),
+    Step("queries", "run the latent-action queries of docs/models.md (defi query)", step_queries),
     Step("probe", "probe the true robot actions from the latent, beside observation-only controls", step_probe),
     Step("train_gfdm", "train a tiny GFDM on the action-free clips (defi train gfdm)", step_train_gfdm),
     Step(
