@@ -96,7 +96,7 @@ def root(base, tmp_path):
 
 
 def local(**kw) -> LabelConfig:
-    return LabelConfig(engine="local", clips_per_batch=2, batch_size=8, **kw)
+    return LabelConfig(runner="local", clips_per_batch=2, batch_size=8, **kw)
 
 
 def part_state(root: str) -> dict[str, float]:
