@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="table", choices=["table", "csv", "json", "parquet"], help="output format (parquet needs --out; default: table)"
     )
     q.add_argument("--out", help="write the result to this file instead of stdout")
-    q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+    q.add_argument("--threads", type=int, help="threads DuckDB may use for the query (default: all cores)")
     q.set_defaults(func=cmd_query)
 
     i = sub.add_parser(

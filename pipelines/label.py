@@ -129,7 +129,7 @@ class LabelConfig:
         metadata={"help": "take camera motion of up to this many pixels (at the model's size) out of each window before encoding (0: off)"},
     )
     batch_size: int = field(default=64, metadata={"help": "frames / transitions per model batch"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    device: str = field(default="auto", metadata={"help": "torch device the model runs on: auto (cuda when a GPU is visible), cpu or cuda"})
     clips_per_batch: int = field(default=16, metadata={"help": "clips per actor call"})
     clips_per_unit: int = field(default=256, metadata={"help": "clips committed together in one parquet part"})
     actors: int = field(default=1, metadata={"help": "labeling actors (each takes a GPU when present)"})
@@ -591,7 +591,7 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
         "(--select FILE). With --balance-by, each clip's weight is (N / G) / n_g, so each of the G groups "
         "gets the same total weight. The SQL used is stored in the manifest.",
     )
-    p.add_argument("--root", required=True, help="corpus root")
+    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument(
         "--where",
         default="true",
