@@ -192,7 +192,9 @@ def flag_name(key: str) -> str:
 
 def _with_default(help_: str, shown: Any) -> str:
     """The field's help and its default, unless the help already says what the default means."""
-    return help_ if "default" in help_ else f"{help_ + ' ' if help_ else ''}(default: {shown})"
+    if "default" in help_ or shown == "":  # "(default: )" would say nothing
+        return help_
+    return f"{help_ + ' ' if help_ else ''}(default: {shown})"
 
 
 class _DeprecatedSpelling(argparse.Action):
