@@ -198,8 +198,8 @@ def _with_default(help_: str, shown: Any) -> str:
 
 
 class _DeprecatedSpelling(argparse.Action):
-    """The snake_case spelling a top-level flag had before flags were kebab-case: still accepted
-    (hidden from --help), with a one-line note naming the new spelling."""
+    """The snake_case spelling of a top-level flag (``--gidm_model``), accepted so that scripts
+    written with it keep working: hidden from --help, with a one-line note naming the flag."""
 
     def __init__(self, *args, new: str, **kwargs):
         self.new = new
