@@ -181,8 +181,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "--model",
         default="keypoint",
         choices=MODEL_SIZES,
-        help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
-        "video, 64 px), keypoint-rvq (the same with residual-VQ codes: the best measured discrete latent), "
+        help="model preset (builder defaults): keypoint (default: 64 px, 32 soft-argmax keypoints, continuous "
+        "latent; for robot or fixed-camera video), keypoint-rvq (the same with residual-VQ codes), "
         "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
     )
     add_run_flags(g)
