@@ -1,6 +1,6 @@
 """Does the GFDM predict the future better than copying o_t? Meta-World, held-out episodes and tasks.
 
-    nice -n 10 .venv/bin/python bench/gfdm_quality.py                 # both objectives: the README table
+    nice -n 10 .venv/bin/python bench/gfdm_quality.py                 # both objectives: the table in docs/gfdm-quality-2026-11-26.md
     .venv/bin/python bench/gfdm_quality.py --objectives regression --steps 300 --episodes 4   # smoke run
 
 1. ``defi.training.sim.generate``: scripted-expert episodes with Gaussian action noise: the training

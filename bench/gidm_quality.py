@@ -50,7 +50,7 @@ TRAIN_TASKS = list(PRETRAIN_TASKS)  # the project's standard split (training/sim
 EVAL_TASKS = list(HELD_OUT_TASKS)
 QUICK_TRAIN = TRAIN_TASKS[:4]
 QUICK_EVAL = EVAL_TASKS[:3]
-# The best measured setting (README): 4-px patches, reconstruction weighted towards changed
+# The best measured setting (docs/results.md): 4-px patches, reconstruction weighted towards changed
 # patches, keypoint encoder with 32 soft-argmax keypoints. --model-set overrides any of them.
 DEFAULT_MODEL_SET = ["patch_size=4", "changed_weight=30", "keypoints=32"]
 

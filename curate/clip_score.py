@@ -127,14 +127,22 @@ class ClipScorer(Scorer):
     name: ClassVar[str] = "clip"
     version: ClassVar[str] = "1"
 
-    model: str = "ViT-B-32"
-    pretrained: str | None = "laion2b_s34b_b79k"
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    num_frames: int = 4  # keyframes per clip
-    device: str = "auto"
-    batch_size: int = 64  # images per forward pass of the image tower
-    min_score: float | None = None
-    seed: int = 0  # only used for random init (pretrained=None)
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name (or a tiny test config name)"})
+    pretrained: str | None = field(
+        default="laion2b_s34b_b79k",
+        metadata={"help": "open_clip weights tag or a local checkpoint file; none: random weights (tests only)"},
+    )
+    prompts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROMPTS),
+        metadata={"help": "text prompts each clip is scored against (comma-separated); clip_score_max is the best"},
+    )
+    num_frames: int = field(default=4, metadata={"help": "keyframes sampled evenly per clip; their image embeddings are averaged"})
+    device: str = field(default="auto", metadata={"help": "torch device for the model; auto: cuda when a GPU is visible, else cpu"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass of the image tower"})
+    min_score: float | None = field(
+        default=None, metadata={"help": "reject clips whose best prompt cosine is below this as low_clip_score (none: score only)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random weights when pretrained is none"})
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:

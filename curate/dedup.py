@@ -16,7 +16,7 @@ an approximate-nearest-neighbour index; the grouping and keeper rules stay the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from collections.abc import Callable, Sequence
 
@@ -207,10 +207,16 @@ class Dedup(Operator):
     name: ClassVar[str] = "dedup"
     version: ClassVar[str] = "1"
 
-    max_hamming: int | None = 6
-    min_cosine: float | None = 0.97
-    quality: str | None = "clip_score_max"
-    block: int = 1024
+    max_hamming: int | None = field(
+        default=6, metadata={"help": "two clips match when their perceptual hashes differ in at most this many bits (none: hashes unused)"}
+    )
+    min_cosine: float | None = field(
+        default=0.97, metadata={"help": "two clips match when their CLIP embeddings' cosine reaches this (none: embeddings unused)"}
+    )
+    quality: str | None = field(
+        default="clip_score_max", metadata={"help": "clip score column that picks which of a duplicate group is kept, higher is better"}
+    )
+    block: int = field(default=1024, metadata={"help": "rows compared at once in the all-pairs search (bounds its memory, not its result)"})
 
     def __post_init__(self) -> None:
         if self.max_hamming is not None and not 0 <= self.max_hamming <= HASH_BITS:

@@ -369,12 +369,18 @@ class ClipEncoder(Operator):
     name: ClassVar[str] = "encode"
     version: ClassVar[str] = "1"
 
-    fps: float = 10.0
-    short_side: int | None = 256
-    crf: int = 23
-    preset: str = "veryfast"
-    max_frames: int | None = None
-    upscale: bool = False
+    fps: float = field(
+        default=10.0, metadata={"help": "frame rate of the encoded clips, frames per second (frames picked by nearest timestamp)"}
+    )
+    short_side: int | None = field(
+        default=256, metadata={"help": "short side of the encoded clips, px, aspect kept (none: the source size)"}
+    )
+    crf: int = field(default=23, metadata={"help": "H.264 constant rate factor: lower is better quality and larger files (0-51)"})
+    preset: str = field(
+        default="veryfast", metadata={"help": "x264 speed preset (ultrafast ... veryslow): slower gives smaller files at the same quality"}
+    )
+    max_frames: int | None = field(default=None, metadata={"help": "cap on the frames encoded per clip (none: every frame of the window)"})
+    upscale: bool = field(default=False, metadata={"help": "enlarge sources smaller than short_side (otherwise they keep their size)"})
 
     def __post_init__(self) -> None:
         if self.fps <= 0:

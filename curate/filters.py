@@ -23,7 +23,7 @@ rejection: the ``Duration`` scorer is the one that rejects clips that are too sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cv2
@@ -128,8 +128,12 @@ class Duration(Scorer):
     name: ClassVar[str] = "duration"
     version: ClassVar[str] = "1"
 
-    min_s: float | None = None
-    max_s: float | None = None
+    min_s: float | None = field(
+        default=None, metadata={"help": "reject clips shorter than this many seconds as too_short (none: score only)"}
+    )
+    max_s: float | None = field(
+        default=None, metadata={"help": "reject clips longer than this many seconds as too_long (none: score only)"}
+    )
 
     def score(self, frames: Any) -> dict[str, float]:
         if hasattr(frames, "start_s") and hasattr(frames, "end_s"):
@@ -160,7 +164,9 @@ class Resolution(Scorer):
     name: ClassVar[str] = "resolution"
     version: ClassVar[str] = "1"
 
-    min_short_side: int | None = None
+    min_short_side: int | None = field(
+        default=None, metadata={"help": "reject sources whose short side is below this many pixels as low_resolution (none: score only)"}
+    )
 
     def score(self, frames: Any) -> dict[str, float]:
         if hasattr(frames, "width") and hasattr(frames, "height"):
@@ -187,11 +193,25 @@ class Motion(Scorer):
     name: ClassVar[str] = "motion"
     version: ClassVar[str] = "1"
 
-    min_motion_mean: float | None = None
-    min_frame_diff: float | None = None
-    analysis_short_side: int = 128
-    max_pairs: int = 8
-    border_px: int = 2
+    min_motion_mean: float | None = field(
+        default=None,
+        metadata={
+            "help": "reject clips whose mean optical-flow magnitude is below this, px/frame at analysis size, as low_motion (none: off)"
+        },
+    )
+    min_frame_diff: float | None = field(
+        default=None,
+        metadata={
+            "help": "reject clips whose mean absolute difference of consecutive gray frames (0-255) is below this as low_motion (none: off)"
+        },
+    )
+    analysis_short_side: int = field(
+        default=128, metadata={"help": "frames are shrunk to this short side, px, before scoring (scores compare only at one size)"}
+    )
+    max_pairs: int = field(default=8, metadata={"help": "pairs of consecutive frames sampled evenly per clip for the optical flow"})
+    border_px: int = field(
+        default=2, metadata={"help": "pixels dropped at each edge of the flow, where content enters or leaves the frame"}
+    )
 
     def score(self, frames: Frames) -> dict[str, float]:
         a, b, flows = _flow_cache.get(frames, self.analysis_short_side, self.max_pairs)
@@ -255,13 +275,37 @@ class CameraMotion(Scorer):
     name: ClassVar[str] = "camera_motion"
     version: ClassVar[str] = "1"
 
-    max_camera_motion: float | None = None
-    min_local_motion: float | None = None
-    analysis_short_side: int = 128
-    max_pairs: int = 8
-    border_px: int = 4
-    local_percentile: float = 99.0
-    min_texture: float = 1e-3
+    max_camera_motion: float | None = field(
+        default=None,
+        metadata={
+            "help": "reject clips whose global (camera) flow exceeds this, px/frame at analysis size, unless local motion is high (none: off)"
+        },
+    )
+    min_local_motion: float | None = field(
+        default=None,
+        metadata={
+            "help": "a clip over max_camera_motion is kept when its local motion reaches this, px/frame (none: any camera motion over it rejects)"
+        },
+    )
+    analysis_short_side: int = field(
+        default=128, metadata={"help": "frames are shrunk to this short side, px, before scoring (scores compare only at one size)"}
+    )
+    max_pairs: int = field(default=8, metadata={"help": "pairs of consecutive frames sampled evenly per clip for the optical flow"})
+    border_px: int = field(
+        default=4, metadata={"help": "pixels dropped at each edge of the flow, where content enters or leaves the frame"}
+    )
+    local_percentile: float = field(
+        default=99.0,
+        metadata={
+            "help": "percentile of the residual (non-camera) flow magnitude taken as local motion, so a small moving hand still counts"
+        },
+    )
+    min_texture: float = field(
+        default=1e-3,
+        metadata={
+            "help": "local motion counts only pixels whose structure-tensor minimum eigenvalue exceeds this (flow is unreliable on flat areas)"
+        },
+    )
 
     def score(self, frames: Frames) -> dict[str, float]:
         a, _, flows = _flow_cache.get(frames, self.analysis_short_side, self.max_pairs)
@@ -297,9 +341,13 @@ class Blur(Scorer):
     name: ClassVar[str] = "blur"
     version: ClassVar[str] = "1"
 
-    min_blur: float | None = None
-    analysis_short_side: int = 128
-    max_frames: int = 8
+    min_blur: float | None = field(
+        default=None, metadata={"help": "reject clips whose Laplacian variance (sharpness) is below this as blurry (none: score only)"}
+    )
+    analysis_short_side: int = field(
+        default=128, metadata={"help": "frames are shrunk to this short side, px, before scoring (scores compare only at one size)"}
+    )
+    max_frames: int = field(default=8, metadata={"help": "frames sampled evenly per clip for this score"})
 
     def score(self, frames: Frames) -> dict[str, float]:
         idx = sample_evenly(len(frames), self.max_frames)
@@ -324,11 +372,15 @@ class BlackFrames(Scorer):
     name: ClassVar[str] = "black_frames"
     version: ClassVar[str] = "1"
 
-    max_black_frac: float | None = None
-    dark_mean: float = 16.0
-    flat_std: float = 4.0
-    analysis_short_side: int = 128
-    max_frames: int = 16
+    max_black_frac: float | None = field(
+        default=None, metadata={"help": "reject clips whose fraction of black or flat frames exceeds this, 0-1 (none: score only)"}
+    )
+    dark_mean: float = field(default=16.0, metadata={"help": "a frame whose gray mean is below this (0-255) counts as black"})
+    flat_std: float = field(default=4.0, metadata={"help": "a frame whose gray standard deviation is below this (0-255) counts as flat"})
+    analysis_short_side: int = field(
+        default=128, metadata={"help": "frames are shrunk to this short side, px, before scoring (scores compare only at one size)"}
+    )
+    max_frames: int = field(default=16, metadata={"help": "frames sampled evenly per clip for this score"})
 
     def score(self, frames: Frames) -> dict[str, float]:
         idx = sample_evenly(len(frames), self.max_frames)

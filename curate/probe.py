@@ -26,7 +26,7 @@ import hashlib
 import io
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, ClassVar
 from collections.abc import Iterator
 
@@ -383,11 +383,22 @@ class Probe(Operator):
     name: ClassVar[str] = "probe"
     version: ClassVar[str] = "1"
 
-    min_frames: int = 8
-    vfr_packets: int = 120
-    vfr_tolerance: float = 0.1
-    check_tail: bool = True
-    tail_s: float = 2.0
+    min_frames: int = field(default=8, metadata={"help": "fewer frames than this rejects the video as too_few_frames"})
+    vfr_packets: int = field(
+        default=120,
+        metadata={
+            "help": "video packets read at the start to decode the first frame and judge a variable frame rate from their timestamps"
+        },
+    )
+    vfr_tolerance: float = field(
+        default=0.1,
+        metadata={"help": "flag a variable frame rate when a frame step differs from the median step by more than this fraction of it"},
+    )
+    check_tail: bool = field(
+        default=True,
+        metadata={"help": "demux the last tail_s seconds to catch a truncated file (its packets must reach the announced duration)"},
+    )
+    tail_s: float = field(default=2.0, metadata={"help": "seconds at the end of the file demuxed by check_tail"})
 
     def __post_init__(self) -> None:
         if self.min_frames < 1:

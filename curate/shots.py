@@ -14,7 +14,7 @@ between the previous analysis frame and this one, so the reported ``start_frame`
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import cv2
@@ -78,13 +78,32 @@ class Shots(Operator):
     name: ClassVar[str] = "shots"
     version: ClassVar[str] = "1"
 
-    detector: str = "adaptive"
-    adaptive_threshold: float = 3.0
-    min_content_val: float = 15.0
-    window_width: int = 2
-    content_threshold: float = 27.0
-    luma_only: bool = False
-    min_shot_s: float = 0.5
+    detector: str = field(
+        default="adaptive",
+        metadata={
+            "help": "adaptive (PySceneDetect AdaptiveDetector, robust to fast camera motion) | content (ContentDetector: fixed threshold)"
+        },
+    )
+    adaptive_threshold: float = field(
+        default=3.0,
+        metadata={"help": "AdaptiveDetector: cut where a frame's content change exceeds this multiple of its neighbours' rolling mean"},
+    )
+    min_content_val: float = field(
+        default=15.0, metadata={"help": "AdaptiveDetector: a cut also needs at least this raw content change (HSV, 0-255 scale)"}
+    )
+    window_width: int = field(
+        default=2,
+        metadata={
+            "help": "AdaptiveDetector: neighbours on each side in the rolling mean, analysis frames (a cut is known this many frames late)"
+        },
+    )
+    content_threshold: float = field(
+        default=27.0, metadata={"help": "ContentDetector: cut where the HSV content change between consecutive frames exceeds this"}
+    )
+    luma_only: bool = field(default=False, metadata={"help": "compare brightness only, not hue and saturation (both detectors)"})
+    min_shot_s: float = field(
+        default=0.5, metadata={"help": "a shot shorter than this many seconds becomes one clip rejected as too_short"}
+    )
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:

@@ -23,7 +23,7 @@ The ``min_clip_s`` check uses the unsnapped seconds; snapped spans differ from t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -82,10 +82,14 @@ class Windows(Operator):
     name: ClassVar[str] = "windows"
     version: ClassVar[str] = "1"
 
-    clip_len_s: float = 4.0
-    stride_s: float = 4.0
-    min_clip_s: float = 1.0
-    max_clip_s: float | None = 8.0
+    clip_len_s: float = field(default=4.0, metadata={"help": "length of each window cut from a long shot, seconds"})
+    stride_s: float = field(
+        default=4.0, metadata={"help": "seconds between window starts (equal to clip_len_s: back to back; smaller: overlapping)"}
+    )
+    min_clip_s: float = field(default=1.0, metadata={"help": "shortest clip kept, seconds (a shorter remainder is dropped)"})
+    max_clip_s: float | None = field(
+        default=8.0, metadata={"help": "a shot up to this many seconds stays one clip; longer ones are windowed (none: never split)"}
+    )
 
     def __post_init__(self) -> None:
         bad = []

@@ -34,21 +34,28 @@ def _open(root: str):
     return Corpus.open(root)
 
 
+def _identifies(column: str) -> bool:
+    """A column whose values are copied into the next command (``key``, ``clip_key``, ``run_id``):
+    shown whole, since a shortened key names no clip."""
+    return column == "key" or column.endswith(("_key", "_id"))
+
+
 def format_table(table, max_rows: int = 50, max_width: int = 40) -> str:
-    """Plain-text table of an Arrow table (first ``max_rows`` rows)."""
+    """Plain-text table of an Arrow table (first ``max_rows`` rows); cells longer than
+    ``max_width`` are shortened with "…", except in key and id columns."""
     cols = table.column_names
     rows = table.slice(0, max_rows).to_pylist()
 
-    def cell(v) -> str:
+    def cell(v, whole: bool) -> str:
         if isinstance(v, float):
             s = f"{v:.6g}"
         elif v is None:
             s = "NULL"
         else:
             s = str(v)
-        return s if len(s) <= max_width else s[: max_width - 1] + "…"
+        return s if whole or len(s) <= max_width else s[: max_width - 1] + "…"
 
-    cells = [[cell(r[c]) for c in cols] for r in rows]
+    cells = [[cell(r[c], _identifies(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) for r in cells]
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="table", choices=["table", "csv", "json", "parquet"], help="output format (parquet needs --out; default: table)"
     )
     q.add_argument("--out", help="write the result to this file instead of stdout")
-    q.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+    q.add_argument("--threads", type=int, help="threads DuckDB may use for the query (default: all cores)")
     from defi.pipelines.text_search import add_text_flags
 
     add_text_flags(q, "for the SQL to join")
@@ -261,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole recipe on an embedded default (curate, GIDM, label, GFDM, policy, eval, report)",
         description="Generate inputs (videos, bad files, Meta-World episodes), curate them, train a tiny "
-        "GIDM on the action-free clips, label every clip, run the README's latent-action queries, probe "
+        "GIDM on the action-free clips, label every clip, run the latent-action queries of docs/models.md, probe "
         "the latent against true robot actions, train a tiny GFDM, finetune the DeFI policy and a scratch one on the "
         "held-out robot clips, evaluate both in Meta-World and write OUT/report.html. Re-running resumes.",
     )

@@ -165,32 +165,65 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
-    """(dotted key, type, default, help) for every leaf field of a nested config class."""
+def leaves(cls: type, prefix: str = "", default: Any = None) -> list[tuple[str, Any, Any, str]]:
+    """(dotted key, type, default, help) for every leaf field of a nested config class. A section's
+    defaults are those of the instance its parent builds (a ``default_factory`` may differ from
+    the section class's own defaults: the policy trains 2000 steps, ``TrainConfig()`` 1000)."""
     out = []
-    default = cls()
+    default = cls() if default is None else default
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = _field_types(cls)[f.name]
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
-            out += leaves(tp, key + ".")
+            out += leaves(tp, key + ".", getattr(default, f.name))
         else:
             out.append((key, tp, getattr(default, f.name), f.metadata.get("help", "")))
     return out
 
 
+def flag_name(key: str) -> str:
+    """The flag of a config key: a top-level field is kebab-case like every other flag
+    (``gidm_model`` -> ``--gidm-model``); a dotted path keeps the config file's spelling
+    (``--data.gap_s``), so a flag can be read back as the key it sets."""
+    return f"--{key}" if "." in key else "--" + key.replace("_", "-")
+
+
+def _with_default(help_: str, shown: Any) -> str:
+    """The field's help and its default, unless the help already says what the default means."""
+    if "default" in help_ or shown == "":  # "(default: )" would say nothing
+        return help_
+    return f"{help_ + ' ' if help_ else ''}(default: {shown})"
+
+
+class _DeprecatedSpelling(argparse.Action):
+    """The snake_case spelling of a top-level flag (``--gidm_model``), accepted so that scripts
+    written with it keep working: hidden from --help, with a one-line note naming the flag."""
+
+    def __init__(self, *args, new: str, **kwargs):
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        sys.stderr.write(f"{parser.prog}: note: {option_string} is deprecated; use {self.new}\n")
+        setattr(namespace, self.dest, values)
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "config") -> None:
-    """One ``--a.b`` flag per leaf of ``cls``; values stay strings until ``apply_flags``."""
-    g = parser.add_argument_group(group_title, "every field of the run config; flags override the --config file")
+    """One flag per leaf of ``cls`` (see ``flag_name``); values stay strings until ``apply_flags``."""
+    has_file = "--config" in parser._option_string_actions  # eval has none: its help must not mention one
+    g = parser.add_argument_group(group_title, "every field of the run config" + ("; flags override the --config file" if has_file else ""))
     for key, tp, default, help_ in leaves(cls):
         base, _ = _unwrap_optional(tp)
         meta = "LIST" if get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        g.add_argument(
-            f"--{key}", dest=f"cfg__{key}", default=_MISSING, metavar=meta, help=f"{help_ + ' ' if help_ else ''}(default: {shown})"
-        )
+        flag = flag_name(key)
+        g.add_argument(flag, dest=f"cfg__{key}", default=_MISSING, metavar=meta, help=_with_default(help_, shown))
+        if flag != f"--{key}":
+            g.add_argument(f"--{key}", dest=f"cfg__{key}", default=_MISSING, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@
     curate      `defi curate` of all of it into OUT/corpus
     train_gidm  `defi train gidm` of a tiny GIDM on the action-free clips only
     label       `defi label latent-actions` of every kept clip
-    queries     the latent-action queries from README
+    queries     the latent-action queries of docs/models.md
     probe       linear probes of the true robot action from the GIDM latent, beside controls
     train_gfdm  `defi train gfdm` of a tiny GFDM on the action-free clips; its predictions on held-out
                 robot clips (o_t | predicted | true) as a PNG grid
@@ -44,16 +44,15 @@ import numpy as np
 
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
-from .config import add_flags, resolve
+from .config import add_flags, flag_name, resolve
 from .usage import UsageError, one_line
 
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
 # ---------------------------------------------------------------------------------------------
 # The action-free tasks are the project's 8 pretraining tasks (bench/gidm_quality.py's), 4 episodes
-# each: at the same number of episodes (and the same time), 8 tasks x 4 gave the demo GIDM's latent
-# more of the held-out hand motion than the former 4 tasks x 8 on two data seeds (R^2 0.618 vs
-# 0.567 and 0.765 vs 0.588; 8 x 8 gave 0.661 and 0.536): docs/gidm-discrete-2026-11-26.md, section E.
+# each: spreading a fixed number of episodes over more tasks shows the GIDM more kinds of hand motion
+# for the same generation and training time (the comparison: docs/gidm-discrete-2026-11-26.md, section E).
 ACTION_FREE_TASKS = list(PRETRAIN_TASKS)
 PROBE_TASKS = list(HELD_OUT_TASKS[:3])
 
@@ -91,7 +90,7 @@ class DemoConfig:
         metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; below 1 they localise in fewer steps)"},
     )
     num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the generated inputs and of every training run (same seed, same demo)"})
     gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
     policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
     eval_episodes: int = field(default=2, metadata={"help": "evaluation episodes per held-out task, per policy"})
@@ -326,7 +325,7 @@ def _flags(layer: dict[str, Any], prefix: str = "") -> list[str]:
         if isinstance(v, dict):
             out += _flags(v, f"{prefix}{k}.")
         else:
-            out += [f"--{prefix}{k}", str(v)]
+            out += [flag_name(prefix + k), str(v)]
     return out
 
 
@@ -401,7 +400,7 @@ def step_label(ctx: Context) -> dict[str, Any]:
 
 # -- queries -----------------------------------------------------------------------------------
 def demo_queries(view: str) -> list[tuple[str, str]]:
-    """The README's latent-action queries, on the labels view ``view``."""
+    """The latent-action queries of docs/models.md, on the labels view ``view``."""
     return [
         (
             "biggest latent actions",
@@ -697,7 +696,7 @@ STEPS: list[Step] = [
     Step("curate", "curate everything into a corpus (defi curate)", step_curate),
     Step("train_gidm", "train a tiny GIDM on the action-free clips (defi train gidm)", step_train_gidm),
     Step("label", "label every kept clip with latent actions (defi label latent-actions)", step_label),
-    Step("queries", "run the README's latent-action queries (defi query)", step_queries),
+    Step("queries", "run the latent-action queries of docs/models.md (defi query)", step_queries),
     Step("probe", "probe the true robot actions from the latent, beside observation-only controls", step_probe),
     Step("train_gfdm", "train a tiny GFDM on the action-free clips (defi train gfdm)", step_train_gfdm),
     Step(
@@ -785,9 +784,9 @@ def step_seconds(out: Path, steps: list[Step] | None = None) -> dict[str, float]
 
 BIGGER = (
     "The defaults are sized for `make demo` on a 2-core machine (under 10 minutes, set-up included), far too "
-    "small for a working policy. To run it bigger: --episodes 40 --probe_episodes 20 --robot_steps 150 "
-    "(more data), --gidm_steps 5000 --gfdm_steps 5000 --policy_steps 3000 (longer training), "
-    "--eval_episodes 20 --eval_max_steps 150 (tighter intervals), --num_cpus N; on a GPU the training "
+    "small for a working policy. To run it bigger: --episodes 40 --probe-episodes 20 --robot-steps 150 "
+    "(more data), --gidm-steps 5000 --gfdm-steps 5000 --policy-steps 3000 (longer training), "
+    "--eval-episodes 20 --eval-max-steps 150 (tighter intervals), --num-cpus N; on a GPU the training "
     "steps use it. Re-run with --from STEP to redo a step and everything after it."
 )
 

@@ -146,22 +146,17 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "eval",
         help="roll a trained policy out in a simulator and report success",
         description="Closed-loop evaluation of a `defi train policy` run in Meta-World with the training "
-        "frames' camera, size and H.264 round trips: success per task with a Wilson 95%% interval, "
+        "frames' camera, size and H.264 round trips: success per task with a Wilson 95% interval, "
         "mean steps to success, rollout videos and a self-contained HTML report in --out.",
     )
     p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator (default metaworld)")
+    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the policy is rolled out in (default: metaworld)")
     p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from defi.training.sim.evaluate import EvalConfig
 
-    # every EvalConfig field as a flag: --tasks, --episodes, --seed, --max-steps ... (both spellings)
+    # every EvalConfig field as a flag: --tasks, --episodes, --seed, --max-steps ...
     add_flags(p, EvalConfig, "evaluation")
-    for a in p._actions:
-        dashed = "--" + a.dest[5:].replace("_", "-")
-        if a.dest.startswith("cfg__") and dashed not in a.option_strings:
-            a.option_strings.append(dashed)
-            p._option_string_actions[dashed] = a
     p.set_defaults(func=cmd_eval)
     return p
 

@@ -51,7 +51,6 @@ from .runs import finish_record, new_run_id, start_record
 from .usage import int_at_least
 
 DEFAULT_SELECT = "SELECT key FROM clips WHERE kept AND shard IS NOT NULL"
-ENGINES = ("ray", "local")  # the values of the old `engine` field (now `runner`)
 _EXAMPLES = 20  # error examples kept in a run record
 
 # ----------------------------------------------------------------------------------------------
@@ -88,9 +87,8 @@ QUERIES: dict[str, str] = {
 def centred_vectors_sql(labels: str) -> str:
     """A subquery of (key, v): each clip's ``mean_vector`` minus the mean of all of them in
     ``labels`` (one labeler's view). Raw mean vectors share a large common part, so their cosines
-    bunch near 1 (the demo's: median 0.91 continuous, 0.96 residual VQ); centred, they spread over
-    [-1, 1] and the 5 nearest clips share the clip's task more often (0.54 -> 0.59 continuous,
-    0.51 -> 0.55 residual VQ; docs/gidm-discrete-2026-11-26.md, section G)."""
+    bunch near 1 and rank neighbours poorly; centred, they spread over [-1, 1]
+    (docs/gidm-discrete-2026-11-26.md, section G)."""
     return (
         "(SELECT l.key, list_transform(list_zip(l.mean_vector, m.mu), lambda p: p[1] - p[2]) AS v\n"
         f" FROM {labels} l, (SELECT list(x ORDER BY i) AS mu FROM (SELECT i, avg(x) AS x FROM\n"
@@ -134,13 +132,12 @@ class LabelConfig:
         metadata={"help": "take camera motion of up to this many pixels (at the model's size) out of each window before encoding (0: off)"},
     )
     batch_size: int = field(default=64, metadata={"help": "frames / transitions per model batch"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    device: str = field(default="auto", metadata={"help": "torch device the model runs on: auto (cuda when a GPU is visible), cpu or cuda"})
     clips_per_batch: int = field(default=16, metadata={"help": "clips per actor call"})
     clips_per_unit: int = field(default=256, metadata={"help": "clips committed together in one parquet part"})
     actors: int = field(default=1, metadata={"help": "labeling actors (each takes a GPU when present)"})
     runner: str = field(default="auto", metadata={"help": RUNNER_HELP})
     workers: int | None = field(default=None, metadata={"help": WORKERS_HELP})
-    engine: str | None = field(default=None, metadata={"help": "ray | local: the old name of --runner"})
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -149,13 +146,6 @@ class LabelConfig:
             if int(getattr(self, name)) < 1:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
         errors += runner_field_errors(self.runner, self.workers)
-        if self.engine is not None:
-            if self.engine not in ENGINES:
-                errors.append(f"engine={self.engine!r}: unknown; valid: {', '.join(ENGINES)}")
-            elif self.runner not in ("auto", self.engine):
-                errors.append(f"engine={self.engine!r} and runner={self.runner!r}: give one (engine is runner's old name)")
-            else:
-                self.runner = self.engine
         try:  # checked here, when the flags are read, not when the labeler loads its model
             Gap.from_fields(self.gap_s, self.gap_frames)
         except ValueError as e:
@@ -464,6 +454,18 @@ def _bar(total: int, enabled: bool):
     return tqdm(total=total, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
+def gap_text(gap: Any) -> str:
+    """The labeler's gap as a reader wants it (``5 frames``, ``0.5 s``); the run record stores it
+    as ``{unit: value}``."""
+    if isinstance(gap, dict) and len(gap) == 1:
+        ((unit, value),) = gap.items()
+        try:
+            return Gap(value, unit).label()
+        except ValueError:
+            pass
+    return str(gap)
+
+
 def summary_text(rec: dict[str, Any]) -> str:
     c, lab = rec["counts"], rec["labeler"]
     rate = f", {rec['clips_per_s']:.1f} clips/s" if rec.get("clips_per_s") else ""
@@ -471,7 +473,7 @@ def summary_text(rec: dict[str, Any]) -> str:
         rate += f" after {rec['ray_start_s']:.1f} s of Ray start-up"
     lines = [
         f"run {rec['run_id']}: {rec['status']} in {rec['wall_s']:.1f} s{rate}",
-        f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {lab['gap']})",
+        f"  labeler  {lab['name']} ({lab['bottleneck']}, {lab['num_action_tokens']} tokens, gap {gap_text(lab['gap'])})",
         f"  clips    {c.get('selected', 0)} selected, {c.get('skipped_done', 0)} already labeled, "
         + (f"{c['retried']} failed before and retried, " if c.get("retried") else "")
         + f"{c.get('labeled', 0)} labeled ({c.get('steps', 0)} steps), "
@@ -628,9 +630,6 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
     p.add_argument("--config", help="YAML/TOML/JSON file with LabelConfig fields (flags override it)")
     # shortcuts for the flags people type most; every LabelConfig field has its generated flag below
-    gap = p.add_mutually_exclusive_group()
-    gap.add_argument("--gap-s", type=float, help="same as --gap_s")
-    gap.add_argument("--gap-frames", type=int, help="same as --gap_frames")
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int_at_least(1), help="label at most this many pending clips")
@@ -646,12 +645,12 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
 def resolve_label_config(args) -> LabelConfig:
     """LabelConfig defaults <- ``--config`` file <- generated flags <- shortcut flags."""
     data = load_file(args.config) if args.config else {}
-    data = merge(data, flag_overrides(args))
+    flags = flag_overrides(args)
+    for given, other in (("gap_s", "gap_frames"), ("gap_frames", "gap_s")):
+        if given in flags and other not in flags:  # a gap flag replaces the file's gap, in either unit
+            data.pop(other, None)
+    data = merge(data, flags)
     short: dict[str, Any] = {}
-    if args.gap_s is not None:
-        short.update(gap_s=args.gap_s, gap_frames=None)
-    if args.gap_frames is not None:
-        short.update(gap_frames=args.gap_frames, gap_s=None)
     if args.local:
         short["runner"] = "local"
     if args.address:
@@ -692,7 +691,7 @@ def add_select_parser(subparsers) -> argparse.ArgumentParser:
         "(--select FILE). With --balance-by, each clip's weight is (N / G) / n_g, so each of the G groups "
         "gets the same total weight. The SQL used is stored in the manifest.",
     )
-    p.add_argument("--root", required=True, help="corpus root")
+    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
     p.add_argument(
         "--where",
         default="true",

@@ -27,9 +27,13 @@ from typing import Any
 
 @dataclass
 class RayConfig:
-    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: start a local Ray)"})
+    address: str | None = field(
+        default=None, metadata={"help": "address of the Ray cluster to join, e.g. ray://head:10001 (default: start a local Ray)"}
+    )
     num_cpus: int | None = field(default=None, metadata={"help": "CPUs for a local Ray (default: all)"})
-    temp_dir: str | None = field(default=None, metadata={"help": "Ray temp dir (default: a fresh dir under /tmp)"})
+    temp_dir: str | None = field(
+        default=None, metadata={"help": "folder for the local Ray's sockets, logs and spill files (default: a fresh dir under /tmp)"}
+    )
     clip_actors: int = field(default=1, metadata={"help": "CLIP scoring actors (each takes a GPU when present)"})
 
     def wants_ray(self) -> str | None:

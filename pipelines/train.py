@@ -158,19 +158,19 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "Re-running with the same --out resumes from its latest checkpoint. Config: the --model "
         "size's defaults <- --config file <- --model.*/--train.*/--data.* flags <- shortcut flags.",
     )
-    g.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    g.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
     g.add_argument(
         "--select",
-        required=True,
-        help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") or a selection manifest path',
+        help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") or a selection manifest path; '
+        "required unless --dry-run",
     )
-    g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
+    g.add_argument("--out", help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
     g.add_argument(
         "--model",
         default="keypoint",
         choices=tuple(GIDM_SIZES),
-        help="model preset (builder defaults): keypoint (default; best measured latent on robot / fixed-camera "
-        "video, 64 px), keypoint-rvq (the same with residual-VQ codes: the best measured discrete latent), "
+        help="model preset (builder defaults): keypoint (default: 64 px, 32 soft-argmax keypoints, continuous "
+        "latent; for robot or fixed-camera video), keypoint-rvq (the same with residual-VQ codes), "
         "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",
     )
     add_run_flags(g)

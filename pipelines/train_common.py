@@ -166,14 +166,23 @@ def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def require(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a run without the inputs it needs; ``--dry-run`` (which only prints the config) does
+    not need them, so the parser cannot mark them required."""
+    missing = [f"--{n}" for n in names if not getattr(args, n, None)]
+    if missing:
+        raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (only --dry-run runs without)")
+
+
 def print_config(cfg) -> None:
     print(json.dumps(to_dict(cfg), indent=2))
 
 
 def train_command(args: argparse.Namespace, model: str, make_config: Callable, run: Callable, summary: Callable) -> int:
     """``defi train gidm|gfdm``: resolve the config (``make_config(args.model,
-    *cli_layers(args))``), print it (``--dry-run``), check the run folder, then relaunch under
-    torchrun for ``--workers N`` or ``run(root, select, cfg)`` and print rank 0's ``summary``."""
+    *cli_layers(args))``), print it (``--dry-run``), check the inputs and the run folder, then
+    relaunch under torchrun for ``--workers N`` or ``run(root, select, cfg)`` and print rank 0's
+    ``summary``."""
     try:
         cfg = make_config(args.model, *cli_layers(args))
     except ConfigError as e:
@@ -181,6 +190,7 @@ def train_command(args: argparse.Namespace, model: str, make_config: Callable, r
     if args.dry_run:
         print_config(cfg)
         return 0
+    require(args, "root", "select", "out")
     check_run_dir(cfg.train.out_dir, args.root)
     rc = relaunch(args, model)
     if rc is not None:

@@ -359,9 +359,11 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
         "Re-running with the same --out resumes. Config: the --model size's defaults <- --config file "
         "<- --model.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
     )
-    g.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    g.add_argument("--select", required=True, help="clips to train on: SQL returning key[, weight] or a selection manifest path")
-    g.add_argument("--out", required=True, help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json")
+    g.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
+    g.add_argument(
+        "--select", help="clips to train on: SQL returning key[, weight] or a selection manifest path; required unless --dry-run"
+    )
+    g.add_argument("--out", help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
     g.add_argument(
         "--model",
         default="tiny",

@@ -43,7 +43,6 @@ from .tables import CAPTIONS, DEDUP, FORMAT_MAJOR, FORMAT_VERSION, LATENT_ACTION
 CORPUS_FILE = "corpus.json"
 INDEX_FILE = "index.duckdb"
 LABELS_DIR = "labels"
-RUNS_DIR = "runs"
 SHARDS_DIR = "shards"
 PART_GLOB = "part-*.parquet"
 CAPTIONS_POINTER = f"{LABELS_DIR}/captions.json"  # {"current": "caption-<hash>"}: what the `captions` view reads

@@ -3,8 +3,8 @@
 A training pair is (o_t, o_t+k). Users give k either in frames of the encoded clip (``--gap-frames
 10``) or in seconds (``--gap-s 0.5``: k = max(1, round(0.5 * fps)) per clip, so clips encoded at
 different rates see the same time step). ``Gap`` holds one of the two, validates it once, converts
-it with ``frames(fps)`` and stores it as ``{"gap_s": ..., "gap_frames": ...}`` (one of them None):
-the form run configs and checkpoints have always used, so older checkpoints read back unchanged.
+it with ``frames(fps)`` and stores it as ``{"gap_s": ..., "gap_frames": ...}`` (one of them None),
+the form run configs and checkpoints hold.
 The recipe that trains a model writes its gap into every checkpoint it saves; a labeler reads it
 back with ``Gap.from_dict`` (no search, no stamping afterwards). The policy's action horizon is the
 same kind of value and uses the same type.

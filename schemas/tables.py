@@ -206,21 +206,6 @@ def label_schema(name: str) -> pa.Schema:
     return LATENT_ACTIONS
 
 
-RUNS = _schema(
-    "runs",
-    [
-        pa.field("run_id", _str, nullable=False),
-        pa.field("command", _str),
-        pa.field("status", _str),  # running | done | failed
-        pa.field("started_at", _ts),
-        pa.field("finished_at", _ts),
-        pa.field("config_json", _str),
-        pa.field("counts_json", _str),
-        pa.field("timings_json", _str),
-        pa.field("versions_json", _str),
-    ],
-)
-
 # One row per distinct instruction text and text model (ROOT/text_embeddings/): embedded once,
 # read by GFDM and policy training (defi.training.gfdm.text). Two text models live side by side.
 TEXT_EMBEDDINGS = _schema(

@@ -21,10 +21,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    return world()[0] == 0
-
-
 def init_from_env() -> tuple[int, int]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT): NCCL when
     this process has a GPU, gloo otherwise. A no-op when WORLD_SIZE is unset or 1."""

@@ -104,7 +104,7 @@ def corpus(tmp_path_factory):
         latent_dim=4,
     )
     ckpt = str(save_checkpoint(tmp / "ckpt", GIDM(cfg), cfg, step=1))
-    rec = run_label(str(tmp / "corpus"), ckpt, cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8), progress=False)
+    rec = run_label(str(tmp / "corpus"), ckpt, cfg=LabelConfig(runner="local", clips_per_batch=2, batch_size=8), progress=False)
     name = rec["labeler"]["name"]
     labels = {r["key"]: r for r in Corpus.open(str(tmp / "corpus")).read_table(f"labels/{name}").to_pylist()}
     assert set(labels) == set(KEYS.values())
@@ -286,7 +286,7 @@ def test_newest_labeler_by_default_and_missing_previews_explained(corpus, tmp_pa
     torch.manual_seed(1)
     cfg = gidm_tiny(image_size=SIZE, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)
     ckpt = str(save_checkpoint(tmp_path / "ckpt", GIDM(cfg), cfg, step=1))
-    cont = run_label(root, ckpt, cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8), progress=False)
+    cont = run_label(root, ckpt, cfg=LabelConfig(runner="local", clips_per_batch=2, batch_size=8), progress=False)
     cont_name = cont["labeler"]["name"]
     os.utime(os.path.join(root, "labels", vq_name), None)  # the folder's time must not matter, the parts' does
     # a kept clip whose shard and source are both gone

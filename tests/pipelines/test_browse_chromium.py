@@ -73,7 +73,7 @@ def labeled_corpus(tmp_path_factory):
         latent_dim=4,
     )
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "gidm", GIDM(cfg), cfg, step=1)
-    lab = run_label(root, str(ckpt), cfg=LabelConfig(engine="local", clips_per_batch=2, batch_size=8), progress=False)
+    lab = run_label(root, str(ckpt), cfg=LabelConfig(runner="local", clips_per_batch=2, batch_size=8), progress=False)
     assert lab["status"] == "done" and lab["counts"]["labeled"] >= 3, lab
     return root, lab["labeler"]["name"]
 

@@ -130,7 +130,7 @@ def test_garbage_parquet_part(tmp_path):
     cfg = gidm_tiny(image_size=SIZE, patch_size=8, model_dim=32, num_heads=2, enc_depth=1, dec_depth=1)
     ckpt = str(save_checkpoint(tmp_path / "ckpt", GIDM(cfg), cfg, step=1))
     with pytest.raises(CorpusError, match=f"unreadable corpus file {bad}"):
-        run_label(c.root, ckpt, cfg=LabelConfig(engine="local"), progress=False)
+        run_label(c.root, ckpt, cfg=LabelConfig(runner="local"), progress=False)
     assert not (tmp_path / "c" / "labels").exists()
     p = _defi("check", c.root, "--no-progress")
     assert p.returncode == 1 and f"unreadable      {bad}" in p.stdout, p.stdout

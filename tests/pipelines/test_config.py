@@ -22,7 +22,7 @@ def test_file_then_flags_override(tmp_path):
     f.write_text(
         yaml.safe_dump({"encode": {"fps": 5, "crf": 30}, "motion": {"min_frame_diff": 0.3}, "clip": {"prompts": ["a hand", "a robot"]}})
     )
-    cfg = resolve(CurateConfig, str(f), _args(["--encode.fps", "12", "--windows.max_clip_s", "none", "--use_clip", "true"]))
+    cfg = resolve(CurateConfig, str(f), _args(["--encode.fps", "12", "--windows.max_clip_s", "none", "--use-clip", "true"]))
     assert cfg.encode.fps == 12.0 and cfg.encode.crf == 30  # flag wins, file kept where no flag
     assert cfg.motion.min_frame_diff == 0.3 and cfg.windows.max_clip_s is None and cfg.use_clip is True
     assert cfg.clip.prompts == ["a hand", "a robot"]

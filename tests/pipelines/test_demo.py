@@ -117,7 +117,7 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
     )
     assert r.returncode == 2 and "unknown step 'nope'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--gidm_steps", "many"],
+        [sys.executable, "-m", "defi.pipelines.cli", "demo", "--out", str(tmp_path), "--gidm-steps", "many"],
         capture_output=True,
         text=True,
         env=env,
@@ -133,9 +133,9 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
             "demo",
             "--out",
             str(tmp_path / "d"),
-            "--keypoint_temperature",
+            "--keypoint-temperature",
             "0",
-            "--changed_weight",
+            "--changed-weight",
             "-1",
         ],
         capture_output=True,
@@ -164,19 +164,19 @@ def test_demo_end_to_end(tmp_path):
         str(out),
         "--episodes",
         "1",  # x 8 action-free tasks
-        "--probe_episodes",
+        "--probe-episodes",
         "2",
-        "--robot_steps",
+        "--robot-steps",
         "60",
-        "--gidm_steps",
+        "--gidm-steps",
         "60",
-        "--gfdm_steps",
+        "--gfdm-steps",
         "2",
-        "--policy_steps",
+        "--policy-steps",
         "3",
-        "--eval_episodes",
+        "--eval-episodes",
         "1",
-        "--eval_max_steps",
+        "--eval-max-steps",
         "10",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}

@@ -97,7 +97,7 @@ def root(base, tmp_path):
 
 
 def local(**kw) -> LabelConfig:
-    return LabelConfig(engine="local", clips_per_batch=2, batch_size=8, **kw)
+    return LabelConfig(runner="local", clips_per_batch=2, batch_size=8, **kw)
 
 
 def part_state(root: str) -> dict[str, float]:
@@ -271,9 +271,9 @@ def test_cli_on_ray_matches_local(root, base, capsys):
                 base[1]["vq"],
                 "--ray.num_cpus",
                 "2",
-                "--clips_per_unit",
+                "--clips-per-unit",
                 "3",
-                "--batch_size",
+                "--batch-size",
                 "8",
                 "--no-progress",
             ]

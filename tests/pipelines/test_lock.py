@@ -173,7 +173,7 @@ def test_label_is_refused_while_another_run_writes(tmp_path):
     p = _holder(root)
     try:
         with pytest.raises(LockHeld, match=f"pid {p.pid}"):
-            run_label(str(root), ckpt, cfg=LabelConfig(engine="local"), progress=False)
+            run_label(str(root), ckpt, cfg=LabelConfig(runner="local"), progress=False)
         assert not (root / "labels").exists() and not (root / "runs").exists()
     finally:
         p.kill()
@@ -182,5 +182,5 @@ def test_label_is_refused_while_another_run_writes(tmp_path):
 
     # the holder is gone: the lock is taken, and the run gets as far as its (empty) selection
     with pytest.raises(SelectionError, match="selection is empty"):
-        run_label(str(root), ckpt, cfg=LabelConfig(engine="local"), progress=False)
+        run_label(str(root), ckpt, cfg=LabelConfig(runner="local"), progress=False)
     assert not (root / LOCK_FILE).exists()

@@ -58,15 +58,12 @@ def test_pick_backend(monkeypatch):
         pick_backend("spark", none, 1)
 
 
-def test_runner_fields_are_validated_and_label_engine_is_runners_old_name():
+def test_runner_fields_are_validated():
     with pytest.raises(ConfigError, match="runner='spark'"):
         from_dict(CurateConfig, {"runner": "spark"})
     with pytest.raises(ConfigError, match="workers=0"):
         from_dict(CurateConfig, {"workers": 0})
-    assert LabelConfig(engine="local").runner == "local"
     assert LabelConfig().runner == "auto"
-    with pytest.raises(ValueError, match="give one"):
-        LabelConfig(engine="local", runner="ray")
 
 
 def test_cli_runner_flag(capsys, tmp_path):

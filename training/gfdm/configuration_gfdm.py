@@ -18,7 +18,7 @@ Units: ``image_size`` is the side of the square frames in pixels; ``context_fram
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..configuration import ConfigDict
@@ -35,55 +35,87 @@ _UP_2D = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D")
 @dataclass
 class GFDMConfig(ConfigDict):
     # --- frames ----------------------------------------------------------------------------
-    backbone: str = "unet2d"  # see BACKBONES
-    image_size: int = 64  # side of the square input and predicted frames, pixels
-    context_frames: int = 1  # frames given: o_t-(n-1)k .. o_t, o_t last (svd: 1)
-    future_frames: int = 1  # frames predicted: o_t+k .. o_t+Tk
+    backbone: str = field(
+        default="unet2d",
+        metadata={"help": "unet2d (a small diffusers U-Net in pixel space) | svd (SVD img2vid's spatio-temporal U-Net over VAE latents)"},
+    )
+    image_size: int = field(default=64, metadata={"help": "side of the square input and predicted frames, px"})
+    context_frames: int = field(default=1, metadata={"help": "frames given, o_t last (svd: 1)"})
+    future_frames: int = field(default=1, metadata={"help": "frames predicted: o_t+k .. o_t+Tk"})
     # --- objective -------------------------------------------------------------------------
-    objective: str = "regression"  # see OBJECTIVES
+    objective: str = field(
+        default="regression",
+        metadata={"help": "regression (one deterministic U-Net pass, MSE) | diffusion (EDM denoiser sampled in num_inference_steps)"},
+    )
     # predict the change (future - o_t) instead of the future itself (pixel backbones only):
     # copying o_t is then the zero prediction, which the network gets for free
-    residual: bool = True
+    residual: bool = field(
+        default=True,
+        metadata={"help": "predict the change future - o_t instead of the future (pixel backbones), so copying o_t is the zero prediction"},
+    )
     # >0: weight the loss on pixels that change (|o_t+k - o_t| > changed_threshold in any
     # channel) by 1 + changed_weight. At 64 px the moving arm is a few hundred pixels.
-    changed_weight: float = 10.0
-    changed_threshold: float = 0.05  # in [0, 1] intensity units
+    changed_weight: float = field(default=10.0, metadata={"help": "weight the loss on pixels that change by 1 + this (0: plain MSE)"})
+    changed_threshold: float = field(
+        default=0.05, metadata={"help": "a pixel counts as changed when |o_t+k - o_t| exceeds this in any channel, 0-1 intensity"}
+    )
     # EDM (Karras et al. 2022): training noise log sigma ~ N(p_mean, p_std^2); sampling from
     # sigma_max down to sigma_min in num_inference_steps Euler steps (karras rho schedule)
-    sigma_data: float = 0.5
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    num_inference_steps: int = 4
+    sigma_data: float = field(default=0.5, metadata={"help": "EDM: standard deviation of the data"})
+    p_mean: float = field(default=-1.2, metadata={"help": "EDM: mean of the training noise log sigma"})
+    p_std: float = field(default=1.2, metadata={"help": "EDM: standard deviation of the training noise log sigma"})
+    sigma_min: float = field(default=0.002, metadata={"help": "EDM: lowest noise level of the sampler"})
+    sigma_max: float = field(default=80.0, metadata={"help": "EDM: highest noise level of the sampler, where sampling starts"})
+    num_inference_steps: int = field(default=4, metadata={"help": "diffusion: Euler sampler steps per prediction"})
     # --- U-Net (diffusers) -----------------------------------------------------------------
     # unet2d: frames enter the U-Net as patch_size x patch_size pixel blocks stacked on channels
     # (space-to-depth; the output is shuffled back), so a CPU U-Net runs at image_size / patch_size
-    patch_size: int = 4
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    patch_size: int = field(
+        default=4,
+        metadata={
+            "help": "unet2d: frames enter as blocks of this many px per side stacked on channels, so the U-Net runs at image_size / patch_size"
+        },
+    )
+    block_out_channels: tuple[int, ...] = field(
+        default=(32, 64, 64), metadata={"help": "U-Net channels per level (comma-separated; its length is the number of levels)"}
+    )
     # unet2d: block types, one per level (DownBlock2D / CrossAttnDownBlock2D ...); svd ignores
     # them (its blocks are fixed by UNetSpatioTemporalConditionModel)
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
-    layers_per_block: int = 1
-    attention_head_dim: int = 8  # unet2d: width of one head; svd: num_attention_heads derive from it
-    norm_num_groups: int = 8
-    cross_attention_dim: int = 64  # width of the instruction token inside the U-Net
+    down_block_types: tuple[str, ...] = field(
+        default=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        metadata={"help": "unet2d: diffusers down block type per level (comma-separated)"},
+    )
+    up_block_types: tuple[str, ...] = field(
+        default=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        metadata={"help": "unet2d: diffusers up block type per level (comma-separated)"},
+    )
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per U-Net block"})
+    attention_head_dim: int = field(
+        default=8, metadata={"help": "unet2d: width of one attention head; svd: the head count derives from it"}
+    )
+    norm_num_groups: int = field(
+        default=8, metadata={"help": "groups of the U-Net's group norms (each level's channels must divide by it)"}
+    )
+    cross_attention_dim: int = field(default=64, metadata={"help": "width of the instruction token inside the U-Net"})
     # --- language --------------------------------------------------------------------------
-    text_dim: int = 64  # width of the instruction embedding given (open_clip text tower output)
-    lang_dropout: float = 0.05  # training: fraction of instructions replaced by the null embedding
+    text_dim: int = field(default=64, metadata={"help": "width of the instruction embedding given (the text tower's output)"})
+    lang_dropout: float = field(default=0.05, metadata={"help": "fraction of training instructions replaced by the null embedding, 0-1"})
     # --- svd only --------------------------------------------------------------------------
-    latent_channels: int = 4  # SVD VAE latents
-    vae_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    vae_scaling_factor: float = 0.18215
-    num_frames: int = 16  # the temporal layers' nominal clip length (SVD: 14 or 25; release 16)
+    latent_channels: int = field(default=4, metadata={"help": "svd: channels of the VAE latents"})
+    vae_block_out_channels: tuple[int, ...] = field(
+        default=(128, 256, 512, 512), metadata={"help": "svd: VAE channels per level (comma-separated)"}
+    )
+    vae_scaling_factor: float = field(default=0.18215, metadata={"help": "svd: factor that scales VAE latents to unit variance"})
+    num_frames: int = field(default=16, metadata={"help": "svd: nominal clip length of the temporal layers, frames"})
     # SVD's added time ids, fixed: frames per second, motion bucket, conditioning noise strength
-    svd_fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
+    svd_fps: int = field(default=7, metadata={"help": "svd: the frames-per-second time id SVD is conditioned on"})
+    motion_bucket_id: int = field(default=127, metadata={"help": "svd: the motion-bucket time id SVD is conditioned on"})
+    noise_aug_strength: float = field(default=0.02, metadata={"help": "svd: the conditioning-noise time id SVD is conditioned on"})
     # local folder of pretrained SVD img2vid weights in diffusers layout (unet/, vae/); None:
     # random weights. Read when the model is built (not when a checkpoint is loaded: it holds them)
-    pretrained_path: str | None = None
+    pretrained_path: str | None = field(
+        default=None, metadata={"help": "svd: local folder of SVD img2vid weights in diffusers layout (unet/, vae/); none: random weights"}
+    )
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(v) for v in self.block_out_channels)

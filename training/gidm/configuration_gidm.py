@@ -9,7 +9,7 @@ VQ with 16 codes x 128 dims).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..configuration import ConfigDict
@@ -30,62 +30,105 @@ FEATURE_ENCODERS = ("open_clip", "dinov2_vitb14", "dinov2_vitb14_reg", "external
 @dataclass
 class GIDMConfig(ConfigDict):
     # --- input -----------------------------------------------------------------------------
-    input_space: str = "pixels"
-    image_size: int = 64  # side of the square input frames, pixels
-    in_channels: int = 3
+    input_space: str = field(
+        default="pixels",
+        metadata={"help": "pixels (frames as patches) | features (patch tokens of a frozen image encoder, see feature_encoder)"},
+    )
+    image_size: int = field(default=64, metadata={"help": "side of the square input frames, px"})
+    in_channels: int = field(default=3, metadata={"help": "colour channels of the input frames"})
     # pixels: side of one patch token in pixels. features: the frozen encoder's patch size (its
     # token grid is image_size // patch_size per side).
-    patch_size: int = 8
-    feature_encoder: str = "external"  # see FEATURE_ENCODERS; used only for input_space="features"
-    feature_dim: int = 0  # width of the frozen encoder's patch tokens (768 for ViT-B)
-    feature_weights: str | None = None  # local weights file (or open_clip pretrained tag)
+    patch_size: int = field(default=8, metadata={"help": "pixels: side of one patch token, px; features: the frozen encoder's patch size"})
+    feature_encoder: str = field(
+        default="external",
+        metadata={
+            "help": "frozen image encoder for input_space=features: open_clip:<model> | dinov2_vitb14 | dinov2_vitb14_reg | external"
+        },
+    )
+    feature_dim: int = field(default=0, metadata={"help": "width of the frozen encoder's patch tokens (768 for a ViT-B)"})
+    feature_weights: str | None = field(
+        default=None,
+        metadata={"help": "local weights file (or open_clip pretrained tag) of the frozen encoder; none: random weights (tests only)"},
+    )
     # --- transformer -----------------------------------------------------------------------
-    model_dim: int = 64
-    enc_depth: int = 2
-    dec_depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
+    model_dim: int = field(default=64, metadata={"help": "width of the transformer encoder and decoder"})
+    enc_depth: int = field(default=2, metadata={"help": "transformer blocks of the encoder"})
+    dec_depth: int = field(default=2, metadata={"help": "transformer blocks of the decoder"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads per transformer block"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "hidden width of each block's MLP as a multiple of model_dim"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability inside the transformer blocks"})
     # --- latent action ---------------------------------------------------------------------
-    num_action_tokens: int = 1  # learned action queries = latent tokens per transition
-    bottleneck: str = "continuous"
+    num_action_tokens: int = field(default=1, metadata={"help": "learned action queries, i.e. latent tokens per transition"})
+    bottleneck: str = field(
+        default="continuous",
+        metadata={"help": "latent kind: continuous (beta-VAE) | vq | fsq | rvq (residual VQ) | nsvq (VQ trained by noise substitution)"},
+    )
     # per-token latent width: the VQ code dim and the continuous latent dim. FSQ ignores it and
     # uses len(fsq_levels).
-    latent_dim: int = 8
+    latent_dim: int = field(default=8, metadata={"help": "width of one latent token (the VQ code width; fsq uses len(fsq_levels) instead)"})
     # vq
-    codebook_size: int = 16
-    commitment_beta: float = 0.25
+    codebook_size: int = field(default=16, metadata={"help": "codes per codebook (vq, rvq, nsvq)"})
+    commitment_beta: float = field(
+        default=0.25, metadata={"help": "weight of the VQ commitment loss that pulls encoder outputs towards their codes"}
+    )
     # a code used fewer than this many times (summed over the last restart_interval training
     # steps) is re-initialised from a random encoder output of the current batch
-    dead_code_threshold: float = 1.0
-    restart_interval: int = 50  # training steps; 0 disables restarts
-    vq_stages: int = 4  # rvq: residual codebooks of codebook_size codes each
+    dead_code_threshold: float = field(
+        default=1.0,
+        metadata={"help": "a code used fewer times than this over restart_interval steps is re-initialised from an encoder output"},
+    )
+    restart_interval: int = field(default=50, metadata={"help": "training steps between dead-code restarts (0: never restart)"})
+    vq_stages: int = field(default=4, metadata={"help": "rvq: residual codebooks of codebook_size codes each"})
     # fsq
-    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    fsq_levels: tuple[int, ...] = field(
+        default=(8, 5, 5, 5), metadata={"help": "fsq: quantisation levels per latent dimension (comma-separated)"}
+    )
     # continuous (beta-VAE): KL per latent element, weighted by kl_beta
-    kl_beta: float = 1e-4
+    kl_beta: float = field(default=1e-4, metadata={"help": "continuous: weight of the KL term per latent element"})
     # >0: weight each token's reconstruction error by 1 + changed_weight * (its change |o_t+k - o_t|
     # relative to the batch mean change). At 64 px a robot arm is a few patches; with a plain MSE
     # the decoder can ignore the latent and predict "nothing moved" nearly as well.
-    changed_weight: float = 0.0
+    changed_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight each token's reconstruction error by 1 + this x its relative change, so the decoder cannot ignore small moving parts (0: plain MSE)"
+        },
+    )
     # >0: train on windows (o_t, o_t+k, o_t+2k) and add additive_weight x the relative error of
     # z(t -> t+2k) against z(t -> t+k) + z(t+k -> t+2k), so latent actions compose by addition as
     # displacements do (continuous bottleneck only; the model then also learns the gap 2k).
-    additive_weight: float = 0.0
+    additive_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "continuous: weight of the loss making z(t->t+2k) equal z(t->t+k) + z(t+k->t+2k), so latents add like displacements (0: off)"
+        },
+    )
     # >0: the encoder is this many spatial soft-argmax keypoints per frame (a small conv net, then
     # the expected (x, y) of each of its heat maps; Finn et al. 2016's deep spatial autoencoder)
     # instead of the transformer: the latent is a linear map of where the keypoints are in o_t and
     # how far they moved by o_t+k, so it is linear in image-space motion, not a code of how the
     # changed pixels look. Pixels only; the decoder is unchanged.
-    keypoints: int = 0
+    keypoints: int = field(
+        default=0,
+        metadata={
+            "help": "encode each frame as this many spatial soft-argmax keypoints instead of the transformer encoder (0: transformer)"
+        },
+    )
     # The soft-argmax temperature the keypoint encoder starts from (it is learned). It divides the
     # conv's logits, so below 1 the heat maps sharpen sooner in training and the keypoints follow
     # small parts such as the gripper after fewer steps (the demo's 400-step GIDM uses 0.3).
-    keypoint_temperature: float = 1.0
+    keypoint_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "starting soft-argmax temperature of the keypoints (learned); it divides the logits, so below 1 the heat maps sharpen sooner"
+        },
+    )
     # --- language conditioning -------------------------------------------------------------
     # >0: an instruction embedding [B, lang_dim] enters encoder and decoder as one token, so the
     # latent only needs to carry what language cannot explain.
-    lang_dim: int = 0
+    lang_dim: int = field(
+        default=0, metadata={"help": "width of an instruction embedding fed to encoder and decoder as one token (0: no language)"}
+    )
 
     def __post_init__(self) -> None:
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
@@ -191,8 +234,8 @@ class GIDMConfig(ConfigDict):
 def gidm_tiny(**overrides: Any) -> GIDMConfig:
     """CPU-sized: 64 px pixels, 8 px patches, 64-wide 2+2 block transformer, continuous latent.
 
-    Continuous is the default because a quick FSQ latent collapsed to nothing on Meta-World at
-    64 px while a continuous one learned (measured by the project)."""
+    Continuous, because on a short CPU run a quantised latent can collapse to a single code while
+    a continuous one keeps learning (bottlenecks compared: docs/gidm-discrete-2026-11-26.md)."""
     base = dict(
         input_space="pixels",
         image_size=64,
@@ -253,24 +296,23 @@ def gidm_univla(**overrides: Any) -> GIDMConfig:
 
 
 def gidm_keypoint(**overrides: Any) -> GIDMConfig:
-    """The best measured pixel-space configuration on CPU (``bench/gidm_quality.py`` defaults):
-    ``gidm_tiny`` with a 32-keypoint spatial soft-argmax encoder, 16 latent dims, 4-px patches and
-    changed_weight 30. Its continuous latent explained 0.78 of held-out tasks' end-effector
-    displacement against 0.44 / 0.65 for same-size frame-difference / o_t-only controls (README).
-    The default of ``defi train gidm``. Use it for robot or fixed-camera video; the keypoints move
-    with the camera, so filter panning clips out of its selection (``camera_motion`` score)."""
+    """``gidm_tiny`` with a 32-keypoint spatial soft-argmax encoder, 16 latent dims, 4-px patches and
+    changed_weight 30 (``bench/gidm_quality.py``'s defaults): keypoints make the latent a linear
+    map of where things moved, which is what a robot action is. The default of ``defi train
+    gidm``; its probe numbers against the controls are in docs/results.md. Use it for robot or
+    fixed-camera video; the keypoints move with the camera, so filter panning clips out of its
+    selection (``camera_motion`` score)."""
     keypoint = dict(patch_size=4, latent_dim=16, keypoints=32, changed_weight=30.0)
     return gidm_tiny(**{**keypoint, **overrides})
 
 
 def gidm_keypoint_rvq(**overrides: Any) -> GIDMConfig:
-    """``gidm_keypoint`` with discrete codes: residual VQ, 8 stages of 16 codes over its 16 dims.
-    The best measured discrete latent (``bench/gidm_quality.py --bottleneck rvq --model-set
-    codebook_size=16 --model-set vq_stages=8``, 3000 steps): its code vectors explained 0.56 / 0.66
-    / 0.76 of held-out end-effector displacement over three training seeds (mean 0.66) against
-    0.44 / 0.63 for the same-size controls, all 16 first-stage codes in use (perplexity ~10).
+    """``gidm_keypoint`` with discrete codes: residual VQ, 8 stages of 16 codes over its 16 dims,
+    for queries by code (``dominant_code``). Residual stages keep the displacement a single
+    16-code book would round away (the comparison of bottlenecks: docs/gidm-discrete-2026-11-26.md).
     ``codes`` (so ``dominant_code``, ``code_hist``) are the first stage's ids; the labels'
-    vectors are the sum of all stages. Seeds vary: train more than one and keep the best probe."""
+    vectors are the sum of all stages. Training seeds vary: train more than one and keep the
+    best probe."""
     rvq = dict(bottleneck="rvq", codebook_size=16, vq_stages=8)
     return gidm_keypoint(**{**rvq, **overrides})
 
@@ -283,7 +325,6 @@ GIDM_SIZES = {
     "small": gidm_small,
     "univla": gidm_univla,
 }
-DEFAULT_GIDM = "keypoint"
 
 
 def gidm_config(size: str, **overrides: Any) -> GIDMConfig:

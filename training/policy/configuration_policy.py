@@ -126,7 +126,9 @@ class PolicyConfig(ConfigDict):
     gfdm_steps: int = field(default=1, metadata={"help": "GFDM sampler steps when reading its features"})
     gfdm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GFDMConfig as a dict (filled from --gfdm)"})
     gidm: dict[str, Any] = field(default_factory=dict, metadata={"help": "GIDMConfig as a dict (filled from --gidm)"})
-    text_model: dict[str, Any] = field(default_factory=dict, metadata={"help": "TextModelConfig of the embeddings"})
+    text_model: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the text tower that embedded the instructions, as a dict (filled from --text.*)"}
+    )
 
     def __post_init__(self) -> None:
         errors = []

@@ -46,7 +46,7 @@ def check_out(out: str) -> None:
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator (default: metaworld)")
+    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the episodes are generated in (default: metaworld)")
     p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. reach-v3,push-v3")
     p.add_argument("--episodes", type=int, required=True, help="episodes per task")
     p.add_argument("--out", required=True, help="output folder (new or empty): a LeRobot v3.0 dataset")
