@@ -34,7 +34,7 @@ from defi.schemas.corpus import CAPTIONS_POINTER, Corpus
 from defi.schemas.tables import CAPTIONS, table_from_rows
 
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
-from .label import DEFAULT_SELECT, _bar, plan_units
+from .label import DEFAULT_SELECT, plan_units, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
@@ -234,19 +234,9 @@ def _captions_locked(corpus, root, model, labeler, run_id, select, cfg, progress
     committer = CaptionCommitter(corpus, name, units, counts)
     status, t_run, t_ray = "failed", 0.0, 0.0
     try:
-        if tasks:
-            bar = _bar(len(pending), progress)
-            with Runner(backend, cfg.ray, cfg.workers, why) as runner:
-                record["runner"] = runner.info
-                if runner.ray_info is not None:
-                    record["ray"], t_ray = runner.ray_info, runner.start_s
-                t0 = time.time()  # clips/s counts from here: Ray's start-up is reported apart
-                for item in runner.stream(tasks, stages):
-                    bar.update(1)
-                    if committer.add(item):
-                        bar.set_postfix(units=counts["units"], errors=counts["errors"])
-                t_run = time.time() - t0
-            bar.close()
+        t_run, t_ray = stream_units(
+            record, Runner(backend, cfg.ray, cfg.workers, why), tasks, stages, committer, counts, len(pending), progress
+        )
         if units:
             raise RuntimeError(f"{len(units)} units never completed (a reader lost clips); re-run to finish them")
         if corpus.parts(f"labels/{name}"):

@@ -416,19 +416,9 @@ def _label_locked(
     committer = LabelCommitter(corpus, name, units, counts, carried)
     status, t_label, t_ray = "failed", 0.0, 0.0
     try:
-        if tasks:
-            bar = _bar(len(pending), progress)
-            with Runner(backend, cfg.ray, cfg.workers, why) as runner:
-                record["runner"] = runner.info
-                if runner.ray_info is not None:
-                    record["ray"], t_ray = runner.ray_info, runner.start_s
-                t0 = time.time()  # clips/s counts from here: Ray's start-up is reported apart
-                for item in runner.stream(tasks, stages):
-                    bar.update(1)
-                    if committer.add(item):
-                        bar.set_postfix(units=counts["units"], errors=counts["errors"])
-                t_label = time.time() - t0
-            bar.close()
+        t_label, t_ray = stream_units(
+            record, Runner(backend, cfg.ray, cfg.workers, why), tasks, stages, committer, counts, len(pending), progress
+        )
         if units:
             raise RuntimeError(f"{len(units)} units never completed (a reader lost clips); re-run to finish them")
         status = "done"
@@ -446,6 +436,31 @@ def _label_locked(
             clips_per_s=counts["labeled"] / t_label if t_label > 0 else None,
         )
     return record
+
+
+def stream_units(
+    record: dict, runner, tasks: list, stages: list, committer, counts: Counter, total: int, progress: bool
+) -> tuple[float, float]:
+    """Stream ``tasks`` through ``stages`` on ``runner`` (entered here), handing each labeled
+    item to ``committer.add``, which commits a unit once all its clips are in; the run ``record``
+    gets the runner's facts. Returns (seconds streaming, Ray start-up seconds): clips/s counts
+    from the first, so Ray's start-up is reported apart. Shared by every ``defi label`` command."""
+    if not tasks:
+        return 0.0, 0.0
+    t_run = t_ray = 0.0
+    bar = _bar(total, progress)
+    with runner:
+        record["runner"] = runner.info
+        if runner.ray_info is not None:
+            record["ray"], t_ray = runner.ray_info, runner.start_s
+        t0 = time.time()
+        for item in runner.stream(tasks, stages):
+            bar.update(1)
+            if committer.add(item):
+                bar.set_postfix(units=counts["units"], errors=counts["errors"])
+        t_run = time.time() - t0
+    bar.close()
+    return t_run, t_ray
 
 
 def _bar(total: int, enabled: bool):
