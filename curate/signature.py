@@ -277,6 +277,22 @@ def near_pairs(
     of each vector). Returns int64 [P, 2], sorted, unique."""
     if len(vectors) == 0:
         return np.zeros((0, 2), np.int64)
+    if len(vectors) <= FLAT_MAX:
+        # One OpenMP thread at this size (a fraction of a second either way): faiss's OpenMP pool,
+        # once started, is not fork-safe, and the local runner forks its workers after this
+        # (a later curate in the same process, e.g. the Python API or the tests).
+        import faiss
+
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return _near_pairs(vectors, owner, min_cosine, k, index, batch, search_min)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    return _near_pairs(vectors, owner, min_cosine, k, index, batch, search_min)
+
+
+def _near_pairs(vectors, owner, min_cosine, k, index, batch, search_min) -> np.ndarray:
     index = index if index is not None else build_index(vectors)
     k = min(k + 1, len(vectors))  # + itself
     floor = (min_cosine if search_min is None else search_min) - 1e-6

@@ -166,3 +166,31 @@ def test_ivf_search_finds_the_planted_pairs_the_flat_search_finds():
     planted = {(i, 2000 + i) for i in range(100)}
     assert planted <= flat
     assert len(planted & ivf) >= 95
+
+
+def test_a_forked_worker_can_search_after_the_parent_did():
+    """The local runner forks its workers; a dedup search in the driver before (a later curate in
+    the same process) must not leave faiss's OpenMP pool to hang or crash a forked child."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, numpy as np
+        from defi.curate.signature import near_pairs
+        rng = np.random.default_rng(0)
+        v = rng.normal(size=(20000, 35)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        owner = np.arange(len(v)) // 4
+        near_pairs(v, owner, 0.9)
+        pid = os.fork()
+        if pid == 0:
+            near_pairs(v[:4000], owner[:4000], 0.9)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child", status)
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "child 0" in p.stdout, (p.stdout, p.stderr[-2000:])
