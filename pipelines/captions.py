@@ -25,22 +25,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterator
 
 from defi.schemas.corpus import CAPTIONS_POINTER, Corpus
-from defi.schemas.tables import CAPTIONS, table_from_rows
+from defi.schemas.tables import CAPTIONS
 
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
-from .label import DEFAULT_SELECT, plan_units, stream_units
+from .label import DEFAULT_SELECT, UnitCommitter, plan_units, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
-
-_EXAMPLES = 20  # error examples kept in a run record
 
 
 def captioned_keys(corpus, name: str) -> set[str]:
@@ -149,35 +147,11 @@ def caption_stages(cfg: CaptionConfig, model: str, base: dict[str, Any], run_id:
     ]
 
 
-class CaptionCommitter:
-    """Buffers each unit's rows as they arrive and writes the unit's part once all its clips are
-    in; counts captions and failures by reason."""
+class CaptionCommitter(UnitCommitter):
+    """Caption rows, counted as ``captioned``."""
 
-    def __init__(self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter):
-        self.corpus, self.name, self.units, self.counts = corpus, name, units, counts
-        self.errors: Counter = Counter()
-        self.examples: dict[str, str] = {}
-        self.rows: dict[str, list[dict]] = defaultdict(list)
-
-    def add(self, item: dict[str, Any]) -> bool:
-        """Take one captioned (or failed) clip; returns True when this committed its unit."""
-        unit = item["unit"]
-        self.rows[unit].append(item["row"])
-        if item["kind"] == "error":
-            self.errors[item["reason"]] += 1
-            self.counts["errors"] += 1
-            if len(self.examples) < _EXAMPLES:
-                self.examples[item["key"]] = f"{item['reason']}: {item['detail']}"
-        else:
-            self.counts["captioned"] += 1
-        if len(self.rows[unit]) == len(self.units[unit]):
-            rows = sorted(self.rows.pop(unit), key=lambda r: r["key"])
-            table = f"labels/{self.name}"
-            self.corpus.write_part(table, table_from_rows(rows, CAPTIONS, table), part=unit)
-            self.counts["units"] += 1
-            del self.units[unit]
-            return True
-        return False
+    schema = CAPTIONS
+    ok_count = "captioned"
 
 
 # ----------------------------------------------------------------------------------------------

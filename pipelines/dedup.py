@@ -32,7 +32,7 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterator
@@ -44,13 +44,13 @@ from defi.schemas.corpus import DEDUP_POINTER, LABELS_DIR, Corpus
 from defi.schemas.tables import DEDUP, DEDUP_SIGNATURES, table_from_rows
 
 from .config import add_flags, from_dict, flag_overrides, load_file, merge, to_dict
+from .label import UnitCommitter
 from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
 
 KEPT_SQL = "SELECT DISTINCT key, shard, width, height, duration_s, clip_embedding FROM clips WHERE kept AND shard IS NOT NULL ORDER BY key"
-_EXAMPLES = 20
 
 
 class DedupError(ValueError):
@@ -143,30 +143,11 @@ def signature_task(task: dict[str, Any], cfg: SignatureConfig, run_id: str) -> I
         yield _error_item(task["unit"], key, run_id, "missing_sample", f"not readable in {task['url']} ({problems or 'absent'})")
 
 
-class SignatureCommitter:
-    """Buffers each unit's rows and writes the unit's part once all its clips are in."""
+class SignatureCommitter(UnitCommitter):
+    """Signature rows of ``labels/dedup-signatures-<hash>/``, with their own counters in the run."""
 
-    def __init__(self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter):
-        self.corpus, self.table, self.units, self.counts = corpus, f"{LABELS_DIR}/{name}", units, counts
-        self.errors: Counter = Counter()
-        self.examples: dict[str, str] = {}
-        self.rows: dict[str, list[dict]] = defaultdict(list)
-
-    def add(self, item: dict[str, Any]) -> None:
-        unit = item["unit"]
-        self.rows[unit].append(item["row"])
-        if item["kind"] == "error":
-            self.errors[item["reason"]] += 1
-            self.counts["signature_errors"] += 1
-            if len(self.examples) < _EXAMPLES:
-                self.examples[item["key"]] = f"{item['reason']}: {item['detail']}"
-        else:
-            self.counts["signatures"] += 1
-        if len(self.rows[unit]) == len(self.units[unit]):
-            rows = sorted(self.rows.pop(unit), key=lambda r: r["key"])
-            self.corpus.write_part(self.table, table_from_rows(rows, DEDUP_SIGNATURES, self.table), part=unit)
-            self.counts["signature_units"] += 1
-            del self.units[unit]
+    schema = DEDUP_SIGNATURES
+    ok_count, error_count, unit_count = "signatures", "signature_errors", "signature_units"
 
 
 # ----------------------------------------------------------------------------------------------

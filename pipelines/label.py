@@ -335,15 +335,17 @@ def run_label(
         return _label_locked(corpus, root, labeler, run_id, select, cfg, progress, limit, t_start)
 
 
-class LabelCommitter:
-    """Buffers each unit's rows as they arrive and writes the unit's part once all its clips are
-    in (like ``curate.Committer``); counts rows, steps and failures by reason."""
+class UnitCommitter:
+    """Buffers each unit's rows as they arrive and writes the unit's part of ``labels/<name>/``
+    (``schema``) once all its clips are in (like ``curate.Committer``); counts the rows
+    (``ok_count``), the failures by reason (``error_count``, ``errors``, a few ``examples``) and the
+    units written (``unit_count``). Every corpus-level labeling command commits through one."""
 
-    def __init__(
-        self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter, carried: dict[str, list[dict]] | None = None
-    ):
+    schema = LATENT_ACTIONS
+    ok_count, error_count, unit_count = "labeled", "errors", "units"
+
+    def __init__(self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter):
         self.corpus, self.name, self.units, self.counts = corpus, name, units, counts
-        self.carried = carried or {}  # a retried unit: the rows of its part that are not retried
         self.errors: Counter = Counter()
         self.examples: dict[str, str] = {}
         self.rows: dict[str, list[dict]] = defaultdict(list)
@@ -354,26 +356,50 @@ class LabelCommitter:
         self.rows[unit].append(item["row"])
         if item["kind"] == "error":
             self.errors[item["reason"]] += 1
-            self.counts["errors"] += 1
+            self.counts[self.error_count] += 1
             if len(self.examples) < _EXAMPLES:
                 self.examples[item["key"]] = f"{item['reason']}: {item['detail']}"
         else:
-            self.counts["labeled"] += 1
-            self.counts["steps"] += int(item["row"]["num_steps"])
+            self.counts[self.ok_count] += 1
+            self.counted(item["row"])
         if len(self.rows[unit]) == len(self.units[unit]):
             self.commit(unit)
             return True
         return False
+
+    def counted(self, row: dict[str, Any]) -> None:
+        """What a row adds to the counts beyond ``ok_count`` (nothing by default)."""
+
+    def commit(self, unit: str) -> None:
+        del self.units[unit]
+        self.write(unit, self.rows.pop(unit))
+
+    def write(self, unit: str, rows: list[dict]) -> None:
+        table = f"labels/{self.name}"
+        rows = sorted(rows, key=lambda r: r["key"])
+        self.corpus.write_part(table, table_from_rows(rows, self.schema, table), part=unit)
+        self.counts[self.unit_count] += 1
+
+
+class LabelCommitter(UnitCommitter):
+    """Latent-action rows; counts their steps too. A retried unit's part is rewritten with the
+    rows it ``carried`` that were not retried."""
+
+    def __init__(
+        self, corpus: Corpus, name: str, units: dict[str, set[str]], counts: Counter, carried: dict[str, list[dict]] | None = None
+    ):
+        super().__init__(corpus, name, units, counts)
+        self.carried = carried or {}  # a retried unit: the rows of its part that are not retried
+
+    def counted(self, row: dict[str, Any]) -> None:
+        self.counts["steps"] += int(row["num_steps"])
 
     def commit(self, unit: str) -> None:
         new = self.rows.pop(unit)
         del self.units[unit]
         if unit in self.carried and all(r.get("num_steps") is None for r in new):
             return  # every retried clip failed again: its part already says so
-        rows = sorted(new + self.carried.pop(unit, []), key=lambda r: r["key"])
-        table = f"labels/{self.name}"
-        self.corpus.write_part(table, table_from_rows(rows, LATENT_ACTIONS, table), part=unit)
-        self.counts["units"] += 1
+        self.write(unit, new + self.carried.pop(unit, []))
 
 
 def _label_locked(
