@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,7 +43,7 @@ from defi.schemas.corpus import DEDUP_POINTER, LABELS_DIR, Corpus
 from defi.schemas.tables import DEDUP, DEDUP_SIGNATURES, table_from_rows
 
 from .config import add_flags, from_dict, flag_overrides, load_file, merge, to_dict
-from .label import UnitCommitter
+from .label import UnitCommitter, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
 from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
@@ -190,17 +189,9 @@ def _dedup_locked(corpus: Corpus, root: str, kept, run_id: str, cfg: DedupConfig
     committer = SignatureCommitter(corpus, sig_name, units, counts)
     status, t_sig, t_group = "failed", 0.0, 0.0
     try:
-        if tasks:
-            bar = _bar(pending.num_rows, progress)
-            with Runner(backend, cfg.ray, cfg.workers, why) as runner:
-                record["runner"] = runner.info
-                t0 = time.time()
-                for item in runner.stream(tasks, stages):
-                    bar.update(1)
-                    committer.add(item)
-                    bar.set_postfix(errors=counts["signature_errors"])
-                t_sig = time.time() - t0
-            bar.close()
+        t_sig, _ = stream_units(
+            record, Runner(backend, cfg.ray, cfg.workers, why), tasks, stages, committer, counts, pending.num_rows, progress
+        )
         if units:
             raise RuntimeError(f"{len(units)} signature units never completed (a reader lost clips); re-run to finish them")
         t0 = time.time()
@@ -260,12 +251,6 @@ def group_table(corpus: Corpus, kept, sig_table: str, cfg: DedupConfig, run_id: 
         matched_pairs=g.pairs,
     )
     return table_from_rows(rows, DEDUP, "dedup")
-
-
-def _bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def summary_text(rec: dict[str, Any]) -> str:

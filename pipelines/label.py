@@ -483,7 +483,7 @@ def stream_units(
         for item in runner.stream(tasks, stages):
             bar.update(1)
             if committer.add(item):
-                bar.set_postfix(units=counts["units"], errors=counts["errors"])
+                bar.set_postfix(units=counts[committer.unit_count], errors=counts[committer.error_count])
         t_run = time.time() - t0
     bar.close()
     return t_run, t_ray
