@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
@@ -210,49 +210,52 @@ def instruction_table(corpus, selection, text_cfg) -> dict[str, list[float]]:
     return {t: [float(x) for x in e] for t, e in zip(ordered, embs, strict=True)}
 
 
-def state_stats(dataset, limit: int) -> tuple[Any, Any, int]:
-    """(mean [P], std [P], P) of the proprioception over every recorded row of up to ``limit``
-    selected clips (std floored at 1e-3); ValueError naming a clip that has none."""
+class RowStats(NamedTuple):
+    """What the selected clips' recorded rows decide: action mean/std [A] and width, the rows
+    counted, the frame stride, and (``proprio``) the proprioception's mean/std [P] and width."""
+
+    mean: Any
+    std: Any
+    action_dim: int
+    rows: int
+    stride: int
+    state_mean: Any = None
+    state_std: Any = None
+    state_dim: int = 0
+
+
+def action_stats(dataset, limit: int, proprio: bool = False) -> RowStats:
+    """Statistics over every recorded row of up to ``limit`` selected clips, read in one pass (std
+    floored at 1e-3 so a constant dimension does not blow up); the frame stride is the rows per
+    encoded frame (2 for a 20 Hz robot curated at 10 fps), the median over those clips.
+    ``proprio``: the proprioception's too; ValueError naming a clip with actions and none."""
     import numpy as np
 
     from defi.schemas.shards import ShardReader
 
     keys = set(dataset.keys[:limit])
     reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
-    rows = []
+    rows, strides, states = [], [], []
     for s in reader:
-        a, p, _, _ = s.rows()
-        if a is not None and p is None:
-            raise ValueError(f"--data.proprio: clip {s.key} has actions but no proprioception (observation.state)")
-        if p is not None and len(p):
-            rows.append(p[np.isfinite(p).all(1)])
-    if not rows:
-        raise ValueError("--data.proprio: no selected clip carries proprioception (observation.state)")
-    allr = np.concatenate(rows)
-    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1])
-
-
-def action_stats(dataset, limit: int) -> tuple[Any, Any, int, int, int]:
-    """(mean [A], std [A], action_dim, rows, frame stride) over every recorded row of up to
-    ``limit`` selected clips (std floored at 1e-3 so a constant dimension does not blow up); the
-    frame stride is the rows per encoded frame (2 for a 20 Hz robot curated at 10 fps), the
-    median over those clips."""
-    import numpy as np
-
-    from defi.schemas.shards import ShardReader
-
-    keys = set(dataset.keys[:limit])
-    reader = ShardReader([dataset.shard_urls[s] for s in sorted(dataset.shard_urls)], keys=keys)
-    rows, strides = [], []
-    for s in reader:
-        a, _, _, rate = s.rows()
+        a, p, _, rate = s.rows()
         if a is not None and len(a):
             rows.append(a[np.isfinite(a).all(1)])
             strides.append(max(1, round(rate / float(s.meta.fps))))
+        if proprio:
+            if a is not None and p is None:
+                raise ValueError(f"--data.proprio: clip {s.key} has actions but no proprioception (observation.state)")
+            if p is not None and len(p):
+                states.append(p[np.isfinite(p).all(1)])
     if not rows:
         raise ValueError("no clip in the selection has actions (curate robot episodes with actions, or select WHERE has_actions)")
     allr = np.concatenate(rows)
-    return allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides))
+    out = RowStats(allr.mean(0), np.maximum(allr.std(0), 1e-3), int(allr.shape[1]), len(allr), int(np.median(strides)))
+    if not proprio:
+        return out
+    if not states:
+        raise ValueError("--data.proprio: no selected clip carries proprioception (observation.state)")
+    alls = np.concatenate(states)
+    return out._replace(state_mean=alls.mean(0), state_std=np.maximum(alls.std(0), 1e-3), state_dim=int(alls.shape[1]))
 
 
 def policy_batches(stream, texts: dict, text_dim: int, context: int, state: bool = False):
@@ -315,19 +318,18 @@ def run_train_policy(cfg) -> dict[str, Any]:
         rank=rank,
         world_size=world_size,
     )
-    mean, std, action_dim, n_rows, stride = action_stats(dataset, cfg.data.stats_clips)
-    decided = {"action_dim": action_dim}  # the data decides them
-    if cfg.data.proprio:
-        s_mean, s_std, decided["state_dim"] = state_stats(dataset, cfg.data.stats_clips)
-    elif pc.state_dim:
+    if pc.state_dim and not cfg.data.proprio:
         raise ValueError(f"policy.state_dim={pc.state_dim} needs --data.proprio (the data sets the width)")
-    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), **decided})
+    stats = action_stats(dataset, cfg.data.stats_clips, proprio=cfg.data.proprio)
+    mean, std, n_rows, stride = stats.mean, stats.std, stats.rows, stats.stride
+    # the data decides the widths
+    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": stats.action_dim, "state_dim": stats.state_dim})
     policy = build_policy(cfg)
     policy.action_mean.copy_(torch.as_tensor(mean))
     policy.action_std.copy_(torch.as_tensor(std))
     if cfg.data.proprio:
-        policy.state_mean.copy_(torch.as_tensor(s_mean))
-        policy.state_std.copy_(torch.as_tensor(s_std))
+        policy.state_mean.copy_(torch.as_tensor(stats.state_mean))
+        policy.state_std.copy_(torch.as_tensor(stats.state_std))
     texts = {}
     if pc.text_dim:  # rank 0 fills the corpus' embedding cache first; the others then read it
         from defi.training.distributed import barrier
@@ -398,8 +400,6 @@ def summary_text(res: dict[str, Any]) -> str:
 def cmd_train_policy(args: argparse.Namespace) -> int:
     from defi.training.checkpoint import CheckpointError
 
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be >= 1")
     rc = relaunch(args, "policy")
     if rc is not None:
         return rc
