@@ -202,13 +202,18 @@ class Corpus:
 
     def current_dedup(self) -> str | None:
         """The ``labels/`` folder the ``dedup`` view reads (the last `defi dedup` run's), or None."""
-        if not self.fs.exists(self.path(DEDUP_POINTER)):
+        return self._current_label(DEDUP_POINTER, DEDUP)
+
+    def _current_label(self, pointer: str, schema: pa.Schema) -> str | None:
+        """The ``labels/`` folder a pointer file (``{"current": NAME}``) names, if it holds
+        ``schema``; None without the file. An unreadable pointer is a ``CorpusError``."""
+        if not self.fs.exists(self.path(pointer)):
             return None
         try:
-            name = str(self.read_json(DEDUP_POINTER)["current"])
+            name = str(self.read_json(pointer)["current"])
         except (ValueError, KeyError, TypeError, OSError) as e:
-            raise CorpusError(f"{self.path(DEDUP_POINTER)} is unreadable: {e}") from None
-        return name if label_schema(name) is DEDUP else None
+            raise CorpusError(f"{self.path(pointer)} is unreadable: {e}") from None
+        return name if label_schema(name) is schema else None
 
     def read_table(self, table: str) -> pa.Table:
         """All committed parts of a table as one Arrow table (empty, with schema, if none)."""
@@ -253,13 +258,7 @@ class Corpus:
     def current_captions(self) -> str | None:
         """The ``labels/`` folder of the last finished `defi label captions` run (what the
         ``captions`` view and training's ``--data.language caption|auto`` read), or None."""
-        if not self.fs.exists(self.path(CAPTIONS_POINTER)):
-            return None
-        try:
-            name = str(self.read_json(CAPTIONS_POINTER)["current"])
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise CorpusError(f"{self.path(CAPTIONS_POINTER)} is unreadable: {e}") from None
-        return name if label_schema(name) is CAPTIONS else None
+        return self._current_label(CAPTIONS_POINTER, CAPTIONS)
 
     def connect(self, threads: int | None = None, tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the corpus views defined, that cannot touch a file.
