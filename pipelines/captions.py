@@ -37,7 +37,7 @@ from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_d
 from .label import DEFAULT_SELECT, UnitCommitter, plan_units, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
 from .runs import finish_record, new_run_id, start_record
 
 
@@ -291,12 +291,7 @@ def cmd_label_captions(args) -> int:
 
     try:
         data = merge(load_file(args.config) if args.config else {}, flag_overrides(args))
-        short: dict[str, Any] = {}
-        if args.local:
-            short["runner"] = "local"
-        if args.address:
-            short["ray"] = {"address": args.address}
-        cfg = from_dict(CaptionConfig, merge(data, short))
+        cfg = from_dict(CaptionConfig, merge(data, runner_shortcuts(args)))
         rec = run_captions(args.root, args.model, args.select, cfg, progress=not args.no_progress, limit=args.limit)
     except (CaptionModelError, SelectionError, ValueError) as e:  # ConfigError is a ValueError
         raise UsageError(" ".join(str(e).split())) from None

@@ -46,7 +46,7 @@ from .config import add_flags, from_dict, flag_overrides, load_file, merge, to_d
 from .label import UnitCommitter, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
 from .runs import finish_record, new_run_id, start_record
 
 KEPT_SQL = "SELECT DISTINCT key, shard, width, height, duration_s, clip_embedding FROM clips WHERE kept AND shard IS NOT NULL ORDER BY key"
@@ -304,12 +304,7 @@ def cmd_dedup(args) -> int:
 
     try:
         data = merge(load_file(args.config) if args.config else {}, flag_overrides(args))
-        short: dict[str, Any] = {}
-        if args.local:
-            short["runner"] = "local"
-        if args.address:
-            short["ray"] = {"address": args.address}
-        cfg = from_dict(DedupConfig, merge(data, short))
+        cfg = from_dict(DedupConfig, merge(data, runner_shortcuts(args)))
         rec = run_dedup(args.root, cfg, progress=not args.no_progress)
     except (DedupError, ValueError, CorpusError) as e:  # ConfigError is a ValueError
         raise UsageError(" ".join(str(e).split())) from None

@@ -46,7 +46,7 @@ from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
 from .runs import finish_record, new_run_id, start_record
 from .usage import int_at_least
 
@@ -690,13 +690,7 @@ def resolve_label_config(args) -> LabelConfig:
     for given, other in (("gap_s", "gap_frames"), ("gap_frames", "gap_s")):
         if given in flags and other not in flags:  # a gap flag replaces the file's gap, in either unit
             data.pop(other, None)
-    data = merge(data, flags)
-    short: dict[str, Any] = {}
-    if args.local:
-        short["runner"] = "local"
-    if args.address:
-        short["ray"] = {"address": args.address}
-    return from_dict(LabelConfig, merge(data, short))
+    return from_dict(LabelConfig, merge(merge(data, flags), runner_shortcuts(args)))
 
 
 def cmd_label_latent_actions(args) -> int:
