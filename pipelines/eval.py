@@ -25,8 +25,6 @@ from typing import Any
 from .config import ConfigError, add_flags, flag_overrides, from_dict
 from .usage import UsageError, check_out_dir, one_line, run_standalone
 
-ENVS = ("metaworld",)
-
 
 def write_mp4(path: Path, frames, fps: int = 20, crf: int = 18) -> None:
     """uint8 [N, H, W, 3] frames as a browser-playable H.264 mp4 (yuv420p, faststart)."""
@@ -94,9 +92,7 @@ def run_eval(policy: str, cfg, out: str, env: str = "metaworld", progress: bool 
 
     from defi.training.sim.evaluate import evaluate
 
-    if env not in ENVS:
-        raise ValueError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
-    res = evaluate(policy, cfg, progress=progress)
+    res = evaluate(policy, cfg, progress=progress, env=env)
     outp = Path(out)
     (outp / "videos").mkdir(parents=True, exist_ok=True)
     videos: dict[str, list] = {}
@@ -150,7 +146,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "mean steps to success, rollout videos and a self-contained HTML report in --out.",
     )
     p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the policy is rolled out in (default: metaworld)")
+    from defi.training.sim.envs import DEFAULT_ENV, ENVS
+
+    p.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS), help=f"simulator the policy is rolled out in (default: {DEFAULT_ENV})")
     p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from defi.training.sim.evaluate import EvalConfig
