@@ -686,7 +686,8 @@ def step_report(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.views.report import write_report
 
     path = ctx.out / "report.html"
-    info = write_report(ctx, path)
+    secs = step_seconds(ctx.out)
+    info = write_report(ctx, path, [(s.name, s.does, secs.get(s.name)) for s in STEPS], POLICY_VARIANTS)
     _say(f"  open {path}")
     return {"path": str(path), **info}
 
