@@ -34,7 +34,8 @@ from defi.schemas.records import clips_table, sources_table
 from defi.schemas.tables import SHARDS, table_from_rows
 
 from .config import to_dict
-from .curate_video import ClipItem, CurateConfig, VideoDone, curate_stages, dedup_video
+from .curate_video import ClipItem, VideoDone, curate_stages, dedup_video
+from .curate_config import CurateConfig
 from .lock import WriterLock
 from .runner import Runner, pick_backend
 from .runs import finish_record, new_run_id, start_record

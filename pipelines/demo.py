@@ -286,7 +286,7 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
 def step_curate(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
     from defi.schemas.corpus import Corpus
 
     c = ctx.cfg
