@@ -522,7 +522,7 @@ def table_text(setting: str, t: dict, tasks: list[str]) -> str:
 def bars_svg(t: dict, tasks: list[str], title: str) -> str:
     """Grouped vertical bars (one group per task + all, one bar per variant) with Wilson whiskers;
     each bar carries data-variant, data-task, data-value, data-lo, data-hi."""
-    from defi.pipelines.views.svg import _esc, _num, palette
+    from defi.pipelines.views.svg import _num, esc, palette
 
     cols = tasks + ["all"]
     variants = list(t["rows"])
@@ -533,8 +533,8 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
     y = lambda v: top + h * (1 - v)  # noqa: E731
     out = [
         f'<svg class="chart ablation" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" data-title="{_esc(title)}">',
-        f'<text x="{left}" y="14" font-size="12">{_esc(title)}</text>',
+        f'role="img" data-title="{esc(title)}">',
+        f'<text x="{left}" y="14" font-size="12">{esc(title)}</text>',
     ]
     for p in (0, 0.5, 1):
         out.append(
@@ -548,40 +548,41 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
             lo, hi = r["wilson95"]
             x = gx + vi * bw
             out.append(
-                f'<rect class="bar" data-variant="{_esc(v)}" data-task="{_esc(c)}" data-value="{_num(r["mean"])}" '
+                f'<rect class="bar" data-variant="{esc(v)}" data-task="{esc(c)}" data-value="{_num(r["mean"])}" '
                 f'data-lo="{_num(lo)}" data-hi="{_num(hi)}" x="{_num(x)}" y="{_num(y(r["mean"]))}" '
                 f'width="{bw - 2}" height="{_num(h * r["mean"])}" fill="{palette(vi)}"/>'
             )
             xm = _num(x + (bw - 2) / 2)
             out.append(f'<line class="whisker" x1="{xm}" x2="{xm}" y1="{_num(y(lo))}" y2="{_num(y(hi))}" stroke="#222"/>')
         out.append(
-            f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" text-anchor="middle">{_esc(c[:24])}</text>'
+            f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" text-anchor="middle">{esc(c[:24])}</text>'
         )
     for vi, v in enumerate(variants):
         lx, ly = left + (vi % 3) * 130, top + h + 32 + 14 * (vi // 3)
         out.append(
             f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{palette(vi)}"/>'
-            f'<text x="{lx + 13}" y="{ly}" font-size="10">{_esc(v)}</text>'
+            f'<text x="{lx + 13}" y="{ly}" font-size="10">{esc(v)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
 
 
 def report_html(res: dict) -> str:
-    from defi.pipelines.views.browse import _esc, render_page
+    from defi.pipelines.views.browse import render_page
+    from defi.pipelines.views.svg import esc
 
     parts = [
-        f"<h1>DeFI ablation ({_esc(res['config_name'])})</h1>",
-        f"<pre class='sql'>{_esc(res['command'])}</pre>",
-        f"<p>{_esc(res['status'])}. Pretraining tasks: {_esc(', '.join(res['config']['pretrain_tasks']))}; "
-        f"target tasks: {_esc(', '.join(res['config']['target_tasks']))}; {res['config']['demos']} labeled demos per "
+        f"<h1>DeFI ablation ({esc(res['config_name'])})</h1>",
+        f"<pre class='sql'>{esc(res['command'])}</pre>",
+        f"<p>{esc(res['status'])}. Pretraining tasks: {esc(', '.join(res['config']['pretrain_tasks']))}; "
+        f"target tasks: {esc(', '.join(res['config']['target_tasks']))}; {res['config']['demos']} labeled demos per "
         f"target task; {res['config']['eval_episodes']} eval episodes per task per seed (env seed {EVAL_SEED}). "
         f"Bars: mean success over seeds; whiskers: Wilson 95% of the pooled successes.</p>",
     ]
     for setting, t in res["settings"].items():
-        parts.append(f"<h2>Setting {setting}: {_esc(SETTINGS[setting])}</h2>")
+        parts.append(f"<h2>Setting {setting}: {esc(SETTINGS[setting])}</h2>")
         parts.append(bars_svg(t, res["config"]["target_tasks"], f"success per variant, setting {setting}"))
-        parts.append(f"<pre>{_esc(table_text(setting, t, res['config']['target_tasks']))}</pre>")
+        parts.append(f"<pre>{esc(table_text(setting, t, res['config']['target_tasks']))}</pre>")
     return render_page("DeFI ablation", "".join(parts))
 
 
