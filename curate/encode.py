@@ -15,6 +15,7 @@ Failures (unreadable source, empty window) come back as ``EncodeResult.error``, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -141,6 +142,18 @@ def _perturb(on: bool) -> None:
         _perturb_users += 1 if on else -1
         if (on and _perturb_users == 1) or (not on and _perturb_users == 0):
             _mallopt_perturb(_PERTURB_BYTE if on else 0)
+
+
+@contextlib.contextmanager
+def fixed_allocations() -> Iterator[None]:
+    """While open, glibc fills every new allocation with one fixed byte (see ``_Writer``): an
+    x264 encode made inside depends on its pixels and settings alone, not on what the process
+    freed before. For encoders other than ``encode_clip``'s, e.g. test videos."""
+    _perturb(True)
+    try:
+        yield
+    finally:
+        _perturb(False)
 
 
 class _Writer:

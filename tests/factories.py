@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 import av
 import numpy as np
 
+from defi.curate.encode import fixed_allocations
+
 
 def write_video(
     path: str | Path,
@@ -32,12 +34,13 @@ def write_video(
     path = Path(path)
     frames = list(frames)
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", format=container_format) as out:
+    with fixed_allocations(), av.open(str(path), "w", format=container_format) as out:
         rate = Fraction(fps).limit_denominator(1001)
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "18"}
+            stream.codec_context.thread_count = 1  # the same bytes for the same frames, run after run
         else:  # high quality, so codec artifacts at keyframes do not look like cuts
             stream.bit_rate = 4_000_000
         if rotation is not None:

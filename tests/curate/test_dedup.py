@@ -12,6 +12,7 @@ import pytest
 from factories import pan, scenes, write_video
 
 from defi.curate.base import Frames
+from defi.curate.encode import fixed_allocations
 from defi.curate.dedup import Dedup, DedupItem, clip_phashes, dedup, hamming, hash_pairs, phash
 from defi.schemas.records import ClipRecord
 
@@ -36,10 +37,11 @@ def encode(frames: list[np.ndarray], path, size: tuple[int, int] | None = None, 
     if crf != 18:  # write_video fixes crf 18; re-encode at the requested quality
         with av.open(str(path)) as c:
             dec = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-        with av.open(str(path), "w") as out:
+        with fixed_allocations(), av.open(str(path), "w") as out:
             st = out.add_stream("libx264", rate=24)
             st.height, st.width = dec[0].shape[:2]
             st.pix_fmt, st.options = "yuv420p", {"crf": str(crf)}
+            st.codec_context.thread_count = 1
             for f in dec:
                 for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                     out.mux(p)
