@@ -39,7 +39,6 @@ from .config import ConfigError, add_flags, from_dict, merge, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     add_run_flags,
-    batch_stream,
     check_run_dir,
     cli_layers,
     flush_denormals,
@@ -286,7 +285,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from defi.training.data import ClipDataset
+    from defi.training.data import ClipDataset, batch_stream
     from defi.training.recipes.train_policy import train_policy
 
     for name in ("root", "select", "out"):

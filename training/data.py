@@ -9,7 +9,9 @@ Three layers, each usable on its own:
 - ``decode_frames`` decodes chosen frames of an in-memory mp4 with PyAV, resized to (H, W).
 - ``ClipDataset`` (a torch ``IterableDataset``) plans an epoch over a resolved selection
   (``defi.schemas.selection.resolve_selection``), gives each consumer (rank x DataLoader worker)
-  a disjoint part of it, and yields frame pairs/windows. ``make_loader`` wraps it in a DataLoader.
+  a disjoint part of it, and yields frame pairs/windows. ``make_loader`` wraps it in a DataLoader;
+  the ``defi train`` commands use ``build_dataset`` (shuffled, over a selection) and
+  ``batch_stream`` (endless batches, epoch after epoch, resumable from a step).
 
 Units: ``t``, ``gap_frames`` and ``k`` are frame indices/counts of the *encoded clip* (0-based,
 decode order); ``gap_s`` is seconds and becomes ``k = max(1, round(gap_s * fps))`` per clip
@@ -511,3 +513,47 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def build_dataset(corpus, select: str, d: Any, seed: int, window: int, rank: int = 0, world_size: int = 1) -> ClipDataset:
+    """The shuffled ClipDataset of windows of ``window`` frames over the selection ``select``;
+    ``d`` (a ``pipelines.train_common.DataConfig``) gives ``gap``, ``size``, ``pairs_per_clip``
+    and ``shuffle_buffer``. A SelectionError/CorpusError names a bad selection."""
+    return ClipDataset.from_corpus(
+        corpus,
+        select,
+        gap=d.gap,
+        size=d.size,
+        pairs_per_clip=d.pairs_per_clip,
+        window=window,
+        shuffle=True,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def batch_stream(dataset: ClipDataset, batch_size: int, num_workers: int, start_step: int) -> Iterator[dict]:
+    """Endless batches of ``batch_size`` items, epoch after epoch. An epoch without one full batch
+    raises ValueError (one line: the commands show it as a usage error).
+
+    A resumed run (``start_step`` > 0) does not replay the batches already trained on (that would
+    decode them all again); it starts a fresh epoch numbered after the step, so its draws differ
+    from epochs 0, 1, ... of the first call but are still deterministic given (seed, step)."""
+    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
+    for epoch in itertools.count(first_epoch):
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
+        )
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError(
+                f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
+                f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
+                "lower --train.batch_size or the gap"
+            )
