@@ -381,7 +381,7 @@ def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
     from defi.schemas.gap import Gap
     from defi.schemas.selection import resolve_selection
     from defi.training.checkpoint import load_checkpoint
-    from defi.training.data import ClipDataset, collate_items
+    from defi.training.data import ActionChunkDataset, collate_items
     from defi.training.recipes.train_policy import last_checkpoint
 
     cache = run.parent / "reliance.json"
@@ -391,7 +391,7 @@ def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
     policy, pcfg, state = load_checkpoint(last_checkpoint(run))
     policy.eval()
     corpus = Corpus.open(rc["root"])
-    ds = ClipDataset(
+    ds = ActionChunkDataset(
         resolve_selection(corpus, rc["select"]),
         corpus.shard_url,
         gap=Gap.of_frames(1),
@@ -399,7 +399,7 @@ def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
         pairs_per_clip=pairs_per_clip,
         shuffle=False,
         seed=seed,
-        chunk=pcfg.horizon,
+        horizon=pcfg.horizon,
         context=pcfg.context_frames,
     )
     b = collate_items(list(ds))

@@ -40,8 +40,6 @@ from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
     add_run_flags,
-    batch_stream,
-    build_dataset,
     check_resume,
     flush_denormals,
     resolve_run_config,
@@ -92,6 +90,7 @@ def run_train_gidm(root: str, select: str, cfg) -> dict[str, Any]:
     ``cfg.train.out_dir``; writes run_config.json there. Returns the recipe's summary plus
     ``config``, ``selected_clips``, ``data_stats``, ``wall_s`` and ``last_checkpoint``. User
     errors raise ``UsageError`` (one line)."""
+    from defi.training.data import batch_stream, build_dataset
     from defi.training.recipes.train_gidm import last_checkpoint, train
 
     rank, world = process_group()

@@ -6,7 +6,7 @@
   ``--section.field`` flags <- the shortcut flags (``shortcut_layer``). The Python entries
   (``gidm_run_config(preset, *layers)``...) take the same layers, so the CLI and the demo resolve a
   config the same way.
-- The loader: ``build_dataset`` over a selection, ``batch_stream`` of endless batches.
+- The loader's settings: ``DataConfig`` (``training.data.build_dataset`` and ``batch_stream`` use them).
 - Running: ``relaunch`` under torchrun for ``--workers N``, ``check_resume`` of a RUN_DIR,
   ``flush_denormals`` while training, ``progress_lines`` of the summaries.
 
@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,54 +252,6 @@ def relaunch(args: argparse.Namespace, model: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def build_dataset(corpus, select: str, d: DataConfig, seed: int, window: int, rank: int = 0, world_size: int = 1):
-    """The shuffled ClipDataset of windows of ``window`` frames at gap ``d.gap`` over the
-    selection (a SelectionError/CorpusError names a bad one)."""
-    from defi.training.data import ClipDataset
-
-    return ClipDataset.from_corpus(
-        corpus,
-        select,
-        gap=d.gap,
-        size=d.size,  # = model.image_size (resolve_run_config)
-        pairs_per_clip=d.pairs_per_clip,
-        window=window,
-        shuffle=True,
-        shuffle_buffer=d.shuffle_buffer,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-    )
-
-
-def batch_stream(dataset, batch_size: int, num_workers: int, start_step: int) -> Iterator[dict]:
-    """Endless batches of ``batch_size`` items, epoch after epoch.
-
-    A resumed run (``start_step`` > 0) does not replay the batches already trained on (that would
-    decode them all again); it starts a fresh epoch numbered after the step, so its draws differ
-    from epochs 0, 1, ... of the first call but are still deterministic given (seed, step)."""
-    from torch.utils.data import DataLoader
-
-    from defi.training.data import collate_items
-
-    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
-    for epoch in itertools.count(first_epoch):
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
-        )
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise UsageError(
-                f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
-                f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
-                "lower --train.batch_size or the gap"
-            )
-
-
 def text_cache_saver(command: str, enabled: bool = True) -> Callable[[Any, Any, str], None]:
     """``save`` for ``training.gfdm.embed_instructions``: new instruction embeddings go to
     ROOT/text_embeddings under the root's writer lock (a training run writes into the corpus

@@ -46,8 +46,6 @@ from .train_common import (
     RUN_CONFIG_FILE,
     DataConfig,
     add_run_flags,
-    batch_stream,
-    build_dataset,
     check_resume,
     flush_denormals,
     resolve_run_config,
@@ -272,6 +270,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
+    from defi.training.data import batch_stream, build_dataset
     from defi.training.recipes.train_gfdm import last_checkpoint, train
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():

@@ -4,7 +4,7 @@
 [--init defi|scratch|no-gfdm-pretrain|no-gidm-pretrain|bc]`` (or ``--init entangled --joint RUN``) loads the pretrained GFDM and GIDM
 (a run folder's latest checkpoint, or a checkpoint folder), embeds the selection's instructions
 once (the corpus' text-embedding cache), builds the shard loader with action chunks
-(``ClipDataset(chunk=H)``: every recorded row, at the robot's rate) and runs the recipe
+(``ActionChunkDataset(horizon=H)``: every recorded row, at the robot's rate) and runs the recipe
 ``training.recipes.train_policy``. Re-running with the same RUN_DIR resumes.
 
 Python: ``run_train_policy(policy_run_config(*layers))``, what the command and ``defi demo`` both
@@ -39,7 +39,6 @@ from .config import ConfigError, add_flags, from_dict, merge, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
     add_run_flags,
-    batch_stream,
     check_run_dir,
     cli_layers,
     flush_denormals,
@@ -54,7 +53,7 @@ from .usage import UsageError, one_line
 
 @dataclass
 class PolicyDataConfig:
-    """How policy items are drawn from the selected clips (``training.data.ClipDataset``)."""
+    """How policy items are drawn from the selected clips (``training.data.ActionChunkDataset``)."""
 
     gap_s: float | None = field(
         default=None, metadata={"help": "gap o_t -> o_t+k of the true future (forward/consistency losses), seconds; default 1 frame"}
@@ -270,7 +269,7 @@ def action_stats(dataset, limit: int, proprio: bool = False) -> RowStats:
 
 
 def policy_batches(stream, texts: dict, text_dim: int, context: int, state: bool = False):
-    """ClipDataset batches -> the recipe's policy batches (``obs``, ``text_emb``, ``action_chunk``,
+    """ActionChunkDataset batches -> the recipe's policy batches (``obs``, ``text_emb``, ``action_chunk``,
     ``action_mask``, ``future``, and ``state`` when the policy takes proprioception)."""
     import torch
 
@@ -297,7 +296,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from defi.training.data import ClipDataset
+    from defi.training.data import ActionChunkDataset, batch_stream
     from defi.training.recipes.train_policy import train_policy
 
     for name in ("root", "select", "out"):
@@ -315,7 +314,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
     corpus = Corpus.open(cfg.root)
     selection = resolve_selection(corpus, cfg.select)
     pc = cfg.policy
-    dataset = ClipDataset(
+    dataset = ActionChunkDataset(
         selection,
         corpus.shard_url,
         gap=Gap.from_fields(cfg.data.gap_s, default=Gap.of_frames(1)),
@@ -324,7 +323,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
         shuffle=True,
         shuffle_buffer=cfg.data.shuffle_buffer,
         seed=cfg.train.seed,
-        chunk=pc.horizon,
+        horizon=pc.horizon,
         context=pc.context_frames,
         rank=rank,
         world_size=world_size,

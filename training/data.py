@@ -9,7 +9,10 @@ Three layers, each usable on its own:
 - ``decode_frames`` decodes chosen frames of an in-memory mp4 with PyAV, resized to (H, W).
 - ``ClipDataset`` (a torch ``IterableDataset``) plans an epoch over a resolved selection
   (``defi.schemas.selection.resolve_selection``), gives each consumer (rank x DataLoader worker)
-  a disjoint part of it, and yields frame pairs/windows. ``make_loader`` wraps it in a DataLoader.
+  a disjoint part of it, and yields frame pairs/windows. ``ActionChunkDataset`` is the same with
+  each item's next action rows (policy training). ``make_loader`` wraps it in a DataLoader;
+  the ``defi train`` commands use ``build_dataset`` (shuffled, over a selection) and
+  ``batch_stream`` (endless batches, epoch after epoch, resumable from a step).
 
 Units: ``t``, ``gap_frames`` and ``k`` are frame indices/counts of the *encoded clip* (0-based,
 decode order); ``gap_s`` is seconds and becomes ``k = max(1, round(gap_s * fps))`` per clip
@@ -137,6 +140,10 @@ class Assignment:
     counts: dict[str, int]
 
 
+class _SkippedClip(Exception):
+    """A clip whose items cannot be made; ``str(e)`` is the reason counted in ``stats``."""
+
+
 class ClipDataset(IterableDataset):
     """Frame pairs/windows from the clips of a selection.
 
@@ -164,11 +171,6 @@ class ClipDataset(IterableDataset):
             re-reading its share (with new random pairs) when it runs out, so DDP ranks run the
             same number of steps; None: each consumer yields its share once (lengths can differ).
         storage_options: fsspec options for opening shards.
-        chunk: when set (H action rows), items are for policy training: only clips with actions
-            are used, only frames with a recorded row start an item, and each item adds
-            ``action_chunk`` [H, A] (rows at the robot's rate from the row aligned to frame t,
-            every row curation kept: see ``ShardSample.rows``) and ``action_mask`` [H] (False past
-            the clip's last row), and ``lang`` always (``""`` without an instruction).
         context: frames of history per item (>= 1); above 1 items add ``context``
             [context, 3, H, W] = frames t-context+1 .. t (frame 0 repeated before the clip start).
 
@@ -211,13 +213,10 @@ class ClipDataset(IterableDataset):
         world_size: int | None = None,
         items_per_consumer: int | None = None,
         storage_options: dict | None = None,
-        chunk: int | None = None,
         context: int = 1,
     ) -> None:
         super().__init__()
         problems = []
-        if chunk is not None and int(chunk) < 1:
-            problems.append(f"chunk must be >= 1 action rows or None, got {chunk}")
         if int(context) < 1:
             problems.append(f"context must be >= 1 frames, got {context}")
         for col in ("key", "shard", "weight"):
@@ -243,7 +242,7 @@ class ClipDataset(IterableDataset):
         elif world_size is not None and not 0 <= rank < world_size:
             problems.append(f"rank must be in [0, world_size={world_size}), got {rank}")
         if problems:
-            raise ValueError("ClipDataset: " + "; ".join(problems))
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         order = np.lexsort(
             (
                 np.asarray(selection.column("key").to_pylist(), dtype=object).astype(str),
@@ -268,7 +267,6 @@ class ClipDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.items_per_consumer = items_per_consumer
         self.storage_options = storage_options
-        self.chunk = None if chunk is None else int(chunk)
         self.context = int(context)
         self.stats: Counter = Counter()
 
@@ -371,15 +369,14 @@ class ClipDataset(IterableDataset):
             self.stats["skipped:actions_misaligned"] += 1
             log.warning("ClipDataset: %s has %d action rows for %d frames; skipped", sample.key, len(sample.actions), n)
             return []
-        rows = sample.rows() if self.chunk is not None else None
-        if rows is not None and rows[0] is None:
-            self.stats["skipped:no_actions"] += 1
+        try:
+            rows = self._clip_rows(sample)
+        except _SkippedClip as e:
+            self.stats[f"skipped:{e}"] += 1
             return []
         starts: list[int] = []
         for d in range(draws):
-            valid = np.arange(n - span)
-            if rows is not None:  # only frames with a recorded row start a chunk
-                valid = valid[rows[2][valid] >= 0]
+            valid = self._starts(np.arange(n - span), rows)
             if self.pairs_per_clip is not None and self.pairs_per_clip < len(valid):
                 rng = np.random.default_rng([self.seed, self.epoch, 3, _key_hash(sample.key), d, rnd])
                 valid = np.sort(rng.choice(valid, self.pairs_per_clip, replace=False))
@@ -414,15 +411,24 @@ class ClipDataset(IterableDataset):
                 item["lang"] = sample.lang
             if self.context > 1:  # o_t-C+1 .. o_t, the first frame repeated before the clip starts
                 item["context"] = tensor[[row[max(t - j, 0)] for j in range(self.context - 1, -1, -1)]]
-            if rows is not None:
-                item.update(action_chunk(rows[0], int(rows[2][t]), self.chunk))
-                item["lang"] = sample.lang or ""
-                if rows[1] is not None:  # the proprioception of the row recorded at o_t
-                    item["state"] = torch.from_numpy(np.ascontiguousarray(rows[1][int(rows[2][t])]))
+            self._add_rows(item, t, sample, rows)
             out.append(item)
         self.stats["clips"] += 1
         self.stats["items"] += len(out)
         return out
+
+    # what ActionChunkDataset adds: a clip's recorded rows, read by its items
+    def _clip_rows(self, sample: ShardSample) -> Any:  # noqa: ARG002 (the overrides' signature)
+        """What this clip's items read beyond its frames (None: nothing); raises ``_SkippedClip``
+        for a clip that cannot make them."""
+        return None
+
+    def _starts(self, valid: np.ndarray, rows: Any) -> np.ndarray:  # noqa: ARG002 (the overrides' signature)
+        """The frames of ``valid`` that may start an item."""
+        return valid
+
+    def _add_rows(self, item: dict[str, Any], t: int, sample: ShardSample, rows: Any) -> None:
+        """Add to ``item`` (frame ``t``) what it reads from ``rows``."""
 
     @classmethod
     def from_corpus(cls, corpus, select, **kwargs) -> ClipDataset:
@@ -430,6 +436,37 @@ class ClipDataset(IterableDataset):
         from defi.schemas.selection import resolve_selection
 
         return cls(resolve_selection(corpus, select), corpus.shard_url, **kwargs)
+
+
+class ActionChunkDataset(ClipDataset):
+    """``ClipDataset`` items for policy training: only clips with actions are used, only frames
+    with a recorded row start an item, and each item adds ``action_chunk`` [horizon, A] (rows at
+    the robot's rate from the row aligned to frame t, every row curation kept: see
+    ``ShardSample.rows``), ``action_mask`` [horizon] (False past the clip's last row), ``lang``
+    always (``""`` without an instruction) and ``state`` (the proprioception of the row recorded
+    at frame t) when the clip has it. ``horizon``: action rows per item (>= 1); the other
+    arguments are ``ClipDataset``'s."""
+
+    def __init__(self, selection: pa.Table, shard_urls: Mapping[str, str] | Callable[[str], str], *, horizon: int, **kwargs: Any) -> None:
+        if int(horizon) < 1:
+            raise ValueError(f"ActionChunkDataset: horizon must be >= 1 action rows, got {horizon}")
+        super().__init__(selection, shard_urls, **kwargs)
+        self.horizon = int(horizon)
+
+    def _clip_rows(self, sample: ShardSample) -> tuple:
+        rows = sample.rows()
+        if rows[0] is None:
+            raise _SkippedClip("no_actions")
+        return rows
+
+    def _starts(self, valid: np.ndarray, rows: tuple) -> np.ndarray:
+        return valid[rows[2][valid] >= 0]  # only frames with a recorded row start a chunk
+
+    def _add_rows(self, item: dict[str, Any], t: int, sample: ShardSample, rows: tuple) -> None:
+        item.update(action_chunk(rows[0], int(rows[2][t]), self.horizon))
+        item["lang"] = sample.lang or ""
+        if rows[1] is not None:  # the proprioception of the row recorded at o_t
+            item["state"] = torch.from_numpy(np.ascontiguousarray(rows[1][int(rows[2][t])]))
 
 
 def action_chunk(rows: np.ndarray, start: int, horizon: int) -> dict[str, torch.Tensor]:
@@ -511,3 +548,47 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def build_dataset(corpus, select: str, d: Any, seed: int, window: int, rank: int = 0, world_size: int = 1) -> ClipDataset:
+    """The shuffled ClipDataset of windows of ``window`` frames over the selection ``select``;
+    ``d`` (a ``pipelines.train_common.DataConfig``) gives ``gap``, ``size``, ``pairs_per_clip``
+    and ``shuffle_buffer``. A SelectionError/CorpusError names a bad selection."""
+    return ClipDataset.from_corpus(
+        corpus,
+        select,
+        gap=d.gap,
+        size=d.size,
+        pairs_per_clip=d.pairs_per_clip,
+        window=window,
+        shuffle=True,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def batch_stream(dataset: ClipDataset, batch_size: int, num_workers: int, start_step: int) -> Iterator[dict]:
+    """Endless batches of ``batch_size`` items, epoch after epoch. An epoch without one full batch
+    raises ValueError (one line: the commands show it as a usage error).
+
+    A resumed run (``start_step`` > 0) does not replay the batches already trained on (that would
+    decode them all again); it starts a fresh epoch numbered after the step, so its draws differ
+    from epochs 0, 1, ... of the first call but are still deterministic given (seed, step)."""
+    first_epoch = 0 if start_step == 0 else 1_000_000 + start_step
+    for epoch in itertools.count(first_epoch):
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items, drop_last=True, persistent_workers=False
+        )
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError(
+                f"the selection yields fewer than batch_size={batch_size} pairs per epoch "
+                f"(clips too short for the gap, or unreadable: {dict(dataset.stats)}); "
+                "lower --train.batch_size or the gap"
+            )

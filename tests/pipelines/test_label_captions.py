@@ -16,7 +16,7 @@ from factories import moving_square, shard_writers, write_clip_sample, write_vid
 from defi.labelers.captions import CaptionLabeler, middle_frame
 from defi.pipelines.captions import CaptionConfig, run_captions
 from defi.pipelines.cli import main
-from defi.pipelines.train_common import build_dataset
+from defi.training.data import build_dataset
 from defi.pipelines.train_gfdm import clip_language, gfdm_batches, gfdm_run_config, selection_texts
 from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key

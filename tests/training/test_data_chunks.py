@@ -2,6 +2,7 @@
 curation kept, two per frame for a 20 Hz robot encoded at 10 fps), the end-of-clip mask, history
 frames, and the instruction on every item."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -12,7 +13,8 @@ from factories import shard_writers, write_clip_sample, write_video
 from defi.schemas.records import clips_table
 from defi.schemas.corpus import Corpus
 from defi.schemas.keys import clip_key
-from defi.training.data import ClipDataset, collate_items
+from defi.schemas.shards import ShardReader
+from defi.training.data import ActionChunkDataset, ClipDataset, collate_items
 
 SIZE = 16
 
@@ -75,12 +77,12 @@ def corpus(tmp_path_factory):
 
 
 def items(corpus, **kw):
-    ds = ClipDataset.from_corpus(corpus, "SELECT key FROM clips", size=SIZE, shuffle=False, **kw)
+    ds = ActionChunkDataset.from_corpus(corpus, "SELECT key FROM clips", size=SIZE, shuffle=False, **kw)
     return sorted(ds, key=lambda it: (float(it["action_chunk"][0, 1]), it["t"]))
 
 
 def test_chunks_hold_every_row_at_the_robot_rate_with_end_mask(corpus):
-    got = items(corpus, chunk=4)
+    got = items(corpus, horizon=4)
     fast = [it for it in got if it["action_chunk"][0, 1] == 1]
     assert [it["t"] for it in fast] == [0, 1, 2, 3, 4]  # window 2: t + 1 must exist
     for it in fast:
@@ -98,7 +100,7 @@ def test_chunks_hold_every_row_at_the_robot_rate_with_end_mask(corpus):
 
 
 def test_context_frames_repeat_the_first_before_the_clip(corpus):
-    got = items(corpus, chunk=2, context=3)
+    got = items(corpus, horizon=2, context=3)
     it = next(i for i in got if i["t"] == 1 and i["action_chunk"][0, 1] == 1)
     levels = [round(float(f.mean()) * 255 / 20) for f in it["context"]]
     assert levels == [0, 0, 1]  # o_-1 -> o_0, o_0, o_1
@@ -109,7 +111,15 @@ def test_context_frames_repeat_the_first_before_the_clip(corpus):
 
 
 def test_chunk_skips_clips_without_actions_and_checks_arguments(corpus):
-    with pytest.raises(ValueError, match="chunk must be >= 1"):
-        ClipDataset.from_corpus(corpus, "SELECT key FROM clips", chunk=0)
-    with pytest.raises(ValueError, match="context must be >= 1"):
-        ClipDataset.from_corpus(corpus, "SELECT key FROM clips", context=0)
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        ActionChunkDataset.from_corpus(corpus, "SELECT key FROM clips", horizon=0)
+    with pytest.raises(ValueError, match="ActionChunkDataset: context must be >= 1"):
+        ActionChunkDataset.from_corpus(corpus, "SELECT key FROM clips", horizon=2, context=0)
+
+    # a clip without actions: no chunk items (counted), while the frame-pair dataset still uses it
+    chunks = ActionChunkDataset.from_corpus(corpus, "SELECT key FROM clips", size=SIZE, horizon=2, shuffle=False)
+    pairs = ClipDataset.from_corpus(corpus, "SELECT key FROM clips", size=SIZE, shuffle=False)
+    old = next(s for s in ShardReader(list(chunks.shard_urls.values())) if s.meta.num_frames == 5)
+    bare = dataclasses.replace(old, actions=None)
+    assert chunks.sample_items(bare) == [] and chunks.stats["skipped:no_actions"] == 1
+    assert [it["t"] for it in pairs.sample_items(bare)] == [0, 1, 2, 3] and "action_chunk" not in pairs.sample_items(bare)[0]

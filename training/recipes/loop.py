@@ -1,24 +1,48 @@
-"""What every recipe's loop (gidm, gfdm, policy) shares: the learning-rate schedule of
-``TrainConfig`` (configuration.py), seeding, the device, and one optimizer step. A recipe reads
-top to bottom and calls these; none of them knows which model it trains.
+"""The one training loop of every recipe (gidm, gfdm, policy): ``start`` a run (out dir, device,
+rank, seed) before building the model, then ``fit`` it: optimizer and schedule, resume from the
+latest checkpoint, the steps (batch, forward under autocast, optimizer step, metrics row,
+checkpoint) and the summary. A recipe adds only what is its model's: building it, its forward
+step (batch -> output dict with ``loss``), and hooks (parameter groups, a step's side effects,
+summary entries). None of this knows which model it trains.
+
+Data: ``batches`` is an iterable of batches or a callable ``make_batches(start_step)``. On resume
+at step s the callable is called with s and must yield the batches of steps s+1...; a plain
+iterable is assumed to restart from the beginning, and its first s batches are skipped
+(deterministic only if it yields the same batches again, e.g. a seeded loader).
+
+Resume: if ``out_dir/checkpoints`` holds a checkpoint, weights, optimizer, scheduler, step and RNG
+states are restored from the latest, so a run killed and restarted continues the same loss curve.
+
+Under torchrun (a process group initialised, see ``training.distributed``) every rank runs the
+recipe with its own data shard; gradients are averaged each step and rank 0 alone writes logs and
+checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import os
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from ..distributed import barrier, sync_gradients
+from ..distributed import barrier, broadcast_module, sync_gradients, world
 from .configuration import TrainConfig
+from .logs import log_row, open_logs, run_summary
+
+Batches = Iterable[dict] | Callable[[int], Iterable[dict]]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -63,7 +87,7 @@ def save_step(out: Path, step: int, model, model_cfg: Any, optimizer, scheduler,
     return path
 
 
-def batch_iterator(batches: Iterable[dict] | Callable[[int], Iterable[dict]], start_step: int) -> Iterator[dict]:
+def batch_iterator(batches: Batches, start_step: int) -> Iterator[dict]:
     """The batches of steps ``start_step + 1`` on: ``batches(start_step)`` for a callable; a plain
     iterable is assumed to restart from the beginning, so its first ``start_step`` are skipped."""
     return iter(batches(start_step)) if callable(batches) else itertools.islice(iter(batches), start_step, None)
@@ -119,3 +143,123 @@ def finite_loss(loss: torch.Tensor, step: int) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value} at step {step}")
     return value
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that train now (a staged unfreeze changes them between steps)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class Run:
+    """Where and how a run trains: fixed by ``start`` before the model is built, used by ``fit``
+    and by a recipe's step and hooks."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    world_size: int
+    main: bool  # rank 0: writes logs, grids and checkpoints
+    writer: SummaryWriter | None = None  # TensorBoard on out/tb: opened by ``fit`` on the main rank
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast when ``cfg.bf16`` on cuda, else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda")
+
+    def due(self, step: int, every: int) -> bool:
+        """On the main rank: ``step`` is a multiple of ``every`` or the last."""
+        return self.main and (step % every == 0 or step == self.cfg.steps)
+
+    def logs(self, step: int) -> bool:
+        """``step``'s metrics row is written (main rank: step 1, every ``log_every``, the last)."""
+        return (self.main and step == 1) or self.due(step, self.cfg.log_every)
+
+    def to_device(self, batch: dict[str, Any], keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The tensors of ``batch`` under ``keys`` on the run's device (absent ones left out)."""
+        return {k: batch[k].to(self.device, non_blocking=True) for k in keys if torch.is_tensor(batch.get(k))}
+
+
+def start(cfg: TrainConfig) -> Run:
+    """Create ``cfg.out_dir``, pick the device (this rank's GPU under torchrun) and seed every RNG:
+    call it before building the model, so its initial weights follow ``cfg.seed``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg)
+    rank, world_size = world()
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    seed_all(cfg.seed)
+    return Run(cfg, out, device, world_size, rank == 0)
+
+
+def fit(
+    run: Run,
+    model: torch.nn.Module,
+    model_cfg: Any,
+    batches: Batches,
+    forward: Callable[[dict, int], dict[str, Any]],
+    *,
+    desc: str,
+    extra: dict | None = None,
+    param_groups: list[dict] | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    postfix: dict[str, str] | None = None,
+    report: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) ``model`` for ``run.cfg.steps`` optimizer steps; returns
+    ``run_summary`` (steps run, start step, per-step losses of this call, first/last loss,
+    seconds per step, last checkpoint path), then ``report()``'s entries, then ``model``.
+
+    ``forward(batch, step)``: the model's output dict for one batch (a 0-d ``loss`` and 0-d
+    metrics, logged on ``run.logs(step)``), called under ``run.autocast()``; it moves the batch to
+    ``run.device``. ``step`` counts optimizer steps from 1.
+    ``extra``: JSON facts saved in every checkpoint beside the train config and world size.
+    ``param_groups``: the optimizer's groups (default: the trainable parameters at ``run.cfg.lr``).
+    ``load_kwargs``: for ``load_checkpoint`` on resume (e.g. an external feature extractor).
+    ``on_start(start_step)``: after resume, before the first step (e.g. a staged unfreeze).
+    ``after_step(step)``: after the optimizer step and the metrics row, before the
+    checkpoint (e.g. a grid, a buffer broadcast).
+    ``postfix``: progress bar label -> metric shown beside the loss.
+    ``report()``: more summary entries, asked after the last step."""
+    cfg = run.cfg
+    model.to(run.device)
+    # every parameter that may ever train can be in the optimizer: frozen ones get no grad,
+    # which AdamW skips, so a staged unfreeze needs no second optimizer
+    optimizer = torch.optim.AdamW(param_groups or trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start_step, resumed_from = resume(run.out, model, model_cfg, optimizer, scheduler, **(load_kwargs or {}))
+    if on_start is not None:
+        on_start(start_step)
+    broadcast_module(model)  # identical replicas from the first step (no-op on one process)
+    # the configs travel in each checkpoint (config.json, state.json): no separate file
+    metrics_path, run.writer = open_logs(run.out, start_step) if run.main else (Path(os.devnull), None)
+    stream = batch_iterator(batches, start_step)
+
+    losses: list[float] = []
+    last_ckpt = resumed_from
+    model.train()
+    t0 = time.perf_counter()
+    bar = step_bar(cfg, start_step, desc, show=run.main)
+    with metrics_path.open("a") as metrics:
+        for step in bar:
+            batch = next_batch(stream, step, cfg.steps)
+            with run.autocast():
+                out = forward(batch, step)
+            grad_norm = optimizer_step(out["loss"], trainable(model), optimizer, scheduler, cfg.grad_clip)
+            loss = finite_loss(out["loss"], step)
+            losses.append(loss)
+            if run.logs(step):
+                row = {"step": step, **scalars(out), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+                log_row(row, metrics, run.writer)
+                bar.set_postfix(loss=f"{loss:.4g}", **{label: f"{row.get(key, 0):.3g}" for label, key in (postfix or {}).items()})
+            if after_step is not None:
+                after_step(step)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                saved = {**(extra or {}), "train": dataclasses.asdict(cfg), "world_size": run.world_size}
+                last_ckpt = save_step(run.out, step, model, model_cfg, optimizer, scheduler, saved, run.main)
+    if run.writer is not None:
+        run.writer.close()
+    more = report() if report is not None else {}
+    return run_summary(start_step, resumed_from, losses, time.perf_counter() - t0, last_ckpt, **more, model=model)
