@@ -234,6 +234,8 @@ def forward_data(root: str, select: str, cfg, m, command: str, rank: int, world:
     """The ``ForwardData`` of a run config with ``train``, ``data`` (``GFDMDataConfig``) and
     ``text`` sections, for the GFDM config ``m`` (its context and future frames, text width).
     Bad input raises ``UsageError`` (one line)."""
+    from defi.training.data import batch_stream, build_dataset
+
     d = cfg.data
     try:
         corpus = Corpus.open(root)
@@ -270,7 +272,6 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
-    from defi.training.data import batch_stream, build_dataset
     from defi.training.recipes.train_gfdm import last_checkpoint, train
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
