@@ -88,7 +88,8 @@ def rss_of_one_video(path: str) -> tuple[float, float, int]:
         "import resource, sys, time\n"
         "from defi.pipelines.config import from_dict\n"
         "from defi.pipelines.sources import SourceSpec\n"
-        "from defi.pipelines.curate_video import CurateConfig, VideoDone, process_source\n"
+        "from defi.pipelines.curate_config import CurateConfig\n"
+        "from defi.pipelines.curate_video import VideoDone, process_source\n"
         "cfg = from_dict(CurateConfig, {'encode': {'fps': 10, 'short_side': 256}})\n"
         "t = time.perf_counter(); n = sum(1 for it in process_source(SourceSpec(uri=sys.argv[1]), cfg) if not isinstance(it, VideoDone))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t, n)\n"
@@ -143,7 +144,7 @@ def main() -> None:
                 print(f"{f'{m:g} min':<20} {rss:>12.0f} {wall:>8.1f} {n:>6}")
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
 
     formats = parse_formats(args.formats)
     runners = [r.strip() for r in args.runners.split(",") if r.strip()]

@@ -444,11 +444,12 @@ def eta_text(items_left: list[tuple], spent: dict[str, list[float]]) -> str:
 
 
 def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
-    """Does a finetuned policy use its image? The standardised action MSE on its own labeled demos
-    (every clip, ``pairs_per_clip`` start frames each, in order) with the true observation, with
-    the observation of another sample of the same instruction, and with a blank (mean grey)
-    frame. A policy whose three numbers agree ignores the image: it outputs one chunk per
-    instruction (an open-loop, per-task mean). Cached as ``RUN/../reliance.json``."""
+    """Does a finetuned policy use its image? The standardised MSE of the action chunk it predicts
+    (samples, for a diffusion head) on its own labeled demos (every clip, ``pairs_per_clip`` start
+    frames each, in order) with the true observation, with the observation of another sample of
+    the same instruction, and with a blank (mean grey) frame. A policy whose three numbers agree
+    ignores the image: it outputs one chunk per instruction (an open-loop, per-task mean). Cached
+    as ``RUN/../reliance.json``."""
     import torch
 
     from defi.schemas.corpus import Corpus
@@ -488,12 +489,15 @@ def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
     out = {"samples": len(langs)}
     with torch.no_grad():
         for name, o in (("true", obs), ("other_same_task", obs[perm]), ("blank", torch.full_like(obs, float(obs.mean())))):
-            total = 0.0
+            sq, count, gen = 0.0, 0.0, torch.Generator().manual_seed(seed)
             for i in range(0, len(o), 64):
                 sl = slice(i, i + 64)
-                r = policy(o[sl], None if text is None else text[sl], b["action_chunk"][sl], b["action_mask"][sl])
-                total += float(r["action_mse"]) * len(o[sl])
-            out[name] = total / len(o)
+                # the chunk the policy would act with (a diffusion head's sample, with a fixed seed)
+                pred = policy(o[sl], None if text is None else text[sl], generator=gen)["actions"]
+                m = b["action_mask"][sl].unsqueeze(-1).float()
+                sq += float((((pred - b["action_chunk"][sl]) / policy.action_std) ** 2 * m).sum())
+                count += float(m.sum()) * pred.shape[-1]
+            out[name] = sq / max(count, 1.0)
     atomic_json(cache, out)
     return out
 
@@ -710,19 +714,19 @@ def table_text(t: dict, tasks: list[str], quick: bool = False) -> str:
 def bars_svg(t: dict, tasks: list[str], title: str) -> str:
     """Grouped vertical bars (one group per task + all, one bar per variant) with Wilson whiskers;
     each bar carries data-variant, data-task, data-value, data-lo, data-hi."""
-    from defi.pipelines.views.svg import _esc, _num, palette
+    from defi.pipelines.views.svg import _num, esc, palette
 
     cols = tasks + ["all"]
     variants = list(t["rows"])
     bw, gap, h, top, left = 14, 18, 160, 28, 34
     gw = bw * len(variants) + gap
-    width = left + gw * len(cols) + 10
+    width = max(left + gw * len(cols) + 10, left + 150 * min(3, len(variants)), 7 * len(title) + left)  # bars, legend, title
     height = top + h + 40 + 14 * ((len(variants) + 2) // 3)
     y = lambda v: top + h * (1 - v)  # noqa: E731
     out = [
         f'<svg class="chart ablation" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" data-title="{_esc(title)}">',
-        f'<text x="{left}" y="14" font-size="12">{_esc(title)}</text>',
+        f'role="img" data-title="{esc(title)}">',
+        f'<text x="{left}" y="14" font-size="12">{esc(title)}</text>',
     ]
     for p in (0, 0.5, 1):
         out.append(
@@ -736,20 +740,20 @@ def bars_svg(t: dict, tasks: list[str], title: str) -> str:
             lo, hi = r["wilson95"]
             x = gx + vi * bw
             out.append(
-                f'<rect class="bar" data-variant="{_esc(v)}" data-task="{_esc(c)}" data-value="{_num(r["mean"])}" '
+                f'<rect class="bar" data-variant="{esc(v)}" data-task="{esc(c)}" data-value="{_num(r["mean"])}" '
                 f'data-lo="{_num(lo)}" data-hi="{_num(hi)}" x="{_num(x)}" y="{_num(y(r["mean"]))}" '
                 f'width="{bw - 2}" height="{_num(h * r["mean"])}" fill="{palette(vi)}"/>'
             )
             xm = _num(x + (bw - 2) / 2)
             out.append(f'<line class="whisker" x1="{xm}" x2="{xm}" y1="{_num(y(lo))}" y2="{_num(y(hi))}" stroke="#222"/>')
         out.append(
-            f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" text-anchor="middle">{_esc(c[:24])}</text>'
+            f'<text x="{_num(gx + bw * len(variants) / 2)}" y="{top + h + 14}" font-size="9" text-anchor="middle">{esc(c[:24])}</text>'
         )
     for vi, v in enumerate(variants):
         lx, ly = left + (vi % 3) * 150, top + h + 32 + 14 * (vi // 3)
         out.append(
             f'<rect x="{lx}" y="{ly - 8}" width="9" height="9" fill="{palette(vi)}"/>'
-            f'<text x="{lx + 13}" y="{ly}" font-size="10">{_esc(v)}</text>'
+            f'<text x="{lx + 13}" y="{ly}" font-size="10">{esc(v)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
@@ -759,23 +763,23 @@ def curve_svg(curve: dict) -> str:
     """Two panels against pretraining episodes per task (log2 spacing): defi's success with its
     bootstrap whiskers (``class="pt"`` circles with data-episodes/-value/-lo/-hi), and the GIDM
     probe's R^2 of the hand displacement from the latent and from the observation-only control."""
-    from defi.pipelines.views.svg import _esc, _num, palette
+    from defi.pipelines.views.svg import _num, esc, palette
 
     pts = curve["points"]
     xs = [float(np.log2(p["episodes_per_task"])) for p in pts]
     x0, x1 = min(xs), (max(xs) if max(xs) > min(xs) else min(xs) + 1)
-    pw, ph, top, left, gap = 220, 150, 30, 40, 60
+    pw, ph, top, left, gap = 220, 150, 44, 40, 60
     width, height = left + 2 * pw + gap + 20, top + ph + 46
     out = [
         f'<svg class="chart curve" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'data-trend="{_esc(curve["trend"])}">',
+        f'data-trend="{esc(curve["trend"])}">',
         f'<text x="{left}" y="14" font-size="12">defi success and GIDM probe R² vs. action-free pretraining episodes per task</text>',
     ]
 
     def panel(ox: float, label: str, lo: float, hi: float, series: list[tuple[str, list, str]], whiskers: bool) -> None:
         y = lambda v: top + ph * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))  # noqa: E731  (clipped to the panel)
         x = lambda v: ox + pw * (v - x0) / (x1 - x0)  # noqa: E731
-        out.append(f'<text x="{ox}" y="{top - 6}" font-size="10">{_esc(label)}</text>')
+        out.append(f'<text x="{ox}" y="{top - 6}" font-size="10">{esc(label)}</text>')
         for tick in (lo, (lo + hi) / 2, hi):
             out.append(
                 f'<line x1="{ox}" x2="{ox + pw}" y1="{_num(y(tick))}" y2="{_num(y(tick))}" stroke="#ddd"/>'
@@ -790,8 +794,8 @@ def curve_svg(curve: dict) -> str:
                 for i, (xv, v) in enumerate((xv, v) for xv, v in zip(xs, vals, strict=True) if v is not None)
             )
             if d:
-                out.append(f'<path class="series" data-name="{_esc(name)}" d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-            out.append(f'<text x="{ox + 4 + 110 * si}" y="{top + ph + 40}" font-size="9" fill="{color}">{_esc(name)}</text>')
+                out.append(f'<path class="series" data-name="{esc(name)}" d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+            out.append(f'<text x="{ox + 4 + 110 * si}" y="{top + ph + 40}" font-size="9" fill="{color}">{esc(name)}</text>')
         for p, xv in zip(pts, xs, strict=True) if whiskers else ():
             blo, bhi = p["bootstrap95"]
             out.append(
@@ -818,15 +822,16 @@ def curve_svg(curve: dict) -> str:
 
 
 def report_html(res: dict) -> str:
-    from defi.pipelines.views.browse import _esc, render_page
+    from defi.pipelines.views.browse import render_page
+    from defi.pipelines.views.svg import esc
 
     c = res["config"]
     t = res["table"]
     parts = [
-        f"<h1>DeFI ablation, issue 37 ({_esc(res['config_name'])})</h1>",
-        f"<pre class='sql'>{_esc(res['command'])}</pre>",
-        f"<p>{_esc(res['status'])}. Setting A: target tasks not in pretraining. Pretraining tasks: "
-        f"{_esc(', '.join(c['pretrain_tasks']))}; target tasks (by rule): {_esc(', '.join(c['target_tasks']))}; "
+        f"<h1>DeFI ablation, issue 37 ({esc(res['config_name'])})</h1>",
+        f"<pre class='sql'>{esc(res['command'])}</pre>",
+        f"<p>{esc(res['status'])}. Setting A: target tasks not in pretraining. Pretraining tasks: "
+        f"{esc(', '.join(c['pretrain_tasks']))}; target tasks (by rule): {esc(', '.join(c['target_tasks']))}; "
         f"{c['demos']} labeled demos per target task; {c['eval_episodes']} eval episodes per task per cell "
         f"(env seed {EVAL_SEED}, at most {c['max_steps']} steps). Bars: mean success over cells; whiskers: "
         "Wilson 95% of the pooled successes.</p>",
@@ -835,7 +840,7 @@ def report_html(res: dict) -> str:
         parts.append(bars_svg(t, c["target_tasks"], "success per variant (pretraining size x1)"))
     if t.get("curve"):
         parts.append("<h2>More action-free video</h2>" + curve_svg(t["curve"]))
-    parts.append(f"<pre>{_esc(table_text(t, c['target_tasks'], res['config_name'] == 'quick'))}</pre>")
+    parts.append(f"<pre>{esc(table_text(t, c['target_tasks'], res['config_name'] == 'quick'))}</pre>")
     return render_page("DeFI ablation", "".join(parts))
 
 
@@ -920,7 +925,7 @@ def main(argv=None) -> dict:
             print(f"{head}: done, skipped", flush=True)
             continue
         left = [it for it in items[i - 1 :] if not item_done(work, it)]
-        print(f"{head}: running ({len(left)} items left, {eta_text(left, spent)})", flush=True)
+        print(f"{head}: running (items left: {len(left)}, {eta_text(left, spent)})", flush=True)
         t = time.time()
         if item[0] == "defi-pretrain":
             pretrain_defi(work, root, a, item[1], item[2])

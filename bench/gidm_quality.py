@@ -64,7 +64,7 @@ def make_corpus(work: Path, a: argparse.Namespace, sets: list[tuple] | None = No
     training tasks and held-out tasks with actions, camera "corner"."""
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
     from defi.training.sim import generate
 
     if sets is None:

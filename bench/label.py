@@ -75,7 +75,7 @@ def _gidm(a: argparse.Namespace, work: Path, root: str) -> str:
 
 
 def label_runs(a: argparse.Namespace, work: Path, root: str, ckpt: str) -> list[dict]:
-    from defi.pipelines.curate_video import RayConfig
+    from defi.pipelines.ray_adapter import RayConfig
     from defi.pipelines.label import LabelConfig, run_label
 
     out = []

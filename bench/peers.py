@@ -456,7 +456,7 @@ def defi_worker(inputs_dir: str, root: str, out_json: str, ncpu: int) -> int:
     """Runs in the measured subprocess: curate, then dump cuts and kept clips."""
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
     from defi.schemas.corpus import Corpus
 
     cfg = from_dict(CurateConfig, defi_config(ncpu))

@@ -153,7 +153,7 @@ def cmd_curate(args) -> int:
     from defi.pipelines.config import ConfigError, resolve, to_dict
     from defi.pipelines.curate import run_curate, summary_text
     from defi.pipelines.sources import SourceError
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
 
     try:
         cfg = resolve(CurateConfig, args.config, args)
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "videos again; without it such a corpus is refused",
     )
     from defi.pipelines.config import add_flags
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
 
     add_flags(c, CurateConfig)
     c.set_defaults(func=cmd_curate)

@@ -34,7 +34,8 @@ from defi.schemas.records import clips_table, sources_table
 from defi.schemas.tables import SHARDS, table_from_rows
 
 from .config import to_dict
-from .curate_video import ClipItem, CurateConfig, VideoDone, curate_stages, dedup_video
+from .curate_video import ClipItem, VideoDone, curate_stages, dedup_video
+from .curate_config import CurateConfig
 from .lock import WriterLock
 from .runner import Runner, pick_backend
 from .runs import finish_record, new_run_id, start_record
@@ -228,13 +229,13 @@ def _quarantine_unit(corpus: Corpus, q: dict[str, str], unit: str, why: str) -> 
 
 def _to_quarantine(corpus: Corpus, damaged: list[str]) -> dict[str, str]:
     """Every file ``--repair`` moves out of the live tables, with why (see ``clean_uncommitted``)."""
-    from defi.schemas.corpus import _part_problem
+    from defi.schemas.corpus import part_problem
     from defi.schemas.tables import TABLES
 
     q: dict[str, str] = {}
     for table in ("sources", "clips", "shards"):
         for p in corpus.parts(table):
-            why = _part_problem(corpus.fs, p, TABLES[table])
+            why = part_problem(corpus.fs, p, TABLES[table])
             if why:
                 q[p] = f"unreadable ({why})"
     for p in [p for p in q if _in(corpus, "sources", p)]:

@@ -30,124 +30,14 @@ from defi.curate.clip_score import ClipScorer, sample_keyframes
 from defi.curate.decode import DecodeError, decode
 from defi.curate.dedup import Dedup, clip_phashes
 from defi.curate.encode import ClipEncoder, encode_frames, select_ticks
-from defi.curate.filters import BlackFrames, Blur, CameraMotion, Duration, Motion, Resolution
-from defi.curate.probe import Probe
-from defi.curate.shots import Shots
-from defi.curate.windows import Windows
 from defi.schemas.keys import clip_key
 from defi.schemas.records import ClipRecord, SourceRecord
 from defi.schemas.samples import EXT_ACTIONS, EXT_LANG, EXT_META, EXT_PROPRIO, EXT_ROW_ACTIONS, EXT_ROW_PROPRIO, EXT_VIDEO, SampleMeta
 from defi.schemas.tables import FORMAT_VERSION
 
-from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Stage, node_id, runner_field_errors
+from .curate_config import CurateConfig
+from .runner import Stage, node_id
 from .sources import SourceSpec
-
-__all__ = ["RayConfig"]  # here too, where run configs import it from
-
-
-@dataclass
-class AnalysisConfig:
-    """How the video is decoded once for every analysis step."""
-
-    segment_s: float = field(default=30.0, metadata={"help": "seconds of video held in memory at once"})
-    short_side: int = field(default=128, metadata={"help": "analysis frames' short side (shots, scores), px"})
-    chunk_frames: int = field(default=64, metadata={"help": "frames per decode chunk"})
-    skip_loop_filter: str = field(
-        default="auto",
-        metadata={
-            "help": "auto | always | never: skip the codec's deblocking filter when decoding 4x smaller per side (see curate.decode)"
-        },
-    )
-    decode_threads: int = field(
-        default=0,
-        metadata={
-            "help": "FFmpeg decoder threads per video; 0: 1 when the run has at least as many videos as worker slots "
-            "(every core busy with a video: frame threading would only add CPU), else FFmpeg's choice"
-        },
-    )
-    pix_fmt: str = field(
-        default="yuv420p",
-        metadata={
-            "help": "yuv420p | rgb24: how decoded frames are held until encode (yuv420p: half the memory, no colour "
-            "conversion for re-encoded frames; analysis frames are converted at the analysis size)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.pix_fmt not in ("yuv420p", "rgb24"):
-            raise ValueError(f"pix_fmt must be yuv420p or rgb24, got {self.pix_fmt!r}")
-        if self.skip_loop_filter not in ("auto", "always", "never"):
-            raise ValueError(f"skip_loop_filter must be auto, always or never, got {self.skip_loop_filter!r}")
-        if self.segment_s <= 0:
-            raise ValueError(f"segment_s must be > 0 seconds, got {self.segment_s}")
-        if self.short_side < 16:
-            raise ValueError(f"short_side must be >= 16 px, got {self.short_side}")
-        if self.decode_threads < 0:
-            raise ValueError(f"decode_threads must be >= 0 (0: auto), got {self.decode_threads}")
-
-
-@dataclass
-class ShardConfig:
-    target_mb: float = field(default=256.0, metadata={"help": "close a shard at about this size (MB)"})
-    videos_per_unit: int = field(default=8, metadata={"help": "videos committed together (shards + rows)"})
-
-    def __post_init__(self) -> None:
-        if self.target_mb <= 0:
-            raise ValueError(f"target_mb must be > 0, got {self.target_mb}")
-        if self.videos_per_unit < 1:
-            raise ValueError(f"videos_per_unit must be >= 1, got {self.videos_per_unit}")
-
-
-def _clip_default() -> ClipScorer:
-    return ClipScorer()
-
-
-@dataclass
-class CurateConfig:
-    """The whole `defi curate` run: one section per operator (its fields are its parameters)."""
-
-    kind: str | None = field(default=None, metadata={"help": "human | robot | web, for sources without one"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset name for sources without one"})
-    use_clip: bool = field(default=False, metadata={"help": "score clips with CLIP (model from clip.*)"})
-    use_dedup: bool = field(default=True, metadata={"help": "drop near-duplicate clips within a video"})
-    probe: Probe = field(default_factory=Probe)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    shots: Shots = field(default_factory=Shots)
-    windows: Windows = field(default_factory=Windows)
-    duration: Duration = field(default_factory=Duration)
-    resolution: Resolution = field(default_factory=Resolution)
-    black: BlackFrames = field(default_factory=BlackFrames)
-    blur: Blur = field(default_factory=Blur)
-    motion: Motion = field(default_factory=Motion)
-    camera: CameraMotion = field(default_factory=CameraMotion)
-    clip: ClipScorer = field(default_factory=_clip_default)
-    dedup: Dedup = field(default_factory=Dedup)
-    encode: ClipEncoder = field(default_factory=ClipEncoder)
-    shards: ShardConfig = field(default_factory=ShardConfig)
-    runner: str = field(default="auto", metadata={"help": RUNNER_HELP})
-    workers: int | None = field(default=None, metadata={"help": WORKERS_HELP})
-    ray: RayConfig = field(default_factory=RayConfig)
-
-    def __post_init__(self) -> None:
-        errors = runner_field_errors(self.runner, self.workers)
-        if errors:
-            raise ValueError("; ".join(errors))
-
-    def scorers(self) -> list:
-        """Frame scorers in the order they run; the first to reject names the reason."""
-        return [self.black, self.blur, self.motion, self.camera]
-
-    def key_params(self) -> dict[str, Any]:
-        """Parameters that shape a clip's span and bytes, hence its key (not filter thresholds:
-        changing a threshold changes which clips are kept, not what a clip is)."""
-        return {
-            "shots": self.shots.params(),
-            "windows": self.windows.params(),
-            "encode": self.encode.params(),
-            "segment_s": self.analysis.segment_s,
-            "pix_fmt": self.analysis.pix_fmt,
-        }
 
 
 @dataclass

@@ -286,7 +286,7 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
 def step_curate(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.curate_video import CurateConfig
+    from defi.pipelines.curate_config import CurateConfig
     from defi.schemas.corpus import Corpus
 
     c = ctx.cfg
@@ -686,7 +686,8 @@ def step_report(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.views.report import write_report
 
     path = ctx.out / "report.html"
-    info = write_report(ctx, path)
+    secs = step_seconds(ctx.out)
+    info = write_report(ctx, path, [(s.name, s.does, secs.get(s.name)) for s in STEPS], POLICY_VARIANTS)
     _say(f"  open {path}")
     return {"path": str(path), **info}
 

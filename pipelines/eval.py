@@ -25,8 +25,6 @@ from typing import Any
 from .config import ConfigError, add_flags, flag_overrides, from_dict
 from .usage import UsageError, check_out_dir, one_line, run_standalone
 
-ENVS = ("metaworld",)
-
 
 def write_mp4(path: Path, frames, fps: int = 20, crf: int = 18) -> None:
     """uint8 [N, H, W, 3] frames as a browser-playable H.264 mp4 (yuv420p, faststart)."""
@@ -47,14 +45,15 @@ def _pct(x: float) -> str:
 
 
 def report_html(res: dict[str, Any], videos: dict[str, list[tuple[str, bool, int, Path]]], title: str) -> str:
-    from .views.browse import _esc, render_page
+    from .views.browse import render_page
+    from .views.svg import esc
 
     rows = []
     for task, s in res["per_task"].items():
         lo, hi = s["wilson95"]
         steps = "-" if s["mean_steps_to_success"] is None else f"{s['mean_steps_to_success']:.1f}"
         rows.append(
-            f"<tr><td>{_esc(task)}</td><td class='v'>{s['successes']}/{s['episodes']}</td>"
+            f"<tr><td>{esc(task)}</td><td class='v'>{s['successes']}/{s['episodes']}</td>"
             f"<td class='v'>{_pct(s['success_rate'])}</td><td class='v'>{_pct(lo)} - {_pct(hi)}</td>"
             f"<td class='v'>{steps}</td></tr>"
         )
@@ -68,9 +67,9 @@ def report_html(res: dict[str, Any], videos: dict[str, list[tuple[str, bool, int
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             cls = "kept" if ok else "rejected"
             cards.append(
-                f"<article class='card {cls}' data-task='{_esc(task)}'>"
+                f"<article class='card {cls}' data-task='{esc(task)}'>"
                 f"<video autoplay muted loop playsinline preload='auto' style='image-rendering:pixelated' "
-                f"src='data:video/mp4;base64,{data}'></video><div class='head'><div class='src'>{_esc(name)}</div>"
+                f"src='data:video/mp4;base64,{data}'></video><div class='head'><div class='src'>{esc(name)}</div>"
                 f"<span class='status {cls}'>{'success' if ok else 'failure'}</span> {steps} steps</div></article>"
             )
     c = res["config"]
@@ -78,10 +77,10 @@ def report_html(res: dict[str, Any], videos: dict[str, list[tuple[str, bool, int
     steps = max(res["steps"], 1)
     timing = ", ".join(f"{k} {1000 * v / steps:.2f} ms" for k, v in tm.items())
     body = (
-        f"<h1>{_esc(title)}</h1><div class='summary'><pre class='sql'>{_esc(res['command'])}</pre>"
-        f"<div class='counts'><span>policy {_esc(res['policy'])}</span><span>seed {c['seed']}</span>"
+        f"<h1>{esc(title)}</h1><div class='summary'><pre class='sql'>{esc(res['command'])}</pre>"
+        f"<div class='counts'><span>policy {esc(res['policy'])}</span><span>seed {c['seed']}</span>"
         f"<span>{c['episodes']} episodes per task</span><span>max {c['max_steps']} steps</span>"
-        f"<span>{res['seconds']:.1f} s</span></div><div class='counts'>per step: {_esc(timing)}</div></div>"
+        f"<span>{res['seconds']:.1f} s</span></div><div class='counts'>per step: {esc(timing)}</div></div>"
         f"<h2>Success</h2>{table}<h2>Rollouts</h2><div class='cards'>{''.join(cards)}</div>"
     )
     return render_page(title, body)
@@ -94,9 +93,7 @@ def run_eval(policy: str, cfg, out: str, env: str = "metaworld", progress: bool 
 
     from defi.training.sim.evaluate import evaluate
 
-    if env not in ENVS:
-        raise ValueError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
-    res = evaluate(policy, cfg, progress=progress)
+    res = evaluate(policy, cfg, progress=progress, env=env)
     outp = Path(out)
     (outp / "videos").mkdir(parents=True, exist_ok=True)
     videos: dict[str, list] = {}
@@ -150,7 +147,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "mean steps to success, rollout videos and a self-contained HTML report in --out.",
     )
     p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the policy is rolled out in (default: metaworld)")
+    from defi.training.sim.envs import DEFAULT_ENV, ENVS
+
+    p.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS), help=f"simulator the policy is rolled out in (default: {DEFAULT_ENV})")
     p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from defi.training.sim.evaluate import EvalConfig

@@ -50,6 +50,7 @@ from .train_common import (
     train_command,
 )
 from .train_gfdm import add_gfdm_parser
+from .train_joint import add_joint_parser
 from .train_policy import add_policy_parser
 from .usage import Parser, UsageError, one_line, run_standalone
 
@@ -144,7 +145,7 @@ def cmd_train_gidm(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``train`` with ``gidm``, ``gfdm`` and ``policy`` to ``defi``'s subparsers (their flags
+    """Add ``train`` with ``gidm``, ``gfdm``, ``joint`` and ``policy`` to ``defi``'s subparsers (their flags
     come from torch-free config classes: ``defi --help`` does not import torch)."""
     t = subparsers.add_parser(
         "train", help="train a model on a selection of curated clips", description="Train GIDM / GFDM / policy models on curated shards."
@@ -177,6 +178,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     add_flags(g, GIDMRunConfig, "run config (model.*, train.*, data.*)")
     g.set_defaults(func=cmd_train_gidm)
     add_gfdm_parser(sub)
+    add_joint_parser(sub)
     add_policy_parser(sub)
     return t
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
@@ -220,6 +220,49 @@ def gfdm_batches(stream: Iterator[dict], context: int, lookup: TextLookup, langu
         yield {"obs": obs, "future": future, "text_emb": text_emb, "has_text": has_text}
 
 
+class ForwardData(NamedTuple):
+    """What a forward-model run (``train gfdm``, ``train joint``) trains on: the loader over the
+    selection, the text of each clip, the data facts saved with every checkpoint, and
+    ``make_batches(start_step)`` for the recipe."""
+
+    dataset: Any
+    language: ClipLanguage
+    texts: list[str]
+    contract: DataContract
+    make_batches: Callable[[int], Iterator[dict]]
+
+
+def forward_data(root: str, select: str, cfg, m, command: str, rank: int, world: int) -> ForwardData:
+    """The ``ForwardData`` of a run config with ``train``, ``data`` (``GFDMDataConfig``) and
+    ``text`` sections, for the GFDM config ``m`` (its context and future frames, text width).
+    Bad input raises ``UsageError`` (one line)."""
+    d = cfg.data
+    try:
+        corpus = Corpus.open(root)
+        dataset = build_dataset(corpus, select, d, cfg.train.seed, m.context_frames + m.future_frames, rank, world)
+        language = clip_language(corpus, d)
+        texts = selection_texts(corpus, dataset.keys, language)
+        lookup = TextLookup(corpus, cfg.text, texts, m.text_dim, save=text_cache_saver(command, enabled=rank == 0))
+    except SelectionError as e:
+        raise UsageError(f"--select: {one_line(e)}") from None
+    except (CorpusError, ValueError, FileNotFoundError) as e:
+        raise UsageError(one_line(e)) from None
+    contract = DataContract(
+        image_size=m.image_size,
+        gap=d.gap,
+        context_frames=m.context_frames,
+        future_frames=m.future_frames,
+        text=to_dict(cfg.text),
+        text_model_id=text_model_id(cfg.text),
+    )
+
+    def make_batches(start_step: int) -> Iterator[dict]:
+        stream = batch_stream(dataset, cfg.train.batch_size, d.num_workers, start_step)
+        return gfdm_batches(stream, m.context_frames, lookup, language)
+
+    return ForwardData(dataset, language, texts, contract, make_batches)
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
@@ -237,26 +280,11 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     out = Path(cfg.train.out_dir)
     check_resume(out, cfg)
     d, m = cfg.data, cfg.model
-    try:
-        corpus = Corpus.open(root)
-        dataset = build_dataset(corpus, select, d, cfg.train.seed, m.context_frames + m.future_frames, rank, world)
-        language = clip_language(corpus, d)
-        texts = selection_texts(corpus, dataset.keys, language)
-        lookup = TextLookup(corpus, cfg.text, texts, m.text_dim, save=text_cache_saver("train gfdm", enabled=rank == 0))
-    except SelectionError as e:
-        raise UsageError(f"--select: {one_line(e)}") from None
-    except (CorpusError, ValueError, FileNotFoundError) as e:
-        raise UsageError(one_line(e)) from None
+    data = forward_data(root, select, cfg, m, "train gfdm", rank, world)
+    dataset, language, texts = data.dataset, data.language, data.texts
     out.mkdir(parents=True, exist_ok=True)
     main_rank = rank == 0
-    contract = DataContract(
-        image_size=m.image_size,
-        gap=d.gap,
-        context_frames=m.context_frames,
-        future_frames=m.future_frames,
-        text=to_dict(cfg.text),
-        text_model_id=text_model_id(cfg.text),
-    )
+    contract = data.contract
     if main_rank:
         (out / RUN_CONFIG_FILE).write_text(
             json.dumps(
@@ -272,14 +300,10 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
             )
         )
 
-    def make_batches(start_step: int):
-        stream = batch_stream(dataset, cfg.train.batch_size, d.num_workers, start_step)
-        return gfdm_batches(stream, m.context_frames, lookup, language)
-
     t0 = time.perf_counter()
     try:
         with flush_denormals():
-            result = train(m, cfg.train, make_batches, extra={"data": contract.to_dict()})  # a labeler/policy reads it back
+            result = train(m, cfg.train, data.make_batches, extra={"data": contract.to_dict()})  # a labeler/policy reads it back
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
     stats = dict(dataset.stats)

@@ -1,7 +1,7 @@
 """``defi train policy``: finetune the DeFI policy on the labeled robot clips of a selection.
 
 ``defi train policy --root ROOT --select SQL|MANIFEST --gfdm RUN --gidm RUN --out RUN_DIR
-[--init defi|scratch|no-gfdm-pretrain|no-gidm-pretrain|bc]`` loads the pretrained GFDM and GIDM
+[--init defi|scratch|no-gfdm-pretrain|no-gidm-pretrain|bc]`` (or ``--init entangled --joint RUN``) loads the pretrained GFDM and GIDM
 (a run folder's latest checkpoint, or a checkpoint folder), embeds the selection's instructions
 once (the corpus' text-embedding cache), builds the shard loader with action chunks
 (``ClipDataset(chunk=H)``: every recorded row, at the robot's rate) and runs the recipe
@@ -101,6 +101,7 @@ class PolicyRunConfig:
     select: str = _path("clips with actions: SQL returning key[, weight] or a manifest")
     gfdm: str = _path("GFDM run or checkpoint folder (not used by --init bc)")
     gidm: str = _path("GIDM run or checkpoint folder (not used by --init bc)")
+    joint: str = _path("joint forward + inverse run or checkpoint folder (`defi train joint`): what --init entangled starts from")
     out: str = _path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=_policy_train_default)
@@ -149,13 +150,18 @@ def fill_policy_config(cfg) -> None:
     pc = cfg.policy
     if pc.future_branch:
         parts = {}
-        for flag in ("gfdm", "gidm"):
+        for flag in ("joint",) if pc.variant.joint else ("gfdm", "gidm"):
             if not getattr(cfg, flag):
                 raise ValueError(f"--init {pc.init} needs --{flag} (a run or checkpoint folder)")
             try:
                 parts[flag] = load_model_config(getattr(cfg, flag), expect=flag)
             except CheckpointError as e:
                 raise CheckpointError(f"--{flag} {e}") from None
+        if pc.variant.joint:
+            from defi.training.gfdm import GFDMConfig
+            from defi.training.gidm import GIDMConfig
+
+            parts = {"gfdm": GFDMConfig.from_dict(parts["joint"].gfdm), "gidm": GIDMConfig.from_dict(parts["joint"].gidm)}
         gfdm_cfg, gidm_cfg = parts["gfdm"], parts["gidm"]
         if gfdm_cfg.image_size != gidm_cfg.image_size:
             raise ValueError(f"GFDM image_size {gfdm_cfg.image_size} differs from GIDM image_size {gidm_cfg.image_size}")
@@ -176,11 +182,16 @@ def fill_policy_config(cfg) -> None:
 def build_policy(cfg) -> Any:
     """The ``DeFiPolicy`` of ``cfg.policy`` (filled by ``fill_policy_config``): pretrained parts
     loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
-    architecture elsewhere."""
+    architecture elsewhere; ``entangled``: GFDM, projection and GIDM from the joint run ``cfg.joint``."""
     from defi.training.checkpoint import load_model
     from defi.training.policy.modeling_policy import DeFiPolicy
 
     pc = cfg.policy
+    if pc.variant.joint:  # the three parts of the future branch as the joint run left them
+        joint = load_model(cfg.joint, expect="joint", inference=False)[0]
+        policy = DeFiPolicy(pc, gfdm=joint.gfdm, gidm=joint.gidm)
+        policy.project.load_state_dict(joint.project.state_dict())
+        return policy
     gfdm = gidm = None
     if pc.future_branch and pc.variant.pretrained_gfdm:
         gfdm = load_model(cfg.gfdm, expect="gfdm", inference=False)[0]

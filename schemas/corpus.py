@@ -349,7 +349,7 @@ class Corpus:
                 if p in seen:  # a labeler's parts are in latent_actions and its own view
                     continue
                 seen.add(p)
-                why = _part_problem(self.fs, p, schema)
+                why = part_problem(self.fs, p, schema)
                 if why:
                     out.append((p, why))
                     if limit and len(out) >= limit:
@@ -509,7 +509,7 @@ class _Connection:
         self.close()
 
 
-def _part_problem(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> str | None:
+def part_problem(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> str | None:
     """Why a committed parquet part cannot be read as ``schema`` (None when it can)."""
     try:
         with fs.open(path, "rb") as f:

@@ -15,6 +15,7 @@ MODEL_TYPES: dict[str, tuple[str, str]] = {
     "gidm": ("defi.training.gidm.configuration_gidm:GIDMConfig", "defi.training.gidm.modeling_gidm:GIDM"),
     "gfdm": ("defi.training.gfdm.configuration_gfdm:GFDMConfig", "defi.training.gfdm.modeling_gfdm:GFDM"),
     "policy": ("defi.training.policy.configuration_policy:PolicyConfig", "defi.training.policy.modeling_policy:DeFiPolicy"),
+    "joint": ("defi.training.joint.configuration_joint:JointConfig", "defi.training.joint.modeling_joint:JointModel"),
 }
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import math
 import os
@@ -38,6 +37,7 @@ from defi.schemas.corpus import Corpus, label_view_name
 from defi.schemas.tables import CLIPS
 
 from . import svg
+from .svg import esc
 
 DEFAULT_PREVIEW_SECONDS = 5.0
 PREVIEW_SHORT_SIDE = 160  # pixels; source cuts of rejected clips only
@@ -50,10 +50,6 @@ NUMERIC_COLUMNS = tuple(f.name for f in CLIPS if pa.types.is_integer(f.type) or 
 # its encoding), plus the map-typed score columns and the labeler's statistics
 HIST_COLUMNS = tuple(n for n in NUMERIC_COLUMNS if pa.types.is_floating(CLIPS.field(n).type) and n not in ("start_s", "end_s", "out_fps"))
 HIST_LABEL_COLUMNS = ("norm_mean", "norm_p90", "code_entropy")
-
-
-def _esc(s: Any) -> str:
-    return html.escape(str(s), quote=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def render_page(title: str, body_html: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{esc(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n"
         f"{body_html}\n<script>{_PAGE_JS}</script>\n</body>\n</html>\n"
     )
 
@@ -318,7 +314,7 @@ def _map_scores(r: dict[str, Any]) -> list[tuple[str, Any]]:
 def _label_block(labels: dict[str, Any] | None) -> str:
     if not labels:
         return ""
-    name = _esc(labels.get("labeler") or "")
+    name = esc(labels.get("labeler") or "")
     if labels.get("num_steps") is None:
         return f'<div class="labels"><span class="lname">{name}: labeling failed for this clip</span></div>'
     parts = [f'<div class="labels"><div class="lname">{name}</div>']
@@ -340,13 +336,13 @@ def _label_block(labels: dict[str, Any] | None) -> str:
 def _score_rows(r: dict[str, Any], extra: dict[str, Any] | None) -> str:
     rows = []
     for name, v in (extra or {}).items():
-        rows.append(f'<tr class="query" data-col="{_esc(name)}"><td>{_esc(name)}</td><td class="v">{_esc(_truncate(svg.fmt(v)))}</td></tr>')
+        rows.append(f'<tr class="query" data-col="{esc(name)}"><td>{esc(name)}</td><td class="v">{esc(_truncate(svg.fmt(v)))}</td></tr>')
     items: list[tuple[str, Any]] = [(c, r.get(c)) for c in NUMERIC_COLUMNS] + _map_scores(r)
     labels = r.get("labels") or {}
     items += [(f"label: {c}", labels.get(c)) for c in LABEL_STATS if labels]
     empty = []
     for name, v in items:
-        row = f'<tr data-col="{_esc(name)}"><td>{_esc(name)}</td><td class="v">{_esc(svg.fmt(v))}</td></tr>'
+        row = f'<tr data-col="{esc(name)}"><td>{esc(name)}</td><td class="v">{esc(svg.fmt(v))}</td></tr>'
         (empty if v is None else rows).append(row.replace("<tr ", '<tr class="null" ', 1) if v is None else row)
     out = '<table class="scores">' + "".join(rows) + "</table>"
     if empty:  # columns no operator filled: listed, but folded away
@@ -370,34 +366,34 @@ def card_html(r: dict[str, Any], preview: tuple[bytes | None, str] | None, extra
     else:
         reason = r.get("reject_reason") or "unknown reason"
         status, status_text = "rejected", f"rejected: {reason}"
-    attrs = f'class="card {status}" data-key="{_esc(key)}" data-kept="{"true" if r.get("kept") else "false"}"' + (
-        f' data-reason="{_esc(reason)}"' if reason else ""
+    attrs = f'class="card {status}" data-key="{esc(key)}" data-kept="{"true" if r.get("kept") else "false"}"' + (
+        f' data-reason="{esc(reason)}"' if reason else ""
     )
     parts = [f"<article {attrs}>"]
     if preview is None:
         parts.append('<div class="nopreview">no preview: previews off</div>')
     elif preview[0] is None:
-        parts.append(f'<div class="nopreview">no preview: {_esc(preview[1])}</div>')
+        parts.append(f'<div class="nopreview">no preview: {esc(preview[1])}</div>')
     else:
         data = base64.b64encode(preview[0]).decode("ascii")
         parts.append(
-            f'<video autoplay muted loop playsinline preload="auto" data-origin="{_esc(preview[1])}" '
-            f'title="preview from {_esc(preview[1])}" src="data:video/mp4;base64,{data}"></video>'
+            f'<video autoplay muted loop playsinline preload="auto" data-origin="{esc(preview[1])}" '
+            f'title="preview from {esc(preview[1])}" src="data:video/mp4;base64,{data}"></video>'
         )
     uri = r.get("source_uri") or r.get("uri") or ""
     name = os.path.basename(uri.rstrip("/")) or uri or "(no source)"
     parts.append(
-        f'<div class="head"><div class="src" title="{_esc(uri)}">{_esc(name)}</div>'
-        f'<div><span class="range">{_esc(_time_range(r))}</span> '
-        f'<span class="status {status}">{_esc(status_text)}</span></div>'
-        f'<div class="key">{_esc(key)}</div>'
-        + (f'<div class="lang">{_esc(_truncate(r["language"], 120))}</div>' if r.get("language") else "")
-        + (f'<div class="dataset">{_esc(r["dataset"])}</div>' if r.get("dataset") and r.get("kind") == "robot" else "")
+        f'<div class="head"><div class="src" title="{esc(uri)}">{esc(name)}</div>'
+        f'<div><span class="range">{esc(_time_range(r))}</span> '
+        f'<span class="status {status}">{esc(status_text)}</span></div>'
+        f'<div class="key">{esc(key)}</div>'
+        + (f'<div class="lang">{esc(_truncate(r["language"], 120))}</div>' if r.get("language") else "")
+        + (f'<div class="dataset">{esc(r["dataset"])}</div>' if r.get("dataset") and r.get("kind") == "robot" else "")
         + "</div>"
     )
     errors = r.get("errors_json")
     if errors:
-        parts.append(f'<div class="errors" title="{_esc(errors)}">operator errors: {_esc(_truncate(errors, 120))}</div>')
+        parts.append(f'<div class="errors" title="{esc(errors)}">operator errors: {esc(_truncate(errors, 120))}</div>')
     parts.append(_label_block(r.get("labels")))
     if not r.get("unknown"):
         parts.append(_score_rows(r, extra))
@@ -442,14 +438,14 @@ def summary_html(sql: str, rows: Sequence[dict[str, Any]], labeler: str | None, 
     rejected = len(rows) - kept - unknown
     parts = [
         '<section class="summary">',
-        f'<pre class="sql">{_esc(sql)}</pre>',
+        f'<pre class="sql">{esc(sql)}</pre>',
         f'<div class="counts"><span><b>{len(rows)}</b> clips</span><span class="kept"><b>{kept}</b> kept</span>'
         f'<span class="rejected"><b>{rejected}</b> rejected</span>'
         + (f"<span><b>{unknown}</b> unknown keys</span>" if unknown else "")
-        + f"<span>labels: {_esc(labeler or 'none')}</span></div>",
+        + f"<span>labels: {esc(labeler or 'none')}</span></div>",
     ]
     for n in notes:
-        parts.append(f'<div class="note">{_esc(n)}</div>')
+        parts.append(f'<div class="note">{esc(n)}</div>')
     charts = []
     reasons = Counter(r.get("reject_reason") or "unknown" for r in rows if not r.get("kept") and not r.get("unknown"))
     if reasons:
@@ -493,16 +489,16 @@ def nav_html(names: Sequence[str], current: int) -> str:
     base = [os.path.basename(n) for n in names]
     parts = ['<nav class="pages">']
     if current > 0:
-        parts.append(f'<a class="prev" rel="prev" href="{_esc(base[current - 1])}">‹ prev</a>')
+        parts.append(f'<a class="prev" rel="prev" href="{esc(base[current - 1])}">‹ prev</a>')
     else:
         parts.append('<span class="prev disabled">‹ prev</span>')
     for i, b in enumerate(base):
         if i == current:
             parts.append(f'<span class="current">{i + 1}</span>')
         else:
-            parts.append(f'<a class="page" href="{_esc(b)}">{i + 1}</a>')
+            parts.append(f'<a class="page" href="{esc(b)}">{i + 1}</a>')
     if current < len(base) - 1:
-        parts.append(f'<a class="next" rel="next" href="{_esc(base[current + 1])}">next ›</a>')
+        parts.append(f'<a class="next" rel="next" href="{esc(base[current + 1])}">next ›</a>')
     else:
         parts.append('<span class="next disabled">next ›</span>')
     parts.append("</nav>")

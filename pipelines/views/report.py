@@ -12,12 +12,12 @@ and the rollout videos.
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
 
 from defi.pipelines.views import svg
+from defi.pipelines.views.svg import esc
 
 SCORES = [
     ("motion_mean", "optical flow, px/frame"),
@@ -52,10 +52,6 @@ p.note { color: #666; }
 """
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return "—"
@@ -69,14 +65,14 @@ def _fmt(v: Any) -> str:
 
 
 def table_html(columns: list[str], rows: list[dict[str, Any]], max_rows: int = 20) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows[:max_rows])
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows[:max_rows])
     more = f"<p class=note>{len(rows) - max_rows} more rows not shown</p>" if len(rows) > max_rows else ""
     return f"<table class=data><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
 def _section(title: str, body: str, anchor: str) -> str:
-    return f"<section id={anchor}><h2>{_e(title)}</h2>{body}</section>"
+    return f"<section id={anchor}><h2>{esc(title)}</h2>{body}</section>"
 
 
 def _spread(x: list[float], y: list[float]) -> tuple[list[float], list[float], str]:
@@ -115,12 +111,12 @@ def hours_breakdown(corpus) -> list[tuple[str, float]]:
     return out
 
 
-def write_report(ctx, path: Path) -> dict[str, Any]:
-    """Write the demo report for the finished steps in ``ctx.results``; returns what it holds."""
+def write_report(ctx, path: Path, steps: list[tuple[str, str, float | None]], variants: list[tuple[str, str]]) -> dict[str, Any]:
+    """Write the demo report for the finished steps in ``ctx.results``; returns what it holds.
+    ``steps``: the demo's (name, what it does, seconds or None when not finished) in order;
+    ``variants``: the (name, label) of each policy trained and evaluated."""
     from defi.pipelines.views.browse import clip_cards_html, render_page
     from defi.schemas.corpus import Corpus
-
-    from ..demo import STEPS, step_seconds
 
     corpus = Corpus.open(ctx.root)
     summary = corpus.summary()
@@ -129,14 +125,13 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     shown: dict[str, Any] = {}
 
     # -- what ran --------------------------------------------------------------------------------
-    secs = step_seconds(ctx.out)
-    rows = [{"step": s.name, "what": s.does, "seconds": round(secs[s.name], 1) if s.name in secs else "this page"} for s in STEPS]
+    rows = [{"step": name, "what": does, "seconds": "this page" if secs is None else round(secs, 1)} for name, does, secs in steps]
     facts = (
         f"<p>{summary['videos']} input videos ({summary['videos_ok']} readable, "
         f"{summary['hours_in'] * 3600:.0f} s of video) &rarr; {summary['clips_kept']} clips kept "
         f"({summary['hours_out'] * 3600:.0f} s), {summary['clips_rejected']} rejected, {summary['shards']} shards "
         f"({summary['shard_bytes'] / 1e6:.1f} MB); labels: "
-        + (", ".join(f"{_e(k)} ({v} clips)" for k, v in summary["labels"].items()) or "none")
+        + (", ".join(f"{esc(k)} ({v} clips)" for k, v in summary["labels"].items()) or "none")
         + "</p>"
     )
     sections.append(_section("What ran", facts + table_html(["step", "what", "seconds"], rows), "steps"))
@@ -176,8 +171,8 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
     if train.get("loss"):
         losses = [float(v) for _, v in train["loss"]]
         body = (
-            f"<p>GIDM ({_e(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {_e(bottleneck)} latent) "
-            f"trained {train.get('steps')} steps on <code>{_e(train.get('select'))}</code> "
+            f"<p>GIDM ({esc(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {esc(bottleneck)} latent) "
+            f"trained {train.get('steps')} steps on <code>{esc(train.get('select'))}</code> "
             f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
         )
         if all(v > 0 for v in losses):
@@ -191,7 +186,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
 
         view = label_view_name(label["labeler"])
         hists = corpus.query(f"SELECT code_hist FROM {view} WHERE code_hist IS NOT NULL").column("code_hist").to_pylist()
-        body = f"<p>Labels in <code>labels/{_e(label['labeler'])}</code> (view <code>{_e(view)}</code>).</p>"
+        body = f"<p>Labels in <code>labels/{esc(label['labeler'])}</code> (view <code>{esc(view)}</code>).</p>"
         if hists:
             n = max(len(h) for h in hists)
             usage = [sum(h[i] for h in hists if i < len(h)) for i in range(n)]
@@ -230,7 +225,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         verdict = "above" if lat > max(obs, diff) + 0.05 else "not clearly above"
         body = (
             f"<p>Ridge probes fitted on half of the episodes of the held-out tasks with actions "
-            f"({_e(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
+            f"({esc(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
             f"(o_t, o_t+k) of {probe['episodes']} episodes. The latent ({probe['latent_dims']} dims) is "
             f"<b>{verdict}</b> the observation-only controls of the same size here "
             f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
@@ -247,17 +242,17 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         sections.append(_section("Probe: does the latent carry the robot's action?", body, "probe"))
         shown["probe"] = {k: r2["disp"][k] for k in ("latent", "pca_obs", "pca_diff")}
     elif probe.get("skipped"):
-        sections.append(_section("Probe", f"<p>not run: {_e(probe['skipped'])}</p>", "probe"))
+        sections.append(_section("Probe", f"<p>not run: {esc(probe['skipped'])}</p>", "probe"))
 
     # -- GFDM, policy, evaluation ---------------------------------------------------------------------------
     part = gfdm_section(res)
     if part:
         sections.append(part[0])
         shown["gfdm"] = part[1]
-    part = policy_section(res)
+    part = policy_section(res, variants)
     if part:
         sections.append(part)
-    part = eval_section(res)
+    part = eval_section(res, variants)
     if part:
         sections.append(part[0])
         shown["eval"] = part[1]
@@ -269,7 +264,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         keys = [r["key"] for r in q["rows"] if "key" in r]
         gallery = clip_cards_html(corpus, keys, labeler=label.get("labeler")) if keys else ""
         parts.append(
-            f'<h3>{_e(q["title"])}</h3><pre class=sql>$ defi query "{_e(q["sql"])}"</pre>' + table_html(q["columns"], q["rows"]) + gallery
+            f'<h3>{esc(q["title"])}</h3><pre class=sql>$ defi query "{esc(q["sql"])}"</pre>' + table_html(q["columns"], q["rows"]) + gallery
         )
     if parts:
         sections.append(_section("Latent-action queries", "".join(parts), "queries"))
@@ -298,7 +293,7 @@ def write_report(ctx, path: Path) -> dict[str, Any]:
         "<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
         "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
         "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
-        "policy trained from scratch. Corpus: <code>" + _e(ctx.root) + "</code>.</p>"
+        "policy trained from scratch. Corpus: <code>" + esc(ctx.root) + "</code>.</p>"
     )
     page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav + "".join(sections))
     tmp = path.with_name(path.name + ".tmp")
@@ -359,7 +354,7 @@ def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     losses = [float(v) for _, v in g.get("loss") or []]
     body = (
         f"<p>Tiny GFDM (pixel U-Net, predicts o_t+k from o_t and the instruction) trained {g.get('steps')} steps "
-        f"on <code>{_e(g.get('select'))}</code>" + (f": loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}." if losses else ".") + "</p>"
+        f"on <code>{esc(g.get('select'))}</code>" + (f": loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}." if losses else ".") + "</p>"
     )
     if losses and all(v > 0 for v in losses):
         body += svg.line([math.log10(v) for v in losses], title="GFDM training loss", ylabel="log10 loss", width=560, height=120)
@@ -369,7 +364,7 @@ def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         ratio = held["mse_predicted"] / held["mse_copy_ot"] if held["mse_copy_ot"] > 0 else float("nan")
         body += (
             f"<h3>Predictions on held-out robot clips (tasks the GFDM never saw)</h3><p>Each row: o_t | predicted "
-            f"o_t+k | true o_t+k, from <code>{_e(held['select'])}</code> ({held['clips']} clips). Mean squared "
+            f"o_t+k | true o_t+k, from <code>{esc(held['select'])}</code> ({held['clips']} clips). Mean squared "
             f"error over these {held['rows']} rows: {held['mse_predicted']:.4f} predicted vs. "
             f"{held['mse_copy_ot']:.4f} for copying o_t (ratio {ratio:.2f}; below 1: the prediction beats "
             f"\"nothing moves\").</p><img class=grid-png alt='GFDM predictions: o_t | predicted | true' "
@@ -377,63 +372,59 @@ def gfdm_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         )
         shown["grid"] = held["grid"]
     elif held.get("skipped"):
-        body += f"<p class=note>No held-out predictions: {_e(held['skipped'])}.</p>"
+        body += f"<p class=note>No held-out predictions: {esc(held['skipped'])}.</p>"
     return _section("GFDM: predicted futures", body, "gfdm"), shown
 
 
-def policy_section(res: dict[str, Any]) -> str | None:
-    from ..demo import POLICY_VARIANTS
-
+def policy_section(res: dict[str, Any], variants: list[tuple[str, str]]) -> str | None:
     p = res.get("train_policy") or {}
     if not p:
         return None
     if p.get("skipped"):
-        return _section("Policy training", f"<p>not run: {_e(p['skipped'])}</p>", "policy")
+        return _section("Policy training", f"<p>not run: {esc(p['skipped'])}</p>", "policy")
     plots, facts = [], []
-    for variant, label in POLICY_VARIANTS:
+    for variant, label in variants:
         losses = [float(v) for _, v in p[variant]["loss"]]
         if not losses:
             continue
-        facts.append(f"{_e(label)}: loss {losses[0]:.4g} &rarr; {losses[-1]:.4g}")
+        facts.append(f"{esc(label)}: loss {losses[0]:.4g} &rarr; {losses[-1]:.4g}")
         plots.append(svg.line(losses, title=f"{variant}: policy training loss", ylabel="loss", width=380, height=120, ymin=0))
     body = (
-        f"<p>Both finetuned {p['steps']} steps on <code>{_e(p['select'])}</code> (the held-out tasks' clips with "
+        f"<p>Both finetuned {p['steps']} steps on <code>{esc(p['select'])}</code> (the held-out tasks' clips with "
         f"actions). " + "; ".join(facts) + ".</p><div class=grid>" + "".join(f"<div>{x}</div>" for x in plots) + "</div>"
     )
     return _section("Policy training", body, "policy")
 
 
-def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    from ..demo import POLICY_VARIANTS
-
+def eval_section(res: dict[str, Any], variants: list[tuple[str, str]]) -> tuple[str, dict[str, Any]] | None:
     ev = res.get("eval") or {}
     if not ev:
         return None
     if ev.get("skipped"):
-        return _section("Evaluation", f"<p>not run: {_e(ev['skipped'])}</p>", "eval"), {}
-    head = "<th>task</th>" + "".join(f"<th>{_e(v)}: successes</th><th>{_e(v)}: rate (Wilson 95%)</th>" for v, _ in POLICY_VARIANTS)
+        return _section("Evaluation", f"<p>not run: {esc(ev['skipped'])}</p>", "eval"), {}
+    head = "<th>task</th>" + "".join(f"<th>{esc(v)}: successes</th><th>{esc(v)}: rate (Wilson 95%)</th>" for v, _ in variants)
     rows = []
     for task in ev["tasks"]:
         cells = []
-        for v, _ in POLICY_VARIANTS:
+        for v, _ in variants:
             t = ev[v]["per_task"].get(task) or {}
             lo, hi = t.get("wilson95", (0.0, 1.0))
             cells.append(
                 f"<td>{t.get('successes', 0)}/{t.get('episodes', 0)}</td>"
                 f"<td>{100 * t.get('success_rate', 0.0):.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%)</td>"
             )
-        rows.append(f"<tr><td>{_e(task)}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td>{esc(task)}</td>{''.join(cells)}</tr>")
     gfdm_steps = (res.get("train_gfdm") or {}).get("steps")
     policy_steps = (res.get("train_policy") or {}).get("steps")
     verdict = eval_verdict(ev, gfdm_steps, policy_steps)
-    cmds = "".join(f"<pre class=sql>$ {_e(ev[v]['command'])}</pre>" for v, _ in POLICY_VARIANTS)
+    cmds = "".join(f"<pre class=sql>$ {esc(ev[v]['command'])}</pre>" for v, _ in variants)
     body = (
-        f"<p class=verdict><b>{_e(verdict)}</b></p><p>{ev['episodes']} episodes per held-out task and policy, "
+        f"<p class=verdict><b>{esc(verdict)}</b></p><p>{ev['episodes']} episodes per held-out task and policy, "
         f"the same layouts for both (seed {ev['seed']}, unseen in training), at most {ev['max_steps']} actions each.</p>"
         f"<table class='data eval'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{cmds}"
     )
     cards = []
-    for v, label in POLICY_VARIANTS:
+    for v, label in variants:
         outcomes = {(e["task"], e["episode"]): e for e in ev[v]["episodes"]}
         for path in ev[v]["videos"]:
             if not Path(path).exists():
@@ -443,9 +434,9 @@ def eval_section(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             ok = bool(e.get("success"))
             cls = "kept" if ok else "rejected"
             cards.append(
-                f"<article class='card {cls}' data-variant='{_e(v)}'><video autoplay muted loop playsinline "
+                f"<article class='card {cls}' data-variant='{esc(v)}'><video autoplay muted loop playsinline "
                 f"preload='auto' style='image-rendering:pixelated' src='{_data_uri(path, 'video/mp4')}'></video>"
-                f"<div class='head'><div class='src'>{_e(label)}: {_e(task)} #{int(ep)}</div><span class='status {cls}'>"
+                f"<div class='head'><div class='src'>{esc(label)}: {esc(task)} #{int(ep)}</div><span class='status {cls}'>"
                 f"{'success' if ok else 'failure'}</span> {e.get('steps', '')} steps</div></article>"
             )
     body += "<h3>Rollouts</h3><div class='cards rollouts'>" + "".join(cards) + "</div>"

@@ -69,7 +69,8 @@ def standalone(svg: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _esc(s: Any) -> str:
+def esc(s: Any) -> str:
+    """``s`` as text safe inside HTML/SVG elements and quoted attributes (the one escape of the views)."""
     return html.escape(str(s), quote=True)
 
 
@@ -112,8 +113,8 @@ def _finite(v: Any) -> float | None:
 
 
 def _open(width: float, height: float, kind: str, title: str, **data: Any) -> list[str]:
-    attrs = "".join(f' data-{k.replace("_", "-")}="{_esc(v)}"' for k, v in data.items())
-    label = _esc(title or kind)
+    attrs = "".join(f' data-{k.replace("_", "-")}="{esc(v)}"' for k, v in data.items())
+    label = esc(title or kind)
     parts = [
         (
             f'<svg class="chart chart-{kind}" width="{_num(width)}" height="{_num(height)}" '
@@ -121,13 +122,13 @@ def _open(width: float, height: float, kind: str, title: str, **data: Any) -> li
         )
     ]
     if title:
-        parts.append(f"<title>{_esc(title)}</title>")
+        parts.append(f"<title>{esc(title)}</title>")
     return parts
 
 
 def _text(x: float, y: float, s: Any, size: int = 10, anchor: str = "start", cls: str = "", color: str = "#222") -> str:
     c = f' class="{cls}"' if cls else ""
-    return f'<text{c} x="{_num(x)}" y="{_num(y)}" font-size="{size}" {FONT} fill="{color}" text-anchor="{anchor}">{_esc(s)}</text>'
+    return f'<text{c} x="{_num(x)}" y="{_num(y)}" font-size="{size}" {FONT} fill="{color}" text-anchor="{anchor}">{esc(s)}</text>'
 
 
 def _missing_note(n: int, x: float, y: float, anchor: str = "end") -> str:
@@ -207,11 +208,11 @@ def histogram(
                 continue
             h = ph * n / ymax
             out.append(
-                f'<rect class="bar" data-group="{_esc(name)}" data-bin="{i}" data-count="{n}" '
+                f'<rect class="bar" data-group="{esc(name)}" data-bin="{i}" data-count="{n}" '
                 f'data-lo="{lo + i * step:.6g}" data-hi="{lo + (i + 1) * step:.6g}" '
                 f'x="{_num(left + i * bw + 0.5)}" y="{_num(top + ph - h)}" width="{_num(max(bw - 1, 0.5))}" '
                 f'height="{_num(h)}" fill="{color}" fill-opacity="0.55">'
-                f"<title>{_esc(name)}: {n} in [{fmt(lo + i * step)}, {fmt(lo + (i + 1) * step)})</title></rect>"
+                f"<title>{esc(name)}: {n} in [{fmt(lo + i * step)}, {fmt(lo + (i + 1) * step)})</title></rect>"
             )
     # ticks: x min/max, y 0/max
     out.append(_text(left, top + ph + 11, fmt(min(allv)), 9, "start", "tick"))
@@ -272,9 +273,9 @@ def bars(
         color = colors[i % len(colors)] if colors else palette(0)
         x, w = (x0, pw * v / span) if v >= 0 else (x0 + pw * v / span, pw * -v / span)
         out.append(
-            f'<rect class="bar" data-label="{_esc(label)}" data-value="{v:.6g}" x="{_num(x)}" '
+            f'<rect class="bar" data-label="{esc(label)}" data-value="{v:.6g}" x="{_num(x)}" '
             f'y="{_num(y + 2)}" width="{_num(max(w, 0.5))}" height="{_num(row_height - 4)}" fill="{color}">'
-            f"<title>{_esc(label)}: {_esc(fmt(v))}{_esc(suffix)}</title></rect>"
+            f"<title>{esc(label)}: {esc(fmt(v))}{esc(suffix)}</title></rect>"
         )
         out.append(_text(max(x0, x + w) + 3, y + row_height * 0.7, fmt(v) + suffix, 10, cls="value"))
     if lo < 0:
@@ -358,7 +359,7 @@ def scatter(
             py = top + ph - ph * (b - ylo) / (yhi - ylo)
             out.append(
                 f'<circle class="pt" data-i="{i}" cx="{_num(px)}" cy="{_num(py)}" r="{_num(radius)}" '
-                f'fill="{color}" fill-opacity="0.8"><title>{_esc(tip)}</title></circle>'
+                f'fill="{color}" fill-opacity="0.8"><title>{esc(tip)}</title></circle>'
             )
         out.append(_text(left, top + ph + 11, fmt(min(a for _, a, _ in ok)), 9, "start", "tick"))
         out.append(_text(left + pw, top + ph + 11, fmt(max(a for _, a, _ in ok)), 9, "end", "tick"))
@@ -372,7 +373,7 @@ def scatter(
         cy = top + ph / 2
         out.append(
             f'<text class="ylabel" x="10" y="{_num(cy)}" font-size="10" {FONT} fill="#222" text-anchor="middle" '
-            f'transform="rotate(-90 10 {_num(cy)})">{_esc(ylabel)}</text>'
+            f'transform="rotate(-90 10 {_num(cy)})">{esc(ylabel)}</text>'
         )
     lx = width - legend_w + 4
     if hue is not None:
@@ -416,9 +417,9 @@ def code_strip(codes: Sequence[int] | Sequence[Sequence[int]], num_codes: int, *
             tok = f' data-token="{t}"' if ntok > 1 else ""
             tip = f"step {i}: code {code}" + (f" (token {t})" if ntok > 1 else "")
             out.append(
-                f'<rect class="code" data-step="{i}"{tok} data-code="{_esc(code)}" x="{_num(i * cw)}" '
+                f'<rect class="code" data-step="{i}"{tok} data-code="{esc(code)}" x="{_num(i * cw)}" '
                 f'y="{_num(t * rh)}" width="{_num(cw)}" height="{_num(rh)}" fill="{color}">'
-                f"<title>{_esc(tip)}</title></rect>"
+                f"<title>{esc(tip)}</title></rect>"
             )
     if missing:
         out[0] = out[0].replace(" data-steps=", f' data-missing="{missing}" data-steps=', 1)

@@ -11,7 +11,8 @@ from factories import moving_square, write_video
 from defi.curate.robot import SidecarError, load_npz_episode
 from defi.pipelines.config import from_dict
 from defi.pipelines.sources import list_sources
-from defi.pipelines.curate_video import ClipItem, CurateConfig, VideoDone, process_source
+from defi.pipelines.curate_video import ClipItem, VideoDone, process_source
+from defi.pipelines.curate_config import CurateConfig
 
 FPS = 10
 N = 20

@@ -15,7 +15,7 @@ from defi.curate.robot import rows_to_frames
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.export import export_lerobot
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.schemas.shards import ShardReader
 

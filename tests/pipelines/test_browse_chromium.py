@@ -20,7 +20,7 @@ from browser import check_page, find_chromium
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.label import LabelConfig, run_label
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.training.checkpoint import save_checkpoint
 from defi.training.gidm.modeling_gidm import GIDM

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from defi.pipelines.config import ConfigError, add_flags, from_dict, resolve, to_dict
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 
 
 def _args(argv):

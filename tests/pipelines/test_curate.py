@@ -18,7 +18,7 @@ from factories import moving_square, pan, scenes, static_color, truncate_copy, w
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 
 # shot lengths (frames) per generated video; one clip per shot with the windows below

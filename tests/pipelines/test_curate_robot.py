@@ -15,7 +15,7 @@ pytest.importorskip("metaworld")
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 
 

@@ -8,7 +8,8 @@ from factories import write_video
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.sources import SourceSpec
-from defi.pipelines.curate_video import ClipItem, CurateConfig, process_source
+from defi.pipelines.curate_video import ClipItem, process_source
+from defi.pipelines.curate_config import CurateConfig
 
 FPS = 24
 COLORS = [(230, 40, 40), (30, 60, 160), (240, 240, 60), (20, 160, 40), (200, 200, 200)]

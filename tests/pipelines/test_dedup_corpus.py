@@ -15,7 +15,7 @@ from factories import smooth_pan, write_video
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.pipelines.dedup import DedupConfig, DedupError, main, run_dedup
 from defi.pipelines.label import run_select
 from defi.schemas.corpus import Corpus

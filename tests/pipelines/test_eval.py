@@ -18,6 +18,7 @@ from defi.training.checkpoint import save_checkpoint
 from defi.training.policy.modeling_policy import DeFiPolicy
 from defi.training.policy import PolicyConfig
 from defi.training.sim import instruction_for
+from defi.training.sim.envs import ENVS, MetaWorldEnvConfig
 from defi.training.sim.evaluate import EvalConfig, H264RoundTrip, evaluate, wilson
 
 
@@ -75,7 +76,7 @@ def test_diffusion_proprio_policy_evaluates_deterministically_given_seed(tmp_pat
     bad = tmp_path / "bad"
     cfg3 = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=0, head_dim=32, bc_width=8, state_dim=3)
     save_checkpoint(bad / "checkpoints" / "step-00000001", DeFiPolicy(cfg3), cfg3, step=1, extra={"data": {"frame_stride": 2}})
-    with pytest.raises(ValueError, match="takes 3-wide proprioception; reach-v3's env gives 4"):
+    with pytest.raises(ValueError, match="policy state_dim 3 does not match Meta-World's state_dim 4"):
         evaluate(str(bad), ecfg, progress=False)
 
 
@@ -136,3 +137,58 @@ def test_bad_input_is_one_line(policy_run, tmp_path, capsys):
     rc = defi_main(["eval", "--policy", str(tmp_path), "--tasks", "reach-v3", "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--policy" in err
+
+
+def test_policy_of_another_action_width_is_refused_naming_both(tmp_path, capsys):
+    """The env's declared action_dim decides: a 6-wide policy in Meta-World (4) fails before any
+    episode, in one line naming both widths, from the API and from ``defi eval``."""
+    run = tmp_path / "six"
+    cfg = PolicyConfig(init="bc", image_size=32, horizon=4, text_dim=0, head_dim=32, bc_width=8, action_dim=6)
+    save_checkpoint(run / "checkpoints" / "step-00000001", DeFiPolicy(cfg), cfg, step=1, extra={"data": {"frame_stride": 2}})
+    with pytest.raises(ValueError, match="^policy action_dim 6 does not match Meta-World's action_dim 4$"):
+        evaluate(str(run), EvalConfig(tasks=["reach-v3"], episodes=1, max_steps=2), progress=False)
+    rc = defi_main(["eval", "--policy", str(run), "--tasks", "reach-v3", "--episodes", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "policy action_dim 6" in err and "Meta-World's action_dim 4" in err
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+class ReachOnlyEnvConfig(MetaWorldEnvConfig):
+    """A second registry entry: Meta-World restricted to reach-v3, declaring a 7-wide action when
+    ``action_dim`` is overridden below."""
+
+    name = "reach-only"
+    title = "reach-only Meta-World"
+
+    @classmethod
+    def tasks(cls) -> list[str]:
+        return ["reach-v3"]
+
+
+class WideReachEnvConfig(ReachOnlyEnvConfig):
+    name = "wide-reach"
+    title = "wide-reach Meta-World"
+    action_dim = 7
+
+
+def test_env_flag_reaches_evaluation(policy_run, tmp_path, monkeypatch, capsys):
+    """``defi eval --env NAME`` rolls in ``ENVS[NAME]``: its task list, its declared action width,
+    and its name in results.json."""
+    monkeypatch.setitem(ENVS, ReachOnlyEnvConfig.name, ReachOnlyEnvConfig)
+    monkeypatch.setitem(ENVS, WideReachEnvConfig.name, WideReachEnvConfig)
+    args = ["eval", "--policy", str(policy_run), "--episodes", "1", "--max-steps", "4", "--videos", "0", "--no-progress"]
+    rc = defi_main([*args, "--env", "reach-only", "--tasks", "push-v3", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "unknown reach-only Meta-World task(s) ['push-v3']; valid: reach-v3" in err  # push-v3 is a Meta-World task
+    rc = defi_main([*args, "--env", "wide-reach", "--tasks", "reach-v3", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "policy action_dim 4 does not match wide-reach Meta-World's action_dim 7" in err
+    rc = defi_main([*args, "--env", "reach-only", "--tasks", "reach-v3", "--out", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert res["env"] == "reach-only" and [e["steps"] for e in res["episodes"]] == [4]
+    with pytest.raises(SystemExit) as e:
+        defi_main([*args, "--env", "no-such-env", "--tasks", "reach-v3", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "invalid choice: 'no-such-env'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from defi.curate.lerobot import load_lerobot
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.export import export_lerobot, main
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.schemas.shards import ShardReader
 from defi.training.data import decode_frames

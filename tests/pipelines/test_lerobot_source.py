@@ -9,7 +9,8 @@ from factories import moving_square
 from defi.curate.probe import Probe
 from defi.pipelines.config import from_dict
 from defi.pipelines.sources import list_sources
-from defi.pipelines.curate_video import CurateConfig, VideoDone, process_source
+from defi.pipelines.curate_video import VideoDone, process_source
+from defi.pipelines.curate_config import CurateConfig
 from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
 
 FPS = 10

@@ -16,7 +16,7 @@ from factories import moving_square, scenes, write_video
 
 from defi.pipelines.curate import run_curate
 from defi.pipelines.lock import LOCK_FILE, LockHeld, WriterLock
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 
 DEFI = str(Path(sys.executable).with_name("defi"))

@@ -26,7 +26,7 @@ generate(["reach-v3"], 2, work / "ds", size=64, fps=20, max_steps=40, seed=0, wo
 
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 
 cfg = from_dict(
     CurateConfig,

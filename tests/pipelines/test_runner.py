@@ -15,7 +15,7 @@ from factories import moving_square, scenes, write_video
 from defi.pipelines.cli import main as cli_main
 from defi.pipelines.config import ConfigError, from_dict
 from defi.pipelines.curate import run_curate
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.pipelines.label import LabelConfig, run_label
 from defi.pipelines.ray_adapter import RayConfig
 from defi.pipelines.runner import LOCAL_MAX_TASKS, RunnerError, Stage, local_stream, pick_backend

@@ -10,7 +10,7 @@ from factories import moving_square, write_video
 from defi.pipelines.config import from_dict
 from defi.pipelines.curate import run_curate
 from defi.pipelines.train import main
-from defi.pipelines.curate_video import CurateConfig
+from defi.pipelines.curate_config import CurateConfig
 from defi.schemas.corpus import Corpus
 from defi.training.data import ClipDataset, collate_items
 from defi.training.checkpoint import load_checkpoint

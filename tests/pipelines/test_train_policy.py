@@ -203,3 +203,79 @@ def test_two_workers_under_torchrun(setup, tmp_path, capfd):
     _, _, state = load_checkpoint(sorted((out / "checkpoints").glob("step-*"))[-1])
     assert state["extra"]["world_size"] == 2
     assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
+
+
+def joint_argv(root, out, *more):
+    return [
+        "train",
+        "joint",
+        "--root",
+        root,
+        "--select",
+        "SELECT key FROM clips",
+        "--out",
+        str(out),
+        "--gidm-model",
+        "tiny",
+        "--size",
+        str(S),
+        "--gap-frames",
+        "2",
+        "--gidm.model_dim",
+        "32",
+        "--gfdm.block_out_channels",
+        "16,32,32",
+        "--gfdm.cross_attention_dim",
+        "32",
+        "--train.batch_size",
+        "4",
+        "--train.log_every",
+        "1",
+        "--no-progress",
+        *more,
+    ]
+
+
+def test_train_joint_then_policy_entangled(setup, tmp_path, capsys):
+    """`defi train joint` trains the one model on both losses (action-free clips included) and
+    resumes; `--init entangled --joint RUN` starts the policy from its GFDM, projection and GIDM."""
+    from defi.pipelines.train_policy import build_policy, fill_policy_config, policy_run_config
+    from defi.training.checkpoint import load_model
+
+    tmp, root = setup
+    joint = tmp_path / "joint"
+    assert defi_main(joint_argv(root, joint, "--steps", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "joint (gfdm unet2d regression + gidm): 4 clips selected" in printed and "parameters gfdm" in printed
+    rows = [json.loads(x) for x in (joint / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["forward_loss"] > 0 and r["inverse_loss"] > 0 for r in rows)
+    assert defi_main(joint_argv(root, joint, "--steps", "3")) == 0
+    assert "steps    3..3 of 3" in capsys.readouterr().out
+    assert defi_main(joint_argv(root, joint, "--steps", "3", "--gidm.latent_dim", "12")) == 2
+    assert "different config (gidm)" in capsys.readouterr().err
+
+    base = [a for a in argv(tmp, root, tmp_path / "ent", "--steps", "1", "--init", "entangled")]
+    for flag in ("--gfdm", "--gidm"):  # the joint run replaces both
+        i = base.index(flag)
+        del base[i : i + 2]
+    assert defi_main([*base, "--joint", str(joint)]) == 0
+    assert "policy (entangled" in capsys.readouterr().out
+    _, cfg, _ = load_model(tmp_path / "ent", expect="policy")
+    assert cfg.init == "entangled"
+    # the policy's parts are the joint run's, weight for weight, before finetuning
+    run = policy_run_config({"root": root, "select": "SELECT key FROM clips", "joint": str(joint), "policy": {"init": "entangled"}})
+    fill_policy_config(run)
+    policy = build_policy(run)
+    source = load_model(joint, expect="joint")[0]
+    for name in ("gfdm", "project", "gidm"):
+        mine, theirs = getattr(policy, name).state_dict(), getattr(source, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+
+    def err(*a):
+        rc = defi_main(list(a))
+        e = capsys.readouterr().err.strip()
+        assert rc == 2 and len(e.splitlines()) == 1, e
+        return e
+
+    assert "--init entangled needs --joint" in err(*base)
+    assert "a 'gfdm' checkpoint where a 'joint' checkpoint is expected" in err(*base, "--joint", str(tmp / "gfdm"))

@@ -236,3 +236,38 @@ def test_rendering_then_loading_triton_in_one_process():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "survived" in run.stdout, f"exit {run.returncode}: {run.stderr[-2000:]}"
+
+
+def test_declared_shapes_are_the_envs(env):
+    """``MetaWorldEnvConfig`` declares what the env returns and takes: evaluation refuses policies
+    from these numbers, so they must be the env's."""
+    from defi.training.sim.envs import ENVS, MetaWorldEnvConfig
+
+    assert ENVS["metaworld"] is MetaWorldEnvConfig
+    obs = env.reset(1)
+    assert env.env.action_space.shape == (MetaWorldEnvConfig.action_dim,)
+    assert obs["proprio"].shape == (MetaWorldEnvConfig.state_dim,)
+    assert "reach-v3" in MetaWorldEnvConfig.tasks()
+
+
+def test_sim_generate_takes_env_and_its_defaults_from_the_registry(tmp_path, monkeypatch, capsys):
+    """``defi sim generate --env NAME`` generates with ``ENVS[NAME]``: its frame size, camera and
+    episode length when the flags are not given."""
+    from defi.training.sim.cli import sim_generate_main
+    from defi.training.sim.envs import ENVS, MetaWorldEnvConfig
+
+    class SmallMetaWorld(MetaWorldEnvConfig):
+        name = "mw-small"
+        image_size = 32
+        camera = "corner2"
+        max_steps = 5
+
+    monkeypatch.setitem(ENVS, SmallMetaWorld.name, SmallMetaWorld)
+    out = tmp_path / "ds"
+    rc = sim_generate_main(["--env", "mw-small", "--tasks", "reach-v3", "--episodes", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads((out / "meta" / "defi_generate.json").read_text())
+    assert (cfg["size"], cfg["camera"], cfg["max_steps"]) == (32, "corner2", 5)
+    videos = list(out.rglob("*.mp4"))
+    assert videos and decode(videos[0])[0][1].shape == (32, 32, 3)
+    assert len(pq.read_table(next(out.rglob("data/**/*.parquet")))) <= 5

@@ -233,13 +233,16 @@ class GFDM(nn.Module):
         text_emb: Tensor | None = None,
         has_text: Tensor | None = None,
         generator: torch.Generator | None = None,
+        with_features: bool = False,
     ) -> dict[str, Tensor]:
         """Training loss on a batch.
 
         obs [B, 3 * context_frames, H, W] and future [B, T, 3, H, W] in [0, 1]; text_emb
         [B, text_dim] or None; has_text [B] bool (False: that row uses the null embedding).
         In training mode a ``lang_dropout`` fraction of rows also uses the null embedding.
-        Returns loss, mse (unweighted, target space) and, for diffusion, sigma_mean."""
+        Returns loss, mse (unweighted, target space) and, for diffusion, sigma_mean.
+        ``with_features`` (regression only): also ``features``, the ``GFDMFeatures`` of the same
+        U-Net pass (what ``extract_features`` returns), with gradients."""
         c = self.config
         B = obs.shape[0]
         if text_emb is not None and self.training and c.lang_dropout > 0:
@@ -251,9 +254,14 @@ class GFDM(nn.Module):
         w = self._changed_weight(obs, future, y)
         if c.objective == "regression":
             c_noise = torch.full((B,), 0.25 * torch.log(torch.tensor(_REGRESSION_SIGMA)).item(), device=obs.device)
-            pred = self.denoise_net(torch.zeros_like(y), cond, c_noise, text)
+            passes: list[list[Tensor]] = []
+            with self._capture_up_blocks(passes) if with_features else contextlib.nullcontext():
+                pred = self.denoise_net(torch.zeros_like(y), cond, c_noise, text)
             err = (pred.float() - y.float()) ** 2
-            return {"loss": (w * err).mean(), "mse": err.mean().detach()}
+            out = {"loss": (w * err).mean(), "mse": err.mean().detach()}
+            if with_features:  # the same pass extract_features makes (regression has one), with gradients
+                out["features"] = self._features(self._to_frames(pred.float(), obs), passes[0])
+            return out
         sched = self.scheduler()
         shape = (B,) + (1,) * (y.dim() - 1)
         sigma = torch.exp(c.p_mean + c.p_std * torch.randn(shape, device=obs.device, generator=generator))
@@ -315,11 +323,13 @@ class GFDM(nn.Module):
                 y = self.denoise_net(torch.zeros(self._noise_shape(obs), device=obs.device, dtype=cond.dtype), cond, c_noise, text)
             else:
                 y = self._sample(cond, text, self._noise_shape(obs), num_steps, generator)
-        frames = self._to_frames(y.float(), obs)
-        T = frames.shape[1]
-        per_frame = c.backbone == "svd"
-        feats = [f.unflatten(0, (B, T)) if per_frame else f.unsqueeze(1) for f in passes[0]]
-        return GFDMFeatures(prediction=frames, features=feats)
+        return self._features(self._to_frames(y.float(), obs), passes[0])
+
+    def _features(self, frames: Tensor, up_blocks: list[Tensor]) -> GFDMFeatures:
+        """The prediction [B, T, 3, H, W] and one pass's up-block outputs as ``GFDMFeatures``."""
+        B, T = frames.shape[:2]
+        per_frame = self.config.backbone == "svd"
+        return GFDMFeatures(prediction=frames, features=[f.unflatten(0, (B, T)) if per_frame else f.unsqueeze(1) for f in up_blocks])
 
     def _sample(self, cond: Tensor, text: Tensor, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None) -> Tensor:
         sched = self.scheduler()

@@ -510,12 +510,27 @@ class GIDM(nn.Module):
         out["additive_error"] = additive.detach()
         return out
 
+    def forward_tokens(
+        self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None = None, diagnostics: bool = True, target: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """``forward`` on tokens: encode (``tok_t``, ``tok_k``), decode, reconstruct ``target``
+        (default ``tok_k``). A joint model encodes the tokens of a *predicted* o_t+k and
+        reconstructs the true one, so the loss's gradient reaches the predictor through ``tok_k``."""
+        return self._forward_tokens(tok_t, tok_k, lang_emb, diagnostics, target=target)
+
     def _forward_tokens(
-        self, tok_t: Tensor, tok_k: Tensor, lang_emb: Tensor | None, diagnostics: bool, keep_mean: bool = False
+        self,
+        tok_t: Tensor,
+        tok_k: Tensor,
+        lang_emb: Tensor | None,
+        diagnostics: bool,
+        keep_mean: bool = False,
+        target: Tensor | None = None,
     ) -> dict[str, Tensor]:
         z, codes, extra = self._encode(tok_t, tok_k, lang_emb, sample=self.training)
         mean = extra.pop("mean", None)
         pred = self._decode(tok_t, z, lang_emb)
+        tok_k = tok_k if target is None else target
         recon = F.mse_loss(pred.float(), tok_k.float())
         loss = recon
         if self.config.changed_weight > 0:

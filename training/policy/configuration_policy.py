@@ -25,6 +25,7 @@ class Init:
     pretrained_gfdm: bool
     pretrained_gidm: bool
     future_branch: bool = True
+    joint: bool = False  # GFDM, projection and GIDM from one `defi train joint` run (--joint)
     help: str = ""
 
 
@@ -37,6 +38,13 @@ INIT_VARIANTS: dict[str, Init] = {
         Init("no-gfdm-pretrain", False, True, help="pretrained GIDM, random GFDM"),
         Init("no-gidm-pretrain", True, False, help="pretrained GFDM, random GIDM"),
         Init("bc", False, False, future_branch=False, help="no future branch: image + instruction straight to the head"),
+        Init(
+            "entangled",
+            True,
+            True,
+            joint=True,
+            help="GFDM, projection and GIDM from one joint forward + inverse pretraining run (--joint, `defi train joint`)",
+        ),
     )
 }
 INITS = tuple(INIT_VARIANTS)

@@ -1,5 +1,6 @@
 """Simulators that make labeled robot episodes (Meta-World) and write them as LeRobot v3.0 datasets.
 
+``envs.ENVS`` declares each simulator's shapes, defaults and tasks in one class (``--env``).
 Importing this package is cheap: mujoco and metaworld load when an env is made or ``generate`` runs.
 """
 

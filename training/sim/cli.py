@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ENVS = ("metaworld",)
+from .envs import DEFAULT_ENV, ENVS, env_config
 
 
 # The rules of ``defi.pipelines.usage.int_at_least`` and ``check_out_dir``, restated here because
@@ -46,19 +46,25 @@ def check_out(out: str) -> None:
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default="metaworld", choices=ENVS, help="simulator the episodes are generated in (default: metaworld)")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. reach-v3,push-v3")
+    d = ENVS[DEFAULT_ENV]
+    p.add_argument(
+        "--env", default=DEFAULT_ENV, choices=list(ENVS), help=f"simulator the episodes are generated in (default: {DEFAULT_ENV})"
+    )
+    p.add_argument("--tasks", required=True, help=f"comma-separated task names of --env ({d.name}: {d.task_help})")
     p.add_argument("--episodes", type=int, required=True, help="episodes per task")
     p.add_argument("--out", required=True, help="output folder (new or empty): a LeRobot v3.0 dataset")
-    p.add_argument("--size", type=int, default=64, help="square frame size in pixels (default 64)")
+    p.add_argument("--size", type=int, help=f"square frame size in pixels (default: the env's, {d.image_size} for {d.name})")
     p.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset (default 20)")
-    p.add_argument("--camera", default="corner", help="Meta-World camera (default corner; corner* frames are rotated upright)")
+    p.add_argument(
+        "--camera",
+        help=f"camera the frames are rendered from (default: the env's, {d.camera} for {d.name}; Meta-World's corner* are rotated upright)",
+    )
     p.add_argument("--seed", type=int, default=0, help="run seed; output is deterministic given it (default 0)")
     p.add_argument("--action-noise", type=float, default=0.0, help="std of Gaussian noise on expert actions (default 0)")
     p.add_argument(
         "--keep-failed-frac", type=float, default=1.0, help="fraction of unsuccessful episodes kept, marked success=false (default 1.0)"
     )
-    p.add_argument("--max-steps", type=int, default=150, help="actions per episode at most (default 150)")
+    p.add_argument("--max-steps", type=int, help=f"actions per episode at most (default: the env's, {d.max_steps} for {d.name})")
     p.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success (default 10)")
     p.add_argument("--action-free", action="store_true", help="write videos without action/state columns")
     p.add_argument("--workers", type=_at_least_1, default=1, help="processes, one env each (default 1)")
@@ -99,20 +105,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> dict:
-    from .metaworld_env import generate  # loads mujoco/metaworld lazily, on first env
-
+    sim = env_config(args.env)  # its simulator loads on its first env
     check_out(args.out)
-    summary = generate(
+    summary = sim.generate(
         [t.strip() for t in args.tasks.split(",") if t.strip()],
         args.episodes,
         args.out,
-        size=args.size,
+        size=sim.image_size if args.size is None else args.size,
         fps=args.fps,
-        camera=args.camera,
+        camera=args.camera or sim.camera,
         seed=args.seed,
         action_noise=args.action_noise,
         keep_failed_frac=args.keep_failed_frac,
-        max_steps=args.max_steps,
+        max_steps=sim.max_steps if args.max_steps is None else args.max_steps,
         action_free=args.action_free,
         workers=args.workers,
         steps_after_success=args.steps_after_success,

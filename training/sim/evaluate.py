@@ -1,4 +1,5 @@
-"""Closed-loop evaluation of a trained policy in Meta-World (``defi eval``'s engine; no Ray here).
+"""Closed-loop evaluation of a trained policy in a simulator of ``envs.ENVS``, Meta-World by default
+(``defi eval``'s engine; no Ray here).
 
 The policy must see frames the way it saw them in training: rendered by the same camera at the
 same size and orientation (``MetaWorldEnv``: corner cameras rotated upright, fast render settings),
@@ -35,16 +36,18 @@ import numpy as np
 
 from defi.schemas.contract import DataContract
 
+from .envs import DEFAULT_ENV, ENVS, env_config
+
 
 @dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=list, metadata={"help": "Meta-World task names, e.g. reach-v3,push-v3"})
     episodes: int = field(default=10, metadata={"help": "episodes per task"})
     seed: int = field(default=0, metadata={"help": "layout seed (same layouts as `defi sim generate --seed` episodes)"})
-    max_steps: int = field(default=150, metadata={"help": "actions per episode at most (the generator's horizon)"})
+    max_steps: int = field(default=ENVS[DEFAULT_ENV].max_steps, metadata={"help": "actions per episode at most (the generator's horizon)"})
     videos: int = field(default=2, metadata={"help": "rollouts per task kept as mp4 in the report"})
     workers: int = field(default=1, metadata={"help": "processes, one env each"})
-    camera: str = field(default="corner", metadata={"help": "Meta-World camera (the training data's)"})
+    camera: str = field(default=ENVS[DEFAULT_ENV].camera, metadata={"help": "Meta-World camera (the training data's)"})
     render_size: int = field(default=0, metadata={"help": "rendered frame side, px (0: the policy's image size)"})
     crf_chain: list[int] = field(
         default_factory=lambda: [20, 23], metadata={"help": "H.264 round trips before the policy sees a frame (generator CRF, curate CRF)"}
@@ -186,30 +189,27 @@ def _policy(path: str):
     return _CACHE["policy"]
 
 
-def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, video: bool) -> EpisodeResult:
-    """One closed-loop episode of ``task`` (its layout from ``(cfg.seed, task, episode)``)."""
+def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, video: bool, env_name: str = DEFAULT_ENV) -> EpisodeResult:
+    """One closed-loop episode of ``task`` in ``ENVS[env_name]`` (its layout from ``(cfg.seed, task, episode)``)."""
     import torch
 
-    from .metaworld_env import MetaWorldEnv, episode_seed, instruction_for
-
+    sim = env_config(env_name)
     policy, extra = _policy(policy_path)
     pc = policy.config
     contract = DataContract.from_state({"extra": extra})
     size = cfg.render_size or pc.image_size
     stride = cfg.frame_stride or (contract and contract.frame_stride) or 1
     execute = min(cfg.execute or pc.horizon, pc.horizon)
-    key = (task, cfg.camera, size, cfg.max_steps)
+    key = (env_name, task, cfg.camera, size, cfg.max_steps)
     envs = _CACHE["envs"]
     if key not in envs:
-        envs[key] = MetaWorldEnv(task, cfg.camera, size, cfg.seed, True, cfg.max_steps)
-        if envs[key].env.action_space.shape[0] != pc.action_dim:
-            raise ValueError(f"policy action_dim {pc.action_dim} does not match {task}'s {envs[key].env.action_space.shape[0]}")
+        envs[key] = sim.make(task, cfg.camera, size, cfg.seed, True, cfg.max_steps)
     env = envs[key]
-    emb = instruction_embedding(policy, extra, instruction_for(task))
+    emb = instruction_embedding(policy, extra, sim.instruction(task))
     text = None if emb is None else torch.as_tensor(emb, dtype=torch.float32)[None]
     frames_pipe = FramePipeline(size, pc.image_size, cfg.crf_chain, cfg.preset)
     tm = {"env_step": 0.0, "render": 0.0, "round_trip": 0.0, "inference": 0.0}
-    env_seed, _, sample_seed = episode_seed(cfg.seed, task, episode).spawn(3)
+    env_seed, _, sample_seed = sim.episode_seed(cfg.seed, task, episode).spawn(3)
     # a diffusion head's samples: their own stream per episode, so results do not depend on
     # which worker ran the episode or in what order
     generator = torch.Generator().manual_seed(int(sample_seed.generate_state(1)[0]))
@@ -265,23 +265,22 @@ def _job(args: tuple) -> EpisodeResult:
     return run_episode(*args)
 
 
-def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Roll every (task, episode) of ``cfg``; returns ``per_task`` (task -> episodes, successes,
+def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True, env: str = DEFAULT_ENV) -> dict[str, Any]:
+    """Roll every (task, episode) of ``cfg`` in the simulator ``ENVS[env]``; returns ``per_task`` (task -> episodes, successes,
     success_rate, wilson95 [lo, hi], mean_steps_to_success), ``episodes`` (EpisodeResult list in
     (task, episode) order), ``timings`` (seconds summed per part) and ``seconds``. Checks the
-    policy and the tasks first (``ValueError`` naming the bad one)."""
+    env, the tasks and the policy's action and proprioception widths against the env's declared
+    ones first (``ValueError``, one line naming the bad one)."""
     from tqdm.auto import tqdm
 
-    from .metaworld_env import available_tasks
-
-    valid = available_tasks()
+    sim = env_config(env)
+    valid = sim.tasks()
     unknown = [t for t in cfg.tasks if t not in valid]
     if unknown or not cfg.tasks:
-        raise ValueError(f"unknown Meta-World task(s) {unknown or cfg.tasks}; valid: {', '.join(valid)}")
+        raise ValueError(f"unknown {sim.title} task(s) {unknown or cfg.tasks}; valid: {', '.join(valid)}")
     policy, _ = load_policy(policy_path)  # fail here, not in a worker, for a bad checkpoint
-    if policy.config.action_dim != 4:
-        raise ValueError(f"policy action_dim {policy.config.action_dim} does not match Meta-World's 4")
-    jobs = [(str(policy_path), cfg, task, e, e < cfg.videos) for task in cfg.tasks for e in range(cfg.episodes)]
+    sim.check_policy(policy.config.action_dim, policy.config.state_dim)
+    jobs = [(str(policy_path), cfg, task, e, e < cfg.videos, env) for task in cfg.tasks for e in range(cfg.episodes)]
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="episode", disable=not progress, desc="eval")
     results: list[EpisodeResult] = []
