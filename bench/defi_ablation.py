@@ -306,7 +306,7 @@ def pretrain_joint(work: Path, root: str, a: argparse.Namespace, size: str, p: i
     cli(
         ["train", "joint", "--gidm-model", "tiny", "--gfdm-model", "tiny"]
         + common_train(root, pretrain_sql(a, size), run, a, a.joint_steps, p, 100)
-        + ["--data.pairs_per_clip", "16"]
+        + ["--data.pairs_per_clip", "16", "--train.grid_every", str(max(a.joint_steps, 1))]
         + flags("gidm", gidm_fields(a))
         + flags("gfdm", gfdm_fields(a))
         + ["--joint.forward_weight", "1.0", "--joint.inverse_weight", "1.0"]
