@@ -69,8 +69,9 @@ bench-peers: $(STAMP)
 	@command -v ffmpeg >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null) || echo "ffmpeg not installed: its rows say so"
 	$(BIN)/python bench/peers.py $(if $(QUICK),--quick,)
 
-# DeFI's claim in miniature (issue 21): pretraining + 5 policy variants x seeds + defi eval; resumable.
-# QUICK=1 for the short configuration (nice'd: it runs for a long while on 2 cores)
+# DeFI's claim in miniature (issue 37): decoupled (defi) vs entangled pretraining vs scratch over
+# pretraining and finetuning seeds, and the video-scaling curve; defi eval; resumable.
+# QUICK=1 for the short configuration (nice'd: it runs for hours on 2 cores)
 bench-ablation: $(STAMP)
 	nice -n 10 $(BIN)/python bench/defi_ablation.py $(if $(QUICK),--quick,)
 

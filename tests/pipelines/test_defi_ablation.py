@@ -1,7 +1,8 @@
-"""``bench/defi_ablation.py --smoke`` end to end: Meta-World data curated into a corpus, GIDM and
-GFDM pretrained with the CLI, the five policy variants trained and evaluated with ``defi eval``;
-the table has every variant with a Wilson interval per cell and the bootstrap interval of defi
-minus scratch; the HTML draws a bar with whiskers per variant; re-running skips finished cells."""
+"""``bench/defi_ablation.py`` (issue 37's study): the target-task rule, the plan's order, the
+bootstrap over pretraining seeds, finetuning seeds and episodes; and (slow) the ``--smoke``
+configuration end to end: Meta-World data curated into a corpus, defi and entangled pretraining
+with the CLI, the cells trained with ``defi train policy`` and evaluated with ``defi eval``, the
+table with intervals, the curve with its probe, and a re-run that skips everything."""
 
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first imported)
+from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS
 
 pytest.importorskip("metaworld")
 
@@ -26,109 +28,163 @@ def load_bench():
     return mod
 
 
-def test_bootstrap_is_paired_and_covers_the_difference():
+def test_target_tasks_follow_the_rule():
+    mod = load_bench()
+    from metaworld.env_dict import MT50_V3
+
+    full = mod.target_tasks(4)
+    assert full == mod.target_tasks(4)  # deterministic
+    assert len(set(full)) == 4 and set(full) <= set(MT50_V3)
+    assert not set(full) & (set(PRETRAIN_TASKS) | set(HELD_OUT_TASKS))
+    assert mod.target_tasks(2) == full[:2] and mod.target_tasks(1) == full[:1]  # quick and smoke: the same rule's prefix
+    pool = sorted(set(MT50_V3) - set(PRETRAIN_TASKS) - set(HELD_OUT_TASKS))
+    assert len(mod.target_tasks(len(pool))) == len(pool) == 37
+    for name in ("full", "quick", "smoke"):
+        a = mod.parse([] if name == "full" else [f"--{name}", "--work", "unused"])
+        assert a.target_tasks == full[: a.targets]
+
+
+def test_pretraining_sets_nest_and_the_plan_runs_blocks_in_order():
+    mod = load_bench()
+    a = mod.parse(["--work", "unused"])
+    assert [mod.episodes_per_task(a, s) for s in a.curve] == [5, 10, 20, 40]
+    sets = mod.corpus_sets(a)
+    assert [s[0] for s in sets] == ["pre1", "pre2", "pre3", "pre4", "demos"]
+    assert len({s[4] for s in sets}) == len(sets)  # each set its own layouts
+    assert "dataset IN ('pre1', 'pre2', 'pre3')" in mod.pretrain_sql(a, "1") and "NOT has_actions" in mod.pretrain_sql(a, "1")
+    items = mod.plan(a)
+    cells = [it for it in items if it[0] == "cell"]
+    assert len(cells) == 9 + 9 + 3 + 3 + 9 and len(items) - len(cells) == 3 + 3 + 3
+    assert items[:2] == [("defi-pretrain", "1", 0), ("joint-pretrain", "1", 0)]
+    # the block of p0 holds its defi, entangled and scratch cells before p1's pretraining
+    p1 = items.index(("defi-pretrain", "1", 1))
+    assert {it[1] for it in items[2:p1]} == {"defi", "entangled", "scratch"} and len(items[2:p1]) == 9
+    assert items[-1] == ("cell", "defi", "2", 0, 2)
+    q = mod.parse(["--quick", "--work", "unused"])
+    assert q.policy_steps == a.policy_steps and q.batch_size == a.batch_size and not q.curve and not q.extras
+
+
+def outcomes(rng, p, f, rate, t=2, n=30):
+    return (rng.random((p, f, t, n)) < rate).astype(float)
+
+
+def test_bootstrap_resamples_pretraining_seeds_and_is_paired():
     mod = load_bench()
     rng = np.random.default_rng(0)
-    y = (rng.random((3, 2, 50)) < 0.3).astype(float)
-    x = np.maximum(y, (rng.random((3, 2, 50)) < 0.4).astype(float))  # x succeeds wherever y does, and more
-    d, lo, hi = mod.bootstrap_diff(x, y, reps=500)
-    assert d == pytest.approx(x.mean() - y.mean())
-    assert 0 < lo < d < hi
-    d0, lo0, hi0 = mod.bootstrap_diff(y, y, reps=200)  # paired: identical outcomes give exactly 0
+    y = outcomes(rng, 1, 3, 0.3)
+    x = np.maximum(y.repeat(3, 0), outcomes(rng, 3, 3, 0.4))  # 3 pretraining seeds, each above y
+    d, lo, hi = mod.bootstrap(x, y, reps=500)
+    assert d == pytest.approx(x.mean() - y.mean()) and 0 < lo < d < hi
+    d0, lo0, hi0 = mod.bootstrap(y, y, reps=200)  # paired (same f, same episodes): identical outcomes give 0
     assert d0 == lo0 == hi0 == 0
+    # a pretraining seed that fails everywhere widens the interval: the spread of pretraining counts
+    good = np.ones((3, 3, 2, 30))
+    _, lo_same, hi_same = mod.bootstrap(good, y, reps=500)
+    spread = good.copy()
+    spread[2] = 0
+    _, lo_spread, hi_spread = mod.bootstrap(spread, y, reps=500)
+    assert hi_same - lo_same < 0.2 < hi_spread - lo_spread
+    assert lo_spread < 0.1 and lo_same > 0.5  # draws of mostly the failed seed pull the lower end down
+    m, mlo, mhi = mod.bootstrap(y, reps=300)  # one variant: the mean with its interval
+    assert m == pytest.approx(y.mean()) and mlo < m < mhi
+    with pytest.raises(ValueError, match="paired arrays differ"):
+        mod.bootstrap(x, outcomes(rng, 1, 2, 0.3))
 
 
-def test_corpus_arguments_are_the_ones_make_corpus_reads():
+def cell(variant, p, f, succ, size="1"):
+    """A cell as run_cell writes it: one task, len(succ) episodes."""
+    eps = [["t", i, bool(s)] for i, s in enumerate(succ)]
+    return {
+        "variant": variant,
+        "size": size,
+        "p": p,
+        "f": f,
+        "per_task": {"t": {"successes": sum(succ), "episodes": len(succ)}},
+        "episodes": eps,
+    }
+
+
+def test_statistics_rows_comparisons_curve_and_trend():
     mod = load_bench()
-    a = mod.parse(["--smoke", "--work", "unused"])
-    from gidm_quality import train_sets
-
-    ns = mod.corpus_args(a)
-    assert train_sets(ns) == [("train_ds", ns.train_tasks, a.episodes, True, a.seed)]  # one camera: corner
-
-
-@pytest.mark.slow  # builds a GIDM and a GFDM twice
-def test_scratch_and_bc_cells_are_reused_only_when_the_model_shapes_match(tmp_path):
-    mod = load_bench()
-    a = mod.parse(["--smoke", "--settings", "A,B", "--work", str(tmp_path)])
-    from defi.training.checkpoint import save_checkpoint
-    from defi.training.gfdm.modeling_gfdm import GFDM
-    from defi.training.gfdm import gfdm_tiny
-    from defi.training.gidm.modeling_gidm import GIDM
-    from defi.training.gidm import gidm_tiny
-
-    def save(setting, gidm_dim):
-        base = tmp_path / f"pretrain-{setting}"
-        g, f = gidm_tiny(image_size=32, model_dim=gidm_dim), gfdm_tiny(image_size=32)
-        save_checkpoint(base / "gidm" / "checkpoints" / "step-00000002", GIDM(g), g, step=2)
-        save_checkpoint(base / "gfdm" / "checkpoints" / "step-00000002", GFDM(f, load_pretrained=False), f, step=2)
-
-    save("A", 32)
-    save("B", 32)
-    cell = {"setting": "A", "variant": "scratch", "seed": 0, "per_task": {}, "episodes": []}
-    (tmp_path / "cells" / "A").mkdir(parents=True)
-    for v in ("scratch", "defi", "bc"):
-        (tmp_path / "cells" / "A" / f"{v}-s0.json").write_text(json.dumps(cell | {"variant": v}))
-    assert not mod.reuse_cell(tmp_path, a, "B", "defi", 0)  # loads pretrained weights: always run
-    assert not mod.reuse_cell(tmp_path, a, "B", "scratch", 1)  # no cell of that seed in A
-    assert not mod.reuse_cell(tmp_path, a, "A", "scratch", 0)  # the first setting runs its own
-    assert mod.reuse_cell(tmp_path, a, "B", "scratch", 0)
-    got = json.loads((tmp_path / "cells" / "B" / "scratch-s0.json").read_text())
-    assert got == cell | {"setting": "B", "reused_from": "A"}
-    # another model shape in B: scratch there is another network, so it runs
-    save("B", 64)
-    assert not mod.reuse_cell(tmp_path, a, "B", "bc", 0)
-    assert not (tmp_path / "cells" / "B" / "bc-s0.json").exists()
+    a = mod.parse(["--work", "unused"])
+    a.target_tasks = ["t"]
+    hit, miss = [1] * 8 + [0] * 2, [1] * 2 + [0] * 8
+    cells = [cell("defi", p, f, hit) for p in (0, 1, 2) for f in (0, 1, 2)]
+    cells += [cell("entangled", p, f, hit) for p in (0, 1) for f in (0, 1, 2)]  # p2 not run yet
+    cells += [cell("scratch", None, f, miss) for f in (0, 1, 2)]
+    cells += [cell("defi", 0, f, miss if size == "0.5" else hit, size) for size in ("0.25", "0.5", "2") for f in (0, 1, 2)]
+    r2 = {"latent": 0.5, "pca_obs": 0.2, "obs+latent": 0.6}
+    t = mod.statistics(cells, a, {"1": {"disp": r2, "cmd": r2}})
+    assert t["rows"]["defi"]["all"]["mean"] == pytest.approx(0.8) and t["rows"]["defi"]["cells"] == 9
+    assert t["rows"]["scratch"]["t"]["successes"] == 6 and len(t["rows"]["defi"]["per_seed"]) == 9
+    ds = t["comparisons"]["defi - scratch"]
+    assert ds["diff"] == pytest.approx(0.6) and ds["bootstrap95"][0] > 0 and ds["verdict"].startswith("positive")
+    assert ds["pretrain_seeds"] == [[0, 1, 2], [None]] and ds["finetune_seeds"] == [0, 1, 2]
+    de = t["comparisons"]["defi - entangled"]
+    assert de["pretrain_seeds"][1] == [0, 1] and de["diff"] == 0 and de["verdict"] == "cannot tell the sign at this size"
+    pts = t["curve"]["points"]
+    assert [p["episodes_per_task"] for p in pts] == [5, 10, 20, 40] and pts[2]["probe"]["disp"]["latent"] == 0.5
+    assert all(p["bootstrap95"][0] <= p["mean"] <= p["bootstrap95"][1] for p in pts)
+    assert t["curve"]["trend"].startswith("decreasing at 5 -> 10 episodes/task")
+    text = mod.table_text(t, ["t"], quick=True)
+    assert "defi - entangled: cannot tell the sign at this size" in text and "+0.0 points" not in text
+    svg = mod.curve_svg(t["curve"])
+    assert svg.count('class="pt"') == 4 and svg.count('class="whisker"') == 4
 
 
-@pytest.mark.slow  # ~4 min on the loaded 2-core box (data, 2 pretraining runs, 5 cells)
+@pytest.mark.slow  # several minutes on the loaded 2-core box (data, 3 pretraining runs + the joint one, 5 cells)
 def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     mod = load_bench()
     work = tmp_path / "abl"
     res = mod.main(["--smoke", "--work", str(work)])
     out = capsys.readouterr().out
-    assert "smoke configuration, not the full run" in out and "[cell 5/5]" in out
+    target = mod.target_tasks(1)
+    assert "smoke configuration, not the full run" in out and "target tasks (rule: MT50" in out and target[0] in out
+    n_items = len(mod.plan(mod.parse(["--smoke", "--work", str(work)])))
+    assert f"[{n_items}/{n_items}]" in out and "ETA" in out
     assert res["status"].startswith("complete") and res["cells_done"] == res["cells_expected"] == 5
-    t = res["settings"]["A"]
-    assert list(t["rows"]) == list(mod.VARIANTS)
+    assert json.loads((work / "config.json").read_text())["target_tasks"] == target
+    t = res["table"]
+    assert list(t["rows"]) == ["defi", "entangled", "scratch", "defi-diffusion-head"]
     for row in t["rows"].values():
-        for col in ("drawer-close-v3", "all"):
+        for col in (*target, "all"):
             c = row[col]
             lo, hi = c["wilson95"]
-            assert c["episodes"] == 2 and 0 <= c["successes"] <= 2
-            assert 0 <= lo <= c["mean"] <= hi <= 1
+            assert c["episodes"] == 2 and 0 <= c["successes"] <= 2 and 0 <= lo <= c["mean"] <= hi <= 1
         rel = row["reliance"]  # the policy's demo MSE with its image, another sample's, a blank one
         assert all(np.isfinite(rel[k]) and rel[k] >= 0 for k in ("true", "other_same_task", "blank"))
-    d = t["defi_minus_scratch"]
-    assert d["bootstrap95"][0] <= d["diff"] <= d["bootstrap95"][1] and d["seeds"] == [0]
-    saved = json.loads((work / "results.json").read_text())
-    assert set(saved["settings"]["A"]["rows"]) == set(mod.VARIANTS)
+        assert [(s["p"], s["f"]) for s in row["per_seed"]] in ([(0, 0)], [(None, 0)])
+    assert set(t["comparisons"]) == {"defi - scratch", "defi - entangled", "defi-diffusion-head - defi"}
+    for d in t["comparisons"].values():
+        assert d["bootstrap95"][0] <= d["diff"] <= d["bootstrap95"][1] and d["finetune_seeds"] == [0]
+    pts = t["curve"]["points"]
+    assert [p["episodes_per_task"] for p in pts] == [1, 2] and t["curve"]["trend"]
+    for p in pts:  # each curve point's GIDM probed on the target demos, beside the observation-only control
+        assert p["bootstrap95"][0] <= p["mean"] <= p["bootstrap95"][1]
+        assert all(np.isfinite(p["probe"][k][f]) for k in ("disp", "cmd") for f in ("latent", "pca_obs"))
+    assert "curve (defi, pretraining seed 0)" in out and "success with pretraining video:" in out
+    svg = (work / "curve.svg").read_text()
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.count('class="pt"') == 2
     html = (work / "report.html").read_text()
-    for v in mod.VARIANTS:
+    assert 'class="chart curve"' in html and html.count('class="whisker"') == 2 * len(t["rows"]) + 2
+    for v in t["rows"]:
         assert f'data-variant="{v}" data-task="all"' in html
-    assert html.count('class="whisker"') == 2 * len(mod.VARIANTS)
-    for v in mod.VARIANTS:  # each cell trained a policy and evaluated it with the same env seed
-        ev = json.loads((work / "cells" / "A" / f"{v}-s0" / "eval" / "results.json").read_text())
-        assert ev["config"]["seed"] == mod.EVAL_SEED and ev["config"]["tasks"] == ["drawer-close-v3"]
+    assert (work / "pretrain" / "x1-p0" / "joint" / "done").exists()
+    cfg = json.loads((work / "cells" / "entangled-x1-p0-s0" / "run" / "run_config.json").read_text())
+    assert cfg["policy"]["init"] == "entangled"
+    cfg = json.loads((work / "cells" / "defi-diffusion-head-x1-p0-s0" / "run" / "run_config.json").read_text())
+    assert cfg["policy"]["init"] == "defi" and cfg["policy"]["head"] == "diffusion"
+    for name in ("defi-x1-p0-s0", "entangled-x1-p0-s0", "scratch-s0", "defi-diffusion-head-x1-p0-s0", "defi-x0.5-p0-s0"):
+        ev = json.loads((work / "cells" / name / "eval" / "results.json").read_text())
+        assert ev["config"]["seed"] == mod.EVAL_SEED and ev["config"]["tasks"] == target
     # resume: nothing re-runs, the cell files stay as they were
-    stamps = {p: p.stat().st_mtime_ns for p in (work / "cells" / "A").glob("*.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "cells").glob("*.json")}
+    assert len(stamps) == 5
     res2 = mod.main(["--smoke", "--work", str(work), "--threads", "1"])
     out = capsys.readouterr().out
-    assert out.count("done, skipped") == 5 and "[run] defi" not in out
+    assert out.count("done, skipped") == n_items and "[run] defi" not in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert res2["settings"]["A"]["rows"] == t["rows"]
-    # a follow-up variant runs after the main cells, beside them, against its own baseline
-    res3 = mod.main(["--smoke", "--work", str(work), "--followups", "defi-gidm-frozen"])
-    out = capsys.readouterr().out
-    assert out.count("done, skipped") == 5 and "[follow-up 1/1] setting A defi-gidm-frozen seed 0" in out
-    assert res3["cells_done"] == 5 and res3["status"].startswith("complete")
-    t3 = res3["settings"]["A"]
-    assert list(t3["rows"]) == [*mod.VARIANTS, "defi-gidm-frozen"] and t3["rows"]["defi"] == t["rows"]["defi"]
-    f = t3["defi-gidm-frozen_minus_scratch"]
-    assert f["baseline"] == "scratch" and f["bootstrap95"][0] <= f["diff"] <= f["bootstrap95"][1]
-    assert "defi-gidm-frozen - scratch" in out and "(follow-up)" in out
-    cfg = json.loads((work / "cells" / "A" / "defi-gidm-frozen-s0" / "run" / "run_config.json").read_text())
-    assert cfg["policy"]["init"] == "defi" and cfg["policy"]["gidm_lr_scale"] == 0.0
+    assert res2["table"]["rows"] == t["rows"] and res2["table"]["curve"] == t["curve"]
     # a different configuration in the same folder is refused
     with pytest.raises(SystemExit, match="another configuration"):
         mod.main(["--quick", "--work", str(work)])
