@@ -36,8 +36,8 @@ an earlier version of this script.)
    ``WORK/cells/<variant>-x<size>-p<p>-s<f>.json`` (scratch: ``scratch-s<f>.json``) atomically and
    each pretraining run a ``done`` marker: re-running skips what is finished.
    Order: data; the block of pretraining seed 0 (defi and joint pretraining, then the defi,
-   entangled and scratch cells), the blocks of seeds 1 and 2, the diffusion-head cells, the curve
-   (its pretraining runs, then its cells). ``[i/N] ... ETA`` counts pretraining runs and cells.
+   entangled and scratch cells, then the diffusion-head cells), the blocks of seeds 1 and 2, the
+   curve (its pretraining runs, then its cells). ``[i/N] ... ETA`` counts pretraining runs and cells.
 4. Statistics (``WORK/results.json``, ``WORK/report.html``, ``WORK/curve.svg``): success per
    variant and task (mean over cells; Wilson 95% of the pooled successes); per-seed rows (p, f);
    paired bootstrap 95% of defi - scratch, defi - entangled and defi-diffusion-head - defi:
@@ -395,18 +395,19 @@ def run_cell(work: Path, root: str, a: argparse.Namespace, variant: str, size: s
 def plan(a: argparse.Namespace) -> list[tuple]:
     """Every unit of work in order: ("defi-pretrain"|"joint-pretrain", size, p) and
     ("cell", variant, size, p, f). Blocks: each pretraining seed at size 1 (its pretraining, its
-    cells; scratch in the first), the extras, the curve."""
+    cells; scratch and the extras, which read seed 0's runs, in the first), the curve."""
     fs, items = a.finetune_seeds, []
+    p0 = a.pretrain_seeds[0]
     for p in a.pretrain_seeds:
         items.append(("defi-pretrain", MAIN, p))
         if "entangled" in a.variants:
             items.append(("joint-pretrain", MAIN, p))
         for f in fs:
             items += [("cell", v, MAIN, p, f) for v in a.variants if v != "scratch"]
-            if "scratch" in a.variants and p == a.pretrain_seeds[0]:
+            if "scratch" in a.variants and p == p0:
                 items.append(("cell", "scratch", MAIN, None, f))
-    p0 = a.pretrain_seeds[0]
-    items += [("cell", v, MAIN, p0, f) for v in a.extras for f in fs]
+        if p == p0:
+            items += [("cell", v, MAIN, p0, f) for v in a.extras for f in fs]
     for size in a.curve:
         if size != MAIN:
             items.append(("defi-pretrain", size, p0))

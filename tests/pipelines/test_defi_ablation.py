@@ -56,9 +56,10 @@ def test_pretraining_sets_nest_and_the_plan_runs_blocks_in_order():
     cells = [it for it in items if it[0] == "cell"]
     assert len(cells) == 9 + 9 + 3 + 3 + 9 and len(items) - len(cells) == 3 + 3 + 3
     assert items[:2] == [("defi-pretrain", "1", 0), ("joint-pretrain", "1", 0)]
-    # the block of p0 holds its defi, entangled and scratch cells before p1's pretraining
+    # the block of p0 holds its defi, entangled and scratch cells, then the diffusion-head cells
+    # (which read p0's runs), before p1's pretraining
     p1 = items.index(("defi-pretrain", "1", 1))
-    assert {it[1] for it in items[2:p1]} == {"defi", "entangled", "scratch"} and len(items[2:p1]) == 9
+    assert [it[1] for it in items[2:p1]] == ["defi", "entangled", "scratch"] * 3 + ["defi-diffusion-head"] * 3
     assert items[-1] == ("cell", "defi", "2", 0, 2)
     q = mod.parse(["--quick", "--work", "unused"])
     assert q.policy_steps == a.policy_steps and q.batch_size == a.batch_size and not q.curve and not q.extras
