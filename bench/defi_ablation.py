@@ -458,7 +458,7 @@ def image_reliance(run: Path, pairs_per_clip: int = 4, seed: int = 0) -> dict:
     from defi.schemas.selection import resolve_selection
     from defi.training.checkpoint import load_checkpoint
     from defi.training.data import ActionChunkDataset, collate_items
-    from defi.training.recipes.train_policy import last_checkpoint
+    from defi.training.recipes.policy import last_checkpoint
 
     cache = run.parent / "reliance.json"
     if cache.exists():
@@ -509,7 +509,7 @@ def gidm_probe(work: Path, root: str, a: argparse.Namespace, size: str, p: int, 
     from the observation-only control ``pca_obs``, and from both (``obs+latent``). Cached as
     ``pretrain/x<size>-p<p>/probe.json``; ``pairs``: the demos' pairs when already read."""
     from defi.training.checkpoint import load_checkpoint
-    from defi.training.gidm.probe import encode_all, probe, probe_pairs
+    from defi.training.gidm.latent_probe import encode_all, probe, probe_pairs
     from defi.training.recipes.loop import last_checkpoint
 
     cache = pretrain_dir(work, size, p) / "probe.json"
@@ -951,7 +951,7 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
     for size in a.curve:
         if item_done(work, ("defi-pretrain", size, a.pretrain_seeds[0])):
             if pairs is None and not (pretrain_dir(work, size, a.pretrain_seeds[0]) / "probe.json").exists():
-                from defi.training.gidm.probe import probe_pairs
+                from defi.training.gidm.latent_probe import probe_pairs
 
                 pairs = probe_pairs(root, labeled_sql(a), a.gap_frames, a.size, stride=2)
             probes[size] = gidm_probe(work, root, a, size, a.pretrain_seeds[0], pairs)

@@ -10,7 +10,7 @@
 2. ``run_curate`` imports the three datasets into one corpus (real shards + index).
 3. ``defi train gfdm --model tiny`` (``pipelines.train.main``) on the action-free clips of the
    training tasks (SQL on language and has_actions), once per objective (``--objectives``).
-4. On every ``stride``-th pair (o_t, o_t+k) of the held-out clips (``gidm.probe.probe_pairs``):
+4. On every ``stride``-th pair (o_t, o_t+k) of the held-out clips (``gidm.latent_probe.probe_pairs``):
    PSNR of the predicted o_t+k over the whole frame and over the changed pixels only (|o_t+k - o_t|
    above ``--threshold`` in any channel), beside copying o_t and the same model with the null
    instruction (no language); the end-effector position error (cm) read from the frame by a ridge
@@ -89,7 +89,7 @@ class PositionProbe:
     """End-effector xyz from a frame: ridge on the top PCA components of true frames."""
 
     def __init__(self, frames: np.ndarray, pos: np.ndarray, dims: int = 128, lam: float = 1.0):
-        from defi.training.gidm.probe import pca_fit
+        from defi.training.gidm.latent_probe import pca_fit
 
         x = frames.reshape(len(frames), -1).astype(np.float64)
         self.mu, self.vt = pca_fit(x, min(dims, len(x) - 1))
@@ -261,7 +261,7 @@ def main(argv=None) -> dict:
 
     from defi.training.checkpoint import load_model
     from defi.training.gfdm.text import TextModelConfig, embed_instructions
-    from defi.training.gidm.probe import probe_pairs
+    from defi.training.gidm.latent_probe import probe_pairs
 
     a = parse(argv)
     torch.set_num_threads(a.threads)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defi.training.gidm.probe import encode_all, probe, probe_pairs
+from defi.training.gidm.latent_probe import encode_all, probe, probe_pairs
 from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS  # (importing it sets MUJOCO_GL before mujoco loads)
 
 TRAIN_TASKS = list(PRETRAIN_TASKS)  # the project's standard split (training/sim/metaworld_env.py)
@@ -299,7 +299,7 @@ def main(argv=None) -> dict:
 
     from defi.pipelines.train import main as train_main
     from defi.training.checkpoint import load_checkpoint
-    from defi.training.recipes.train_gidm import last_checkpoint
+    from defi.training.recipes.gidm import last_checkpoint
 
     a = parse(argv)
     work = Path(a.work)

@@ -113,7 +113,7 @@ def train_step_rate(a: argparse.Namespace, ckpt: str) -> dict:
     import torch
 
     from defi.training.checkpoint import load_checkpoint
-    from defi.training.recipes.train_gidm import last_checkpoint
+    from defi.training.recipes.gidm import last_checkpoint
 
     torch.set_num_threads(a.threads)
     path = Path(ckpt)

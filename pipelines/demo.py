@@ -469,8 +469,8 @@ def step_probe(ctx: Context) -> dict[str, Any]:
     import torch
 
     from defi.training.checkpoint import load_checkpoint
-    from defi.training.gidm.probe import encode_all, probe, probe_pairs
-    from defi.training.recipes.train_gidm import last_checkpoint
+    from defi.training.gidm.latent_probe import encode_all, probe, probe_pairs
+    from defi.training.recipes.gidm import last_checkpoint
 
     c = ctx.cfg
     try:
@@ -571,7 +571,7 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
     from defi.training.checkpoint import load_checkpoint
     from defi.training.data import ClipDataset, collate_items
     from defi.training.gfdm import TextModelConfig
-    from defi.training.recipes.train_gfdm import last_checkpoint, prediction_grid
+    from defi.training.recipes.gfdm import last_checkpoint, prediction_grid
 
     c = ctx.cfg
     model, mcfg, _ = load_checkpoint(last_checkpoint(ctx.gfdm_run))

@@ -1,7 +1,7 @@
 """``defi train gidm|gfdm|policy``: launch training on a selection of curated clips.
 
 ``defi train gidm --root ROOT --select SQL|MANIFEST --out RUN_DIR`` builds the shard loader over
-the selection (``training.data.ClipDataset``), runs the GIDM recipe (``training.recipes.train_gidm``)
+the selection (``training.data.ClipDataset``), runs the GIDM recipe (``training.recipes.gidm``)
 and prints a summary. Re-running with the same RUN_DIR resumes from its latest checkpoint.
 
 Python: ``run_train_gidm(root, select, gidm_run_config(preset, *layers))``, what the command and
@@ -32,7 +32,7 @@ from typing import Any
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus
 from defi.schemas.selection import SelectionError
-from defi.training.gidm import GIDM_SIZES, GIDMConfig, gidm_config
+from defi.training.gidm import GIDM_PRESETS, GIDMConfig, gidm_config
 from defi.training.recipes.configuration import TrainConfig
 
 from .config import ConfigError, add_flags, to_dict
@@ -44,6 +44,7 @@ from .train_common import (
     flush_denormals,
     resolve_run_config,
     process_group,
+    output_lines,
     progress_lines,
     train_command,
 )
@@ -91,7 +92,7 @@ def run_train_gidm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``data_stats``, ``wall_s`` and ``last_checkpoint``. User
     errors raise ``UsageError`` (one line)."""
     from defi.training.data import batch_stream, build_dataset
-    from defi.training.recipes.train_gidm import last_checkpoint, train
+    from defi.training.recipes.gidm import last_checkpoint, train
 
     rank, world = process_group()
     out = Path(cfg.train.out_dir)
@@ -135,8 +136,7 @@ def summary_text(res: dict[str, Any]) -> str:
     gap = cfg.data.gap.label()
     lines = [f"gidm: {res['selected_clips']} clips selected, gap {gap}, {cfg.data.size} px, batch {cfg.train.batch_size}"]
     lines += progress_lines(res, cfg.train.steps, lambda: f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
-    lines.append(f"  checkpoint {res['last_checkpoint']}")
-    return "\n".join(lines)
+    return "\n".join(lines + output_lines(res))
 
 
 def cmd_train_gidm(args: argparse.Namespace) -> int:
@@ -168,7 +168,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="keypoint",
-        choices=tuple(GIDM_SIZES),
+        choices=tuple(GIDM_PRESETS),
         help="model preset (builder defaults): keypoint (default: 64 px, 32 soft-argmax keypoints, continuous "
         "latent; for robot or fixed-camera video), keypoint-rvq (the same with residual-VQ codes), "
         "tiny (transformer encoder, 64 px), small (128 px, VQ), univla (DINOv2 features, VQ)",

@@ -345,3 +345,9 @@ def progress_lines(res: dict[str, Any], total_steps: int, loss_line: Callable[[]
     else:
         lines.append(f"  steps    none to run: already at step {res['final_step']} of {total_steps}")
     return lines
+
+
+def output_lines(res: dict[str, Any]) -> list[str]:
+    """The summary's last lines: the last prediction grid, if the run writes them, and checkpoint."""
+    grid = [f"  grid     {res['grid']}  (o_t | predicted | true)"] if res.get("grid") else []
+    return [*grid, f"  checkpoint {res['last_checkpoint']}"]

@@ -3,7 +3,7 @@
 ``defi train gfdm --root ROOT --select SQL|MANIFEST --out RUN_DIR [--model tiny|svd]`` embeds the
 selection's distinct instructions once (open_clip text tower, cached in ROOT/text_embeddings; see
 ``training.gfdm.text``), builds the shard loader over the selection (windows of context + future
-frames at gap k), runs the GFDM recipe (``training.recipes.train_gfdm``) and prints a summary.
+frames at gap k), runs the GFDM recipe (``training.recipes.gfdm``) and prints a summary.
 Re-running with the same RUN_DIR resumes from its latest checkpoint.
 
 Python: ``run_train_gfdm(root, select, gfdm_run_config(preset, *layers))``, what the command and
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus, CorpusError
 from defi.schemas.selection import SelectionError
-from defi.training.gfdm import GFDM_SIZES, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
+from defi.training.gfdm import GFDM_PRESETS, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
 from defi.training.recipes.configuration import GFDMTrainConfig
 
 from .config import ConfigError, add_flags, to_dict
@@ -50,6 +50,7 @@ from .train_common import (
     flush_denormals,
     resolve_run_config,
     process_group,
+    output_lines,
     progress_lines,
     text_cache_saver,
     train_command,
@@ -272,7 +273,7 @@ def run_train_gfdm(root: str, select: str, cfg) -> dict[str, Any]:
     ``config``, ``selected_clips``, ``texts``, ``data_stats`` and ``wall_s``; writes
     run_config.json and run_record.json into ``cfg.train.out_dir``. User errors raise
     ``UsageError`` (one line)."""
-    from defi.training.recipes.train_gfdm import last_checkpoint, train
+    from defi.training.recipes.gfdm import last_checkpoint, train
 
     if cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).exists():
         raise UsageError(f"pretrained SVD weights not found: {cfg.model.pretrained_path}")
@@ -363,10 +364,7 @@ def summary_text(res: dict[str, Any]) -> str:
     if skipped:
         lines.append(f"  skipped  {skipped} clip reads too short for the gap")
     lines += progress_lines(res, cfg.train.steps, lambda: f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
-    if res.get("grid"):
-        lines.append(f"  grid     {res['grid']}  (o_t | predicted | true)")
-    lines.append(f"  checkpoint {res['last_checkpoint']}")
-    return "\n".join(lines)
+    return "\n".join(lines + output_lines(res))
 
 
 def cmd_train_gfdm(args: argparse.Namespace) -> int:
@@ -391,7 +389,7 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="tiny",
-        choices=tuple(GFDM_SIZES),
+        choices=tuple(GFDM_PRESETS),
         help="tiny: 64 px pixel U-Net for CPUs (default); svd: SVD img2vid's U-Net, 16 frames, 256 px",
     )
     g.add_argument("--pretrained", help="svd: local folder of SVD img2vid weights (diffusers layout: unet/, vae/)")

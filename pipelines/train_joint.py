@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from defi.training.gfdm import GFDM_SIZES, GFDMConfig, TextModelConfig, gfdm_config
-from defi.training.gidm import GIDM_SIZES, GIDMConfig, gidm_config
+from defi.training.gfdm import GFDM_PRESETS, GFDMConfig, TextModelConfig, gfdm_config
+from defi.training.gidm import GIDM_PRESETS, GIDMConfig, gidm_config
 from defi.training.joint import JointConfig
 from defi.training.recipes.configuration import GFDMTrainConfig
 
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
-from .train_common import RUN_CONFIG_FILE, add_run_flags, flush_denormals, process_group, progress_lines, train_command
+from .train_common import RUN_CONFIG_FILE, add_run_flags, flush_denormals, process_group, output_lines, progress_lines, train_command
 from .train_gfdm import GFDMDataConfig, forward_data
 from .usage import UsageError, one_line
 
@@ -113,7 +113,7 @@ def run_train_joint(root: str, select: str, cfg: JointRunConfig) -> dict[str, An
     ``root``, into ``cfg.train.out_dir`` (run_config.json there). Returns the recipe's summary plus
     ``config``, ``selected_clips``, ``texts``, ``data_stats``, ``wall_s``. User errors raise
     ``UsageError`` (one line)."""
-    from defi.training.recipes.train_joint import last_checkpoint, train
+    from defi.training.recipes.joint import last_checkpoint, train
 
     rank, world = process_group()
     out = Path(cfg.train.out_dir)
@@ -152,10 +152,7 @@ def summary_text(res: dict[str, Any]) -> str:
         f"+ {cfg.joint.inverse_weight} x inverse",
     ]
     lines += progress_lines(res, cfg.train.steps, lambda: f"  loss     {res['first_loss']:.5g} -> {res['last_loss']:.5g}")
-    if res.get("grid"):
-        lines.append(f"  grid     {res['grid']}  (o_t | predicted | true)")
-    lines.append(f"  checkpoint {res['last_checkpoint']}")
-    return "\n".join(lines)
+    return "\n".join(lines + output_lines(res))
 
 
 def cmd_train_joint(args: argparse.Namespace) -> int:
@@ -178,8 +175,8 @@ def add_joint_parser(sub) -> argparse.ArgumentParser:
         "--select", help="clips to train on: SQL returning key[, weight] or a selection manifest path; required unless --dry-run"
     )
     g.add_argument("--out", help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
-    g.add_argument("--gidm-model", default="keypoint", choices=tuple(GIDM_SIZES), help="GIDM preset, as `defi train gidm --model`")
-    g.add_argument("--gfdm-model", default="tiny", choices=tuple(GFDM_SIZES), help="GFDM preset, as `defi train gfdm --model`")
+    g.add_argument("--gidm-model", default="keypoint", choices=tuple(GIDM_PRESETS), help="GIDM preset, as `defi train gidm --model`")
+    g.add_argument("--gfdm-model", default="tiny", choices=tuple(GFDM_PRESETS), help="GFDM preset, as `defi train gfdm --model`")
     add_run_flags(g)
     add_flags(g, JointRunConfig, "run config (gidm.*, gfdm.*, joint.*, train.*, data.*, text.*)")
     g.set_defaults(func=cmd_train_joint)

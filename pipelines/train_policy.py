@@ -5,7 +5,7 @@
 (a run folder's latest checkpoint, or a checkpoint folder), embeds the selection's instructions
 once (the corpus' text-embedding cache), builds the shard loader with action chunks
 (``ActionChunkDataset(horizon=H)``: every recorded row, at the robot's rate) and runs the recipe
-``training.recipes.train_policy``. Re-running with the same RUN_DIR resumes.
+``training.recipes.policy``. Re-running with the same RUN_DIR resumes.
 
 Python: ``run_train_policy(policy_run_config(*layers))``, what the command and ``defi demo`` both
 call.
@@ -297,7 +297,7 @@ def run_train_policy(cfg) -> dict[str, Any]:
     import torch
 
     from defi.training.data import ActionChunkDataset, batch_stream
-    from defi.training.recipes.train_policy import train_policy
+    from defi.training.recipes.policy import train_policy
 
     for name in ("root", "select", "out"):
         if not getattr(cfg, name):

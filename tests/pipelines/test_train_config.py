@@ -65,7 +65,7 @@ def test_shortcut_flags_are_the_layers_they_name(capsys, tmp_path):
 def test_bad_configs_name_the_problem():
     with pytest.raises(ConfigError, match="disagrees with model.image_size=32"):
         gidm_run_config("tiny", {"model": {"image_size": 32}}, {"data": {"size": 48}})
-    with pytest.raises(ConfigError, match="unknown GIDM size|valid"):
+    with pytest.raises(ConfigError, match="unknown GIDM preset|valid"):
         gidm_run_config("huge")
     with pytest.raises(ConfigError, match="text.width=32"):
         gfdm_run_config("tiny", {"text": {"width": 32}})

@@ -33,7 +33,7 @@ def test_config_validates_and_names_bad_values():
     msg = str(e.value)
     assert "objective='magic'" in msg and "diffusion, regression" in msg
     assert "image_size=60" in msg and "lang_dropout=2.0" in msg
-    with pytest.raises(ValueError, match="unknown GFDM size 'huge'; valid: tiny, svd"):
+    with pytest.raises(ValueError, match="unknown GFDM preset 'huge'; valid: tiny, svd"):
         gfdm_config("huge")
     with pytest.raises(ValueError, match="context_frames"):
         gfdm_svd(context_frames=2)

@@ -1,4 +1,4 @@
-"""Linear probes of true actions from latents (defi.training.gidm.probe) on synthetic pairs whose
+"""Linear probes of true actions from latents (defi.training.gidm.latent_probe) on synthetic pairs whose
 answer is known: a latent that is the displacement plus noise, and one that is noise."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defi.training.gidm.probe import nmi, probe, ridge_r2
+from defi.training.gidm.latent_probe import nmi, probe, ridge_r2
 
 
 def _pairs(n_episodes: int = 10, per: int = 40, seed: int = 0):

@@ -96,7 +96,7 @@ def test_frozen_gfdm_has_no_grads_and_keeps_weights_trained_parts_change():
 def test_gidm_lr_scale_slows_or_freezes_the_gidm_only():
     """gidm_lr_scale: the GIDM's optimizer group runs at lr * scale; 0 keeps it where it started
     while projection and head still learn; 0.1 moves it less than 1 does."""
-    from defi.training.recipes.train_policy import param_groups
+    from defi.training.recipes.policy import param_groups
 
     def moved(scale):
         p = policy("defi", gidm_lr_scale=scale)

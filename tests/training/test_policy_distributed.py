@@ -48,7 +48,7 @@ def _batches(part: slice) -> list[dict]:
 
 
 def _train(out: str, part: slice) -> None:
-    from defi.training.recipes.train_policy import TrainConfig, train_policy
+    from defi.training.recipes.policy import TrainConfig, train_policy
 
     cfg = TrainConfig(steps=STEPS, lr=1e-2, warmup_steps=0, batch_size=B, ckpt_every=STEPS, out_dir=out, device="cpu", progress=False)
     train_policy(_policy(), cfg, _batches(part))

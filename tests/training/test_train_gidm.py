@@ -10,7 +10,7 @@ from factories import square_transitions
 
 from defi.training.checkpoint import load_checkpoint
 from defi.training.gidm import gidm_tiny
-from defi.training.recipes.train_gidm import TrainConfig, last_checkpoint, lr_factor, train
+from defi.training.recipes.gidm import TrainConfig, last_checkpoint, lr_factor, train
 
 
 MODEL = dict(image_size=16, patch_size=4)

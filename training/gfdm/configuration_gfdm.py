@@ -267,14 +267,14 @@ def gfdm_svd(**overrides: Any) -> GFDMConfig:
 
 
 # One explicit line per name.
-GFDM_SIZES = {
+GFDM_PRESETS = {
     "tiny": gfdm_tiny,
     "svd": gfdm_svd,
 }
 
 
-def gfdm_config(size: str, **overrides: Any) -> GFDMConfig:
-    """Config for a named size; an unknown name lists the valid ones."""
-    if size not in GFDM_SIZES:
-        raise ValueError(f"unknown GFDM size {size!r}; valid: {', '.join(GFDM_SIZES)}")
-    return GFDM_SIZES[size](**overrides)
+def gfdm_config(preset: str, **overrides: Any) -> GFDMConfig:
+    """The config of a named preset (``GFDM_PRESETS``) with ``overrides``; an unknown name lists the valid ones."""
+    if preset not in GFDM_PRESETS:
+        raise ValueError(f"unknown GFDM preset {preset!r}; valid: {', '.join(GFDM_PRESETS)}")
+    return GFDM_PRESETS[preset](**overrides)

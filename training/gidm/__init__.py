@@ -4,7 +4,7 @@
 from .configuration_gidm import (
     BOTTLENECKS,
     FEATURE_ENCODERS,
-    GIDM_SIZES,
+    GIDM_PRESETS,
     INPUT_SPACES,
     GIDMConfig,
     gidm_config,
@@ -18,7 +18,7 @@ from .configuration_gidm import (
 __all__ = [
     "BOTTLENECKS",
     "FEATURE_ENCODERS",
-    "GIDM_SIZES",
+    "GIDM_PRESETS",
     "INPUT_SPACES",
     "GIDMConfig",
     "gidm_config",

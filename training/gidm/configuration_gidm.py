@@ -318,7 +318,7 @@ def gidm_keypoint_rvq(**overrides: Any) -> GIDMConfig:
 
 
 # one explicit line per preset; `defi train gidm --model NAME` and gidm_config(NAME) read it
-GIDM_SIZES = {
+GIDM_PRESETS = {
     "keypoint": gidm_keypoint,
     "keypoint-rvq": gidm_keypoint_rvq,
     "tiny": gidm_tiny,
@@ -327,8 +327,8 @@ GIDM_SIZES = {
 }
 
 
-def gidm_config(size: str, **overrides: Any) -> GIDMConfig:
-    """Config for a named size; an unknown name lists the valid ones."""
-    if size not in GIDM_SIZES:
-        raise ValueError(f"unknown GIDM size {size!r}; valid: {', '.join(GIDM_SIZES)}")
-    return GIDM_SIZES[size](**overrides)
+def gidm_config(preset: str, **overrides: Any) -> GIDMConfig:
+    """The config of a named preset (``GIDM_PRESETS``) with ``overrides``; an unknown name lists the valid ones."""
+    if preset not in GIDM_PRESETS:
+        raise ValueError(f"unknown GIDM preset {preset!r}; valid: {', '.join(GIDM_PRESETS)}")
+    return GIDM_PRESETS[preset](**overrides)

@@ -26,9 +26,9 @@ from torch.utils.tensorboard import SummaryWriter
 from ..gfdm import GFDMConfig
 from ..gfdm.modeling_gfdm import GFDM
 from .configuration import GFDMTrainConfig
-from .loop import Batches, fit, last_checkpoint, start
+from .loop import Batches, Run, fit, last_checkpoint, start
 
-__all__ = ["GFDMTrainConfig", "last_checkpoint", "prediction_grid", "train"]
+__all__ = ["GFDMTrainConfig", "Grids", "last_checkpoint", "prediction_grid", "train"]
 
 
 def prediction_grid(model: GFDM, batch: dict[str, torch.Tensor], seed: int = 0) -> np.ndarray:
@@ -62,27 +62,41 @@ def write_grid(out: Path, step: int, image: np.ndarray, writer: SummaryWriter | 
     return path
 
 
+class Grids:
+    """The prediction grids of a run: ``batch(b)`` keeps the first batch's first ``grid_rows``
+    items (the moved batch ``b`` of every step), ``after_step(step)`` writes a grid when due,
+    ``report()`` names the last one for the summary."""
+
+    def __init__(self, run: Run, model: GFDM, cfg: GFDMTrainConfig):
+        self.run, self.model, self.cfg = run, model, cfg
+        self.rows: dict[str, torch.Tensor] | None = None
+        self.last: Path | None = None
+
+    def batch(self, b: dict[str, torch.Tensor]) -> None:
+        if self.rows is None:
+            self.rows = {k: v[: self.cfg.grid_rows] for k, v in b.items()}
+
+    def after_step(self, step: int) -> None:
+        if self.run.due(step, self.cfg.grid_every):
+            with self.run.autocast():
+                self.last = write_grid(self.run.out, step, prediction_grid(self.model, self.rows, self.cfg.seed), self.run.writer)
+
+    def report(self) -> dict[str, Any]:
+        return {"grid": str(self.last) if self.last else None}
+
+
 def train(model_cfg: GFDMConfig, train_cfg: GFDMTrainConfig, batches: Batches, extra: dict | None = None) -> dict[str, Any]:
     """Train (or resume training) a GFDM; returns ``loop.fit``'s summary plus ``grid`` (the last
     grid's path). ``extra`` (JSON-serialisable: the data facts, text model) is saved in every
     checkpoint."""
     run = start(train_cfg)
     model = GFDM(model_cfg)
-    grid_batch: dict[str, torch.Tensor] | None = None  # the first batch's first grid_rows items
-    last_grid: Path | None = None
+    grids = Grids(run, model, train_cfg)
 
     def forward(batch: dict, _step: int) -> dict[str, Any]:
-        nonlocal grid_batch
         b = run.to_device(batch, ("obs", "future", "text_emb", "has_text"))
-        if grid_batch is None:
-            grid_batch = {k: v[: train_cfg.grid_rows] for k, v in b.items()}
+        grids.batch(b)
         return model(b["obs"], b["future"], b.get("text_emb"), b.get("has_text"))
-
-    def after_step(step: int) -> None:
-        nonlocal last_grid
-        if run.due(step, train_cfg.grid_every):
-            with run.autocast():
-                last_grid = write_grid(run.out, step, prediction_grid(model, grid_batch, train_cfg.seed), run.writer)
 
     return fit(
         run,
@@ -92,7 +106,7 @@ def train(model_cfg: GFDMConfig, train_cfg: GFDMTrainConfig, batches: Batches, e
         forward,
         desc="gfdm",
         extra=extra,
-        after_step=after_step,
+        after_step=grids.after_step,
         postfix={"mse": "mse"},
-        report=lambda: {"grid": str(last_grid) if last_grid else None},
+        report=grids.report,
     )
