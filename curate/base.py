@@ -144,10 +144,14 @@ class Operator:
 class Scorer(Operator):
     """Scores a clip's frames; rejects when a threshold is set and crossed.
 
-    Subclasses implement ``score(frames) -> dict[str, float]`` and ``reject_reason(scores)``.
+    Subclasses implement ``score(frames) -> dict[str, float]`` and ``reject_reason(scores)``,
+    and declare in ``columns`` the scores that have a column of their own in ``clips``
+    (``schemas.tables.SCORE_COLUMNS``); any other score lands in ``extra_scores``.
     Every numeric parameter (thresholds ``min_*``/``max_*`` included) must be a finite number
     >= 0 or None: a NaN threshold would compare false and silently filter nothing.
     """
+
+    columns: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         import math

@@ -125,6 +125,7 @@ class ClipScorer(Scorer):
     """
 
     name: ClassVar[str] = "clip"
+    columns: ClassVar[tuple[str, ...]] = ("clip_score_max",)
     version: ClassVar[str] = "1"
 
     model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name (or a tiny test config name)"})

@@ -1,9 +1,9 @@
 """Frame-based scorers: duration, resolution, motion, camera motion, blur, black/flat frames.
 
 Each scorer is a ``Scorer`` dataclass: its thresholds default to None (score only); set one and
-``reject_reason`` names the failed check. Scores are named as the ``ClipRecord`` columns
-(``motion_mean``, ``motion_p90``, ``frame_diff``, ``camera_motion``, ``local_motion``, ``blur``,
-``black_frac``); others (``duration_s``, ``short_side``) land in ``ClipRecord.extra_scores``.
+``reject_reason`` names the failed check. Each declares in ``columns`` the scores with a
+``clips`` column of their own (``schemas.tables.SCORE_COLUMNS``); others (``duration_s``,
+``short_side``) land in ``ClipRecord.extra_scores``.
 
 Bounded cost. Frame-based scorers work on grayscale frames resized so the short side is at most
 ``analysis_short_side`` pixels (default 128; never upscaled), and on at most ``max_pairs`` pairs of
@@ -191,6 +191,7 @@ class Motion(Scorer):
     """
 
     name: ClassVar[str] = "motion"
+    columns: ClassVar[tuple[str, ...]] = ("motion_mean", "motion_p90", "frame_diff")
     version: ClassVar[str] = "1"
 
     min_motion_mean: float | None = field(
@@ -273,6 +274,7 @@ class CameraMotion(Scorer):
     """
 
     name: ClassVar[str] = "camera_motion"
+    columns: ClassVar[tuple[str, ...]] = ("camera_motion", "local_motion")
     version: ClassVar[str] = "1"
 
     max_camera_motion: float | None = field(
@@ -339,6 +341,7 @@ class Blur(Scorer):
     """
 
     name: ClassVar[str] = "blur"
+    columns: ClassVar[tuple[str, ...]] = ("blur",)
     version: ClassVar[str] = "1"
 
     min_blur: float | None = field(
@@ -370,6 +373,7 @@ class BlackFrames(Scorer):
     """
 
     name: ClassVar[str] = "black_frames"
+    columns: ClassVar[tuple[str, ...]] = ("black_frac",)
     version: ClassVar[str] = "1"
 
     max_black_frac: float | None = field(

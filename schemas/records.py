@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .tables import CLIPS, SOURCES, table_from_rows
+from .tables import CLIPS, SCORE_COLUMNS, SOURCES, table_from_rows
 
 
 class Span:
@@ -117,7 +117,7 @@ class ClipRecord(Span):
     def set_scores(self, scores: dict[str, float]) -> None:
         """Store scores: known names go to their column, others to ``extra_scores``."""
         for name, value in scores.items():
-            if name in _SCORE_COLUMNS:
+            if name in SCORE_COLUMNS:
                 setattr(self, name, None if value is None else float(value))
             else:
                 self.extra_scores[name] = float(value)
@@ -131,18 +131,6 @@ class ClipRecord(Span):
         row["clip_scores"] = list(self.clip_scores.items()) if self.clip_scores else None
         row["extra_scores"] = list(self.extra_scores.items()) if self.extra_scores else None
         return row
-
-
-_SCORE_COLUMNS = {
-    "motion_mean",
-    "motion_p90",
-    "frame_diff",
-    "camera_motion",
-    "local_motion",
-    "blur",
-    "black_frac",
-    "clip_score_max",
-}
 
 
 def sources_table(records: list[SourceRecord]):

@@ -59,6 +59,22 @@ SOURCES = _schema(
     ],
 )
 
+# The scores with a float32 column of their own in ``clips`` (null when the scorer did not run),
+# in schema order, each with what it measures (the report's axis label). A scorer declares the
+# columns it fills (``curate.base.Scorer.columns``); any other score it returns goes to
+# ``extra_scores``. Adding a column here adds it to the schema, the record and the report.
+FRAME_SCORE_COLUMNS: dict[str, str] = {
+    "motion_mean": "optical flow, px/frame",  # at the analysis resolution
+    "motion_p90": "optical flow, 90th percentile, px/frame",
+    "frame_diff": "mean |frame difference|, 0..255",
+    "camera_motion": "camera motion, px/frame",  # the global motion estimate
+    "local_motion": "local motion, px/frame",  # motion left after removing the global estimate
+    "blur": "variance of Laplacian (sharper: higher)",
+    "black_frac": "fraction of black frames",  # black or flat
+}
+CLIP_SCORE_COLUMNS: dict[str, str] = {"clip_score_max": "best CLIP prompt cosine"}
+SCORE_COLUMNS: dict[str, str] = {**FRAME_SCORE_COLUMNS, **CLIP_SCORE_COLUMNS}
+
 # One row per candidate clip, kept or rejected, with every score and the reason.
 CLIPS = _schema(
     "clips",
@@ -81,15 +97,9 @@ CLIPS = _schema(
         # scores (null when the operator did not run); every score is kept for rejected clips too
         pa.field("width", _i32),  # source resolution
         pa.field("height", _i32),
-        pa.field("motion_mean", _f32),  # mean optical-flow magnitude, pixels/frame at analysis res
-        pa.field("motion_p90", _f32),
-        pa.field("frame_diff", _f32),  # mean abs frame difference, 0..255
-        pa.field("camera_motion", _f32),  # global (camera) motion magnitude, pixels/frame
-        pa.field("local_motion", _f32),  # motion left after removing the global estimate
-        pa.field("blur", _f32),  # variance of Laplacian (higher = sharper)
-        pa.field("black_frac", _f32),  # fraction of black/flat frames
+        *(pa.field(name, _f32) for name in FRAME_SCORE_COLUMNS),
         pa.field("clip_scores", pa.map_(_str, _f32)),  # prompt -> cosine similarity
-        pa.field("clip_score_max", _f32),
+        *(pa.field(name, _f32) for name in CLIP_SCORE_COLUMNS),
         pa.field("clip_embedding", pa.list_(_f32)),
         pa.field("phash", _str),  # perceptual hash of the middle keyframe, hex
         pa.field("dup_group", _str),  # key of the clip this one duplicates (itself if kept)

@@ -18,16 +18,10 @@ from typing import Any
 
 from defi.pipelines.views import svg
 from defi.pipelines.views.svg import esc
+from defi.schemas.tables import FRAME_SCORE_COLUMNS
 
-SCORES = [
-    ("motion_mean", "optical flow, px/frame"),
-    ("frame_diff", "mean |frame difference|, 0..255"),
-    ("camera_motion", "camera motion, px/frame"),
-    ("local_motion", "local motion, px/frame"),
-    ("blur", "variance of Laplacian (sharper: higher)"),
-    ("black_frac", "fraction of black frames"),
-    ("duration_s", "clip duration, s"),
-]
+# the frame scores' distributions (motion_p90 beside motion_mean would repeat it), and duration
+SCORES = [(c, label) for c, label in FRAME_SCORE_COLUMNS.items() if c != "motion_p90"] + [("duration_s", "clip duration, s")]
 
 PROBE_ROWS = [
     ("latent", "GIDM latent (z)"),
