@@ -109,16 +109,78 @@ def write_report(ctx, path: Path, steps: list[tuple[str, str, float | None]], va
     """Write the demo report for the finished steps in ``ctx.results``; returns what it holds.
     ``steps``: the demo's (name, what it does, seconds or None when not finished) in order;
     ``variants``: the (name, label) of each policy trained and evaluated."""
-    from defi.pipelines.views.browse import clip_cards_html, render_page
+    from defi.pipelines.views.browse import render_page
     from defi.schemas.corpus import Corpus
 
     corpus = Corpus.open(ctx.root)
-    summary = corpus.summary()
     res = ctx.results
-    sections: list[str] = []
     shown: dict[str, Any] = {}
+    fates = hours_breakdown(corpus)
+    shown["hours"] = fates
+    sections = [steps_section(corpus.summary(), steps), hours_section(corpus, fates), scores_section(corpus)]
+    bottleneck = (res.get("train_gidm") or {}).get("bottleneck") or getattr(ctx.cfg, "gidm_bottleneck", "")
+    sections.append(gidm_training_section(ctx, res, bottleneck))
+    part, usage = latents_section(corpus, res)
+    sections.append(part)
+    if usage is not None:
+        shown["code_usage"] = usage
+    part, probe = probe_section(ctx, res, bottleneck)
+    sections.append(part)
+    if probe is not None:
+        shown["probe"] = probe
+    part = gfdm_section(res)
+    if part:
+        sections.append(part[0])
+        shown["gfdm"] = part[1]
+    sections.append(policy_section(res, variants))
+    part = eval_section(res, variants)
+    if part:
+        sections.append(part[0])
+        shown["eval"] = part[1]
+    part, shown["queries"] = queries_section(corpus, res)
+    sections.append(part)
+    sections = [x for x in sections if x]
+    page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + _intro(ctx) + NAV + "".join(sections))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.rename(path)
+    shown["bytes"] = path.stat().st_size
+    shown["sections"] = len(sections)
+    return shown
 
-    # -- what ran --------------------------------------------------------------------------------
+
+NAV = (
+    "<nav>"
+    + " · ".join(
+        f"<a href='#{a}'>{t}</a>"
+        for a, t in (
+            ("steps", "steps"),
+            ("hours", "hours"),
+            ("scores", "scores"),
+            ("train", "training"),
+            ("latents", "latent actions"),
+            ("probe", "probe"),
+            ("gfdm", "GFDM"),
+            ("policy", "policy"),
+            ("eval", "evaluation"),
+            ("queries", "queries"),
+        )
+    )
+    + "</nav>"
+)
+
+
+def _intro(ctx) -> str:
+    return (
+        "<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
+        "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
+        "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
+        "policy trained from scratch. Corpus: <code>" + esc(ctx.root) + "</code>.</p>"
+    )
+
+
+def steps_section(summary: dict[str, Any], steps: list[tuple[str, str, float | None]]) -> str:
+    """What ran: the corpus in numbers and each step's time."""
     rows = [{"step": name, "what": does, "seconds": "this page" if secs is None else round(secs, 1)} for name, does, secs in steps]
     facts = (
         f"<p>{summary['videos']} input videos ({summary['videos_ok']} readable, "
@@ -128,20 +190,22 @@ def write_report(ctx, path: Path, steps: list[tuple[str, str, float | None]], va
         + (", ".join(f"{esc(k)} ({v} clips)" for k, v in summary["labels"].items()) or "none")
         + "</p>"
     )
-    sections.append(_section("What ran", facts + table_html(["step", "what", "seconds"], rows), "steps"))
+    return _section("What ran", facts + table_html(["step", "what", "seconds"], rows), "steps")
 
-    # -- where the input hours went ------------------------------------------------------------------
-    fates = hours_breakdown(corpus)
+
+def hours_section(corpus, fates: list[tuple[str, float]]) -> str:
+    """Where the input hours went (``fates`` from ``hours_breakdown``) and the unreadable files."""
     colors = ["#2e7d32" if f == "kept" else "#9e9e9e" if f == "not in any clip" else "#c62828" for f, _ in fates]
     errs = corpus.query(
         "SELECT regexp_extract(uri, '[^/]+$') AS file, error, size_bytes FROM sources WHERE error IS NOT NULL ORDER BY file"
     )
     body = svg.bars([(f, s) for f, s in fates], title="seconds of readable input video, by fate", unit="s", width=560, colors=colors)
     body += "<h3>Files that could not be read (kept as rows with their reason)</h3>" + table_html(errs.column_names, errs.to_pylist())
-    sections.append(_section("Where the input hours went", body, "hours"))
-    shown["hours"] = fates
+    return _section("Where the input hours went", body, "hours")
 
-    # -- score distributions ------------------------------------------------------------------------
+
+def scores_section(corpus) -> str:
+    """Each score's distribution, kept vs. rejected, and the rejections by reason."""
     cols = ", ".join(c for c, _ in SCORES)
     clips = corpus.query(f"SELECT kept, {cols} FROM clips").to_pylist()
     plots = []
@@ -157,145 +221,109 @@ def write_report(ctx, path: Path, steps: list[tuple[str, str, float | None]], va
         + "<h3>Rejected clips by reason</h3>"
         + table_html(reasons.column_names, reasons.to_pylist())
     )
-    sections.append(_section("Score distributions, kept vs. rejected", body, "scores"))
+    return _section("Score distributions, kept vs. rejected", body, "scores")
 
-    # -- GIDM training ---------------------------------------------------------------------------------
+
+def gidm_training_section(ctx, res: dict[str, Any], bottleneck: str) -> str | None:
+    """The GIDM's loss curve (None before it trained)."""
     train = res.get("train_gidm") or {}
-    bottleneck = train.get("bottleneck") or getattr(ctx.cfg, "gidm_bottleneck", "")
-    if train.get("loss"):
-        losses = [float(v) for _, v in train["loss"]]
-        body = (
-            f"<p>GIDM ({esc(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {esc(bottleneck)} latent) "
-            f"trained {train.get('steps')} steps on <code>{esc(train.get('select'))}</code> "
-            f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
-        )
-        if all(v > 0 for v in losses):
-            body += svg.line([math.log10(v) for v in losses], title="training loss", ylabel="log10 loss", width=560, height=140)
-        sections.append(_section("GIDM training", body, "train"))
+    if not train.get("loss"):
+        return None
+    losses = [float(v) for _, v in train["loss"]]
+    body = (
+        f"<p>GIDM ({esc(getattr(ctx.cfg, 'gidm_model', 'tiny'))} preset, {esc(bottleneck)} latent) "
+        f"trained {train.get('steps')} steps on <code>{esc(train.get('select'))}</code> "
+        f"(action-free clips only): loss {losses[0]:.4f} &rarr; {losses[-1]:.4f}.</p>"
+    )
+    if all(v > 0 for v in losses):
+        body += svg.line([math.log10(v) for v in losses], title="training loss", ylabel="log10 loss", width=560, height=140)
+    return _section("GIDM training", body, "train")
 
-    # -- latent actions ----------------------------------------------------------------------------------
+
+def latents_section(corpus, res: dict[str, Any]) -> tuple[str | None, list[int] | None]:
+    """The labels' code usage and the 2-D projection of the probe's latents; (section, code usage)."""
     label = res.get("label") or {}
-    if label.get("labeler"):
-        from defi.schemas.corpus import label_view_name
+    if not label.get("labeler"):
+        return None, None
+    from defi.schemas.corpus import label_view_name
 
-        view = label_view_name(label["labeler"])
-        hists = corpus.query(f"SELECT code_hist FROM {view} WHERE code_hist IS NOT NULL").column("code_hist").to_pylist()
-        body = f"<p>Labels in <code>labels/{esc(label['labeler'])}</code> (view <code>{esc(view)}</code>).</p>"
-        if hists:
-            n = max(len(h) for h in hists)
-            usage = [sum(h[i] for h in hists if i < len(h)) for i in range(n)]
-            total = sum(usage) or 1
-            ent = -sum(u / total * math.log(u / total) for u in usage if u)
-            body += f"<p>{sum(1 for u in usage if u)} of {n} codes used over {total} steps; perplexity {math.exp(ent):.2f}.</p>" + svg.bars(
-                [(f"code {i}", float(u)) for i, u in enumerate(usage)],
-                title="steps per latent-action code",
-                unit="steps",
-                width=560,
-                colors=[svg.palette(i) for i in range(n)],
-            )
-            shown["code_usage"] = usage
-        probe = res.get("probe") or {}
-        proj = probe.get("projection")
-        if proj:
-            x, y, note = _spread(proj["x"], proj["y"])
-            body += (
-                "<h3>Latent actions of robot transitions, 2-D (PCA of z), coloured by the direction of the true "
-                "hand motion in the x-y plane</h3>"
-                + (f"<p class=note>{note}</p>" if note else "")
-                + svg.scatter(x, y, hue=proj["angle"], title="GIDM latent, PCA 1-2", xlabel="PC 1", ylabel="PC 2", width=560, height=420)
-            )
-        sections.append(_section("Latent actions", body, "latents"))
-
-    # -- probe -------------------------------------------------------------------------------------------
-    probe = res.get("probe") or {}
-    if probe.get("r2"):
-        r2 = probe["r2"]
-        rows = [
-            {"features": label_, "R² hand displacement": r2["disp"].get(name), "R² commanded action": r2["cmd"].get(name)}
-            for name, label_ in PROBE_ROWS
-            if name in r2["disp"] or name in r2["cmd"]
-        ]
-        lat, obs, diff = r2["disp"]["latent"], r2["disp"]["pca_obs"], r2["disp"]["pca_diff"]
-        verdict = "above" if lat > max(obs, diff) + 0.05 else "not clearly above"
-        body = (
-            f"<p>Ridge probes fitted on half of the episodes of the held-out tasks with actions "
-            f"({esc(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
-            f"(o_t, o_t+k) of {probe['episodes']} episodes. The latent ({probe['latent_dims']} dims) is "
-            f"<b>{verdict}</b> the observation-only controls of the same size here "
-            f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
-            f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
-            + ("" if verdict == "above" else _short_of_controls(getattr(ctx.cfg, "gidm_model", ""), bottleneck))
-            + _per_axis(probe.get("r2_disp_xyz"))
-            + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
+    view = label_view_name(label["labeler"])
+    hists = corpus.query(f"SELECT code_hist FROM {view} WHERE code_hist IS NOT NULL").column("code_hist").to_pylist()
+    body = f"<p>Labels in <code>labels/{esc(label['labeler'])}</code> (view <code>{esc(view)}</code>).</p>"
+    usage = None
+    if hists:
+        n = max(len(h) for h in hists)
+        usage = [sum(h[i] for h in hists if i < len(h)) for i in range(n)]
+        total = sum(usage) or 1
+        ent = -sum(u / total * math.log(u / total) for u in usage if u)
+        body += f"<p>{sum(1 for u in usage if u)} of {n} codes used over {total} steps; perplexity {math.exp(ent):.2f}.</p>" + svg.bars(
+            [(f"code {i}", float(u)) for i, u in enumerate(usage)],
+            title="steps per latent-action code",
+            unit="steps",
+            width=560,
+            colors=[svg.palette(i) for i in range(n)],
         )
-        if "perplexity" in probe:
-            body += (
-                f"<p>Codes on these pairs: usage {probe['code_usage']:.2f}, perplexity {probe['perplexity']:.2f}, "
-                f"NMI(codes; binned displacement) {probe['nmi_codes_vs_binned_disp']:.3f}.</p>"
-            )
-        sections.append(_section("Probe: does the latent carry the robot's action?", body, "probe"))
-        shown["probe"] = {k: r2["disp"][k] for k in ("latent", "pca_obs", "pca_diff")}
-    elif probe.get("skipped"):
-        sections.append(_section("Probe", f"<p>not run: {esc(probe['skipped'])}</p>", "probe"))
+    proj = (res.get("probe") or {}).get("projection")
+    if proj:
+        x, y, note = _spread(proj["x"], proj["y"])
+        body += (
+            "<h3>Latent actions of robot transitions, 2-D (PCA of z), coloured by the direction of the true "
+            "hand motion in the x-y plane</h3>"
+            + (f"<p class=note>{note}</p>" if note else "")
+            + svg.scatter(x, y, hue=proj["angle"], title="GIDM latent, PCA 1-2", xlabel="PC 1", ylabel="PC 2", width=560, height=420)
+        )
+    return _section("Latent actions", body, "latents"), usage
 
-    # -- GFDM, policy, evaluation ---------------------------------------------------------------------------
-    part = gfdm_section(res)
-    if part:
-        sections.append(part[0])
-        shown["gfdm"] = part[1]
-    part = policy_section(res, variants)
-    if part:
-        sections.append(part)
-    part = eval_section(res, variants)
-    if part:
-        sections.append(part[0])
-        shown["eval"] = part[1]
 
-    # -- query galleries -----------------------------------------------------------------------------------
+def probe_section(ctx, res: dict[str, Any], bottleneck: str) -> tuple[str | None, dict[str, float] | None]:
+    """The probe's R² beside its controls; (section, the displacement R² shown)."""
+    probe = res.get("probe") or {}
+    if not probe.get("r2"):
+        if probe.get("skipped"):
+            return _section("Probe", f"<p>not run: {esc(probe['skipped'])}</p>", "probe"), None
+        return None, None
+    r2 = probe["r2"]
+    rows = [
+        {"features": label_, "R² hand displacement": r2["disp"].get(name), "R² commanded action": r2["cmd"].get(name)}
+        for name, label_ in PROBE_ROWS
+        if name in r2["disp"] or name in r2["cmd"]
+    ]
+    lat, obs, diff = r2["disp"]["latent"], r2["disp"]["pca_obs"], r2["disp"]["pca_diff"]
+    verdict = "above" if lat > max(obs, diff) + 0.05 else "not clearly above"
+    body = (
+        f"<p>Ridge probes fitted on half of the episodes of the held-out tasks with actions "
+        f"({esc(', '.join(probe.get('tasks', [])))}) and scored on the other half: {probe['pairs']} pairs "
+        f"(o_t, o_t+k) of {probe['episodes']} episodes. The latent ({probe['latent_dims']} dims) is "
+        f"<b>{verdict}</b> the observation-only controls of the same size here "
+        f"(R² {lat:.2f} vs. {obs:.2f} for o_t alone and {diff:.2f} for the frame difference). "
+        f"ΔPSNR of the decoder with the pair's own latent vs. another pair's: {probe['delta_psnr']:+.2f} dB.</p>"
+        + ("" if verdict == "above" else _short_of_controls(getattr(ctx.cfg, "gidm_model", ""), bottleneck))
+        + _per_axis(probe.get("r2_disp_xyz"))
+        + table_html(["features", "R² hand displacement", "R² commanded action"], rows)
+    )
+    if "perplexity" in probe:
+        body += (
+            f"<p>Codes on these pairs: usage {probe['code_usage']:.2f}, perplexity {probe['perplexity']:.2f}, "
+            f"NMI(codes; binned displacement) {probe['nmi_codes_vs_binned_disp']:.3f}.</p>"
+        )
+    section = _section("Probe: does the latent carry the robot's action?", body, "probe")
+    return section, {k: r2["disp"][k] for k in ("latent", "pca_obs", "pca_diff")}
+
+
+def queries_section(corpus, res: dict[str, Any]) -> tuple[str | None, int]:
+    """Each demo query with its result table and clip gallery; (section, number of queries)."""
+    from defi.pipelines.views.browse import clip_cards_html
+
     queries = (res.get("queries") or {}).get("queries") or []
+    labeler = (res.get("label") or {}).get("labeler")
     parts = []
     for q in queries:
         keys = [r["key"] for r in q["rows"] if "key" in r]
-        gallery = clip_cards_html(corpus, keys, labeler=label.get("labeler")) if keys else ""
+        gallery = clip_cards_html(corpus, keys, labeler=labeler) if keys else ""
         parts.append(
             f'<h3>{esc(q["title"])}</h3><pre class=sql>$ defi query "{esc(q["sql"])}"</pre>' + table_html(q["columns"], q["rows"]) + gallery
         )
-    if parts:
-        sections.append(_section("Latent-action queries", "".join(parts), "queries"))
-    shown["queries"] = len(queries)
-
-    nav = (
-        "<nav>"
-        + " · ".join(
-            f"<a href='#{a}'>{t}</a>"
-            for a, t in (
-                ("steps", "steps"),
-                ("hours", "hours"),
-                ("scores", "scores"),
-                ("train", "training"),
-                ("latents", "latent actions"),
-                ("probe", "probe"),
-                ("gfdm", "GFDM"),
-                ("policy", "policy"),
-                ("eval", "evaluation"),
-                ("queries", "queries"),
-            )
-        )
-        + "</nav>"
-    )
-    intro = (
-        "<p>Everything on this page was generated on this machine by <code>defi demo</code>: synthetic web-style "
-        "videos and Meta-World robot episodes, curated, labeled with latent actions by a GIDM trained on the "
-        "action-free clips, and queried; a GFDM and the DeFI policy trained on top, and evaluated beside a "
-        "policy trained from scratch. Corpus: <code>" + esc(ctx.root) + "</code>.</p>"
-    )
-    page = render_page("defi demo report", f"<style>{REPORT_CSS}</style><h1>defi demo report</h1>" + intro + nav + "".join(sections))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.rename(path)
-    shown["bytes"] = path.stat().st_size
-    shown["sections"] = len(sections)
-    return shown
+    return (_section("Latent-action queries", "".join(parts), "queries") if parts else None), len(queries)
 
 
 # ---------------------------------------------------------------------------------------------
