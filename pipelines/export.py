@@ -98,8 +98,7 @@ def export_lerobot(
     from defi.schemas.corpus import Corpus
     from defi.schemas.selection import resolve_selection
     from defi.schemas.shards import ShardReader
-    from defi.training.data import DecodeError, decode_frames
-    from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
+    from defi.curate.lerobot import LeRobotV3Writer
 
     t0 = time.time()
     out_path = Path(out)
@@ -115,24 +114,7 @@ def export_lerobot(
     skipped["no actions"] = len(keys) - len(with_actions)
     if not with_actions:
         raise ValueError(f"none of the {len(keys)} selected clips has actions; nothing to export")
-    # The dataset's one fps and frame size: the most common among exportable clips (ties: the
-    # smallest, so the choice does not depend on selection order).
-    shapes = Counter((_int_fps(facts[k]["out_fps"]), facts[k]["out_height"], facts[k]["out_width"]) for k in with_actions)
-    valid = {s: n for s, n in shapes.items() if s[0] is not None}
-    if not valid:
-        raise ValueError(f"no selected clip has an integer fps (got {sorted({facts[k]['out_fps'] for k in with_actions})})")
-    fps, height, width = min(valid, key=lambda s: (-valid[s], s))
-    todo = set()
-    for k in with_actions:
-        f = facts[k]
-        if _int_fps(f["out_fps"]) is None:
-            skipped[f"fps {f['out_fps']} is not an integer"] += 1
-        elif _int_fps(f["out_fps"]) != fps:
-            skipped[f"fps {f['out_fps']:g} differs from the dataset's {fps}"] += 1
-        elif (f["out_height"], f["out_width"]) != (height, width):
-            skipped[f"size {f['out_width']}x{f['out_height']} differs from the dataset's {width}x{height}"] += 1
-        else:
-            todo.add(k)
+    fps, height, width, todo = _dataset_shape(facts, with_actions, skipped)
     if camera is None:
         cams = {facts[k]["camera"] for k in todo}
         camera = cams.pop() if len(cams) == 1 and None not in cams else DEFAULT_CAMERA
@@ -150,18 +132,7 @@ def export_lerobot(
             bar.update(1)
             seen.add(sample.key)
             sample, row_fps = _at_row_rate(sample)
-            reason = _check_sample(sample, dims)
-            if reason is None:
-                try:
-                    frames = decode_frames(sample.mp4)
-                except DecodeError as e:
-                    reason = f"undecodable mp4 ({str(e)[:60]})"
-            if reason is None and row_fps is not None:
-                frames, reason = _hold_frames(frames, sample, row_fps, fps if writer is not None else None)
-            if reason is None and len(frames) != len(sample.actions):
-                reason = "frame count differs from action rows"
-            if reason is None and frames.shape[1:3] != (height, width):
-                reason = "decoded size differs from the index"
+            frames, reason = _episode_frames(sample, row_fps, dims, (height, width), fps if writer is not None else None)
             if reason is not None:
                 skipped[reason] += 1
                 continue
@@ -172,25 +143,7 @@ def export_lerobot(
                     features["observation.state"] = {"dtype": "float32", "shape": [dims["observation.state"]], "names": None}
                 fps = row_fps or fps  # robot clips export at their rows' rate, every row kept
                 writer = LeRobotV3Writer(tmp, fps, features, {camera: (height, width)}, robot_type=robot_type, crf=crf)
-            columns = {"action": sample.actions}
-            if dims["observation.state"] is not None:
-                columns["observation.state"] = sample.proprio
-            m = sample.meta
-            writer.add_episode(
-                EpisodeBuffer(
-                    frames={camera: frames},
-                    columns=columns,
-                    task=sample.lang or "",
-                    # provenance: where each episode came from in the corpus (LeRobot ignores extra columns)
-                    extra={
-                        "defi_key": sample.key,
-                        "defi_source_id": m.source_id,
-                        "defi_uri": m.uri,
-                        "defi_start_s": float(m.start_s),
-                        "defi_end_s": float(m.end_s),
-                    },
-                )
-            )
+            writer.add_episode(_episode(sample, frames, camera, with_state=dims["observation.state"] is not None))
         bar.close()
         missing = len(todo - seen)
         if missing:
@@ -220,6 +173,75 @@ def export_lerobot(
         "skipped": {k: v for k, v in skipped.items() if v},
         "seconds": time.time() - t0,
     }
+
+
+def _dataset_shape(facts: dict[str, dict], keys: list[str], skipped: Counter) -> tuple[int, int, int, set[str]]:
+    """The dataset's one fps and frame size, the most common among ``keys`` (ties: the smallest,
+    so the choice does not depend on selection order), and the keys that have them; the others
+    are counted in ``skipped`` by reason."""
+    shapes = Counter((_int_fps(facts[k]["out_fps"]), facts[k]["out_height"], facts[k]["out_width"]) for k in keys)
+    valid = {s: n for s, n in shapes.items() if s[0] is not None}
+    if not valid:
+        raise ValueError(f"no selected clip has an integer fps (got {sorted({facts[k]['out_fps'] for k in keys})})")
+    fps, height, width = min(valid, key=lambda s: (-valid[s], s))
+    todo = set()
+    for k in keys:
+        f = facts[k]
+        if _int_fps(f["out_fps"]) is None:
+            skipped[f"fps {f['out_fps']} is not an integer"] += 1
+        elif _int_fps(f["out_fps"]) != fps:
+            skipped[f"fps {f['out_fps']:g} differs from the dataset's {fps}"] += 1
+        elif (f["out_height"], f["out_width"]) != (height, width):
+            skipped[f"size {f['out_width']}x{f['out_height']} differs from the dataset's {width}x{height}"] += 1
+        else:
+            todo.add(k)
+    return fps, height, width, todo
+
+
+def _episode_frames(sample, row_fps: int | None, dims: dict, size: tuple[int, int], fps: int | None):
+    """(frames, None) of a sample ready to write, or (None, the reason it is skipped). ``fps``: the
+    dataset's rate once the first episode fixed it (None before)."""
+    from defi.training.data import DecodeError, decode_frames
+
+    reason = _check_sample(sample, dims)
+    if reason is not None:
+        return None, reason
+    try:
+        frames = decode_frames(sample.mp4)
+    except DecodeError as e:
+        return None, f"undecodable mp4 ({str(e)[:60]})"
+    if row_fps is not None:
+        frames, reason = _hold_frames(frames, sample, row_fps, fps)
+        if reason is not None:
+            return None, reason
+    if len(frames) != len(sample.actions):
+        return None, "frame count differs from action rows"
+    if frames.shape[1:3] != size:
+        return None, "decoded size differs from the index"
+    return frames, None
+
+
+def _episode(sample, frames, camera: str, with_state: bool):
+    """The ``EpisodeBuffer`` of one exported clip, with its provenance in the corpus (extra
+    columns, which LeRobot ignores)."""
+    from defi.curate.lerobot import EpisodeBuffer
+
+    columns = {"action": sample.actions}
+    if with_state:
+        columns["observation.state"] = sample.proprio
+    m = sample.meta
+    return EpisodeBuffer(
+        frames={camera: frames},
+        columns=columns,
+        task=sample.lang or "",
+        extra={
+            "defi_key": sample.key,
+            "defi_source_id": m.source_id,
+            "defi_uri": m.uri,
+            "defi_start_s": float(m.start_s),
+            "defi_end_s": float(m.end_s),
+        },
+    )
 
 
 def _at_row_rate(sample):
