@@ -394,7 +394,7 @@ def generate(
     """
     from tqdm import tqdm
 
-    from defi.curate.lerobot import EpisodeBuffer, LeRobotV3Writer
+    from defi.curate.lerobot import LeRobotV3Writer
 
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
@@ -421,14 +421,7 @@ def generate(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
 
-    features: dict[str, dict[str, Any]] = {}
-    if not action_free:
-        features["action"] = {"dtype": "float32", "shape": [4], "names": ACTION_NAMES}
-        features["observation.state"] = {"dtype": "float32", "shape": [4], "names": PROPRIO_NAMES}
-        features["observation.environment_state"] = {"dtype": "float32", "shape": [39], "names": None}
-        features["next.reward"] = {"dtype": "float32", "shape": [1], "names": None}
-    features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
-    writer = LeRobotV3Writer(out, fps, features, {camera: (size, size)}, robot_type="sawyer", crf=crf)
+    writer = LeRobotV3Writer(out, fps, _features(action_free), {camera: (size, size)}, robot_type="sawyer", crf=crf)
 
     jobs = [(cfg, t, e) for t in cfg.tasks for e in range(episodes_per_task)]
     t0 = time.perf_counter()
@@ -446,24 +439,7 @@ def generate(
                 continue
             s["kept"] += 1
             s["frames"] += len(r.frames)
-            cols = {"next.success": r.success}
-            if not action_free:
-                cols.update(
-                    {"action": r.actions, "observation.state": r.proprio, "observation.environment_state": r.state, "next.reward": r.reward}
-                )
-            writer.add_episode(
-                EpisodeBuffer(
-                    frames={camera: r.frames},
-                    columns=cols,
-                    task=instruction_for(r.task),
-                    extra={
-                        "success": bool(r.success.any()),
-                        "env_task": r.task,
-                        "task_episode": r.episode,
-                        "first_success_step": r.extra["first_success_step"],
-                    },
-                )
-            )
+            writer.add_episode(_episode_buffer(r, camera, action_free))
 
     if workers <= 1:
         consume(map(_rollout_job, jobs))
@@ -494,3 +470,37 @@ def generate(
         "sim_seconds": sim_seconds,
         "workers": workers,
     }
+
+
+def _features(action_free: bool) -> dict[str, dict[str, Any]]:
+    """The dataset's columns: every robot signal, or only success for action-free video."""
+    features: dict[str, dict[str, Any]] = {}
+    if not action_free:
+        features["action"] = {"dtype": "float32", "shape": [4], "names": ACTION_NAMES}
+        features["observation.state"] = {"dtype": "float32", "shape": [4], "names": PROPRIO_NAMES}
+        features["observation.environment_state"] = {"dtype": "float32", "shape": [39], "names": None}
+        features["next.reward"] = {"dtype": "float32", "shape": [1], "names": None}
+    features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
+    return features
+
+
+def _episode_buffer(r, camera: str, action_free: bool):
+    """The ``EpisodeBuffer`` of one rollout, with its task, episode index and success as extras."""
+    from defi.curate.lerobot import EpisodeBuffer
+
+    cols = {"next.success": r.success}
+    if not action_free:
+        cols.update(
+            {"action": r.actions, "observation.state": r.proprio, "observation.environment_state": r.state, "next.reward": r.reward}
+        )
+    return EpisodeBuffer(
+        frames={camera: r.frames},
+        columns=cols,
+        task=instruction_for(r.task),
+        extra={
+            "success": bool(r.success.any()),
+            "env_task": r.task,
+            "task_episode": r.episode,
+            "first_success_step": r.extra["first_success_step"],
+        },
+    )
