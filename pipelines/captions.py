@@ -23,7 +23,6 @@ A model path that does not exist or is not a captioner is refused before anythin
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,11 +32,12 @@ from collections.abc import Iterator
 from defi.schemas.corpus import CAPTIONS_POINTER, Corpus
 from defi.schemas.tables import CAPTIONS
 
-from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, run_command
+from .config import add_flags, to_dict
 from .label import DEFAULT_SELECT, UnitCommitter, plan_units, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
 
 
@@ -265,7 +265,7 @@ def add_captions_parser(sub) -> argparse.ArgumentParser:
         "model, config hash, error) go to labels/caption-<config hash>/, read as the view captions and by "
         "`defi train gfdm --data.language caption|auto`. Re-running skips clips already captioned; a killed run resumes.",
     )
-    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    p.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -274,6 +274,7 @@ def add_captions_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
     p.add_argument("--config", help="YAML/TOML/JSON file with CaptionConfig fields (flags override it)")
+    add_dry_run_flag(p)
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--limit", type=int, help="caption at most this many pending clips")
@@ -283,18 +284,21 @@ def add_captions_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_label_captions(args) -> int:
-    from defi.labelers.captions import CaptionModelError
-    from defi.schemas.selection import SelectionError
-
-    from .cli import UsageError
-
-    try:
-        data = merge(load_file(args.config) if args.config else {}, flag_overrides(args))
-        cfg = from_dict(CaptionConfig, merge(data, runner_shortcuts(args)))
-        rec = run_captions(args.root, args.model, args.select, cfg, progress=not args.no_progress, limit=args.limit)
-    except (CaptionModelError, SelectionError, ValueError) as e:  # ConfigError is a ValueError
-        raise UsageError(" ".join(str(e).split())) from None
+def _captions_summary(args, rec: dict[str, Any]) -> None:
     print(summary_text(rec))
-    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json", file=sys.stdout)
-    return 0
+    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+
+
+CAPTIONS_SPEC = CommandSpec(
+    name="label captions",
+    build=layered(CaptionConfig),
+    shortcuts=RUNNER_SHORTCUTS,
+    requires=("root",),
+    run=lambda args, cfg: run_captions(args.root, args.model, args.select, cfg, progress=not args.no_progress, limit=args.limit),
+    summary=_captions_summary,
+    errors=("defi.labelers.captions.CaptionModelError", "defi.schemas.selection.SelectionError", "ValueError"),
+)
+
+
+def cmd_label_captions(args) -> int:
+    return run_command(CAPTIONS_SPEC, args)

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .command import CommandSpec, add_dry_run_flag, layered, run_command
 from .usage import (
     EXIT_USAGE,
     UsageError,
@@ -16,7 +17,6 @@ from .usage import (
     corpus_root_of,
     int_at_least,
     one_line,
-    refuse_inside_corpus,
     run_args,
     run_standalone,
 )
@@ -149,44 +149,53 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_curate(args) -> int:
-    from defi.pipelines.config import ConfigError, resolve, to_dict
-    from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.sources import SourceError
+def _curate_build(args, *layers):
     from defi.pipelines.curate_config import CurateConfig
 
-    try:
-        cfg = resolve(CurateConfig, args.config, args)
-        if args.address:
-            cfg.ray.address = args.address
-        if args.num_cpus:
-            cfg.ray.num_cpus = args.num_cpus
-        if args.dry_run:
-            import yaml
+    return layered(CurateConfig)(args, *layers)
 
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
-        if not args.sources:
-            raise UsageError("no SOURCES given")
-        if not args.root:
-            raise UsageError("--root is required")
-        outer = None if "://" in args.root else corpus_root_of(os.path.dirname(os.path.abspath(args.root)))
-        if outer:  # its parts would land in another corpus' folders
-            raise UsageError(f"--root {args.root} is inside the corpus root {outer}; put a new corpus outside it")
-        rec = run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit, repair=args.repair)
-    except (ConfigError, SourceError) as e:
-        raise UsageError(str(e)) from None
+
+def _curate_check(args, _cfg) -> None:
+    if not args.sources:
+        raise UsageError("no SOURCES given")
+    outer = None if "://" in args.root else corpus_root_of(os.path.dirname(os.path.abspath(args.root)))
+    if outer:  # its parts would land in another corpus' folders
+        raise UsageError(f"--root {args.root} is inside the corpus root {outer}; put a new corpus outside it")
+
+
+def _curate_run(args, cfg):
+    from defi.pipelines.curate import run_curate
+
+    return run_curate(args.sources, args.root, cfg, progress=not args.no_progress, limit=args.limit, repair=args.repair)
+
+
+def _curate_summary(args, rec) -> None:
+    from defi.pipelines.curate import summary_text
+
     print(summary_text(rec))
     print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
-    return 0
+
+
+CURATE_SPEC = CommandSpec(
+    name="curate",
+    build=_curate_build,
+    shortcuts={"address": "ray.address", "num_cpus": "ray.num_cpus"},
+    requires=("root",),
+    check=_curate_check,
+    run=_curate_run,
+    summary=_curate_summary,
+    errors=("defi.pipelines.config.ConfigError", "defi.pipelines.sources.SourceError"),
+)
+
+
+def cmd_curate(args) -> int:
+    return run_command(CURATE_SPEC, args)
 
 
 def cmd_demo(args) -> int:
-    from defi.pipelines import demo
+    from defi.pipelines.demo import DEMO_SPEC
 
-    refuse_inside_corpus(args.out)
-
-    return demo.run(args)
+    return run_command(DEMO_SPEC, args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--root", help="corpus root (local folder or fsspec URL)")
     c.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
-    c.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_dry_run_flag(c)
     c.add_argument("--address", help="join this Ray cluster (same as --ray.address)")
     c.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (same as --ray.num_cpus)")
     c.add_argument("--limit", type=int_at_least(1), help="process at most this many pending videos")

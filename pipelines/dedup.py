@@ -42,11 +42,12 @@ from defi.curate.signature import ClipInfo, SignatureConfig, SignatureError, gro
 from defi.schemas.corpus import DEDUP_POINTER, LABELS_DIR, Corpus
 from defi.schemas.tables import DEDUP, DEDUP_SIGNATURES, table_from_rows
 
-from .config import add_flags, from_dict, flag_overrides, load_file, merge, to_dict
+from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, run_command
+from .config import add_flags, to_dict
 from .label import UnitCommitter, stream_units
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
 
 KEPT_SQL = "SELECT DISTINCT key, shard, width, height, duration_s, clip_embedding FROM clips WHERE kept AND shard IS NOT NULL ORDER BY key"
@@ -287,8 +288,9 @@ def add_dedup_parser(subparsers) -> argparse.ArgumentParser:
         "labels/dedup-<config hash>/ (views dedup and clips_dedup); deletes nothing. Keyframe signatures are "
         "cached, so re-runs compute them only for new clips.",
     )
-    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
+    p.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
     p.add_argument("--config", help="YAML/TOML/JSON file with DedupConfig fields (flags override it)")
+    add_dry_run_flag(p)
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -297,20 +299,24 @@ def add_dedup_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_dedup(args) -> int:
-    from defi.schemas.corpus import CorpusError
-
-    from .cli import UsageError
-
-    try:
-        data = merge(load_file(args.config) if args.config else {}, flag_overrides(args))
-        cfg = from_dict(DedupConfig, merge(data, runner_shortcuts(args)))
-        rec = run_dedup(args.root, cfg, progress=not args.no_progress)
-    except (DedupError, ValueError, CorpusError) as e:  # ConfigError is a ValueError
-        raise UsageError(" ".join(str(e).split())) from None
+def _dedup_summary(args, rec: dict[str, Any]) -> None:
     print(summary_text(rec))
     print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
-    return 0
+
+
+DEDUP_SPEC = CommandSpec(
+    name="dedup",
+    build=layered(DedupConfig),
+    shortcuts=RUNNER_SHORTCUTS,
+    requires=("root",),
+    run=lambda args, cfg: run_dedup(args.root, cfg, progress=not args.no_progress),
+    summary=_dedup_summary,
+    errors=("defi.pipelines.dedup.DedupError", "ValueError", "defi.schemas.corpus.CorpusError"),
+)
+
+
+def cmd_dedup(args) -> int:
+    return run_command(DEDUP_SPEC, args)
 
 
 def main(argv: list[str] | None = None) -> int:

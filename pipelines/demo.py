@@ -44,8 +44,9 @@ import numpy as np
 
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
-from .config import add_flags, flag_name, resolve
-from .usage import UsageError, one_line
+from .command import CommandSpec, add_dry_run_flag, layered
+from .config import add_flags, flag_name
+from .usage import UsageError, refuse_inside_corpus
 
 # ---------------------------------------------------------------------------------------------
 # configuration: one dataclass, every field a `defi demo --FIELD` flag
@@ -642,7 +643,7 @@ def step_train_policy(ctx: Context) -> dict[str, Any]:
     for variant, _ in POLICY_VARIANTS:
         layer = policy_layer(ctx, variant)
         _say_command("defi train policy", layer)
-        print(summary_text(run_train_policy(policy_run_config(layer))))
+        print(summary_text(run_train_policy(ctx.root, PROBE_SELECT, policy_run_config(layer))))
         run = ctx.policy_run(variant)
         losses = _losses(run, "loss", "action_l1")
         out[variant] = {"run": str(run), "loss": losses["loss"], "action_l1": losses["action_l1"]}
@@ -799,20 +800,25 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--fresh", action="store_true", help="delete OUT first and start over")
     p.add_argument("--from", dest="start_at", metavar="STEP", help=f"re-run from this step on ({', '.join(s.name for s in STEPS)})")
     p.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
+    add_dry_run_flag(p)
     add_flags(p, DemoConfig)
 
 
-def run(args) -> int:
+def demo_config(*layers: dict[str, Any]) -> DemoConfig:
+    """The ``DemoConfig`` of ``layers`` (lowest first) over its defaults. The GIDM knobs (preset,
+    bottleneck, keypoints, ...) are checked by GIDMConfig itself, before any step runs: a bad one
+    is a one-line error now, not a failed train_gidm step later. Raises ``ValueError``."""
     from defi.pipelines.train import gidm_run_config
 
+    cfg = layered(DemoConfig)(None, *layers)
+    gidm_run_config(cfg.gidm_model, gidm_layer(Context(out=Path("."), cfg=cfg)))
+    return cfg
+
+
+def run_demo(args, cfg: DemoConfig) -> int:
+    """Run (or resume) the demo's steps into ``args.out``; prints where its outputs are. Returns
+    the exit code: 1 when a step failed."""
     out = Path(args.out)
-    try:
-        cfg = resolve(DemoConfig, args.config, args)
-        # the GIDM knobs (preset, bottleneck, keypoints, ...) checked by GIDMConfig itself, before
-        # any step runs: a bad one is a one-line error now, not a failed train_gidm step later
-        gidm_run_config(cfg.gidm_model, gidm_layer(Context(out=out, cfg=cfg)))
-    except ValueError as e:
-        raise UsageError(one_line(e)) from None
     if args.fresh and out.exists():
         shutil.rmtree(out)
     t = time.time()
@@ -831,3 +837,13 @@ def run(args) -> int:
         print(f"report: {rep['path']}")
     print(f'corpus: {ctx.root}  (defi query "SELECT ..." --root {ctx.root}; duckdb {ctx.root}/index.duckdb)')
     return 0
+
+
+DEMO_SPEC = CommandSpec(
+    name="demo",
+    build=lambda _args, *layers: demo_config(*layers),
+    check=lambda args, _cfg: refuse_inside_corpus(args.out),
+    run=run_demo,
+    summary=lambda _args, rc: rc,  # run_demo prints as the steps go
+    errors=(),  # run_demo's are one line already; a failed step is exit 1
+)

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, add_flags, flag_overrides, from_dict
-from .usage import UsageError, check_out_dir, one_line, run_standalone
+from .command import CommandSpec, add_dry_run_flag, layered, run_command
+from .config import add_flags
+from .usage import check_out_dir, run_standalone
 
 
 def write_mp4(path: Path, frames, fps: int = 20, crf: int = 18) -> None:
@@ -146,11 +147,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "frames' camera, size and H.264 round trips: success per task with a Wilson 95% interval, "
         "mean steps to success, rollout videos and a self-contained HTML report in --out.",
     )
-    p.add_argument("--policy", required=True, help="policy run folder (its latest checkpoint) or checkpoint folder")
+    p.add_argument("--policy", help="policy run folder (its latest checkpoint) or checkpoint folder; required unless --dry-run")
     from defi.training.sim.envs import DEFAULT_ENV, ENVS
 
     p.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS), help=f"simulator the policy is rolled out in (default: {DEFAULT_ENV})")
-    p.add_argument("--out", required=True, help="output folder: report.html, results.json, videos/")
+    p.add_argument("--out", help="output folder: report.html, results.json, videos/; required unless --dry-run")
+    add_dry_run_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from defi.training.sim.evaluate import EvalConfig
 
@@ -160,21 +162,41 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from defi.training.checkpoint import CheckpointError
+def _eval_build(args: argparse.Namespace, *layers: dict[str, Any]):
     from defi.training.sim.evaluate import EvalConfig
 
+    return layered(EvalConfig)(args, *layers)
+
+
+def _eval_check(args: argparse.Namespace, _cfg) -> None:
+    # a folder holding results.json is an earlier evaluation: a rerun replaces it
+    check_out_dir(args.out, reuse=lambda d: os.path.isfile(os.path.join(d, "results.json")))
+
+
+def _eval_run(args: argparse.Namespace, cfg) -> dict[str, Any]:
     t0 = time.time()
-    try:
-        cfg = from_dict(EvalConfig, flag_overrides(args))
-        # a folder holding results.json is an earlier evaluation: a rerun replaces it
-        check_out_dir(args.out, reuse=lambda d: os.path.isfile(os.path.join(d, "results.json")))
-        s = run_eval(args.policy, cfg, args.out, env=args.env, progress=not args.no_progress, command="defi " + " ".join(sys.argv[1:]))
-    except (ConfigError, CheckpointError, ValueError) as e:
-        raise UsageError(one_line(e)) from None
+    s = run_eval(args.policy, cfg, args.out, env=args.env, progress=not args.no_progress, command="defi " + " ".join(sys.argv[1:]))
+    return {**s, "wall_s": time.time() - t0}
+
+
+def _eval_summary(_args: argparse.Namespace, s: dict[str, Any]) -> None:
     print(summary_text(s))
-    print(f"done in {time.time() - t0:.1f} s")
-    return 0
+    print(f"done in {s['wall_s']:.1f} s")
+
+
+EVAL_SPEC = CommandSpec(
+    name="eval",
+    build=_eval_build,
+    requires=("policy", "out"),
+    check=_eval_check,
+    run=_eval_run,
+    summary=_eval_summary,
+    errors=("defi.pipelines.config.ConfigError", "defi.training.checkpoint.CheckpointError", "ValueError"),
+)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return run_command(EVAL_SPEC, args)
 
 
 def main(argv: list[str] | None = None) -> int:

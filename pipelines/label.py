@@ -43,10 +43,11 @@ from defi.schemas.corpus import Corpus, label_view_name
 from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
-from .config import add_flags, flag_overrides, from_dict, load_file, merge, to_dict
+from .command import RUNNER_SHORTCUTS, VALUE, CommandSpec, add_dry_run_flag, layered, run_command
+from .config import add_flags, to_dict
 from .lock import WriterLock
 from .ray_adapter import RayConfig
-from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors, runner_shortcuts
+from .runner import RUNNER_HELP, WORKERS_HELP, Runner, Stage, pick_backend, runner_field_errors
 from .runs import finish_record, new_run_id, start_record
 from .usage import int_at_least
 
@@ -666,10 +667,11 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
         "latent_actions). Re-running skips clips already labeled and retries those that failed; a killed run resumes. "
         "Exits 1 when clips were pending and none got a label.",
     )
-    p.add_argument("--root", required=True, help="corpus root (local folder or fsspec URL)")
-    p.add_argument("--ckpt", required=True, help="GIDM checkpoint folder, or a training run folder (latest checkpoint)")
+    p.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
+    p.add_argument("--ckpt", help="GIDM checkpoint folder, or a training run folder (latest checkpoint); required unless --dry-run")
     p.add_argument("--select", help="SQL returning key, or a selection manifest (default: every kept clip)")
     p.add_argument("--config", help="YAML/TOML/JSON file with LabelConfig fields (flags override it)")
+    add_dry_run_flag(p)
     # shortcuts for the flags people type most; every LabelConfig field has its generated flag below
     p.add_argument("--local", action="store_true", help="same as --runner local: a process pool on this machine, without Ray")
     p.add_argument("--address", help="same as --ray.address: join this Ray cluster")
@@ -683,27 +685,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     return label
 
 
-def resolve_label_config(args) -> LabelConfig:
-    """LabelConfig defaults <- ``--config`` file <- generated flags <- shortcut flags."""
-    data = load_file(args.config) if args.config else {}
-    flags = flag_overrides(args)
-    for given, other in (("gap_s", "gap_frames"), ("gap_frames", "gap_s")):
-        if given in flags and other not in flags:  # a gap flag replaces the file's gap, in either unit
-            data.pop(other, None)
-    return from_dict(LabelConfig, merge(merge(data, flags), runner_shortcuts(args)))
-
-
-def cmd_label_latent_actions(args) -> int:
-    from defi.schemas.selection import SelectionError
-    from defi.training.checkpoint import CheckpointError
-
-    from .cli import UsageError
-
-    try:
-        cfg = resolve_label_config(args)
-        rec = run_label(args.root, args.ckpt, args.select, cfg, progress=not args.no_progress, limit=args.limit)
-    except (SelectionError, CheckpointError, ValueError) as e:  # ConfigError is a ValueError
-        raise UsageError(" ".join(str(e).split())) from None
+def _label_summary(args, rec: dict[str, Any]) -> int:
     print(summary_text(rec))
     print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
     c = rec["counts"]
@@ -715,6 +697,28 @@ def cmd_label_latent_actions(args) -> int:
         )
         return 1
     return 0
+
+
+# a gap flag (--gap-s or --gap-frames, LabelConfig's own) replaces the --config file's gap in either unit
+LABEL_SHORTCUTS: dict[str, Any] = {
+    **RUNNER_SHORTCUTS,
+    "cfg__gap_s": {"gap_s": VALUE, "gap_frames": None},
+    "cfg__gap_frames": {"gap_frames": VALUE, "gap_s": None},
+}
+
+LABEL_SPEC = CommandSpec(
+    name="label latent-actions",
+    build=layered(LabelConfig),
+    shortcuts=LABEL_SHORTCUTS,
+    requires=("root", "ckpt"),
+    run=lambda args, cfg: run_label(args.root, args.ckpt, args.select, cfg, progress=not args.no_progress, limit=args.limit),
+    summary=_label_summary,
+    errors=("defi.schemas.selection.SelectionError", "defi.training.checkpoint.CheckpointError", "ValueError"),
+)
+
+
+def cmd_label_latent_actions(args) -> int:
+    return run_command(LABEL_SPEC, args)
 
 
 def add_select_parser(subparsers) -> argparse.ArgumentParser:

@@ -55,17 +55,6 @@ RUNNER_HELP = (
 WORKERS_HELP = "processes of the local runner (default: one per CPU)"
 
 
-def runner_shortcuts(args) -> dict[str, Any]:
-    """The config layer of the shortcut flags every corpus-level command shares: ``--local``
-    (``runner: local``) and ``--address`` (``ray.address``); empty when neither is given."""
-    short: dict[str, Any] = {}
-    if getattr(args, "local", False):
-        short["runner"] = "local"
-    if getattr(args, "address", None):
-        short["ray"] = {"address": args.address}
-    return short
-
-
 class RunnerError(RuntimeError):
     """A stage raised, or a worker process died, on the local backend."""
 

@@ -35,6 +35,7 @@ from defi.schemas.selection import SelectionError
 from defi.training.gidm import GIDM_PRESETS, GIDMConfig, gidm_config
 from defi.training.recipes.configuration import TrainConfig
 
+from .command import run_command
 from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
@@ -46,7 +47,7 @@ from .train_common import (
     process_group,
     output_lines,
     progress_lines,
-    train_command,
+    train_spec,
 )
 from .train_gfdm import add_gfdm_parser
 from .train_joint import add_joint_parser
@@ -139,8 +140,11 @@ def summary_text(res: dict[str, Any]) -> str:
     return "\n".join(lines + output_lines(res))
 
 
+GIDM_SPEC = train_spec("gidm", gidm_run_config, run_train_gidm, summary_text)
+
+
 def cmd_train_gidm(args: argparse.Namespace) -> int:
-    return train_command(args, "gidm", gidm_run_config, run_train_gidm, summary_text)
+    return run_command(GIDM_SPEC, args)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:

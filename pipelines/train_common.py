@@ -3,7 +3,8 @@
 - Run configs: a command's whole config (``GIDMRunConfig``...) is a dataclass of sections (model,
   train, data...; each a torch-free config class). It is resolved from layers, each a nested dict
   like a ``--config`` file: the preset's defaults <- ``--config`` file <- generated
-  ``--section.field`` flags <- the shortcut flags (``shortcut_layer``). The Python entries
+  ``--section.field`` flags <- the shortcut flags (``TRAIN_SHORTCUTS``; ``command.run_command``
+  resolves them for every config-driven command). The Python entries
   (``gidm_run_config(preset, *layers)``...) take the same layers, so the CLI and the demo resolve a
   config the same way.
 - The loader's settings: ``DataConfig`` (``training.data.build_dataset`` and ``batch_stream`` use them).
@@ -30,7 +31,8 @@ from typing import Any
 
 from defi.schemas.gap import DEFAULT_GAP, Gap
 
-from .config import ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
+from .command import GAP_SHORTCUTS, CommandSpec, add_dry_run_flag
+from .config import ConfigError, from_dict, merge, to_dict
 from .usage import UsageError, check_out_dir, int_at_least, one_line
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -99,47 +101,15 @@ def merge_layers(base: dict[str, Any], layers: Sequence[dict[str, Any]]) -> dict
     return data
 
 
-# shortcut flag (argparse dest) -> the config field it sets; a flag not given sets nothing
-SHORTCUTS = {
-    "gap_s": "data.gap_s",
-    "gap_frames": "data.gap_frames",
+# the shortcut flags of ``add_run_flags`` (see ``command.Shortcuts``); gfdm adds --pretrained
+TRAIN_SHORTCUTS: dict[str, Any] = {
+    **GAP_SHORTCUTS,
     "size": "data.size",
     "loader_workers": "data.num_workers",
     "steps": "train.steps",
     "out": "train.out_dir",
-    "pretrained": "model.pretrained_path",
-    "init": "policy.init",
-    "horizon": "policy.horizon",
+    "no_progress": {"train.progress": False},
 }
-# a gap flag replaces the other unit's gap from a lower layer (a --config file): the one given last wins
-IMPLIED = {"gap_s": {"data.gap_frames": None}, "gap_frames": {"data.gap_s": None}}
-
-
-def _put(layer: dict[str, Any], dotted: str, value: Any) -> None:
-    *path, leaf = dotted.split(".")
-    for part in path:
-        layer = layer.setdefault(part, {})
-    layer[leaf] = value
-
-
-def shortcut_layer(args: argparse.Namespace) -> dict[str, Any]:
-    """The config layer of a command's shortcut flags (``--gap-s``, ``--size``, ``--steps``,
-    ``--no-progress``...): those it has and the user gave."""
-    layer: dict[str, Any] = {}
-    for dest, dotted in SHORTCUTS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            _put(layer, dotted, value)
-            for implied, v in IMPLIED.get(dest, {}).items():
-                _put(layer, implied, v)
-    if getattr(args, "no_progress", False):
-        _put(layer, "train.progress", False)
-    return layer
-
-
-def cli_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The layers a command line gives, lowest first: ``--config`` file, generated flags, shortcut flags."""
-    return [load_file(args.config) if args.config else {}, flag_overrides(args), shortcut_layer(args)]
 
 
 def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: bool = True) -> None:
@@ -161,43 +131,31 @@ def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: 
             help="training processes on this machine (data-parallel under torchrun: a GPU each when "
             "present, else gloo on CPU); under torchrun itself, WORLD_SIZE decides",
         )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_dry_run_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def require(args: argparse.Namespace, *names: str) -> None:
-    """Refuse a run without the inputs it needs; ``--dry-run`` (which only prints the config) does
-    not need them, so the parser cannot mark them required."""
-    missing = [f"--{n}" for n in names if not getattr(args, n, None)]
-    if missing:
-        raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (only --dry-run runs without)")
+def train_spec(model: str, make_config: Callable, run: Callable, summary: Callable, shortcuts: dict[str, Any] | None = None) -> CommandSpec:
+    """The ``CommandSpec`` of ``defi train MODEL`` (gidm, gfdm, joint): the config is
+    ``make_config(args.model, *layers)``; a run needs ``--root``, ``--select`` and ``--out`` (a run
+    folder, ``check_run_dir``), relaunches under torchrun for ``--workers N``, is
+    ``run(root, select, cfg)`` and prints rank 0's ``summary(result)``."""
 
+    def print_summary(_args: argparse.Namespace, res: dict[str, Any]) -> None:
+        if res["rank"] == 0:
+            print(summary(res))
 
-def print_config(cfg) -> None:
-    print(json.dumps(to_dict(cfg), indent=2))
-
-
-def train_command(args: argparse.Namespace, model: str, make_config: Callable, run: Callable, summary: Callable) -> int:
-    """``defi train gidm|gfdm``: resolve the config (``make_config(args.model,
-    *cli_layers(args))``), print it (``--dry-run``), check the inputs and the run folder, then
-    relaunch under torchrun for ``--workers N`` or ``run(root, select, cfg)`` and print rank 0's
-    ``summary``."""
-    try:
-        cfg = make_config(args.model, *cli_layers(args))
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    if args.dry_run:
-        print_config(cfg)
-        return 0
-    require(args, "root", "select", "out")
-    check_run_dir(cfg.train.out_dir, args.root)
-    rc = relaunch(args, model)
-    if rc is not None:
-        return rc
-    res = run(args.root, args.select, cfg)
-    if res["rank"] == 0:
-        print(summary(res))
-    return 0
+    return CommandSpec(
+        name=f"train {model}",
+        build=lambda args, *layers: make_config(args.model, *layers),
+        shortcuts={**TRAIN_SHORTCUTS, **(shortcuts or {})},
+        requires=("root", "select", "out"),
+        check=lambda args, cfg: check_run_dir(cfg.train.out_dir, args.root),
+        run=lambda args, cfg: run(args.root, args.select, cfg),
+        summary=print_summary,
+        errors=(),  # the recipes raise UsageError themselves
+        relaunch=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

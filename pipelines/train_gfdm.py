@@ -41,6 +41,7 @@ from defi.schemas.selection import SelectionError
 from defi.training.gfdm import GFDM_PRESETS, GFDMConfig, TextModelConfig, gfdm_config, text_model_id
 from defi.training.recipes.configuration import GFDMTrainConfig
 
+from .command import run_command
 from .config import ConfigError, add_flags, to_dict
 from .train_common import (
     RUN_CONFIG_FILE,
@@ -53,7 +54,7 @@ from .train_common import (
     output_lines,
     progress_lines,
     text_cache_saver,
-    train_command,
+    train_spec,
 )
 from .usage import UsageError, one_line
 
@@ -367,8 +368,11 @@ def summary_text(res: dict[str, Any]) -> str:
     return "\n".join(lines + output_lines(res))
 
 
+GFDM_SPEC = train_spec("gfdm", gfdm_run_config, run_train_gfdm, summary_text, {"pretrained": "model.pretrained_path"})
+
+
 def cmd_train_gfdm(args: argparse.Namespace) -> int:
-    return train_command(args, "gfdm", gfdm_run_config, run_train_gfdm, summary_text)
+    return run_command(GFDM_SPEC, args)
 
 
 def add_gfdm_parser(sub) -> argparse.ArgumentParser:

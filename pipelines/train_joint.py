@@ -29,8 +29,9 @@ from defi.training.gidm import GIDM_PRESETS, GIDMConfig, gidm_config
 from defi.training.joint import JointConfig
 from defi.training.recipes.configuration import GFDMTrainConfig
 
+from .command import run_command
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
-from .train_common import RUN_CONFIG_FILE, add_run_flags, flush_denormals, process_group, output_lines, progress_lines, train_command
+from .train_common import RUN_CONFIG_FILE, add_run_flags, flush_denormals, process_group, output_lines, progress_lines, train_spec
 from .train_gfdm import GFDMDataConfig, forward_data
 from .usage import UsageError, one_line
 
@@ -155,9 +156,12 @@ def summary_text(res: dict[str, Any]) -> str:
     return "\n".join(lines + output_lines(res))
 
 
+JOINT_SPEC = train_spec("joint", lambda presets, *layers: joint_run_config(*presets, *layers), run_train_joint, summary_text)
+
+
 def cmd_train_joint(args: argparse.Namespace) -> int:
     args.model = (args.gidm_model, args.gfdm_model)
-    return train_command(args, "joint", lambda presets, *layers: joint_run_config(*presets, *layers), run_train_joint, summary_text)
+    return run_command(JOINT_SPEC, args)
 
 
 def add_joint_parser(sub) -> argparse.ArgumentParser:

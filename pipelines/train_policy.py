@@ -7,7 +7,7 @@ once (the corpus' text-embedding cache), builds the shard loader with action chu
 (``ActionChunkDataset(horizon=H)``: every recorded row, at the robot's rate) and runs the recipe
 ``training.recipes.policy``. Re-running with the same RUN_DIR resumes.
 
-Python: ``run_train_policy(policy_run_config(*layers))``, what the command and ``defi demo`` both
+Python: ``run_train_policy(root, select, policy_run_config(*layers))``, what the command and ``defi demo`` both
 call.
 
 Config: one ``PolicyRunConfig`` (policy = ``PolicyConfig``, train = ``TrainConfig``, data =
@@ -28,27 +28,24 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from defi.schemas.contract import DataContract
-from defi.schemas.corpus import Corpus, CorpusError
+from defi.schemas.corpus import Corpus
 from defi.schemas.gap import Gap
-from defi.schemas.selection import SelectionError, resolve_selection
+from defi.schemas.selection import resolve_selection
 from defi.training.gfdm import TextModelConfig
 from defi.training.policy import INITS, PolicyConfig
 from defi.training.recipes.configuration import TrainConfig
 
-from .config import ConfigError, add_flags, from_dict, merge, to_dict
+from .config import add_flags, from_dict, merge, to_dict
+from .command import CommandSpec, run_command
 from .train_common import (
     RUN_CONFIG_FILE,
     add_run_flags,
     check_run_dir,
-    cli_layers,
     flush_denormals,
-    print_config,
     process_group,
-    relaunch,
     progress_lines,
     text_cache_saver,
 )
-from .usage import UsageError, one_line
 
 
 @dataclass
@@ -289,16 +286,20 @@ def policy_batches(stream, texts: dict, text_dim: int, context: int, state: bool
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
-def run_train_policy(cfg) -> dict[str, Any]:
-    """Build the policy, the loader and the action statistics, train (or resume); returns the
-    recipe's summary plus ``config``, ``selected_clips``, ``action_rows`` and ``wall_s``. Raises
-    ValueError (one line) for bad input."""
+def run_train_policy(root: str, select: str, cfg) -> dict[str, Any]:
+    """Finetune (or resume) the policy run ``cfg`` (a ``PolicyRunConfig``, see
+    ``policy_run_config``) on the clips ``select`` (SQL or a manifest path) picks from the corpus
+    at ``root``, into ``cfg.out``: build the policy, the loader and the action statistics, train.
+    ``cfg.root`` and ``cfg.select`` (a config file's) are set to these, as run_config.json records
+    them. Returns the recipe's summary plus ``config``, ``selected_clips``, ``action_rows`` and
+    ``wall_s``. Raises ValueError (one line) for bad input."""
     import numpy as np
     import torch
 
     from defi.training.data import ActionChunkDataset, batch_stream
     from defi.training.recipes.policy import train_policy
 
+    cfg.root, cfg.select = root, select
     for name in ("root", "select", "out"):
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
@@ -407,25 +408,40 @@ def summary_text(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_train_policy(args: argparse.Namespace) -> int:
-    from defi.training.checkpoint import CheckpointError
-
-    rc = relaunch(args, "policy")
-    if rc is not None:
-        return rc
-    try:
-        cfg = policy_run_config(*cli_layers(args))
-        if args.dry_run:
-            print_config(cfg)
-            return 0
-        if cfg.out:  # (a missing or empty --out is run_train_policy's one line)
-            check_run_dir(cfg.out, cfg.root)
-        res = run_train_policy(cfg)
-    except (ConfigError, SelectionError, CorpusError, CheckpointError, ValueError) as e:
-        raise UsageError(one_line(e)) from None
+def _print_summary(_args: argparse.Namespace, res: dict[str, Any]) -> None:
     if res["rank"] == 0:
         print(summary_text(res))
-    return 0
+
+
+# the shortcut flags of `defi train policy` (see ``command.Shortcuts``)
+POLICY_SHORTCUTS: dict[str, Any] = {
+    "init": "policy.init",
+    "horizon": "policy.horizon",
+    "steps": "train.steps",
+    "no_progress": {"train.progress": False},
+}
+
+POLICY_SPEC = CommandSpec(
+    name="train policy",
+    build=lambda _args, *layers: policy_run_config(*layers),
+    shortcuts=POLICY_SHORTCUTS,
+    requires=("root", "select", "out"),  # the run config's own fields: a --config file may give them
+    check=lambda _args, cfg: check_run_dir(cfg.out, cfg.root),
+    run=lambda _args, cfg: run_train_policy(cfg.root, cfg.select, cfg),
+    summary=_print_summary,
+    errors=(
+        "defi.pipelines.config.ConfigError",
+        "defi.schemas.selection.SelectionError",
+        "defi.schemas.corpus.CorpusError",
+        "defi.training.checkpoint.CheckpointError",
+        "ValueError",
+    ),
+    relaunch=True,
+)
+
+
+def cmd_train_policy(args: argparse.Namespace) -> int:
+    return run_command(POLICY_SPEC, args)
 
 
 def add_policy_parser(sub) -> argparse.ArgumentParser:

@@ -158,8 +158,8 @@ def test_flags_are_kebab_case_outside_dotted_config_paths():
 
 def test_the_old_snake_case_spelling_still_works_with_a_note():
     p = defi("curate", "--use_clip", "true", "--dry-run")
-    assert "use_clip: true" in p.stdout and "--use_clip is deprecated; use --use-clip" in p.stderr
-    assert "use_clip: true" in defi("curate", "--use-clip", "true", "--dry-run").stdout
+    assert json.loads(p.stdout)["use_clip"] is True and "--use_clip is deprecated; use --use-clip" in p.stderr
+    assert json.loads(defi("curate", "--use-clip", "true", "--dry-run").stdout)["use_clip"] is True
 
 
 def test_help_defaults_are_the_defaults_a_run_uses():
@@ -200,7 +200,9 @@ def test_label_summary_prints_the_gap_as_text():
 def test_a_label_gap_flag_replaces_the_files_gap_in_either_unit(tmp_path):
     from defi.pipelines.cli import build_parser
     from defi.pipelines.config import ConfigError
-    from defi.pipelines.label import resolve_label_config
+    from defi.pipelines.label import LABEL_SPEC
+
+    resolve_label_config = LABEL_SPEC.make_config
 
     (tmp_path / "l.yaml").write_text("gap_frames: 3\n")
     base = ["label", "latent-actions", "--root", "r", "--ckpt", "c", "--config", str(tmp_path / "l.yaml")]
