@@ -38,6 +38,7 @@ from defi.training.recipes.configuration import TrainConfig
 from .command import run_command
 from .config import ConfigError, add_flags, to_dict
 from .train_common import (
+    add_input_flags,
     RUN_CONFIG_FILE,
     DataConfig,
     add_run_flags,
@@ -162,13 +163,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "Re-running with the same --out resumes from its latest checkpoint. Config: the --model "
         "size's defaults <- --config file <- --model.*/--train.*/--data.* flags <- shortcut flags.",
     )
-    g.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
-    g.add_argument(
-        "--select",
-        help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") or a selection manifest path; '
-        "required unless --dry-run",
-    )
-    g.add_argument("--out", help="run folder: checkpoints/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
+    add_input_flags(g, grids=False)
     g.add_argument(
         "--model",
         default="keypoint",

@@ -112,6 +112,19 @@ TRAIN_SHORTCUTS: dict[str, Any] = {
 }
 
 
+def add_input_flags(p: argparse.ArgumentParser, grids: bool) -> None:
+    """``--root``, ``--select`` and ``--out`` of a model trained on a selection (``grids``: the
+    run writes prediction grids)."""
+    p.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
+    p.add_argument(
+        "--select",
+        help='clips to train on: SQL returning key[, weight] (e.g. "SELECT key FROM clips WHERE kept") or a selection manifest path; '
+        "required unless --dry-run",
+    )
+    grid = "grids/, " if grids else ""
+    p.add_argument("--out", help=f"run folder: checkpoints/, {grid}metrics.jsonl, tb/, run_config.json; required unless --dry-run")
+
+
 def add_run_flags(p: argparse.ArgumentParser, data_flags: bool = True, workers: bool = True) -> None:
     """The flags every ``defi train`` model shares: ``--config``, the data shortcuts, ``--steps``,
     ``--workers``, ``--dry-run``, ``--no-progress``."""

@@ -44,6 +44,7 @@ from defi.training.recipes.configuration import GFDMTrainConfig
 from .command import run_command
 from .config import ConfigError, add_flags, to_dict
 from .train_common import (
+    add_input_flags,
     RUN_CONFIG_FILE,
     DataConfig,
     add_run_flags,
@@ -385,11 +386,7 @@ def add_gfdm_parser(sub) -> argparse.ArgumentParser:
         "Re-running with the same --out resumes. Config: the --model size's defaults <- --config file "
         "<- --model.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
     )
-    g.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
-    g.add_argument(
-        "--select", help="clips to train on: SQL returning key[, weight] or a selection manifest path; required unless --dry-run"
-    )
-    g.add_argument("--out", help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
+    add_input_flags(g, grids=True)
     g.add_argument(
         "--model",
         default="tiny",

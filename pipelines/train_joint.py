@@ -31,7 +31,16 @@ from defi.training.recipes.configuration import GFDMTrainConfig
 
 from .command import run_command
 from .config import ConfigError, add_flags, from_dict, merge, to_dict
-from .train_common import RUN_CONFIG_FILE, add_run_flags, flush_denormals, process_group, output_lines, progress_lines, train_spec
+from .train_common import (
+    RUN_CONFIG_FILE,
+    add_input_flags,
+    add_run_flags,
+    flush_denormals,
+    process_group,
+    output_lines,
+    progress_lines,
+    train_spec,
+)
 from .train_gfdm import GFDMDataConfig, forward_data
 from .usage import UsageError, one_line
 
@@ -174,11 +183,7 @@ def add_joint_parser(sub) -> argparse.ArgumentParser:
         "Re-running with the same --out resumes. Config: the --gidm-model and --gfdm-model presets <- --config file <- "
         "--gidm.*/--gfdm.*/--joint.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
     )
-    g.add_argument("--root", help="corpus root (local folder or fsspec URL); required unless --dry-run")
-    g.add_argument(
-        "--select", help="clips to train on: SQL returning key[, weight] or a selection manifest path; required unless --dry-run"
-    )
-    g.add_argument("--out", help="run folder: checkpoints/, grids/, metrics.jsonl, tb/, run_config.json; required unless --dry-run")
+    add_input_flags(g, grids=True)
     g.add_argument("--gidm-model", default="keypoint", choices=tuple(GIDM_PRESETS), help="GIDM preset, as `defi train gidm --model`")
     g.add_argument("--gfdm-model", default="tiny", choices=tuple(GFDM_PRESETS), help="GFDM preset, as `defi train gfdm --model`")
     add_run_flags(g)
