@@ -609,7 +609,10 @@ def row_stats(cells: list[dict], tasks: list[str]) -> dict:
 
 
 def trend(points: list[dict]) -> str:
-    """ "non-decreasing" or where the mean success falls from one size to the next."""
+    """ "non-decreasing" or where the mean success falls from one size to the next (fewer than
+    two sizes finished: no trend to read)."""
+    if len(points) < 2:
+        return f"no trend yet: {len(points)} pretraining size{'' if len(points) == 1 else 's'} finished"
     falls = [
         f"{a['episodes_per_task']} -> {b['episodes_per_task']} episodes/task ({100 * a['mean']:.1f}% -> {100 * b['mean']:.1f}%)"
         for a, b in pairwise(points)

@@ -127,6 +127,7 @@ def test_statistics_rows_comparisons_curve_and_trend():
     assert [p["episodes_per_task"] for p in pts] == [5, 10, 20, 40] and pts[2]["probe"]["disp"]["latent"] == 0.5
     assert all(p["bootstrap95"][0] <= p["mean"] <= p["bootstrap95"][1] for p in pts)
     assert t["curve"]["trend"].startswith("decreasing at 5 -> 10 episodes/task")
+    assert mod.trend(pts[:1]) == "no trend yet: 1 pretraining size finished"  # one point is no curve
     text = mod.table_text(t, ["t"], quick=True)
     assert "defi - entangled: cannot tell the sign at this size" in text and "+0.0 points" not in text
     svg = mod.curve_svg(t["curve"])
