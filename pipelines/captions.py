@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from defi.schemas.corpus import CAPTIONS_POINTER, Corpus
 from defi.schemas.tables import CAPTIONS
 
-from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, run_command
+from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, print_run_record, run_command
 from .config import add_flags, to_dict
 from .label import DEFAULT_SELECT, UnitCommitter, plan_units, stream_units
 from .lock import WriterLock
@@ -286,7 +286,7 @@ def add_captions_parser(sub) -> argparse.ArgumentParser:
 
 def _captions_summary(args, rec: dict[str, Any]) -> None:
     print(summary_text(rec))
-    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    print_run_record(args, rec)
 
 
 CAPTIONS_SPEC = CommandSpec(

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .command import CommandSpec, add_dry_run_flag, layered, run_command
+from .command import CommandSpec, add_dry_run_flag, layered, print_run_record, run_command
 from .usage import (
     EXIT_USAGE,
     UsageError,
@@ -173,7 +173,7 @@ def _curate_summary(args, rec) -> None:
     from defi.pipelines.curate import summary_text
 
     print(summary_text(rec))
-    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    print_run_record(args, rec)
 
 
 CURATE_SPEC = CommandSpec(

@@ -179,3 +179,8 @@ def layered(cls: type) -> Callable[..., Any]:
 
 def add_dry_run_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit (needs no inputs)")
+
+
+def print_run_record(args: argparse.Namespace, rec: dict[str, Any]) -> None:
+    """The line naming a corpus-level run's record, ``ROOT/runs/<run_id>.json``."""
+    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")

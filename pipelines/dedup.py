@@ -42,7 +42,7 @@ from defi.curate.signature import ClipInfo, SignatureConfig, SignatureError, gro
 from defi.schemas.corpus import DEDUP_POINTER, LABELS_DIR, Corpus
 from defi.schemas.tables import DEDUP, DEDUP_SIGNATURES, table_from_rows
 
-from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, run_command
+from .command import RUNNER_SHORTCUTS, CommandSpec, add_dry_run_flag, layered, print_run_record, run_command
 from .config import add_flags, to_dict
 from .label import UnitCommitter, stream_units
 from .lock import WriterLock
@@ -301,7 +301,7 @@ def add_dedup_parser(subparsers) -> argparse.ArgumentParser:
 
 def _dedup_summary(args, rec: dict[str, Any]) -> None:
     print(summary_text(rec))
-    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    print_run_record(args, rec)
 
 
 DEDUP_SPEC = CommandSpec(

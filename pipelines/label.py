@@ -43,7 +43,7 @@ from defi.schemas.corpus import Corpus, label_view_name
 from defi.schemas.gap import Gap
 from defi.schemas.tables import LATENT_ACTIONS, table_from_rows
 
-from .command import RUNNER_SHORTCUTS, VALUE, CommandSpec, add_dry_run_flag, layered, run_command
+from .command import RUNNER_SHORTCUTS, VALUE, CommandSpec, add_dry_run_flag, layered, print_run_record, run_command
 from .config import add_flags, to_dict
 from .lock import WriterLock
 from .ray_adapter import RayConfig
@@ -687,7 +687,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
 
 def _label_summary(args, rec: dict[str, Any]) -> int:
     print(summary_text(rec))
-    print(f"run record: {args.root.rstrip('/')}/runs/{rec['run_id']}.json")
+    print_run_record(args, rec)
     c = rec["counts"]
     if c.get("pending", 0) and not c.get("labeled", 0):
         why = ", ".join(f"{k} {v}" for k, v in sorted(rec["errors"].items(), key=lambda kv: -kv[1]))
