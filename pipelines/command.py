@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import _MISSING, ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
+from .config import UNSET, ConfigError, flag_overrides, from_dict, load_file, merge, to_dict
 from .usage import UsageError, one_line
 
 # a shortcut's value, where the table says to put the flag's value (``VALUE``) rather than a constant
@@ -58,7 +58,7 @@ def _put(layer: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _given(value: Any) -> bool:
     """A flag the user gave: not None, not a store_true left False, not an untouched generated flag."""
-    return value is not None and value is not False and value is not _MISSING
+    return value is not None and value is not False and value is not UNSET
 
 
 def shortcut_layer(args: argparse.Namespace, shortcuts: Shortcuts) -> dict[str, Any]:

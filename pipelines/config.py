@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-_MISSING = object()
+UNSET = object()
 
 
 class ConfigError(ValueError):
@@ -221,16 +221,16 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "co
         meta = "LIST" if get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         flag = flag_name(key)
-        g.add_argument(flag, dest=f"cfg__{key}", default=_MISSING, metavar=meta, help=_with_default(help_, shown))
+        g.add_argument(flag, dest=f"cfg__{key}", default=UNSET, metavar=meta, help=_with_default(help_, shown))
         if flag != f"--{key}":
-            g.add_argument(f"--{key}", dest=f"cfg__{key}", default=_MISSING, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
+            g.add_argument(f"--{key}", dest=f"cfg__{key}", default=UNSET, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The nested dict of flags the user actually gave."""
     out: dict[str, Any] = {}
     for name, value in vars(args).items():
-        if not name.startswith("cfg__") or value is _MISSING:
+        if not name.startswith("cfg__") or value is UNSET:
             continue
         parts = name[len("cfg__") :].split(".")
         d = out
