@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-UNSET = object()
+UNSET = object()  # a generated flag's default: the user did not give it
 
 
 class ConfigError(ValueError):
