@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -175,6 +176,38 @@ def atomic_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+# what a run keeps in --keep (small files: the config, each cell's outcomes and demo errors, the
+# GIDM probes); everything else in WORK (corpus, checkpoints) is rebuilt or not needed for the report
+KEPT = ("config.json", "cells/*.json", "cells/*/reliance.json", "pretrain/*/probe.json")
+
+
+def restore_kept(work: Path, keep: Path) -> int:
+    """Copy into WORK the kept files it lacks (a run continued on a machine that has lost WORK)."""
+    n = 0
+    for pattern in KEPT:
+        for src in sorted(keep.glob(pattern)):
+            dst = work / src.relative_to(keep)
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                n += 1
+    return n
+
+
+def save_kept(work: Path, keep: Path) -> None:
+    """Mirror WORK's kept files into KEEP (atomically, only what changed)."""
+    for pattern in KEPT:
+        for src in sorted(work.glob(pattern)):
+            dst = keep / src.relative_to(work)
+            data = src.read_bytes()
+            if dst.exists() and dst.read_bytes() == data:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, dst)
 
 
 def cli(args: list[str]) -> None:
@@ -388,6 +421,7 @@ def run_cell(work: Path, root: str, a: argparse.Namespace, variant: str, size: s
         "episodes": [[e["task"], e["episode"], bool(e["success"])] for e in ev["episodes"]],
         "seconds": {"train": t_train, "eval": time.time() - t0 - t_train},
     }
+    image_reliance(cell / "run")  # cached beside the cell (kept: the checkpoint is not)
     atomic_json(work / "cells" / f"{name}.json", res)
     return res
 
@@ -421,6 +455,24 @@ def item_done(work: Path, item: tuple) -> bool:
     base = pretrain_dir(work, item[1], item[2])
     runs = ("gidm", "gfdm") if item[0] == "defi-pretrain" else ("joint",)
     return all((base / r / "done").exists() for r in runs)
+
+
+def pretraining_needed(work: Path, a: argparse.Namespace, item: tuple, items: list[tuple]) -> bool:
+    """Whether a pretraining item still has a reader: a cell not yet done that loads it (scratch
+    cells take their shapes from seed 0's size-1 defi runs), or the curve's GIDM probe not yet kept.
+    False lets a run restored from --keep skip pretraining whose results are all kept."""
+    kind, size, p = item
+    p0 = a.pretrain_seeds[0]
+    if kind == "defi-pretrain" and size in a.curve and p == p0 and not (pretrain_dir(work, size, p) / "probe.json").exists():
+        return True
+    for it in items:
+        if it[0] != "cell" or item_done(work, it):
+            continue
+        _, v, s, q, _ = it
+        entangled = EXTRAS.get(v, (v,))[0] == "entangled"
+        if entangled == (kind == "joint-pretrain") and s == size and (q == p or (q is None and p == p0)):
+            return True
+    return False
 
 
 def item_text(item: tuple) -> str:
@@ -864,6 +916,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the local Ray of curate")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
+        "--keep",
+        help="folder that receives the run's small results (config, cells, probes) as they finish and restores them "
+        "into --work when it lacks them: a study continued on another machine (e.g. a folder under git)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="write the table, results.json, report.html and curve.svg from the finished cells, run nothing "
@@ -900,8 +957,6 @@ def main(argv=None) -> dict:
         "eval_seed": EVAL_SEED,
     }
     saved = work / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
-        raise SystemExit(f"{work} holds a run of another configuration ({saved}); use another --work")
     cmd = "bench/defi_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(
         f"[ablation] configuration {a.config_name}"
@@ -915,44 +970,56 @@ def main(argv=None) -> dict:
         f"rng({TARGET_RULE_SEED}) permutation, first {a.targets}): {', '.join(a.target_tasks)}",
         flush=True,
     )
+    keep = Path(a.keep) if a.keep else None
+    if keep and (n := restore_kept(work, keep)):
+        print(f"[ablation] restored {n} kept result files from {keep}", flush=True)
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
+        raise SystemExit(f"{work} holds a run of another configuration ({saved}); use another --work")
     t0 = time.time()
     if a.report_only:
-        return summarise(work, a, config, cmd, 0.0)
+        return summarise(work, a, config, cmd, 0.0, keep)
     check_variants(a)
     atomic_json(saved, config)
-    root = data(work, a)
     items = plan(a)
+    todo = [it for it in items if not item_done(work, it) and (it[0] == "cell" or pretraining_needed(work, a, it, items))]
+    root = data(work, a) if todo else str(work / "corpus")
     spent: dict[str, list[float]] = {}
     for i, item in enumerate(items, 1):
         head = f"[{i}/{len(items)}] {item_text(item)}"
-        if item_done(work, item):
-            print(f"{head}: done, skipped", flush=True)
+        if item not in todo:
+            done = item_done(work, item)
+            print(f"{head}: " + ("done, skipped" if done else "skipped, every result that reads it is kept"), flush=True)
             continue
-        left = [it for it in items[i - 1 :] if not item_done(work, it)]
+        left = [it for it in todo[todo.index(item) :] if not item_done(work, it)]
         print(f"{head}: running (items left: {len(left)}, {eta_text(left, spent)})", flush=True)
         t = time.time()
         if item[0] == "defi-pretrain":
             pretrain_defi(work, root, a, item[1], item[2])
+            if item[1] in a.curve and item[2] == a.pretrain_seeds[0]:
+                gidm_probe(work, root, a, item[1], item[2])  # the curve's probe, kept
         elif item[0] == "joint-pretrain":
             pretrain_joint(work, root, a, item[1], item[2])
         else:
             run_cell(work, root, a, *item[1:])
         spent.setdefault(item[0], []).append(time.time() - t)
-    return summarise(work, a, config, cmd, time.time() - t0)
+        if keep:
+            save_kept(work, keep)
+    return summarise(work, a, config, cmd, time.time() - t0, keep)
 
 
-def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: float) -> dict:
+def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: float, keep: Path | None = None) -> dict:
     items = [it for it in plan(a) if it[0] == "cell"]
     names = {cell_name(*it[1:]) for it in items}
     cells = [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json")) if p.stem in names]
     for c in cells:
         run = work / "cells" / cell_name(c["variant"], c["size"], c["p"], c["f"]) / "run"
-        if any((run / "checkpoints").glob("step-*")):
+        if (run.parent / "reliance.json").exists() or any((run / "checkpoints").glob("step-*")):
             c["reliance"] = image_reliance(run)
     probes, pairs = {}, None
     root = str(work / "corpus")
     for size in a.curve:
-        if item_done(work, ("defi-pretrain", size, a.pretrain_seeds[0])):
+        kept = (pretrain_dir(work, size, a.pretrain_seeds[0]) / "probe.json").exists()
+        if kept or item_done(work, ("defi-pretrain", size, a.pretrain_seeds[0])):
             if pairs is None and not (pretrain_dir(work, size, a.pretrain_seeds[0]) / "probe.json").exists():
                 from defi.training.gidm.latent_probe import probe_pairs
 
@@ -965,6 +1032,8 @@ def summarise(work: Path, a: argparse.Namespace, config: dict, cmd: str, wall: f
         "" if a.config_name == "full" else f"; {a.config_name} configuration, not the full run"
     )
     atomic_json(work / "results.json", res)
+    if keep:
+        save_kept(work, keep)
     tmp = work / f"report.html.tmp{os.getpid()}"
     tmp.write_text(report_html(res))
     os.replace(tmp, work / "report.html")

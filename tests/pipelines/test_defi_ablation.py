@@ -134,11 +134,52 @@ def test_statistics_rows_comparisons_curve_and_trend():
     assert svg.count('class="pt"') == 4 and svg.count('class="whisker"') == 4
 
 
+def test_pretraining_is_needed_while_a_reader_is_not_kept(tmp_path):
+    mod = load_bench()
+    a = mod.parse(["--smoke", "--work", str(tmp_path)])
+    items = mod.plan(a)
+    pre = [it for it in items if it[0] != "cell"]
+    assert pre == [("defi-pretrain", "1", 0), ("joint-pretrain", "1", 0), ("defi-pretrain", "0.5", 0)]
+    assert all(mod.pretraining_needed(tmp_path, a, it, items) for it in pre)
+    for it in items:  # every cell kept but scratch's
+        if it[0] == "cell" and it[1] != "scratch":
+            (tmp_path / "cells").mkdir(exist_ok=True)
+            (tmp_path / "cells" / f"{mod.cell_name(*it[1:])}.json").write_text("{}")
+    for size in ("1", "0.5"):  # the curve's probes kept
+        mod.atomic_json(mod.pretrain_dir(tmp_path, size, 0) / "probe.json", {})
+    needed = [it for it in pre if mod.pretraining_needed(tmp_path, a, it, items)]
+    assert needed == [("defi-pretrain", "1", 0)]  # scratch takes its shapes from seed 0's defi runs
+    (tmp_path / "pretrain" / "x0.5-p0" / "probe.json").unlink()
+    assert mod.pretraining_needed(tmp_path, a, ("defi-pretrain", "0.5", 0), items)
+    (tmp_path / "cells" / "scratch-s0.json").write_text("{}")
+    assert not mod.pretraining_needed(tmp_path, a, ("defi-pretrain", "1", 0), items)
+
+
+def test_kept_results_are_mirrored_and_restored(tmp_path):
+    mod = load_bench()
+    work, keep, work2 = tmp_path / "w", tmp_path / "k", tmp_path / "w2"
+    mod.atomic_json(work / "config.json", {"a": 1})
+    mod.atomic_json(work / "cells" / "defi-x1-p0-s0.json", {"variant": "defi"})
+    mod.atomic_json(work / "cells" / "defi-x1-p0-s0" / "reliance.json", {"true": 0.5})
+    mod.atomic_json(work / "pretrain" / "x1-p0" / "probe.json", {"disp": {}})
+    (work / "pretrain" / "x1-p0" / "gidm").mkdir()
+    (work / "pretrain" / "x1-p0" / "gidm" / "model.safetensors").write_bytes(b"x" * 100)  # not kept
+    (work / "cells" / "defi-x1-p0-s0" / "eval").mkdir()
+    (work / "cells" / "defi-x1-p0-s0" / "eval" / "results.json").write_text("{}")  # not kept
+    mod.save_kept(work, keep)
+    kept = sorted(str(f.relative_to(keep)) for f in keep.rglob("*") if f.is_file())
+    assert kept == ["cells/defi-x1-p0-s0.json", "cells/defi-x1-p0-s0/reliance.json", "config.json", "pretrain/x1-p0/probe.json"]
+    assert mod.restore_kept(work2, keep) == 4
+    assert json.loads((work2 / "cells" / "defi-x1-p0-s0" / "reliance.json").read_text()) == {"true": 0.5}
+    (work2 / "config.json").write_text('{"a": 2}')  # what WORK has is not overwritten
+    assert mod.restore_kept(work2, keep) == 0 and json.loads((work2 / "config.json").read_text()) == {"a": 2}
+
+
 @pytest.mark.slow  # several minutes on the loaded 2-core box (data, 3 pretraining runs + the joint one, 5 cells)
 def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     mod = load_bench()
-    work = tmp_path / "abl"
-    res = mod.main(["--smoke", "--work", str(work)])
+    work, keep = tmp_path / "abl", tmp_path / "kept"
+    res = mod.main(["--smoke", "--work", str(work), "--keep", str(keep)])
     out = capsys.readouterr().out
     target = mod.target_tasks(1)
     assert "smoke configuration, not the full run" in out and "target tasks (rule: MT50" in out and target[0] in out
@@ -187,6 +228,17 @@ def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
     assert out.count("done, skipped") == n_items and "[run] defi" not in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert res2["table"]["rows"] == t["rows"] and res2["table"]["curve"] == t["curve"]
+    # another machine: a new work folder restored from the kept results runs nothing, not even the
+    # data, and reports the same table and curve (demo errors and probes included)
+    kept = sorted(str(f.relative_to(keep)) for f in keep.rglob("*") if f.is_file())
+    assert "config.json" in kept and "cells/scratch-s0.json" in kept and "cells/scratch-s0/reliance.json" in kept
+    assert "pretrain/x0.5-p0/probe.json" in kept and "pretrain/x1-p0/probe.json" in kept and len(kept) == 1 + 5 + 5 + 2
+    res3 = mod.main(["--smoke", "--work", str(tmp_path / "abl2"), "--keep", str(keep), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert f"restored {len(kept)} kept result files" in out and "[run] defi" not in out
+    assert out.count("skipped, every result that reads it is kept") == n_items - 5
+    assert not (tmp_path / "abl2" / "corpus").exists()
+    assert res3["table"]["rows"] == t["rows"] and res3["table"]["curve"] == t["curve"]
     # a different configuration in the same folder is refused
     with pytest.raises(SystemExit, match="another configuration"):
         mod.main(["--quick", "--work", str(work)])
