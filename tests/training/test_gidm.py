@@ -50,8 +50,10 @@ def test_config_names_every_bad_value_and_lists_valid_names():
         GIDMConfig(input_space="features", feature_dim=0)
     with pytest.raises(ValueError, match="valid: keypoint, keypoint-rvq, tiny, small, univla"):
         gidm_config("huge")
-    with pytest.raises(ValueError, match="unknown GIDMConfig field"):
+    with pytest.raises(ValueError, match="unknown key 'GIDMConfig.bottlenek'.*valid: .*bottleneck"):
         GIDMConfig.from_dict({"bottlenek": "vq"})
+    with pytest.raises(ValueError, match="GIDMConfig.latent_dim: invalid literal"):  # a checkpoint's bad value, named
+        GIDMConfig.from_dict({"latent_dim": "wide"})
 
 
 def test_config_json_round_trip():
