@@ -31,7 +31,7 @@ an earlier version of this script.)
    env seed ``EVAL_SEED`` (held-out layouts, the same for every cell: episode i of a task is the
    same layout in every cell). Variants: ``defi`` (from the size-1 defi run of seed p), ``entangled``
    (``--init entangled --joint RUN``), ``scratch`` (random weights, the defi run's shapes; no p),
-   ``defi-diffusion-head`` (issue 38: defi p=0 with ``--policy.head diffusion``, compared with
+   ``defi-diffusion-head`` (issue 38: defi p=0 with ``--model.head diffusion``, compared with
    defi p=0), and the curve: defi at the other sizes, p=0. Each cell writes
    ``WORK/cells/<variant>-x<size>-p<p>-s<f>.json`` (scratch: ``scratch-s<f>.json``) atomically and
    each pretraining run a ``done`` marker: re-running skips what is finished.
@@ -77,7 +77,7 @@ PRETRAIN_SET_SEED = 10  # action-free set i (0-based) has layout seed seed + PRE
 TARGET_RULE_SEED = 37  # the issue's number: the permutation of the candidate target tasks
 MAIN = "1"  # the pretraining size of the main comparison
 # cell variants beyond the --init ones: name -> (init, extra `defi train policy` flags, baseline)
-EXTRAS = {"defi-diffusion-head": ("defi", ["--policy.head", "diffusion"], "defi")}
+EXTRAS = {"defi-diffusion-head": ("defi", ["--model.head", "diffusion"], "defi")}
 COMPARISONS = (("defi", "scratch"), ("defi", "entangled"), ("defi-diffusion-head", "defi"))
 
 # Fixed before any result (issue 37). pretrain_sets: action-free episodes per task of each disjoint
@@ -383,7 +383,7 @@ def run_cell(work: Path, root: str, a: argparse.Namespace, variant: str, size: s
             "256",
             "--no-progress",
         ]
-        + (["--policy.head_dim", "64"] if a.size < 64 else [])
+        + (["--model.head_dim", "64"] if a.size < 64 else [])
         + extra
     )
     t_train = time.time() - t0

@@ -150,7 +150,7 @@ def steps_for(work: Path, device: str, quick: bool, n_train: int | None = None) 
         ),
         Step(
             "train policy diffusion",
-            [*policy, "--out", str(work / "policy-diffusion"), "--horizon", "4", "--policy.head", "diffusion"],
+            [*policy, "--out", str(work / "policy-diffusion"), "--horizon", "4", "--model.head", "diffusion"],
             needs=("train gidm", "train gfdm tiny"),
         ),
         Step(

@@ -1,4 +1,4 @@
-"""The release-shaped DeFI policy (``--policy.preset release``) at full model size: build it with the
+"""The release-shaped DeFI policy (``--model.preset release``) at full model size: build it with the
 SVD img2vid GFDM (random weights, no download), print its parameters by part, run one training
 step and one closed-loop Meta-World step on this machine, and print the memory it took beside an
 estimate of what 256 px training needs on one GPU.

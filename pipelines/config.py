@@ -101,7 +101,26 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cfg
 
 
+def renamed_sections(cls: type) -> dict[str, str]:
+    """A config class' renamed sections, old name -> new (its ``RENAMED`` class variable)."""
+    return dict(getattr(cls, "RENAMED", {}))
+
+
+def rename_sections(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``cls`` layer: file, saved run config) with each renamed section under its new
+    name; a layer giving both has them merged, the new name's values winning."""
+    if not isinstance(data, dict) or not (renamed := renamed_sections(cls)):
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old in out:
+            value = out.pop(old)
+            out[new] = merge(value, out[new]) if isinstance(value, dict) and isinstance(out.get(new), dict) else out.get(new, value)
+    return out
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    data = rename_sections(cls, data)
     types_ = _field_types(cls)
     kwargs = {}
     for k, v in (data or {}).items():
@@ -198,8 +217,9 @@ def _with_default(help_: str, shown: Any) -> str:
 
 
 class _DeprecatedSpelling(argparse.Action):
-    """The snake_case spelling of a top-level flag (``--gidm_model``), accepted so that scripts
-    written with it keep working: hidden from --help, with a one-line note naming the flag."""
+    """An old spelling of a flag (the snake_case ``--gidm_model``, a renamed section's
+    ``--policy.head``), accepted so that scripts written with it keep working: hidden from --help,
+    with a one-line note naming the flag."""
 
     def __init__(self, *args, new: str, **kwargs):
         self.new = new
@@ -222,8 +242,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "co
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         flag = flag_name(key)
         g.add_argument(flag, dest=f"cfg__{key}", default=UNSET, metavar=meta, help=_with_default(help_, shown))
-        if flag != f"--{key}":
-            g.add_argument(f"--{key}", dest=f"cfg__{key}", default=UNSET, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
+        old = [f"--{key}"] if flag != f"--{key}" else []
+        old += [f"--{o}.{key[len(n) + 1 :]}" for o, n in renamed_sections(cls).items() if key.startswith(n + ".")]
+        for spelling in old:
+            g.add_argument(spelling, dest=f"cfg__{key}", default=UNSET, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -619,7 +619,7 @@ def policy_layer(ctx: Context, variant: str) -> dict[str, Any]:
         "gfdm": str(ctx.gfdm_run),
         "gidm": str(ctx.gidm_run),
         "out": str(ctx.policy_run(variant)),
-        "policy": {"init": variant},
+        "model": {"init": variant},
         "train": {
             "steps": c.policy_steps,
             "batch_size": 16,

@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from defi.schemas.contract import DataContract
 from defi.schemas.corpus import Corpus
@@ -35,7 +35,7 @@ from defi.training.gfdm import TextModelConfig
 from defi.training.policy import INITS, PolicyConfig
 from defi.training.recipes.configuration import TrainConfig
 
-from .config import add_flags, from_dict, merge, to_dict
+from .config import add_flags, from_dict, merge, rename_sections, to_dict
 from .command import CommandSpec, run_command
 from .train_common import (
     RUN_CONFIG_FILE,
@@ -63,7 +63,7 @@ class PolicyDataConfig:
         default=False,
         metadata={
             "help": "give the policy the robot's proprioception (observation.state) at o_t as an input token; "
-            "every selected clip must carry it, and its width sets policy.state_dim"
+            "every selected clip must carry it, and its width sets model.state_dim"
         },
     )
 
@@ -99,10 +99,14 @@ class PolicyRunConfig:
     gidm: str = _path("GIDM run or checkpoint folder (not used by --init bc)")
     joint: str = _path("joint forward + inverse run or checkpoint folder (`defi train joint`): what --init entangled starts from")
     out: str = _path("run folder: checkpoints/, metrics.jsonl, tb/, run_config.json")
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    model: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=_policy_train_default)
     data: PolicyDataConfig = field(default_factory=PolicyDataConfig)
     text: TextModelConfig = field(default_factory=TextModelConfig)
+
+    # the section's name in run configs written before it was ``model`` (as in gidm/gfdm runs);
+    # ``--policy.FIELD`` stays a hidden alias of ``--model.FIELD``
+    RENAMED: ClassVar[dict[str, str]] = {"policy": "model"}
 
 
 def policy_run_config(*layers: dict[str, Any]):
@@ -110,7 +114,7 @@ def policy_run_config(*layers: dict[str, Any]):
     file, lowest first) over them; ``train.out_dir`` is ``out``. Raises ``ConfigError``."""
     data: dict[str, Any] = {}
     for layer in layers:
-        data = merge(data, layer)
+        data = merge(data, rename_sections(PolicyRunConfig, layer))
     data = with_policy_preset(data)
     cfg = from_dict(PolicyRunConfig, data)
     cfg.train.out_dir = cfg.out
@@ -118,12 +122,12 @@ def policy_run_config(*layers: dict[str, Any]):
 
 
 def with_policy_preset(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the values of its ``policy.preset`` (``PRESETS``) beneath it: the preset fills
+    """``data`` with the values of its ``model.preset`` (``PRESETS``) beneath it: the preset fills
     what no layer sets, so every explicit value wins. ``bc`` has no future branch, so a preset's
     GFDM-feature and latent-token settings do not apply to it."""
     from defi.training.policy.configuration_policy import INIT_VARIANTS, PRESETS
 
-    policy = data.get("policy") or {}
+    policy = data.get("model") or {}
     name = policy.get("preset") if isinstance(policy, dict) else None
     if not name or name not in PRESETS:  # an unknown name is refused by PolicyConfig, naming the valid ones
         return data
@@ -132,18 +136,18 @@ def with_policy_preset(data: dict[str, Any]) -> dict[str, Any]:
     if init is not None and not init.future_branch:
         for key in ("resampler_queries", "resampler_depth", "latent_tokens"):
             values.pop(key, None)
-    return merge({"policy": values}, data)
+    return merge({"model": values}, data)
 
 
 # ---------------------------------------------------------------------------------------------
 # the pieces: pretrained parts, instruction embeddings, action statistics
 # ---------------------------------------------------------------------------------------------
 def fill_policy_config(cfg) -> None:
-    """Set ``cfg.policy.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
+    """Set ``cfg.model.gfdm/gidm/image_size/context_frames/text_dim/text_model`` from the GFDM and
     GIDM checkpoints' configs (and check them: types, image sizes), without loading weights."""
     from defi.training.checkpoint import CheckpointError, load_model_config
 
-    pc = cfg.policy
+    pc = cfg.model
     if pc.future_branch:
         parts = {}
         for flag in ("joint",) if pc.variant.joint else ("gfdm", "gidm"):
@@ -166,23 +170,23 @@ def fill_policy_config(cfg) -> None:
         want = PRESET_BACKBONE.get(pc.preset)
         if want and gfdm_cfg.backbone != want:
             raise ValueError(
-                f"--policy.preset {pc.preset} needs a {want!r} GFDM; --gfdm {cfg.gfdm} is a {gfdm_cfg.backbone!r} one "
+                f"--model.preset {pc.preset} needs a {want!r} GFDM; --gfdm {cfg.gfdm} is a {gfdm_cfg.backbone!r} one "
                 f"(train it with `defi train gfdm --model {want}`)"
             )
         pc.gfdm, pc.gidm = gfdm_cfg.to_dict(), gidm_cfg.to_dict()
         pc.image_size, pc.context_frames, pc.text_dim = gfdm_cfg.image_size, gfdm_cfg.context_frames, gfdm_cfg.text_dim
     pc.text_model = dataclasses.asdict(cfg.text)
-    cfg.policy = type(pc).from_dict(pc.to_dict())  # validate the filled config
+    cfg.model = type(pc).from_dict(pc.to_dict())  # validate the filled config
 
 
 def build_policy(cfg) -> Any:
-    """The ``DeFiPolicy`` of ``cfg.policy`` (filled by ``fill_policy_config``): pretrained parts
+    """The ``DeFiPolicy`` of ``cfg.model`` (filled by ``fill_policy_config``): pretrained parts
     loaded from ``cfg.gfdm`` / ``cfg.gidm`` where the variant keeps them, random ones of the same
     architecture elsewhere; ``entangled``: GFDM, projection and GIDM from the joint run ``cfg.joint``."""
     from defi.training.checkpoint import load_model
     from defi.training.policy.modeling_policy import DeFiPolicy
 
-    pc = cfg.policy
+    pc = cfg.model
     if pc.variant.joint:  # the three parts of the future branch as the joint run left them
         joint = load_model(cfg.joint, expect="joint", inference=False)[0]
         policy = DeFiPolicy(pc, gfdm=joint.gfdm, gidm=joint.gidm)
@@ -307,14 +311,14 @@ def run_train_policy(root: str, select: str, cfg) -> dict[str, Any]:
     saved = out / RUN_CONFIG_FILE
     fill_policy_config(cfg)
     if saved.is_file() and any((out / "checkpoints").glob("step-*")):
-        old = json.loads(saved.read_text()).get("policy", {})
-        diff = [k for k, v in to_dict(cfg.policy).items() if k not in ("action_dim", "state_dim") and old.get(k) != v]
+        old = rename_sections(PolicyRunConfig, json.loads(saved.read_text())).get("model", {})
+        diff = [k for k, v in to_dict(cfg.model).items() if k not in ("action_dim", "state_dim") and old.get(k) != v]
         if diff:
             raise ValueError(f"{out} already holds a policy run with a different policy config ({', '.join(diff[:4])}); use a new --out")
     rank, world_size = process_group()
     corpus = Corpus.open(cfg.root)
     selection = resolve_selection(corpus, cfg.select)
-    pc = cfg.policy
+    pc = cfg.model
     dataset = ActionChunkDataset(
         selection,
         corpus.shard_url,
@@ -330,11 +334,11 @@ def run_train_policy(root: str, select: str, cfg) -> dict[str, Any]:
         world_size=world_size,
     )
     if pc.state_dim and not cfg.data.proprio:
-        raise ValueError(f"policy.state_dim={pc.state_dim} needs --data.proprio (the data sets the width)")
+        raise ValueError(f"model.state_dim={pc.state_dim} needs --data.proprio (the data sets the width)")
     stats = action_stats(dataset, cfg.data.stats_clips, proprio=cfg.data.proprio)
     mean, std, n_rows, stride = stats.mean, stats.std, stats.rows, stats.stride
     # the data decides the widths
-    pc = cfg.policy = type(pc).from_dict({**pc.to_dict(), "action_dim": stats.action_dim, "state_dim": stats.state_dim})
+    pc = cfg.model = type(pc).from_dict({**pc.to_dict(), "action_dim": stats.action_dim, "state_dim": stats.state_dim})
     policy = build_policy(cfg)
     policy.action_mean.copy_(torch.as_tensor(mean))
     policy.action_std.copy_(torch.as_tensor(std))
@@ -395,7 +399,7 @@ def summary_text(res: dict[str, Any]) -> str:
     cfg = res["config"]
     m = res["model"]
     lines = [
-        f"policy ({cfg.policy.init}, {cfg.policy.head} head, H={cfg.policy.horizon}): {res['selected_clips']} clips, "
+        f"policy ({cfg.model.init}, {cfg.model.head} head, H={cfg.model.horizon}): {res['selected_clips']} clips, "
         f"{res['action_rows']} action rows, {num_parameters(m, True):,} trainable / {num_parameters(m):,} parameters",
         "  parameters (trainable) by part: " + ", ".join(f"{k} {n:,} ({t:,})" for k, (n, t) in parameter_counts(m).items()),
     ]
@@ -415,8 +419,8 @@ def _print_summary(_args: argparse.Namespace, res: dict[str, Any]) -> None:
 
 # the shortcut flags of `defi train policy` (see ``command.Shortcuts``)
 POLICY_SHORTCUTS: dict[str, Any] = {
-    "init": "policy.init",
-    "horizon": "policy.horizon",
+    "init": "model.init",
+    "horizon": "model.horizon",
     "steps": "train.steps",
     "no_progress": {"train.progress": False},
 }
@@ -452,11 +456,11 @@ def add_policy_parser(sub) -> argparse.ArgumentParser:
         description="Finetune the DeFI policy on the robot clips with actions a SQL query or manifest selects: "
         "GFDM features of the predicted future -> projection -> pretrained GIDM encoder -> action "
         "head -> H actions. Re-running with the same --out resumes. Config: defaults <- --config <- "
-        "--policy.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
+        "--model.*/--train.*/--data.*/--text.* flags <- shortcut flags.",
     )
-    p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --policy.init; default defi)")
-    p.add_argument("--horizon", type=int, help="actions per chunk (same as --policy.horizon)")
+    p.add_argument("--init", choices=INITS, help="what starts pretrained (same as --model.init; default defi)")
+    p.add_argument("--horizon", type=int, help="actions per chunk (same as --model.horizon)")
     add_run_flags(p, data_flags=False, workers=True)
-    add_flags(p, PolicyRunConfig, "run config (root, select, ..., policy.*, train.*, data.*, text.*)")
+    add_flags(p, PolicyRunConfig, "run config (root, select, ..., model.*, train.*, data.*, text.*)")
     p.set_defaults(func=cmd_train_policy)
     return p

@@ -56,8 +56,8 @@ PAIRS = {
     "train policy": [
         ("--steps", ["7"], "--train.steps", ["7"]),
         ("--no-progress", [], "--train.progress", ["false"]),
-        ("--init", ["bc"], "--policy.init", ["bc"]),
-        ("--horizon", ["4"], "--policy.horizon", ["4"]),
+        ("--init", ["bc"], "--model.init", ["bc"]),
+        ("--horizon", ["4"], "--model.horizon", ["4"]),
     ],
     "eval": [],
     "demo": [],
@@ -136,3 +136,24 @@ def test_run_command_requires_inputs_checks_then_runs_and_summarises(capsys):
     assert run_command(spec, args) == 3 and calls == [("check", 3), ("run", 3)]
     args.dry_run = True
     assert run_command(spec, args) == 0 and json.loads(capsys.readouterr().out) == {"n": 3}
+
+
+def test_the_policy_section_is_model_and_its_old_name_still_reads(capsys, tmp_path):
+    """``defi train policy``'s model section is ``model`` as in gidm/gfdm runs; ``--policy.FIELD``
+    and a file's (or an older run's) ``policy:`` section still set it, the flag with a note."""
+    cfg = dry_run(capsys, "train policy", "--model.head", "diffusion")
+    assert cfg["model"]["head"] == "diffusion" and "policy" not in cfg
+    assert main(["train", "policy", "--policy.head", "diffusion", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == cfg and "--policy.head is deprecated; use --model.head" in err
+    help_ = " ".join(main_help(capsys, "train", "policy").split())
+    assert "--model.head" in help_ and "--policy.head" not in help_
+    (tmp_path / "old.yaml").write_text("policy:\n  horizon: 4\nmodel:\n  head: transformer\n")
+    cfg = dry_run(capsys, "train policy", "--config", str(tmp_path / "old.yaml"))
+    assert (cfg["model"]["horizon"], cfg["model"]["head"]) == (4, "transformer")
+
+
+def main_help(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return capsys.readouterr().out

@@ -214,9 +214,9 @@ def test_smoke_run_end_to_end_and_resume(tmp_path, capsys):
         assert f'data-variant="{v}" data-task="all"' in html
     assert (work / "pretrain" / "x1-p0" / "joint" / "done").exists()
     cfg = json.loads((work / "cells" / "entangled-x1-p0-s0" / "run" / "run_config.json").read_text())
-    assert cfg["policy"]["init"] == "entangled"
+    assert cfg["model"]["init"] == "entangled"
     cfg = json.loads((work / "cells" / "defi-diffusion-head-x1-p0-s0" / "run" / "run_config.json").read_text())
-    assert cfg["policy"]["init"] == "defi" and cfg["policy"]["head"] == "diffusion"
+    assert cfg["model"]["init"] == "defi" and cfg["model"]["head"] == "diffusion"
     for name in ("defi-x1-p0-s0", "entangled-x1-p0-s0", "scratch-s0", "defi-diffusion-head-x1-p0-s0", "defi-x0.5-p0-s0"):
         ev = json.loads((work / "cells" / name / "eval" / "results.json").read_text())
         assert ev["config"]["seed"] == mod.EVAL_SEED and ev["config"]["tasks"] == target

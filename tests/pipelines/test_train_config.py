@@ -45,7 +45,7 @@ def test_demo_layers_give_the_cli_config(ctx, capsys):
     cli = _dry_run(capsys, ["policy", *demo._flags(layer)])
     cfg = policy_run_config(layer)
     assert to_dict(cfg) == cli
-    assert cfg.policy.init == "scratch" and cfg.train.out_dir == str(ctx.policy_run("scratch"))
+    assert cfg.model.init == "scratch" and cfg.train.out_dir == str(ctx.policy_run("scratch"))
 
 
 def test_shortcut_flags_are_the_layers_they_name(capsys, tmp_path):

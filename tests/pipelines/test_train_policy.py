@@ -163,15 +163,15 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     assert "no clip in the selection has actions" in err(*no_actions)
     swapped = [str(tmp / "gidm") if a == str(tmp / "gfdm") else a for a in base]
     assert "a 'gidm' checkpoint where a 'gfdm' checkpoint is expected" in err(*swapped)
-    assert "init='dagger'" in err(*base, "--policy.init", "dagger")
+    assert "init='dagger'" in err(*base, "--model.init", "dagger")
 
 
 def test_diffusion_head_with_proprio_through_the_cli(setup, tmp_path, capsys):
-    """--policy.head diffusion --data.proprio: the data sets state_dim and the state statistics,
+    """--model.head diffusion --data.proprio: the data sets state_dim and the state statistics,
     the checkpoint keeps them, and the saved policy samples the same chunk for the same seed."""
     tmp, root = setup
     out = tmp_path / "diff"
-    more = ("--steps", "2", "--policy.head", "diffusion", "--policy.diffusion_infer_steps", "3", "--data.proprio", "true")
+    more = ("--steps", "2", "--model.head", "diffusion", "--model.diffusion_infer_steps", "3", "--data.proprio", "true")
     assert defi_main(argv(tmp, root, out, *more)) == 0
     printed = capsys.readouterr().out
     assert "diffusion head" in printed and "by part: gfdm" in printed and "head " in printed
@@ -187,10 +187,10 @@ def test_diffusion_head_with_proprio_through_the_cli(setup, tmp_path, capsys):
 
 def test_release_preset_needs_an_svd_gfdm(setup, tmp_path, capsys):
     tmp, root = setup
-    rc = defi_main(argv(tmp, root, tmp_path / "rel", "--steps", "1", "--policy.preset", "release"))
+    rc = defi_main(argv(tmp, root, tmp_path / "rel", "--steps", "1", "--model.preset", "release"))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "--policy.preset release needs a 'svd' GFDM" in err and "'unet2d'" in err
+    assert "--model.preset release needs a 'svd' GFDM" in err and "'unet2d'" in err
 
 
 def test_two_workers_under_torchrun(setup, tmp_path, capfd):
@@ -263,7 +263,7 @@ def test_train_joint_then_policy_entangled(setup, tmp_path, capsys):
     _, cfg, _ = load_model(tmp_path / "ent", expect="policy")
     assert cfg.init == "entangled"
     # the policy's parts are the joint run's, weight for weight, before finetuning
-    run = policy_run_config({"root": root, "select": "SELECT key FROM clips", "joint": str(joint), "policy": {"init": "entangled"}})
+    run = policy_run_config({"root": root, "select": "SELECT key FROM clips", "joint": str(joint), "model": {"init": "entangled"}})
     fill_policy_config(run)
     policy = build_policy(run)
     source = load_model(joint, expect="joint")[0]

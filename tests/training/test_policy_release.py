@@ -1,4 +1,4 @@
-"""``--policy.preset release`` at the release's model size (SVD img2vid GFDM, random weights) on
+"""``--model.preset release`` at the release's model size (SVD img2vid GFDM, random weights) on
 CPU at 64 px: it builds, its parts have the release's parameter counts, one training step moves
 only the trainable parts, and one closed-loop Meta-World step samples a 10-step chunk."""
 

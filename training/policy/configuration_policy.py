@@ -51,7 +51,7 @@ INITS = tuple(INIT_VARIANTS)
 HEADS = ("mlp", "transformer", "diffusion")
 SAMPLERS = ("ddim", "ddpm")
 
-# Named starting points for ``--policy.preset``: a preset fills the fields a run does not set
+# Named starting points for ``--model.preset``: a preset fills the fields a run does not set
 # (``policy_run_config`` merges it beneath every layer), and may require a GFDM backbone.
 # ``release``: the shape of the released DeFI policy (LogosRoboticsGroup/DeFi, ``VPP_policy.py``):
 # the SVD img2vid GFDM, its up-block features resampled by a Perceiver, the GIDM's latent
