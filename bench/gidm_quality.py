@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from defi.training.gidm.configuration_gidm import BOTTLENECKS
 from defi.training.gidm.latent_probe import encode_all, probe, probe_pairs
 from defi.training.sim import HELD_OUT_TASKS, PRETRAIN_TASKS  # (importing it sets MUJOCO_GL before mujoco loads)
 
@@ -180,9 +181,7 @@ def parse(argv=None) -> argparse.Namespace:
         choices=["keypoint", "keypoint-rvq", "tiny", "small"],
         help="GIDM preset under the defaults below (tiny + them = keypoint; keypoint-rvq: its residual-VQ codes)",
     )
-    p.add_argument(
-        "--bottleneck", default=None, choices=["continuous", "vq", "fsq", "rvq", "nsvq"], help="override the model size's bottleneck"
-    )
+    p.add_argument("--bottleneck", default=None, choices=BOTTLENECKS, help="override the model size's bottleneck")
     p.add_argument("--latent-dim", type=int, default=16, help="latent width (default 16)")
     p.add_argument(
         "--model-set",

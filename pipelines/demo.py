@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from defi.training.gidm.configuration_gidm import BOTTLENECKS
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
 from .command import CommandSpec, add_dry_run_flag, layered
@@ -80,7 +81,7 @@ class DemoConfig:
         default="keypoint",
         metadata={"help": "GIDM preset (defi train gidm --model): keypoint, keypoint-rvq (codes), tiny, small, univla"},
     )
-    gidm_bottleneck: str = field(default="", metadata={"help": "GIDM latent: continuous, vq, fsq, rvq or nsvq (default: the preset's)"})
+    gidm_bottleneck: str = field(default="", metadata={"help": "GIDM latent: " + ", ".join(BOTTLENECKS) + " (default: the preset's)"})
     codebook_size: int = field(default=0, metadata={"help": "latent-action codes per codebook (default 0: the preset's)"})
     changed_weight: float = field(default=30.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
     keypoints: int = field(

@@ -124,6 +124,8 @@ class ClipRecord(Span):
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
+        for name in SCORE_COLUMNS:  # a score column reaches the row whether or not a field above declares it
+            row[name] = getattr(self, name, None)
         errors = row.pop("errors")
         row["errors_json"] = json.dumps(errors, sort_keys=True) if errors else None
         row["operators_json"] = json.dumps(row.pop("operators"), sort_keys=True)

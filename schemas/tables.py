@@ -62,7 +62,8 @@ SOURCES = _schema(
 # The scores with a float32 column of their own in ``clips`` (null when the scorer did not run),
 # in schema order, each with what it measures (the report's axis label). A scorer declares the
 # columns it fills (``curate.base.Scorer.columns``); any other score it returns goes to
-# ``extra_scores``. Adding a column here adds it to the schema, the record and the report.
+# ``extra_scores``. Adding a column here adds it to the schema, the record's row (``ClipRecord``
+# stores it by name; its declared score fields only document the built-in ones) and the report.
 FRAME_SCORE_COLUMNS: dict[str, str] = {
     "motion_mean": "optical flow, px/frame",  # at the analysis resolution
     "motion_p90": "optical flow, 90th percentile, px/frame",

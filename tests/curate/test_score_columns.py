@@ -36,3 +36,17 @@ def test_the_record_stores_declared_scores_in_columns_and_others_apart():
     assert [getattr(r, name) for name in SCORE_COLUMNS] == [float(i) for i in range(len(SCORE_COLUMNS))]
     assert r.extra_scores == {"short_side": 64.0}
     assert [c for c, _ in SCORES if c in FRAME_SCORE_COLUMNS] == [c for c in FRAME_SCORE_COLUMNS if c != "motion_p90"]
+
+
+def test_a_new_score_column_reaches_the_row_without_a_record_field(monkeypatch):
+    """Adding a scorer is its class, its config field and its column in ``FRAME_SCORE_COLUMNS``:
+    the record needs no field of its own (``asdict`` would drop an undeclared attribute)."""
+    import defi.schemas.records as records
+
+    monkeypatch.setattr(records, "SCORE_COLUMNS", {**SCORE_COLUMNS, "sharpness_new": "a new score"})
+    r = ClipRecord(key="k", source_id="s", uri="u", shot_index=0, clip_index=0, start_frame=0, end_frame=1, start_s=0.0, end_s=1.0)
+    r.set_scores({"sharpness_new": 0.25, "blur": 3.0})
+    row = r.to_row()
+    assert row["sharpness_new"] == 0.25 and row["blur"] == 3.0 and r.extra_scores == {}
+    empty = ClipRecord(key="k", source_id="s", uri="u", shot_index=0, clip_index=0, start_frame=0, end_frame=1, start_s=0.0, end_s=1.0)
+    assert empty.to_row()["sharpness_new"] is None

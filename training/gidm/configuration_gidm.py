@@ -18,6 +18,9 @@ INPUT_SPACES = ("pixels", "features")
 # vq: nearest code, straight-through; nsvq: the same codebook trained by noise substitution
 # (LAPA); rvq: residual VQ, vq_stages codebooks; fsq: finite scalar quantisation
 BOTTLENECKS = ("continuous", "vq", "fsq", "rvq", "nsvq")
+# the bottlenecks with a learned codebook: its ids are the codes, and with several processes its
+# rank-local dead-code restarts are synchronised after each step (the gidm and joint recipes)
+CODEBOOK_BOTTLENECKS = ("vq", "rvq", "nsvq")
 # Frozen image encoders for input_space="features":
 #   "open_clip:<model name>"  an open_clip ViT's patch tokens (weights: feature_weights, a local
 #                             file or an open_clip pretrained tag; none = random, tests only)
@@ -61,7 +64,11 @@ class GIDMConfig(ConfigDict):
     num_action_tokens: int = field(default=1, metadata={"help": "learned action queries, i.e. latent tokens per transition"})
     bottleneck: str = field(
         default="continuous",
-        metadata={"help": "latent kind: continuous (beta-VAE) | vq | fsq | rvq (residual VQ) | nsvq (VQ trained by noise substitution)"},
+        metadata={
+            "help": "latent kind: "
+            + " | ".join(BOTTLENECKS)
+            + " (continuous: beta-VAE; rvq: residual VQ; nsvq: VQ trained by noise substitution)"
+        },
     )
     # per-token latent width: the VQ code dim and the continuous latent dim. FSQ ignores it and
     # uses len(fsq_levels).
@@ -220,7 +227,7 @@ class GIDMConfig(ConfigDict):
     @property
     def num_codes(self) -> int:
         """Distinct code ids per token (0 for the continuous bottleneck)."""
-        if self.bottleneck in ("vq", "rvq", "nsvq"):
+        if self.bottleneck in CODEBOOK_BOTTLENECKS:
             return self.codebook_size  # rvq: the first stage's codes
         if self.bottleneck == "fsq":
             n = 1

@@ -18,6 +18,7 @@ import torch
 
 from ..distributed import broadcast_module
 from ..gidm import GIDMConfig
+from ..gidm.configuration_gidm import CODEBOOK_BOTTLENECKS
 from ..gidm.modeling_gidm import GIDM
 from .configuration import DEVICES, TrainConfig
 from .loop import Batches, fit, last_checkpoint, lr_factor, start
@@ -61,6 +62,6 @@ def train(
         desc="gidm",
         extra=extra,
         load_kwargs={"feature_extractor": model.features.backbone} if external else None,
-        after_step=broadcast_codebook if run.world_size > 1 and model_cfg.bottleneck in ("vq", "rvq", "nsvq") else None,
+        after_step=broadcast_codebook if run.world_size > 1 and model_cfg.bottleneck in CODEBOOK_BOTTLENECKS else None,
         postfix={"d_recon": "delta_recon"},
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..distributed import broadcast_module
+from ..gidm.configuration_gidm import CODEBOOK_BOTTLENECKS
 from ..joint import JointConfig
 from ..joint.modeling_joint import JointModel
 from .configuration import GFDMTrainConfig
@@ -29,7 +30,7 @@ def train(model_cfg: JointConfig, train_cfg: GFDMTrainConfig, batches: Batches, 
     run = start(train_cfg)
     model = JointModel(model_cfg)
     grids = Grids(run, model.gfdm, train_cfg)
-    vq = run.world_size > 1 and model.gidm.config.bottleneck in ("vq", "rvq", "nsvq")
+    vq = run.world_size > 1 and model.gidm.config.bottleneck in CODEBOOK_BOTTLENECKS
 
     def forward(batch: dict, step: int) -> dict[str, Any]:
         b = run.to_device(batch, ("obs", "future", "text_emb", "has_text"))
