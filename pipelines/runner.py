@@ -2,7 +2,7 @@
 label``: shard reads), with two backends:
 
 - ``ray``: Ray Data (``ray_adapter.py``), on a local Ray or a cluster (``--address``);
-- ``local``: a pool of forked worker processes on this machine, no Ray.
+- ``local``: a pool of worker processes on this machine (forked, or spawned: ``start``), no Ray.
 
 A pipeline is a list of ``Stage``s. A *task* stage (``actors=0``) is a function ``fn(item,
 *args)`` yielding outputs, run once per input item; an *actor* stage (``actors>=1``) is a class
@@ -14,10 +14,29 @@ them (``curate.Committer``, ``label.LabelCommitter``); a stage never commits and
 
 On the local backend the leading task stages run fused in ``workers`` processes (one per CPU by
 default), each taking the next item when it finishes one; actor stages run in the driver, one
-instance each, fed in batches (one machine: one model). Workers are forked (they start at once,
-with the driver's imports), so a task stage must not use a library whose thread pool breaks in a
-forked child (torch's OpenMP pool): model work belongs in actor stages, which run in the driver. Outputs of one item arrive in the order the
+instance each, fed in batches (one machine: one model). Outputs of one item arrive in the order the
 stage yields them (a video's clips before its ``VideoDone``), on both backends.
+
+How local workers start (``Runner(..., start=)``, ``local_stream(..., start=)``):
+
+- ``"fork"`` (the default): they start at once, with the driver's imports, so a task stage must
+  not use a library whose thread pool or state breaks in a forked child (torch's OpenMP pool, a
+  GL/MuJoCo context): model work belongs in actor stages, which run in the driver.
+- ``"spawn"``: fresh interpreters (each imports what its stages need, ~seconds), for task stages
+  that hold GL/MuJoCo/torch state of their own (``defi eval`` and ``defi sim generate`` roll one
+  simulator per worker). Stages travel pickled: their ``fn`` and ``args`` must be picklable
+  (module-level functions and classes), which the driver checks before starting any worker.
+
+Either way a worker dies with the driver (``die_with_parent``), caps its thread pools at its
+stage's CPUs (``limit_threads``) before it loads its stages, ends on SIGTERM, leaves Ctrl-C to the
+driver, and a worker that dies stops the run with ``RunnerError``, as a stage that raises does.
+
+Order across items (``stream(..., ordered=True)``): by default outputs come as workers produce
+them, one item's interleaved with another's; ``ordered=True`` yields every output of item i before
+any of item i+1 (the driver buffers those that come early, so one slow item holds back, in memory,
+what the workers made since), for a result that must not depend on which worker was fastest (a
+written dataset's episode order, an eval's episode list). Local backend only: Ray raises
+``NotImplementedError`` for it.
 
 Backend choice (``--runner``, see ``RUNNER_HELP``): ``auto`` picks Ray for what needs it (a
 cluster, a configured local Ray, several actors of a stage, a large job where Ray's task retries
@@ -131,17 +150,32 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+START_METHODS = ("fork", "spawn")
+
+
 class Runner:
     """``with Runner(backend, ray_cfg) as r: for out in r.stream(items, stages): ...``
 
     Entering starts the backend (a Ray session; nothing for the local pool, whose workers start
     with each ``stream``); ``info`` is what the run record keeps of it, ``start_s`` what starting
-    cost, ``ray_info`` the Ray session's facts (Ray only)."""
+    cost, ``ray_info`` the Ray session's facts (Ray only).
 
-    def __init__(self, backend: str, ray_cfg: RayConfig, workers: int | None = None, why: str = ""):
+    Local backend: ``workers`` processes at most (default one per CPU), started by ``start``:
+    ``"fork"`` (default) or ``"spawn"`` for task stages holding GL/MuJoCo/torch state (picklable,
+    module-level stage functions; see the module docstring). ``stream(items, stages,
+    ordered=True)`` yields item i's outputs before item i+1's (local backend only). E.g. the
+    simulator's episodes::
+
+        with Runner("local", RayConfig(), workers=4, start="spawn") as r:
+            for result in r.stream(jobs, [Stage("episode", run_one, cpus=1)], ordered=True): ...
+    """
+
+    def __init__(self, backend: str, ray_cfg: RayConfig, workers: int | None = None, why: str = "", start: str = "fork"):
         if backend not in ("local", "ray"):
             raise ValueError(f"backend={backend!r}: must be local or ray (resolve auto with pick_backend)")
-        self.backend, self.ray_cfg, self.why = backend, ray_cfg, why
+        if start not in START_METHODS:
+            raise ValueError(f"start={start!r}: must be one of {', '.join(START_METHODS)}")
+        self.backend, self.ray_cfg, self.why, self.start = backend, ray_cfg, why, start
         self.workers = workers or cpu_count()
         self.info: dict[str, Any] = {}
         self.ray_info: dict[str, Any] | None = None
@@ -156,6 +190,8 @@ class Runner:
             self.info = {"backend": "ray", "why": self.why, **self.ray_info}
         else:
             self.info = {"backend": "local", "why": self.why, "workers": self.workers, "cpus": cpu_count(), "node": node_id()}
+            if self.start != "fork":  # the record of a forked pool stays as it was
+                self.info["start"] = self.start
         self.start_s = time.time() - t
         return self
 
@@ -172,13 +208,17 @@ class Runner:
             self.info["gpus"] = self._gpus
         return 1 if self._gpus >= 1 else 0
 
-    def stream(self, items: list[Any], stages: list[Stage]) -> Iterator[Any]:
-        """Run ``stages`` over ``items``; yield the last stage's outputs as they come."""
+    def stream(self, items: list[Any], stages: list[Stage], ordered: bool = False) -> Iterator[Any]:
+        """Run ``stages`` over ``items``; yield the last stage's outputs as they come, or with
+        ``ordered`` every output of item i before item i+1's (local backend only: on Ray
+        ``NotImplementedError``)."""
+        if self.backend == "ray" and ordered:
+            raise NotImplementedError("ordered=True: the Ray backend yields outputs as they come; use the local backend")
         gpus = [self.gpus_of(s) if s.actors else 0 for s in stages]
         if self.backend == "ray":
             yield from ray_stream(items, stages, gpus)
         else:
-            yield from local_stream(items, stages, self.workers)
+            yield from local_stream(items, stages, self.workers, start=self.start, ordered=ordered)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +240,8 @@ def limit_threads(n: int) -> None:
     """In a worker: cap the compute thread pools that read the environment when they start
     (OpenMP, BLAS) at ``n``, as Ray does for its workers (``OMP_NUM_THREADS`` = the task's CPUs).
     OpenCV's pool is set in the driver around the fork (``_forked``): reconfiguring it in a forked
-    child can wait forever on the parent's pool threads, which the child does not have."""
+    child can wait forever on the parent's pool threads, which the child does not have. A spawned
+    worker calls this before it unpickles its stages, so before their imports load those pools."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
 
@@ -224,7 +265,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def die_with_parent(parent: int) -> None:
-    """In a forked worker: end this process when ``parent`` (the driver) ends, however it ends
+    """In a worker (forked or spawned): end this process when ``parent`` (the driver) ends, however it ends
     (SIGKILL included), so a killed run leaves no worker behind. Linux: the kernel sends SIGKILL
     on the parent's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the
     parent pid once a second. Either way, a parent already gone ends the worker at once. (Linux
@@ -253,8 +294,9 @@ def die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, daemon=True, name="defi-parent-watch").start()
 
 
-def _worker(stages: list[Stage], tasks, results, threads: int, parent: int) -> None:
-    """A local worker: take (index, item) until None; send each output pickled, then done."""
+def _worker(stages: list[Stage] | bytes, tasks, results, threads: int, parent: int) -> None:
+    """A local worker: take (index, item) until None; send each output pickled, then done.
+    ``stages`` comes pickled to a spawned worker, unpickled here once its threads are capped."""
     die_with_parent(parent)
     import signal
 
@@ -263,6 +305,12 @@ def _worker(stages: list[Stage], tasks, results, threads: int, parent: int) -> N
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads(threads)
+    if isinstance(stages, bytes):
+        try:
+            stages = pickle.loads(stages)  # imports the stages' modules
+        except BaseException:  # noqa: BLE001 - reported to the driver, which raises it as RunnerError
+            results.put((_FAILED, None, traceback.format_exc()))
+            return
     while True:
         msg = tasks.get()
         if msg is None:
@@ -277,9 +325,26 @@ def _worker(stages: list[Stage], tasks, results, threads: int, parent: int) -> N
         results.put((_DONE, i, None))
 
 
-def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any]:
-    """The task stages over ``items`` in ``workers`` forked processes; outputs as they come."""
-    ctx = mp.get_context("fork")  # workers inherit the driver's imports: no start-up cost
+def _spawnable(stages: list[Stage]) -> bytes:
+    """``stages`` pickled for spawned workers; a stage that does not pickle is named here, in the
+    driver, before any worker starts."""
+    for s in stages:
+        try:
+            pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - pickle raises several kinds
+            raise RunnerError(
+                f"local runner: stage {s.name} cannot go to a spawned worker ({type(e).__name__}: {e}); "
+                "its fn and args must be picklable (a module-level function or class)"
+            ) from None
+    return pickle.dumps(stages, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _pooled(items: list[Any], stages: list[Stage], workers: int, start: str = "fork", ordered: bool = False) -> Iterator[Any]:
+    """The task stages over ``items`` in ``workers`` processes started by ``start``; outputs as
+    they come, or with ``ordered`` item by item (see the module docstring)."""
+    # fork: workers inherit the driver's imports, no start-up cost; spawn: fresh interpreters
+    ctx = mp.get_context(start)
+    payload_stages: list[Stage] | bytes = _spawnable(stages) if start == "spawn" else stages
     tasks = ctx.Queue()
     results = ctx.Queue(maxsize=4 * workers + 16)  # bounded: workers wait while the driver commits
     for i, x in enumerate(items):
@@ -288,13 +353,15 @@ def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any
         tasks.put(None)
     threads = max(1, int(max(s.cpus or 1 for s in stages)))
     procs = [
-        ctx.Process(target=_worker, args=(stages, tasks, results, threads, os.getpid()), daemon=True, name=f"defi-local-{k}")
+        ctx.Process(target=_worker, args=(payload_stages, tasks, results, threads, os.getpid()), daemon=True, name=f"defi-local-{k}")
         for k in range(workers)
     ]
-    with _forked(threads):
+    with _forked(threads) if start == "fork" else contextlib.nullcontext():
         for p in procs:
             p.start()
     left = len(items)
+    # ordered: the next item to yield, outputs (pickled) of later items, and the items done
+    nxt, early, done = 0, {}, set()
     try:
         while left:
             try:
@@ -308,9 +375,21 @@ def _pooled(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any
                     ) from None
                 continue
             if kind == _OUT:
-                yield pickle.loads(payload)
+                if not ordered or i == nxt:
+                    yield pickle.loads(payload)
+                else:
+                    early.setdefault(i, []).append(payload)
             elif kind == _DONE:
                 left -= 1
+                if ordered:
+                    done.add(i)
+                    while nxt in done:  # item nxt is complete: yield what came early of the next
+                        done.discard(nxt)
+                        nxt += 1
+                        for out in early.pop(nxt, ()):
+                            yield pickle.loads(out)
+            elif i is None:
+                raise RunnerError(f"local runner: a worker could not load stage {'/'.join(s.name for s in stages)}:\n{payload}")
             else:
                 raise RunnerError(f"local runner: stage {'/'.join(s.name for s in stages)} failed on item {i}:\n{payload}")
     finally:
@@ -340,16 +419,19 @@ def _in_driver(stage: Stage, upstream: Iterator[Any]) -> Iterator[Any]:
         yield from obj(batch)
 
 
-def local_stream(items: list[Any], stages: list[Stage], workers: int) -> Iterator[Any]:
-    """The local backend: leading task stages fused in a pool of forked processes (at most one per
-    item and ``workers // cpus`` of the most demanding), the rest in the driver, in order."""
+def local_stream(items: list[Any], stages: list[Stage], workers: int, start: str = "fork", ordered: bool = False) -> Iterator[Any]:
+    """The local backend: leading task stages fused in a pool of processes started by ``start``
+    (fork | spawn; at most one per item and ``workers // cpus`` of the most demanding), the rest
+    in the driver, in order. ``ordered``: item i's outputs before item i+1's."""
+    if start not in START_METHODS:
+        raise ValueError(f"start={start!r}: must be one of {', '.join(START_METHODS)}")
     lead = 0
     while lead < len(stages) and not stages[lead].actors:
         lead += 1
     pool, rest = stages[:lead], stages[lead:]
     if pool and items:
         per = max(s.cpus or 1 for s in pool)
-        stream: Iterator[Any] = _pooled(items, pool, max(1, min(len(items), int(workers // per))))
+        stream: Iterator[Any] = _pooled(items, pool, max(1, min(len(items), int(workers // per))), start, ordered)
     else:
         stream = iter(items)
     for s in rest:

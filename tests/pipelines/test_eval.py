@@ -2,6 +2,7 @@
 results.json with the Wilson interval, one rollout mp4, and a report whose video plays in headless
 Chromium. Plus the pieces: Wilson bounds, the H.264 round trip, bad input as one line."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ import defi.training.sim  # noqa: F401  (sets MUJOCO_GL before mujoco is first i
 pytest.importorskip("metaworld")
 
 from defi.pipelines.cli import main as defi_main
+from defi.pipelines.runner import RunnerError
 from defi.training.checkpoint import save_checkpoint
 from defi.training.policy.modeling_policy import DeFiPolicy
 from defi.training.policy import PolicyConfig
@@ -87,6 +89,24 @@ def test_eval_is_deterministic_given_seed(policy_run):
     assert [r.steps for r in a["episodes"]] == [r.steps for r in b["episodes"]] == [12, 12]
     assert a["per_task"] == b["per_task"]
     assert all(v > 0 for v in a["timings"].values())
+
+
+@pytest.mark.slow  # two runs of 2 spawned workers, each importing torch and MuJoCo: ~13 s on 2 busy cores
+def test_eval_with_spawned_workers_gives_the_in_process_episodes(policy_run):
+    """workers > 1 runs on the local runner (spawned, ordered): the same episodes in the same
+    order as in process; an episode that fails in a worker is a RunnerError, not a hang."""
+    cfg = EvalConfig(tasks=["reach-v3"], episodes=2, max_steps=8, videos=1, seed=3, workers=1)
+    a = evaluate(str(policy_run), cfg, progress=False)
+    b = evaluate(str(policy_run), dataclasses.replace(cfg, workers=2), progress=False)
+
+    def key(r):
+        return (r.task, r.episode, r.success, r.steps, r.steps_to_success)
+
+    assert [key(r) for r in b["episodes"]] == [key(r) for r in a["episodes"]]
+    assert [r.episode for r in b["episodes"]] == [0, 1] and b["per_task"] == a["per_task"]
+    assert np.array_equal(a["episodes"][0].frames, b["episodes"][0].frames) and b["episodes"][1].frames is None
+    with pytest.raises(RunnerError, match=r"(?s)stage eval episode failed on item \d.*no-such-preset"):
+        evaluate(str(policy_run), dataclasses.replace(cfg, workers=2, preset="no-such-preset"), progress=False)
 
 
 @pytest.mark.slow  # Chromium start and real-time playback, ~15 s

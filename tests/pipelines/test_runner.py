@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
 from factories import moving_square, scenes, write_video
+from runner_stages import die_on, fail_on, slow_first, threads
 
 from defi.pipelines.cli import main as cli_main
 from defi.pipelines.config import ConfigError, from_dict
@@ -18,7 +24,7 @@ from defi.pipelines.curate import run_curate
 from defi.pipelines.curate_config import CurateConfig
 from defi.pipelines.label import LabelConfig, run_label
 from defi.pipelines.ray_adapter import RayConfig
-from defi.pipelines.runner import LOCAL_MAX_TASKS, RunnerError, Stage, local_stream, pick_backend
+from defi.pipelines.runner import LOCAL_MAX_TASKS, Runner, RunnerError, Stage, local_stream, pick_backend
 from defi.schemas.corpus import Corpus, label_view_name
 from defi.training.checkpoint import save_checkpoint
 from defi.training.gidm.modeling_gidm import GIDM
@@ -133,6 +139,96 @@ def test_local_stream_reports_a_failing_stage_and_a_dead_worker():
     with pytest.raises(RunnerError, match=r"died \(exit code 3\)"):
         list(local_stream(list(range(4)), [Stage("die", _die_on, (1,))], workers=2))
     assert list(local_stream([], [Stage("fail", _fail_on, (0,))], workers=2)) == []
+
+
+def test_ordered_yields_item_by_item_though_items_finish_out_of_order():
+    """Forked (cheap) and spawned: early items sleep longest, so later ones finish first; ordered
+    output is still item 0's, then item 1's ...; unordered holds the same outputs."""
+    want = [(i, j) for i in range(6) for j in range(2)]
+    for start in ("fork", "spawn"):
+        out = list(local_stream(list(range(6)), [Stage("slow", slow_first, (2, 0.03))], workers=3, start=start, ordered=True))
+        assert [(i, j) for i, j, _ in out] == want, start
+        assert os.getpid() not in {pid for *_, pid in out}
+    out = list(local_stream(list(range(6)), [Stage("slow", slow_first, (2, 0.03))], workers=3))
+    assert sorted((i, j) for i, j, _ in out) == want
+
+
+def test_spawned_workers_through_the_runner():
+    with Runner("local", RayConfig(), workers=2, start="spawn") as r:
+        assert r.info["start"] == "spawn"
+        out = list(r.stream(list(range(4)), [Stage("threads", threads, cpus=1)], ordered=True))
+    assert [x[0] for x in out] == [0, 1, 2, 3]
+    pids = {x[1] for x in out}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert {x[2] for x in out} == {"1"}  # limit_threads ran in the spawned worker
+    assert {x[3] for x in out} == {os.getpid()}  # its parent is the driver (die_with_parent's)
+
+
+def test_fork_stays_the_default():
+    r = Runner("local", RayConfig(), workers=2)
+    assert r.start == "fork"
+    with r:
+        assert "start" not in r.info
+        # a closure does not pickle: only a forked worker can run it
+        out = list(r.stream([1, 2, 3], [Stage("closure", lambda x: iter([x * 10]))]))
+    assert sorted(out) == [10, 20, 30]
+    with pytest.raises(ValueError, match="start='forkserver'"):
+        Runner("local", RayConfig(), start="forkserver")
+    with pytest.raises(NotImplementedError, match="ordered=True"):
+        next(Runner("ray", RayConfig()).stream([1], [Stage("t", _tag, ("t",))], ordered=True))
+
+
+def test_spawned_workers_report_a_failing_stage_a_dead_worker_and_an_unpicklable_stage(monkeypatch):
+    with pytest.raises(RunnerError, match=r"(?s)stage fail failed on item 2.*ValueError: item 2 is bad"):
+        list(local_stream(list(range(4)), [Stage("fail", fail_on, (2,))], workers=2, start="spawn", ordered=True))
+    with pytest.raises(RunnerError, match=r"died \(exit code 5\)"):
+        list(local_stream(list(range(4)), [Stage("die", die_on, (1,))], workers=2, start="spawn", ordered=True))
+    with pytest.raises(RunnerError, match="stage closure cannot go to a spawned worker"):
+        list(local_stream([1, 2], [Stage("closure", lambda x: iter([x]))], workers=2, start="spawn"))
+    # pickled by reference, but its module exists in the driver only
+    mod = types.ModuleType("defi_driver_only")
+    exec("def same(x):\n    yield x\n", mod.__dict__)
+    monkeypatch.setitem(sys.modules, "defi_driver_only", mod)
+    with pytest.raises(RunnerError, match=r"(?s)a worker could not load stage driver-only.*No module named 'defi_driver_only'"):
+        list(local_stream([1, 2], [Stage("driver-only", mod.same)], workers=2, start="spawn"))
+
+
+_KILLED_DRIVER = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from defi.pipelines.runner import Stage, local_stream
+from runner_stages import slow_first
+for _, _, pid in local_stream(list(range(4)), [Stage("slow", slow_first, (100, 0.05))], workers=2, start="spawn"):
+    print(pid, flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped by init) is dead
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_spawned_workers_die_with_a_killed_driver():
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    driver = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER.format(tests=tests)], stdout=subprocess.PIPE, text=True)
+    pids: set[int] = set()
+    try:
+        while len(pids) < 2:  # both workers have started and armed die_with_parent
+            line = driver.stdout.readline()
+            assert line, "the driver ended early"
+            pids.add(int(line))
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Closed-loop evaluation of a trained policy in a simulator of ``envs.ENVS``, Meta-World by default
-(``defi eval``'s engine; no Ray here).
+(``defi eval``'s engine; no Ray here: ``workers > 1`` runs episodes on the local backend of
+``defi.pipelines.runner``, spawned workers, results in episode order).
 
 The policy must see frames the way it saw them in training: rendered by the same camera at the
 same size and orientation (``MetaWorldEnv``: corner cameras rotated upright, fast render settings),
@@ -25,6 +26,7 @@ faces the same layouts, and ``--seed`` equal to the training data's seed replays
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -265,6 +267,12 @@ def _job(args: tuple) -> EpisodeResult:
     return run_episode(*args)
 
 
+def _episode_stage(args: tuple):
+    """The runner's task stage: one episode job in, its ``EpisodeResult`` out (module-level, so
+    spawned workers can load it)."""
+    yield _job(args)
+
+
 def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True, env: str = DEFAULT_ENV) -> dict[str, Any]:
     """Roll every (task, episode) of ``cfg`` in the simulator ``ENVS[env]``; returns ``per_task`` (task -> episodes, successes,
     success_rate, wilson95 [lo, hi], mean_steps_to_success), ``episodes`` (EpisodeResult list in
@@ -289,11 +297,18 @@ def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True, env: str 
             results.append(_job(j))
             bar.update(1)
     else:
-        import multiprocessing as mp
+        # the project's local runner (imported here: training/ loads pipelines/ only for this);
+        # spawn: forked children would share the parent's GL/MuJoCo state, which is not
+        # fork-safe; ordered: the episodes come back in job order
+        from defi.pipelines.ray_adapter import RayConfig
+        from defi.pipelines.runner import Runner, Stage
 
-        # spawn: forked children would share the parent's GL/MuJoCo state, which is not fork-safe
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
-            for r in pool.imap(_job, jobs, chunksize=1):
+        stages = [Stage("eval episode", _episode_stage, cpus=1)]
+        with (
+            Runner("local", RayConfig(), workers=cfg.workers, why="eval: workers > 1", start="spawn") as runner,
+            contextlib.closing(runner.stream(jobs, stages, ordered=True)) as stream,  # closed on an error: workers end
+        ):
+            for r in stream:
                 results.append(r)
                 bar.update(1)
     bar.close()

@@ -29,6 +29,7 @@ Imports of mujoco/metaworld happen inside functions: importing this module is ch
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes.util
 import importlib.util
 import os
@@ -364,6 +365,12 @@ def _rollout_job(args: tuple[GenerateConfig, str, int]) -> Rollout:
     return rollout(*args)
 
 
+def _rollout_stage(args: tuple[GenerateConfig, str, int]):
+    """The runner's task stage: one episode job in, its ``Rollout`` out (module-level, so spawned
+    workers can load it)."""
+    yield _rollout_job(args)
+
+
 def generate(
     tasks: list[str] | str,
     episodes_per_task: int,
@@ -389,8 +396,9 @@ def generate(
     ``max_steps`` actions. Episodes that never succeed are kept with probability
     ``keep_failed_frac`` (marked ``success=False``). Frames and rows are 1:1: row i holds the
     frame observed at ``timestamp = i / fps`` seconds and the action taken from it.
-    Deterministic given ``seed`` (any ``workers``). ``workers > 1`` uses a spawn-context process
-    pool, one env per task per process.
+    Deterministic given ``seed`` (any ``workers``). ``workers > 1`` runs episodes on the local
+    backend of ``defi.pipelines.runner`` (spawned workers, results in episode order), one env per
+    task per process.
     """
     from tqdm import tqdm
 
@@ -444,11 +452,18 @@ def generate(
     if workers <= 1:
         consume(map(_rollout_job, jobs))
     else:
-        import multiprocessing as mp
+        # the project's local runner (imported here: training/ loads pipelines/ only for this);
+        # spawn: a forked child would inherit the parent's GL/MuJoCo state, which is not
+        # fork-safe; ordered: episode indices are deterministic
+        from defi.pipelines.ray_adapter import RayConfig
+        from defi.pipelines.runner import Runner, Stage
 
-        # spawn: a forked child would inherit the parent's GL/MuJoCo state, which is not fork-safe.
-        with mp.get_context("spawn").Pool(workers) as pool:
-            consume(pool.imap(_rollout_job, jobs, chunksize=1))  # ordered: episode indices are deterministic
+        stages = [Stage("sim episode", _rollout_stage, cpus=1)]
+        with (
+            Runner("local", RayConfig(), workers=workers, why="sim generate: workers > 1", start="spawn") as runner,
+            contextlib.closing(runner.stream(jobs, stages, ordered=True)) as stream,  # closed on an error: workers end
+        ):
+            consume(stream)
     info = writer.close()
     import json
     from dataclasses import asdict
