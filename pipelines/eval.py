@@ -92,8 +92,10 @@ def run_eval(policy: str, cfg, out: str, env: str = "metaworld", progress: bool 
     (``per_task``, ``timings``, ``seconds``, ``report``)."""
     import dataclasses
 
+    from defi.training.sim.envs import env_config
     from defi.training.sim.evaluate import evaluate
 
+    cfg = cfg.for_env(env_config(env))  # the horizon and camera the env gives, recorded as run
     res = evaluate(policy, cfg, progress=progress, env=env)
     outp = Path(out)
     (outp / "videos").mkdir(parents=True, exist_ok=True)

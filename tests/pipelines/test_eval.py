@@ -212,3 +212,25 @@ def test_env_flag_reaches_evaluation(policy_run, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         defi_main([*args, "--env", "no-such-env", "--tasks", "reach-v3", "--out", str(tmp_path / "d")])
     assert e.value.code == 2 and "invalid choice: 'no-such-env'" in capsys.readouterr().err
+
+
+class ShortTopEnvConfig(ReachOnlyEnvConfig):
+    """An env whose own horizon and camera differ from Meta-World's defaults."""
+
+    name = "short-top"
+    title = "short-top Meta-World"
+    camera = "topview"
+    max_steps = 3
+
+
+def test_an_env_gives_its_own_horizon_and_camera_unless_asked(policy_run, tmp_path, monkeypatch):
+    """``defi eval --env NAME`` without ``--max-steps``/``--camera`` runs NAME's horizon and camera
+    (not Meta-World's 150 steps and corner camera) and records them; given ones win."""
+    monkeypatch.setitem(ENVS, ShortTopEnvConfig.name, ShortTopEnvConfig)
+    assert EvalConfig().for_env(ShortTopEnvConfig) == EvalConfig(max_steps=3, camera="topview")
+    assert EvalConfig(max_steps=9, camera="corner2").for_env(ShortTopEnvConfig).max_steps == 9
+    args = ["eval", "--policy", str(policy_run), "--env", "short-top", "--tasks", "reach-v3", "--episodes", "1", "--videos", "0"]
+    assert defi_main([*args, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (res["config"]["max_steps"], res["config"]["camera"]) == (3, "topview")
+    assert all(e["steps"] <= 3 for e in res["episodes"])

@@ -8,41 +8,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from defi.pipelines.usage import int_at_least
 
 from .envs import DEFAULT_ENV, ENVS, env_config
 
 
-# The rules of ``defi.pipelines.usage.int_at_least`` and ``check_out_dir``, restated here because
-# training/ does not import pipelines/; the corpus-root test itself is the one in schemas.
-def _at_least_1(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def check_out(out: str) -> None:
-    """Refuse an output folder that cannot be a new dataset (ValueError, one line): empty, a
-    file or under one, not empty, or inside a corpus root (outputs go outside every root)."""
-    from defi.schemas.corpus import corpus_root_of
+    """Refuse an output folder that cannot be a new dataset, as every command does
+    (``pipelines.usage.check_out_dir``), as a one-line ValueError."""
+    from defi.pipelines.usage import UsageError, check_out_dir
 
-    if not out or not out.strip():
-        raise ValueError("--out is empty; give a folder")
-    path = Path(out).absolute()
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"--out {out}: {p} is a file, not a folder")
-            break
-    inside = corpus_root_of(out)
-    if inside:
-        raise ValueError(f"--out {out} is inside the corpus root {inside}; write outputs outside it")
-    if path.is_dir() and any(path.iterdir()):
-        raise ValueError(f"--out {out} is not an empty folder; give a new or empty one")
+    try:
+        check_out_dir(out)
+    except UsageError as e:
+        raise ValueError(str(e)) from None
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +47,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help=f"actions per episode at most (default: the env's, {d.max_steps} for {d.name})")
     p.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success (default 10)")
     p.add_argument("--action-free", action="store_true", help="write videos without action/state columns")
-    p.add_argument("--workers", type=_at_least_1, default=1, help="processes, one env each (default 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="processes, one env each (default 1)")
     p.add_argument(
         "--slow-render",
         action="store_true",

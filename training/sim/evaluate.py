@@ -26,6 +26,8 @@ faces the same layouts, and ``--seed`` equal to the training data's seed replays
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import math
 import time
@@ -38,18 +40,18 @@ import numpy as np
 
 from defi.schemas.contract import DataContract
 
-from .envs import DEFAULT_ENV, ENVS, env_config
+from .envs import DEFAULT_ENV, env_config
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=list, metadata={"help": "Meta-World task names, e.g. reach-v3,push-v3"})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "the env's task names, e.g. reach-v3,push-v3 (Meta-World)"})
     episodes: int = field(default=10, metadata={"help": "episodes per task"})
     seed: int = field(default=0, metadata={"help": "layout seed (same layouts as `defi sim generate --seed` episodes)"})
-    max_steps: int = field(default=ENVS[DEFAULT_ENV].max_steps, metadata={"help": "actions per episode at most (the generator's horizon)"})
+    max_steps: int = field(default=0, metadata={"help": "actions per episode at most (0: the env's, the generator's horizon)"})
     videos: int = field(default=2, metadata={"help": "rollouts per task kept as mp4 in the report"})
     workers: int = field(default=1, metadata={"help": "processes, one env each"})
-    camera: str = field(default=ENVS[DEFAULT_ENV].camera, metadata={"help": "Meta-World camera (the training data's)"})
+    camera: str = field(default="", metadata={"help": "the env's camera, the training data's (empty: the env's default camera)"})
     render_size: int = field(default=0, metadata={"help": "rendered frame side, px (0: the policy's image size)"})
     crf_chain: list[int] = field(
         default_factory=lambda: [20, 23], metadata={"help": "H.264 round trips before the policy sees a frame (generator CRF, curate CRF)"}
@@ -69,10 +71,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         errors = []
-        for name in ("episodes", "max_steps", "workers"):
+        for name in ("episodes", "workers"):
             if getattr(self, name) < 1:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 1")
-        for name in ("videos", "render_size", "frame_stride", "execute"):
+        for name in ("max_steps", "videos", "render_size", "frame_stride", "execute"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)!r}: must be >= 0")
         repeated = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
@@ -82,6 +84,11 @@ class EvalConfig:
             errors.append(f"crf_chain={self.crf_chain!r}: each CRF must be in [0, 51]")
         if errors:
             raise ValueError("invalid EvalConfig: " + "; ".join(errors))
+
+    def for_env(self, sim) -> EvalConfig:
+        """This config with the env's horizon and camera where it leaves them to the env
+        (``max_steps`` 0, ``camera`` empty): what the episodes run with and the results record."""
+        return dataclasses.replace(self, max_steps=self.max_steps or sim.max_steps, camera=self.camera or sim.camera)
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -196,6 +203,7 @@ def run_episode(policy_path: str, cfg: EvalConfig, task: str, episode: int, vide
     import torch
 
     sim = env_config(env_name)
+    cfg = cfg.for_env(sim)
     policy, extra = _policy(policy_path)
     pc = policy.config
     contract = DataContract.from_state({"extra": extra})
@@ -282,6 +290,7 @@ def evaluate(policy_path: str, cfg: EvalConfig, progress: bool = True, env: str 
     from tqdm.auto import tqdm
 
     sim = env_config(env)
+    cfg = cfg.for_env(sim)
     valid = sim.tasks()
     unknown = [t for t in cfg.tasks if t not in valid]
     if unknown or not cfg.tasks:
