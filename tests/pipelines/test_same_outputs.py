@@ -3,11 +3,12 @@ train policy -> label latent-actions -> eval`` run, through the CLI, is fingerpr
 with the fingerprint committed in ``tests/data/same_outputs.json`` (made by the code of the
 commit that last wrote it).
 
-What is compared: the corpus' clips (keys, frames, sizes, kept, actions, language exactly; scores
-to 1e-4), every checkpoint's tensors (names and shapes exactly; sum and sum of absolute values to
-a relative 1e-4, so that a machine with other float rounding still passes while any change of
-init, data order, loss or schedule does not), the latent-action labels (keys exactly, each row's
-vector mean and absolute mean to 1e-4) and eval's episodes (success and steps exactly).
+What is compared: the corpus' clips (keys, frames, sizes, kept, actions, language, encoded bytes
+exactly; scores to 1e-4), every checkpoint's tensors (names and shapes exactly; the sum of absolute
+values to a relative 1e-4 and the signed sum to 1e-4 of it, so that other float rounding still
+passes while any change of init, data order, loss or schedule does not), the latent-action labels
+(keys exactly, each row's vector sums the same way) and eval's episodes (success and steps
+exactly). Torch runs on one thread, whatever earlier tests in the process set.
 
 A change that alters outputs on purpose rewrites the fingerprint, on purpose:
 ``DEFI_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -m slow tests/pipelines/test_same_outputs.py``,
@@ -69,6 +70,26 @@ def tensors(run_dir: Path) -> dict[str, list]:
     }
 
 
+def near(s: float, a: float, want_s: float, want_a: float) -> bool:
+    """A sum ``s`` with its sum of absolute values ``a``: ``a`` to RTOL, ``s`` to RTOL of ``a`` (a
+    signed sum near 0 is all rounding: a bias vector's sum moves by 1e-5 with the thread count)."""
+    return math.isclose(a, want_a, rel_tol=RTOL, abs_tol=ATOL) and abs(s - want_s) <= RTOL * max(a, want_a) + ATOL
+
+
+def numeric_diffs(got: dict, want: dict) -> list[str]:
+    """Checkpoint tensors (shape exactly, sums by ``near``) and label rows (key exactly, ``near``)."""
+    out = []
+    for name, tensors_ in got["checkpoints"].items():
+        w = want["checkpoints"].get(name, {})
+        if set(tensors_) != set(w):
+            out.append(f"{name}: tensors {sorted(set(tensors_) ^ set(w))} differ")
+            continue
+        out += [f"{name}.{k}: {v} != {w[k]}" for k, v in tensors_.items() if v[0] != w[k][0] or not near(*v[1:], *w[k][1:])]
+    if [r[0] for r in got["labels"]] != [r[0] for r in want["labels"]]:
+        return [*out, "labels: other keys"]
+    return out + [f"labels.{g[0]}: {g} != {w}" for g, w in zip(got["labels"], want["labels"], strict=True) if not near(*g[1:], *w[1:])]
+
+
 def fingerprint(work: Path) -> dict:
     root = work / "corpus"
     clips = pq.read_table(sorted((root / "clips").rglob("*.parquet"))).to_pylist()
@@ -82,7 +103,7 @@ def fingerprint(work: Path) -> dict:
     }
     rows = sorted(pq.read_table(sorted((root / "labels").rglob("*.parquet"))).to_pylist(), key=lambda r: r["key"])
     vec = next(k for k, v in rows[0].items() if isinstance(v, list) and v and isinstance(v[0], float))
-    out["labels"] = [[r["key"], float(np.mean(r[vec])), float(np.mean(np.abs(r[vec])))] for r in rows]
+    out["labels"] = [[r["key"], float(np.sum(r[vec])), float(np.sum(np.abs(r[vec])))] for r in rows]
     ev = json.loads((work / "eval" / "results.json").read_text())
     out["eval"] = [[e["task"], e["episode"], bool(e["success"]), e["steps"]] for e in ev["episodes"]]
     return out
@@ -104,6 +125,32 @@ def close(a, b, path: str = "") -> list[str]:
 
 
 def test_the_recipe_gives_the_committed_outputs(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what earlier tests in this process set must not move the sums
+    try:
+        recipe(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    got = fingerprint(tmp_path)
+    assert len(got["clips"]) >= 3 and all(c["has_actions"] for c in got["clips"] if c["kept"])
+    assert got["labels"] and len(got["eval"]) == 2
+    if os.environ.get("DEFI_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"wrote {GOLDEN}")
+    want = json.loads(GOLDEN.read_text())
+    diffs = numeric_diffs(got, want)
+    diffs += close(
+        {k: v for k, v in got.items() if k not in ("checkpoints", "labels")},
+        {k: v for k, v in want.items() if k not in ("checkpoints", "labels")},
+    )
+    assert not diffs, f"{len(diffs)} outputs differ from {GOLDEN.name} (first: {diffs[:5]})"
+
+
+def recipe(tmp_path: Path) -> None:
+    """curate -> train gidm -> train gfdm -> train policy -> label -> eval, through the CLI."""
     sources(tmp_path / "src")
     root, sql = str(tmp_path / "corpus"), "SELECT key FROM clips WHERE kept"
     run(
@@ -126,16 +173,12 @@ def test_the_recipe_gives_the_committed_outputs(tmp_path):
         "eval", "--policy", str(tmp_path / "policy"), "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "2",
         "--max-steps", "6", "--seed", "0", "--videos", "0", "--out", str(tmp_path / "eval"), "--no-progress",
     )  # fmt: skip
-    got = fingerprint(tmp_path)
-    assert len(got["clips"]) >= 3 and all(c["has_actions"] for c in got["clips"] if c["kept"])
-    assert got["labels"] and len(got["eval"]) == 2
-    if os.environ.get("DEFI_UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-        pytest.skip(f"wrote {GOLDEN}")
-    want = json.loads(GOLDEN.read_text())
-    diffs = close(got, want)
-    assert not diffs, f"{len(diffs)} outputs differ from {GOLDEN.name} (first: {diffs[:5]})"
+
+
+def test_a_sum_is_compared_at_the_scale_of_its_magnitude():
+    assert near(-0.015053, 3.2, -0.015045, 3.2)  # a bias' signed sum moved by rounding: same
+    assert not near(-0.015053, 3.2, -0.0150, 3.21)  # its magnitude moved: changed
+    assert not near(0.5, 3.2, -0.5, 3.2)  # the sum moved by a third of the magnitude: changed
 
 
 def test_the_comparison_catches_a_changed_number_and_passes_rounding():
