@@ -216,7 +216,7 @@ def _with_default(help_: str, shown: Any) -> str:
     return f"{help_ + ' ' if help_ else ''}(default: {shown})"
 
 
-class _DeprecatedSpelling(argparse.Action):
+class DeprecatedSpelling(argparse.Action):
     """An old spelling of a flag (the snake_case ``--gidm_model``, a renamed section's
     ``--policy.head``), accepted so that scripts written with it keep working: hidden from --help,
     with a one-line note naming the flag."""
@@ -232,20 +232,32 @@ class _DeprecatedSpelling(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, group_title: str = "config") -> None:
-    """One flag per leaf of ``cls`` (see ``flag_name``); values stay strings until ``apply_flags``."""
+def add_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    group_title: str = "config",
+    groups: dict[str, str] | None = None,
+    hidden: tuple[str, ...] = (),
+) -> None:
+    """One flag per leaf of ``cls`` (see ``flag_name``); values stay strings until ``apply_flags``.
+    ``groups`` (section name -> description) lists a section's flags under a heading of their own;
+    the ``hidden`` keys get no flag (a command that sets them itself)."""
     has_file = "--config" in parser._option_string_actions  # eval has none: its help must not mention one
     g = parser.add_argument_group(group_title, "every field of the run config" + ("; flags override the --config file" if has_file else ""))
+    sections = {name: parser.add_argument_group(f"--{name}.*", about) for name, about in (groups or {}).items()}
     for key, tp, default, help_ in leaves(cls):
+        if key in hidden:
+            continue
+        g_key = sections.get(key.split(".")[0], g) if "." in key else g
         base, _ = _unwrap_optional(tp)
         meta = "LIST" if get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         flag = flag_name(key)
-        g.add_argument(flag, dest=f"cfg__{key}", default=UNSET, metavar=meta, help=_with_default(help_, shown))
+        g_key.add_argument(flag, dest=f"cfg__{key}", default=UNSET, metavar=meta, help=_with_default(help_, shown))
         old = [f"--{key}"] if flag != f"--{key}" else []
         old += [f"--{o}.{key[len(n) + 1 :]}" for o, n in renamed_sections(cls).items() if key.startswith(n + ".")]
         for spelling in old:
-            g.add_argument(spelling, dest=f"cfg__{key}", default=UNSET, help=argparse.SUPPRESS, action=_DeprecatedSpelling, new=flag)
+            g_key.add_argument(spelling, dest=f"cfg__{key}", default=UNSET, help=argparse.SUPPRESS, action=DeprecatedSpelling, new=flag)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

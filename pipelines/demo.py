@@ -20,7 +20,13 @@ finished steps (each step is itself resumable: curate skips committed videos, tr
 its last checkpoint, labeling labels only new clips) and re-runs everything after the first step
 that was not finished. A failing step is named and leaves the earlier steps' output in place.
 
-Sizes: the new steps' defaults (GFDM 30 steps at batch 8, two policies of 30 steps at batch 16, 2
+Config: ``DemoConfig`` is the demo's own settings (inputs, seed, CPUs, the GIDM preset) and one
+section per run it makes (``curate``, ``gidm``, ``label``, ``gfdm``, ``policy``, ``eval``), each that
+command's own config class with the demo's layer (``SECTION_LAYERS``) over the command's defaults;
+``demo_config(*layers)`` builds it and ``DEMO_SHORTCUTS`` are the short flags into it. Each step
+prints the command line that makes the same run (``command_flags``).
+
+Sizes: the steps' defaults (GFDM 30 steps at batch 8, two policies of 30 steps at batch 16, 2
 episodes x 3 held-out tasks x 2 policies of at most 80 actions) are meant for `make demo` on a 2-core
 machine. Measured on a quiet 2-core box (2026-11-26): train_gfdm 14 s, train_policy 15 s, eval 17 s,
 the whole demo 275 s (Meta-World episodes 50 s, the GIDM 155 s). Under a heavy load (average 6-9,
@@ -30,11 +36,12 @@ a test run beside) the same three steps took 615 s, 461 s and 88 s. ``BIGGER`` (
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from collections.abc import Callable
@@ -42,15 +49,21 @@ from typing import Any
 
 import numpy as np
 
-from defi.training.gidm.configuration_gidm import BOTTLENECKS
+from defi.training.gidm.configuration_gidm import BOTTLENECKS, GIDM_PRESETS
+from defi.training.sim.evaluate import EvalConfig
 from defi.training.sim.metaworld_env import HELD_OUT_TASKS, PRETRAIN_TASKS
 
-from .command import CommandSpec, add_dry_run_flag, layered
-from .config import add_flags, flag_name
+from .command import VALUE, CommandSpec, add_dry_run_flag
+from .config import ConfigError, DeprecatedSpelling, add_flags, flag_name, from_dict, merge, to_dict
+from .curate_config import CurateConfig
+from .label import LabelConfig
+from .train import GIDMRunConfig, gidm_run_config
+from .train_gfdm import GFDMRunConfig, gfdm_run_config
+from .train_policy import PolicyRunConfig, policy_run_config
 from .usage import UsageError, refuse_inside_corpus
 
 # ---------------------------------------------------------------------------------------------
-# configuration: one dataclass, every field a `defi demo --FIELD` flag
+# configuration: the demo's own knobs, and one section per run it makes, each that command's config
 # ---------------------------------------------------------------------------------------------
 # The action-free tasks are the project's 8 pretraining tasks (bench/gidm_quality.py's), 4 episodes
 # each: spreading a fixed number of episodes over more tasks shows the GIDM more kinds of hand motion
@@ -59,54 +72,179 @@ ACTION_FREE_TASKS = list(PRETRAIN_TASKS)
 PROBE_TASKS = list(HELD_OUT_TASKS[:3])
 
 
+def curate_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi curate`` settings over ``CurateConfig``'s defaults: short windows for
+    short inputs, and filters loose enough for the generated videos."""
+    return {
+        "windows": {"clip_len_s": 2.5, "stride_s": 2.5, "min_clip_s": 1.0, "max_clip_s": 3.0},
+        "encode": {"fps": 10, "short_side": 96},
+        "black": {"max_black_frac": 0.5},
+        "motion": {"min_frame_diff": 0.1},
+        "camera": {"max_camera_motion": 1.0},
+        "runner": "local",
+        "workers": top.num_cpus,
+    }
+
+
+def gidm_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi train gidm`` settings over the ``top.gidm_model`` preset."""
+    return {
+        "model": {"restart_interval": 50, "changed_weight": 30.0, "keypoints": 32, "keypoint_temperature": 0.3},
+        "data": {"gap_frames": 5, "size": 64, "pairs_per_clip": 8, "shuffle_buffer": 256},
+        "train": {"steps": 400, "batch_size": 32, "lr": 1e-3, "log_every": 25, "seed": top.seed},
+    }
+
+
+def label_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi label latent-actions`` settings: the local runner on the demo's CPUs."""
+    return {"runner": "local", "workers": top.num_cpus}
+
+
+def gfdm_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi train gfdm`` settings over the tiny preset."""
+    return {
+        "data": {"gap_frames": 5, "size": 64, "pairs_per_clip": 8, "shuffle_buffer": 256},
+        "train": {"steps": 30, "batch_size": 8, "lr": 1e-3, "log_every": 5, "seed": top.seed},
+    }
+
+
+def policy_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi train policy`` settings (both variants, ``defi`` and ``scratch``)."""
+    return {"train": {"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 5, "seed": top.seed}}
+
+
+def eval_layer(top: Any) -> dict[str, Any]:
+    """The demo's ``defi eval`` settings: the probe tasks, on layouts the data never had."""
+    tasks = [t for t in top.probe_tasks.split(",") if t]
+    return {"tasks": tasks, "episodes": 2, "seed": 1000, "max_steps": 80, "videos": 1, "workers": 1}
+
+
+def _build_section(name: str, top: Any, *layers: dict[str, Any]) -> Any:
+    """The ``name`` section's config: that command's builder over its preset, the demo's layer,
+    then ``layers``."""
+    base = SECTION_LAYERS[name](top)
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge(data, layer)
+    if name in STEP_DERIVED:  # checkpoints and warm-up follow the step count a layer gives
+        steps = int(merge(base, data).get("train", {}).get("steps", 1))
+        base = merge(base, {"train": STEP_DERIVED[name](steps)})
+    try:
+        return SECTION_BUILDERS[name](top, base, data)
+    except ValueError as e:  # ConfigError too
+        raise ConfigError(f"{name} section: {e}") from None
+
+
+# each section's command builder: (demo settings, the demo's layer, the given layer) -> its config
+SECTION_BUILDERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], Any]] = {
+    "curate": lambda _top, base, data: from_dict(CurateConfig, merge(base, data)),
+    "gidm": lambda top, base, data: gidm_run_config(top.gidm_model, base, data),
+    "label": lambda _top, base, data: from_dict(LabelConfig, merge(base, data)),
+    "gfdm": lambda _top, base, data: gfdm_run_config("tiny", base, data),
+    "policy": lambda _top, base, data: policy_run_config(base, data),
+    "eval": lambda _top, base, data: from_dict(EvalConfig, merge(base, data)),
+}
+SECTION_LAYERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "curate": curate_layer,
+    "gidm": gidm_layer,
+    "label": label_layer,
+    "gfdm": gfdm_layer,
+    "policy": policy_layer,
+    "eval": eval_layer,
+}
+STEP_DERIVED: dict[str, Callable[[int], dict[str, Any]]] = {
+    "gidm": lambda n: {"ckpt_every": max(n // 2, 1), "warmup_steps": min(50, n // 10)},
+    "gfdm": lambda n: {"ckpt_every": n, "grid_every": n, "warmup_steps": min(50, n // 10)},
+    "policy": lambda n: {"ckpt_every": n, "warmup_steps": min(50, n // 10)},
+}
+
+
 @dataclass
-class DemoConfig:
+class DemoKnobs:
+    """The demo's own settings: its inputs, its CPUs and seed, the GIDM preset."""
+
     robot: bool = field(default=True, metadata={"help": "generate Meta-World episodes (needs the [sim] extra and EGL/OSMesa)"})
     action_free_tasks: str = field(
         default=",".join(ACTION_FREE_TASKS), metadata={"help": "Meta-World tasks written without actions (GIDM training data)"}
     )
     probe_tasks: str = field(
-        default=",".join(PROBE_TASKS), metadata={"help": "held-out Meta-World tasks written with actions (probe data)"}
+        default=",".join(PROBE_TASKS),
+        metadata={"help": "held-out Meta-World tasks written with actions (probe, policy and eval data; also eval.tasks unless given)"},
     )
     episodes: int = field(default=4, metadata={"help": "episodes per action-free task"})
     probe_episodes: int = field(default=6, metadata={"help": "episodes per probe task"})
     robot_size: int = field(default=96, metadata={"help": "rendered frame side, pixels"})
     robot_steps: int = field(default=100, metadata={"help": "actions per episode at most"})
-    fps: int = field(default=10, metadata={"help": "clip frame rate after curation"})
-    short_side: int = field(default=96, metadata={"help": "clip short side after curation, pixels"})
-    gidm_steps: int = field(default=400, metadata={"help": "GIDM training steps"})
-    gidm_size: int = field(default=64, metadata={"help": "GIDM input frame side, pixels"})
-    gap_frames: int = field(default=5, metadata={"help": "k: GIDM pair gap in clip frames"})
     gidm_model: str = field(
         default="keypoint",
-        metadata={"help": "GIDM preset (defi train gidm --model): keypoint, keypoint-rvq (codes), tiny, small, univla"},
+        metadata={"help": "preset of the gidm section (defi train gidm --model): " + ", ".join(GIDM_PRESETS)},
     )
-    gidm_bottleneck: str = field(default="", metadata={"help": "GIDM latent: " + ", ".join(BOTTLENECKS) + " (default: the preset's)"})
-    codebook_size: int = field(default=0, metadata={"help": "latent-action codes per codebook (default 0: the preset's)"})
-    changed_weight: float = field(default=30.0, metadata={"help": "GIDM loss weight on pixels that changed (0: plain MSE)"})
-    keypoints: int = field(
-        default=32, metadata={"help": "GIDM keypoint encoder with this many soft-argmax keypoints (0: transformer encoder)"}
+    num_cpus: int = field(
+        default=2, metadata={"help": "worker processes of generation, curate and label (the local runner: no Ray start-up)"}
     )
-    keypoint_temperature: float = field(
-        default=0.3,
-        metadata={"help": "soft-argmax temperature the GIDM keypoints start from (learned; below 1 they localise in fewer steps)"},
-    )
-    num_cpus: int = field(default=2, metadata={"help": "worker processes of curate and label (the local runner: no Ray start-up)"})
     seed: int = field(default=0, metadata={"help": "seed of the generated inputs and of every training run (same seed, same demo)"})
-    gfdm_steps: int = field(default=30, metadata={"help": "GFDM training steps (tiny pixel U-Net on the action-free clips)"})
-    policy_steps: int = field(default=30, metadata={"help": "policy finetuning steps, for DeFI and for scratch alike"})
-    eval_episodes: int = field(default=2, metadata={"help": "evaluation episodes per held-out task, per policy"})
-    eval_max_steps: int = field(default=80, metadata={"help": "actions per evaluation episode at most"})
-    eval_seed: int = field(default=1000, metadata={"help": "evaluation layout seed (other than the data's: unseen layouts)"})
 
-    def __post_init__(self) -> None:
-        bad = [
-            f"{n}={getattr(self, n)!r}: must be >= 1"
-            for n in ("gfdm_steps", "policy_steps", "eval_episodes", "eval_max_steps")
-            if getattr(self, n) < 1
-        ]
-        if bad:
-            raise ValueError("invalid DemoConfig: " + "; ".join(bad))
+
+def _section(name: str) -> Any:
+    return field(default_factory=lambda: _build_section(name, DemoKnobs()))
+
+
+@dataclass
+class DemoConfig(DemoKnobs):
+    """The whole demo: its own settings, then one section per run it makes, each the config of
+    that command (``defi curate``, ``train gidm``, ``label latent-actions``, ``train gfdm``,
+    ``train policy``, ``eval``) with the demo's settings over the command's defaults. The demo
+    owns the runs' paths (under ``--out``) and trains both policy ``--init`` variants.
+
+    Build it with ``demo_config(*layers)``: a section's defaults follow ``gidm_model``, ``seed``,
+    ``num_cpus`` and ``probe_tasks``, which the constructor's defaults cannot see."""
+
+    curate: CurateConfig = _section("curate")
+    gidm: GIDMRunConfig = _section("gidm")
+    label: LabelConfig = _section("label")
+    gfdm: GFDMRunConfig = _section("gfdm")
+    policy: PolicyRunConfig = _section("policy")
+    eval: EvalConfig = _section("eval")
+
+
+# keys of a section that the demo sets itself: a layer giving one is refused, naming it
+DEMO_OWNED = {
+    "gidm": ("train.out_dir",),
+    "gfdm": ("train.out_dir",),
+    "policy": ("root", "select", "gfdm", "gidm", "joint", "out", "train.out_dir", "model.init", "policy.init"),
+}
+
+
+def _dotted(layer: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in layer.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def demo_config(*layers: dict[str, Any]) -> DemoConfig:
+    """The ``DemoConfig`` of ``layers`` (nested dicts like a ``--config`` file, lowest first):
+    the demo's settings first, then each section built by its command's builder over the demo's
+    layer for those settings. Every run's config is checked here, before any step runs: a bad
+    value is a one-line error now, not a failed step later. Raises ``ConfigError``."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge(data, layer)
+    knobs = from_dict(DemoKnobs, {k: v for k, v in data.items() if k not in SECTION_LAYERS})
+    sections = {}
+    for name in SECTION_LAYERS:
+        given = data.get(name) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{name}: a section of fields, got {given!r}")
+        default = _dotted(to_dict(_build_section(name, knobs))) if name in DEMO_OWNED else {}
+        # what --dry-run printed reads back: an owned key at its unset value is not a request
+        owned = sorted(k for k, v in _dotted(given).items() if k in DEMO_OWNED.get(name, ()) and v != default.get(k))
+        if owned:
+            raise ConfigError(
+                f"{', '.join(f'{name}.{k}' for k in owned)}: the demo sets this itself (paths under --out, both policy variants)"
+            )
+        sections[name] = _build_section(name, knobs, given)
+    return DemoConfig(**{f.name: getattr(knobs, f.name) for f in fields(DemoKnobs)}, **sections)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +277,21 @@ class Context:
 
     def eval_dir(self, variant: str) -> Path:
         return self.out / "eval" / variant
+
+    # each run's config: its section of the DemoConfig, with the paths under OUT
+    def gidm_config(self) -> GIDMRunConfig:
+        return gidm_run_config(self.cfg.gidm_model, to_dict(self.cfg.gidm), {"train": {"out_dir": str(self.gidm_run)}})
+
+    def gfdm_config(self) -> GFDMRunConfig:
+        return gfdm_run_config("tiny", to_dict(self.cfg.gfdm), {"train": {"out_dir": str(self.gfdm_run)}})
+
+    def policy_config(self, variant: str) -> PolicyRunConfig:
+        paths = {"root": self.root, "select": PROBE_SELECT, "gfdm": str(self.gfdm_run), "gidm": str(self.gidm_run)}
+        return policy_run_config(to_dict(self.cfg.policy), {**paths, "out": str(self.policy_run(variant)), "model": {"init": variant}})
+
+    def gap_frames(self, run: GIDMRunConfig | GFDMRunConfig) -> int:
+        """A run's pair gap in frames of the demo's clips (one frame rate, the curate section's)."""
+        return run.data.gap.frames(self.cfg.curate.encode.fps)
 
 
 @dataclass(frozen=True)
@@ -286,26 +439,12 @@ def _robot_inputs(ctx: Context) -> dict[str, Any] | None:
 
 # -- curate ------------------------------------------------------------------------------------
 def step_curate(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.config import from_dict
     from defi.pipelines.curate import run_curate, summary_text
-    from defi.pipelines.curate_config import CurateConfig
     from defi.schemas.corpus import Corpus
 
-    c = ctx.cfg
-    cfg = from_dict(
-        CurateConfig,
-        {
-            "windows": {"clip_len_s": 2.5, "stride_s": 2.5, "min_clip_s": 1.0, "max_clip_s": 3.0},
-            "encode": {"fps": c.fps, "short_side": c.short_side},
-            "black": {"max_black_frac": 0.5},
-            "motion": {"min_frame_diff": 0.1},
-            "camera": {"max_camera_motion": 1.0},
-            "runner": "local",
-            "workers": c.num_cpus,
-        },
-    )
+    cfg = ctx.cfg.curate
     inputs = [str(p) for p in sorted(ctx.inputs.iterdir()) if p.is_dir()]
-    _say(f"  defi curate {' '.join(inputs)} --root {ctx.root}")
+    _say_command(f"defi curate {' '.join(inputs)} --root {ctx.root}", command_flags(cfg, CurateConfig()))
     rec = run_curate(inputs, ctx.root, cfg)
     print(summary_text(rec))
     if rec["status"] != "done":
@@ -321,18 +460,37 @@ PROBE_SELECT = "SELECT key FROM clips WHERE kept AND has_actions"
 
 
 def _flags(layer: dict[str, Any], prefix: str = "") -> list[str]:
-    """A config layer as the `--section.field value` flags that give it on the command line."""
+    """A config layer as the `--section.field value` flags that give it on the command line (a
+    None is what a field holds when no flag sets it: left out)."""
     out: list[str] = []
     for k, v in layer.items():
         if isinstance(v, dict):
             out += _flags(v, f"{prefix}{k}.")
-        else:
-            out += [flag_name(prefix + k), str(v)]
+        elif v is not None:
+            out += [flag_name(prefix + k), ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
     return out
 
 
-def _say_command(command: str, layer: dict[str, Any]) -> None:
-    _say(f"  {command} " + " ".join(f'"{a}"' if " " in a else a for a in _flags(layer)))
+def _changed(cfg: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """What ``cfg`` (a config's dict) sets differently from ``base``: the flags that make it."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        b = base.get(k)
+        if isinstance(v, dict) and isinstance(b, dict):
+            if d := _changed(v, b):
+                out[k] = d
+        elif v != b:
+            out[k] = v
+    return out
+
+
+def command_flags(cfg: Any, base: Any) -> list[str]:
+    """The flags that turn ``base`` (the command's config without them) into ``cfg``."""
+    return _flags(_changed(to_dict(cfg), to_dict(base)))
+
+
+def _say_command(command: str, flags: list[str]) -> None:
+    _say(f"  {command} " + " ".join(f'"{a}"' if " " in a else a for a in flags))
 
 
 def _losses(run: Path, *names: str) -> dict[str, Any]:
@@ -344,41 +502,13 @@ def _losses(run: Path, *names: str) -> dict[str, Any]:
     return res
 
 
-def gidm_layer(ctx: Context) -> dict[str, Any]:
-    """The demo's GIDM run config over the ``DemoConfig.gidm_model`` preset, from the DemoConfig."""
-    c = ctx.cfg
-    model: dict[str, Any] = {
-        "restart_interval": 50,
-        "changed_weight": c.changed_weight,
-        "keypoints": c.keypoints,
-        "keypoint_temperature": c.keypoint_temperature,
-    }
-    if c.gidm_bottleneck:  # else the preset's
-        model["bottleneck"] = c.gidm_bottleneck
-    if c.codebook_size:
-        model["codebook_size"] = c.codebook_size
-    return {
-        "model": model,
-        "data": {"gap_frames": c.gap_frames, "size": c.gidm_size, "pairs_per_clip": 8, "shuffle_buffer": 256},
-        "train": {
-            "steps": c.gidm_steps,
-            "batch_size": 32,
-            "lr": 1e-3,
-            "log_every": 25,
-            "ckpt_every": max(c.gidm_steps // 2, 1),
-            "warmup_steps": min(50, c.gidm_steps // 10),
-            "seed": c.seed,
-            "out_dir": str(ctx.gidm_run),
-        },
-    }
-
-
 def step_train_gidm(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train import gidm_run_config, run_train_gidm, summary_text
+    from defi.pipelines.train import run_train_gidm, summary_text
 
-    layer, preset = gidm_layer(ctx), ctx.cfg.gidm_model
-    _say_command(f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {preset}', layer)
-    cfg = gidm_run_config(preset, layer)
+    cfg, preset = ctx.gidm_config(), ctx.cfg.gidm_model
+    _say_command(
+        f'defi train gidm --root {ctx.root} --select "{TRAIN_SELECT}" --model {preset}', command_flags(cfg, gidm_run_config(preset))
+    )
     res = run_train_gidm(ctx.root, TRAIN_SELECT, cfg)
     print(summary_text(res))
     out = {"run": str(ctx.gidm_run), "select": TRAIN_SELECT, "bottleneck": cfg.model.bottleneck}
@@ -387,10 +517,11 @@ def step_train_gidm(ctx: Context) -> dict[str, Any]:
 
 # -- label -------------------------------------------------------------------------------------
 def step_label(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.label import LabelConfig, run_label
+    from defi.pipelines.label import run_label
     from defi.pipelines.label import summary_text as label_summary
 
-    rec = run_label(ctx.root, str(ctx.gidm_run), cfg=LabelConfig(runner="local", workers=ctx.cfg.num_cpus))
+    _say_command(f"defi label latent-actions --root {ctx.root} --gidm {ctx.gidm_run}", command_flags(ctx.cfg.label, LabelConfig()))
+    rec = run_label(ctx.root, str(ctx.gidm_run), cfg=ctx.cfg.label)
     print(label_summary(rec))
     if rec["status"] != "done":
         raise RuntimeError(f"labeling ended with status {rec['status']}")
@@ -474,9 +605,9 @@ def step_probe(ctx: Context) -> dict[str, Any]:
     from defi.training.gidm.latent_probe import encode_all, probe, probe_pairs
     from defi.training.recipes.gidm import last_checkpoint
 
-    c = ctx.cfg
+    gidm = ctx.gidm_config()
     try:
-        pairs = probe_pairs(ctx.root, PROBE_SELECT, c.gap_frames, c.gidm_size)
+        pairs = probe_pairs(ctx.root, PROBE_SELECT, ctx.gap_frames(gidm), gidm.model.image_size)
     except ValueError as e:
         _say(f"  no probe: {e}")
         return {"skipped": str(e)}
@@ -526,31 +657,12 @@ def _no_robot_clips(ctx: Context) -> str | None:
     return None if n else "no kept robot clip with actions in the corpus"
 
 
-def gfdm_layer(ctx: Context) -> dict[str, Any]:
-    """The demo's GFDM run config over the tiny preset, from the DemoConfig."""
-    c = ctx.cfg
-    return {
-        "data": {"gap_frames": c.gap_frames, "size": c.gidm_size, "pairs_per_clip": 8, "shuffle_buffer": 256},
-        "train": {
-            "steps": c.gfdm_steps,
-            "batch_size": 8,
-            "lr": 1e-3,
-            "log_every": 5,
-            "warmup_steps": min(50, c.gfdm_steps // 10),
-            "ckpt_every": c.gfdm_steps,
-            "grid_every": c.gfdm_steps,
-            "seed": c.seed,
-            "out_dir": str(ctx.gfdm_run),
-        },
-    }
-
-
 def step_train_gfdm(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train_gfdm import gfdm_run_config, run_train_gfdm, summary_text
+    from defi.pipelines.train_gfdm import run_train_gfdm, summary_text
 
-    layer = gfdm_layer(ctx)
-    _say_command(f'defi train gfdm --root {ctx.root} --select "{TRAIN_SELECT}" --model tiny', layer)
-    print(summary_text(run_train_gfdm(ctx.root, TRAIN_SELECT, gfdm_run_config("tiny", layer))))
+    cfg = ctx.gfdm_config()
+    _say_command(f'defi train gfdm --root {ctx.root} --select "{TRAIN_SELECT}" --model tiny', command_flags(cfg, gfdm_run_config("tiny")))
+    print(summary_text(run_train_gfdm(ctx.root, TRAIN_SELECT, cfg)))
     res: dict[str, Any] = {"run": str(ctx.gfdm_run), "select": TRAIN_SELECT, **_losses(ctx.gfdm_run, "loss")}
     why = _no_robot_clips(ctx)
     if why:
@@ -575,30 +687,30 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
     from defi.training.gfdm import TextModelConfig
     from defi.training.recipes.gfdm import last_checkpoint, prediction_grid
 
-    c = ctx.cfg
+    seed = ctx.cfg.gfdm.train.seed
     model, mcfg, _ = load_checkpoint(last_checkpoint(ctx.gfdm_run))
     saved = json.loads((ctx.gfdm_run / "run_config.json").read_text())
     corpus = Corpus.open(ctx.root)
     dataset = ClipDataset.from_corpus(
         corpus,
         PROBE_SELECT,
-        gap_frames=c.gap_frames,
+        gap_frames=ctx.gap_frames(ctx.cfg.gfdm),
         size=mcfg.image_size,
         pairs_per_clip=1,
         window=mcfg.context_frames + mcfg.future_frames,
         shuffle=True,
-        seed=c.seed,
+        seed=seed,
     )
     lookup = TextLookup(corpus, TextModelConfig(**saved["text"]), selection_texts(corpus, dataset.keys), mcfg.text_dim)
     loader = DataLoader(dataset, batch_size=rows, collate_fn=collate_items)
     batch = next(gfdm_batches(iter(loader), mcfg.context_frames, lookup))
-    image = prediction_grid(model, batch, seed=c.seed)
+    image = prediction_grid(model, batch, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     with torch.no_grad():
         model.eval()
         text = torch.where(batch["has_text"].view(-1, 1), batch["text_emb"], model.null_text.expand_as(batch["text_emb"]))
-        pred = model.predict(batch["obs"], text, generator=torch.Generator().manual_seed(c.seed)).float()
+        pred = model.predict(batch["obs"], text, generator=torch.Generator().manual_seed(seed)).float()
     true, now = batch["future"].float(), batch["obs"][:, -3:].unsqueeze(1).float()
     return {
         "grid": str(path),
@@ -611,40 +723,20 @@ def heldout_grid(ctx: Context, path: Path, rows: int = 4) -> dict[str, Any]:
 
 
 # -- train_policy ------------------------------------------------------------------------------
-def policy_layer(ctx: Context, variant: str) -> dict[str, Any]:
-    """The demo's policy run config (``--init variant``), from the DemoConfig."""
-    c = ctx.cfg
-    return {
-        "root": ctx.root,
-        "select": PROBE_SELECT,
-        "gfdm": str(ctx.gfdm_run),
-        "gidm": str(ctx.gidm_run),
-        "out": str(ctx.policy_run(variant)),
-        "model": {"init": variant},
-        "train": {
-            "steps": c.policy_steps,
-            "batch_size": 16,
-            "lr": 1e-3,
-            "warmup_steps": min(50, c.policy_steps // 10),
-            "log_every": 5,
-            "ckpt_every": c.policy_steps,
-            "seed": c.seed,
-        },
-    }
-
-
 def step_train_policy(ctx: Context) -> dict[str, Any]:
-    from defi.pipelines.train_policy import policy_run_config, run_train_policy, summary_text
+    from defi.pipelines.train_policy import run_train_policy, summary_text
 
     why = _no_robot_clips(ctx)
     if why:
         _say(f"  no policy: {why}")
         return {"skipped": why}
-    out: dict[str, Any] = {"select": PROBE_SELECT, "steps": ctx.cfg.policy_steps}
+    out: dict[str, Any] = {"select": PROBE_SELECT, "steps": ctx.cfg.policy.train.steps}
     for variant, _ in POLICY_VARIANTS:
-        layer = policy_layer(ctx, variant)
-        _say_command("defi train policy", layer)
-        print(summary_text(run_train_policy(ctx.root, PROBE_SELECT, policy_run_config(layer))))
+        cfg = ctx.policy_config(variant)
+        flags = command_flags(cfg, policy_run_config())
+        i = flags.index("--train.out_dir")  # --out sets it
+        _say_command("defi train policy", flags[:i] + flags[i + 2 :])
+        print(summary_text(run_train_policy(ctx.root, PROBE_SELECT, cfg)))
         run = ctx.policy_run(variant)
         losses = _losses(run, "loss", "action_l1")
         out[variant] = {"run": str(run), "loss": losses["loss"], "action_l1": losses["action_l1"]}
@@ -654,21 +746,16 @@ def step_train_policy(ctx: Context) -> dict[str, Any]:
 # -- eval --------------------------------------------------------------------------------------
 def step_eval(ctx: Context) -> dict[str, Any]:
     from defi.pipelines.eval import run_eval, summary_text
-    from defi.training.sim.evaluate import EvalConfig
 
     trained = ctx.results.get("train_policy") or {}
     if trained.get("skipped"):
         return {"skipped": trained["skipped"]}
-    c = ctx.cfg
-    tasks = [t for t in c.probe_tasks.split(",") if t]
-    out: dict[str, Any] = {"tasks": tasks, "episodes": c.eval_episodes, "seed": c.eval_seed, "max_steps": c.eval_max_steps}
+    cfg = ctx.cfg.eval
+    out: dict[str, Any] = {"tasks": cfg.tasks, "episodes": cfg.episodes, "seed": cfg.seed, "max_steps": cfg.max_steps}
     for variant, _ in POLICY_VARIANTS:
-        cfg = EvalConfig(tasks=tasks, episodes=c.eval_episodes, seed=c.eval_seed, max_steps=c.eval_max_steps, videos=1, workers=1)
         run, dest = ctx.policy_run(variant), ctx.eval_dir(variant)
-        command = (
-            f"defi eval --policy {run} --tasks {','.join(tasks)} --episodes {c.eval_episodes} --seed {c.eval_seed} "
-            f"--max-steps {c.eval_max_steps} --videos 1 --out {dest}"
-        )
+        flags = " ".join(command_flags(cfg, EvalConfig()))
+        command = f"defi eval --policy {run} {flags} --out {dest}"
         _say(f"  {command}")
         s = run_eval(str(run), cfg, str(dest), progress=True, command=command)
         print(summary_text(s))
@@ -735,7 +822,7 @@ def run_steps(out: Path, cfg: DemoConfig, steps: list[Step] | None = None, start
     out.mkdir(parents=True, exist_ok=True)
     (out / "steps").mkdir(exist_ok=True)
     ctx = Context(out=out, cfg=cfg)
-    cfg_json = asdict(cfg)
+    cfg_json = json.loads(json.dumps(to_dict(cfg), default=_json_default))  # as the state files hold it
     rerun = False
     for i, step in enumerate(steps, 1):
         state = _state_path(out, step.name)
@@ -790,30 +877,95 @@ BIGGER = (
     "small for a working policy. To run it bigger: --episodes 40 --probe-episodes 20 --robot-steps 150 "
     "(more data), --gidm-steps 5000 --gfdm-steps 5000 --policy-steps 3000 (longer training), "
     "--eval-episodes 20 --eval-max-steps 150 (tighter intervals), --num-cpus N; on a GPU the training "
-    "steps use it. Re-run with --from STEP to redo a step and everything after it."
+    "steps use it. Any field of a run's config is a flag too: --gidm.train.lr 3e-4, --curate.motion.min_frame_diff 0.2 "
+    "(--dry-run prints them all). Re-run with --from STEP to redo a step and everything after it."
 )
+
+# the shortcut flags: dest -> the section keys it sets (see command.Shortcuts)
+DEMO_SHORTCUTS: dict[str, Any] = {
+    "fps": "curate.encode.fps",
+    "short_side": "curate.encode.short_side",
+    "gidm_steps": "gidm.train.steps",
+    "gidm_size": {"gidm.data.size": VALUE, "gfdm.data.size": VALUE},
+    "gap_frames": {"gidm.data.gap_frames": VALUE, "gidm.data.gap_s": None, "gfdm.data.gap_frames": VALUE, "gfdm.data.gap_s": None},
+    "gidm_bottleneck": "gidm.model.bottleneck",
+    "codebook_size": "gidm.model.codebook_size",
+    "changed_weight": "gidm.model.changed_weight",
+    "keypoints": "gidm.model.keypoints",
+    "keypoint_temperature": "gidm.model.keypoint_temperature",
+    "gfdm_steps": "gfdm.train.steps",
+    "policy_steps": "policy.train.steps",
+    "eval_episodes": "eval.episodes",
+    "eval_max_steps": "eval.max_steps",
+    "eval_seed": "eval.seed",
+}
+SECTION_GROUPS = {
+    "curate": "the `defi curate` run (defi curate --help)",
+    "gidm": "the `defi train gidm` run over the --gidm-model preset (defaults shown: keypoint's)",
+    "label": "the `defi label latent-actions` run",
+    "gfdm": "the `defi train gfdm` run over the tiny preset",
+    "policy": "the `defi train policy` runs, --init defi and scratch alike",
+    "eval": "the `defi eval` runs of both policies, on the same episodes",
+}
 
 
 def add_demo_arguments(p) -> None:
     p.epilog = BIGGER
+    p.usage = "%(prog)s [--out OUT] [--fresh] [--from STEP] [--config FILE] [--dry-run] [--SHORTCUT V ...] [--FIELD V ...] [--SECTION.FIELD V ...]"
 
     p.add_argument("--out", default="demo", help="output folder: inputs/, corpus/, gidm/, steps/, report.html (default: demo)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first and start over")
     p.add_argument("--from", dest="start_at", metavar="STEP", help=f"re-run from this step on ({', '.join(s.name for s in STEPS)})")
-    p.add_argument("--config", help="YAML/TOML/JSON file with any of the config fields below")
+    p.add_argument("--config", help="YAML/TOML/JSON file with the demo's fields and any section's (gidm: {train: {lr: ...}}, ...)")
     add_dry_run_flag(p)
-    add_flags(p, DemoConfig)
-
-
-def demo_config(*layers: dict[str, Any]) -> DemoConfig:
-    """The ``DemoConfig`` of ``layers`` (lowest first) over its defaults. The GIDM knobs (preset,
-    bottleneck, keypoints, ...) are checked by GIDMConfig itself, before any step runs: a bad one
-    is a one-line error now, not a failed train_gidm step later. Raises ``ValueError``."""
-    from defi.pipelines.train import gidm_run_config
-
-    cfg = layered(DemoConfig)(None, *layers)
-    gidm_run_config(cfg.gidm_model, gidm_layer(Context(out=Path("."), cfg=cfg)))
-    return cfg
+    g = p.add_argument_group("shortcuts", "the usual knobs of the runs' sections; each wins over the --config file and the section flags")
+    g.add_argument("--fps", type=int, metavar="INT", help="clip frame rate after curation (curate.encode.fps; default: 10)")
+    g.add_argument(
+        "--short-side", type=int, metavar="INT", help="clip short side after curation, pixels (curate.encode.short_side; default: 96)"
+    )
+    g.add_argument("--gidm-steps", type=int, metavar="INT", help="GIDM training steps (gidm.train.steps; default: 400)")
+    g.add_argument(
+        "--gidm-size", type=int, metavar="INT", help="GIDM and GFDM input frame side, pixels (gidm.data.size, gfdm.data.size; default: 64)"
+    )
+    g.add_argument("--gap-frames", type=int, metavar="INT", help="k: the GIDM's and GFDM's pair gap in clip frames (default: 5)")
+    g.add_argument(
+        "--gidm-bottleneck",
+        metavar="NAME",
+        help="GIDM latent: " + ", ".join(BOTTLENECKS) + " (gidm.model.bottleneck; default: the preset's)",
+    )
+    g.add_argument(
+        "--codebook-size",
+        type=int,
+        metavar="INT",
+        help="latent-action codes per codebook (gidm.model.codebook_size; default: the preset's)",
+    )
+    g.add_argument(
+        "--changed-weight", type=float, metavar="FLOAT", help="GIDM loss weight on pixels that changed, 0 for plain MSE (default: 30)"
+    )
+    g.add_argument("--keypoints", type=int, metavar="INT", help="GIDM soft-argmax keypoints, 0 for the transformer encoder (default: 32)")
+    g.add_argument(
+        "--keypoint-temperature",
+        type=float,
+        metavar="FLOAT",
+        help="soft-argmax temperature the GIDM keypoints start from (learned; default: 0.3)",
+    )
+    g.add_argument("--gfdm-steps", type=int, metavar="INT", help="GFDM training steps (gfdm.train.steps; default: 30)")
+    g.add_argument(
+        "--policy-steps", type=int, metavar="INT", help="policy finetuning steps, DeFI and scratch alike (policy.train.steps; default: 30)"
+    )
+    g.add_argument(
+        "--eval-episodes", type=int, metavar="INT", help="evaluation episodes per held-out task, per policy (eval.episodes; default: 2)"
+    )
+    g.add_argument("--eval-max-steps", type=int, metavar="INT", help="actions per evaluation episode at most (eval.max_steps; default: 80)")
+    g.add_argument("--eval-seed", type=int, metavar="INT", help="evaluation layout seed, unseen by the data (eval.seed; default: 1000)")
+    for dest in DEMO_SHORTCUTS:  # the snake_case spellings these flags had as DemoConfig fields
+        new = "--" + dest.replace("_", "-")
+        if new != f"--{dest}":
+            g.add_argument(
+                f"--{dest}", dest=dest, type=p._option_string_actions[new].type, help=argparse.SUPPRESS, action=DeprecatedSpelling, new=new
+            )
+    owned = tuple(f"{name}.{key}" for name, keys in DEMO_OWNED.items() for key in keys)
+    add_flags(p, DemoConfig, groups=SECTION_GROUPS, hidden=owned)
 
 
 def run_demo(args, cfg: DemoConfig) -> int:
@@ -843,6 +995,7 @@ def run_demo(args, cfg: DemoConfig) -> int:
 DEMO_SPEC = CommandSpec(
     name="demo",
     build=lambda _args, *layers: demo_config(*layers),
+    shortcuts=DEMO_SHORTCUTS,
     check=lambda args, _cfg: refuse_inside_corpus(args.out),
     run=run_demo,
     summary=lambda _args, rc: rc,  # run_demo prints as the steps go

@@ -118,7 +118,7 @@ def write_report(ctx, path: Path, steps: list[tuple[str, str, float | None]], va
     fates = hours_breakdown(corpus)
     shown["hours"] = fates
     sections = [steps_section(corpus.summary(), steps), hours_section(corpus, fates), scores_section(corpus)]
-    bottleneck = (res.get("train_gidm") or {}).get("bottleneck") or getattr(ctx.cfg, "gidm_bottleneck", "")
+    bottleneck = (res.get("train_gidm") or {}).get("bottleneck") or ctx.cfg.gidm.model.bottleneck
     sections.append(gidm_training_section(ctx, res, bottleneck))
     part, usage = latents_section(corpus, res)
     sections.append(part)

@@ -60,7 +60,23 @@ PAIRS = {
         ("--horizon", ["4"], "--model.horizon", ["4"]),
     ],
     "eval": [],
-    "demo": [],
+    "demo": [
+        ("--fps", ["8"], "--curate.encode.fps", ["8"]),
+        ("--short-side", ["64"], "--curate.encode.short_side", ["64"]),
+        ("--gidm-steps", ["7"], "--gidm.train.steps", ["7"]),
+        ("--gidm-size", ["32"], "--gidm.data.size", ["32", "--gfdm.data.size", "32"]),
+        ("--gap-frames", ["3"], "--gidm.data.gap_frames", ["3", "--gfdm.data.gap_frames", "3"]),
+        ("--gidm-bottleneck", ["vq"], "--gidm.model.bottleneck", ["vq"]),
+        ("--codebook-size", ["5"], "--gidm.model.codebook_size", ["5"]),
+        ("--changed-weight", ["2"], "--gidm.model.changed_weight", ["2"]),
+        ("--keypoints", ["8"], "--gidm.model.keypoints", ["8"]),
+        ("--keypoint-temperature", ["0.5"], "--gidm.model.keypoint_temperature", ["0.5"]),
+        ("--gfdm-steps", ["4"], "--gfdm.train.steps", ["4"]),
+        ("--policy-steps", ["6"], "--policy.train.steps", ["6"]),
+        ("--eval-episodes", ["3"], "--eval.episodes", ["3"]),
+        ("--eval-max-steps", ["9"], "--eval.max_steps", ["9"]),
+        ("--eval-seed", ["77"], "--eval.seed", ["77"]),
+    ],
 }
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from defi.pipelines.demo import STEPS, DemoConfig, Step, StepFailed, run_steps
+from defi.pipelines.demo import STEPS, Step, StepFailed, demo_config, run_steps
 from defi.pipelines.views.report import eval_verdict
 
 
@@ -32,7 +32,7 @@ def _steps(log: list[str], fail_at: set[str]):
 
 def test_steps_run_in_order_and_resume(tmp_path):
     log: list[str] = []
-    cfg = DemoConfig(robot=False)
+    cfg = demo_config({"robot": False})
     ctx = run_steps(tmp_path, cfg, _steps(log, set()))
     assert log == ["a", "b", "c"]
     assert ctx.results["c"] == {"saw": ["a", "b"]}  # later steps see earlier results
@@ -49,13 +49,13 @@ def test_steps_run_in_order_and_resume(tmp_path):
     assert log == ["b", "c"]  # --from b re-runs b and everything after it
 
     log.clear()
-    run_steps(tmp_path, DemoConfig(robot=False, gidm_steps=7), _steps(log, set()))
+    run_steps(tmp_path, demo_config({"robot": False, "gidm": {"train": {"steps": 7}}}), _steps(log, set()))
     assert log == ["a", "b", "c"]  # another config: nothing of the old run is trusted
 
 
 def test_failure_names_the_step_and_keeps_earlier_output(tmp_path):
     log: list[str] = []
-    cfg = DemoConfig(robot=False)
+    cfg = demo_config({"robot": False})
     with pytest.raises(StepFailed, match="step 'b' failed: RuntimeError: b broke") as e:
         run_steps(tmp_path, cfg, _steps(log, {"b"}))
     assert e.value.step == "b"
@@ -70,7 +70,7 @@ def test_failure_names_the_step_and_keeps_earlier_output(tmp_path):
 
 def test_unknown_start_step(tmp_path):
     with pytest.raises(ValueError, match="unknown step 'nope'"):
-        run_steps(tmp_path, DemoConfig(), _steps([], set()), start_at="nope")
+        run_steps(tmp_path, demo_config(), _steps([], set()), start_at="nope")
 
 
 def test_steps_are_the_documented_order():
@@ -123,7 +123,7 @@ def test_cli_bad_flag_and_bad_step(tmp_path):
         env=env,
         timeout=120,
     )
-    assert r.returncode == 2 and "gidm_steps" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--gidm-steps" in r.stderr and "'many'" in r.stderr and "Traceback" not in r.stderr
     # a bad GIDM knob is checked by GIDMConfig before any step runs: one line, nothing written
     r = subprocess.run(
         [

@@ -1,15 +1,18 @@
 """The Python entries of ``defi train`` resolve a run config exactly as the command line does: the
-demo's layers given as flags to ``defi train ... --dry-run`` print the config the demo trains
-with, and the shortcut flags, the preset and the size rule behave the same through both."""
+command each demo step prints (``demo.command_flags``) gives ``defi train ... --dry-run`` the
+config the demo trains with, and the shortcut flags, the preset and the size rule behave the same
+through both."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from defi.pipelines import demo
+from defi.pipelines.command import shortcut_layer
 from defi.pipelines.config import ConfigError, to_dict
 from defi.pipelines.train import gidm_run_config, main
 from defi.pipelines.train_gfdm import gfdm_run_config
@@ -21,31 +24,48 @@ def _dry_run(capsys, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def _demo(tmp_path, top: dict | None = None, **shortcuts) -> demo.Context:
+    """A demo Context of the demo's own fields ``top`` and its shortcut flags, as `defi demo` reads them."""
+    layer = shortcut_layer(argparse.Namespace(**shortcuts), demo.DEMO_SHORTCUTS)
+    return demo.Context(out=tmp_path, cfg=demo.demo_config(top or {}, layer))
+
+
 @pytest.fixture
 def ctx(tmp_path):
-    return demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_steps=40, gap_frames=3, gidm_size=32, codebook_size=5, seed=7))
+    return _demo(tmp_path, {"seed": 7}, gidm_steps=40, gap_frames=3, gidm_size=32, codebook_size=5)
 
 
-def test_demo_layers_give_the_cli_config(ctx, capsys):
-    layer = demo.gidm_layer(ctx)
-    out = str(ctx.gidm_run)  # --out sets train.out_dir, as the layer does
-    cli = _dry_run(capsys, ["gidm", "--root", "r", "--select", "s", "--out", out, "--model", ctx.cfg.gidm_model, *demo._flags(layer)])
-    cfg = gidm_run_config(ctx.cfg.gidm_model, layer)
+def test_the_commands_the_demo_prints_give_its_configs(ctx, capsys):
+    preset = ctx.cfg.gidm_model
+    cfg = ctx.gidm_config()
+    cli = _dry_run(capsys, ["gidm", "--root", "r", "--select", "s", "--model", preset, *demo.command_flags(cfg, gidm_run_config(preset))])
     assert to_dict(cfg) == cli
     assert (cfg.model.image_size, cfg.data.size, cfg.data.gap_frames, cfg.data.gap_s) == (32, 32, 3, None)
     assert (cfg.model.codebook_size, cfg.train.steps, cfg.train.ckpt_every, cfg.train.seed) == (5, 40, 20, 7)
-    assert cfg.model.keypoint_temperature == ctx.cfg.keypoint_temperature == 0.3  # the printed command carries it too
+    assert cfg.train.out_dir == str(ctx.gidm_run) and cfg.model.keypoint_temperature == 0.3
 
-    layer = demo.gfdm_layer(ctx)
-    out = str(ctx.gfdm_run)
-    cli = _dry_run(capsys, ["gfdm", "--root", "r", "--select", "s", "--out", out, "--model", "tiny", *demo._flags(layer)])
-    assert to_dict(gfdm_run_config("tiny", layer)) == cli
+    cfg = ctx.gfdm_config()
+    cli = _dry_run(capsys, ["gfdm", "--root", "r", "--select", "s", "--model", "tiny", *demo.command_flags(cfg, gfdm_run_config("tiny"))])
+    assert to_dict(cfg) == cli
+    assert (cfg.data.gap_frames, cfg.model.image_size, cfg.train.seed) == (3, 32, 7)  # the shortcuts set both models
 
-    layer = demo.policy_layer(ctx, "scratch")
-    cli = _dry_run(capsys, ["policy", *demo._flags(layer)])
-    cfg = policy_run_config(layer)
+    cfg = ctx.policy_config("scratch")
+    cli = _dry_run(capsys, ["policy", *demo.command_flags(cfg, policy_run_config())])
     assert to_dict(cfg) == cli
     assert cfg.model.init == "scratch" and cfg.train.out_dir == str(ctx.policy_run("scratch"))
+
+
+def test_a_demo_section_takes_any_field_of_its_command_and_refuses_the_demos_paths(tmp_path):
+    ctx = _demo(tmp_path, {"gidm": {"train": {"lr": 3e-4}}, "eval": {"crf_chain": [18]}, "seed": 3}, gidm_steps=10)
+    assert (ctx.gidm_config().train.lr, ctx.gidm_config().train.steps, ctx.cfg.eval.crf_chain) == (3e-4, 10, [18])
+    # a section's steps carry their checkpoint and warm-up settings unless a layer gives them
+    assert (ctx.cfg.gidm.train.ckpt_every, ctx.cfg.gidm.train.warmup_steps, ctx.cfg.policy.train.seed) == (5, 1, 3)
+    with pytest.raises(ConfigError, match=r"policy\.out: the demo sets this itself"):
+        demo.demo_config({"policy": {"out": "elsewhere"}})
+    with pytest.raises(ConfigError, match=r"(?s)gidm section: .*steps=0: must be >= 1"):
+        demo.demo_config({"gidm": {"train": {"steps": 0}}})
+    with pytest.raises(ConfigError, match="unknown GIDM preset 'huge'"):
+        demo.demo_config({"gidm_model": "huge"})
 
 
 def test_shortcut_flags_are_the_layers_they_name(capsys, tmp_path):
@@ -79,12 +99,10 @@ def test_every_gidm_preset_is_a_cli_choice_and_the_demo_keeps_its_bottleneck(cap
     m = _dry_run(capsys, argv)["model"]
     assert (m["bottleneck"], m["codebook_size"], m["vq_stages"], m["keypoints"], m["latent_dim"]) == ("rvq", 16, 8, 32, 16)
     # the demo's GIDM over that preset trains its codes unless a flag names another bottleneck
-    ctx = demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_model="keypoint-rvq"))
-    m = gidm_run_config("keypoint-rvq", demo.gidm_layer(ctx)).model
+    m = _demo(tmp_path, {"gidm_model": "keypoint-rvq"}).gidm_config().model
     assert (m.bottleneck, m.codebook_size, m.vq_stages) == ("rvq", 16, 8)
-    ctx = demo.Context(out=tmp_path, cfg=demo.DemoConfig(gidm_model="keypoint-rvq", gidm_bottleneck="continuous"))
-    assert gidm_run_config("keypoint-rvq", demo.gidm_layer(ctx)).model.bottleneck == "continuous"
-    assert gidm_run_config("keypoint", demo.gidm_layer(demo.Context(out=tmp_path, cfg=demo.DemoConfig()))).model.bottleneck == "continuous"
+    assert _demo(tmp_path, {"gidm_model": "keypoint-rvq"}, gidm_bottleneck="continuous").gidm_config().model.bottleneck == "continuous"
+    assert _demo(tmp_path).gidm_config().model.bottleneck == "continuous"
 
 
 def _load_gidm_bench():
