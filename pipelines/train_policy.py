@@ -301,6 +301,7 @@ def run_train_policy(root: str, select: str, cfg) -> dict[str, Any]:
     import torch
 
     from defi.training.data import ActionChunkDataset, batch_stream
+    from defi.training.recipes.loop import seed_all
     from defi.training.recipes.policy import train_policy
 
     cfg.root, cfg.select = root, select
@@ -339,6 +340,9 @@ def run_train_policy(root: str, select: str, cfg) -> dict[str, Any]:
     mean, std, n_rows, stride = stats.mean, stats.std, stats.rows, stats.stride
     # the data decides the widths
     pc = cfg.model = type(pc).from_dict({**pc.to_dict(), "action_dim": stats.action_dim, "state_dim": stats.state_dim})
+    # the parts built at random (head, projection, scratch's whole model) follow train.seed, not
+    # whatever the process drew before (the recipe seeds again for the loop)
+    seed_all(cfg.train.seed)
     policy = build_policy(cfg)
     policy.action_mean.copy_(torch.as_tensor(mean))
     policy.action_std.copy_(torch.as_tensor(std))

@@ -142,6 +142,21 @@ def test_train_policy_trains_resumes_and_records(setup, capsys):
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
+def test_the_same_seed_gives_the_same_policy(setup, tmp_path, capsys):
+    """train.seed fixes the random parts' initial weights as well as the data order, whatever the
+    process drew before: two runs in one process give the same weights, another seed others."""
+    tmp, root = setup
+
+    def weights(name, seed):
+        assert defi_main(argv(tmp, root, tmp_path / name, "--steps", "1", "--init", "scratch", "--train.seed", seed)) == 0
+        return load_checkpoint(tmp_path / name / "checkpoints" / "step-00000001")[0].state_dict()
+
+    a, b, c = weights("a", "3"), weights("b", "3"), weights("c", "4")
+    capsys.readouterr()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 @pytest.mark.parametrize("init", ["bc", "scratch"])
 def test_other_inits_through_the_cli(setup, tmp_path, init, capsys):
     tmp, root = setup
