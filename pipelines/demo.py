@@ -899,6 +899,24 @@ DEMO_SHORTCUTS: dict[str, Any] = {
     "eval_max_steps": "eval.max_steps",
     "eval_seed": "eval.seed",
 }
+# each shortcut's type and help sentence; the flag's default is read from the default DemoConfig
+SHORTCUT_HELP: dict[str, tuple[type, str]] = {
+    "fps": (int, "clip frame rate after curation"),
+    "short_side": (int, "clip short side after curation, pixels"),
+    "gidm_steps": (int, "GIDM training steps"),
+    "gidm_size": (int, "GIDM and GFDM input frame side, pixels"),
+    "gap_frames": (int, "k: the GIDM's and GFDM's pair gap in clip frames"),
+    "gidm_bottleneck": (str, "GIDM latent: " + ", ".join(BOTTLENECKS) + "; default: the preset's"),
+    "codebook_size": (int, "latent-action codes per codebook; default: the preset's"),
+    "changed_weight": (float, "GIDM loss weight on pixels that changed, 0 for plain MSE"),
+    "keypoints": (int, "GIDM soft-argmax keypoints, 0 for the transformer encoder"),
+    "keypoint_temperature": (float, "soft-argmax temperature the GIDM keypoints start from (learned)"),
+    "gfdm_steps": (int, "GFDM training steps"),
+    "policy_steps": (int, "policy finetuning steps, DeFI and scratch alike"),
+    "eval_episodes": (int, "evaluation episodes per held-out task, per policy"),
+    "eval_max_steps": (int, "actions per evaluation episode at most"),
+    "eval_seed": (int, "evaluation layout seed, unseen by the data"),
+}
 SECTION_GROUPS = {
     "curate": "the `defi curate` run (defi curate --help)",
     "gidm": "the `defi train gidm` run over the --gidm-model preset (defaults shown: keypoint's)",
@@ -919,45 +937,16 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--config", help="YAML/TOML/JSON file with the demo's fields and any section's (gidm: {train: {lr: ...}}, ...)")
     add_dry_run_flag(p)
     g = p.add_argument_group("shortcuts", "the usual knobs of the runs' sections; each wins over the --config file and the section flags")
-    g.add_argument("--fps", type=int, metavar="INT", help="clip frame rate after curation (curate.encode.fps; default: 10)")
-    g.add_argument(
-        "--short-side", type=int, metavar="INT", help="clip short side after curation, pixels (curate.encode.short_side; default: 96)"
-    )
-    g.add_argument("--gidm-steps", type=int, metavar="INT", help="GIDM training steps (gidm.train.steps; default: 400)")
-    g.add_argument(
-        "--gidm-size", type=int, metavar="INT", help="GIDM and GFDM input frame side, pixels (gidm.data.size, gfdm.data.size; default: 64)"
-    )
-    g.add_argument("--gap-frames", type=int, metavar="INT", help="k: the GIDM's and GFDM's pair gap in clip frames (default: 5)")
-    g.add_argument(
-        "--gidm-bottleneck",
-        metavar="NAME",
-        help="GIDM latent: " + ", ".join(BOTTLENECKS) + " (gidm.model.bottleneck; default: the preset's)",
-    )
-    g.add_argument(
-        "--codebook-size",
-        type=int,
-        metavar="INT",
-        help="latent-action codes per codebook (gidm.model.codebook_size; default: the preset's)",
-    )
-    g.add_argument(
-        "--changed-weight", type=float, metavar="FLOAT", help="GIDM loss weight on pixels that changed, 0 for plain MSE (default: 30)"
-    )
-    g.add_argument("--keypoints", type=int, metavar="INT", help="GIDM soft-argmax keypoints, 0 for the transformer encoder (default: 32)")
-    g.add_argument(
-        "--keypoint-temperature",
-        type=float,
-        metavar="FLOAT",
-        help="soft-argmax temperature the GIDM keypoints start from (learned; default: 0.3)",
-    )
-    g.add_argument("--gfdm-steps", type=int, metavar="INT", help="GFDM training steps (gfdm.train.steps; default: 30)")
-    g.add_argument(
-        "--policy-steps", type=int, metavar="INT", help="policy finetuning steps, DeFI and scratch alike (policy.train.steps; default: 30)"
-    )
-    g.add_argument(
-        "--eval-episodes", type=int, metavar="INT", help="evaluation episodes per held-out task, per policy (eval.episodes; default: 2)"
-    )
-    g.add_argument("--eval-max-steps", type=int, metavar="INT", help="actions per evaluation episode at most (eval.max_steps; default: 80)")
-    g.add_argument("--eval-seed", type=int, metavar="INT", help="evaluation layout seed, unseen by the data (eval.seed; default: 1000)")
+    defaults = to_dict(DemoConfig())
+    for dest, (tp, sentence) in SHORTCUT_HELP.items():
+        target = DEMO_SHORTCUTS[dest]
+        keys = [target] if isinstance(target, str) else [k for k, v in target.items() if v is VALUE]
+        shown = defaults
+        for part in keys[0].split("."):
+            shown = shown[part]
+        where = ", ".join(keys)
+        help_ = f"{sentence} ({where})" if "default" in sentence else f"{sentence} ({where}; default: {shown})"
+        g.add_argument("--" + dest.replace("_", "-"), type=tp, metavar=tp.__name__.upper() if tp is not str else "NAME", help=help_)
     for dest in DEMO_SHORTCUTS:  # the snake_case spellings these flags had as DemoConfig fields
         new = "--" + dest.replace("_", "-")
         if new != f"--{dest}":
